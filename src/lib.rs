@@ -1,0 +1,5 @@
+//! kube-balancer: Apache's mod_proxy_balancer as a Kubernetes-native load balancer.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
