@@ -1,0 +1,105 @@
+//! Apache's `lbmethod=byrequests`: weighted request counting.
+//!
+//! Each pick adds every candidate's load factor to its `lbstatus`, takes the candidate with the
+//! highest (the first one on a tie), and subtracts the sum of the factors from the winner. For a
+//! fixed candidate list this repeats with a period of `sum(factors) / gcd(factors)`, and every
+//! `lbstatus` is back to zero at the end of a period, so one period, computed once, is the
+//! whole schedule. Scaling all factors by a constant does not change the schedule, which is why
+//! Apache's normalisation of factors is left out.
+
+/// One period of the byrequests schedule for the given load factors, as indices into `factors`.
+pub fn schedule(factors: &[u32]) -> Vec<u32> {
+    let divisor = factors.iter().copied().fold(0, gcd).max(1);
+    let factors: Vec<i64> = factors.iter().map(|&f| i64::from(f / divisor)).collect();
+    let total: i64 = factors.iter().sum();
+    let mut lbstatus = vec![0i64; factors.len()];
+    let mut order = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for _ in 0..total {
+        let mut best = 0usize;
+        for (i, f) in factors.iter().enumerate() {
+            lbstatus[i] += f;
+            if lbstatus[i] > lbstatus[best] {
+                best = i;
+            }
+        }
+        lbstatus[best] -= total;
+        // Indices fit: a cluster has far fewer than u32::MAX members.
+        order.push(best as u32);
+    }
+    debug_assert!(
+        lbstatus.iter().all(|&s| s == 0),
+        "a period must end where it started"
+    );
+    order
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn seventy_thirty_gives_seven_to_three_in_every_ten() {
+        let s = schedule(&[70, 30]);
+        assert_eq!(s.len(), 10);
+        assert_eq!(s.iter().filter(|&&i| i == 0).count(), 7);
+        // On the tie at the fifth pick the first member wins, as in Apache.
+        assert_eq!(s, vec![0, 1, 0, 0, 0, 1, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn equal_factors_take_turns_in_order() {
+        assert_eq!(schedule(&[1, 1, 1]), vec![0, 1, 2]);
+        assert_eq!(schedule(&[5, 5]), vec![0, 1]);
+    }
+
+    #[test]
+    fn apache_textbook_schedule() {
+        // Factors a=5, b=1, c=1: Apache's documented smooth sequence.
+        assert_eq!(schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn empty_schedule_for_no_members() {
+        assert!(schedule(&[]).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn every_member_gets_its_share_in_any_window(factors in prop::collection::vec(1u32..=100, 1..12)) {
+            let s = schedule(&factors);
+            let divisor = factors.iter().copied().fold(0, gcd);
+            let period = s.len();
+            prop_assert_eq!(period as u32, factors.iter().map(|f| f / divisor).sum::<u32>());
+            // Any window of one period, wrapping around, holds each member exactly factor/gcd times.
+            for start in 0..period {
+                let mut counts = vec![0u32; factors.len()];
+                for k in 0..period {
+                    counts[s[(start + k) % period] as usize] += 1;
+                }
+                for (i, f) in factors.iter().enumerate() {
+                    prop_assert_eq!(counts[i], f / divisor);
+                }
+            }
+        }
+
+        #[test]
+        fn smooth_no_member_runs_ahead_by_a_whole_pick(factors in prop::collection::vec(1u32..=100, 1..8)) {
+            // After every prefix of the schedule each member's count is within one of its exact share.
+            let s = schedule(&factors);
+            let total: f64 = factors.iter().map(|&f| f as f64).sum();
+            let mut counts = vec![0f64; factors.len()];
+            for (n, &i) in s.iter().enumerate() {
+                counts[i as usize] += 1.0;
+                for (j, &f) in factors.iter().enumerate() {
+                    let exact = (n as f64 + 1.0) * f as f64 / total;
+                    prop_assert!((counts[j] - exact).abs() < 1.0 + 1e-9);
+                }
+            }
+        }
+    }
+}
