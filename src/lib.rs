@@ -4,3 +4,6 @@
 pub mod api;
 pub mod balancer;
 pub mod cli;
+pub mod clock;
+pub mod discovery;
+pub mod proxy;

@@ -7,7 +7,7 @@
 //! the members that take part.
 
 pub mod byrequests;
-mod cluster;
+pub mod cluster;
 
 pub use cluster::{Balancer, MemberStats};
 

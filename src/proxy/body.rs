@@ -1,0 +1,217 @@
+//! Bodies that stream through the proxy, counted on the way, never collected.
+
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::pool::{Pool, Sender};
+use crate::balancer::MemberStats;
+
+/// A request body on its way to a member: the client's, counted as bytes sent, or none (a
+/// replayed body-less request).
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Option<Incoming>,
+    stats: Option<Arc<MemberStats>>,
+}
+
+impl UpstreamBody {
+    pub fn new(inner: Incoming) -> Self {
+        UpstreamBody {
+            inner: Some(inner),
+            stats: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        UpstreamBody {
+            inner: None,
+            stats: None,
+        }
+    }
+
+    /// Counts the bytes that follow against `stats`.
+    pub fn count_for(&mut self, stats: Arc<MemberStats>) {
+        self.stats = Some(stats);
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(stats)) = (&polled, &this.stats)
+            && let Some(data) = frame.data_ref()
+        {
+            stats.sent_bytes.fetch_add(data.len() as u64, Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// A request in flight on a member: counts it busy until dropped, and hands the member
+/// connection back to the pool if the exchange ended cleanly.
+pub struct Lease {
+    stats: Arc<MemberStats>,
+    give_back: Option<(Rc<Pool>, Rc<str>, Sender)>,
+}
+
+impl Lease {
+    pub fn new(stats: Arc<MemberStats>) -> Self {
+        stats.busy.fetch_add(1, Relaxed);
+        Lease {
+            stats,
+            give_back: None,
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<MemberStats> {
+        &self.stats
+    }
+
+    /// The connection goes back to `pool` when the response body ends.
+    pub fn reuse(&mut self, pool: Rc<Pool>, key: Rc<str>, sender: Sender) {
+        self.give_back = Some((pool, key, sender));
+    }
+
+    fn finish(mut self, clean: bool) {
+        if clean && let Some((pool, key, sender)) = self.give_back.take() {
+            pool.put(key, sender);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.stats.busy.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A response body on its way to the client.
+pub struct ResponseBody {
+    kind: Kind,
+    lease: Option<Lease>,
+}
+
+enum Kind {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn upstream(inner: Incoming, lease: Lease) -> Self {
+        ResponseBody {
+            kind: Kind::Upstream(inner),
+            lease: Some(lease),
+        }
+    }
+
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        ResponseBody {
+            kind: Kind::Full(Some(bytes.into())),
+            lease: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        ResponseBody {
+            kind: Kind::Full(None),
+            lease: None,
+        }
+    }
+
+    fn ended(&self) -> bool {
+        match &self.kind {
+            Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Full(b) => b.is_none(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.finish(self.ended());
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match &mut this.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(inner) => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(data), Some(lease)) = (frame.data_ref(), &this.lease) {
+                            lease
+                                .stats()
+                                .received_bytes
+                                .fetch_add(data.len() as u64, Relaxed);
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(lease) = this.lease.take() {
+                            lease.finish(true);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        // A broken exchange: the connection is not reused.
+                        if let Some(mut lease) = this.lease.take() {
+                            lease.give_back = None;
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Upstream(b) => b.size_hint(),
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}

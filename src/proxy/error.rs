@@ -1,0 +1,87 @@
+//! The one place where a failure becomes an HTTP response (and a log line).
+
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::ResponseBody;
+
+/// Why the proxy answered instead of a member.
+#[derive(Debug)]
+pub enum ProxyError {
+    /// No cluster serves this host and path.
+    NoRoute { host: String, path: String },
+    /// The cluster has no usable member.
+    NoMember { cluster: String },
+    /// The member could not be reached or broke the exchange.
+    MemberFailed {
+        cluster: String,
+        member: String,
+        cause: String,
+    },
+    /// The member did not answer in time.
+    Timeout {
+        cluster: String,
+        member: String,
+        after: Duration,
+    },
+    /// CONNECT: this is not a forward proxy.
+    ConnectRefused,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::NoMember { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::MemberFailed { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// Logs the failure and turns it into the response the client gets.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let status = self.status();
+        let body: &'static str = match &self {
+            ProxyError::NoRoute { host, path } => {
+                tracing::debug!(%host, %path, "no balancer serves this host and path");
+                "404 Not Found: no balancer serves this host and path\n"
+            }
+            ProxyError::NoMember { cluster } => {
+                tracing::warn!(%cluster, cause = "no usable member", "503 Service Unavailable");
+                "503 Service Unavailable: no member of this balancer is available\n"
+            }
+            ProxyError::MemberFailed {
+                cluster,
+                member,
+                cause,
+            } => {
+                tracing::warn!(%cluster, %member, %cause, "502 Bad Gateway");
+                "502 Bad Gateway: the member failed to answer\n"
+            }
+            ProxyError::Timeout {
+                cluster,
+                member,
+                after,
+            } => {
+                tracing::warn!(%cluster, %member, cause = %format_args!("no response within {after:?}"), "504 Gateway Timeout");
+                "504 Gateway Timeout: the member did not answer in time\n"
+            }
+            ProxyError::ConnectRefused => "405 Method Not Allowed: CONNECT is not supported\n",
+        };
+        let mut response = Response::new(ResponseBody::full(body));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if matches!(self, ProxyError::ConnectRefused) {
+            response.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+        }
+        response
+    }
+}

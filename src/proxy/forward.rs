@@ -1,0 +1,432 @@
+//! One request: route it, pick a member, forward it, fail over, stream the answer back.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::body::{Lease, ResponseBody, UpstreamBody};
+use super::error::ProxyError;
+use super::pool::{self, Pool, Sender};
+use super::routes::strip_port;
+use super::snapshot::{Cluster, DataPlane};
+use crate::clock;
+
+/// What a worker shares between its connections.
+pub struct Worker {
+    pub plane: Arc<DataPlane>,
+    pub pool: Rc<Pool>,
+    pub access_log: bool,
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The hyper service function of a client connection.
+pub async fn handle(
+    worker: Rc<Worker>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let method = worker.access_log.then(|| req.method().clone());
+    let path = worker.access_log.then(|| req.uri().path().to_owned());
+    let response = match proxy(&worker, peer, req).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    };
+    if let (Some(method), Some(path)) = (method, path) {
+        tracing::info!(target: "access", client = %peer.ip(), %method, %path, status = response.status().as_u16());
+    }
+    Ok(response)
+}
+
+async fn proxy(
+    worker: &Rc<Worker>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::ConnectRefused);
+    }
+    // RFC 9112 3.2.2: an absolute-form target's authority replaces Host. Either way, it only
+    // chooses among our own clusters: the request never goes anywhere but to their members.
+    let host_value = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    };
+    let host = host_value
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .map(strip_port)
+        .unwrap_or("");
+    let cluster = {
+        let snapshot = worker.plane.snapshot();
+        match snapshot.route(host, req.uri().path()) {
+            Some(c) => c.clone(),
+            None => {
+                return Err(ProxyError::NoRoute {
+                    host: host.to_owned(),
+                    path: req.uri().path().to_owned(),
+                });
+            }
+        }
+    };
+
+    let upgrade = upgrade_protocol(&req);
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    prepare_request(&mut req, peer.ip(), host_value, upgrade);
+    let req = req.map(UpstreamBody::new);
+    forward(worker, &cluster, req, client_upgrade).await
+}
+
+async fn forward(
+    worker: &Rc<Worker>,
+    cluster: &Arc<Cluster>,
+    mut req: Request<UpstreamBody>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let config = &cluster.config;
+    let tries = if config.no_failover {
+        1
+    } else {
+        1 + config.max_attempts as usize
+    };
+    // A body-less request can be sent again after a `failOnStatus` answer.
+    let replay = (!config.fail_on_status.is_empty()
+        && client_upgrade.is_none()
+        && req.body().is_end_stream())
+    .then(|| {
+        (
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().clone(),
+        )
+    });
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_failure = None;
+
+    loop {
+        let now = clock::now_ms();
+        let Some(index) = cluster.balancer.pick(now, &tried) else {
+            return Err(last_failure.unwrap_or_else(|| ProxyError::NoMember {
+                cluster: cluster.key.clone(),
+            }));
+        };
+        let member = &config.members[index];
+        let stats = &cluster.balancer.members()[index].stats;
+        stats.elected.fetch_add(1, Relaxed);
+        let mut lease = Lease::new(stats.clone());
+        req.body_mut().count_for(stats.clone());
+        let key = worker.pool.key(&member.authority);
+
+        let sent = exchange(worker, &key, config, req).await;
+        match sent {
+            Err(Failure {
+                timed_out: true, ..
+            }) => {
+                return Err(ProxyError::Timeout {
+                    cluster: cluster.key.clone(),
+                    member: member.url.clone(),
+                    after: config.response_timeout,
+                });
+            }
+            Err(Failure { cause, unsent, .. }) => {
+                cluster.balancer.mark_error(
+                    index,
+                    clock::now_ms(),
+                    cluster.retry_ms,
+                    error_note(&cause),
+                );
+                let failure = ProxyError::MemberFailed {
+                    cluster: cluster.key.clone(),
+                    member: member.url.clone(),
+                    cause,
+                };
+                tried.push(index);
+                match unsent {
+                    Some(back) if tried.len() < tries => {
+                        req = back;
+                        last_failure = Some(failure);
+                    }
+                    _ => return Err(failure),
+                }
+            }
+            Ok((sender, mut response)) => {
+                let status = response.status();
+                if config.fail_on_status.contains(&status.as_u16()) {
+                    let cause = format!("answered {status}, listed in failOnStatus");
+                    cluster.balancer.mark_error(
+                        index,
+                        clock::now_ms(),
+                        cluster.retry_ms,
+                        error_note(&cause),
+                    );
+                    tried.push(index);
+                    if let Some((method, uri, headers)) =
+                        replay.as_ref().filter(|_| tried.len() < tries)
+                    {
+                        req = rebuild(method, uri, headers);
+                        continue;
+                    }
+                }
+                if status == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client_upgrade) = client_upgrade
+                {
+                    let member_upgrade = hyper::upgrade::on(&mut response);
+                    tokio::task::spawn_local(tunnel(client_upgrade, member_upgrade, lease));
+                    let (parts, _) = response.into_parts();
+                    return Ok(Response::from_parts(parts, ResponseBody::empty()));
+                }
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                lease.reuse(worker.pool.clone(), key, sender);
+                return Ok(Response::from_parts(
+                    parts,
+                    ResponseBody::upstream(body, lease),
+                ));
+            }
+        }
+    }
+}
+
+struct Failure {
+    cause: String,
+    timed_out: bool,
+    /// The request, when it never left: it can go to another member.
+    unsent: Option<Request<UpstreamBody>>,
+}
+
+/// Sends the request on a pooled connection, or on a new one when the pool has none or the
+/// pooled one turned out closed before the request left, and waits for the response head.
+async fn exchange(
+    worker: &Rc<Worker>,
+    key: &Rc<str>,
+    config: &crate::discovery::ClusterConfig,
+    mut req: Request<UpstreamBody>,
+) -> Result<(Sender, Response<Incoming>), Failure> {
+    if let Some(mut sender) = worker.pool.checkout(key, config.idle_timeout).await {
+        match await_response(&mut sender, req, config.response_timeout).await {
+            Ok(response) => return Ok((sender, response)),
+            // The pooled connection was closed under us: not the member's fault, try a new one.
+            Err(Failure {
+                unsent: Some(back),
+                timed_out: false,
+                ..
+            }) => req = back,
+            Err(failure) => return Err(failure),
+        }
+    }
+    let mut sender = match pool::connect(key, config.connect_timeout).await {
+        Ok(sender) => sender,
+        Err(e) => {
+            return Err(Failure {
+                cause: e.to_string(),
+                timed_out: false,
+                unsent: Some(req),
+            });
+        }
+    };
+    let response = await_response(&mut sender, req, config.response_timeout).await?;
+    Ok((sender, response))
+}
+
+async fn await_response(
+    sender: &mut Sender,
+    req: Request<UpstreamBody>,
+    timeout: std::time::Duration,
+) -> Result<Response<Incoming>, Failure> {
+    match tokio::time::timeout(timeout, sender.try_send_request(req)).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(mut e)) => {
+            let unsent = e.take_message();
+            Err(Failure {
+                cause: format!("request: {}", e.error()),
+                timed_out: false,
+                unsent,
+            })
+        }
+        Err(_) => Err(Failure {
+            cause: String::new(),
+            timed_out: true,
+            unsent: None,
+        }),
+    }
+}
+
+fn rebuild(method: &Method, uri: &Uri, headers: &HeaderMap) -> Request<UpstreamBody> {
+    let mut req = Request::new(UpstreamBody::empty());
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri.clone();
+    *req.headers_mut() = headers.clone();
+    req
+}
+
+fn error_note(cause: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("{cause} (at {now} s since the Unix epoch)")
+}
+
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    member: hyper::upgrade::OnUpgrade,
+    lease: Lease,
+) {
+    match tokio::try_join!(client, member) {
+        Ok((client, member)) => {
+            let mut client = TokioIo::new(client);
+            let mut member = TokioIo::new(member);
+            match tokio::io::copy_bidirectional(&mut client, &mut member).await {
+                Ok((to_member, from_member)) => {
+                    lease.stats().sent_bytes.fetch_add(to_member, Relaxed);
+                    lease.stats().received_bytes.fetch_add(from_member, Relaxed);
+                }
+                Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}
+
+/// The protocol a request asks to switch to, when it is an HTTP/1.1 Upgrade request.
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let upgrade = req.headers().get(header::UPGRADE)?;
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| upgrade.clone())
+}
+
+fn prepare_request<B>(
+    req: &mut Request<B>,
+    client: IpAddr,
+    host: Option<HeaderValue>,
+    upgrade: Option<HeaderValue>,
+) {
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    if let Some(host) = host {
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, host.clone());
+        }
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {client}"),
+        None => client.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+
+    let origin_form = req.uri().scheme().is_none() && req.uri().authority().is_none();
+    if !origin_form {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(uri) = Uri::try_from(path) {
+            *req.uri_mut() = uri;
+        }
+    }
+    *req.version_mut() = Version::HTTP_11;
+}
+
+/// Removes the headers that describe one connection and must not be forwarded (RFC 9110 7.6.1),
+/// including those the Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
+        headers.remove(name);
+    }
+    for name in [
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
+        let mut req = Request::builder()
+            .uri("http://shop.example.com/cart?x=1")
+            .header("connection", "keep-alive, x-secret")
+            .header("x-secret", "1")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("host", "shop.example.com")
+            .body(())
+            .expect("request");
+        let host = req.headers().get("host").cloned();
+        prepare_request(&mut req, "127.0.0.1".parse().expect("ip"), host, None);
+        let h = req.headers();
+        for gone in ["connection", "x-secret", "keep-alive", "te"] {
+            assert!(!h.contains_key(gone), "{gone} must be removed");
+        }
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "shop.example.com");
+        assert_eq!(h["host"], "shop.example.com");
+        assert_eq!(req.uri().to_string(), "/cart?x=1");
+    }
+
+    #[test]
+    fn upgrade_requests_keep_their_upgrade() {
+        let mut req = Request::builder()
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .expect("request");
+        let protocol = upgrade_protocol(&req);
+        assert_eq!(
+            protocol.as_ref().map(|p| p.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+        prepare_request(&mut req, "::1".parse().expect("ip"), None, protocol);
+        assert_eq!(req.headers()["connection"], "upgrade");
+        assert_eq!(req.headers()["upgrade"], "websocket");
+    }
+}

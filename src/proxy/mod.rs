@@ -1,0 +1,17 @@
+//! The data plane: accept, route, pick, forward, retry.
+//!
+//! One current-thread runtime per worker, each with its own `SO_REUSEPORT` listener and its own
+//! pool of upstream connections, so the request path shares nothing but the snapshot (loaded
+//! through `ArcSwap`) and the members' atomic counters. Errors become HTTP responses in exactly
+//! one place: [`error`].
+
+mod body;
+mod error;
+mod forward;
+mod pool;
+pub mod routes;
+mod server;
+pub mod snapshot;
+
+pub use server::{ProxyOptions, Server};
+pub use snapshot::{Cluster, DataPlane, Snapshot};

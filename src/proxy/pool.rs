@@ -1,0 +1,100 @@
+//! Keep-alive connections to members, one pool per worker: no lock, no sharing between threads.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::body::UpstreamBody;
+
+pub type Sender = http1::SendRequest<UpstreamBody>;
+
+/// Idle connections kept per member and worker.
+const MAX_IDLE_PER_MEMBER: usize = 256;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// The worker's idle connections, by member `HOST:PORT`.
+#[derive(Default)]
+pub struct Pool {
+    idle: RefCell<HashMap<Rc<str>, Vec<Idle>>>,
+}
+
+/// Why a new connection to a member could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connect: timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("handshake: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+impl Pool {
+    /// The key a member's connections are filed under.
+    pub fn key(&self, authority: &str) -> Rc<str> {
+        match self.idle.borrow().get_key_value(authority) {
+            Some((k, _)) => k.clone(),
+            None => Rc::from(authority),
+        }
+    }
+
+    /// An idle connection to `key` that is still open and younger than `max_idle`.
+    pub async fn checkout(&self, key: &str, max_idle: Duration) -> Option<Sender> {
+        loop {
+            let idle = {
+                let mut map = self.idle.borrow_mut();
+                map.get_mut(key)?.pop()?
+            };
+            if idle.sender.is_closed() || idle.since.elapsed() > max_idle {
+                continue;
+            }
+            let mut sender = idle.sender;
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// Files a connection whose last exchange ended cleanly.
+    pub fn put(&self, key: Rc<str>, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut map = self.idle.borrow_mut();
+        let list = map.entry(key).or_default();
+        if list.len() < MAX_IDLE_PER_MEMBER {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Opens a new connection to a member; its driver runs as a task on this worker.
+pub async fn connect(authority: &str, timeout: Duration) -> Result<Sender, ConnectError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(authority))
+        .await
+        .map_err(|_| ConnectError::Timeout(timeout))??;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::Builder::new()
+        .writev(true)
+        .handshake::<_, UpstreamBody>(TokioIo::new(stream))
+        .await?;
+    tokio::task::spawn_local(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "member connection ended with an error");
+        }
+    });
+    Ok(sender)
+}

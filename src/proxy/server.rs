@@ -1,0 +1,268 @@
+//! Listeners and workers: one current-thread runtime per worker, each with its own
+//! `SO_REUSEPORT` listener on the same address, its own connection pool, and graceful stop.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use super::forward::{self, Worker};
+use super::pool::Pool;
+use super::snapshot::DataPlane;
+
+/// How the data plane listens and protects itself from clients.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub access_log: bool,
+    /// A client must send a whole request head within this time.
+    pub header_read_timeout: Duration,
+    /// At most this many request headers.
+    pub max_headers: usize,
+    /// At most this many bytes of request head.
+    pub max_header_bytes: usize,
+}
+
+impl ProxyOptions {
+    pub fn new(listen: SocketAddr) -> Self {
+        ProxyOptions {
+            listen,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            access_log: false,
+            header_read_timeout: Duration::from_secs(10),
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A running data plane.
+pub struct Server {
+    local_addr: SocketAddr,
+    stop: watch::Sender<Option<Duration>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds the listeners and starts the workers. Fails (naming the address) when the address
+    /// cannot be bound.
+    pub fn start(plane: Arc<DataPlane>, options: ProxyOptions) -> io::Result<Server> {
+        let workers = options.workers.max(1);
+        let first = bind(options.listen)?;
+        let local_addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..workers {
+            listeners.push(bind(local_addr)?);
+        }
+        let (stop, stop_rx) = watch::channel(None);
+        let mut handles = Vec::with_capacity(workers);
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let plane = plane.clone();
+            let options = options.clone();
+            let stop_rx = stop_rx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("kb-worker-{i}"))
+                .spawn(move || run_worker(listener, plane, options, stop_rx))?;
+            handles.push(handle);
+        }
+        Ok(Server {
+            local_addr,
+            stop,
+            workers: handles,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, lets requests in flight finish for up to `grace`, then returns.
+    /// Blocking: call it from a blocking context.
+    pub fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(Some(grace));
+        for worker in self.workers {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
+    if addr.port() != 0 {
+        // SO_REUSEPORT would let us share a port with another process of ours: check first
+        // that it is free, so a second instance fails loudly instead.
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into()).map_err(named)?;
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into()).map_err(named)?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn run_worker(
+    listener: std::net::TcpListener,
+    plane: Arc<DataPlane>,
+    options: ProxyOptions,
+    stop: watch::Receiver<Option<Duration>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        if let Err(e) = accept_loop(listener, plane, options, stop).await {
+            tracing::error!(error = %e, "worker stopped");
+        }
+    });
+}
+
+/// Runs futures on the worker's own thread (hyper's HTTP/2 streams).
+#[derive(Clone, Copy, Debug)]
+struct LocalExec;
+
+impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+struct Tracker {
+    open: Cell<usize>,
+    idle: Notify,
+}
+
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    plane: Arc<DataPlane>,
+    options: ProxyOptions,
+    mut stop: watch::Receiver<Option<Duration>>,
+) -> io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    let worker = Rc::new(Worker {
+        plane,
+        pool: Rc::new(Pool::default()),
+        access_log: options.access_log,
+    });
+    let mut builder = auto::Builder::new(LocalExec);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .max_headers(options.max_headers)
+        .max_buf_size(options.max_header_bytes.max(8192))
+        .writev(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    let builder = Rc::new(builder);
+    let tracker = Rc::new(Tracker {
+        open: Cell::new(0),
+        idle: Notify::new(),
+    });
+
+    let grace = loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                tracker.open.set(tracker.open.get() + 1);
+                let conn = serve(stream, peer, worker.clone(), builder.clone(), stop.clone());
+                let tracker = tracker.clone();
+                tokio::task::spawn_local(async move {
+                    conn.await;
+                    tracker.open.set(tracker.open.get() - 1);
+                    if tracker.open.get() == 0 {
+                        tracker.idle.notify_waiters();
+                    }
+                });
+            }
+            changed = stop.changed() => {
+                let grace = *stop.borrow();
+                match (changed, grace) {
+                    (Ok(()), Some(grace)) => break grace,
+                    (Ok(()), None) => continue,
+                    (Err(_), _) => break Duration::ZERO,
+                }
+            }
+        }
+    };
+    drop(listener);
+    let drained = async {
+        while tracker.open.get() > 0 {
+            let notified = tracker.idle.notified();
+            if tracker.open.get() == 0 {
+                break;
+            }
+            notified.await;
+        }
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!(
+            open = tracker.open.get(),
+            "grace period over, closing the remaining connections"
+        );
+    }
+    Ok(())
+}
+
+async fn serve(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    worker: Rc<Worker>,
+    builder: Rc<auto::Builder<LocalExec>>,
+    mut stop: watch::Receiver<Option<Duration>>,
+) {
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |req| forward::handle(worker.clone(), peer, req));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    if stop.borrow().is_some() {
+        conn.as_mut().graceful_shutdown();
+    }
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+            }
+            return;
+        }
+        _ = stop.changed() => conn.as_mut().graceful_shutdown(),
+    }
+    if let Err(e) = conn.await {
+        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+}

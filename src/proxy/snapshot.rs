@@ -1,0 +1,158 @@
+//! What the data plane serves at one moment: clusters, their balancers and the routing table,
+//! published as one immutable snapshot and swapped atomically. Sources (standalone file,
+//! controller) call [`DataPlane::publish`]; every request loads the current snapshot once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use super::routes::RouteTable;
+use crate::balancer::cluster::BalancedMember;
+use crate::balancer::{Balancer, MemberStats};
+use crate::clock;
+use crate::discovery::ClusterConfig;
+
+/// One served cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    pub config: ClusterConfig,
+    /// `namespace/name`.
+    pub key: String,
+    pub balancer: Balancer,
+    /// Milliseconds a failed member stays in error.
+    pub retry_ms: u64,
+}
+
+/// A route that lost to an older claim on the same host and path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteConflict {
+    pub cluster: String,
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub held_by: String,
+}
+
+/// Clusters and routes, immutable once built.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub clusters: Vec<Arc<Cluster>>,
+    pub routes: RouteTable,
+    pub conflicts: Vec<RouteConflict>,
+    /// Counts publications, starting at 1 for the first.
+    pub generation: u64,
+}
+
+impl Snapshot {
+    /// The cluster serving a request for `host` (without port) and `path`.
+    pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Cluster>> {
+        self.routes
+            .lookup(host, path)
+            .and_then(|i| self.clusters.get(i))
+    }
+
+    pub fn cluster(&self, namespace: &str, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters
+            .iter()
+            .find(|c| c.config.namespace == namespace && c.config.name == name)
+    }
+}
+
+/// The data plane's shared state: the current snapshot and the per-member counters that
+/// outlive snapshots.
+#[derive(Debug, Default)]
+pub struct DataPlane {
+    snapshot: ArcSwap<Snapshot>,
+    stats: Mutex<HashMap<(String, String), Arc<MemberStats>>>,
+    generation: AtomicU64,
+    ready: AtomicBool,
+    /// Configuration loads refused (invalid files or resources).
+    pub rejected_configs: AtomicU64,
+}
+
+impl DataPlane {
+    pub fn new() -> Arc<Self> {
+        Arc::new(DataPlane::default())
+    }
+
+    /// The snapshot requests are served from now.
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    /// The snapshot as an owned handle, for readers that keep it across awaits.
+    pub fn snapshot_full(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// True once a first configuration has been published.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
+    }
+
+    /// Builds a snapshot from `clusters` (in order of precedence for route conflicts: the first
+    /// claim on a host and path keeps it) and makes it the one served. Requests in flight finish
+    /// on the snapshot they started with. Counters of members that stay are kept.
+    pub fn publish(&self, clusters: Vec<ClusterConfig>) -> Arc<Snapshot> {
+        let now = clock::now_ms();
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = HashMap::with_capacity(stats.len());
+        let mut snapshot = Snapshot {
+            generation: self.generation.fetch_add(1, Relaxed) + 1,
+            ..Snapshot::default()
+        };
+        for config in clusters {
+            let key = config.key();
+            let index = snapshot.clusters.len();
+            let mut conflicted = false;
+            for route in &config.routes {
+                if let Err(holder) =
+                    snapshot
+                        .routes
+                        .add(route.host.as_deref(), &route.path_prefix, index)
+                {
+                    conflicted = true;
+                    snapshot.conflicts.push(RouteConflict {
+                        cluster: key.clone(),
+                        host: route.host.clone(),
+                        path_prefix: route.path_prefix.clone(),
+                        held_by: snapshot
+                            .clusters
+                            .get(holder)
+                            .map(|c| c.key.clone())
+                            .unwrap_or_default(),
+                    });
+                }
+            }
+            let _ = conflicted;
+            let members = config
+                .members
+                .iter()
+                .map(|m| {
+                    let id = (key.clone(), m.url.clone());
+                    let s = stats.get(&id).cloned().unwrap_or_default();
+                    kept.insert(id, s.clone());
+                    BalancedMember {
+                        lbset: m.lbset,
+                        load_factor: m.load_factor,
+                        state: m.state,
+                        stats: s,
+                    }
+                })
+                .collect();
+            let retry_ms = u64::try_from(config.retry_after_error.as_millis()).unwrap_or(u64::MAX);
+            snapshot.clusters.push(Arc::new(Cluster {
+                key,
+                balancer: Balancer::new(members, now),
+                retry_ms,
+                config,
+            }));
+        }
+        *stats = kept;
+        let snapshot = Arc::new(snapshot);
+        self.snapshot.store(snapshot.clone());
+        self.ready.store(true, Relaxed);
+        snapshot
+    }
+}
