@@ -54,6 +54,8 @@ pub struct BalancedMember {
 
 #[derive(Debug)]
 struct Schedule {
+    /// Members taking part, in visiting order.
+    candidates: Vec<u32>,
     order: Vec<u32>,
     /// Sequence number at which this schedule starts.
     base: u64,
@@ -129,6 +131,40 @@ impl Balancer {
         None
     }
 
+    /// Each member's `lbstatus` now, as Apache's balancer-manager shows it in its Load column:
+    /// the current schedule replayed up to the next pick. Zero for members not taking part.
+    pub fn lbstatus(&self) -> Vec<i64> {
+        let schedule = self.schedule.load();
+        let mut status = vec![0i64; self.members.len()];
+        if schedule.order.is_empty() {
+            return status;
+        }
+        let steps =
+            self.seq.load(Relaxed).wrapping_sub(schedule.base) % schedule.order.len() as u64;
+        let factors: Vec<i64> = schedule
+            .candidates
+            .iter()
+            .map(|&i| i64::from(self.members[i as usize].load_factor.max(1)))
+            .collect();
+        let divisor = factors.iter().fold(0i64, |a, &b| gcd(a, b)).max(1);
+        let total: i64 = factors.iter().map(|f| f / divisor).sum();
+        let mut lb = vec![0i64; factors.len()];
+        for _ in 0..steps {
+            let mut best = 0;
+            for (k, f) in factors.iter().enumerate() {
+                lb[k] += f / divisor;
+                if lb[k] > lb[best] {
+                    best = k;
+                }
+            }
+            lb[best] -= total;
+        }
+        for (k, &i) in schedule.candidates.iter().enumerate() {
+            status[i as usize] = lb[k];
+        }
+        status
+    }
+
     /// Puts a member in error until `retry_ms` from now, as Apache does on a failed connection.
     pub fn mark_error(&self, index: usize, now_ms: u64, retry_ms: u64, cause: String) {
         let Some(member) = self.members.get(index) else {
@@ -186,6 +222,10 @@ impl Balancer {
     }
 }
 
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 fn build_schedule(members: &[BalancedMember], base: u64, generation: u64, now_ms: u64) -> Schedule {
     let views: Vec<MemberView> = members
         .iter()
@@ -211,7 +251,9 @@ fn build_schedule(members: &[BalancedMember], base: u64, generation: u64, now_ms
         .filter(|&t| t > now_ms)
         .min()
         .unwrap_or(u64::MAX);
+    let candidates = chosen.iter().map(|&i| i as u32).collect();
     Schedule {
+        candidates,
         order,
         base,
         generation,
@@ -311,6 +353,21 @@ mod tests {
     }
 
     #[test]
+    fn lbstatus_replays_apache_counters() {
+        let b = Balancer::new(
+            vec![
+                member(0, 70, MemberState::Enabled),
+                member(0, 30, MemberState::Enabled),
+            ],
+            0,
+        );
+        assert_eq!(b.lbstatus(), vec![0, 0]);
+        b.pick(0, &[]);
+        // After one pick of 7:3: a = 7 - 10 = -3, b = 3.
+        assert_eq!(b.lbstatus(), vec![-3, 3]);
+    }
+
+    #[test]
     fn weights_hold_across_many_picks() {
         let b = Balancer::new(
             vec![
@@ -356,9 +413,9 @@ mod tests {
                         // lbset order: no usable ordinary member or standby in a lower set (a
                         // spare only ever replaces a member of its own set).
                         prop_assert!(!views.iter().any(|o| o.lbset < v.lbset && o.usable() && o.state != MemberState::HotSpare));
-                        // Hot standby only when no ordinary member or spare of the set is usable.
+                        // Hot standby only when no ordinary member of its set is usable.
                         if v.state == MemberState::HotStandby {
-                            prop_assert!(!views.iter().any(|o| o.lbset == v.lbset && o.usable() && o.state != MemberState::HotStandby));
+                            prop_assert!(!views.iter().any(|o| o.lbset == v.lbset && o.usable() && o.state == MemberState::Enabled));
                         }
                     }
                     None => prop_assert!(allowed.is_empty()),
