@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# Builds the real Kubernetes control plane that the end-to-end tests run against (docs/testenv.md):
+# kube-apiserver, kube-controller-manager and kubectl from k8s.io/kubernetes, etcd, and helm, all
+# from pinned Go module versions, into a version-keyed cache outside the repository.
+#
+#   scripts/testenv.sh build     build what is missing (default); a warm run takes a second
+#   scripts/testenv.sh env       build what is missing, then print shell exports (KB_TESTENV_BIN)
+#   scripts/testenv.sh bin-dir   print the bin directory (without building)
+#   scripts/testenv.sh versions  print the pinned versions
+#
+# Progress goes to stderr, so `eval "$(scripts/testenv.sh env)"` sees only the exports.
+set -euo pipefail
+
+K8S_VERSION=v1.35.4   # matches k8s-openapi's v1_35 feature in Cargo.toml
+ETCD_VERSION=v3.6.16
+HELM_VERSION=v3.20.2  # built against client-go v0.35, like the apiserver
+# Bump when the build recipe below changes, so that caches built by an older recipe are not reused.
+RECIPE=1
+
+GOOS_ARCH="$(go env GOOS)-$(go env GOARCH)"
+VERSION_KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_r${RECIPE}_${GOOS_ARCH}"
+CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/kube-balancer/testenv"
+KEY_DIR="$CACHE_ROOT/$VERSION_KEY"
+BIN_DIR="$KEY_DIR/bin"
+BINARIES=(kube-apiserver kube-controller-manager kubectl etcd helm)
+
+say() { echo "testenv: $*" >&2; }
+die() { echo "testenv: error: $*" >&2; exit 1; }
+
+complete() {
+    local b
+    [[ -f "$KEY_DIR/complete" ]] || return 1
+    for b in "${BINARIES[@]}"; do [[ -x "$BIN_DIR/$b" ]] || return 1; done
+}
+
+# Runs one build step with its output in the log; on failure names the step and shows the log's tail.
+step() {
+    local what="$1"
+    shift
+    say "$what"
+    {
+        printf '+'
+        printf ' %q' "$@"
+        echo
+    } >>"$LOG"
+    if ! "$@" >>"$LOG" 2>&1; then
+        echo "testenv: error: $what failed: \`$*\`; the end of $LOG:" >&2
+        tail -n 40 "$LOG" | sed 's/^/    /' >&2
+        exit 1
+    fi
+}
+
+# The go.mod of k8s.io/kubernetes replaces each staging module (k8s.io/api, k8s.io/client-go, ...)
+# with ./staging/..., so `go install` of its commands is refused. A wrapper module that requires
+# k8s.io/kubernetes and points each of those modules at its published v0.x release builds them.
+write_kubernetes_wrapper() {
+    local dir="$1" upstream_mod
+    upstream_mod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
+        sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')"
+    [[ -f "$upstream_mod" ]] || die "could not find the go.mod of k8s.io/kubernetes@$K8S_VERSION"
+    local staging_version="v0.${K8S_VERSION#v1.}"
+    {
+        echo "module kube-balancer.test/kubernetes-wrapper"
+        echo
+        # The main module's go and godebug lines decide the language and runtime defaults.
+        grep -E '^(go|godebug) ' "$upstream_mod"
+        echo
+        echo "require k8s.io/kubernetes $K8S_VERSION"
+        echo
+        echo "replace ("
+        sed -n 's|^[[:space:]]*\(k8s\.io/[^[:space:]]*\)[[:space:]]*=>[[:space:]]*\./staging/.*$|\1|p' \
+            "$upstream_mod" | sort -u | while read -r module; do
+            echo "	$module => $module $staging_version"
+        done
+        echo ")"
+    } >"$dir/go.mod"
+    grep -q "k8s.io/client-go => k8s.io/client-go $staging_version" "$dir/go.mod" ||
+        die "found no staging replace directives in the go.mod of k8s.io/kubernetes@$K8S_VERSION"
+}
+
+build_kubernetes() {
+    local dir="$WORK/kubernetes" major minor ldflags="" pkg
+    mkdir -p "$dir"
+    write_kubernetes_wrapper "$dir"
+    major="${K8S_VERSION#v}"
+    major="${major%%.*}"
+    minor="${K8S_VERSION#v*.}"
+    minor="${minor%%.*}"
+    # Without these the binaries report v0.0.0-master, and helm's kubeVersion checks misfire.
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+        ldflags+=" -X $pkg.gitTreeState=clean"
+    done
+    local cmds=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+        k8s.io/kubernetes/cmd/kubectl)
+    (
+        cd "$dir"
+        step "resolving k8s.io/kubernetes $K8S_VERSION" go get "${cmds[@]/%/@$K8S_VERSION}"
+        step "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION (the long part)" \
+            env CGO_ENABLED=0 go build -trimpath -ldflags "-s -w$ldflags" -o "$STAGE_BIN/" "${cmds[@]}"
+    )
+}
+
+# etcd's server module also replaces its sibling modules with relative paths; a two-line main that
+# calls etcdmain.Main (what etcd's own main does) builds from the published modules.
+build_etcd() {
+    local dir="$WORK/etcd"
+    mkdir -p "$dir"
+    cat >"$dir/go.mod" <<EOF
+module kube-balancer.test/etcd-wrapper
+
+go 1.26.0
+
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION
+EOF
+    cat >"$dir/main.go" <<'EOF'
+// Command etcd is etcd's own entry point, built from the published go.etcd.io/etcd/server/v3 module.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+EOF
+    (
+        cd "$dir"
+        step "resolving go.etcd.io/etcd/server/v3 $ETCD_VERSION" go mod tidy
+        step "building etcd $ETCD_VERSION" \
+            env CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$STAGE_BIN/etcd" .
+    )
+}
+
+build_helm() {
+    local client_go_minor ldflags
+    # helm assumes Kubernetes 1.20 for .Capabilities unless told the version of its client-go.
+    client_go_minor="$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" |
+        sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p' |
+        xargs sed -n 's/^[[:space:]]*k8s\.io\/client-go v0\.\([0-9]*\)\..*/\1/p')"
+    [[ -n "$client_go_minor" ]] || die "could not read the client-go version of helm $HELM_VERSION"
+    ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+    ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+    ldflags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1"
+    ldflags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$client_go_minor"
+    ldflags+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1"
+    ldflags+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$client_go_minor"
+    step "building helm $HELM_VERSION" env CGO_ENABLED=0 GOBIN="$STAGE_BIN" \
+        go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+
+build() {
+    complete && return 0
+    command -v go >/dev/null || die "the Go toolchain (go) is not on PATH; it builds the control plane"
+    mkdir -p "$CACHE_ROOT"
+    # One build at a time per cache; a second caller waits, then finds the build complete.
+    exec 9>"$CACHE_ROOT/.lock"
+    flock 9
+    complete && return 0
+    LOG="$CACHE_ROOT/$VERSION_KEY.build.log"
+    : >"$LOG"
+    WORK="$(mktemp -d "$CACHE_ROOT/.build.XXXXXX")"
+    STAGE_BIN="$WORK/bin"
+    mkdir -p "$STAGE_BIN"
+    trap 'rm -rf "$WORK"' EXIT
+    local started=$SECONDS
+    say "building the test control plane into $BIN_DIR (first time: about 7 minutes on 2 cores; log: $LOG)"
+    build_kubernetes
+    build_etcd
+    build_helm
+    # Publish only a complete set, so that an interrupted build is never mistaken for a finished one.
+    rm -rf "$KEY_DIR"
+    mkdir -p "$KEY_DIR"
+    mv "$STAGE_BIN" "$BIN_DIR"
+    cp "$WORK/kubernetes/go.mod" "$KEY_DIR/kubernetes-wrapper.go.mod"
+    cp "$WORK/etcd/go.mod" "$KEY_DIR/etcd-wrapper.go.mod"
+    echo "$VERSION_KEY built in $((SECONDS - started)) s with $(go version)" >"$KEY_DIR/complete"
+    say "built in $((SECONDS - started)) s"
+}
+
+case "${1:-build}" in
+build)
+    build
+    say "ready: $BIN_DIR"
+    ;;
+env)
+    build
+    printf 'export KB_TESTENV_BIN=%q\n' "$BIN_DIR"
+    ;;
+bin-dir)
+    echo "$BIN_DIR"
+    ;;
+versions)
+    echo "kubernetes $K8S_VERSION"
+    echo "etcd $ETCD_VERSION"
+    echo "helm $HELM_VERSION"
+    ;;
+*)
+    die "unknown command '$1' (expected build, env, bin-dir or versions)"
+    ;;
+esac
