@@ -1,8 +1,15 @@
 //! Command line: the modes of the binary (see DESIGN.md, "Modes of the binary").
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use crate::proxy::{DataPlane, ProxyOptions, Server};
+use crate::telemetry::{self, LogFormat};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -17,22 +24,158 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve the BalancerClusters of a YAML file, reloading it when it changes.
+    Standalone {
+        /// The YAML file (several documents allowed). Default: the embedded seed setup.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Start two demo backends and a balancer in front of them (the seed's experiment).
+    Demo {
+        /// Addresses of the two demo backends.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "127.0.0.1:8080,127.0.0.1:8081"
+        )]
+        backends: Vec<SocketAddr>,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Print the BalancerCluster CRD as YAML.
     Crd,
 }
 
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Where traffic is served (default 0.0.0.0:8000; 127.0.0.1:8000 for the demo).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The admin server (/healthz, /readyz, /metrics, /balancer-manager).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// Data-plane workers, each a thread with its own listener (default: the number of CPUs).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log one line per request (target `access`).
+    #[arg(long)]
+    access_log: bool,
+    /// On SIGTERM, how long requests in flight may take to finish.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+    /// A client must send a whole request head within this time.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+}
+
+impl Common {
+    fn proxy_options(&self, default_listen: &str) -> ProxyOptions {
+        let listen = self.listen.unwrap_or_else(|| {
+            default_listen
+                .parse()
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8000)))
+        });
+        let mut options = ProxyOptions::new(listen);
+        if let Some(n) = self.workers {
+            options.workers = n.max(1);
+        }
+        options.access_log = self.access_log;
+        options.header_read_timeout = self.header_read_timeout;
+        options
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Crd => match crate::api::crd_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
+    let outcome = match cli.command {
+        Command::Crd => crate::api::crd_yaml()
+            .map(|yaml| print!("{yaml}"))
+            .map_err(anyhow::Error::from),
+        Command::Standalone { file, common } => serve(common, "0.0.0.0:8000", move |plane| {
+            Box::pin(async move {
+                crate::standalone::run(file, plane).await?;
+                Ok(())
+            })
+        }),
+        Command::Demo { backends, common } => serve(common, "127.0.0.1:8000", move |plane| {
+            Box::pin(async move {
+                let mut bound = Vec::new();
+                for (i, addr) in backends.iter().enumerate() {
+                    let local = crate::demo::start_backend(i + 1, *addr).await?;
+                    tracing::info!(backend = i + 1, address = %local, "demo backend listening");
+                    bound.push(local);
+                }
+                plane.publish(vec![crate::demo::seed_cluster(&bound)?]);
+                Ok(())
+            })
+        }),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Source = Box<
+    dyn FnOnce(
+        Arc<DataPlane>,
+    )
+        -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>,
+>;
+
+/// Runs a data plane fed by `source` until SIGTERM or Ctrl-C, then drains and exits.
+fn serve<F>(common: Common, default_listen: &str, source: F) -> anyhow::Result<()>
+where
+    F: FnOnce(
+            Arc<DataPlane>,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>
+        + 'static,
+{
+    let source: Source = Box::new(source);
+    telemetry::init(common.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("kb-control")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let plane = DataPlane::new();
+        source(plane.clone()).await?;
+        let options = common.proxy_options(default_listen);
+        let workers = options.workers;
+        let server = Server::start(plane.clone(), options)?;
+        tracing::info!(address = %server.local_addr(), workers, "data plane listening");
+
+        wait_for_stop().await;
+        tracing::info!(grace = ?common.shutdown_grace, "stopping: no new connections, finishing requests in flight");
+        let grace = common.shutdown_grace;
+        tokio::task::spawn_blocking(move || server.shutdown(grace)).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
-            Err(e) => {
-                eprintln!("error: cannot render the CRD: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

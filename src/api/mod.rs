@@ -26,6 +26,8 @@ const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h
 const DURATION_MESSAGE: &str = "must be a duration such as 500ms, 5s or 1m30s";
 
 /// A balancer: Apache's `<Proxy balancer://NAME>` block.
+// Repeated printcolumn attributes are how kube-derive takes several columns.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "kubebalancer.io",

@@ -60,6 +60,19 @@ impl Server {
     /// cannot be bound.
     pub fn start(plane: Arc<DataPlane>, options: ProxyOptions) -> io::Result<Server> {
         let workers = options.workers.max(1);
+        if options.listen.port() != 0 {
+            // SO_REUSEPORT would let a second instance share our port silently: make sure the
+            // port is free first, so that it fails loudly instead.
+            let probe = Socket::new(
+                Domain::for_address(options.listen),
+                Type::STREAM,
+                Some(Protocol::TCP),
+            )?;
+            probe.set_reuse_address(true)?;
+            probe
+                .bind(&options.listen.into())
+                .map_err(|e| named(options.listen, e))?;
+        }
         let first = bind(options.listen)?;
         let local_addr = first.local_addr()?;
         let mut listeners = vec![first];
@@ -98,21 +111,17 @@ impl Server {
     }
 }
 
+fn named(addr: SocketAddr, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+}
+
 fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let named = |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
-    if addr.port() != 0 {
-        // SO_REUSEPORT would let us share a port with another process of ours: check first
-        // that it is free, so a second instance fails loudly instead.
-        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        probe.set_reuse_address(true)?;
-        probe.bind(&addr.into()).map_err(named)?;
-    }
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
-    socket.bind(&addr.into()).map_err(named)?;
+    socket.bind(&addr.into()).map_err(|e| named(addr, e))?;
     socket.listen(1024)?;
     Ok(socket.into())
 }

@@ -1,0 +1,324 @@
+//! Standalone mode: BalancerCluster documents from a YAML file, served without Kubernetes and
+//! reloaded when the file changes.
+//!
+//! A file goes through the same schema and the same CEL rules as the CRD (defaults applied
+//! first, as the API server does), so a resource is refused here with the API server's message.
+//! An invalid file is refused whole and the previous configuration keeps serving.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use kube::CustomResourceExt;
+use serde::Deserialize;
+
+use crate::api::{BalancerCluster, GROUP, VERSION};
+use crate::discovery::{self, ClusterConfig};
+use crate::proxy::DataPlane;
+
+/// The seed's setup, served when no file is given.
+pub const EMBEDDED: &str = include_str!("../../examples/seed.yaml");
+
+/// Why a configuration was refused. The message names the file, the document and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Yaml { file: String, message: String },
+    #[error("{file}: document {document}{what}: {field}: {message}")]
+    Invalid {
+        file: String,
+        document: usize,
+        what: String,
+        field: String,
+        message: String,
+    },
+}
+
+/// Reads and checks a file.
+pub fn load(path: &Path) -> Result<Vec<ClusterConfig>, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    parse(&file, &text)
+}
+
+/// Checks the BalancerCluster documents of a YAML text; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<Vec<ClusterConfig>, ConfigError> {
+    let mut clusters = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let number = i + 1;
+        let value = serde_json::Value::deserialize(document).map_err(|e| ConfigError::Yaml {
+            file: file.to_owned(),
+            message: format!("document {number}: {e}"),
+        })?;
+        if value.is_null() {
+            continue; // an empty document, e.g. after a trailing `---`
+        }
+        let cluster =
+            check_document(value).map_err(|(what, field, message)| ConfigError::Invalid {
+                file: file.to_owned(),
+                document: number,
+                what,
+                field,
+                message,
+            })?;
+        let key = cluster.key();
+        if !seen.insert(key.clone()) {
+            return Err(ConfigError::Invalid {
+                file: file.to_owned(),
+                document: number,
+                what: format!(" (BalancerCluster {key})"),
+                field: "metadata.name".to_owned(),
+                message: format!("{key} is defined twice"),
+            });
+        }
+        clusters.push(cluster);
+    }
+    Ok(clusters)
+}
+
+type DocumentError = (String, String, String);
+
+fn check_document(value: serde_json::Value) -> Result<ClusterConfig, DocumentError> {
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .map(str::to_owned);
+    let namespace = value
+        .pointer("/metadata/namespace")
+        .and_then(|n| n.as_str())
+        .unwrap_or("default")
+        .to_owned();
+    let what = match &name {
+        Some(n) => format!(" (BalancerCluster {namespace}/{n})"),
+        None => String::new(),
+    };
+    let fail = |field: &str, message: String| (what.clone(), field.to_owned(), message);
+
+    let expected_api = format!("{GROUP}/{VERSION}");
+    match value.get("apiVersion").and_then(|v| v.as_str()) {
+        Some(v) if v == expected_api => {}
+        other => {
+            return Err(fail(
+                "apiVersion",
+                format!("must be {expected_api}, found {other:?}"),
+            ));
+        }
+    }
+    match value.get("kind").and_then(|v| v.as_str()) {
+        Some("BalancerCluster") => {}
+        other => {
+            return Err(fail(
+                "kind",
+                format!("must be BalancerCluster, found {other:?}"),
+            ));
+        }
+    }
+    if name.as_deref().is_none_or(str::is_empty) {
+        return Err(fail("metadata.name", "is required".to_owned()));
+    }
+
+    // The API server's order: defaults from the schema, then the CEL rules.
+    let schema = crd_schema();
+    let value = kube::core::cel::apply_defaults(schema, &value);
+    if let Err(errors) = kube::core::cel::Validator::new().validate(schema, &value, None) {
+        let first = errors.as_slice().first();
+        let field = first.map(|e| e.field_path.clone()).unwrap_or_default();
+        let message = first
+            .map(|e| e.message.clone())
+            .unwrap_or_else(|| errors.to_string());
+        return Err(fail(&field, message));
+    }
+    let bc: BalancerCluster = serde_path_to_error::deserialize(&value).map_err(|e| {
+        let field = e.path().to_string();
+        fail(&field, e.into_inner().to_string())
+    })?;
+    discovery::cluster_config(&bc, Vec::new()).map_err(|e| fail(&e.field, e.message))
+}
+
+fn crd_schema() -> &'static serde_json::Value {
+    static SCHEMA: OnceLock<serde_json::Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        BalancerCluster::crd()
+            .spec
+            .versions
+            .first()
+            .and_then(|v| v.schema.as_ref())
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| serde_json::to_value(s).ok())
+            .unwrap_or(serde_json::Value::Null)
+    })
+}
+
+/// Serves `path` (or the embedded seed setup when `None`) and reloads it whenever it changes.
+/// Returns an error only if the first load fails; later failures are logged and counted.
+pub async fn run(path: Option<PathBuf>, plane: Arc<DataPlane>) -> Result<(), ConfigError> {
+    let Some(path) = path else {
+        let clusters = parse("(embedded seed configuration)", EMBEDDED)?;
+        publish(&plane, clusters, "the embedded seed configuration");
+        return Ok(());
+    };
+    let clusters = load(&path)?;
+    publish(&plane, clusters, &path.display().to_string());
+    tokio::spawn(watch(path, plane));
+    Ok(())
+}
+
+fn publish(plane: &DataPlane, clusters: Vec<ClusterConfig>, from: &str) {
+    let names: Vec<String> = clusters.iter().map(ClusterConfig::key).collect();
+    let snapshot = plane.publish(clusters);
+    tracing::info!(source = from, clusters = ?names, generation = snapshot.generation, "configuration loaded");
+    for c in &snapshot.conflicts {
+        tracing::warn!(cluster = %c.cluster, host = ?c.host, path = %c.path_prefix, held_by = %c.held_by, "route already taken by an earlier cluster; not served");
+    }
+}
+
+/// Watches the file's folder (editors replace files rather than write them in place) and
+/// reloads after changes settle.
+async fn watch(path: PathBuf, plane: Arc<DataPlane>) {
+    use notify::{RecursiveMode, Watcher};
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let file_name = path.file_name().map(|n| n.to_owned());
+    let mut watcher = match notify::recommended_watcher(
+        move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event
+                && event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name() == file_name.as_deref())
+            {
+                let _ = tx.send(());
+            }
+        },
+    ) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the configuration file; changes will not be picked up");
+            return;
+        }
+    };
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if let Err(e) = watcher.watch(&folder, RecursiveMode::NonRecursive) {
+        tracing::error!(error = %e, folder = %folder.display(), "cannot watch the configuration folder");
+        return;
+    }
+    while rx.recv().await.is_some() {
+        // Let a burst of events (truncate, write, rename) settle before reading.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while rx.try_recv().is_ok() {}
+        match load(&path) {
+            Ok(clusters) => publish(&plane, clusters, &path.display().to_string()),
+            Err(e) => {
+                plane.rejected_configs.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "configuration refused; the previous one keeps serving");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_file_is_the_apache_setup() {
+        let clusters = parse("seed.yaml", EMBEDDED).expect("valid");
+        assert_eq!(clusters.len(), 1);
+        let c = &clusters[0];
+        assert_eq!(c.key(), "default/mycluster");
+        let urls: Vec<&str> = c.members.iter().map(|m| m.url.as_str()).collect();
+        assert_eq!(urls, ["http://127.0.0.1:8080", "http://127.0.0.1:8081"]);
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].path_prefix, "/");
+    }
+
+    fn refusal(yaml: &str) -> String {
+        parse("bad.yaml", yaml)
+            .expect_err("must be refused")
+            .to_string()
+    }
+
+    const HEAD: &str = "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {name: web, namespace: shop}\n";
+
+    #[test]
+    fn cel_rule_messages_name_file_document_and_field() {
+        let yaml = format!(
+            "{HEAD}spec:\n  members:\n    - url: http://127.0.0.1:1\n      loadFactor: 0\n"
+        );
+        assert_eq!(
+            refusal(&yaml),
+            "bad.yaml: document 1 (BalancerCluster shop/web): spec.members[0].loadFactor: loadFactor must be between 1 and 100"
+        );
+    }
+
+    #[test]
+    fn second_document_is_named() {
+        let yaml = format!(
+            "{HEAD}spec:\n  members: [{{url: http://127.0.0.1:1}}]\n---\n{HEAD}spec: {{}}\n"
+        );
+        let e = refusal(&yaml);
+        assert!(
+            e.starts_with("bad.yaml: document 2 (BalancerCluster shop/web): spec: "),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("a balancer needs members: give spec.service, spec.members, or both"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_state_and_bad_duration_are_refused() {
+        let yaml = format!(
+            "{HEAD}spec:\n  members:\n    - url: http://127.0.0.1:1\n      state: Sleepy\n"
+        );
+        let e = refusal(&yaml);
+        assert!(
+            e.contains("spec.members[0].state") && e.contains("Sleepy"),
+            "{e}"
+        );
+        let yaml = format!(
+            "{HEAD}spec:\n  members: [{{url: http://127.0.0.1:1}}]\n  timeouts: {{connect: 5 seconds}}\n"
+        );
+        assert_eq!(
+            refusal(&yaml),
+            "bad.yaml: document 1 (BalancerCluster shop/web): spec.timeouts.connect: must be a duration such as 500ms, 5s or 1m30s"
+        );
+    }
+
+    #[test]
+    fn wrong_kind_and_duplicates_are_refused() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: x}\n";
+        assert_eq!(
+            refusal(yaml),
+            "bad.yaml: document 1 (BalancerCluster default/x): apiVersion: must be kubebalancer.io/v1alpha1, found Some(\"v1\")"
+        );
+        let doc = format!("{HEAD}spec:\n  members: [{{url: http://127.0.0.1:1}}]\n");
+        let e = refusal(&format!("{doc}---\n{doc}"));
+        assert!(
+            e.contains("document 2") && e.contains("shop/web is defined twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_errors_say_where() {
+        let e = refusal("apiVersion: [\n");
+        assert!(e.starts_with("bad.yaml: document 1: "), "{e}");
+        assert!(e.contains("line"), "{e}");
+    }
+}
