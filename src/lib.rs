@@ -1,6 +1,7 @@
 //! kube-balancer: Apache's mod_proxy_balancer as a Kubernetes-native load balancer.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod balancer;
 pub mod cli;

@@ -1,0 +1,266 @@
+//! The balancer-manager's figures: one read of the current snapshot and the live counters, shaped
+//! for the JSON answer, the HTML page and the metrics alike.
+//!
+//! The member rows come from [`crate::status::member_rows`], the same rows the controller writes
+//! to `.status`, so the page, the metrics and the resource never disagree on what a member is.
+//! The JSON shape is also what a leader reads from its peers to sum their traffic figures: each
+//! member carries every field of [`MemberStatus`] under the same names.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{MemberStatus, RouteSpec};
+use crate::proxy::{DataPlane, Snapshot};
+use crate::status;
+
+/// Everything the balancer-manager shows.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagerView {
+    /// Snapshot generation: counts publications, 0 before the first.
+    pub generation: u64,
+    /// A first configuration has been published.
+    pub ready: bool,
+    /// Configuration loads refused since start.
+    pub rejected_configs: u64,
+    pub clusters: Vec<ClusterView>,
+}
+
+/// One balancer: Apache's `balancer://` block.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterView {
+    /// `namespace/name`.
+    pub name: String,
+    pub lb_method: String,
+    /// The sticky-session cookie or parameter; none until sticky sessions exist.
+    pub sticky_session: Option<String>,
+    pub max_attempts: u32,
+    pub no_failover: bool,
+    pub fail_on_status: Vec<u16>,
+    pub retry_after_error_ms: u64,
+    pub timeouts: TimeoutsView,
+    pub routes: Vec<RouteSpec>,
+    /// Routes this balancer claims but does not get, because an earlier one holds them.
+    pub route_conflicts: Vec<ConflictView>,
+    /// Members that take new requests now.
+    pub ready_members: usize,
+    pub total_members: usize,
+    pub members: Vec<MemberView>,
+}
+
+/// Timeouts in milliseconds.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeoutsView {
+    pub connect_ms: u64,
+    pub response_ms: u64,
+    pub idle_ms: u64,
+}
+
+/// A route lost to another balancer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConflictView {
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub held_by: String,
+}
+
+/// One member: its status row plus the figures only the data plane has.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberView {
+    #[serde(flatten)]
+    pub status: MemberStatus,
+    /// Apache's Load column (`lbstatus`): where the member stands in the byrequests rotation.
+    pub load: i64,
+    /// Failures: refused or broken connections, `failOnStatus` answers.
+    pub errors: u64,
+}
+
+impl MemberView {
+    /// Takes new requests as far as its own state and health go.
+    pub fn usable(&self) -> bool {
+        matches!(self.status.state.as_str(), "Ok" | "HotStandby" | "HotSpare")
+    }
+}
+
+/// Reads the plane's current snapshot and counters at `now_ms` (process clock).
+pub fn view(plane: &DataPlane, now_ms: u64) -> ManagerView {
+    let snapshot = plane.snapshot_full();
+    ManagerView {
+        generation: snapshot.generation,
+        ready: plane.is_ready(),
+        rejected_configs: plane.rejected_configs.load(Relaxed),
+        clusters: clusters(&snapshot, now_ms),
+    }
+}
+
+fn clusters(snapshot: &Snapshot, now_ms: u64) -> Vec<ClusterView> {
+    snapshot
+        .clusters
+        .iter()
+        .map(|cluster| {
+            let config = &cluster.config;
+            let rows = status::member_rows(cluster, now_ms);
+            let load = cluster.balancer.lbstatus();
+            let members = rows
+                .into_iter()
+                .zip(cluster.balancer.members())
+                .enumerate()
+                .map(|(i, (row, live))| MemberView {
+                    status: row,
+                    load: load.get(i).copied().unwrap_or(0),
+                    errors: live.stats.errors.load(Relaxed),
+                })
+                .collect();
+            let (ready_members, total_members) = status::ready_counts(cluster, now_ms);
+            ClusterView {
+                name: cluster.key.clone(),
+                lb_method: config.lb_method.as_str().to_owned(),
+                sticky_session: None,
+                max_attempts: config.max_attempts,
+                no_failover: config.no_failover,
+                fail_on_status: config.fail_on_status.clone(),
+                retry_after_error_ms: millis(config.retry_after_error),
+                timeouts: TimeoutsView {
+                    connect_ms: millis(config.connect_timeout),
+                    response_ms: millis(config.response_timeout),
+                    idle_ms: millis(config.idle_timeout),
+                },
+                routes: config.routes.clone(),
+                route_conflicts: snapshot
+                    .conflicts
+                    .iter()
+                    .filter(|c| c.cluster == cluster.key)
+                    .map(|c| ConflictView {
+                        host: c.host.clone(),
+                        path_prefix: c.path_prefix.clone(),
+                        held_by: c.held_by.clone(),
+                    })
+                    .collect(),
+                ready_members,
+                total_members,
+                members,
+            }
+        })
+        .collect()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{LbMethod, MemberState};
+    use crate::discovery::{ClusterConfig, MemberConfig};
+
+    fn member(port: u16, state: MemberState) -> MemberConfig {
+        MemberConfig {
+            url: format!("http://127.0.0.1:{port}"),
+            authority: format!("127.0.0.1:{port}"),
+            pod: None,
+            load_factor: 1,
+            lbset: 0,
+            route: None,
+            state,
+        }
+    }
+
+    fn cluster(name: &str, members: Vec<MemberConfig>) -> ClusterConfig {
+        ClusterConfig {
+            namespace: "shop".into(),
+            name: name.into(),
+            routes: vec![RouteSpec::default()],
+            lb_method: LbMethod::ByRequests,
+            max_attempts: 1,
+            no_failover: false,
+            fail_on_status: vec![503],
+            retry_after_error: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(90),
+            members,
+        }
+    }
+
+    #[test]
+    fn view_before_the_first_publication_is_empty_and_not_ready() {
+        let plane = DataPlane::new();
+        let v = view(&plane, 0);
+        assert!(!v.ready);
+        assert_eq!(v.generation, 0);
+        assert!(v.clusters.is_empty());
+    }
+
+    #[test]
+    fn view_shows_every_member_with_live_figures_and_conflicts() {
+        let plane = DataPlane::new();
+        plane.publish(vec![
+            cluster(
+                "web",
+                vec![
+                    member(1, MemberState::Enabled),
+                    member(2, MemberState::Stopped),
+                ],
+            ),
+            cluster("shadow", vec![member(3, MemberState::Enabled)]),
+        ]);
+        let snapshot = plane.snapshot_full();
+        let web = &snapshot.clusters[0];
+        let stats = &web.balancer.members()[0].stats;
+        stats.elected.store(7, Relaxed);
+        stats.sent_bytes.store(100, Relaxed);
+        web.balancer.mark_error(0, 0, 1_000, "refused".into());
+
+        let v = view(&plane, 10);
+        assert!(v.ready);
+        assert_eq!(v.generation, 1);
+        let c = &v.clusters[0];
+        assert_eq!(c.name, "shop/web");
+        assert_eq!(c.lb_method, "byrequests");
+        assert_eq!(c.retry_after_error_ms, 60_000);
+        assert_eq!(c.timeouts.idle_ms, 90_000);
+        assert_eq!((c.ready_members, c.total_members), (0, 2));
+        let m = &c.members[0];
+        assert_eq!(m.status.elected, 7);
+        assert_eq!(m.status.sent_bytes, 100);
+        assert_eq!(m.status.state, "Error");
+        assert_eq!(m.errors, 1);
+        assert!(!m.usable());
+        assert_eq!(c.members[1].status.state, "Stopped");
+        // The second cluster claims the same default route and loses it.
+        let lost = &v.clusters[1].route_conflicts;
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].held_by, "shop/web");
+    }
+
+    #[test]
+    fn json_members_carry_the_status_fields_under_their_names() {
+        let plane = DataPlane::new();
+        plane.publish(vec![cluster("web", vec![member(1, MemberState::Enabled)])]);
+        let json = serde_json::to_value(view(&plane, 0)).expect("serializes");
+        let m = &json["clusters"][0]["members"][0];
+        for key in [
+            "url",
+            "loadFactor",
+            "lbset",
+            "state",
+            "elected",
+            "busy",
+            "sentBytes",
+            "receivedBytes",
+            "load",
+            "errors",
+        ] {
+            assert!(m.get(key).is_some(), "member JSON lacks {key}: {m}");
+        }
+        let back: ManagerView = serde_json::from_value(json).expect("reads back");
+        assert_eq!(back.clusters[0].members[0].status.url, "http://127.0.0.1:1");
+    }
+}

@@ -1,0 +1,269 @@
+//! `/metrics`: Prometheus (OpenMetrics text) figures read from the live snapshot at scrape time.
+//!
+//! Members come and go with every snapshot, so nothing is registered per member: one
+//! [`Collector`] walks the balancer-manager view on each scrape and writes what is there now.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use super::manager::{self, ClusterView, ManagerView, MemberView};
+use crate::clock;
+use crate::proxy::DataPlane;
+
+/// The content type of the OpenMetrics text format that prometheus-client writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Prefix of every metric name.
+pub const PREFIX: &str = "kube_balancer";
+
+/// A registry holding the data plane's collector.
+pub fn registry(plane: Arc<DataPlane>) -> Registry {
+    let mut registry = Registry::with_prefix(PREFIX);
+    registry.register_collector(Box::new(PlaneCollector { plane }));
+    registry
+}
+
+/// The registry's metrics in OpenMetrics text.
+pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut text = String::with_capacity(4 * 1024);
+    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    Ok(text)
+}
+
+/// Reads the plane's snapshot and counters on each scrape.
+#[derive(Debug)]
+struct PlaneCollector {
+    plane: Arc<DataPlane>,
+}
+
+impl Collector for PlaneCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let view = manager::view(&self.plane, clock::now_ms());
+        encode_view(&view, &mut encoder)
+    }
+}
+
+type MemberFigure = fn(&MemberView) -> u64;
+
+const MEMBER_COUNTERS: [(&str, &str, MemberFigure); 4] = [
+    (
+        "member_requests",
+        "Requests sent to the member (the balancer-manager's Elected).",
+        |m| m.status.elected,
+    ),
+    (
+        "member_sent_bytes",
+        "Request body bytes sent to the member (the balancer-manager's To).",
+        |m| m.status.sent_bytes,
+    ),
+    (
+        "member_received_bytes",
+        "Response body bytes received from the member (the balancer-manager's From).",
+        |m| m.status.received_bytes,
+    ),
+    (
+        "member_errors",
+        "Failures of the member: refused or broken connections and failOnStatus answers.",
+        |m| m.errors,
+    ),
+];
+
+const MEMBER_GAUGES: [(&str, &str, MemberFigure); 2] = [
+    (
+        "member_in_flight",
+        "Requests in flight to the member now (the balancer-manager's Busy).",
+        |m| m.status.busy,
+    ),
+    ("member_load_factor", "The member's load factor.", |m| {
+        u64::from(m.status.load_factor)
+    }),
+];
+
+type ClusterFigure = fn(&ClusterView) -> u64;
+
+const CLUSTER_GAUGES: [(&str, &str, ClusterFigure); 3] = [
+    ("cluster_members", "Members of the balancer.", |c| {
+        c.total_members as u64
+    }),
+    (
+        "cluster_ready_members",
+        "Members of the balancer that take new requests now.",
+        |c| c.ready_members as u64,
+    ),
+    (
+        "cluster_route_conflicts",
+        "Routes the balancer claims but does not get, because another balancer holds them.",
+        |c| c.route_conflicts.len() as u64,
+    ),
+];
+
+fn members(view: &ManagerView) -> impl Iterator<Item = (&ClusterView, &MemberView)> {
+    view.clusters
+        .iter()
+        .flat_map(|c| c.members.iter().map(move |m| (c, m)))
+}
+
+fn encode_view(view: &ManagerView, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    for (name, help, figure) in MEMBER_COUNTERS {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (c, m) in members(view) {
+            let labels = [
+                ("cluster", c.name.as_str()),
+                ("member", m.status.url.as_str()),
+            ];
+            ConstCounter::new(figure(m)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    for (name, help, figure) in MEMBER_GAUGES {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (c, m) in members(view) {
+            let labels = [
+                ("cluster", c.name.as_str()),
+                ("member", m.status.url.as_str()),
+            ];
+            gauge(figure(m)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "member_up",
+            "1 when the member takes new requests, 0 when it does not; state is the \
+             balancer-manager's Status (Ok, Error, Disabled, Stopped, Drain, HotStandby, HotSpare).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (c, m) in members(view) {
+            let labels = [
+                ("cluster", c.name.as_str()),
+                ("member", m.status.url.as_str()),
+                ("state", m.status.state.as_str()),
+            ];
+            gauge(u64::from(m.usable())).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    for (name, help, figure) in CLUSTER_GAUGES {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for c in &view.clusters {
+            let labels = [("cluster", c.name.as_str())];
+            gauge(figure(c)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    ConstCounter::new(view.rejected_configs).encode(encoder.encode_descriptor(
+        "config_rejected",
+        "Configuration loads refused (invalid files or resources).",
+        None,
+        MetricType::Counter,
+    )?)?;
+    gauge(view.generation).encode(encoder.encode_descriptor(
+        "snapshot_generation",
+        "Generation of the snapshot served now: counts configuration publications.",
+        None,
+        MetricType::Gauge,
+    )?)?;
+    gauge(u64::from(view.ready)).encode(encoder.encode_descriptor(
+        "ready",
+        "1 once a first configuration has been published.",
+        None,
+        MetricType::Gauge,
+    )?)?;
+    Ok(())
+}
+
+/// Gauges are signed in OpenMetrics; figures here never reach `i64::MAX`.
+fn gauge(value: u64) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{LbMethod, MemberState, RouteSpec};
+    use crate::discovery::{ClusterConfig, MemberConfig};
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    fn member(port: u16, state: MemberState) -> MemberConfig {
+        MemberConfig {
+            url: format!("http://127.0.0.1:{port}"),
+            authority: format!("127.0.0.1:{port}"),
+            pod: None,
+            load_factor: 2,
+            lbset: 0,
+            route: None,
+            state,
+        }
+    }
+
+    fn cluster(members: Vec<MemberConfig>) -> ClusterConfig {
+        ClusterConfig {
+            namespace: "shop".into(),
+            name: "web".into(),
+            routes: vec![RouteSpec::default()],
+            lb_method: LbMethod::ByRequests,
+            max_attempts: 1,
+            no_failover: false,
+            fail_on_status: vec![],
+            retry_after_error: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(90),
+            members,
+        }
+    }
+
+    #[test]
+    fn scrape_reads_the_snapshot_served_now() {
+        let plane = DataPlane::new();
+        let registry = registry(plane.clone());
+        let empty = encode(&registry).expect("encodes");
+        assert!(empty.contains("kube_balancer_ready 0\n"), "{empty}");
+        assert!(empty.ends_with("# EOF\n"));
+
+        plane.publish(vec![cluster(vec![
+            member(1, MemberState::Enabled),
+            member(2, MemberState::Stopped),
+        ])]);
+        let snapshot = plane.snapshot_full();
+        let stats = &snapshot.clusters[0].balancer.members()[0].stats;
+        stats.elected.store(5, Relaxed);
+        stats.received_bytes.store(640, Relaxed);
+        plane.rejected_configs.store(3, Relaxed);
+
+        let text = encode(&registry).expect("encodes");
+        let member1 = r#"cluster="shop/web",member="http://127.0.0.1:1""#;
+        let member2 = r#"cluster="shop/web",member="http://127.0.0.1:2""#;
+        for line in [
+            format!("kube_balancer_member_requests_total{{{member1}}} 5"),
+            format!("kube_balancer_member_received_bytes_total{{{member1}}} 640"),
+            format!("kube_balancer_member_sent_bytes_total{{{member1}}} 0"),
+            format!("kube_balancer_member_errors_total{{{member1}}} 0"),
+            format!("kube_balancer_member_in_flight{{{member1}}} 0"),
+            format!("kube_balancer_member_load_factor{{{member1}}} 2"),
+            format!("kube_balancer_member_up{{{member1},state=\"Ok\"}} 1"),
+            format!("kube_balancer_member_up{{{member2},state=\"Stopped\"}} 0"),
+            r#"kube_balancer_cluster_members{cluster="shop/web"} 2"#.to_owned(),
+            r#"kube_balancer_cluster_ready_members{cluster="shop/web"} 1"#.to_owned(),
+            "kube_balancer_config_rejected_total 3".to_owned(),
+            "kube_balancer_snapshot_generation 1".to_owned(),
+            "kube_balancer_ready 1".to_owned(),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        assert!(text.contains("# TYPE kube_balancer_member_requests counter\n"));
+
+        // A member that leaves the configuration leaves the scrape.
+        plane.publish(vec![cluster(vec![member(1, MemberState::Enabled)])]);
+        let text = encode(&registry).expect("encodes");
+        assert!(!text.contains("127.0.0.1:2"), "{text}");
+        assert!(text.contains("kube_balancer_snapshot_generation 2\n"));
+    }
+}
