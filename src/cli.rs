@@ -154,6 +154,8 @@ where
         let workers = options.workers;
         let server = Server::start(plane.clone(), options)?;
         tracing::info!(address = %server.local_addr(), workers, "data plane listening");
+        let admin = crate::admin::start(common.admin, plane.clone()).await?;
+        tracing::info!(address = %admin, "admin server listening");
 
         wait_for_stop().await;
         tracing::info!(grace = ?common.shutdown_grace, "stopping: no new connections, finishing requests in flight");
