@@ -2,6 +2,8 @@
 //! serves. Pure: no I/O, no clock. Controller and standalone mode both feed their resources
 //! through here, so a member looks the same whichever front door it came from.
 
+pub mod endpoints;
+
 use std::time::Duration;
 
 use crate::api::{
