@@ -160,10 +160,9 @@ fn write_cluster(out: &mut String, c: &ClusterView) -> fmt::Result {
     for lost in &c.route_conflicts {
         writeln!(
             out,
-            "<p class=\"warn\">Route <code>{}{}</code> is held by <code>{}</code>: requests \
-             for it do not reach this balancer.</p>",
-            Escaped(lost.host.as_deref().unwrap_or("*")),
-            Escaped(&lost.path_prefix),
+            "<p class=\"warn\">Route {} is held by <code>{}</code>: requests for it do not \
+             reach this balancer.</p>",
+            route(lost.host.as_deref(), &lost.path_prefix),
             Escaped(&lost.held_by),
         )?;
     }
@@ -233,21 +232,23 @@ fn routes(c: &ClusterView) -> String {
     }
     c.routes
         .iter()
-        .map(|r| {
-            format!(
-                "<code>{}{}</code>",
-                Escaped(r.host.as_deref().unwrap_or("*")),
-                Escaped(&r.path_prefix)
-            )
-        })
+        .map(|r| route(r.host.as_deref(), &r.path_prefix))
         .collect::<Vec<_>>()
         .join("<br>")
+}
+
+/// `host/path`, or the path alone for a route that takes any host.
+fn route(host: Option<&str>, path_prefix: &str) -> String {
+    match host {
+        Some(host) => format!("<code>{}{}</code>", Escaped(host), Escaped(path_prefix)),
+        None => format!("<code>{}</code> (any host)", Escaped(path_prefix)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::manager::TimeoutsView;
+    use crate::admin::manager::{ConflictView, TimeoutsView};
     use crate::api::{MemberStatus, RouteSpec};
 
     #[test]
@@ -330,20 +331,27 @@ mod tests {
 
     #[test]
     fn page_escapes_everything_from_user_input() {
-        let page = render(
-            &view_with(
-                "<script>alert(1)</script>",
-                "http://a\"b:80",
-                "<img src=x onerror=alert(2)>",
-            ),
-            None,
+        let mut view = view_with(
+            "<script>alert(1)</script>",
+            "http://a\"b:80",
+            "<img src=x onerror=alert(2)>",
         );
+        view.clusters[0].route_conflicts = vec![ConflictView {
+            host: None,
+            path_prefix: "/<u>".into(),
+            held_by: "shop/<em>other</em>".into(),
+        }];
+        let page = render(&view, None);
         assert!(!page.contains("<script"), "{page}");
         assert!(!page.contains("<img"), "{page}");
         assert!(!page.contains("<b>web"), "{page}");
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;/api"));
         assert!(page.contains("data-member=\"http://a&quot;b:80\""));
         assert!(page.contains("&lt;img src=x onerror=alert(2)&gt;"));
+        assert!(page.contains(
+            "Route <code>/&lt;u&gt;</code> (any host) is held by <code>shop/&lt;em&gt;other&lt;/em&gt;</code>"
+        ));
+        assert!(!page.contains("<u>") && !page.contains("<em>"), "{page}");
     }
 
     #[test]
