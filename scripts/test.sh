@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # The test command (README: "Test it"). CI runs exactly this through .ci/run.
+#
+# The Kubernetes tests run against a real control plane that scripts/testenv.sh builds (the first
+# time takes minutes; later runs reuse it), inside a network namespace made for this run, where pod
+# IPs are local addresses (docs/testenv.md). Creating it needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked
+
+bash scripts/testenv.sh build
+# Build outside the namespace, which has no network; then run every test inside it.
+cargo test --locked --no-run
+bash scripts/testenv.sh run cargo test --locked --offline

@@ -7,6 +7,9 @@
 #   scripts/testenv.sh env       build what is missing, then print shell exports (KB_TESTENV_BIN)
 #   scripts/testenv.sh bin-dir   print the bin directory (without building)
 #   scripts/testenv.sh versions  print the pinned versions
+#   scripts/testenv.sh run CMD... build what is missing, then run CMD inside a network namespace
+#                                made for it (and deleted after it), with KB_TESTENV_BIN and
+#                                KB_TESTENV_NETNS set: how the Kubernetes tests run (needs root)
 #
 # Progress goes to stderr, so `eval "$(scripts/testenv.sh env)"` sees only the exports.
 set -euo pipefail
@@ -176,7 +179,58 @@ build() {
     cp "$WORK/kubernetes/go.mod" "$KEY_DIR/kubernetes-wrapper.go.mod"
     cp "$WORK/etcd/go.mod" "$KEY_DIR/etcd-wrapper.go.mod"
     echo "$VERSION_KEY built in $((SECONDS - started)) s with $(go version)" >"$KEY_DIR/complete"
+    rm -rf "$WORK"
+    trap - EXIT
     say "built in $((SECONDS - started)) s"
+}
+
+# The pod network (docs/testenv.md): EndpointSlices refuse loopback pod IPs, so the tests use
+# 10.244.0.0/24, made local by putting it on the `lo` of a network namespace of their own. A new
+# namespace has no other interface and no route: traffic to a pod IP never leaves it.
+POD_NETWORK=10.244.0.1/24
+NETNS_PREFIX=kb-test-
+
+need_ip() {
+    command -v ip >/dev/null && return 0
+    [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null ||
+        die "the ip command (iproute2) is missing; install iproute2"
+    say "installing iproute2 (for ip netns)"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >&2 ||
+        die "could not install iproute2 with apt-get"
+}
+
+# Namespaces of earlier runs whose script was killed before it could delete them; the name carries
+# the creating script's PID.
+delete_stale_namespaces() {
+    local name pid
+    while read -r name _; do
+        [[ "$name" =~ ^${NETNS_PREFIX}([0-9]+)$ ]] || continue
+        pid="${BASH_REMATCH[1]}"
+        kill -0 "$pid" 2>/dev/null && continue
+        say "deleting the stale network namespace $name"
+        ip netns delete "$name" || true
+    done < <(ip netns list)
+}
+
+run_in_namespace() {
+    [[ $# -gt 0 ]] || die "run needs a command, e.g. scripts/testenv.sh run cargo test"
+    [[ $EUID -eq 0 ]] || die "run needs root to create a network namespace (ip netns add)"
+    build
+    need_ip
+    delete_stale_namespaces
+    NETNS="${NETNS_PREFIX}$$"
+    trap 'ip netns delete "$NETNS" 2>/dev/null || true' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    ip netns add "$NETNS" || die "could not create the network namespace $NETNS"
+    ip -n "$NETNS" link set lo up || die "could not bring lo up in $NETNS"
+    ip -n "$NETNS" addr add "$POD_NETWORK" dev lo || die "could not put $POD_NETWORK on lo in $NETNS"
+    ip -n "$NETNS" route get 10.244.0.77 | grep -q '^local ' ||
+        die "10.244.0.0/24 is not local in $NETNS"
+    say "running in network namespace $NETNS: $*"
+    local status=0
+    KB_TESTENV_BIN="$BIN_DIR" KB_TESTENV_NETNS="$NETNS" ip netns exec "$NETNS" "$@" || status=$?
+    return "$status"
 }
 
 case "${1:-build}" in
@@ -191,12 +245,16 @@ env)
 bin-dir)
     echo "$BIN_DIR"
     ;;
+run)
+    shift
+    run_in_namespace "$@"
+    ;;
 versions)
     echo "kubernetes $K8S_VERSION"
     echo "etcd $ETCD_VERSION"
     echo "helm $HELM_VERSION"
     ;;
 *)
-    die "unknown command '$1' (expected build, env, bin-dir or versions)"
+    die "unknown command '$1' (expected build, env, bin-dir, versions or run)"
     ;;
 esac
