@@ -62,7 +62,6 @@ impl ControlPlane {
     /// The control plane of this test binary, started on first use. Panics, saying why, when it
     /// cannot start: missing binaries, not inside the test network namespace, a server that fails.
     pub fn shared() -> &'static ControlPlane {
-        install_crypto_provider();
         static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
         match SHARED.get_or_init(start_on_keeper_thread) {
             Ok(control_plane) => control_plane,
@@ -113,13 +112,6 @@ impl ControlPlane {
         );
         String::from_utf8(output.stdout).expect("the tool's output is UTF-8")
     }
-}
-
-/// kube's `rustls-tls` feature selects no rustls crypto provider, and without one every TLS
-/// connection panics; the tests use ring, as rcgen does.
-fn install_crypto_provider() {
-    // Err means that one is installed already, which is all this needs.
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// A server process must die with the thread that started it (`PR_SET_PDEATHSIG`), so one thread
