@@ -44,8 +44,109 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Run in a cluster: controller and data plane (in-cluster config or --kubeconfig).
+    Run {
+        #[command(flatten)]
+        kube: KubeArgs,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Print the BalancerCluster CRD as YAML.
     Crd,
+}
+
+#[derive(Args, Debug, Clone)]
+struct KubeArgs {
+    /// Kubeconfig file (default: in-cluster configuration, or $KUBECONFIG, or ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Namespaces to watch (repeat or separate with commas; default: all).
+    #[arg(long = "namespace", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Serve only BalancerClusters of this className (a missing className means "default").
+    #[arg(long, default_value = "default")]
+    class: String,
+    /// Sidecar mode: serve one cluster (--cluster) on localhost, write no status.
+    #[arg(long, requires = "cluster")]
+    sidecar: bool,
+    /// The cluster a sidecar serves: NAME (in --namespace or $POD_NAMESPACE) or NAMESPACE/NAME.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// How often the leader may write each cluster's status.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    status_interval: Duration,
+    /// This replica's name, for the leader Lease (default: $POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Namespace of the leader Lease (default: $POD_NAMESPACE, else "default").
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Name of the leader Lease (default: kube-balancer-CLASS).
+    #[arg(long)]
+    lease_name: Option<String>,
+    /// The controller's own Service, NAMESPACE/NAME: the leader sums its replicas' figures.
+    #[arg(long)]
+    peers_service: Option<String>,
+}
+
+impl KubeArgs {
+    fn options(&self, admin_port: u16) -> anyhow::Result<crate::controller::Options> {
+        let pod_namespace = self
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        let only = match (&self.cluster, self.sidecar) {
+            (Some(c), true) => Some(match c.split_once('/') {
+                Some((ns, name)) => (ns.to_owned(), name.to_owned()),
+                None => (
+                    self.namespaces
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| pod_namespace.clone()),
+                    c.clone(),
+                ),
+            }),
+            (Some(_), false) => anyhow::bail!("--cluster is only for --sidecar"),
+            _ => None,
+        };
+        let identity = match &self.identity {
+            Some(i) => i.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| format!("kube-balancer-{}", std::process::id())),
+        };
+        let peers_service = match &self.peers_service {
+            Some(s) => Some(
+                s.split_once('/')
+                    .map(|(ns, n)| (ns.to_owned(), n.to_owned()))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--peers-service must be NAMESPACE/NAME, got {s:?}")
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(crate::controller::Options {
+            kubeconfig: self.kubeconfig.clone(),
+            namespaces: match &only {
+                Some((ns, _)) => vec![ns.clone()],
+                None => self.namespaces.clone(),
+            },
+            scope: crate::controller::index::Scope {
+                class: self.class.clone(),
+                only,
+            },
+            status_interval: self.status_interval,
+            write_status: !self.sidecar,
+            identity,
+            lease_namespace: pod_namespace,
+            lease_name: self
+                .lease_name
+                .clone()
+                .unwrap_or_else(|| format!("kube-balancer-{}", self.class)),
+            peers_service,
+            admin_port,
+        })
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -102,6 +203,25 @@ pub fn main() -> ExitCode {
                 Ok(())
             })
         }),
+        Command::Run { kube, common } => {
+            let default_listen = if kube.sidecar {
+                "127.0.0.1:8000"
+            } else {
+                "0.0.0.0:8000"
+            };
+            match kube.options(common.admin.port()) {
+                Ok(options) => serve(common, default_listen, move |plane| {
+                    Box::pin(async move {
+                        let client =
+                            crate::controller::client(options.kubeconfig.as_deref()).await?;
+                        tracing::info!(scope = ?options.scope, namespaces = ?options.namespaces, "watching the Kubernetes API");
+                        crate::controller::start(client, options, plane).await?;
+                        Ok(())
+                    })
+                }),
+                Err(e) => Err(e),
+            }
+        }
         Command::Demo { backends, common } => serve(common, "127.0.0.1:8000", move |plane| {
             Box::pin(async move {
                 let mut bound = Vec::new();
@@ -158,6 +278,7 @@ where
         tracing::info!(address = %admin, "admin server listening");
 
         wait_for_stop().await;
+        plane.start_draining();
         tracing::info!(grace = ?common.shutdown_grace, "stopping: no new connections, finishing requests in flight");
         let grace = common.shutdown_grace;
         tokio::task::spawn_blocking(move || server.shutdown(grace)).await?;

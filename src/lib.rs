@@ -6,6 +6,7 @@ pub mod api;
 pub mod balancer;
 pub mod cli;
 pub mod clock;
+pub mod controller;
 pub mod demo;
 pub mod discovery;
 pub mod proxy;

@@ -161,7 +161,12 @@ impl Admin {
     }
 
     fn readyz(&self) -> Answer {
-        if self.plane.is_ready() {
+        if self.plane.is_draining() {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: stopping, finishing the requests in flight\n",
+            )
+        } else if self.plane.is_ready() {
             text(StatusCode::OK, "ready\n")
         } else {
             text(

@@ -272,11 +272,8 @@ fn rebuild(method: &Method, uri: &Uri, headers: &HeaderMap) -> Request<UpstreamB
 }
 
 fn error_note(cause: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("{cause} (at {now} s since the Unix epoch)")
+    let now = k8s_openapi::jiff::Timestamp::now();
+    format!("{cause} ({})", now.strftime("%Y-%m-%dT%H:%M:%SZ"))
 }
 
 async fn tunnel(

@@ -67,6 +67,7 @@ pub struct DataPlane {
     stats: Mutex<HashMap<(String, String), Arc<MemberStats>>>,
     generation: AtomicU64,
     ready: AtomicBool,
+    draining: AtomicBool,
     /// Configuration loads refused (invalid files or resources).
     pub rejected_configs: AtomicU64,
 }
@@ -91,6 +92,15 @@ impl DataPlane {
         self.ready.load(Relaxed)
     }
 
+    /// True once a stop has begun: `/readyz` fails so that load balancers in front stop sending.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Relaxed);
+    }
+
     /// Builds a snapshot from `clusters` (in order of precedence for route conflicts: the first
     /// claim on a host and path keeps it) and makes it the one served. Requests in flight finish
     /// on the snapshot they started with. Counters of members that stay are kept.
@@ -105,14 +115,12 @@ impl DataPlane {
         for config in clusters {
             let key = config.key();
             let index = snapshot.clusters.len();
-            let mut conflicted = false;
             for route in &config.routes {
                 if let Err(holder) =
                     snapshot
                         .routes
                         .add(route.host.as_deref(), &route.path_prefix, index)
                 {
-                    conflicted = true;
                     snapshot.conflicts.push(RouteConflict {
                         cluster: key.clone(),
                         host: route.host.clone(),
@@ -125,7 +133,6 @@ impl DataPlane {
                     });
                 }
             }
-            let _ = conflicted;
             let members = config
                 .members
                 .iter()

@@ -1,0 +1,277 @@
+//! The Kubernetes front door: watches BalancerClusters, the EndpointSlices and Services they
+//! name, and the pods' `kubebalancer.io/*` annotations, and publishes the member lists to the
+//! data plane whenever they change. The leader (a Lease) also writes `.status`.
+//!
+//! Watches are kube-runtime reflectors with backoff; when the API server goes away the stores
+//! keep their last contents and the data plane keeps serving the last member lists.
+
+pub mod index;
+pub mod leader;
+pub mod peers;
+pub mod status;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{BoxStream, SelectAll};
+use futures_util::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use serde::de::DeserializeOwned;
+
+use crate::api::BalancerCluster;
+use crate::discovery::endpoints::SERVICE_NAME_LABEL;
+use crate::proxy::DataPlane;
+use index::{Scope, World};
+
+/// Errors of the controller's start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("cannot configure the Kubernetes client: {0}")]
+    Config(String),
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    pub scope: Scope,
+    /// How often the leader may write each cluster's status.
+    pub status_interval: Duration,
+    /// Write status at all (not in sidecar mode).
+    pub write_status: bool,
+    /// This replica's name (the pod name in a cluster).
+    pub identity: String,
+    /// Where the leader Lease lives, and its name.
+    pub lease_namespace: String,
+    pub lease_name: String,
+    /// The controller's own Service (`namespace/name`), to sum the replicas' figures.
+    pub peers_service: Option<(String, String)>,
+    pub admin_port: u16,
+}
+
+/// A client from `--kubeconfig`, or the in-cluster / default configuration.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Error> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc =
+                kube::config::Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|source| Error::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                })?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// The stores the controller reads, one per watched namespace (or one for all).
+struct Stores {
+    clusters: Vec<Store<BalancerCluster>>,
+    slices: Vec<Store<EndpointSlice>>,
+    services: Vec<Store<Service>>,
+    pods: Vec<Store<PartialObjectMeta<Pod>>>,
+}
+
+/// Runs the controller: returns once the first member lists are published, leaving the watch
+/// loop, the leader election and the status writer running as tasks.
+pub async fn start(client: Client, options: Options, plane: Arc<DataPlane>) -> Result<(), Error> {
+    let namespaces: Vec<Option<String>> = if options.namespaces.is_empty() {
+        vec![None]
+    } else {
+        options.namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut events: SelectAll<BoxStream<'static, ()>> = SelectAll::new();
+    let mut stores = Stores {
+        clusters: Vec::new(),
+        slices: Vec::new(),
+        services: Vec::new(),
+        pods: Vec::new(),
+    };
+    for ns in &namespaces {
+        let cfg = watcher::Config::default().any_semantic();
+        stores.clusters.push(watch(
+            &mut events,
+            api(&client, ns),
+            cfg.clone(),
+            "BalancerCluster",
+        ));
+        stores.slices.push(watch(
+            &mut events,
+            api(&client, ns),
+            cfg.clone().labels(SERVICE_NAME_LABEL),
+            "EndpointSlice",
+        ));
+        stores
+            .services
+            .push(watch(&mut events, api(&client, ns), cfg.clone(), "Service"));
+        // Metadata only: the annotations are all we need of a pod.
+        stores.pods.push(watch(
+            &mut events,
+            api::<PartialObjectMeta<Pod>>(&client, ns),
+            cfg,
+            "Pod",
+        ));
+    }
+
+    // The first publication waits for every store, so that a start never serves a partial list.
+    {
+        let ready = async {
+            for s in &stores.clusters {
+                let _ = s.wait_until_ready().await;
+            }
+            for s in &stores.slices {
+                let _ = s.wait_until_ready().await;
+            }
+            for s in &stores.services {
+                let _ = s.wait_until_ready().await;
+            }
+            for s in &stores.pods {
+                let _ = s.wait_until_ready().await;
+            }
+        };
+        tokio::pin!(ready);
+        loop {
+            tokio::select! {
+                _ = &mut ready => break,
+                Some(()) = events.next() => {}
+            }
+        }
+    }
+    let mut last = publish_if_changed(&stores, &options.scope, &plane, None);
+
+    let writer_stores = (stores.clusters.clone(), stores.slices.clone());
+    let scope = options.scope.clone();
+    let loop_plane = plane.clone();
+    tokio::spawn(async move {
+        while events.next().await.is_some() {
+            // Take every event that is already waiting before recomputing once.
+            while let Some(Some(())) = events.next().now_or_never() {}
+            last = publish_if_changed(&stores, &scope, &loop_plane, last.take());
+        }
+    });
+
+    if options.write_status {
+        let elector = leader::Elector::new(
+            client.clone(),
+            &options.lease_namespace,
+            &options.lease_name,
+            &options.identity,
+            Duration::from_secs(15),
+        );
+        let leadership = elector.leadership();
+        tokio::spawn(elector.run());
+        let reporter = Reporter {
+            controller: "kube-balancer".into(),
+            instance: Some(options.identity.clone()),
+        };
+        let writer = status::Writer {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            plane,
+            clusters: writer_stores.0,
+            scope: options.scope.clone(),
+            leadership,
+            interval: options.status_interval,
+            peers: peers::PeerSource {
+                service: options.peers_service.clone(),
+                admin_port: options.admin_port,
+                identity: options.identity.clone(),
+                slices: writer_stores.1,
+            },
+        };
+        tokio::spawn(writer.run());
+    }
+    Ok(())
+}
+
+fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn watch<K>(
+    events: &mut SelectAll<BoxStream<'static, ()>>,
+    api: Api<K>,
+    cfg: watcher::Config,
+    kind: &'static str,
+) -> Store<K>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, cfg))
+        .default_backoff()
+        .map(move |e| log_watch_error(kind, e.map(|_| ())));
+    events.push(stream.boxed());
+    reader
+}
+
+fn log_watch_error(kind: &str, event: Result<(), watcher::Error>) {
+    if let Err(e) = event {
+        tracing::warn!(kind, error = %e, "watch failed; retrying with backoff, serving the last known members");
+    }
+}
+
+fn publish_if_changed(
+    stores: &Stores,
+    scope: &Scope,
+    plane: &DataPlane,
+    last: Option<Vec<crate::discovery::ClusterConfig>>,
+) -> Option<Vec<crate::discovery::ClusterConfig>> {
+    let clusters: Vec<_> = stores.clusters.iter().flat_map(|s| s.state()).collect();
+    let slices: Vec<_> = stores.slices.iter().flat_map(|s| s.state()).collect();
+    let services: Vec<_> = stores.services.iter().flat_map(|s| s.state()).collect();
+    let pods: Vec<_> = stores.pods.iter().flat_map(|s| s.state()).collect();
+    let world = World {
+        clusters: &clusters,
+        slices: &slices,
+        services: &services,
+        pods: &pods,
+    };
+    let desired = index::desired(&world, scope);
+    for (cluster, p) in &desired.problems {
+        tracing::warn!(%cluster, pod = %p.pod, annotation = p.annotation, value = %p.value, "pod annotation ignored: not a valid value");
+    }
+    if last.as_ref() == Some(&desired.clusters) {
+        return last;
+    }
+    let names: Vec<String> = desired
+        .clusters
+        .iter()
+        .map(|c| format!("{} ({} members)", c.key(), c.members.len()))
+        .collect();
+    let snapshot = plane.publish(desired.clusters.clone());
+    tracing::info!(clusters = ?names, generation = snapshot.generation, "member lists published");
+    Some(desired.clusters)
+}

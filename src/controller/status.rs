@@ -1,0 +1,300 @@
+//! `.status` as the balancer-manager page: computed as a pure function of the resource, the
+//! served snapshot and the peers' traffic, and written (server-side apply, one field manager) by
+//! the leader only, at most once per cluster per interval and only when it changed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, Resource, ResourceExt};
+
+use super::leader::Leadership;
+use super::peers::{PeerSource, Traffic};
+use crate::api::{BalancerCluster, BalancerClusterStatus, Condition, MemberStatus};
+use crate::clock;
+use crate::proxy::DataPlane;
+use crate::proxy::snapshot::{Cluster, RouteConflict};
+
+/// The field manager of every status write.
+pub const FIELD_MANAGER: &str = "kube-balancer";
+/// Members listed in `.status.members`; the totals count all of them.
+pub const MAX_MEMBERS_IN_STATUS: usize = 100;
+
+/// Condition types and reasons, in one place.
+pub mod reasons {
+    pub const READY: &str = "Ready";
+    pub const ACCEPTED: &str = "Accepted";
+    pub const DEGRADED: &str = "Degraded";
+    pub const MEMBERS_AVAILABLE: &str = "MembersAvailable";
+    pub const NO_MEMBERS_AVAILABLE: &str = "NoMembersAvailable";
+    pub const ROUTE_CONFLICT: &str = "RouteConflict";
+    pub const NOT_SERVED: &str = "NotServed";
+    pub const MEMBERS_UNAVAILABLE: &str = "MembersUnavailable";
+    pub const ALL_MEMBERS_USABLE: &str = "AllMembersUsable";
+}
+
+/// The status a cluster should have now. `previous` keeps condition transition times.
+pub fn desired_status(
+    bc: &BalancerCluster,
+    served: Option<&Cluster>,
+    conflicts: &[RouteConflict],
+    peers: &HashMap<(String, String), Traffic>,
+    now_ms: u64,
+    now: Timestamp,
+) -> BalancerClusterStatus {
+    let key = format!("{}/{}", bc.namespace().unwrap_or_default(), bc.name_any());
+    let mut status = BalancerClusterStatus {
+        observed_generation: bc.metadata.generation,
+        lb_method: Some(bc.spec.lb_method.as_str().to_owned()),
+        routes: bc
+            .spec
+            .routes
+            .first()
+            .map(|r| format!("{}{}", r.host.as_deref().unwrap_or("*"), r.path_prefix)),
+        ..BalancerClusterStatus::default()
+    };
+    let mut conditions = Vec::new();
+    let condition = |type_: &str, ok: bool, reason: &str, message: String| Condition {
+        type_: type_.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: Some(reason.to_owned()),
+        message: Some(message),
+        last_transition_time: Some(Time(now)),
+        observed_generation: bc.metadata.generation,
+    };
+
+    let mine: Vec<&RouteConflict> = conflicts.iter().filter(|c| c.cluster == key).collect();
+    conditions.push(match (served, mine.first()) {
+        (None, _) => condition(
+            reasons::ACCEPTED,
+            false,
+            reasons::NOT_SERVED,
+            "not served: see the controller's log".into(),
+        ),
+        (Some(_), Some(c)) => condition(
+            reasons::ACCEPTED,
+            false,
+            reasons::ROUTE_CONFLICT,
+            format!(
+                "{}{} is already served by {}, which is older",
+                c.host.as_deref().unwrap_or("*"),
+                c.path_prefix,
+                c.held_by
+            ),
+        ),
+        (Some(_), None) => condition(reasons::ACCEPTED, true, reasons::ACCEPTED, "served".into()),
+    });
+
+    if let Some(cluster) = served {
+        let (ready, total) = crate::status::ready_counts(cluster, now_ms);
+        let mut rows: Vec<MemberStatus> = crate::status::member_rows(cluster, now_ms);
+        for row in &mut rows {
+            if let Some(t) = peers.get(&(key.clone(), row.url.clone())) {
+                row.elected += t.elected;
+                row.busy += t.busy;
+                row.sent_bytes += t.sent_bytes;
+                row.received_bytes += t.received_bytes;
+            }
+        }
+        let unusable: Vec<String> = rows
+            .iter()
+            .filter(|r| !matches!(r.state.as_str(), "Ok" | "HotStandby" | "HotSpare"))
+            .map(|r| r.pod.clone().unwrap_or_else(|| r.url.clone()))
+            .collect();
+        rows.sort_by(|a, b| a.pod.cmp(&b.pod).then_with(|| a.url.cmp(&b.url)));
+        rows.truncate(MAX_MEMBERS_IN_STATUS);
+        status.members = rows;
+        status.ready_members = u32::try_from(ready).unwrap_or(u32::MAX);
+        status.total_members = u32::try_from(total).unwrap_or(u32::MAX);
+        status.ready = Some(format!("{ready}/{total}"));
+        conditions.push(if ready > 0 {
+            condition(
+                reasons::READY,
+                true,
+                reasons::MEMBERS_AVAILABLE,
+                format!("{ready} of {total} members usable"),
+            )
+        } else {
+            condition(
+                reasons::READY,
+                false,
+                reasons::NO_MEMBERS_AVAILABLE,
+                format!("0 of {total} members usable"),
+            )
+        });
+        conditions.push(if unusable.is_empty() {
+            condition(
+                reasons::DEGRADED,
+                false,
+                reasons::ALL_MEMBERS_USABLE,
+                "every member takes requests".into(),
+            )
+        } else {
+            let mut names = unusable
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if unusable.len() > 10 {
+                names.push_str(", ...");
+            }
+            condition(
+                reasons::DEGRADED,
+                true,
+                reasons::MEMBERS_UNAVAILABLE,
+                format!(
+                    "{} of {total} members take no new requests: {names}",
+                    unusable.len()
+                ),
+            )
+        });
+    }
+    status.conditions = conditions;
+    status
+}
+
+/// Keeps a condition's transition time when its status did not change.
+pub fn keep_transition_times(
+    desired: &mut BalancerClusterStatus,
+    previous: Option<&BalancerClusterStatus>,
+) {
+    let Some(previous) = previous else { return };
+    for c in &mut desired.conditions {
+        if let Some(old) = previous.conditions.iter().find(|o| o.type_ == c.type_)
+            && old.status == c.status
+        {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+    }
+}
+
+/// Writes status for the clusters this installation serves, while this replica leads.
+pub struct Writer {
+    pub client: Client,
+    pub plane: Arc<DataPlane>,
+    pub clusters: Vec<Store<BalancerCluster>>,
+    pub scope: super::index::Scope,
+    pub leadership: Leadership,
+    pub interval: Duration,
+    pub peers: PeerSource,
+    pub recorder: Recorder,
+}
+
+impl Writer {
+    pub async fn run(self) {
+        let mut written: HashMap<String, BalancerClusterStatus> = HashMap::new();
+        let mut members_seen: HashMap<String, BTreeSet<String>> = HashMap::new();
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if !self.leadership.is_leader() {
+                written.clear();
+                continue;
+            }
+            let snapshot = self.plane.snapshot_full();
+            let peers = self.peers.traffic().await;
+            let now_ms = clock::now_ms();
+            let now = Timestamp::now();
+            for store in &self.clusters {
+                for bc in store.state() {
+                    if !self.scope.serves(&bc) {
+                        continue;
+                    }
+                    let namespace = bc.namespace().unwrap_or_default();
+                    let key = format!("{namespace}/{}", bc.name_any());
+                    let served = snapshot
+                        .cluster(&namespace, &bc.name_any())
+                        .map(|c| c.as_ref());
+                    self.membership_events(&bc, served, &key, &mut members_seen)
+                        .await;
+                    let mut desired =
+                        desired_status(&bc, served, &snapshot.conflicts, &peers, now_ms, now);
+                    let previous = written.get(&key).or(bc.status.as_ref());
+                    keep_transition_times(&mut desired, previous);
+                    if previous == Some(&desired) {
+                        continue;
+                    }
+                    let api: Api<BalancerCluster> =
+                        Api::namespaced(self.client.clone(), &namespace);
+                    let patch = serde_json::json!({
+                        "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
+                        "kind": "BalancerCluster",
+                        "status": desired,
+                    });
+                    match api
+                        .patch_status(
+                            &bc.name_any(),
+                            &PatchParams::apply(FIELD_MANAGER).force(),
+                            &Patch::Apply(&patch),
+                        )
+                        .await
+                    {
+                        Ok(_) => {
+                            written.insert(key, desired);
+                        }
+                        Err(e) => tracing::warn!(cluster = %key, error = %e, "cannot write status"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn membership_events(
+        &self,
+        bc: &BalancerCluster,
+        served: Option<&Cluster>,
+        key: &str,
+        seen: &mut HashMap<String, BTreeSet<String>>,
+    ) {
+        let now: BTreeSet<String> = served
+            .map(|c| c.config.members.iter().map(|m| m.url.clone()).collect())
+            .unwrap_or_default();
+        let Some(before) = seen.insert(key.to_owned(), now.clone()) else {
+            return;
+        };
+        if before == now {
+            return;
+        }
+        let added: Vec<&String> = now.difference(&before).collect();
+        let removed: Vec<&String> = before.difference(&now).collect();
+        let note = format!(
+            "{} members: added {}, removed {}",
+            now.len(),
+            if added.is_empty() {
+                "none".to_owned()
+            } else {
+                added
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+            if removed.is_empty() {
+                "none".to_owned()
+            } else {
+                removed
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+        );
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "MembersChanged".into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "UpdateMembers".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &bc.object_ref(&())).await {
+            tracing::debug!(cluster = %key, error = %e, "cannot publish an event");
+        }
+    }
+}
