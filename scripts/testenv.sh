@@ -20,15 +20,21 @@ HELM_VERSION=v3.20.2  # built against client-go v0.35, like the apiserver
 # Bump when the build recipe below changes, so that caches built by an older recipe are not reused.
 RECIPE=1
 
-GOOS_ARCH="$(go env GOOS)-$(go env GOARCH)"
-VERSION_KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_r${RECIPE}_${GOOS_ARCH}"
-CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/kube-balancer/testenv"
-KEY_DIR="$CACHE_ROOT/$VERSION_KEY"
-BIN_DIR="$KEY_DIR/bin"
 BINARIES=(kube-apiserver kube-controller-manager kubectl etcd helm)
 
 say() { echo "testenv: $*" >&2; }
 die() { echo "testenv: error: $*" >&2; exit 1; }
+
+# Where this set of versions lives in the cache.
+locate() {
+    command -v go >/dev/null || die "the Go toolchain (go) is not on PATH; it builds the control plane"
+    local goos_arch
+    goos_arch="$(go env GOOS)-$(go env GOARCH)" || die "\`go env\` failed"
+    VERSION_KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_r${RECIPE}_${goos_arch}"
+    CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/kube-balancer/testenv"
+    KEY_DIR="$CACHE_ROOT/$VERSION_KEY"
+    BIN_DIR="$KEY_DIR/bin"
+}
 
 complete() {
     local b
@@ -53,14 +59,26 @@ step() {
     fi
 }
 
+# Prints the path of MODULE@VERSION's go.mod in the module cache, downloading the module; exits
+# the script, saying why, when the module proxy does not have it.
+go_mod_of() {
+    local json path
+    if ! json="$(go mod download -json "$1" 2>&1)"; then
+        echo "testenv: error: cannot download $1:" >&2
+        sed 's/^/    /' <<<"$json" >&2
+        exit 1
+    fi
+    path="$(sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")"
+    [[ -f "$path" ]] || die "go mod download -json $1 named no go.mod"
+    echo "$path"
+}
+
 # The go.mod of k8s.io/kubernetes replaces each staging module (k8s.io/api, k8s.io/client-go, ...)
 # with ./staging/..., so `go install` of its commands is refused. A wrapper module that requires
 # k8s.io/kubernetes and points each of those modules at its published v0.x release builds them.
 write_kubernetes_wrapper() {
     local dir="$1" upstream_mod
-    upstream_mod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
-        sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')"
-    [[ -f "$upstream_mod" ]] || die "could not find the go.mod of k8s.io/kubernetes@$K8S_VERSION"
+    upstream_mod="$(go_mod_of "k8s.io/kubernetes@$K8S_VERSION")"
     local staging_version="v0.${K8S_VERSION#v1.}"
     {
         echo "module kube-balancer.test/kubernetes-wrapper"
@@ -139,9 +157,8 @@ EOF
 build_helm() {
     local client_go_minor ldflags
     # helm assumes Kubernetes 1.20 for .Capabilities unless told the version of its client-go.
-    client_go_minor="$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" |
-        sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p' |
-        xargs sed -n 's/^[[:space:]]*k8s\.io\/client-go v0\.\([0-9]*\)\..*/\1/p')"
+    client_go_minor="$(sed -n 's/^[[:space:]]*k8s\.io\/client-go v0\.\([0-9]*\)\..*/\1/p' \
+        "$(go_mod_of "helm.sh/helm/v3@$HELM_VERSION")")"
     [[ -n "$client_go_minor" ]] || die "could not read the client-go version of helm $HELM_VERSION"
     ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
     ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
@@ -154,8 +171,8 @@ build_helm() {
 }
 
 build() {
+    locate
     complete && return 0
-    command -v go >/dev/null || die "the Go toolchain (go) is not on PATH; it builds the control plane"
     mkdir -p "$CACHE_ROOT"
     # One build at a time per cache; a second caller waits, then finds the build complete.
     exec 9>"$CACHE_ROOT/.lock"
@@ -243,6 +260,7 @@ env)
     printf 'export KB_TESTENV_BIN=%q\n' "$BIN_DIR"
     ;;
 bin-dir)
+    locate
     echo "$BIN_DIR"
     ;;
 run)
