@@ -217,6 +217,7 @@ pub struct Failover {
     pub no_failover: bool,
     /// Response statuses that put the member in error (Apache's failonstatus).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.all(s, s >= 100 && s <= 599)").message("failOnStatus codes must be between 100 and 599"))]
     pub fail_on_status: Vec<u16>,
     /// How long a member in error is left alone before it is tried again (Apache's retry).

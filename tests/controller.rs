@@ -1,0 +1,478 @@
+//! The controller against a real control plane (docs/testenv.md): a real kube-apiserver with etcd
+//! and the real EndpointSlice controller, kubelet-less pods whose backends listen on their pod IPs
+//! inside the run's network namespace, the real data plane, and the real kubectl.
+//!
+//! These tests need scripts/test.sh (binaries and network namespace); elsewhere they fail, saying so.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, CustomResourceExt};
+use serde_json::json;
+
+use kube_balancer::api::BalancerCluster;
+use kube_balancer::controller::{self, Options, index::Scope};
+use kube_balancer::proxy::{DataPlane, ProxyOptions, Server};
+use support::backend::{self, Backend};
+use support::controlplane::ControlPlane;
+use support::pods::{self, FakePod};
+use support::{netns, wait};
+
+async fn install_crd(client: &Client) {
+    let crd = BalancerCluster::crd();
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    let name = crd.metadata.name.clone().expect("name");
+    crds.patch(
+        &name,
+        &PatchParams::apply("kube-balancer-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("the API server takes our CRD");
+    tokio::time::timeout(
+        wait::TIMEOUT,
+        await_condition(crds, &name, conditions::is_crd_established()),
+    )
+    .await
+    .expect("established in time")
+    .expect("watch");
+}
+
+/// A Service `web` in `ns` selecting `app=web` pods on their port named `http`.
+async fn web_service(client: &Client, ns: &str) {
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }))
+    .expect("service");
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("create service");
+}
+
+/// Three pods web-a, web-b, web-c with a backend each on its pod IP.
+async fn web_pods(client: &Client, ns: &str, names: &[&str]) -> Vec<(FakePod, Backend)> {
+    let mut out = Vec::new();
+    for name in names {
+        let ip = netns::next_pod_ip();
+        let backend = Backend::start(name, ip).await;
+        let pod = FakePod::new(ns, name, ip)
+            .label("app", "web")
+            .port("http", backend.addr.port());
+        pod.create(client).await;
+        out.push((pod, backend));
+    }
+    out
+}
+
+async fn apply_cluster(client: &Client, ns: &str, spec: serde_json::Value) {
+    let bc = json!({"apiVersion": "kubebalancer.io/v1alpha1", "kind": "BalancerCluster", "metadata": {"name": "web", "namespace": ns}, "spec": spec});
+    Api::<BalancerCluster>::namespaced(client.clone(), ns)
+        .patch(
+            "web",
+            &PatchParams::apply("kube-balancer-tests").force(),
+            &Patch::Apply(&bc),
+        )
+        .await
+        .expect("apply the BalancerCluster");
+}
+
+fn options(ns: &str, identity: &str) -> Options {
+    Options {
+        kubeconfig: None,
+        namespaces: vec![ns.to_owned()],
+        scope: Scope {
+            class: "default".into(),
+            only: None,
+        },
+        status_interval: Duration::from_millis(500),
+        write_status: true,
+        identity: identity.to_owned(),
+        lease_namespace: ns.to_owned(),
+        lease_name: "kube-balancer".to_owned(),
+        peers_service: None,
+        admin_port: 9901,
+    }
+}
+
+struct Balancer {
+    plane: Arc<DataPlane>,
+    server: Option<Server>,
+}
+
+impl Balancer {
+    async fn start(client: &Client, options: Options) -> Balancer {
+        let plane = DataPlane::new();
+        controller::start(client.clone(), options, plane.clone())
+            .await
+            .expect("the controller starts");
+        let mut proxy = ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
+        proxy.workers = 1;
+        let server = Server::start(plane.clone(), proxy).expect("the data plane starts");
+        Balancer {
+            plane,
+            server: Some(server),
+        }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        self.server.as_ref().expect("running").local_addr()
+    }
+
+    fn members(&self, ns: &str) -> Vec<String> {
+        self.plane
+            .snapshot()
+            .cluster(ns, "web")
+            .map(|c| {
+                c.config
+                    .members
+                    .iter()
+                    .map(|m| format!("{}:{:?}", m.pod.clone().unwrap_or_default(), m.state))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn wait_members(&self, ns: &str, want: &[&str]) -> Duration {
+        let start = Instant::now();
+        let deadline = start + wait::TIMEOUT;
+        loop {
+            let now = self.members(ns);
+            if now == want {
+                return start.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for members {want:?}; last seen {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown(Duration::from_millis(100));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_pods_receive_traffic_in_byrequests_order_and_status_shows_it() {
+    netns::require();
+    let client = ControlPlane::shared().client();
+    install_crd(&client).await;
+    let ns = pods::namespace(&client, "order").await;
+    web_service(&client, &ns).await;
+    let pods = web_pods(&client, &ns, &["web-a", "web-b", "web-c"]).await;
+    apply_cluster(
+        &client,
+        &ns,
+        json!({"service": {"name": "web", "port": "http"}}),
+    )
+    .await;
+
+    let balancer = Balancer::start(&client, options(&ns, "replica-1")).await;
+    balancer
+        .wait_members(&ns, &["web-a:Enabled", "web-b:Enabled", "web-c:Enabled"])
+        .await;
+
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        let (status, body) = backend::get(balancer.addr(), "/").await;
+        assert_eq!(status, 200);
+        order.push(body);
+    }
+    assert_eq!(
+        order,
+        ["web-a", "web-b", "web-c", "web-a", "web-b", "web-c"]
+    );
+    for (_, b) in &pods {
+        assert_eq!(b.requests(), 2, "{}", b.name);
+    }
+
+    // The real kubectl shows the balancer-manager view.
+    let cp = ControlPlane::shared();
+    let mut table = String::new();
+    for _ in 0..200 {
+        table = cp
+            .run("kubectl", &["get", "balancerclusters", "-n", &ns])
+            .await;
+        if table.contains("3/3") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "METHOD", "READY", "ROUTES", "AGE"]
+    );
+    assert_eq!(
+        lines[1].split_whitespace().take(4).collect::<Vec<_>>(),
+        ["web", "byrequests", "3/3", "*/"]
+    );
+
+    let yaml = cp
+        .run("kubectl", &["get", "bc", "web", "-n", &ns, "-o", "json"])
+        .await;
+    let bc: serde_json::Value = serde_json::from_str(&yaml).expect("json");
+    let members = bc["status"]["members"].as_array().expect("a member table");
+    let rows: Vec<(String, u64, String)> = members
+        .iter()
+        .map(|m| {
+            (
+                m["pod"].as_str().unwrap_or("").to_owned(),
+                m["elected"].as_u64().unwrap_or(0),
+                m["state"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("web-a".to_owned(), 2, "Ok".to_owned()),
+            ("web-b".to_owned(), 2, "Ok".to_owned()),
+            ("web-c".to_owned(), 2, "Ok".to_owned())
+        ]
+    );
+    let conditions = bc["status"]["conditions"].as_array().expect("conditions");
+    let ready = conditions
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .expect("Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("True"), Some("MembersAvailable"))
+    );
+    assert_eq!(
+        bc["status"]["observedGeneration"],
+        bc["metadata"]["generation"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_pod_under_load_fails_no_request_and_is_seen_quickly() {
+    netns::require();
+    let client = ControlPlane::shared().client();
+    install_crd(&client).await;
+    let ns = pods::namespace(&client, "remove").await;
+    web_service(&client, &ns).await;
+    let names = ["web-a", "web-b", "web-c", "web-d", "web-e", "web-f"];
+    let pods = web_pods(&client, &ns, &names).await;
+    apply_cluster(
+        &client,
+        &ns,
+        json!({"service": {"name": "web", "port": "http"}}),
+    )
+    .await;
+    let balancer = Balancer::start(&client, options(&ns, "replica-1")).await;
+    let all: Vec<String> = names.iter().map(|n| format!("{n}:Enabled")).collect();
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    balancer.wait_members(&ns, &all).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let addr = balancer.addr();
+    let load = {
+        let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
+        tokio::spawn(async move {
+            // Bounded: at most 50 000 requests.
+            for _ in 0..50_000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                // A refused connection or a broken answer panics here and fails the test.
+                let (status, _) = backend::get(addr, "/").await;
+                if status == 200 {
+                    served.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+
+    // Take pods away one by one: not ready first (as a failing readiness probe), then deleted.
+    let mut seen = Vec::new();
+    let mut remaining: Vec<String> = names.iter().map(|n| format!("{n}:Enabled")).collect();
+    for (pod, backend) in pods.iter().take(4) {
+        pod.set_ready(&client, false).await;
+        let t0 = Instant::now();
+        remaining.retain(|m| !m.starts_with(&format!("{}:", pod.name)));
+        let want: Vec<&str> = remaining.iter().map(String::as_str).collect();
+        balancer.wait_members(&ns, &want).await;
+        seen.push(t0.elapsed());
+        let after = backend.requests();
+        // Let traffic flow: nothing more reaches the removed pod.
+        let target = served.load(Ordering::SeqCst) + 50;
+        while served.load(Ordering::SeqCst) < target {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            backend.requests(),
+            after,
+            "{} got requests after it left",
+            pod.name
+        );
+        pod.delete(&client).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    load.await.expect("load");
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "no request may fail while pods leave"
+    );
+    seen.sort();
+    eprintln!(
+        "EndpointSlice change to data plane (pod readiness patch to member gone), {} changes: median {:?}, worst {:?}",
+        seen.len(),
+        seen[seen.len() / 2],
+        seen[seen.len() - 1]
+    );
+    assert!(
+        seen.iter().all(|d| *d < Duration::from_secs(1)),
+        "every change reaches the data plane within a second: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_annotation_stops_new_requests_and_shows_in_status() {
+    netns::require();
+    let client = ControlPlane::shared().client();
+    install_crd(&client).await;
+    let ns = pods::namespace(&client, "drain").await;
+    web_service(&client, &ns).await;
+    let pods = web_pods(&client, &ns, &["web-a", "web-b"]).await;
+    apply_cluster(
+        &client,
+        &ns,
+        json!({"service": {"name": "web", "port": "http"}}),
+    )
+    .await;
+    let balancer = Balancer::start(&client, options(&ns, "replica-1")).await;
+    balancer
+        .wait_members(&ns, &["web-a:Enabled", "web-b:Enabled"])
+        .await;
+
+    ControlPlane::shared()
+        .run(
+            "kubectl",
+            &[
+                "annotate",
+                "pod",
+                "web-a",
+                "-n",
+                &ns,
+                "kubebalancer.io/state=Drain",
+            ],
+        )
+        .await;
+    balancer
+        .wait_members(&ns, &["web-a:Drain", "web-b:Enabled"])
+        .await;
+    let before = pods[0].1.requests();
+    for _ in 0..6 {
+        let (status, body) = backend::get(balancer.addr(), "/").await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, "web-b"));
+    }
+    assert_eq!(pods[0].1.requests(), before);
+
+    let api = Api::<BalancerCluster>::namespaced(client.clone(), &ns);
+    let bc = wait::until_object(
+        api,
+        "web",
+        "status to show web-a draining",
+        |bc: &BalancerCluster| {
+            bc.status.as_ref().is_some_and(|s| {
+                s.members
+                    .iter()
+                    .any(|m| m.pod.as_deref() == Some("web-a") && m.state == "Drain")
+            })
+        },
+    )
+    .await;
+    let status = bc.status.expect("status");
+    assert_eq!(
+        (
+            status.ready_members,
+            status.total_members,
+            status.ready.as_deref()
+        ),
+        (1, 2, Some("1/2"))
+    );
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_deref()),
+        ("True", Some("MembersUnavailable"))
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_balancer_cluster_is_refused_with_the_cel_message() {
+    let client = ControlPlane::shared().client();
+    install_crd(&client).await;
+    let ns = pods::namespace(&client, "invalid").await;
+    // Untyped, so that values our own types would not even parse reach the API server.
+    let resource = kube::api::ApiResource::erase::<BalancerCluster>(&());
+    let api = Api::<kube::api::DynamicObject>::namespaced_with(client, &ns, &resource);
+    let refuse = |spec: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            let bc: kube::api::DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "kubebalancer.io/v1alpha1", "kind": "BalancerCluster",
+                "metadata": {"name": "bad"}, "spec": spec,
+            }))
+            .expect("well-formed");
+            match api.create(&PostParams::default(), &bc).await {
+                Err(kube::Error::Api(e)) => (e.code, e.message),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+    };
+    let (code, message) =
+        refuse(json!({"members": [{"url": "http://10.0.0.1:80", "loadFactor": 0}]})).await;
+    assert_eq!(code, 422);
+    assert!(
+        message.contains("spec.members[0].loadFactor: Invalid value")
+            && message.contains("loadFactor must be between 1 and 100"),
+        "{message}"
+    );
+    let (_, message) = refuse(json!({})).await;
+    assert!(
+        message.contains("a balancer needs members: give spec.service, spec.members, or both"),
+        "{message}"
+    );
+    let (_, message) = refuse(
+        json!({"members": [{"url": "http://10.0.0.1:80"}], "timeouts": {"connect": "5 seconds"}}),
+    )
+    .await;
+    assert!(
+        message.contains("spec.timeouts.connect")
+            && message.contains("must be a duration such as 500ms, 5s or 1m30s"),
+        "{message}"
+    );
+    let (_, message) = refuse(
+        json!({"members": [{"url": "http://10.0.0.1:80"}], "routes": [{"host": "Bad_Host"}]}),
+    )
+    .await;
+    assert!(
+        message.contains("host must be a lower-case DNS name"),
+        "{message}"
+    );
+}
