@@ -145,6 +145,7 @@ impl KubeArgs {
                 .unwrap_or_else(|| format!("kube-balancer-{}", self.class)),
             peers_service,
             admin_port,
+            lease_duration: Duration::from_secs(15),
         })
     }
 }
@@ -215,7 +216,8 @@ pub fn main() -> ExitCode {
                         let client =
                             crate::controller::client(options.kubeconfig.as_deref()).await?;
                         tracing::info!(scope = ?options.scope, namespaces = ?options.namespaces, "watching the Kubernetes API");
-                        crate::controller::start(client, options, plane).await?;
+                        // The controller's tasks live as long as the runtime.
+                        let _controller = crate::controller::start(client, options, plane).await?;
                         Ok(())
                     })
                 }),

@@ -98,6 +98,7 @@ fn options(ns: &str, identity: &str) -> Options {
         identity: identity.to_owned(),
         lease_namespace: ns.to_owned(),
         lease_name: "kube-balancer".to_owned(),
+        lease_duration: Duration::from_secs(3),
         peers_service: None,
         admin_port: 9901,
     }
@@ -106,12 +107,13 @@ fn options(ns: &str, identity: &str) -> Options {
 struct Balancer {
     plane: Arc<DataPlane>,
     server: Option<Server>,
+    controller: controller::Controller,
 }
 
 impl Balancer {
     async fn start(client: &Client, options: Options) -> Balancer {
         let plane = DataPlane::new();
-        controller::start(client.clone(), options, plane.clone())
+        let controller = controller::start(client.clone(), options, plane.clone())
             .await
             .expect("the controller starts");
         let mut proxy = ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
@@ -120,7 +122,15 @@ impl Balancer {
         Balancer {
             plane,
             server: Some(server),
+            controller,
         }
+    }
+
+    fn leads(&self) -> bool {
+        self.controller
+            .leadership
+            .as_ref()
+            .is_some_and(|l| l.is_leader())
     }
 
     fn addr(&self) -> std::net::SocketAddr {
@@ -160,6 +170,7 @@ impl Balancer {
 
 impl Drop for Balancer {
     fn drop(&mut self) {
+        self.controller.stop();
         if let Some(server) = self.server.take() {
             server.shutdown(Duration::from_millis(100));
         }
@@ -475,4 +486,142 @@ async fn an_invalid_balancer_cluster_is_refused_with_the_cel_message() {
         message.contains("host must be a lower-case DNS name"),
         "{message}"
     );
+}
+
+/// Two replicas, each a controller with its own data plane and admin server on its own "pod IP",
+/// found by the leader through their Service: one writes status, with the figures of both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_status_writer_and_counters_summed() {
+    netns::require();
+    let client = ControlPlane::shared().client();
+    install_crd(&client).await;
+    let ns = pods::namespace(&client, "replicas").await;
+    web_service(&client, &ns).await;
+    let backends = web_pods(&client, &ns, &["web-a", "web-b"]).await;
+    apply_cluster(
+        &client,
+        &ns,
+        json!({"service": {"name": "web", "port": "http"}}),
+    )
+    .await;
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "kube-balancer", "namespace": ns},
+        "spec": {"selector": {"app": "kube-balancer"}, "ports": [{"name": "admin", "port": 9901, "targetPort": "admin"}]},
+    }))
+    .expect("service");
+    Api::<Service>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("create");
+
+    let mut replicas = Vec::new();
+    for name in ["replica-1", "replica-2"] {
+        let mut opts = options(&ns, name);
+        opts.peers_service = Some((ns.clone(), "kube-balancer".into()));
+        let balancer = Balancer::start(&client, opts).await;
+        let ip = netns::next_pod_ip();
+        let admin = kube_balancer::admin::start((ip, 0).into(), balancer.plane.clone())
+            .await
+            .expect("admin");
+        FakePod::new(&ns, name, ip)
+            .label("app", "kube-balancer")
+            .port("admin", admin.port())
+            .create(&client)
+            .await;
+        balancer
+            .wait_members(&ns, &["web-a:Enabled", "web-b:Enabled"])
+            .await;
+        replicas.push(balancer);
+    }
+    let leaders = || replicas.iter().filter(|r| r.leads()).count();
+    let deadline = Instant::now() + wait::TIMEOUT;
+    while leaders() != 1 {
+        assert!(Instant::now() < deadline, "no single leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // 4 requests through one replica, 6 through the other.
+    for (replica, n) in replicas.iter().zip([4, 6]) {
+        for _ in 0..n {
+            assert_eq!(backend::get(replica.addr(), "/").await.0, 200);
+        }
+    }
+    assert_eq!(backends[0].1.requests() + backends[1].1.requests(), 10);
+    let api = Api::<BalancerCluster>::namespaced(client.clone(), &ns);
+    let bc = wait::until_object(
+        api.clone(),
+        "web",
+        "status to sum both replicas",
+        |bc: &BalancerCluster| {
+            bc.status
+                .as_ref()
+                .is_some_and(|s| s.members.iter().map(|m| m.elected).sum::<u64>() == 10)
+        },
+    )
+    .await;
+    let per_member: Vec<u64> = bc
+        .status
+        .expect("status")
+        .members
+        .iter()
+        .map(|m| m.elected)
+        .collect();
+    assert_eq!(
+        per_member,
+        [backends[0].1.requests(), backends[1].1.requests()]
+    );
+
+    // The leader goes away: the other replica takes the Lease and keeps status current.
+    let leader = replicas.iter().position(|r| r.leads()).expect("a leader");
+    replicas[leader].controller.stop();
+    let other = 1 - leader;
+    let deadline = Instant::now() + wait::TIMEOUT;
+    while !replicas[other].leads() {
+        assert!(
+            Instant::now() < deadline,
+            "the other replica never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..2 {
+        assert_eq!(backend::get(replicas[other].addr(), "/").await.0, 200);
+    }
+    wait::until_object(
+        api,
+        "web",
+        "the new leader to write status",
+        |bc: &BalancerCluster| {
+            bc.status
+                .as_ref()
+                .is_some_and(|s| s.members.iter().map(|m| m.elected).sum::<u64>() == 12)
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_serves_its_one_cluster_on_every_host_and_writes_no_status() {
+    netns::require();
+    let client = ControlPlane::shared().client();
+    install_crd(&client).await;
+    let ns = pods::namespace(&client, "sidecar").await;
+    web_service(&client, &ns).await;
+    let _pods = web_pods(&client, &ns, &["web-a"]).await;
+    apply_cluster(&client, &ns, json!({"service": {"name": "web", "port": "http"}, "routes": [{"host": "shop.example.com"}]})).await;
+    let mut opts = options(&ns, "sidecar");
+    opts.scope.only = Some((ns.clone(), "web".into()));
+    opts.write_status = false;
+    let balancer = Balancer::start(&client, opts).await;
+    balancer.wait_members(&ns, &["web-a:Enabled"]).await;
+    // backend::get sends Host: the proxy's own address, not shop.example.com.
+    assert_eq!(
+        backend::get(balancer.addr(), "/any/path").await,
+        (http::StatusCode::OK, "web-a".to_owned())
+    );
+    assert!(balancer.controller.leadership.is_none());
+    let bc = Api::<BalancerCluster>::namespaced(client, &ns)
+        .get("web")
+        .await
+        .expect("get");
+    assert!(bc.status.is_none(), "a sidecar writes no status");
 }

@@ -2,7 +2,10 @@
 
 #[test]
 fn checked_in_crd_matches_the_rust_types() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/balancerclusters.kubebalancer.io.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/balancerclusters.kubebalancer.io.yaml"
+    );
     let checked_in = std::fs::read_to_string(path).expect("crds/ holds the CRD");
     let generated = kube_balancer::api::crd_yaml().expect("the CRD renders");
     assert!(

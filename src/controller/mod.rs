@@ -60,8 +60,11 @@ pub struct Options {
     /// Where the leader Lease lives, and its name.
     pub lease_namespace: String,
     pub lease_name: String,
+    /// How long a leader's Lease lasts without renewal: the time a new leader needs to take over.
+    pub lease_duration: Duration,
     /// The controller's own Service (`namespace/name`), to sum the replicas' figures.
     pub peers_service: Option<(String, String)>,
+    /// The peers' admin port when their EndpointSlices name none `admin`.
     pub admin_port: u16,
 }
 
@@ -96,9 +99,28 @@ struct Stores {
     pods: Vec<Store<PartialObjectMeta<Pod>>>,
 }
 
+/// A running controller: its tasks, and whether it leads.
+pub struct Controller {
+    pub leadership: Option<leader::Leadership>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Controller {
+    /// Stops watching, electing and writing (the data plane keeps its last snapshot).
+    pub fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
 /// Runs the controller: returns once the first member lists are published, leaving the watch
 /// loop, the leader election and the status writer running as tasks.
-pub async fn start(client: Client, options: Options, plane: Arc<DataPlane>) -> Result<(), Error> {
+pub async fn start(
+    client: Client,
+    options: Options,
+    plane: Arc<DataPlane>,
+) -> Result<Controller, Error> {
     let namespaces: Vec<Option<String>> = if options.namespaces.is_empty() {
         vec![None]
     } else {
@@ -166,13 +188,16 @@ pub async fn start(client: Client, options: Options, plane: Arc<DataPlane>) -> R
     let writer_stores = (stores.clusters.clone(), stores.slices.clone());
     let scope = options.scope.clone();
     let loop_plane = plane.clone();
-    tokio::spawn(async move {
+    let mut tasks = Vec::new();
+    let watch_loop = tokio::spawn(async move {
         while events.next().await.is_some() {
             // Take every event that is already waiting before recomputing once.
             while let Some(Some(())) = events.next().now_or_never() {}
             last = publish_if_changed(&stores, &scope, &loop_plane, last.take());
         }
     });
+    tasks.push(watch_loop.abort_handle());
+    let mut leadership = None;
 
     if options.write_status {
         let elector = leader::Elector::new(
@@ -180,10 +205,11 @@ pub async fn start(client: Client, options: Options, plane: Arc<DataPlane>) -> R
             &options.lease_namespace,
             &options.lease_name,
             &options.identity,
-            Duration::from_secs(15),
+            options.lease_duration,
         );
-        let leadership = elector.leadership();
-        tokio::spawn(elector.run());
+        let leads = elector.leadership();
+        leadership = Some(leads.clone());
+        tasks.push(tokio::spawn(elector.run()).abort_handle());
         let reporter = Reporter {
             controller: "kube-balancer".into(),
             instance: Some(options.identity.clone()),
@@ -194,7 +220,7 @@ pub async fn start(client: Client, options: Options, plane: Arc<DataPlane>) -> R
             plane,
             clusters: writer_stores.0,
             scope: options.scope.clone(),
-            leadership,
+            leadership: leads,
             interval: options.status_interval,
             peers: peers::PeerSource {
                 service: options.peers_service.clone(),
@@ -203,9 +229,9 @@ pub async fn start(client: Client, options: Options, plane: Arc<DataPlane>) -> R
                 slices: writer_stores.1,
             },
         };
-        tokio::spawn(writer.run());
+        tasks.push(tokio::spawn(writer.run()).abort_handle());
     }
-    Ok(())
+    Ok(Controller { leadership, tasks })
 }
 
 fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>

@@ -29,7 +29,7 @@ pub struct Traffic {
 pub struct PeerSource {
     /// `namespace`, `name` of the controller's Service; None for a single replica.
     pub service: Option<(String, String)>,
-    /// The admin port on the peers.
+    /// The peers' admin port, unless the Service has a port named `admin`.
     pub admin_port: u16,
     /// This replica's pod name, to leave itself out.
     pub identity: String,
@@ -50,6 +50,15 @@ impl PeerSource {
                 {
                     continue;
                 }
+                let port = slice
+                    .ports
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .find(|p| p.name.as_deref() == Some("admin"))
+                    .and_then(|p| p.port)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .unwrap_or(self.admin_port);
                 for e in &slice.endpoints {
                     let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
                     let me = e.target_ref.as_ref().and_then(|r| r.name.as_deref())
@@ -60,7 +69,7 @@ impl PeerSource {
                         } else {
                             ip.clone()
                         };
-                        out.push(format!("{host}:{}", self.admin_port));
+                        out.push(format!("{host}:{port}"));
                     }
                 }
             }
