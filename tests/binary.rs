@@ -1,0 +1,312 @@
+//! The `kube-balancer` binary run as a user runs it: its flags, what it logs, how it answers,
+//! how it stops on SIGTERM, and how it refuses a bad file.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{Backend, cluster_yaml, get, wait_for};
+use hyper::StatusCode;
+use tokio::time::Instant;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A running `kube-balancer`, killed and reaped when dropped (also when a test fails).
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every stderr line read so far.
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kube-balancer"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kube-balancer");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, lines) = mpsc::channel();
+        // Drains stderr for the child's whole life, so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(strip_ansi(&line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn pid(&self) -> libc::pid_t {
+        libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t")
+    }
+
+    /// The first stderr line containing `needle`, waiting for it.
+    async fn line_with(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            match self.lines.try_recv() {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(mpsc::TryRecvError::Empty) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no stderr line with {needle:?} in {LIMIT:?}; so far:\n{}",
+                        self.seen.join("\n")
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => panic!(
+                    "kube-balancer closed stderr without a line with {needle:?}:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The `address=` of the first stderr line containing `needle`.
+    async fn address_in(&mut self, needle: &str) -> SocketAddr {
+        let line = self.line_with(needle).await;
+        field(&line, "address")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
+    async fn exit_status(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the child") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "kube-balancer did not exit");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// All of stderr, once the process has exited.
+    fn all_stderr(&mut self) -> String {
+        // The reader thread ends at end of file, which comes with the exit.
+        while let Ok(line) = self.lines.recv_timeout(LIMIT) {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The value of `name=value` in a text log line.
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(&format!("{name}="))? + name.len() + 1;
+    line[start..].split_whitespace().next()
+}
+
+/// Drops terminal colour sequences (ESC [ ... letter): the text logs carry them even when
+/// stderr is not a terminal.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn demo_answers_alternately_from_its_two_backends() {
+    let mut demo = Running::start(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--backends",
+        "127.0.0.1:0,127.0.0.1:0",
+        "--workers",
+        "2",
+    ]);
+    let proxy = demo.address_in("data plane listening").await;
+    let backend_1 = demo.address_in("backend=1").await;
+    let backend_2 = demo.address_in("backend=2").await;
+
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        // `get` uses a new client, so every request comes on a new connection.
+        let (status, backend, body) = get(&format!("http://{proxy}/")).await;
+        assert_eq!(status, StatusCode::OK);
+        let expected = match backend.as_str() {
+            "1" => format!("Hello from backend 1 ({backend_1}), you asked for /\n"),
+            "2" => format!("Hello from backend 2 ({backend_2}), you asked for /\n"),
+            other => panic!("x-backend {other:?}"),
+        };
+        assert_eq!(body, expected);
+        answers.push(backend);
+    }
+    assert_eq!(answers, ["1", "2", "1", "2", "1", "2"]);
+}
+
+#[tokio::test]
+async fn standalone_finishes_requests_in_flight_on_sigterm_and_exits_0() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let file = folder.path().join("balancer.yaml");
+    std::fs::write(&file, cluster_yaml(&[a.url(), b.url()], "")).expect("write the file");
+
+    let mut balancer = Running::start(&[
+        "standalone",
+        "-f",
+        file.to_str().expect("a UTF-8 path"),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--shutdown-grace",
+        "30s",
+    ]);
+    let proxy = balancer.address_in("data plane listening").await;
+
+    let slow = format!("http://{proxy}/slow/1500");
+    let in_flight = tokio::spawn(async move { get(&slow).await });
+    wait_for("the slow request to reach a member", LIMIT, || {
+        a.hits() + b.hits() == 1
+    })
+    .await;
+
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+    let sent = unsafe { libc::kill(balancer.pid(), libc::SIGTERM) };
+    assert_eq!(sent, 0, "kill(SIGTERM) failed");
+
+    // New connections are refused while the slow request is still being served.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        match tokio::net::TcpStream::connect(proxy).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            Err(e) => panic!("unexpected connect error: {e}"),
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    assert!(
+        !in_flight.is_finished(),
+        "the slow request ended before the listener closed, so this proves nothing"
+    );
+
+    let (status, backend, body) = tokio::time::timeout(LIMIT, in_flight)
+        .await
+        .expect("the request in flight completes")
+        .expect("join");
+    assert_eq!(status, StatusCode::OK);
+    assert!(backend == "a" || backend == "b", "x-backend {backend:?}");
+    assert_eq!(body, backend);
+
+    let status = balancer.exit_status().await;
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert_eq!(a.hits() + b.hits(), 1);
+}
+
+#[tokio::test]
+async fn standalone_refuses_an_invalid_file_naming_file_document_and_field() {
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let file = folder.path().join("balancer.yaml");
+    let good = cluster_yaml(&["http://127.0.0.1:9".to_owned()], "");
+    let bad = "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\n\
+               metadata: {name: api, namespace: shop}\n\
+               spec:\n  members:\n    - url: http://127.0.0.1:9\n      loadFactor: 0\n";
+    std::fs::write(&file, format!("{good}---\n{bad}")).expect("write the file");
+    let path = file.to_str().expect("a UTF-8 path");
+
+    let mut balancer = Running::start(&[
+        "standalone",
+        "-f",
+        path,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let status = balancer.exit_status().await;
+    assert_eq!(status.code(), Some(1), "{status}");
+    let stderr = balancer.all_stderr();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(
+        errors,
+        [format!(
+            "error: {path}: document 2 (BalancerCluster shop/api): spec.members[0].loadFactor: loadFactor must be between 1 and 100"
+        )],
+        "stderr:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("data plane listening"),
+        "it must not serve a refused file:\n{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn standalone_refuses_a_missing_file_naming_it() {
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let file = folder.path().join("absent.yaml");
+    let path = file.to_str().expect("a UTF-8 path");
+
+    let mut balancer = Running::start(&[
+        "standalone",
+        "-f",
+        path,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let status = balancer.exit_status().await;
+    assert_eq!(status.code(), Some(1), "{status}");
+    let stderr = balancer.all_stderr();
+    assert!(
+        stderr.contains(&format!(
+            "error: {path}: cannot read: No such file or directory"
+        )),
+        "stderr:\n{stderr}"
+    );
+}
