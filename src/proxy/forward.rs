@@ -326,9 +326,7 @@ fn prepare_request<B>(
         headers.insert(header::UPGRADE, protocol);
     }
     if let Some(host) = host {
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, host.clone());
-        }
+        headers.insert(header::HOST, host.clone());
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
