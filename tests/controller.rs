@@ -625,3 +625,165 @@ async fn a_sidecar_serves_its_one_cluster_on_every_host_and_writes_no_status() {
         .expect("get");
     assert!(bc.status.is_none(), "a sidecar writes no status");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_younger_of_two_clusters_on_one_route_is_not_accepted() {
+    netns::require();
+    let client = ControlPlane::shared().client();
+    install_crd(&client).await;
+    let ns = pods::namespace(&client, "conflict").await;
+    let api = Api::<BalancerCluster>::namespaced(client.clone(), &ns);
+    for name in ["older", "younger"] {
+        let bc = json!({"apiVersion": "kubebalancer.io/v1alpha1", "kind": "BalancerCluster",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"routes": [{"host": "shop.example.com"}], "members": [{"url": "http://10.244.0.250:80"}]}});
+        api.patch(
+            name,
+            &PatchParams::apply("kube-balancer-tests").force(),
+            &Patch::Apply(&bc),
+        )
+        .await
+        .expect("apply");
+        // creationTimestamp has a one-second resolution: make the second clearly younger.
+        if name == "older" {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+    }
+    let _balancer = Balancer::start(&client, options(&ns, "replica-1")).await;
+    let accepted = |bc: &BalancerCluster| {
+        bc.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Accepted").cloned())
+    };
+    let young = wait::until_object(
+        api.clone(),
+        "younger",
+        "the younger cluster's Accepted condition",
+        |bc: &BalancerCluster| accepted(bc).is_some(),
+    )
+    .await;
+    let condition = accepted(&young).expect("Accepted");
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_deref()),
+        ("False", Some("RouteConflict"))
+    );
+    assert_eq!(
+        condition.message.as_deref(),
+        Some(format!("shop.example.com/ is already served by {ns}/older, which is older").as_str())
+    );
+    let old = wait::until_object(
+        api,
+        "older",
+        "the older cluster's Accepted condition",
+        |bc: &BalancerCluster| accepted(bc).is_some(),
+    )
+    .await;
+    assert_eq!(accepted(&old).expect("Accepted").status, "True");
+}
+
+/// Status is written when something changed, not on every interval; membership changes become
+/// Events; and the controller part restarting under load fails no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_writes_only_on_change_events_on_membership_and_restart_under_load() {
+    netns::require();
+    let client = ControlPlane::shared().client();
+    install_crd(&client).await;
+    let ns = pods::namespace(&client, "quiet").await;
+    web_service(&client, &ns).await;
+    let pods = web_pods(&client, &ns, &["web-a", "web-b"]).await;
+    apply_cluster(
+        &client,
+        &ns,
+        json!({"service": {"name": "web", "port": "http"}}),
+    )
+    .await;
+    let mut balancer = Balancer::start(&client, options(&ns, "replica-1")).await;
+    balancer
+        .wait_members(&ns, &["web-a:Enabled", "web-b:Enabled"])
+        .await;
+    let api = Api::<BalancerCluster>::namespaced(client.clone(), &ns);
+    let settled = wait::until_object(
+        api.clone(),
+        "web",
+        "a first status",
+        |bc: &BalancerCluster| {
+            bc.status
+                .as_ref()
+                .is_some_and(|s| s.ready.as_deref() == Some("2/2"))
+        },
+    )
+    .await;
+    // Six status intervals without traffic or change: not one write.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let quiet = api.get("web").await.expect("get");
+    assert_eq!(
+        quiet.metadata.resource_version, settled.metadata.resource_version,
+        "nothing changed, nothing written"
+    );
+
+    // A membership change is an Event on the cluster.
+    pods[1].0.set_ready(&client, false).await;
+    balancer.wait_members(&ns, &["web-a:Enabled"]).await;
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns);
+    let event = wait::until_list(
+        events,
+        kube::runtime::watcher::Config::default(),
+        "a MembersChanged event",
+        |list: &[Arc<k8s_openapi::api::events::v1::Event>]| {
+            list.iter()
+                .any(|e| e.reason.as_deref() == Some("MembersChanged"))
+        },
+    )
+    .await;
+    let note = event
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("MembersChanged"))
+        .and_then(|e| e.note.clone())
+        .unwrap_or_default();
+    assert!(
+        note.starts_with("1 members: added none, removed http://10.244.0."),
+        "{note}"
+    );
+
+    // Restart the controller part against the same data plane while requests flow.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let addr = balancer.addr();
+    let load = {
+        let (stop, failures) = (stop.clone(), failures.clone());
+        tokio::spawn(async move {
+            let mut sent = 0;
+            // Bounded: at most 20 000 requests.
+            while !stop.load(Ordering::SeqCst) && sent < 20_000 {
+                if backend::get(addr, "/").await.0 != 200 {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+                sent += 1;
+            }
+            sent
+        })
+    };
+    balancer.controller.stop();
+    let generation = balancer.plane.snapshot().generation;
+    balancer.controller = controller::start(
+        client.clone(),
+        options(&ns, "replica-1"),
+        balancer.plane.clone(),
+    )
+    .await
+    .expect("restart");
+    // The new controller publishes the same member list once; the counters carry on.
+    assert_eq!(balancer.plane.snapshot().generation, generation + 1);
+    pods[1].0.set_ready(&client, true).await;
+    balancer
+        .wait_members(&ns, &["web-a:Enabled", "web-b:Enabled"])
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    let sent = load.await.expect("load");
+    assert!(sent > 0);
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "no request fails while the controller restarts"
+    );
+}

@@ -298,3 +298,113 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::MemberState;
+    use crate::discovery::MemberConfig;
+
+    fn cluster_with(n: usize) -> (BalancerCluster, Arc<crate::proxy::Snapshot>) {
+        let mut bc = BalancerCluster::new(
+            "web",
+            serde_json::from_value(serde_json::json!({"service": {"name": "web", "port": "http"}}))
+                .expect("spec"),
+        );
+        bc.metadata.namespace = Some("shop".into());
+        bc.metadata.generation = Some(3);
+        let mut config = crate::discovery::cluster_config(&bc, Vec::new()).expect("config");
+        config.members = (0..n)
+            .map(|i| {
+                let authority = format!("10.{}.{}.{}:8080", i / 65536, (i / 256) % 256, i % 256);
+                MemberConfig {
+                    url: format!("http://{authority}"),
+                    authority,
+                    pod: Some(format!("web-7d9f8c6b5-{i:05}-with-a-long-generated-suffix")),
+                    load_factor: 1,
+                    lbset: 0,
+                    route: Some(format!("route-{i}")),
+                    state: if i % 10 == 0 {
+                        MemberState::Drain
+                    } else {
+                        MemberState::Enabled
+                    },
+                }
+            })
+            .collect();
+        let plane = DataPlane::new();
+        let snapshot = plane.publish(vec![config]);
+        (bc, snapshot)
+    }
+
+    #[test]
+    fn thousands_of_members_stay_far_under_the_object_size_limit() {
+        let (bc, snapshot) = cluster_with(5000);
+        let served = snapshot.cluster("shop", "web").map(|c| c.as_ref());
+        let status = desired_status(&bc, served, &[], &HashMap::new(), 0, Timestamp::UNIX_EPOCH);
+        assert_eq!((status.ready_members, status.total_members), (4500, 5000));
+        assert_eq!(status.ready.as_deref(), Some("4500/5000"));
+        assert_eq!(status.members.len(), MAX_MEMBERS_IN_STATUS);
+        let size = serde_json::to_vec(&status).expect("json").len();
+        assert!(size < 64 * 1024, "status is {size} bytes");
+        let degraded = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == reasons::DEGRADED)
+            .expect("Degraded");
+        assert_eq!(degraded.status, "True");
+        assert!(
+            degraded
+                .message
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("500 of 5000 members take no new requests: ")
+        );
+        assert!(degraded.message.as_deref().unwrap_or("").len() < 1200);
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_while_unchanged() {
+        let (bc, snapshot) = cluster_with(3);
+        let served = snapshot.cluster("shop", "web").map(|c| c.as_ref());
+        let first = desired_status(&bc, served, &[], &HashMap::new(), 0, Timestamp::UNIX_EPOCH);
+        let later = Timestamp::from_second(1_000).expect("time");
+        let mut second = desired_status(&bc, served, &[], &HashMap::new(), 0, later);
+        assert_ne!(first, second);
+        keep_transition_times(&mut second, Some(&first));
+        assert_eq!(first, second, "nothing changed, so nothing to write");
+    }
+
+    #[test]
+    fn a_route_lost_to_an_older_cluster_is_not_accepted() {
+        let (bc, snapshot) = cluster_with(1);
+        let served = snapshot.cluster("shop", "web").map(|c| c.as_ref());
+        let conflict = RouteConflict {
+            cluster: "shop/web".into(),
+            host: Some("shop.example.com".into()),
+            path_prefix: "/".into(),
+            held_by: "shop/older".into(),
+        };
+        let status = desired_status(
+            &bc,
+            served,
+            &[conflict],
+            &HashMap::new(),
+            0,
+            Timestamp::UNIX_EPOCH,
+        );
+        let accepted = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == reasons::ACCEPTED)
+            .expect("Accepted");
+        assert_eq!(
+            (accepted.status.as_str(), accepted.reason.as_deref()),
+            ("False", Some(reasons::ROUTE_CONFLICT))
+        );
+        assert_eq!(
+            accepted.message.as_deref(),
+            Some("shop.example.com/ is already served by shop/older, which is older")
+        );
+    }
+}
