@@ -185,7 +185,7 @@ build() {
     mkdir -p "$STAGE_BIN"
     trap 'rm -rf "$WORK"' EXIT
     local started=$SECONDS
-    say "building the test control plane into $BIN_DIR (first time: about 7 minutes on 2 cores; log: $LOG)"
+    say "building the test control plane into $BIN_DIR (the first time takes 7 to 11 minutes on 2 cores; log: $LOG)"
     build_kubernetes
     build_etcd
     build_helm
