@@ -270,6 +270,8 @@ where
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // Watch SIGTERM before anything listens, so a stop right after start still drains.
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
         let plane = DataPlane::new();
         source(plane.clone()).await?;
         let options = common.proxy_options(default_listen);
@@ -279,7 +281,7 @@ where
         let admin = crate::admin::start(common.admin, plane.clone()).await?;
         tracing::info!(address = %admin, "admin server listening");
 
-        wait_for_stop().await;
+        wait_for_stop(term).await;
         plane.start_draining();
         tracing::info!(grace = ?common.shutdown_grace, "stopping: no new connections, finishing requests in flight");
         let grace = common.shutdown_grace;
@@ -289,9 +291,8 @@ where
     })
 }
 
-async fn wait_for_stop() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
+async fn wait_for_stop(term: std::io::Result<tokio::signal::unix::Signal>) {
+    match term {
         Ok(mut term) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -27,6 +27,8 @@ pub enum ProxyError {
     },
     /// CONNECT: this is not a forward proxy.
     ConnectRefused,
+    /// More request headers than allowed.
+    TooManyHeaders { count: usize, limit: usize },
 }
 
 impl ProxyError {
@@ -37,6 +39,7 @@ impl ProxyError {
             ProxyError::MemberFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -69,6 +72,10 @@ impl ProxyError {
                 "504 Gateway Timeout: the member did not answer in time\n"
             }
             ProxyError::ConnectRefused => "405 Method Not Allowed: CONNECT is not supported\n",
+            ProxyError::TooManyHeaders { count, limit } => {
+                tracing::debug!(count, limit, "request refused: too many headers");
+                "431 Request Header Fields Too Large: too many headers\n"
+            }
         };
         let mut response = Response::new(ResponseBody::full(body));
         *response.status_mut() = status;

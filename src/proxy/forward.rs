@@ -24,6 +24,7 @@ pub struct Worker {
     pub plane: Arc<DataPlane>,
     pub pool: Rc<Pool>,
     pub access_log: bool,
+    pub max_headers: usize,
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -57,6 +58,13 @@ async fn proxy(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ConnectRefused);
+    }
+    // HTTP/1 heads are limited by hyper itself; HTTP/2 header lists are counted here.
+    if req.headers().len() > worker.max_headers {
+        return Err(ProxyError::TooManyHeaders {
+            count: req.headers().len(),
+            limit: worker.max_headers,
+        });
     }
     // RFC 9112 3.2.2: an absolute-form target's authority replaces Host. Either way, it only
     // chooses among our own clusters: the request never goes anywhere but to their members.
@@ -329,10 +337,18 @@ fn prepare_request<B>(
         headers.insert(header::HOST, host.clone());
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {client}"),
-        None => client.to_string(),
-    };
+    // Every X-Forwarded-For line the client sent stays in the chain, in order.
+    let mut forwarded_for = String::new();
+    for previous in headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        forwarded_for.push_str(previous);
+        forwarded_for.push_str(", ");
+    }
+    use std::fmt::Write as _;
+    let _ = write!(forwarded_for, "{client}");
     if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }

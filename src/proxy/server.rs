@@ -176,6 +176,7 @@ async fn accept_loop(
         plane,
         pool: Rc::new(Pool::default()),
         access_log: options.access_log,
+        max_headers: options.max_headers,
     });
     let mut builder = auto::Builder::new(LocalExec);
     builder
@@ -209,7 +210,7 @@ async fn accept_loop(
                     }
                 };
                 tracker.open.set(tracker.open.get() + 1);
-                let conn = serve(stream, peer, worker.clone(), builder.clone(), stop.clone());
+                let conn = serve(stream, peer, worker.clone(), builder.clone(), stop.clone(), options.header_read_timeout);
                 let tracker = tracker.clone();
                 tokio::task::spawn_local(async move {
                     conn.await;
@@ -254,8 +255,15 @@ async fn serve(
     worker: Rc<Worker>,
     builder: Rc<auto::Builder<LocalExec>>,
     mut stop: watch::Receiver<Option<Duration>>,
+    header_read_timeout: Duration,
 ) {
     let _ = stream.set_nodelay(true);
+    // hyper's header-read timer starts only once the protocol is known; until then a silent
+    // client would hold the connection forever.
+    if !first_bytes_arrive(&stream, header_read_timeout).await {
+        tracing::debug!(client = %peer, "closed: nothing sent within the header-read timeout");
+        return;
+    }
     let service = service_fn(move |req| forward::handle(worker.clone(), peer, req));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -274,4 +282,28 @@ async fn serve(
     if let Err(e) = conn.await {
         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
     }
+}
+
+/// Waits until the client has sent enough to tell HTTP/1 from the HTTP/2 preface, within `limit`.
+/// False when the client closed or stayed silent.
+async fn first_bytes_arrive(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let sniff = async {
+        let mut buf = [0u8; PREFACE.len()];
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+                // A partial preface: peek returns at once while no more has come, so pause.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    };
+    let arrived = tokio::time::timeout(limit, sniff).await.unwrap_or(false);
+    if !arrived {
+        // Read what little was sent, so that closing ends the connection cleanly (FIN, not RST).
+        let mut sink = [0u8; PREFACE.len()];
+        while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
+    }
+    arrived
 }
