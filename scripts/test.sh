@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 
+bash scripts/test-deps.sh
 bash scripts/testenv.sh build
 # Build outside the namespace, which has no network; then run every test inside it.
 cargo test --locked --no-run
