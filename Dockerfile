@@ -1,0 +1,30 @@
+# The kube-balancer image: the binary built in a Rust stage, then copied into a small Debian
+# runtime where it runs as an unprivileged user. The Helm chart (charts/kube-balancer) runs it as
+# `kube-balancer run ...` with runAsUser 65532 and a read-only root filesystem; it writes nothing
+# to disk.
+#
+#   docker build -t REGISTRY/kube-balancer:0.1.0 .
+#
+# The Rust version is Cargo.toml's rust-version; builder and runtime share one Debian release,
+# so the binary finds the glibc it was linked against.
+ARG RUST_VERSION=1.95
+ARG DEBIAN_RELEASE=trixie
+
+FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
+WORKDIR /build
+# Only what the binary is built from (see .dockerignore); examples/ holds the embedded
+# standalone configuration.
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY examples ./examples
+RUN cargo build --release --locked --bin kube-balancer \
+ && install -D -m 0755 target/release/kube-balancer /out/kube-balancer
+
+FROM debian:${DEBIAN_RELEASE}-slim
+COPY --from=build /out/kube-balancer /usr/local/bin/kube-balancer
+# A numeric user that exists nowhere: no home, no shell, no privileges (the chart's runAsUser).
+USER 65532:65532
+# Traffic and the admin server (/healthz, /readyz, /metrics, /balancer-manager).
+EXPOSE 8000 9901
+ENTRYPOINT ["/usr/local/bin/kube-balancer"]
+CMD ["--help"]
