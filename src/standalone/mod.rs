@@ -84,6 +84,13 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<ClusterConfig>, ConfigError> 
         }
         clusters.push(cluster);
     }
+    // An empty file is far more often a file caught half-written than a wish to serve nothing.
+    if clusters.is_empty() {
+        return Err(ConfigError::Yaml {
+            file: file.to_owned(),
+            message: "holds no BalancerCluster document".to_owned(),
+        });
+    }
     Ok(clusters)
 }
 
@@ -313,6 +320,12 @@ mod tests {
             e.contains("document 2") && e.contains("shop/web is defined twice"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_empty_file_is_refused() {
+        assert_eq!(refusal(""), "bad.yaml: holds no BalancerCluster document");
+        assert_eq!(refusal("---\n# nothing\n"), "bad.yaml: holds no BalancerCluster document");
     }
 
     #[test]
