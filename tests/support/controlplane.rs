@@ -85,6 +85,19 @@ impl ControlPlane {
         &self.server
     }
 
+    /// Kills the kube-apiserver for good (an outage test; the binary's other tests lose it too, so
+    /// such a test lives in a test binary of its own).
+    pub fn stop_apiserver(&self) {
+        let mut processes = lock();
+        if let Some((_, child)) = processes
+            .as_mut()
+            .and_then(|p| p.children.iter_mut().find(|(n, _)| *n == "kube-apiserver"))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Runs one of the built tools (`kubectl`, `helm`, ...) against this control plane, with its
     /// caches inside the run's directory, and returns its standard output. Panics, showing its
     /// standard error, when it fails.
