@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's raw figures into a markdown table (medians over rounds, and the ratio of
+kube-balancer's figure to each peer's), a TSV of the medians, and a gnuplot script for the chart.
+
+usage: report.py META RAW_TSV OUT_PREFIX "BALANCER..."
+"""
+
+import statistics
+import sys
+from collections import defaultdict
+
+NAMES = {
+    "kube-balancer": "kube-balancer",
+    "nginx": "nginx",
+    "haproxy": "HAProxy",
+    "apache": "Apache",
+}
+
+# (key, label, unit, decimals, better): better is "lower" or "higher".
+ROWS = [
+    ("cpu_small", "**CPU per request**, keep-alive, 12 B body", "µs", 2, "lower"),
+    ("cpu_1k", "CPU per request, 1 KiB body", "µs", 2, "lower"),
+    ("cpu_64k", "CPU per request, 64 KiB body", "µs", 2, "lower"),
+    ("cpu_close", "CPU per request, new connection each", "µs", 2, "lower"),
+    ("cpu_h2", "CPU per request, HTTP/2 clients", "µs", 2, "lower"),
+    ("core_small", "pinned core busy per request, 12 B body", "µs", 2, "lower"),
+    ("rps_small", "throughput, keep-alive, 12 B body", "req/s", 0, "higher"),
+    ("rps_1k", "throughput, 1 KiB body", "req/s", 0, "higher"),
+    ("rps_64k", "throughput, 64 KiB body", "req/s", 0, "higher"),
+    ("rps_close", "throughput, new connection each", "req/s", 0, "higher"),
+    ("rps_h2", "throughput, HTTP/2 clients", "req/s", 0, "higher"),
+    ("lat_p50_us", "latency p50 at a fixed rate", "µs", 0, "lower"),
+    ("lat_p99_us", "latency p99 at a fixed rate", "µs", 0, "lower"),
+    ("lat_p999_us", "latency p99.9 at a fixed rate", "µs", 0, "lower"),
+    ("lat_max_us", "latency max at a fixed rate", "µs", 0, "lower"),
+    ("peak_pss_mib", "peak memory under load (PSS)", "MiB", 1, "lower"),
+    ("idle_pss_mib", "memory with idle keep-alive connections (PSS)", "MiB", 1, "lower"),
+    ("idle_open", "idle connections held", "", 0, "higher"),
+]
+
+CHART_TESTS = [("small", "12 B"), ("1k", "1 KiB"), ("64k", "64 KiB"), ("close", "new conn"), ("h2", "HTTP/2")]
+
+
+def main():
+    meta_path, raw_path, prefix, balancers = sys.argv[1:5]
+    balancers = balancers.split()
+    meta = {}
+    with open(meta_path) as f:
+        for line in f:
+            if "=" in line:
+                k, v = line.rstrip("\n").split("=", 1)
+                meta[k] = v
+    values = defaultdict(list)
+    rounds = set()
+    with open(raw_path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 4 or parts[3] == "":
+                continue
+            rnd, lb, key, value = parts
+            rounds.add(rnd)
+            try:
+                values[(lb, key)].append(float(value))
+            except ValueError:
+                pass
+    med = {k: statistics.median(v) for k, v in values.items() if v}
+
+    with open(prefix + ".tsv", "w") as f:
+        f.write("balancer\tfigure\tmedian\trounds\n")
+        for (lb, key), v in sorted(values.items()):
+            f.write(f"{lb}\t{key}\t{med[(lb, key)]:g}\t{' '.join(f'{x:g}' for x in v)}\n")
+
+    me = "kube-balancer"
+    peers = [b for b in balancers if b != me]
+    out = []
+    out.append(f"# kube-balancer side by side: {meta.get('date', '')}\n")
+    out.append(
+        f"Medians of {len(rounds)} round(s). Each balancer: one worker pinned to one CPU; load generator "
+        "and the two members on the other CPU; loopback only. How each figure is measured: "
+        "[docs/benchmarks.md](../../docs/benchmarks.md). Ratios are kube-balancer's figure divided by "
+        "the peer's (below 1 is better for CPU, latency and memory; above 1 is better for throughput).\n"
+    )
+    head = ["figure", "unit"] + [NAMES.get(b, b) for b in balancers]
+    if me in balancers:
+        head += [f"÷ {NAMES.get(p, p)}" for p in peers]
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|")
+    for key, label, unit, dec, _better in ROWS:
+        if not any((b, key) in med for b in balancers):
+            continue
+        label_full = label
+        if key.startswith("lat_"):
+            label_full += f" ({meta_setting(meta, 'latency at')})"
+        if key.startswith("idle_"):
+            label_full += f" ({meta_setting(meta, 'idle connections')})"
+        cells = [label_full, unit]
+        for b in balancers:
+            v = med.get((b, key))
+            cells.append("–" if v is None else fmt(v, dec))
+        if me in balancers:
+            mine = med.get((me, key))
+            for p in peers:
+                theirs = med.get((p, key))
+                if mine is None or theirs is None or theirs == 0 or key == "idle_open":
+                    cells.append("–")
+                else:
+                    cells.append(f"{mine / theirs:.2f}")
+        out.append("| " + " | ".join(cells) + " |")
+    errors = {b: sum(v for (lb, k), vs in values.items() if lb == b and k.startswith(("errors_", "lat_errors")) for v in vs) for b in balancers}
+    out.append("")
+    out.append("Errors over all runs (socket errors, non-2xx answers): " + ", ".join(f"{NAMES.get(b, b)} {int(errors[b])}" for b in balancers) + ".")
+    lag = [med.get((b, "lat_max_send_lag_us")) for b in balancers]
+    if any(x is not None for x in lag):
+        out.append(
+            "The latency generator's own worst send lag (how late it sent, already included in the "
+            "latencies): " + ", ".join(f"{NAMES.get(b, b)} {fmt(x, 0)} µs" for b, x in zip(balancers, lag) if x is not None) + "."
+        )
+    out.append("")
+    out.append("Machine and versions:\n")
+    for k in ["cpu", "kernel", "load_before", "load_after", "settings", "wrk", "h2load"]:
+        if k in meta:
+            out.append(f"- {k.replace('_', ' ')}: {meta[k]}")
+    for b in balancers:
+        if f"version_{b}" in meta:
+            out.append(f"- {meta[f'version_{b}']}")
+    png = prefix.rsplit("/", 1)[-1] + ".png"
+    out.append(f"\n![CPU per request and throughput]({png})\n")
+    with open(prefix + ".md", "w") as f:
+        f.write("\n".join(out))
+
+    write_chart(prefix, balancers, med, meta)
+
+
+def meta_setting(meta, word):
+    for part in meta.get("settings", "").split(", "):
+        if word in part:
+            return part
+    return ""
+
+
+def fmt(v, dec):
+    if dec == 0:
+        return f"{v:,.0f}".replace(",", " ")
+    return f"{v:.{dec}f}"
+
+
+def write_chart(prefix, balancers, med, meta):
+    tests = [(t, label) for t, label in CHART_TESTS if any((b, f"cpu_{t}") in med for b in balancers)]
+    if not tests:
+        return
+    lines = []
+    for kind in ("cpu", "rps"):
+        lines.append(f"${kind} << EOD")
+        lines.append("test " + " ".join(f'"{NAMES.get(b, b)}"' for b in balancers))
+        for t, label in tests:
+            row = [f'"{label}"'] + [f"{med.get((b, f'{kind}_{t}'), float('nan')):g}" for b in balancers]
+            if kind == "rps":
+                row = [row[0]] + [f"{float(x) / 1000:g}" for x in row[1:]]
+            lines.append(" ".join(row))
+        lines.append("EOD")
+    n = len(balancers)
+    plots = lambda block: ", ".join(
+        f"{block} using {i + 2}:xtic(1) title columnheader({i + 2})" for i in range(n)
+    )
+    png = prefix + ".png"
+    script = "\n".join(lines) + f"""
+set terminal pngcairo size 1200,520 font "sans,10"
+set output "{png}"
+set multiplot layout 1,2 title "kube-balancer, nginx, HAProxy, Apache: one worker pinned to one CPU ({meta.get('date', '')})"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set boxwidth 0.9
+set grid ytics
+set key top left
+set yrange [0:*]
+set title "balancer CPU per request (µs, lower is better)"
+plot {plots('$cpu')}
+set title "throughput (thousand req/s, higher is better)"
+plot {plots('$rps')}
+unset multiplot
+"""
+    with open(prefix + ".gp", "w") as f:
+        f.write(script)
+
+
+if __name__ == "__main__":
+    main()

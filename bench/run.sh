@@ -1,0 +1,362 @@
+#!/usr/bin/env bash
+# kube-balancer side by side with nginx, HAProxy and Apache httpd, in one run on this machine.
+#
+#   bench/run.sh                       # everything, 3 rounds of 10 s per figure
+#   ROUNDS=1 DURATION=5 bench/run.sh   # a quick look
+#   BALANCERS="kube-balancer nginx" TESTS="small latency" bench/run.sh
+#   KB_BIN=/path/to/kube-balancer bench/run.sh   # measure that build instead of this tree's
+#
+# Each balancer runs with one worker pinned to LB_CPU; the load generators and the two members
+# (one nginx worker on two ports) share LOAD_CPU. Only loopback addresses; every load run is
+# bounded in time. Results go to bench/results/<date>.md (and latest.md, and a PNG chart).
+# docs/benchmarks.md says what each figure means and how it is measured.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(dirname "$HERE")
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}          # seconds per load run
+WARMUP=${WARMUP:-2}               # seconds of unrecorded load after each start
+CONNS=${CONNS:-32}
+RATE=${RATE:-10000}               # offered rate of the latency run, requests/s
+IDLE_CONNS=${IDLE_CONNS:-10000}
+H2_STREAMS=${H2_STREAMS:-10}      # concurrent streams per HTTP/2 connection
+LB_CPU=${LB_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+PORT_BASE=${PORT_BASE:-18000}
+BALANCERS=${BALANCERS:-"kube-balancer nginx haproxy apache"}
+TESTS=${TESTS:-"small 1k 64k close h2 latency idle"}
+RESULTS=${RESULTS:-$HERE/results}
+
+BACKEND_A_PORT=$((PORT_BASE + 81))
+BACKEND_B_PORT=$((PORT_BASE + 82))
+KB_PORT=$((PORT_BASE + 100))
+KB_ADMIN_PORT=$((PORT_BASE + 109))
+NGINX_PORT=$((PORT_BASE + 200))
+NGINX_H2_PORT=$((PORT_BASE + 201))
+HAPROXY_PORT=$((PORT_BASE + 300))
+APACHE_PORT=$((PORT_BASE + 400))
+
+say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- tools
+
+install_missing() {
+    local need=()
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+    command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+    [ -x /usr/sbin/apache2 ] || need+=(apache2)
+    command -v wrk >/dev/null || need+=(wrk)
+    command -v h2load >/dev/null || need+=(nghttp2-client)
+    command -v gnuplot >/dev/null || need+=(gnuplot-nox)
+    command -v taskset >/dev/null || need+=(util-linux)
+    command -v python3 >/dev/null || need+=(python3)
+    [ ${#need[@]} -eq 0 ] && return
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    say "installing ${need[*]}"
+    "${sudo[@]}" apt-get update -qq
+    # h2load and gnuplot are optional: go on without them if they cannot be installed.
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
+        die "apt-get install ${need[*]} failed"
+}
+
+install_missing
+export PATH="$PATH:/usr/sbin:/sbin"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -ge $((IDLE_CONNS + 1000)) ] || say "warning: ulimit -n is $(ulimit -n), the idle test may fall short"
+[ "$(nproc)" -ge 2 ] || say "warning: one CPU only: the balancer and the load share it"
+
+# KB_BIN=path measures that binary instead of building this tree (to compare two builds).
+if [ -z "${KB_BIN:-}" ]; then
+    say "building kube-balancer (release)"
+    (cd "$REPO" && cargo build --release --quiet --bin kube-balancer)
+    KB_BIN=$REPO/target/release/kube-balancer
+fi
+(cd "$HERE/loadgen" && cargo build --release --quiet --target-dir "$REPO/target/bench")
+LOADGEN=$REPO/target/bench/release/kb-loadgen
+
+# ---------------------------------------------------------------- processes
+
+RUN=$(mktemp -d /tmp/kb-bench.XXXXXX)
+chmod 755 "$RUN"
+PIDS=()  # everything started here, ended by PID on exit
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    rm -rf "$RUN"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CPU COMMAND...: runs COMMAND pinned to CPU, in the background; sets STARTED.
+STARTED=
+start() {
+    local name=$1 cpu=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$RUN/$name.out" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+    echo "$STARTED" >"$RUN/$name.pid"
+}
+
+stop() {
+    local pid=$1
+    kill "$pid" 2>/dev/null || return 0
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+wait_port() {
+    local port=$1
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# The PID and all its descendants.
+tree() {
+    local root=$1
+    ps -e -o pid=,ppid= | awk -v root="$root" '
+        { parent[$1] = $2; pids[NR] = $1 }
+        END {
+            in_tree[root] = 1; print root
+            do { added = 0
+                for (i in pids) { p = pids[i]
+                    if (!(p in in_tree) && (parent[p] in in_tree)) { in_tree[p] = 1; print p; added = 1 } }
+            } while (added)
+        }'
+}
+
+# CPU time (clock ticks, user + system) of a process tree.
+cpu_ticks() {
+    local total=0 pid stat rest
+    for pid in $(tree "$1"); do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        rest=${stat##*) }
+        read -ra f <<<"$rest"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+# Busy time of one CPU (clock ticks), from /proc/stat.
+cpu_busy() {
+    awk -v cpu="cpu$1" '$1 == cpu { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+}
+
+# Proportional set size of a process tree, KiB (shared pages split between its processes).
+pss_kib() {
+    local total=0 pid kib
+    for pid in $(tree "$1"); do
+        kib=$(awk '/^Pss:/ { print $2 }' "/proc/$pid/smaps_rollup" 2>/dev/null) || continue
+        total=$((total + ${kib:-0}))
+    done
+    echo "$total"
+}
+
+TICK=$(getconf CLK_TCK)
+
+# ---------------------------------------------------------------- configuration
+
+render() {
+    sed -e "s|@RUN@|$RUN|g" \
+        -e "s|@BACKEND_A_PORT@|$BACKEND_A_PORT|g" -e "s|@BACKEND_B_PORT@|$BACKEND_B_PORT|g" \
+        -e "s|@NGINX_PORT@|$NGINX_PORT|g" -e "s|@NGINX_H2_PORT@|$NGINX_H2_PORT|g" \
+        -e "s|@HAPROXY_PORT@|$HAPROXY_PORT|g" -e "s|@APACHE_PORT@|$APACHE_PORT|g" \
+        "$HERE/conf/$1" >"$RUN/$1"
+}
+
+mkdir -p "$RUN/www" "$RUN/nginx-tmp" "$RUN/backends-tmp" "$RUN/apache-run"
+head -c 1024 /dev/zero | tr '\0' 'a' >"$RUN/www/1k"
+head -c 65536 /dev/zero | tr '\0' 'b' >"$RUN/www/64k"
+chmod -R a+rX "$RUN"
+for f in backends.nginx.conf nginx.conf haproxy.cfg apache.conf kube-balancer.yaml; do render "$f"; done
+[ "$(id -u)" -eq 0 ] && chown www-data: "$RUN/apache-run" 2>/dev/null || true
+
+# start_balancer NAME: sets STARTED (its PID), PORT and H2_PORT.
+start_balancer() {
+    case $1 in
+    kube-balancer)
+        PORT=$KB_PORT H2_PORT=$KB_PORT
+        start kube-balancer "$LB_CPU" "$KB_BIN" standalone -f "$RUN/kube-balancer.yaml" --workers 1 \
+            --listen "127.0.0.1:$KB_PORT" --admin "127.0.0.1:$KB_ADMIN_PORT" --shutdown-grace 1s
+        ;;
+    nginx)
+        PORT=$NGINX_PORT H2_PORT=$NGINX_H2_PORT
+        start nginx "$LB_CPU" nginx -c "$RUN/nginx.conf" -e "$RUN/nginx-error.log"
+        ;;
+    haproxy)
+        PORT=$HAPROXY_PORT H2_PORT=$HAPROXY_PORT
+        start haproxy "$LB_CPU" haproxy -db -f "$RUN/haproxy.cfg"
+        ;;
+    apache)
+        PORT=$APACHE_PORT H2_PORT=$APACHE_PORT
+        start apache "$LB_CPU" apache2 -f "$RUN/apache.conf" -DFOREGROUND
+        ;;
+    *) die "unknown balancer $1" ;;
+    esac
+}
+
+version_of() {
+    case $1 in
+    kube-balancer) echo "kube-balancer $(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo unknown)" ;;
+    nginx) nginx -v 2>&1 | sed 's|.*/||; s|^|nginx |' ;;
+    haproxy) haproxy -v | awk 'NR == 1 { print "HAProxy " $3 }' ;;
+    apache) apache2 -v | awk -F'[/ ]' '/version/ { print "Apache httpd " $4 }' ;;
+    esac
+}
+
+# ---------------------------------------------------------------- measurements
+
+RAW=$RUN/raw.tsv
+: >"$RAW"
+record() { printf '%s\t%s\t%s\t%s\n' "$ROUND" "$LB" "$1" "$2" >>"$RAW"; }
+
+# Samples the tree's PSS every second while PID $2 (a load generator) runs; keeps the maximum.
+PEAK=0
+sample_pss() {
+    local lb=$1 gen=$2 kib
+    while kill -0 "$gen" 2>/dev/null; do
+        kib=$(pss_kib "$lb")
+        [ "$kib" -gt "$(cat "$RUN/peak")" ] && echo "$kib" >"$RUN/peak"
+        sleep 1
+    done
+}
+
+# measure TEST NAME KIND ARGS...: runs a load generator and records requests/s and CPU per request.
+measure() {
+    local test=$1 kind=$2
+    shift 2
+    local out=$RUN/$test.$LB.$ROUND.txt
+    local t0 b0 t1 b1 gen
+    t0=$(cpu_ticks "$LBPID") b0=$(cpu_busy "$LB_CPU")
+    taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) "$@" >"$out" 2>&1 &
+    gen=$!
+    sample_pss "$LBPID" "$gen" &
+    local sampler=$!
+    wait "$gen" || say "$LB $test: load generator exited with $?"
+    wait "$sampler" 2>/dev/null || true
+    t1=$(cpu_ticks "$LBPID") b1=$(cpu_busy "$LB_CPU")
+    local requests rps errors
+    if [ "$kind" = wrk ]; then
+        requests=$(awk '/requests in/ { print $1 }' "$out")
+        rps=$(awk '/^Requests\/sec/ { print $2 }' "$out")
+        errors=$(awk '/Non-2xx/ { n += $NF } /Socket errors/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$out")
+    else
+        requests=$(awk '/^requests:/ { print $8 }' "$out")
+        rps=$(awk '/^finished in/ { print $4 }' "$out")
+        errors=$(awk '/^requests:/ { print $10 + $12 }' "$out")
+    fi
+    if [ -z "$requests" ] || [ "$requests" -eq 0 ]; then
+        say "$LB $test: no requests served"; sed 's/^/    /' "$out" >&2
+        record "errors_$test" 1
+        return
+    fi
+    record "rps_$test" "$rps"
+    record "cpu_$test" "$(awk -v t=$((t1 - t0)) -v n="$requests" -v hz="$TICK" 'BEGIN { printf "%.2f", t / hz / n * 1e6 }')"
+    record "core_$test" "$(awk -v t=$((b1 - b0)) -v n="$requests" -v hz="$TICK" 'BEGIN { printf "%.2f", t / hz / n * 1e6 }')"
+    record "errors_$test" "$errors"
+    say "$LB $test: $rps req/s, $(awk -v t=$((t1 - t0)) -v n="$requests" -v hz="$TICK" 'BEGIN { printf "%.2f", t / hz / n * 1e6 }') us CPU/request, $errors errors"
+}
+
+url() { echo "http://127.0.0.1:$PORT$1"; }
+
+run_test() {
+    case $1 in
+    small) measure small wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" "$(url /)" ;;
+    1k) measure 1k wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" "$(url /1k)" ;;
+    64k) measure 64k wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" "$(url /64k)" ;;
+    close) measure close wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Connection: close" "$(url /)" ;;
+    h2)
+        command -v h2load >/dev/null || { say "no h2load: HTTP/2 skipped"; return; }
+        measure h2 h2load h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D"$DURATION" "http://127.0.0.1:$H2_PORT/"
+        ;;
+    latency)
+        local out=$RUN/latency.$LB.$ROUND.txt
+        taskset -c "$LOAD_CPU" timeout $((DURATION + 60)) \
+            "$LOADGEN" rate "127.0.0.1:$PORT" / "$RATE" "$DURATION" "$CONNS" >"$out" 2>&1 ||
+            { say "$LB latency: generator failed"; sed 's/^/    /' "$out" >&2; return; }
+        local key
+        for key in p50_us p99_us p999_us max_us errors achieved_rate max_send_lag_us; do
+            record "lat_$key" "$(awk -F= -v k="$key" '$1 == k { print $2 }' "$out")"
+        done
+        say "$LB latency at $RATE/s: $(tr '\n' ' ' <"$out")"
+        ;;
+    idle)
+        local out=$RUN/idle.$LB.$ROUND.txt gen
+        local before
+        before=$(pss_kib "$LBPID")
+        taskset -c "$LOAD_CPU" timeout 300 "$LOADGEN" idle "127.0.0.1:$PORT" / "$IDLE_CONNS" 5 >"$out" 2>&1 &
+        gen=$!
+        for _ in $(seq 2400); do grep -q '^open=' "$out" && break; kill -0 "$gen" 2>/dev/null || break; sleep 0.1; done
+        sleep 2
+        local kib open
+        kib=$(pss_kib "$LBPID")
+        wait "$gen" || true
+        open=$(awk -F'[= ]' '/^open=/ { print $2 }' "$out")
+        record idle_open "${open:-0}"
+        record idle_alive "$(awk -F= '/^alive_after_hold=/ { print $2 }' "$out")"
+        record idle_pss_mib "$(awk -v k="$kib" 'BEGIN { printf "%.1f", k / 1024 }')"
+        record idle_pss_before_mib "$(awk -v k="$before" 'BEGIN { printf "%.1f", k / 1024 }')"
+        say "$LB idle: ${open:-0} connections open, PSS $((before / 1024)) MiB -> $((kib / 1024)) MiB"
+        ;;
+    *) die "unknown test $1" ;;
+    esac
+}
+
+# ---------------------------------------------------------------- the run
+
+{
+    echo "date=$(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "kernel=$(uname -r)"
+    echo "cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) x $(nproc)"
+    echo "load_before=$(cut -d' ' -f1-3 /proc/loadavg)"
+    for b in $BALANCERS; do echo "version_$b=$(version_of "$b")"; done
+    echo "wrk=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')"
+    echo "h2load=$(h2load --version 2>/dev/null | awk '{ print $2 }')"
+    echo "settings=rounds $ROUNDS, $DURATION s per run, $CONNS connections, latency at $RATE req/s, $IDLE_CONNS idle connections, h2 $H2_STREAMS streams per connection"
+} >"$RUN/meta"
+
+start backends "$LOAD_CPU" nginx -c "$RUN/backends.nginx.conf" -e "$RUN/backends-error.log"
+wait_port "$BACKEND_A_PORT" && wait_port "$BACKEND_B_PORT" || die "the backends did not start: $(cat "$RUN/backends.out")"
+
+for ROUND in $(seq "$ROUNDS"); do
+    for LB in $BALANCERS; do
+        say "round $ROUND: $LB"
+        start_balancer "$LB"
+        LBPID=$STARTED
+        wait_port "$PORT" || die "$LB did not start: $(cat "$RUN/$LB.out")"
+        body=$(curl -s --max-time 5 "$(url /)" || true)
+        [ "$body" = "hello world" ] || die "$LB does not forward: got '$body'"
+        echo 0 >"$RUN/peak"
+        taskset -c "$LOAD_CPU" timeout 30 wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$(url /)" >/dev/null 2>&1 || true
+        for t in $TESTS; do run_test "$t"; done
+        record peak_pss_mib "$(awk -v k="$(cat "$RUN/peak")" 'BEGIN { printf "%.1f", k / 1024 }')"
+        stop "$LBPID"
+    done
+done
+echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RUN/meta"
+
+mkdir -p "$RESULTS"
+stamp=$(date -u +%Y-%m-%d-%H%M)
+python3 "$HERE/report.py" "$RUN/meta" "$RAW" "$RESULTS/$stamp" "$BALANCERS"
+cp "$RESULTS/$stamp.md" "$RESULTS/latest.md"
+cp "$RESULTS/$stamp.tsv" "$RESULTS/latest.tsv"
+if command -v gnuplot >/dev/null && [ -f "$RESULTS/$stamp.gp" ]; then
+    gnuplot "$RESULTS/$stamp.gp" && rm "$RESULTS/$stamp.gp" && cp "$RESULTS/$stamp.png" "$RESULTS/latest.png"
+fi
+say "results: $RESULTS/$stamp.md"
+cat "$RESULTS/$stamp.md"
