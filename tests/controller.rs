@@ -787,3 +787,44 @@ async fn status_writes_only_on_change_events_on_membership_and_restart_under_loa
         "no request fails while the controller restarts"
     );
 }
+
+/// A rolling update: a terminating pod that still serves stays as Drain (no new requests) until
+/// it is gone, and nothing fails meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminating_pod_drains_until_it_is_gone() {
+    netns::require();
+    let client = ControlPlane::shared().client();
+    install_crd(&client).await;
+    let ns = pods::namespace(&client, "rolling").await;
+    web_service(&client, &ns).await;
+    let pods = web_pods(&client, &ns, &["web-a", "web-b"]).await;
+    apply_cluster(
+        &client,
+        &ns,
+        json!({"service": {"name": "web", "port": "http"}}),
+    )
+    .await;
+    let balancer = Balancer::start(&client, options(&ns, "replica-1")).await;
+    balancer
+        .wait_members(&ns, &["web-a:Enabled", "web-b:Enabled"])
+        .await;
+
+    pods[0].0.terminate(&client).await;
+    balancer
+        .wait_members(&ns, &["web-a:Drain", "web-b:Enabled"])
+        .await;
+    let before = pods[0].1.requests();
+    for _ in 0..6 {
+        assert_eq!(
+            backend::get(balancer.addr(), "/").await,
+            (http::StatusCode::OK, "web-b".to_owned())
+        );
+    }
+    assert_eq!(
+        pods[0].1.requests(),
+        before,
+        "a draining pod gets no new requests"
+    );
+    pods[0].0.delete(&client).await;
+    balancer.wait_members(&ns, &["web-b:Enabled"]).await;
+}
