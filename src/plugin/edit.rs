@@ -117,12 +117,12 @@ pub fn apply(
             let after = match edit {
                 Edit::State(state) => {
                     let name = state_name(state);
-                    entry.insert("state".into(), Value::String(name.to_owned()));
+                    entry.insert("state".into(), Value::String(name.clone()));
                     name
                 }
                 _ => {
                     entry.remove("state");
-                    "Enabled"
+                    "Enabled".to_owned()
                 }
             };
             format!("{before} -> {after}")
@@ -161,14 +161,11 @@ fn administrative_state(status: &str) -> Option<String> {
     }
 }
 
-fn state_name(state: MemberState) -> &'static str {
-    match state {
-        MemberState::Enabled => "Enabled",
-        MemberState::Disabled => "Disabled",
-        MemberState::Stopped => "Stopped",
-        MemberState::Drain => "Drain",
-        MemberState::HotStandby => "HotStandby",
-        MemberState::HotSpare => "HotSpare",
+/// The state as the resource spells it (its serde name, so a new state needs no change here).
+fn state_name(state: MemberState) -> String {
+    match serde_json::to_value(state) {
+        Ok(Value::String(name)) => name,
+        _ => format!("{state:?}"),
     }
 }
 
