@@ -203,6 +203,31 @@ async fn the_chart_lints_renders_exactly_manifests_and_ships_the_crd_of_crds() {
     );
 }
 
+/// `kubectl apply -f manifests/` on a fresh cluster: the namespace comes first, then the rest.
+#[tokio::test]
+async fn the_plain_manifests_apply_with_kubectl() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/");
+    let applied = ok("kubectl", &["apply", "-f", dir]).await;
+    let lines: Vec<&str> = applied.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"namespace/kube-balancer created"),
+        "{applied}"
+    );
+    for object in [
+        "serviceaccount/kube-balancer created",
+        "clusterrole.rbac.authorization.k8s.io/kube-balancer created",
+        "service/kube-balancer created",
+        "service/kube-balancer-admin created",
+        "deployment.apps/kube-balancer created",
+        "poddisruptionbudget.policy/kube-balancer created",
+    ] {
+        assert!(lines.contains(&object), "{object}: {applied}");
+    }
+    let listed = ok("kubectl", &["get", "-f", dir, "-o", "name"]).await;
+    assert_eq!(listed.lines().count(), 11, "{listed}");
+}
+
 /// The image runs what the chart asks of it: the same binary, the same user, the Rust version the
 /// crate needs. Checked by reading, since there is no container engine here.
 #[test]
