@@ -4,18 +4,22 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::api::{MemberState, MemberStatus};
+use crate::balancer::Health;
 use crate::proxy::Cluster;
 
-/// Apache's status word for a member: its administrative state, or `Error` while it is in error.
-pub fn state_word(state: MemberState, healthy: bool) -> &'static str {
-    match (state, healthy) {
+/// Apache's status word for a member: its administrative state, or why it is down:
+/// `HealthCheckFailed` while it fails its active health checks, `Error` while it is in error
+/// or ejected by passive health checking.
+pub fn state_word(state: MemberState, health: Health) -> &'static str {
+    match (state, health) {
         (MemberState::Disabled, _) => "Disabled",
         (MemberState::Stopped, _) => "Stopped",
         (MemberState::Drain, _) => "Drain",
-        (_, false) => "Error",
-        (MemberState::Enabled, true) => "Ok",
-        (MemberState::HotStandby, true) => "HotStandby",
-        (MemberState::HotSpare, true) => "HotSpare",
+        (_, Health::HealthCheckFailed) => "HealthCheckFailed",
+        (_, Health::Error | Health::Ejected) => "Error",
+        (MemberState::Enabled, Health::Ok) => "Ok",
+        (MemberState::HotStandby, Health::Ok) => "HotStandby",
+        (MemberState::HotSpare, Health::Ok) => "HotSpare",
     }
 }
 
@@ -34,7 +38,7 @@ pub fn member_rows(cluster: &Cluster, now_ms: u64) -> Vec<MemberStatus> {
                 route: config.route.clone(),
                 load_factor: config.load_factor,
                 lbset: config.lbset,
-                state: state_word(config.state, stats.healthy(now_ms)).to_owned(),
+                state: state_word(config.state, stats.health(now_ms)).to_owned(),
                 elected: stats.elected.load(Relaxed),
                 busy: u64::try_from(stats.busy.load(Relaxed)).unwrap_or(0),
                 sent_bytes: stats.sent_bytes.load(Relaxed),
@@ -60,4 +64,29 @@ pub fn ready_counts(cluster: &Cluster, now_ms: u64) -> (usize, usize) {
         })
         .count();
     (usable, cluster.config.members.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_words_say_why_a_member_is_down() {
+        assert_eq!(state_word(MemberState::Enabled, Health::Ok), "Ok");
+        assert_eq!(
+            state_word(MemberState::Enabled, Health::HealthCheckFailed),
+            "HealthCheckFailed"
+        );
+        assert_eq!(
+            state_word(MemberState::HotSpare, Health::HealthCheckFailed),
+            "HealthCheckFailed"
+        );
+        assert_eq!(state_word(MemberState::Enabled, Health::Error), "Error");
+        assert_eq!(state_word(MemberState::Enabled, Health::Ejected), "Error");
+        assert_eq!(
+            state_word(MemberState::Drain, Health::HealthCheckFailed),
+            "Drain"
+        );
+        assert_eq!(state_word(MemberState::Stopped, Health::Error), "Stopped");
+    }
 }

@@ -130,7 +130,8 @@ async fn every_member_down_gives_503_with_a_plain_text_reason() {
             format!("http://{}", refused_addr()),
             format!("http://{}", refused_addr()),
         ],
-        "",
+        // Without forced recovery (on by default, as in Apache), members in error stay out.
+        "  failover: {forceRecovery: false}",
     ));
     // The first request tries both (maxAttempts 1) and fails with 502; then none is usable.
     let (status, _, _) = get(&proxy.url("/")).await;
@@ -182,7 +183,7 @@ async fn fail_on_status_puts_the_member_in_error_and_retries_a_bodyless_request(
     let well = Backend::start("well").await;
     let proxy = Proxy::start(&cluster_yaml(
         &[sick.url(), well.url()],
-        "  failover: {failOnStatus: [503]}",
+        "  failover: {failOnStatus: [503], forceRecovery: false}",
     ));
     // /status/503 makes both answer 503; the first member is put in error, the request retried
     // on the second (maxAttempts 1), whose 503 is then passed through.

@@ -214,6 +214,7 @@ mod tests {
             response_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(90),
             members,
+            policy: Default::default(),
         }
     }
 

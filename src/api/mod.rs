@@ -50,6 +50,8 @@ const DURATION_MESSAGE: &str = "must be a duration such as 500ms, 5s or 1m30s";
 )]
 #[x_kube(validation = Rule::new("has(self.service) || (has(self.members) && size(self.members) > 0)")
     .message("a balancer needs members: give spec.service, spec.members, or both"))]
+#[x_kube(validation = Rule::new("!has(self.hash) || self.lbMethod == 'hash'")
+    .message("spec.hash only applies to lbMethod: hash"))]
 #[serde(rename_all = "camelCase")]
 pub struct BalancerClusterSpec {
     /// Which installation serves this cluster (like IngressClass). Empty: the default one.
@@ -73,6 +75,28 @@ pub struct BalancerClusterSpec {
     /// How a member is chosen for each request.
     #[serde(default)]
     pub lb_method: LbMethod,
+
+    /// The key `lbMethod: hash` hashes on. Without it: the client's IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<HashSpec>,
+
+    /// Sticky sessions (Apache's stickysession): requests carrying a member's route go to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_session: Option<StickySession>,
+
+    /// Active health checks (Apache's mod_proxy_hcheck).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+
+    /// Passive health checks: members whose requests keep failing are ejected for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+
+    /// A member that joins or recovers ramps its share of requests up over this window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub slow_start: Option<Duration>,
 
     /// What happens when a member fails.
     #[serde(default)]
@@ -194,14 +218,249 @@ pub enum LbMethod {
     #[default]
     #[serde(rename = "byrequests")]
     ByRequests,
+    /// Apache's bytraffic: the least bytes sent and received, divided by the load factor.
+    #[serde(rename = "bytraffic")]
+    ByTraffic,
+    /// Apache's bybusyness: the fewest requests in flight.
+    #[serde(rename = "bybusyness")]
+    ByBusyness,
+    /// The better of two random members by peak-EWMA latency times requests in flight.
+    #[serde(rename = "ewma")]
+    Ewma,
+    /// Consistent hashing (Maglev) on a key of the request.
+    #[serde(rename = "hash")]
+    Hash,
 }
 
 impl LbMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             LbMethod::ByRequests => "byrequests",
+            LbMethod::ByTraffic => "bytraffic",
+            LbMethod::ByBusyness => "bybusyness",
+            LbMethod::Ewma => "ewma",
+            LbMethod::Hash => "hash",
         }
     }
+}
+
+/// What `lbMethod: hash` hashes on.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.key == 'ClientIP' || has(self.name)")
+    .message("hash.name names the header, cookie or query parameter to hash on"))]
+#[x_kube(validation = Rule::new("self.key != 'ClientIP' || !has(self.name)")
+    .message("hash.name is not used with key: ClientIP; leave it out"))]
+pub struct HashSpec {
+    /// Where the key comes from.
+    pub key: HashKey,
+    /// The header, cookie or query parameter name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_|~-]+$')")
+        .message("hash.name must be a header, cookie or parameter name: letters, digits and !#$%&*+.^_|~-"))]
+    #[schemars(length(max = 128))]
+    pub name: Option<String>,
+    /// Bounded load: no member takes more than this percentage of the average number of
+    /// requests in flight; a key whose member is full goes to the next one on the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 101 && self <= 1000")
+        .message("hash.boundedLoad is a percentage of the average load between 101 and 1000, such as 125"))]
+    pub bounded_load: Option<u32>,
+}
+
+/// The part of a request `lbMethod: hash` hashes.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum HashKey {
+    /// The value of the header `name` (all of its lines).
+    Header,
+    /// The value of the cookie `name`.
+    Cookie,
+    /// The value of the query parameter `name`.
+    QueryParam,
+    /// The client's IP address, as the balancer sees the connection.
+    #[default]
+    #[serde(rename = "ClientIP")]
+    ClientIp,
+}
+
+/// Apache's stickysession: a cookie and/or URL parameter that carries a member's route.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.cookie) || has(self.param)")
+    .message("stickySession needs a cookie, a param, or both"))]
+#[x_kube(validation = Rule::new("!self.insert || has(self.cookie)")
+    .message("stickySession.insert sets a cookie: name it in stickySession.cookie"))]
+pub struct StickySession {
+    /// Cookie whose value is `ANYTHING.ROUTE` (JSESSIONID=abc.web1) or the route itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_|~-]+$')")
+        .message("stickySession.cookie must be a cookie name: letters, digits and !#$%&*+.^_|~-"))]
+    #[schemars(length(max = 128))]
+    pub cookie: Option<String>,
+    /// URL parameter, in the query (`?jsessionid=abc.web1`) or the path (`;jsessionid=abc.web1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_|~-]+$')")
+        .message("stickySession.param must be a parameter name: letters, digits and !#$%&*+.^_|~-"))]
+    #[schemars(length(max = 128))]
+    pub param: Option<String>,
+    /// The balancer sets the cookie to the member's route when it is missing or names another
+    /// member (HAProxy's `cookie insert`), so applications need not know their route.
+    #[serde(default)]
+    pub insert: bool,
+}
+
+/// How an active health check probes a member.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum HealthCheckMethod {
+    /// A TCP connection that opens passes.
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "HEAD")]
+    Head,
+    #[default]
+    #[serde(rename = "GET")]
+    Get,
+    #[serde(rename = "OPTIONS")]
+    Options,
+}
+
+impl HealthCheckMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthCheckMethod::Tcp => "TCP",
+            HealthCheckMethod::Head => "HEAD",
+            HealthCheckMethod::Get => "GET",
+            HealthCheckMethod::Options => "OPTIONS",
+        }
+    }
+}
+
+/// Active health checks, like Apache's mod_proxy_hcheck: a member that fails `fails` checks in a
+/// row is HealthCheckFailed (takes no requests) until it passes `passes` in a row.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.bodyContains) || self.method == 'GET'")
+    .message("healthCheck.bodyContains needs method: GET (only GET answers have a body to match)"))]
+pub struct HealthCheck {
+    /// TCP, HEAD, GET or OPTIONS (Apache's hcmethod).
+    #[serde(default)]
+    pub method: HealthCheckMethod,
+    /// The path checked (Apache's hcuri).
+    #[serde(default = "default_path_prefix")]
+    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains(' ')")
+        .message("healthCheck.path must start with / and contain no spaces"))]
+    #[schemars(length(max = 1024))]
+    pub path: String,
+    /// Time between two checks of a member (Apache's hcinterval).
+    #[serde(default = "default_hc_interval")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$') || duration(self) >= duration('100ms')")
+        .message("healthCheck.interval must be at least 100ms"))]
+    #[schemars(length(max = 32))]
+    pub interval: Duration,
+    /// How long a check may take before it counts as failed.
+    #[serde(default = "default_hc_timeout")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub timeout: Duration,
+    /// Checks in a row a failed member must pass to take requests again (Apache's hcpasses).
+    #[serde(default = "default_one")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("healthCheck.passes must be between 1 and 100"))]
+    pub passes: u32,
+    /// Checks in a row a member must fail to be taken out (Apache's hcfails).
+    #[serde(default = "default_one")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("healthCheck.fails must be between 1 and 100"))]
+    pub fails: u32,
+    /// Statuses that pass: codes and ranges, comma-separated (`200-399`, `200,204`).
+    #[serde(default = "default_expect_status")]
+    #[x_kube(validation = Rule::new("self.matches('^[1-5][0-9][0-9](-[1-5][0-9][0-9])?( *, *[1-5][0-9][0-9](-[1-5][0-9][0-9])?)*$')")
+        .message("healthCheck.expectStatus is a list of codes and ranges such as 200-399 or 200,204"))]
+    #[schemars(length(max = 128))]
+    pub expect_status: String,
+    /// Text the answer's body must contain to pass (GET only; the first 64 KiB are searched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() > 0").message("healthCheck.bodyContains must not be empty"))]
+    #[schemars(length(max = 256))]
+    pub body_contains: Option<String>,
+}
+
+fn default_hc_interval() -> Duration {
+    std::time::Duration::from_secs(30).into()
+}
+fn default_hc_timeout() -> Duration {
+    std::time::Duration::from_secs(5).into()
+}
+fn default_one() -> u32 {
+    1
+}
+fn default_expect_status() -> String {
+    "200-399".to_owned()
+}
+
+/// Passive health checks (Envoy's outlier detection): a member whose requests fail is ejected
+/// for `baseEjectionTime` times the number of times in a row it has been ejected, at most
+/// `maxEjectionTime`. Failures are refused or broken connections, response timeouts and 5xx
+/// answers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.consecutiveFailures > 0 || has(self.failurePercent)")
+    .message("outlierDetection needs consecutiveFailures above 0 or a failurePercent"))]
+pub struct OutlierDetection {
+    /// Failures in a row that eject a member; 0 turns this rule off.
+    #[serde(default = "default_consecutive_failures")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("outlierDetection.consecutiveFailures must be between 0 and 1000"))]
+    pub consecutive_failures: u32,
+    /// Share of a member's requests, in percent, that ejects it when it fails within one
+    /// `interval`. None: this rule is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("outlierDetection.failurePercent must be between 1 and 100"))]
+    pub failure_percent: Option<u32>,
+    /// Requests a member must have had within one `interval` for failurePercent to count.
+    #[serde(default = "default_min_requests")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100000").message("outlierDetection.minRequests must be between 1 and 100000"))]
+    pub min_requests: u32,
+    /// The window failurePercent is measured over.
+    #[serde(default = "default_outlier_interval")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub interval: Duration,
+    /// How long a first ejection lasts; each further one in a row lasts this much longer.
+    #[serde(default = "default_base_ejection")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub base_ejection_time: Duration,
+    /// The longest an ejection lasts.
+    #[serde(default = "default_max_ejection")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub max_ejection_time: Duration,
+    /// At most this share of the members, in percent, is ejected at once (always at least one).
+    #[serde(default = "default_max_ejection_percent")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("outlierDetection.maxEjectionPercent must be between 1 and 100"))]
+    pub max_ejection_percent: u32,
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_min_requests() -> u32 {
+    10
+}
+fn default_outlier_interval() -> Duration {
+    std::time::Duration::from_secs(10).into()
+}
+fn default_base_ejection() -> Duration {
+    std::time::Duration::from_secs(30).into()
+}
+fn default_max_ejection() -> Duration {
+    std::time::Duration::from_secs(300).into()
+}
+fn default_max_ejection_percent() -> u32 {
+    10
 }
 
 /// What happens when a member fails.
@@ -225,6 +484,14 @@ pub struct Failover {
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     #[schemars(length(max = 32))]
     pub retry_after_error: Duration,
+    /// When every member is down (in error, failing health checks or ejected), try them anyway
+    /// rather than answer 503 (Apache's forcerecovery).
+    #[serde(default = "default_true")]
+    pub force_recovery: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for Failover {
@@ -234,6 +501,7 @@ impl Default for Failover {
             no_failover: false,
             fail_on_status: Vec::new(),
             retry_after_error: default_retry_after_error(),
+            force_recovery: true,
         }
     }
 }

@@ -7,6 +7,98 @@
 //! whole schedule. Scaling all factors by a constant does not change the schedule, which is why
 //! Apache's normalisation of factors is left out.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use super::{BalancedMember, Method, PickContext};
+
+/// byrequests over one candidate set: one period of the schedule, computed once, walked by one
+/// shared atomic counter so that the order holds across workers and connections. A new
+/// candidate set gets a new schedule that starts from zero, as after an Apache restart.
+#[derive(Debug)]
+pub struct ByRequests {
+    /// The candidates, in visiting order, and their load factors.
+    candidates: Vec<u32>,
+    factors: Vec<u32>,
+    /// One period, as member indices.
+    order: Vec<u32>,
+    /// Picks made on this schedule.
+    next: AtomicU64,
+}
+
+impl ByRequests {
+    /// The schedule of `candidates` with `factors` (by member index).
+    pub fn new(factors: &[u32], candidates: &[u32]) -> Self {
+        let factors: Vec<u32> = candidates
+            .iter()
+            .map(|&i| factors.get(i as usize).copied().unwrap_or(1).max(1))
+            .collect();
+        let order = schedule(&factors)
+            .into_iter()
+            .map(|k| candidates[k as usize])
+            .collect();
+        ByRequests {
+            candidates: candidates.to_vec(),
+            factors,
+            order,
+            next: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Method for ByRequests {
+    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+        let len = self.order.len() as u64;
+        if len == 0 {
+            return None;
+        }
+        // A member this request failed on loses its turn; the rotation goes on past it.
+        for _ in 0..len {
+            let n = self.next.fetch_add(1, Relaxed);
+            let index = self.order[(n % len) as usize] as usize;
+            if !ctx.excluded(index) {
+                return Some(index);
+            }
+        }
+        // Only reached when other pickers kept taking the free turns: any free member will do.
+        self.order
+            .iter()
+            .map(|&i| i as usize)
+            .find(|&i| !ctx.excluded(i))
+    }
+
+    /// The schedule replayed up to the next pick: each candidate's `lbstatus` as Apache would
+    /// show it.
+    fn load(&self, _members: &[BalancedMember], load: &mut [i64]) {
+        if self.order.is_empty() {
+            return;
+        }
+        let steps = self.next.load(Relaxed) % self.order.len() as u64;
+        let divisor = i64::from(self.factors.iter().copied().fold(0, gcd).max(1));
+        let factors: Vec<i64> = self
+            .factors
+            .iter()
+            .map(|&f| i64::from(f) / divisor)
+            .collect();
+        let total: i64 = factors.iter().sum();
+        let mut lb = vec![0i64; factors.len()];
+        for _ in 0..steps {
+            let mut best = 0;
+            for (k, f) in factors.iter().enumerate() {
+                lb[k] += f;
+                if lb[k] > lb[best] {
+                    best = k;
+                }
+            }
+            lb[best] -= total;
+        }
+        for (k, &i) in self.candidates.iter().enumerate() {
+            if let Some(slot) = load.get_mut(i as usize) {
+                *slot = lb[k];
+            }
+        }
+    }
+}
+
 /// One period of the byrequests schedule for the given load factors, as indices into `factors`.
 pub fn schedule(factors: &[u32]) -> Vec<u32> {
     let divisor = factors.iter().copied().fold(0, gcd).max(1);

@@ -1,20 +1,25 @@
-//! One cluster's live balancer: its members' views, the current schedule, and the counters.
+//! One cluster's live balancer: its members, the current candidate set with its method, and
+//! the counters.
 //!
-//! The request path loads the schedule through `ArcSwap` and advances one shared atomic: no
-//! lock. The schedule is rebuilt (under a mutex that only rebuilders take) when a member's health
-//! changes or when a failed member's retry time has come.
+//! The request path loads the current schedule (candidate set plus the method built for it)
+//! through `ArcSwap` and asks the method: no lock. The schedule is rebuilt (under a mutex that
+//! only rebuilders take) when a member's health changes, when a failed or ejected member's time
+//! is up, or when the health checker says a member passed or failed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use arc_swap::ArcSwap;
 
-use super::{MemberView, byrequests, candidates};
-use crate::api::MemberState;
+use super::{Affinity, MemberView, Method, PickContext, build_method, candidates};
+use super::{outlier, slow_start, sticky};
+use crate::api::{LbMethod, MemberState};
+use crate::discovery::{ClusterConfig, OutlierConfig};
 
 /// Live figures of one member. Shared by every snapshot that holds the same member, so a
-/// configuration change does not reset them.
+/// configuration change does not reset them, nor its health.
 #[derive(Debug, Default)]
 pub struct MemberStats {
     /// Requests sent to the member (Apache's "Elected").
@@ -31,57 +36,185 @@ pub struct MemberStats {
     pub error_until_ms: AtomicU64,
     /// The last failure, with its wall-clock time, for the balancer-manager.
     pub last_error: Mutex<Option<String>>,
+
+    /// Active health check: the member failed it and takes no requests until it passes.
+    pub hc_failed: AtomicBool,
+    /// Checks in a row that passed (while failed) or failed (while not), towards the threshold.
+    pub hc_passes: AtomicU32,
+    pub hc_fails: AtomicU32,
+    /// Checks run.
+    pub hc_checks: AtomicU64,
+
+    /// Passive health: failures in a row, the current failure-rate window, ejections.
+    pub consecutive_failures: AtomicU32,
+    pub window_start_ms: AtomicU64,
+    pub window_requests: AtomicU32,
+    pub window_failures: AtomicU32,
+    /// Ejections in a row, and the end of the current (or last) one.
+    pub ejections: AtomicU32,
+    pub ejected_until_ms: AtomicU64,
+
+    /// Slow start: when the member joined or came back (0: it was there from the start), and
+    /// the credit that decides which requests it keeps while it ramps.
+    pub ramp_from_ms: AtomicU64,
+    pub ramp_credit: AtomicU64,
+
+    /// Peak-EWMA of response-head latency, as `f64` bits in nanoseconds, and when it was
+    /// last updated (0: never).
+    pub latency_ns: AtomicU64,
+    pub latency_at_ms: AtomicU64,
+}
+
+/// Why a member does or does not take requests, as far as its health goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    /// Failed a request (refused, broken, `failOnStatus`): left alone until `retryAfterError`.
+    Error,
+    /// Failed its active health checks.
+    HealthCheckFailed,
+    /// Ejected by passive health checking.
+    Ejected,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "Ok",
+            Health::Error => "Error",
+            Health::HealthCheckFailed => "HealthCheckFailed",
+            Health::Ejected => "Ejected",
+        }
+    }
 }
 
 impl MemberStats {
     pub fn healthy(&self, now_ms: u64) -> bool {
-        self.error_until_ms.load(Relaxed) <= now_ms
+        self.health(now_ms) == Health::Ok
+    }
+
+    pub fn health(&self, now_ms: u64) -> Health {
+        if self.hc_failed.load(Relaxed) {
+            Health::HealthCheckFailed
+        } else if self.error_until_ms.load(Relaxed) > now_ms {
+            Health::Error
+        } else if self.ejected_until_ms.load(Relaxed) > now_ms {
+            Health::Ejected
+        } else {
+            Health::Ok
+        }
     }
 
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Drops what active health checks found: they no longer run for this member.
+    pub fn forget_health_check(&self) {
+        self.hc_failed.store(false, Relaxed);
+        self.hc_passes.store(0, Relaxed);
+        self.hc_fails.store(0, Relaxed);
+    }
+
+    pub fn set_last_error(&self, cause: String) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(cause);
+        }
     }
 }
 
 /// One member as the balancer sees it: configured shape plus shared live figures.
 #[derive(Debug, Clone)]
 pub struct BalancedMember {
+    /// The member's identity; `lbMethod: hash` derives its slots from it.
+    pub url: String,
+    /// Sticky-session route.
+    pub route: Option<String>,
     pub lbset: u32,
     pub load_factor: u32,
     pub state: MemberState,
     pub stats: Arc<MemberStats>,
 }
 
+/// What a cluster's balancer does beyond picking by its method.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub method: LbMethod,
+    /// `lbMethod: hash`'s bounded load, in percent.
+    pub bounded_load: Option<u32>,
+    /// A request whose sticky route names no usable member gets no other (503).
+    pub no_failover: bool,
+    pub outlier: Option<OutlierConfig>,
+    /// Zero: no slow start.
+    pub slow_start_ms: u64,
+    /// When no member is usable for health reasons alone, use them anyway (Apache's
+    /// forcerecovery).
+    pub force_recovery: bool,
+}
+
+impl Settings {
+    pub fn from_config(config: &ClusterConfig) -> Self {
+        let policy = &config.policy;
+        Settings {
+            method: config.lb_method,
+            bounded_load: policy.hash.bounded_load,
+            no_failover: config.no_failover,
+            outlier: policy.outlier.clone(),
+            slow_start_ms: u64::try_from(policy.slow_start.as_millis()).unwrap_or(u64::MAX),
+            force_recovery: policy.force_recovery,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Schedule {
     /// Members taking part, in visiting order.
     candidates: Vec<u32>,
-    order: Vec<u32>,
-    /// Sequence number at which this schedule starts.
-    base: u64,
+    /// Load factors in effect, by member (slow start changes them while members ramp).
+    factors: Vec<u32>,
+    method: Box<dyn Method>,
     /// Health generation the schedule was built from.
     generation: u64,
-    /// When a member now in error becomes eligible again: the schedule is stale from then on.
+    /// When a member now in error or ejected becomes eligible again, or a ramping member's
+    /// factor changes: stale from then on.
     stale_at_ms: u64,
+    /// Built by forced recovery: every candidate is down, and is tried anyway.
+    forced: bool,
 }
 
 /// The balancer of one cluster, for one snapshot of its members.
 #[derive(Debug)]
 pub struct Balancer {
     members: Vec<BalancedMember>,
+    settings: Settings,
+    /// Sticky routes to member indices.
+    routes: HashMap<Box<str>, usize>,
     schedule: ArcSwap<Schedule>,
-    seq: AtomicU64,
     generation: AtomicU64,
     rebuild: Mutex<()>,
 }
 
 impl Balancer {
+    /// A byrequests balancer with none of the extras (no sticky sessions, ejection, slow start
+    /// or forced recovery).
     pub fn new(members: Vec<BalancedMember>, now_ms: u64) -> Self {
-        let schedule = build_schedule(&members, 0, 0, now_ms);
+        Balancer::with_settings(members, Settings::default(), now_ms)
+    }
+
+    pub fn with_settings(members: Vec<BalancedMember>, settings: Settings, now_ms: u64) -> Self {
+        let mut routes = HashMap::new();
+        for (i, m) in members.iter().enumerate() {
+            if let Some(route) = m.route.as_deref().filter(|r| !r.is_empty()) {
+                // Two members with one route: the first keeps it.
+                routes.entry(Box::from(route)).or_insert(i);
+            }
+        }
+        let schedule = build_schedule(&members, &settings, 0, now_ms);
         Balancer {
             members,
+            settings,
+            routes,
             schedule: ArcSwap::from_pointee(schedule),
-            seq: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             rebuild: Mutex::new(()),
         }
@@ -91,11 +224,20 @@ impl Balancer {
         &self.members
     }
 
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// Picks a member for a new request, skipping `exclude` (members this request already
     /// failed on). Returns `None` when no member is usable.
     pub fn pick(&self, now_ms: u64, exclude: &[usize]) -> Option<usize> {
+        self.pick_for(now_ms, exclude, &Affinity::default())
+    }
+
+    /// Picks a member for a request with a sticky route and/or a hash key.
+    pub fn pick_for(&self, now_ms: u64, exclude: &[usize], affinity: &Affinity) -> Option<usize> {
         // Each round either returns or rebuilds the schedule; a few rounds cover races with
-        // other rebuilders and the members excluded by this request.
+        // other rebuilders.
         for _ in 0..(4 + exclude.len() * 2) {
             let schedule = self.schedule.load();
             let fresh = schedule.generation == self.generation.load(Relaxed)
@@ -104,65 +246,113 @@ impl Balancer {
                 self.rebuild(now_ms);
                 continue;
             }
-            if schedule.order.is_empty() {
-                return None;
+            if let Some(value) = affinity.sticky.as_deref() {
+                match self.sticky_member(value, now_ms, exclude, schedule.forced) {
+                    Some(index) => return Some(index),
+                    // Apache's nofailover: the session breaks rather than move.
+                    None if self.settings.no_failover => return None,
+                    None => {}
+                }
             }
-            let n = self.seq.fetch_add(1, Relaxed).wrapping_sub(schedule.base);
-            let len = schedule.order.len() as u64;
-            let index = schedule.order[(n % len) as usize] as usize;
-            let member = &self.members[index];
-            if !member.stats.healthy(now_ms) {
+            let index = self.method_pick(&schedule, exclude, affinity.key, now_ms)?;
+            if !schedule.forced && !self.members[index].stats.healthy(now_ms) {
                 // Marked in error by a peer since the schedule was built.
                 self.rebuild(now_ms);
                 continue;
             }
-            if exclude.contains(&index) {
-                if schedule
-                    .order
-                    .iter()
-                    .all(|i| exclude.contains(&(*i as usize)))
-                {
-                    return None;
-                }
-                continue;
-            }
-            return Some(index);
+            return Some(self.slow_start(&schedule, index, exclude, affinity.key, now_ms));
         }
         None
     }
 
-    /// Each member's `lbstatus` now, as Apache's balancer-manager shows it in its Load column:
-    /// the current schedule replayed up to the next pick. Zero for members not taking part.
+    fn method_pick(
+        &self,
+        schedule: &Schedule,
+        exclude: &[usize],
+        key: Option<u64>,
+        now_ms: u64,
+    ) -> Option<usize> {
+        let random = match self.settings.method {
+            LbMethod::Ewma | LbMethod::Hash => random(),
+            // The other methods are deterministic: no need to draw.
+            LbMethod::ByRequests | LbMethod::ByTraffic | LbMethod::ByBusyness => 0,
+        };
+        schedule.method.pick(&PickContext {
+            members: &self.members,
+            candidates: &schedule.candidates,
+            factors: &schedule.factors,
+            exclude,
+            key,
+            random,
+            now_ms,
+        })
+    }
+
+    /// Under bytraffic and bybusyness, which ignore load factors, a ramping member keeps the
+    /// request only in proportion to its ramp; otherwise the request is picked once more
+    /// without it (and stays with it if nobody else is there).
+    fn slow_start(
+        &self,
+        schedule: &Schedule,
+        index: usize,
+        exclude: &[usize],
+        key: Option<u64>,
+        now_ms: u64,
+    ) -> usize {
+        if !matches!(
+            self.settings.method,
+            LbMethod::ByTraffic | LbMethod::ByBusyness
+        ) {
+            return index;
+        }
+        let stats = &self.members[index].stats;
+        let Some(permille) = slow_start::ramp(stats, self.settings.slow_start_ms, now_ms) else {
+            return index;
+        };
+        if slow_start::admit(stats, permille) {
+            return index;
+        }
+        let mut without: Vec<usize> = Vec::with_capacity(exclude.len() + 1);
+        without.extend_from_slice(exclude);
+        without.push(index);
+        self.method_pick(schedule, &without, key, now_ms)
+            .filter(|&i| schedule.forced || self.members[i].stats.healthy(now_ms))
+            .unwrap_or(index)
+    }
+
+    /// The member a sticky value names, if it may take the request: enabled or draining (a
+    /// draining member takes exactly these requests), healthy, and not already failed on.
+    fn sticky_member(
+        &self,
+        value: &str,
+        now_ms: u64,
+        exclude: &[usize],
+        forced: bool,
+    ) -> Option<usize> {
+        let index = sticky::resolve(&self.routes, value)?;
+        let member = &self.members[index];
+        let takes = matches!(
+            member.state,
+            MemberState::Enabled
+                | MemberState::Drain
+                | MemberState::HotStandby
+                | MemberState::HotSpare
+        );
+        (takes && (forced || member.stats.healthy(now_ms)) && !exclude.contains(&index))
+            .then_some(index)
+    }
+
+    /// The member a sticky value names, whatever its state.
+    pub fn route_target(&self, value: &str) -> Option<usize> {
+        sticky::resolve(&self.routes, value)
+    }
+
+    /// Each member's `lbstatus` now, as Apache's balancer-manager shows it in its Load column.
+    /// Zero for members not taking part and for methods without such a figure.
     pub fn lbstatus(&self) -> Vec<i64> {
-        let schedule = self.schedule.load();
-        let mut status = vec![0i64; self.members.len()];
-        if schedule.order.is_empty() {
-            return status;
-        }
-        let steps =
-            self.seq.load(Relaxed).wrapping_sub(schedule.base) % schedule.order.len() as u64;
-        let factors: Vec<i64> = schedule
-            .candidates
-            .iter()
-            .map(|&i| i64::from(self.members[i as usize].load_factor.max(1)))
-            .collect();
-        let divisor = factors.iter().fold(0i64, |a, &b| gcd(a, b)).max(1);
-        let total: i64 = factors.iter().map(|f| f / divisor).sum();
-        let mut lb = vec![0i64; factors.len()];
-        for _ in 0..steps {
-            let mut best = 0;
-            for (k, f) in factors.iter().enumerate() {
-                lb[k] += f / divisor;
-                if lb[k] > lb[best] {
-                    best = k;
-                }
-            }
-            lb[best] -= total;
-        }
-        for (k, &i) in schedule.candidates.iter().enumerate() {
-            status[i as usize] = lb[k];
-        }
-        status
+        let mut load = vec![0i64; self.members.len()];
+        self.schedule.load().method.load(&self.members, &mut load);
+        load
     }
 
     /// Puts a member in error until `retry_ms` from now, as Apache does on a failed connection.
@@ -170,14 +360,46 @@ impl Balancer {
         let Some(member) = self.members.get(index) else {
             return;
         };
+        let until = now_ms.saturating_add(retry_ms.max(1));
         member.stats.errors.fetch_add(1, Relaxed);
+        member.stats.error_until_ms.store(until, Relaxed);
+        member.stats.ramp_from_ms.store(until, Relaxed);
+        member.stats.set_last_error(cause);
+        self.invalidate();
+    }
+
+    /// Counts the outcome of a request for passive health checking, and ejects the member when
+    /// its failures call for it and the cap on ejected members allows. A no-op without
+    /// `outlierDetection`.
+    pub fn report(&self, index: usize, ok: bool, now_ms: u64) {
+        let (Some(config), Some(member)) = (&self.settings.outlier, self.members.get(index)) else {
+            return;
+        };
+        let Some(reason) = outlier::record(config, &member.stats, ok, now_ms) else {
+            return;
+        };
+        // Ejections are rare: the rebuild lock keeps two of them from both passing the cap.
+        let _guard = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        let out = self
+            .members
+            .iter()
+            .filter(|m| m.stats.ejected_until_ms.load(Relaxed) > now_ms)
+            .count();
+        if out >= outlier::allowed(self.members.len(), config.max_ejection_percent) {
+            tracing::debug!(member = %member.url, %reason, "not ejected: too many members are out already");
+            return;
+        }
+        let millis = outlier::eject(config, &member.stats, now_ms);
         member
             .stats
-            .error_until_ms
-            .store(now_ms.saturating_add(retry_ms.max(1)), Relaxed);
-        if let Ok(mut last) = member.stats.last_error.lock() {
-            *last = Some(cause);
-        }
+            .set_last_error(format!("ejected for {millis} ms: {reason}"));
+        tracing::warn!(member = %member.url, %reason, ejected_ms = millis, "member ejected");
+        drop(_guard);
+        self.invalidate();
+    }
+
+    /// Makes the next pick rebuild the schedule: a member's health changed.
+    pub fn invalidate(&self) {
         self.generation.fetch_add(1, Relaxed);
     }
 
@@ -192,15 +414,7 @@ impl Balancer {
     }
 
     fn views(&self, now_ms: u64) -> Vec<MemberView> {
-        self.members
-            .iter()
-            .map(|m| MemberView {
-                lbset: m.lbset,
-                load_factor: m.load_factor,
-                state: m.state,
-                healthy: m.stats.healthy(now_ms),
-            })
-            .collect()
+        views(&self.members, now_ms)
     }
 
     fn rebuild(&self, now_ms: u64) {
@@ -208,26 +422,22 @@ impl Balancer {
         let _guard = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.schedule.load();
         let generation = self.generation.load(Relaxed);
-        let all_healthy_as_built = current
-            .order
-            .iter()
-            .all(|&i| self.members[i as usize].stats.healthy(now_ms));
+        let all_healthy_as_built = current.forced
+            || current
+                .candidates
+                .iter()
+                .all(|&i| self.members[i as usize].stats.healthy(now_ms));
         if current.generation == generation && now_ms < current.stale_at_ms && all_healthy_as_built
         {
             return; // another thread rebuilt it meanwhile
         }
-        let base = self.seq.load(Relaxed);
-        let schedule = build_schedule(&self.members, base, generation, now_ms);
+        let schedule = build_schedule(&self.members, &self.settings, generation, now_ms);
         self.schedule.store(Arc::new(schedule));
     }
 }
 
-fn gcd(a: i64, b: i64) -> i64 {
-    if b == 0 { a } else { gcd(b, a % b) }
-}
-
-fn build_schedule(members: &[BalancedMember], base: u64, generation: u64, now_ms: u64) -> Schedule {
-    let views: Vec<MemberView> = members
+fn views(members: &[BalancedMember], now_ms: u64) -> Vec<MemberView> {
+    members
         .iter()
         .map(|m| MemberView {
             lbset: m.lbset,
@@ -235,39 +445,92 @@ fn build_schedule(members: &[BalancedMember], base: u64, generation: u64, now_ms
             state: m.state,
             healthy: m.stats.healthy(now_ms),
         })
-        .collect();
-    let chosen = candidates(&views);
-    let factors: Vec<u32> = chosen
-        .iter()
-        .map(|&i| views[i].load_factor.max(1))
-        .collect();
-    let order = byrequests::schedule(&factors)
-        .into_iter()
-        .map(|k| chosen[k as usize] as u32)
-        .collect();
-    let stale_at_ms = members
-        .iter()
-        .map(|m| m.stats.error_until_ms.load(Relaxed))
-        .filter(|&t| t > now_ms)
-        .min()
-        .unwrap_or(u64::MAX);
-    let candidates = chosen.iter().map(|&i| i as u32).collect();
+        .collect()
+}
+
+fn build_schedule(
+    members: &[BalancedMember],
+    settings: &Settings,
+    generation: u64,
+    now_ms: u64,
+) -> Schedule {
+    let mut views = views(members, now_ms);
+    let mut chosen = candidates(&views);
+    let mut forced = false;
+    if chosen.is_empty() && settings.force_recovery {
+        // Apache's forcerecovery: every member is down for health reasons alone, so try them
+        // rather than refuse everything.
+        for v in &mut views {
+            v.healthy = true;
+        }
+        chosen = candidates(&views);
+        forced = !chosen.is_empty();
+    }
+    let chosen: Vec<u32> = chosen.into_iter().map(|i| i as u32).collect();
+    let mut stale_at_ms = u64::MAX;
+    let mut factors = Vec::with_capacity(members.len());
+    // bytraffic and bybusyness ramp by admission instead (see `Balancer::slow_start`).
+    let ramp_ms = match settings.method {
+        LbMethod::ByRequests | LbMethod::Ewma | LbMethod::Hash => settings.slow_start_ms,
+        LbMethod::ByTraffic | LbMethod::ByBusyness => 0,
+    };
+    for m in members {
+        let (factor, changes_at) = slow_start::factor(&m.stats, m.load_factor, ramp_ms, now_ms);
+        factors.push(factor);
+        for t in [
+            m.stats.error_until_ms.load(Relaxed),
+            m.stats.ejected_until_ms.load(Relaxed),
+            changes_at,
+        ] {
+            if t > now_ms {
+                stale_at_ms = stale_at_ms.min(t);
+            }
+        }
+    }
     Schedule {
-        candidates,
-        order,
-        base,
+        method: build_method(
+            settings.method,
+            members,
+            &factors,
+            &chosen,
+            settings.bounded_load,
+        ),
+        factors,
+        candidates: chosen,
         generation,
         stale_at_ms,
+        forced,
     }
+}
+
+/// A random number from a per-thread xorshift generator, seeded once per thread from the
+/// standard library's random hasher keys: cheap, lock-free, and good enough to draw members.
+fn random() -> u64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, RandomState};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()) | 1);
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        x
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balancer::hash;
     use proptest::prelude::*;
 
     fn member(lbset: u32, load_factor: u32, state: MemberState) -> BalancedMember {
         BalancedMember {
+            url: format!("http://10.0.0.1:{}", 8000 + load_factor),
+            route: None,
             lbset,
             load_factor,
             state,
@@ -378,6 +641,218 @@ mod tests {
         );
         let p = picks(&b, 1000, 0);
         assert_eq!(p.iter().filter(|&&i| i == 0).count(), 700);
+    }
+
+    fn routed(members: Vec<BalancedMember>) -> Vec<BalancedMember> {
+        members
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut m)| {
+                m.url = format!("http://10.0.0.{}:8080", i + 1);
+                m.route = Some(format!("web{i}"));
+                m
+            })
+            .collect()
+    }
+
+    fn sticky(value: &str) -> Affinity {
+        Affinity {
+            sticky: Some(value.to_owned()),
+            key: None,
+        }
+    }
+
+    #[test]
+    fn sticky_requests_go_to_their_member_and_fail_over_only_when_it_cannot_take_them() {
+        let b = Balancer::with_settings(
+            routed(vec![
+                member(0, 1, MemberState::Enabled),
+                member(0, 1, MemberState::Enabled),
+                member(0, 1, MemberState::Drain),
+                member(0, 1, MemberState::Disabled),
+            ]),
+            Settings::default(),
+            0,
+        );
+        for _ in 0..3 {
+            assert_eq!(b.pick_for(0, &[], &sticky("abc.web1")), Some(1));
+        }
+        // A draining member takes the requests sticky to it, and only those.
+        assert_eq!(b.pick_for(0, &[], &sticky("web2")), Some(2));
+        assert_eq!(picks(&b, 4, 0), vec![0, 1, 0, 1]);
+        // A disabled member's sessions, unknown routes and a failed member's sessions move on.
+        assert!(matches!(b.pick_for(0, &[], &sticky("x.web3")), Some(0 | 1)));
+        assert!(matches!(b.pick_for(0, &[], &sticky("x.web9")), Some(0 | 1)));
+        assert_eq!(b.pick_for(0, &[1], &sticky("abc.web1")), Some(0));
+        b.mark_error(1, 0, 1_000, "refused".into());
+        assert_eq!(b.pick_for(1, &[], &sticky("abc.web1")), Some(0));
+        // Back after its retry time: the session returns to it.
+        assert_eq!(b.pick_for(1_000, &[], &sticky("abc.web1")), Some(1));
+    }
+
+    #[test]
+    fn no_failover_breaks_a_session_whose_member_cannot_take_it() {
+        let settings = Settings {
+            no_failover: true,
+            ..Settings::default()
+        };
+        let b = Balancer::with_settings(
+            routed(vec![
+                member(0, 1, MemberState::Enabled),
+                member(0, 1, MemberState::Disabled),
+            ]),
+            settings,
+            0,
+        );
+        assert_eq!(b.pick_for(0, &[], &sticky("s.web0")), Some(0));
+        assert_eq!(b.pick_for(0, &[], &sticky("s.web1")), None);
+        assert_eq!(b.pick_for(0, &[], &sticky("s.nowhere")), None);
+        assert_eq!(b.pick_for(0, &[], &Affinity::default()), Some(0));
+    }
+
+    #[test]
+    fn forced_recovery_tries_members_down_for_health_reasons_only() {
+        let settings = Settings {
+            force_recovery: true,
+            ..Settings::default()
+        };
+        let b = Balancer::with_settings(
+            vec![
+                member(0, 1, MemberState::Enabled),
+                member(0, 1, MemberState::Enabled),
+                member(0, 1, MemberState::Stopped),
+            ],
+            settings,
+            0,
+        );
+        b.mark_error(0, 0, 60_000, "refused".into());
+        assert_eq!(picks(&b, 2, 1), vec![1, 1]);
+        b.members()[1].stats.hc_failed.store(true, Relaxed);
+        b.invalidate();
+        // Everything usable is down: both are tried (never the stopped one), in turn.
+        assert_eq!(picks(&b, 4, 2), vec![0, 1, 0, 1]);
+        assert_eq!(b.pick(2, &[0, 1]), None);
+        // One comes back: only it is used again.
+        b.members()[1].stats.hc_failed.store(false, Relaxed);
+        b.invalidate();
+        assert_eq!(picks(&b, 3, 3), vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn passive_ejection_takes_a_member_out_within_the_cap() {
+        let outlier = OutlierConfig {
+            consecutive_failures: 2,
+            failure_percent: None,
+            min_requests: 1,
+            interval: std::time::Duration::from_secs(10),
+            base_ejection: std::time::Duration::from_secs(30),
+            max_ejection: std::time::Duration::from_secs(300),
+            max_ejection_percent: 10,
+        };
+        let b = Balancer::with_settings(
+            vec![
+                member(0, 1, MemberState::Enabled),
+                member(0, 1, MemberState::Enabled),
+                member(0, 1, MemberState::Enabled),
+            ],
+            Settings {
+                outlier: Some(outlier),
+                ..Settings::default()
+            },
+            0,
+        );
+        b.report(0, false, 10);
+        assert_eq!(picks(&b, 3, 10), vec![0, 1, 2]);
+        b.report(0, false, 11);
+        assert_eq!(b.members()[0].stats.health(11), Health::Ejected);
+        assert_eq!(picks(&b, 4, 12), vec![1, 2, 1, 2]);
+        // 10% of three members: one may be out, so the next does not go.
+        b.report(1, false, 13);
+        b.report(1, false, 14);
+        assert_eq!(b.members()[1].stats.health(14), Health::Ok);
+        // After the ejection time the member is back.
+        assert_eq!(picks(&b, 3, 30_011), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn slow_start_ramps_a_joining_member_from_a_tenth_of_its_factor_to_all_of_it() {
+        let members = vec![
+            member(0, 1, MemberState::Enabled),
+            member(0, 1, MemberState::Enabled),
+        ];
+        members[1].stats.ramp_from_ms.store(1_000, Relaxed);
+        let b = Balancer::with_settings(
+            members,
+            Settings {
+                slow_start_ms: 10_000,
+                ..Settings::default()
+            },
+            1_000,
+        );
+        let share = |now: u64| {
+            let p = picks(&b, 1_000, now);
+            p.iter().filter(|&&i| i == 1).count()
+        };
+        // Its factor in effect is 1 against 10 at first (1 in 11 requests), 5 against 10
+        // half-way (1 in 3), then equal.
+        assert_eq!(share(1_000), 91);
+        assert_eq!(share(6_000), 333);
+        assert_eq!(share(11_000), 500);
+    }
+
+    #[test]
+    fn slow_start_under_bybusyness_keeps_the_ramp_share_of_what_comes_to_it() {
+        let members = vec![
+            member(0, 1, MemberState::Enabled),
+            member(0, 1, MemberState::Enabled),
+        ];
+        members[1].stats.ramp_from_ms.store(1_000, Relaxed);
+        let b = Balancer::with_settings(
+            members,
+            Settings {
+                method: LbMethod::ByBusyness,
+                slow_start_ms: 10_000,
+                ..Settings::default()
+            },
+            1_000,
+        );
+        // Nothing in flight, so bybusyness alone would alternate; at a 10% ramp the member
+        // keeps one in ten of the requests that come to it.
+        let p = picks(&b, 1_000, 1_000);
+        assert_eq!(p.iter().filter(|&&i| i == 1).count(), 50);
+    }
+
+    #[test]
+    fn methods_are_chosen_by_the_settings_and_keep_to_the_candidates() {
+        for method in [
+            LbMethod::ByTraffic,
+            LbMethod::ByBusyness,
+            LbMethod::Ewma,
+            LbMethod::Hash,
+        ] {
+            let b = Balancer::with_settings(
+                routed(vec![
+                    member(1, 1, MemberState::Enabled),
+                    member(0, 1, MemberState::Enabled),
+                    member(0, 1, MemberState::HotStandby),
+                    member(0, 1, MemberState::Drain),
+                ]),
+                Settings {
+                    method,
+                    ..Settings::default()
+                },
+                0,
+            );
+            for key in 0..50 {
+                let affinity = Affinity {
+                    sticky: None,
+                    key: Some(hash::mix(key)),
+                };
+                assert_eq!(b.pick_for(0, &[], &affinity), Some(1), "{method:?}");
+            }
+            b.mark_error(1, 0, 1_000, "refused".into());
+            assert_eq!(b.pick(1, &[]), Some(2), "{method:?}: the hot standby");
+        }
     }
 
     fn state() -> impl Strategy<Value = MemberState> {

@@ -17,7 +17,10 @@ use super::error::ProxyError;
 use super::pool::{self, Pool, Sender};
 use super::routes::strip_port;
 use super::snapshot::{Cluster, DataPlane};
+use crate::api::LbMethod;
+use crate::balancer::{Affinity, ewma, sticky};
 use crate::clock;
+use crate::discovery::MemberConfig;
 
 /// What a worker shares between its connections.
 pub struct Worker {
@@ -90,11 +93,12 @@ async fn proxy(
         }
     };
 
+    let affinity = cluster.affinity(req.headers(), req.uri(), peer.ip());
     let upgrade = upgrade_protocol(&req);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     prepare_request(&mut req, peer.ip(), host_value, upgrade);
     let req = req.map(UpstreamBody::new);
-    forward(worker, &cluster, req, client_upgrade).await
+    forward(worker, &cluster, req, client_upgrade, &affinity).await
 }
 
 async fn forward(
@@ -102,6 +106,7 @@ async fn forward(
     cluster: &Arc<Cluster>,
     mut req: Request<UpstreamBody>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    affinity: &Affinity,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = &cluster.config;
     let tries = if config.no_failover {
@@ -125,7 +130,7 @@ async fn forward(
 
     loop {
         let now = clock::now_ms();
-        let Some(index) = cluster.balancer.pick(now, &tried) else {
+        let Some(index) = cluster.balancer.pick_for(now, &tried, affinity) else {
             return Err(last_failure.unwrap_or_else(|| ProxyError::NoMember {
                 cluster: cluster.key.clone(),
             }));
@@ -137,11 +142,13 @@ async fn forward(
         req.body_mut().count_for(stats.clone());
         let key = worker.pool.key(&member.authority);
 
+        let started = std::time::Instant::now();
         let sent = exchange(worker, &key, config, req).await;
         match sent {
             Err(Failure {
                 timed_out: true, ..
             }) => {
+                cluster.balancer.report(index, false, clock::now_ms());
                 return Err(ProxyError::Timeout {
                     cluster: cluster.key.clone(),
                     member: member.url.clone(),
@@ -149,6 +156,7 @@ async fn forward(
                 });
             }
             Err(Failure { cause, unsent, .. }) => {
+                cluster.balancer.report(index, false, clock::now_ms());
                 cluster.balancer.mark_error(
                     index,
                     clock::now_ms(),
@@ -171,6 +179,14 @@ async fn forward(
             }
             Ok((sender, mut response)) => {
                 let status = response.status();
+                let now = clock::now_ms();
+                if config.lb_method == LbMethod::Ewma {
+                    let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    ewma::observe(stats, took, now);
+                }
+                cluster
+                    .balancer
+                    .report(index, !status.is_server_error(), now);
                 if config.fail_on_status.contains(&status.as_u16()) {
                     let cause = format!("answered {status}, listed in failOnStatus");
                     cluster.balancer.mark_error(
@@ -187,6 +203,7 @@ async fn forward(
                         continue;
                     }
                 }
+                insert_sticky_cookie(cluster, member, affinity, response.headers_mut());
                 if status == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(client_upgrade) = client_upgrade
                 {
@@ -204,6 +221,32 @@ async fn forward(
                 ));
             }
         }
+    }
+}
+
+/// HAProxy's `cookie insert`: when the request's sticky value does not name the member that
+/// answered, the answer sets the cookie to that member's route.
+fn insert_sticky_cookie(
+    cluster: &Cluster,
+    member: &MemberConfig,
+    affinity: &Affinity,
+    headers: &mut HeaderMap,
+) {
+    let Some(config) = cluster.config.policy.sticky.as_ref().filter(|s| s.insert) else {
+        return;
+    };
+    let (Some(name), Some(route)) = (config.cookie.as_deref(), member.route.as_deref()) else {
+        return;
+    };
+    if affinity
+        .sticky
+        .as_deref()
+        .is_some_and(|value| sticky::carries(value, route))
+    {
+        return;
+    }
+    if let Some(cookie) = sticky::set_cookie(name, route) {
+        headers.append(header::SET_COOKIE, cookie);
     }
 }
 

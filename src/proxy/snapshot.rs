@@ -2,15 +2,16 @@
 //! published as one immutable snapshot and swapped atomically. Sources (standalone file,
 //! controller) call [`DataPlane::publish`]; every request loads the current snapshot once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use super::routes::RouteTable;
-use crate::balancer::cluster::BalancedMember;
-use crate::balancer::{Balancer, MemberStats};
+use crate::api::{LbMethod, MemberState};
+use crate::balancer::{Affinity, BalancedMember, Balancer, MemberStats, Settings, hash, sticky};
 use crate::clock;
 use crate::discovery::ClusterConfig;
 
@@ -23,6 +24,22 @@ pub struct Cluster {
     pub balancer: Balancer,
     /// Milliseconds a failed member stays in error.
     pub retry_ms: u64,
+}
+
+impl Cluster {
+    /// What the request brings to the choice of its member: its sticky route and hash key.
+    pub fn affinity(&self, headers: &http::HeaderMap, uri: &http::Uri, client: IpAddr) -> Affinity {
+        let policy = &self.config.policy;
+        Affinity {
+            sticky: policy
+                .sticky
+                .as_ref()
+                .and_then(|s| sticky::sticky_value(s, headers, uri)),
+            key: (self.config.lb_method == LbMethod::Hash)
+                .then(|| hash::request_key(&policy.hash, headers, uri, client))
+                .flatten(),
+        }
+    }
 }
 
 /// A route that lost to an older claim on the same host and path.
@@ -108,6 +125,8 @@ impl DataPlane {
         let now = clock::now_ms();
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept = HashMap::with_capacity(stats.len());
+        // Clusters served before: a member new to one of them has joined (slow start).
+        let known: HashSet<String> = stats.keys().map(|(cluster, _)| cluster.clone()).collect();
         let mut snapshot = Snapshot {
             generation: self.generation.fetch_add(1, Relaxed) + 1,
             ..Snapshot::default()
@@ -138,9 +157,24 @@ impl DataPlane {
                 .iter()
                 .map(|m| {
                     let id = (key.clone(), m.url.clone());
-                    let s = stats.get(&id).cloned().unwrap_or_default();
+                    let s = match stats.get(&id) {
+                        Some(s) => s.clone(),
+                        None => {
+                            let s = Arc::new(MemberStats::default());
+                            if known.contains(&key) {
+                                s.ramp_from_ms.store(now.max(1), Relaxed);
+                            }
+                            s
+                        }
+                    };
+                    if config.policy.health_check.is_none() || m.state == MemberState::Stopped {
+                        // No checks run for it: a verdict from earlier checks must not stick.
+                        s.forget_health_check();
+                    }
                     kept.insert(id, s.clone());
                     BalancedMember {
+                        url: m.url.clone(),
+                        route: m.route.clone(),
                         lbset: m.lbset,
                         load_factor: m.load_factor,
                         state: m.state,
@@ -151,7 +185,7 @@ impl DataPlane {
             let retry_ms = u64::try_from(config.retry_after_error.as_millis()).unwrap_or(u64::MAX);
             snapshot.clusters.push(Arc::new(Cluster {
                 key,
-                balancer: Balancer::new(members, now),
+                balancer: Balancer::with_settings(members, Settings::from_config(&config), now),
                 retry_ms,
                 config,
             }));
