@@ -294,7 +294,8 @@ impl Writer {
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &bc.object_ref(&())).await {
-            tracing::debug!(cluster = %key, error = %e, "cannot publish an event");
+            // Warn: a missing permission would otherwise go unnoticed.
+            tracing::warn!(cluster = %key, error = %e, "cannot publish an event");
         }
     }
 }
