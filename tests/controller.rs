@@ -11,98 +11,18 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Api, Client, CustomResourceExt};
+use kube::{Api, Client};
 use serde_json::json;
 
 use kube_balancer::api::BalancerCluster;
-use kube_balancer::controller::{self, Options, index::Scope};
+use kube_balancer::controller::{self, Options};
 use kube_balancer::proxy::{DataPlane, ProxyOptions, Server};
-use support::backend::{self, Backend};
+use support::backend;
 use support::controlplane::ControlPlane;
+use support::fixtures::{apply_cluster, install_crd, options, web_pods, web_service};
 use support::pods::{self, FakePod};
 use support::{netns, wait};
-
-async fn install_crd(client: &Client) {
-    let crd = BalancerCluster::crd();
-    let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    let name = crd.metadata.name.clone().expect("name");
-    crds.patch(
-        &name,
-        &PatchParams::apply("kube-balancer-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("the API server takes our CRD");
-    tokio::time::timeout(
-        wait::TIMEOUT,
-        await_condition(crds, &name, conditions::is_crd_established()),
-    )
-    .await
-    .expect("established in time")
-    .expect("watch");
-}
-
-/// A Service `web` in `ns` selecting `app=web` pods on their port named `http`.
-async fn web_service(client: &Client, ns: &str) {
-    let service: Service = serde_json::from_value(json!({
-        "metadata": {"name": "web", "namespace": ns},
-        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
-    }))
-    .expect("service");
-    Api::<Service>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &service)
-        .await
-        .expect("create service");
-}
-
-/// Three pods web-a, web-b, web-c with a backend each on its pod IP.
-async fn web_pods(client: &Client, ns: &str, names: &[&str]) -> Vec<(FakePod, Backend)> {
-    let mut out = Vec::new();
-    for name in names {
-        let ip = netns::next_pod_ip();
-        let backend = Backend::start(name, ip).await;
-        let pod = FakePod::new(ns, name, ip)
-            .label("app", "web")
-            .port("http", backend.addr.port());
-        pod.create(client).await;
-        out.push((pod, backend));
-    }
-    out
-}
-
-async fn apply_cluster(client: &Client, ns: &str, spec: serde_json::Value) {
-    let bc = json!({"apiVersion": "kubebalancer.io/v1alpha1", "kind": "BalancerCluster", "metadata": {"name": "web", "namespace": ns}, "spec": spec});
-    Api::<BalancerCluster>::namespaced(client.clone(), ns)
-        .patch(
-            "web",
-            &PatchParams::apply("kube-balancer-tests").force(),
-            &Patch::Apply(&bc),
-        )
-        .await
-        .expect("apply the BalancerCluster");
-}
-
-fn options(ns: &str, identity: &str) -> Options {
-    Options {
-        kubeconfig: None,
-        namespaces: vec![ns.to_owned()],
-        scope: Scope {
-            class: "default".into(),
-            only: None,
-        },
-        status_interval: Duration::from_millis(500),
-        write_status: true,
-        identity: identity.to_owned(),
-        lease_namespace: ns.to_owned(),
-        lease_name: "kube-balancer".to_owned(),
-        lease_duration: Duration::from_secs(3),
-        peers_service: None,
-        admin_port: 9901,
-    }
-}
 
 struct Balancer {
     plane: Arc<DataPlane>,

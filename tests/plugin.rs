@@ -12,11 +12,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Api, Client, CustomResourceExt};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
 use serde_json::{Value, json};
 
 use kube_balancer::api::BalancerCluster;
@@ -24,6 +21,7 @@ use kube_balancer::controller::{self, Options, index::Scope};
 use kube_balancer::proxy::{DataPlane, ProxyOptions, Server};
 use support::backend::{self, Backend};
 use support::controlplane::{BIN_ENV, ControlPlane};
+use support::fixtures::{install_crd, web_pods, web_service};
 use support::pods::{self, FakePod};
 use support::{netns, wait};
 
@@ -71,26 +69,6 @@ fn succeeded(args: &[&str], output: Output) -> String {
     String::from_utf8(output.stdout).expect("UTF-8")
 }
 
-async fn install_crd(client: &Client) {
-    let crd = BalancerCluster::crd();
-    let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    let name = crd.metadata.name.clone().expect("name");
-    crds.patch(
-        &name,
-        &PatchParams::apply("kube-balancer-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("the API server takes our CRD");
-    tokio::time::timeout(
-        wait::TIMEOUT,
-        await_condition(crds, &name, conditions::is_crd_established()),
-    )
-    .await
-    .expect("established in time")
-    .expect("watch");
-}
-
 /// A namespace with a Service `web` over pods that each run a backend on their pod IP, a
 /// BalancerCluster `web` (`spec`, plus the Service) in front, and a controller and data plane
 /// serving it.
@@ -106,25 +84,8 @@ impl Shop {
     async fn open(client: &Client, prefix: &str, names: &[&str], spec: Value) -> Shop {
         install_crd(client).await;
         let ns = pods::namespace(client, prefix).await;
-        let service: Service = serde_json::from_value(json!({
-            "metadata": {"name": "web", "namespace": ns},
-            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
-        }))
-        .expect("service");
-        Api::<Service>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &service)
-            .await
-            .expect("create service");
-        let mut pods = Vec::new();
-        for name in names {
-            let ip = netns::next_pod_ip();
-            let backend = Backend::start(name, ip).await;
-            let pod = FakePod::new(&ns, name, ip)
-                .label("app", "web")
-                .port("http", backend.addr.port());
-            pod.create(client).await;
-            pods.push((pod, backend));
-        }
+        web_service(client, &ns).await;
+        let pods = web_pods(client, &ns, names).await;
         let mut spec = spec;
         spec["service"] = json!({"name": "web", "port": "http"});
         let bc = json!({"apiVersion": "kubebalancer.io/v1alpha1", "kind": "BalancerCluster",

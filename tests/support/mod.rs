@@ -6,6 +6,7 @@
 //!   real EndpointSlice controller publishes them.
 //! - `netns`: the network namespace of the run, where pod IPs (10.244.0.0/24) are local addresses.
 //! - `backend`: a tiny HTTP server on a pod IP and a plain HTTP client.
+//! - `fixtures`: our CRD, a Service over pods with backends, a BalancerCluster, controller options.
 //! - `wait`: waiting on a condition seen through a watch, with a timeout.
 //!
 //! Each test binary compiles this module on its own and uses only part of it.
@@ -13,6 +14,7 @@
 
 pub mod backend;
 pub mod controlplane;
+pub mod fixtures;
 pub mod netns;
 pub mod pods;
 pub mod wait;
