@@ -10,6 +10,6 @@ fn checked_in_crd_matches_the_rust_types() {
     let generated = kube_balancer::api::crd_yaml().expect("the CRD renders");
     assert!(
         checked_in == generated,
-        "crds/ is stale: run `cargo run -- crd > crds/balancerclusters.kubebalancer.io.yaml`"
+        "crds/ is stale: run scripts/generate.sh (crds/, the chart's copy and manifests/)"
     );
 }

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Regenerates everything derived from the Rust types and the chart, in order:
+#   crds/  <- `kube-balancer crd`
+#   charts/kube-balancer/crds/  <- crds/
+#   manifests/kube-balancer.yaml  <- `helm template` of the chart (helm from scripts/testenv.sh)
+# Tests fail when any of them is stale (tests/crd.rs, tests/install.rs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+crd=crds/balancerclusters.kubebalancer.io.yaml
+cargo run --quiet --bin kube-balancer -- crd > "$crd"
+cp "$crd" charts/kube-balancer/crds/
+bash scripts/testenv.sh build
+eval "$(bash scripts/testenv.sh env)"
+"$KB_TESTENV_BIN/helm" template kube-balancer charts/kube-balancer --namespace kube-balancer --include-crds \
+    > manifests/kube-balancer.yaml
+echo "generate: crds/, the chart's CRD and manifests/ are up to date" >&2
