@@ -325,7 +325,10 @@ mod tests {
     #[test]
     fn an_empty_file_is_refused() {
         assert_eq!(refusal(""), "bad.yaml: holds no BalancerCluster document");
-        assert_eq!(refusal("---\n# nothing\n"), "bad.yaml: holds no BalancerCluster document");
+        assert_eq!(
+            refusal("---\n# nothing\n"),
+            "bad.yaml: holds no BalancerCluster document"
+        );
     }
 
     #[test]
