@@ -1,4 +1,4 @@
-//! The process clock: milliseconds since start, monotonic. The core takes `now` as an argument;
+//! The process clock: milliseconds, monotonic. The core takes `now` as an argument;
 //! only the edges (proxy, admin) read this.
 
 use std::sync::OnceLock;
@@ -9,7 +9,12 @@ fn start() -> Instant {
     *START.get_or_init(Instant::now)
 }
 
-/// Milliseconds since the process clock started.
+/// Where the process clock starts: far from zero (about 50 days), so that 0 can stand for
+/// "never" in the counters and a time before the start (a member that began ramping up an hour
+/// ago, in a test) is still a valid reading.
+pub const ORIGIN_MS: u64 = 1 << 32;
+
+/// Milliseconds on the process clock: [`ORIGIN_MS`] when it started, growing since.
 pub fn now_ms() -> u64 {
-    u64::try_from(start().elapsed().as_millis()).unwrap_or(u64::MAX)
+    ORIGIN_MS.saturating_add(u64::try_from(start().elapsed().as_millis()).unwrap_or(u64::MAX))
 }

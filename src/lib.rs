@@ -9,6 +9,7 @@ pub mod clock;
 pub mod controller;
 pub mod demo;
 pub mod discovery;
+pub mod health;
 pub mod plugin;
 pub mod proxy;
 pub mod standalone;

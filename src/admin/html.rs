@@ -79,7 +79,8 @@ th{background:#eef1f5;font-weight:600}td.num{text-align:right;font-variant-numer
 code{font-size:.95em}.state-ok{color:#176b2c;font-weight:600}\
 .state-error,.state-stopped{color:#b3261e;font-weight:600}\
 .state-disabled,.state-drain{color:#8a5a00;font-weight:600}\
-.state-hotstandby,.state-hotspare{color:#3d4f9f;font-weight:600}";
+.state-hotstandby,.state-hotspare{color:#3d4f9f;font-weight:600}\
+.state-healthcheckfailed,.health-healthcheckfailed,.health-error,.health-ejected{color:#b3261e;font-weight:600}";
 
 fn write_page(out: &mut String, view: &ManagerView, refresh: Option<u32>) -> fmt::Result {
     out.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
@@ -169,10 +170,12 @@ fn write_cluster(out: &mut String, c: &ClusterView) -> fmt::Result {
     out.push_str(
         "<table class=\"members\">\n<thead><tr><th>Worker URL</th><th>Route</th><th>Factor</th>\
          <th>Set</th><th>Status</th><th>Elected</th><th>Busy</th><th>Load</th><th>To</th>\
-         <th>From</th><th>Errors</th><th>Pod</th><th>Last error</th></tr></thead>\n<tbody>\n",
+         <th>From</th><th>Errors</th><th>Pod</th><th>Last error</th><th>Health</th>\
+         <th>HC Method</th><th>HC Interval</th><th>Passes</th><th>Fails</th><th>HC URI</th>\
+         </tr></thead>\n<tbody>\n",
     );
     if c.members.is_empty() {
-        out.push_str("<tr><td colspan=\"13\">No members.</td></tr>\n");
+        out.push_str("<tr><td colspan=\"19\">No members.</td></tr>\n");
     }
     for m in &c.members {
         write_member(out, m)?;
@@ -192,7 +195,8 @@ fn write_member(out: &mut String, m: &MemberView) -> fmt::Result {
          <td class=\"num busy\">{}</td><td class=\"num load\">{}</td>\
          <td class=\"num to\" title=\"{} bytes\">{}</td>\
          <td class=\"num from\" title=\"{} bytes\">{}</td><td class=\"num errors\">{}</td>\
-         <td class=\"pod\">{}</td><td class=\"last-error\">{}</td></tr>",
+         <td class=\"pod\">{}</td><td class=\"last-error\">{}</td>\
+         <td class=\"health health-{}\">{}</td>",
         Escaped(s.route.as_deref().unwrap_or("")),
         s.load_factor,
         s.lbset,
@@ -208,7 +212,30 @@ fn write_member(out: &mut String, m: &MemberView) -> fmt::Result {
         m.errors,
         Escaped(s.pod.as_deref().unwrap_or("")),
         Escaped(s.last_error.as_deref().unwrap_or("")),
-    )
+        Escaped(&m.health.to_ascii_lowercase()),
+        Escaped(&m.health),
+    )?;
+    match &m.health_check {
+        // Apache's columns: the thresholds, with the checks in a row so far in brackets.
+        Some(hc) => writeln!(
+            out,
+            "<td class=\"hc-method\">{}</td><td class=\"hc-interval\">{}</td>\
+             <td class=\"num hc-passes\">{} ({})</td><td class=\"num hc-fails\">{} ({})</td>\
+             <td class=\"hc-uri\">{}</td></tr>",
+            Escaped(&hc.method),
+            duration(hc.interval_ms),
+            hc.passes,
+            hc.passed_in_a_row,
+            hc.fails,
+            hc.failed_in_a_row,
+            Escaped(&hc.uri),
+        ),
+        None => out.write_str(
+            "<td class=\"hc-method\">-</td><td class=\"hc-interval\">-</td>\
+             <td class=\"num hc-passes\">-</td><td class=\"num hc-fails\">-</td>\
+             <td class=\"hc-uri\">-</td></tr>\n",
+        ),
+    }
 }
 
 fn fail_on_status(codes: &[u16]) -> String {
@@ -248,7 +275,7 @@ fn route(host: Option<&str>, path_prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::manager::{ConflictView, TimeoutsView};
+    use crate::admin::manager::{ConflictView, HealthCheckView, TimeoutsView};
     use crate::api::{MemberStatus, RouteSpec};
 
     #[test]
@@ -324,6 +351,19 @@ mod tests {
                     },
                     load: -1,
                     errors: 0,
+                    health: "Ok".into(),
+                    health_check: Some(HealthCheckView {
+                        method: "GET".into(),
+                        interval_ms: 5_000,
+                        passes: 2,
+                        passed_in_a_row: 0,
+                        fails: 3,
+                        failed_in_a_row: 1,
+                        uri: "/<up>".into(),
+                        expect_status: "200-399".into(),
+                        body_contains: None,
+                        checks: 7,
+                    }),
                 }],
             }],
         }
@@ -372,6 +412,10 @@ mod tests {
             "<td class=\"status state-ok\">Ok</td>",
             "<td class=\"num load\">-1</td>",
             "<td class=\"pod\">web-0</td>",
+            "<td class=\"health health-ok\">Ok</td>",
+            "<td class=\"hc-method\">GET</td><td class=\"hc-interval\">5s</td>",
+            "<td class=\"num hc-passes\">2 (0)</td><td class=\"num hc-fails\">3 (1)</td>",
+            "<td class=\"hc-uri\">/&lt;up&gt;</td>",
             "spec.memberOverrides",
             "?refresh=5",
         ] {

@@ -35,7 +35,7 @@ pub struct ClusterView {
     /// `namespace/name`.
     pub name: String,
     pub lb_method: String,
-    /// The sticky-session cookie or parameter; none until sticky sessions exist.
+    /// The sticky-session cookie and/or parameter, as Apache shows it (`COOKIE|param`).
     pub sticky_session: Option<String>,
     pub max_attempts: u32,
     pub no_failover: bool,
@@ -79,6 +79,33 @@ pub struct MemberView {
     pub load: i64,
     /// Failures: refused or broken connections, `failOnStatus` answers.
     pub errors: u64,
+    /// Why the member does or does not take requests as far as health goes: `Ok`, `Error`,
+    /// `HealthCheckFailed` or `Ejected` (passive health checking).
+    #[serde(default)]
+    pub health: String,
+    /// The active health check and where the member stands in it; none without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckView>,
+}
+
+/// Apache's health-check columns (HC Method, Interval, Passes, Fails, URI) for one member.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheckView {
+    pub method: String,
+    pub interval_ms: u64,
+    /// Checks in a row a failed member must pass, and how many it has passed so far.
+    pub passes: u32,
+    pub passed_in_a_row: u32,
+    /// Checks in a row a member must fail to go out, and how many it has failed so far.
+    pub fails: u32,
+    pub failed_in_a_row: u32,
+    pub uri: String,
+    pub expect_status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    /// Checks run on this member.
+    pub checks: u64,
 }
 
 impl MemberView {
@@ -107,21 +134,47 @@ fn clusters(snapshot: &Snapshot, now_ms: u64) -> Vec<ClusterView> {
             let config = &cluster.config;
             let rows = status::member_rows(cluster, now_ms);
             let load = cluster.balancer.lbstatus();
-            let members = rows
-                .into_iter()
-                .zip(cluster.balancer.members())
-                .enumerate()
-                .map(|(i, (row, live))| MemberView {
-                    status: row,
-                    load: load.get(i).copied().unwrap_or(0),
-                    errors: live.stats.errors.load(Relaxed),
-                })
-                .collect();
+            let members =
+                rows.into_iter()
+                    .zip(cluster.balancer.members())
+                    .enumerate()
+                    .map(|(i, (row, live))| MemberView {
+                        status: row,
+                        load: load.get(i).copied().unwrap_or(0),
+                        errors: live.stats.errors.load(Relaxed),
+                        health: live.stats.health(now_ms).as_str().to_owned(),
+                        health_check: config.policy.health_check.as_ref().map(|hc| {
+                            HealthCheckView {
+                                method: hc.method.as_str().to_owned(),
+                                interval_ms: millis(hc.interval),
+                                passes: hc.passes,
+                                passed_in_a_row: live.stats.hc_passes.load(Relaxed),
+                                fails: hc.fails,
+                                failed_in_a_row: live.stats.hc_fails.load(Relaxed),
+                                uri: hc.path.clone(),
+                                expect_status: hc
+                                    .expect_status
+                                    .iter()
+                                    .map(|&(low, high)| {
+                                        if low == high {
+                                            low.to_string()
+                                        } else {
+                                            format!("{low}-{high}")
+                                        }
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join(","),
+                                body_contains: hc.body_contains.clone(),
+                                checks: live.stats.hc_checks.load(Relaxed),
+                            }
+                        }),
+                    })
+                    .collect();
             let (ready_members, total_members) = status::ready_counts(cluster, now_ms);
             ClusterView {
                 name: cluster.key.clone(),
                 lb_method: config.lb_method.as_str().to_owned(),
-                sticky_session: None,
+                sticky_session: config.policy.sticky.as_ref().map(|s| s.describe()),
                 max_attempts: config.max_attempts,
                 no_failover: config.no_failover,
                 fail_on_status: config.fail_on_status.clone(),

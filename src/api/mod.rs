@@ -409,6 +409,8 @@ fn default_expect_status() -> String {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.consecutiveFailures > 0 || has(self.failurePercent)")
     .message("outlierDetection needs consecutiveFailures above 0 or a failurePercent"))]
+#[x_kube(validation = Rule::new("!self.baseEjectionTime.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$') || !self.maxEjectionTime.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$') || duration(self.baseEjectionTime) <= duration(self.maxEjectionTime)")
+    .message("outlierDetection.baseEjectionTime must not be longer than maxEjectionTime"))]
 pub struct OutlierDetection {
     /// Failures in a row that eject a member; 0 turns this rule off.
     #[serde(default = "default_consecutive_failures")]

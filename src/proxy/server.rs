@@ -90,6 +90,8 @@ impl Server {
                 .spawn(move || run_worker(listener, plane, options, stop_rx))?;
             handles.push(handle);
         }
+        // Active health checks run next to the workers and stop with them.
+        handles.push(crate::health::spawn(plane, stop_rx)?);
         Ok(Server {
             local_addr,
             stop,

@@ -1,0 +1,344 @@
+//! Active health checks, like Apache's mod_proxy_hcheck: every member of a cluster with
+//! `spec.healthCheck` is probed every `interval` (TCP connect, or a HEAD, GET or OPTIONS
+//! request), and a member that fails `fails` checks in a row is HealthCheckFailed, taking no
+//! requests, until it passes `passes` in a row.
+//!
+//! The checker is one task on its own thread, fed by the data plane's current snapshot. Its
+//! schedule is keyed by member identity (cluster and URL) and the verdicts live in the members'
+//! shared counters, so both survive snapshot rebuilds. Stopped members are not checked. The
+//! first check of each member comes at a point of the interval derived from its identity, so
+//! checks are spread out rather than fired all at once, and they stay spread.
+//!
+//! This module owns the probing and the scheduling; what a member's results mean is
+//! [`record`], pure.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::api::HealthCheckMethod;
+use crate::balancer::MemberStats;
+use crate::clock;
+use crate::discovery::{HealthCheckConfig, fnv1a};
+use crate::proxy::DataPlane;
+
+/// How much of an answer's body `bodyContains` searches.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// How often the checker looks for a new snapshot when no check is due sooner.
+const IDLE_WAKE_MS: u64 = 250;
+
+/// The shortest interval the checker honours, whatever the configuration says.
+const MIN_INTERVAL_MS: u64 = 100;
+
+/// Starts the checker on its own thread. It stops when `stop` changes to `Some` or its sender
+/// is dropped.
+pub fn spawn(
+    plane: Arc<DataPlane>,
+    stop: watch::Receiver<Option<Duration>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("kb-health".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the health checker");
+                    return;
+                }
+            };
+            runtime.block_on(run(plane, stop));
+        })
+}
+
+struct Due {
+    next_ms: u64,
+    running: Arc<AtomicBool>,
+}
+
+/// Checks members as they come due until told to stop.
+pub async fn run(plane: Arc<DataPlane>, mut stop: watch::Receiver<Option<Duration>>) {
+    let mut due: HashMap<(String, String), Due> = HashMap::new();
+    loop {
+        let now = clock::now_ms();
+        let mut wake = now + IDLE_WAKE_MS;
+        let mut seen = HashSet::new();
+        let snapshot = plane.snapshot_full();
+        for cluster in &snapshot.clusters {
+            let Some(check) = &cluster.config.policy.health_check else {
+                continue;
+            };
+            let interval = millis(check.interval).max(MIN_INTERVAL_MS);
+            for (member, live) in cluster
+                .config
+                .members
+                .iter()
+                .zip(cluster.balancer.members())
+            {
+                if member.state == crate::api::MemberState::Stopped {
+                    continue;
+                }
+                let id = (cluster.key.clone(), member.url.clone());
+                let entry = due.entry(id.clone()).or_insert_with(|| Due {
+                    next_ms: now + spread(&id.0, &id.1, interval),
+                    running: Arc::default(),
+                });
+                if entry.next_ms <= now && !entry.running.swap(true, Relaxed) {
+                    // Keep the member's place in the interval rather than drift.
+                    entry.next_ms = (entry.next_ms + interval).max(now + 1);
+                    tokio::spawn(check_member(
+                        plane.clone(),
+                        cluster.key.clone(),
+                        member.authority.clone(),
+                        check.clone(),
+                        live.stats.clone(),
+                        entry.running.clone(),
+                    ));
+                }
+                wake = wake.min(entry.next_ms);
+                seen.insert(id);
+            }
+        }
+        drop(snapshot);
+        due.retain(|id, _| seen.contains(id));
+        let sleep = Duration::from_millis(wake.saturating_sub(clock::now_ms()));
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            changed = stop.changed() => {
+                if changed.is_err() || stop.borrow().is_some() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Where in the interval a member's checks fall: the same for the same member, different
+/// for different ones.
+fn spread(cluster: &str, url: &str, interval_ms: u64) -> u64 {
+    let id = format!("{cluster} {url}");
+    fnv1a(id.as_bytes()) % interval_ms.max(1)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn check_member(
+    plane: Arc<DataPlane>,
+    cluster: String,
+    authority: String,
+    check: HealthCheckConfig,
+    stats: Arc<MemberStats>,
+    running: Arc<AtomicBool>,
+) {
+    let outcome = probe(&authority, &check).await;
+    running.store(false, Relaxed);
+    let now = clock::now_ms();
+    let Some(failed) = record(&check, &stats, outcome.is_ok(), now) else {
+        return;
+    };
+    if failed {
+        let cause = outcome.err().unwrap_or_default();
+        tracing::warn!(%cluster, member = %authority, %cause, "health check failed: member taken out");
+        stats.set_last_error(format!(
+            "health check: {cause} ({})",
+            k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ")
+        ));
+    } else {
+        tracing::info!(%cluster, member = %authority, "health check passed: member back");
+    }
+    // The verdict is in the shared counters; the snapshot serving now must rebuild its
+    // schedule (loaded after the write, so a snapshot published meanwhile sees it too).
+    let snapshot = plane.snapshot();
+    if let Some(c) = snapshot.clusters.iter().find(|c| c.key == cluster) {
+        c.balancer.invalidate();
+    }
+}
+
+/// Counts one check's result, Apache's way: a member that is in fails `fails` in a row to go
+/// out; one that is out passes `passes` in a row to come back. Returns `Some(true)` when the
+/// member just went out, `Some(false)` when it just came back, `None` otherwise.
+pub fn record(
+    check: &HealthCheckConfig,
+    stats: &MemberStats,
+    passed: bool,
+    now_ms: u64,
+) -> Option<bool> {
+    stats.hc_checks.fetch_add(1, Relaxed);
+    let failed = stats.hc_failed.load(Relaxed);
+    if passed {
+        stats.hc_fails.store(0, Relaxed);
+        if !failed {
+            return None;
+        }
+        let passes = stats.hc_passes.fetch_add(1, Relaxed) + 1;
+        if passes < check.passes {
+            return None;
+        }
+        stats.hc_passes.store(0, Relaxed);
+        stats.ramp_from_ms.store(now_ms.max(1), Relaxed);
+        stats.hc_failed.store(false, Relaxed);
+        Some(false)
+    } else {
+        stats.hc_passes.store(0, Relaxed);
+        if failed {
+            return None;
+        }
+        let fails = stats.hc_fails.fetch_add(1, Relaxed) + 1;
+        if fails < check.fails {
+            return None;
+        }
+        stats.hc_fails.store(0, Relaxed);
+        stats.hc_failed.store(true, Relaxed);
+        Some(true)
+    }
+}
+
+/// One check of the member at `authority`: `Ok` when it passes, or why it did not.
+pub async fn probe(authority: &str, check: &HealthCheckConfig) -> Result<(), String> {
+    match tokio::time::timeout(check.timeout, probe_inner(authority, check)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+    }
+}
+
+async fn probe_inner(authority: &str, check: &HealthCheckConfig) -> Result<(), String> {
+    let stream = TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    if check.method == HealthCheckMethod::Tcp {
+        return Ok(());
+    }
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let request = Request::builder()
+        .method(check.method.as_str())
+        .uri(check.path.as_str())
+        .header(header::HOST, authority)
+        .header(header::USER_AGENT, "kube-balancer-health-check")
+        .header(header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let what = format!("{} {}", check.method.as_str(), check.path);
+    let result = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+        let status = response.status().as_u16();
+        if !check.expects(status) {
+            return Err(format!("{what} answered {status}"));
+        }
+        let Some(needle) = check.body_contains.as_deref() else {
+            return Ok(());
+        };
+        let mut body = response.into_body();
+        let mut seen: Vec<u8> = Vec::new();
+        while seen.len() < BODY_LIMIT {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        seen.extend_from_slice(data);
+                    }
+                }
+                Some(Err(e)) => return Err(format!("{what}: body: {e}")),
+                None => break,
+            }
+        }
+        seen.truncate(BODY_LIMIT);
+        if contains(&seen, needle.as_bytes()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} answered {status} without {needle:?} in its body"
+            ))
+        }
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(passes: u32, fails: u32) -> HealthCheckConfig {
+        HealthCheckConfig {
+            method: HealthCheckMethod::Get,
+            path: "/".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            passes,
+            fails,
+            expect_status: vec![(200, 399)],
+            body_contains: None,
+        }
+    }
+
+    #[test]
+    fn a_member_goes_out_after_fails_in_a_row_and_back_after_passes_in_a_row() {
+        let c = check(2, 3);
+        let s = MemberStats::default();
+        assert_eq!(record(&c, &s, false, 1), None);
+        assert_eq!(record(&c, &s, false, 2), None);
+        assert_eq!(record(&c, &s, true, 3), None, "a pass resets the count");
+        assert_eq!(record(&c, &s, false, 4), None);
+        assert_eq!(record(&c, &s, false, 5), None);
+        assert_eq!(record(&c, &s, false, 6), Some(true));
+        assert!(!s.healthy(6));
+        assert_eq!(record(&c, &s, false, 7), None);
+        assert_eq!(record(&c, &s, true, 8), None);
+        assert_eq!(record(&c, &s, false, 9), None, "a failure resets the count");
+        assert_eq!(record(&c, &s, true, 10), None);
+        assert_eq!(record(&c, &s, true, 11), Some(false));
+        assert!(s.healthy(11));
+        assert_eq!(
+            s.ramp_from_ms.load(Relaxed),
+            11,
+            "slow start from its return"
+        );
+        assert_eq!(s.hc_checks.load(Relaxed), 11);
+    }
+
+    #[test]
+    fn checks_are_spread_over_the_interval() {
+        let offsets: HashSet<u64> = (0..50)
+            .map(|i| spread("shop/web", &format!("http://10.0.0.{i}:8080"), 30_000))
+            .collect();
+        assert!(offsets.iter().all(|&o| o < 30_000));
+        assert!(offsets.len() > 45, "{offsets:?}");
+        assert_eq!(
+            spread("shop/web", "http://a:1", 1000),
+            spread("shop/web", "http://a:1", 1000)
+        );
+    }
+
+    #[test]
+    fn body_search() {
+        assert!(contains(b"status: ok\n", b"ok"));
+        assert!(!contains(b"status: down", b"ok"));
+        assert!(contains(b"", b""));
+    }
+}
