@@ -268,3 +268,21 @@ fn every_method_is_accepted() {
         assert_eq!(clusters[0].lb_method.as_str(), method);
     }
 }
+
+#[test]
+fn every_example_is_a_valid_configuration() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut methods = HashSet::new();
+    for entry in std::fs::read_dir(dir).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let clusters = kube_balancer::standalone::load(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        methods.extend(clusters.iter().map(|c| c.lb_method.as_str()));
+    }
+    for method in ["byrequests", "bytraffic", "bybusyness", "ewma", "hash"] {
+        assert!(methods.contains(method), "no example uses {method}");
+    }
+}
