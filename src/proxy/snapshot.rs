@@ -126,7 +126,13 @@ impl DataPlane {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept = HashMap::with_capacity(stats.len());
         // Clusters served before: a member new to one of them has joined (slow start).
-        let known: HashSet<String> = stats.keys().map(|(cluster, _)| cluster.clone()).collect();
+        let known: HashSet<String> = stats
+            .keys()
+            .map(|(cluster, _)| cluster)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .cloned()
+            .collect();
         let mut snapshot = Snapshot {
             generation: self.generation.fetch_add(1, Relaxed) + 1,
             ..Snapshot::default()
