@@ -11,91 +11,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
+use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client};
 use serde_json::json;
 
 use kube_balancer::api::BalancerCluster;
-use kube_balancer::controller::{self, Options};
-use kube_balancer::proxy::{DataPlane, ProxyOptions, Server};
+use kube_balancer::controller;
 use support::backend;
 use support::controlplane::ControlPlane;
-use support::fixtures::{apply_cluster, install_crd, options, web_pods, web_service};
+use support::fixtures::{Balancer, apply_cluster, install_crd, options, web_pods, web_service};
 use support::pods::{self, FakePod};
 use support::{netns, wait};
-
-struct Balancer {
-    plane: Arc<DataPlane>,
-    server: Option<Server>,
-    controller: controller::Controller,
-}
-
-impl Balancer {
-    async fn start(client: &Client, options: Options) -> Balancer {
-        let plane = DataPlane::new();
-        let controller = controller::start(client.clone(), options, plane.clone())
-            .await
-            .expect("the controller starts");
-        let mut proxy = ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
-        proxy.workers = 1;
-        let server = Server::start(plane.clone(), proxy).expect("the data plane starts");
-        Balancer {
-            plane,
-            server: Some(server),
-            controller,
-        }
-    }
-
-    fn leads(&self) -> bool {
-        self.controller
-            .leadership
-            .as_ref()
-            .is_some_and(|l| l.is_leader())
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        self.server.as_ref().expect("running").local_addr()
-    }
-
-    fn members(&self, ns: &str) -> Vec<String> {
-        self.plane
-            .snapshot()
-            .cluster(ns, "web")
-            .map(|c| {
-                c.config
-                    .members
-                    .iter()
-                    .map(|m| format!("{}:{:?}", m.pod.clone().unwrap_or_default(), m.state))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    async fn wait_members(&self, ns: &str, want: &[&str]) -> Duration {
-        let start = Instant::now();
-        let deadline = start + wait::TIMEOUT;
-        loop {
-            let now = self.members(ns);
-            if now == want {
-                return start.elapsed();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for members {want:?}; last seen {now:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        self.controller.stop();
-        if let Some(server) = self.server.take() {
-            server.shutdown(Duration::from_millis(100));
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_pods_receive_traffic_in_byrequests_order_and_status_shows_it() {

@@ -7,97 +7,34 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use tokio::net::TcpStream;
 
 use kube_balancer::api::BalancerCluster;
-use kube_balancer::controller::{self, Options};
-use kube_balancer::proxy::{DataPlane, ProxyOptions, Server};
 use support::controlplane::ControlPlane;
-use support::fixtures::{apply_cluster, install_crd, options, web_pods, web_service};
+use support::fixtures::{Balancer, apply_cluster, install_crd, options, web_pods, web_service};
+use support::netns;
 use support::pods::{self, FakePod};
-use support::{netns, wait};
 
-struct Balancer {
-    plane: Arc<DataPlane>,
-    server: Option<Server>,
-    controller: controller::Controller,
-}
-
-impl Balancer {
-    async fn start(client: &Client, options: Options) -> Balancer {
-        let plane = DataPlane::new();
-        let controller = controller::start(client.clone(), options, plane.clone())
-            .await
-            .expect("the controller starts");
-        let mut proxy = ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
-        proxy.workers = 1;
-        let server = Server::start(plane.clone(), proxy).expect("the data plane starts");
-        Balancer {
-            plane,
-            server: Some(server),
-            controller,
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.server.as_ref().expect("running").local_addr()
-    }
-
-    /// `pod:State:route` of each member.
-    fn members(&self, ns: &str) -> Vec<(String, String, String)> {
-        self.plane
-            .snapshot()
-            .cluster(ns, "web")
-            .map(|c| {
-                c.config
-                    .members
-                    .iter()
-                    .map(|m| {
-                        (
-                            m.pod.clone().unwrap_or_default(),
-                            format!("{:?}", m.state),
-                            m.route.clone().unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    async fn wait_members(&self, ns: &str, want: &[&str]) -> Vec<(String, String, String)> {
-        let deadline = Instant::now() + wait::TIMEOUT;
-        loop {
-            let now = self.members(ns);
-            let shown: Vec<String> = now.iter().map(|(p, s, _)| format!("{p}:{s}")).collect();
-            if shown == want {
-                return now;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for members {want:?}; last seen {shown:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        self.controller.stop();
-        if let Some(server) = self.server.take() {
-            server.shutdown(Duration::from_millis(100));
-        }
-    }
+/// `(pod, State, route)` of each member.
+fn members_of(balancer: &Balancer, ns: &str) -> Vec<(String, String, String)> {
+    balancer
+        .member_configs(ns)
+        .iter()
+        .map(|m| {
+            (
+                m.pod.clone().unwrap_or_default(),
+                format!("{:?}", m.state),
+                m.route.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 /// `GET /` through the balancer with an optional Cookie header: status, body (the pod's name)
@@ -154,9 +91,10 @@ async fn pods_get_routes_from_their_names_and_a_draining_pod_keeps_its_sessions(
     )
     .await;
     let balancer = Balancer::start(&client, options(&ns, "replica-1")).await;
-    let members = balancer
+    balancer
         .wait_members(&ns, &["web-a:Enabled", "web-b:Enabled", "web-c:Enabled"])
         .await;
+    let members = members_of(&balancer, &ns);
     // Each pod's route is derived from its name: the same in every replica, and for a pod
     // of the same name (a StatefulSet's) whatever its address.
     let route_of = |pod: &str| {
@@ -238,9 +176,10 @@ async fn pods_get_routes_from_their_names_and_a_draining_pod_keeps_its_sessions(
         .port("http", backend.addr.port())
         .create(&client)
         .await;
-    let members = balancer
+    balancer
         .wait_members(&ns, &["web-b:Enabled", "web-c:Enabled", "web-d:Enabled"])
         .await;
+    let members = members_of(&balancer, &ns);
     assert_eq!(members[2].2, "dee");
     assert_eq!(get(balancer.addr(), Some("ROUTEID=x.dee")).await.1, "web-d");
 }

@@ -2,7 +2,8 @@
 //! kubelet-less pods that each run a backend on their pod IP, a BalancerCluster in front, and the
 //! controller's options for a test namespace.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -12,7 +13,9 @@ use kube::{Api, Client, CustomResourceExt};
 use serde_json::json;
 
 use kube_balancer::api::BalancerCluster;
-use kube_balancer::controller::{Options, index::Scope};
+use kube_balancer::controller::{self, Options, index::Scope};
+use kube_balancer::discovery::MemberConfig;
+use kube_balancer::proxy::{DataPlane, ProxyOptions, Server};
 
 use super::backend::Backend;
 use super::netns;
@@ -97,5 +100,90 @@ pub fn options(ns: &str, identity: &str) -> Options {
         lease_duration: Duration::from_secs(3),
         peers_service: None,
         admin_port: 9901,
+    }
+}
+
+/// A controller and a data plane (one worker on 127.0.0.1) fed by it, as `run` starts them.
+/// Stopped when dropped.
+pub struct Balancer {
+    pub plane: Arc<DataPlane>,
+    pub controller: controller::Controller,
+    server: Option<Server>,
+}
+
+impl Balancer {
+    pub async fn start(client: &Client, options: Options) -> Balancer {
+        let plane = DataPlane::new();
+        let controller = controller::start(client.clone(), options, plane.clone())
+            .await
+            .expect("the controller starts");
+        let mut proxy = ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
+        proxy.workers = 1;
+        let server = Server::start(plane.clone(), proxy).expect("the data plane starts");
+        Balancer {
+            plane,
+            controller,
+            server: Some(server),
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server.as_ref().expect("running").local_addr()
+    }
+
+    /// Whether this replica holds the leader Lease now.
+    pub fn leads(&self) -> bool {
+        self.controller
+            .leadership
+            .as_ref()
+            .is_some_and(|l| l.is_leader())
+    }
+
+    /// The members the data plane serves for `ns/web` now.
+    pub fn member_configs(&self, ns: &str) -> Vec<MemberConfig> {
+        self.plane
+            .snapshot()
+            .cluster(ns, "web")
+            .map(|c| c.config.members.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until `show` of the served members equals `want`; returns the time it took.
+    pub async fn wait_members_shown(
+        &self,
+        ns: &str,
+        want: &[&str],
+        show: impl Fn(&MemberConfig) -> String,
+    ) -> Duration {
+        let start = Instant::now();
+        let deadline = start + wait::TIMEOUT;
+        loop {
+            let now: Vec<String> = self.member_configs(ns).iter().map(&show).collect();
+            if now == want {
+                return start.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for members {want:?}; last seen {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Waits until the members, shown as `pod:State`, are `want`; returns the time it took.
+    pub async fn wait_members(&self, ns: &str, want: &[&str]) -> Duration {
+        self.wait_members_shown(ns, want, |m| {
+            format!("{}:{:?}", m.pod.clone().unwrap_or_default(), m.state)
+        })
+        .await
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.controller.stop();
+        if let Some(server) = self.server.take() {
+            server.shutdown(Duration::from_millis(100));
+        }
     }
 }
