@@ -5,6 +5,8 @@
 #   ROUNDS=1 DURATION=5 bench/run.sh   # a quick look
 #   BALANCERS="kube-balancer nginx" TESTS="small latency" bench/run.sh
 #   KB_BIN=/path/to/kube-balancer bench/run.sh   # measure that build instead of this tree's
+#   KB_BIN_BEFORE=/path/to/old BALANCERS="kube-balancer kube-balancer-before nginx" bench/run.sh
+#                                                 # A/B: two builds in the same run, interleaved
 #
 # Each balancer runs with one worker pinned to LB_CPU; the load generators and the two members
 # (one nginx worker on two ports) share LOAD_CPU. Only loopback addresses; every load run is
@@ -189,9 +191,11 @@ for f in backends.nginx.conf nginx.conf haproxy.cfg apache.conf kube-balancer.ya
 # start_balancer NAME: sets STARTED (its PID), PORT and H2_PORT.
 start_balancer() {
     case $1 in
-    kube-balancer)
+    kube-balancer | kube-balancer-before)
         PORT=$KB_PORT H2_PORT=$KB_PORT
-        start kube-balancer "$LB_CPU" "$KB_BIN" standalone -f "$RUN/kube-balancer.yaml" --workers 1 \
+        local bin=$KB_BIN
+        [ "$1" = kube-balancer ] || bin=${KB_BIN_BEFORE:?KB_BIN_BEFORE names the other build}
+        start "$1" "$LB_CPU" "$bin" standalone -f "$RUN/kube-balancer.yaml" --workers 1 \
             --listen "127.0.0.1:$KB_PORT" --admin "127.0.0.1:$KB_ADMIN_PORT" --shutdown-grace 1s
         ;;
     nginx)
@@ -213,6 +217,7 @@ start_balancer() {
 version_of() {
     case $1 in
     kube-balancer) echo "kube-balancer $(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo unknown)" ;;
+    kube-balancer-before) echo "kube-balancer-before: $(basename "$KB_BIN_BEFORE")" ;;
     nginx) nginx -v 2>&1 | sed 's|.*/||; s|^|nginx |' ;;
     haproxy) haproxy -v | awk 'NR == 1 { print "HAProxy " $3 }' ;;
     apache) apache2 -v | awk -F'[/ ]' '/version/ { print "Apache httpd " $4 }' ;;
