@@ -34,15 +34,37 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The client at the other end of one connection.
+pub struct Client {
+    pub addr: SocketAddr,
+    /// Its address as the last X-Forwarded-For entry, formatted once per connection.
+    forwarded_for: HeaderValue,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Self {
+        Client {
+            addr,
+            forwarded_for: forwarded_for(addr.ip()),
+        }
+    }
+}
+
+fn forwarded_for(ip: IpAddr) -> HeaderValue {
+    // An IP address in text is digits, dots, colons and hex letters: always a valid value.
+    HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// The hyper service function of a client connection.
 pub async fn handle(
     worker: Rc<Worker>,
-    peer: SocketAddr,
+    client: Rc<Client>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let peer = client.addr;
     let method = worker.access_log.then(|| req.method().clone());
     let path = worker.access_log.then(|| req.uri().path().to_owned());
-    let response = match proxy(&worker, peer, req).await {
+    let response = match proxy(&worker, &client, req).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
@@ -54,7 +76,7 @@ pub async fn handle(
 
 async fn proxy(
     worker: &Rc<Worker>,
-    peer: SocketAddr,
+    client: &Client,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if req.method() == Method::CONNECT {
@@ -91,10 +113,10 @@ async fn proxy(
         }
     };
 
-    let affinity = cluster.affinity(req.headers(), req.uri(), peer.ip());
+    let affinity = cluster.affinity(req.headers(), req.uri(), client.addr.ip());
     let upgrade = upgrade_protocol(&req);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    prepare_request(&mut req, peer.ip(), host_value, upgrade);
+    prepare_request(&mut req, &client.forwarded_for, host_value, upgrade);
     let req = req.map(UpstreamBody::new);
     forward(worker, &cluster, req, client_upgrade, &affinity).await
 }
@@ -362,9 +384,10 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
     asks.then(|| upgrade.clone())
 }
 
+/// `client` is the client's address, formatted as an X-Forwarded-For entry.
 fn prepare_request<B>(
     req: &mut Request<B>,
-    client: IpAddr,
+    client: &HeaderValue,
     host: Option<HeaderValue>,
     upgrade: Option<HeaderValue>,
 ) {
@@ -378,20 +401,25 @@ fn prepare_request<B>(
         headers.insert(header::HOST, host.clone());
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
-    // Every X-Forwarded-For line the client sent stays in the chain, in order.
-    let mut forwarded_for = String::new();
-    for previous in headers
+    // Every X-Forwarded-For line the client sent stays in the chain, in order. Without one (the
+    // usual case) the client's formatted address goes as it is, with no formatting or allocation.
+    let mut previous = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
-    {
-        forwarded_for.push_str(previous);
-        forwarded_for.push_str(", ");
-    }
-    use std::fmt::Write as _;
-    let _ = write!(forwarded_for, "{client}");
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+        .peekable();
+    if previous.peek().is_none() {
+        headers.insert(X_FORWARDED_FOR.clone(), client.clone());
+    } else {
+        let mut forwarded_for = String::new();
+        for previous in previous {
+            forwarded_for.push_str(previous);
+            forwarded_for.push_str(", ");
+        }
+        forwarded_for.push_str(client.to_str().unwrap_or(""));
+        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
 
@@ -494,7 +522,8 @@ mod tests {
             .body(())
             .expect("request");
         let host = req.headers().get("host").cloned();
-        prepare_request(&mut req, "127.0.0.1".parse().expect("ip"), host, None);
+        let client = forwarded_for("127.0.0.1".parse().expect("ip"));
+        prepare_request(&mut req, &client, host, None);
         let h = req.headers();
         for gone in ["connection", "x-secret", "keep-alive", "te"] {
             assert!(!h.contains_key(gone), "{gone} must be removed");
@@ -526,7 +555,8 @@ mod tests {
             protocol.as_ref().map(|p| p.as_bytes()),
             Some(&b"websocket"[..])
         );
-        prepare_request(&mut req, "::1".parse().expect("ip"), None, protocol);
+        let client = forwarded_for("::1".parse().expect("ip"));
+        prepare_request(&mut req, &client, None, protocol);
         assert_eq!(req.headers()["connection"], "upgrade");
         assert_eq!(req.headers()["upgrade"], "websocket");
     }

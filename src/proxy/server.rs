@@ -266,7 +266,8 @@ async fn serve(
         tracing::debug!(client = %peer, "closed: nothing sent within the header-read timeout");
         return;
     }
-    let service = service_fn(move |req| forward::handle(worker.clone(), peer, req));
+    let client = Rc::new(forward::Client::new(peer));
+    let service = service_fn(move |req| forward::handle(worker.clone(), client.clone(), req));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     if stop.borrow().is_some() {
