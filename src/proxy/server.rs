@@ -5,14 +5,15 @@ use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
@@ -180,20 +181,20 @@ async fn accept_loop(
         access_log: options.access_log,
         max_headers: options.max_headers,
     });
-    let mut builder = auto::Builder::new(LocalExec);
-    builder
-        .http1()
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .max_headers(options.max_headers)
+        .max_header_size(options.max_header_bytes)
         .max_buf_size(options.max_header_bytes.max(8192))
         .writev(true);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(LocalExec);
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256);
-    let builder = Rc::new(builder);
+    let builders = Rc::new(Builders { http1, http2 });
     let tracker = Rc::new(Tracker {
         open: Cell::new(0),
         idle: Notify::new(),
@@ -212,7 +213,7 @@ async fn accept_loop(
                     }
                 };
                 tracker.open.set(tracker.open.get() + 1);
-                let conn = serve(stream, peer, worker.clone(), builder.clone(), stop.clone(), options.header_read_timeout);
+                let conn = serve(stream, peer, worker.clone(), builders.clone(), stop.clone(), options.header_read_timeout);
                 let tracker = tracker.clone();
                 tokio::task::spawn_local(async move {
                     conn.await;
@@ -251,27 +252,64 @@ async fn accept_loop(
     Ok(())
 }
 
+/// hyper's server builders, one per protocol: [`first_bytes_arrive`] has already told them
+/// apart, so a connection goes straight to its own (no second sniffing read, no rewinding
+/// reader in front of every read, as hyper-util's auto builder would add).
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<LocalExec>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HttpVersion {
+    Http1,
+    /// Cleartext HTTP/2 with prior knowledge: the connection opens with the preface.
+    Http2,
+}
+
 async fn serve(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     worker: Rc<Worker>,
-    builder: Rc<auto::Builder<LocalExec>>,
-    mut stop: watch::Receiver<Option<Duration>>,
+    builders: Rc<Builders>,
+    stop: watch::Receiver<Option<Duration>>,
     header_read_timeout: Duration,
 ) {
     let _ = stream.set_nodelay(true);
     // hyper's header-read timer starts only once the protocol is known; until then a silent
     // client would hold the connection forever.
-    if !first_bytes_arrive(&stream, header_read_timeout).await {
+    let Some(protocol) = first_bytes_arrive(&stream, header_read_timeout).await else {
         tracing::debug!(client = %peer, "closed: nothing sent within the header-read timeout");
         return;
-    }
+    };
     let client = Rc::new(forward::Client::new(peer));
     let service = service_fn(move |req| forward::handle(worker.clone(), client.clone(), req));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let io = TokioIo::new(stream);
+    match protocol {
+        HttpVersion::Http1 => {
+            let conn = builders.http1.serve_connection(io, service).with_upgrades();
+            drive(conn, |c| c.graceful_shutdown(), stop, peer).await;
+        }
+        HttpVersion::Http2 => {
+            let conn = builders.http2.serve_connection(io, service);
+            drive(conn, |c| c.graceful_shutdown(), stop, peer).await;
+        }
+    }
+}
+
+/// Runs a client connection to its end, shutting it down gracefully when the worker stops.
+async fn drive<C, E>(
+    conn: C,
+    shutdown: impl Fn(Pin<&mut C>),
+    mut stop: watch::Receiver<Option<Duration>>,
+    peer: SocketAddr,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(conn);
     if stop.borrow().is_some() {
-        conn.as_mut().graceful_shutdown();
+        shutdown(conn.as_mut());
     }
     tokio::select! {
         result = conn.as_mut() => {
@@ -280,7 +318,7 @@ async fn serve(
             }
             return;
         }
-        _ = stop.changed() => conn.as_mut().graceful_shutdown(),
+        _ = stop.changed() => shutdown(conn.as_mut()),
     }
     if let Err(e) = conn.await {
         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
@@ -288,22 +326,30 @@ async fn serve(
 }
 
 /// Waits until the client has sent enough to tell HTTP/1 from the HTTP/2 preface, within `limit`.
-/// False when the client closed or stayed silent.
-async fn first_bytes_arrive(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
+/// None when the client closed or stayed silent.
+async fn first_bytes_arrive(
+    stream: &tokio::net::TcpStream,
+    limit: Duration,
+) -> Option<HttpVersion> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let sniff = async {
         let mut buf = [0u8; PREFACE.len()];
         loop {
             match stream.peek(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+                Ok(0) | Err(_) => return None,
+                Ok(n) if n >= PREFACE.len() && buf[..] == *PREFACE => {
+                    return Some(HttpVersion::Http2);
+                }
+                Ok(n) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => {
+                    return Some(HttpVersion::Http1);
+                }
                 // A partial preface: peek returns at once while no more has come, so pause.
                 Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         }
     };
-    let arrived = tokio::time::timeout(limit, sniff).await.unwrap_or(false);
-    if !arrived {
+    let arrived = tokio::time::timeout(limit, sniff).await.unwrap_or(None);
+    if arrived.is_none() {
         // Read what little was sent, so that closing ends the connection cleanly (FIN, not RST).
         let mut sink = [0u8; PREFACE.len()];
         while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
