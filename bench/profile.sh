@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Profiles kube-balancer's hot path: one worker pinned to LB_CPU, the two members and the load on
+# LOAD_CPU, keep-alive requests for a 12-byte body (the same setup as run.sh's "small" figure).
+#
+#   bench/profile.sh callgrind   # user-space instructions per request (repeatable: valgrind)
+#   bench/profile.sh perf        # perf record (cpu-clock), top symbols, user/kernel split
+#
+# KB_BIN=path profiles that binary instead of building this tree. Every load run is bounded.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(dirname "$HERE")
+MODE=${1:-callgrind}
+LB_CPU=${LB_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+PORT_BASE=${PORT_BASE:-19000}
+REQUESTS=${REQUESTS:-20000}       # callgrind: requests measured (after a warm-up)
+DURATION=${DURATION:-8}           # perf: seconds recorded
+
+A=$((PORT_BASE + 81)) B=$((PORT_BASE + 82)) PORT=$((PORT_BASE + 100)) ADMIN=$((PORT_BASE + 109))
+say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+if [ -z "${KB_BIN:-}" ]; then
+    (cd "$REPO" && cargo build --release --quiet --bin kube-balancer)
+    KB_BIN=$REPO/target/release/kube-balancer
+fi
+(cd "$HERE/loadgen" && cargo build --release --quiet --target-dir "$REPO/target/bench")
+LOADGEN=$REPO/target/bench/release/kb-loadgen
+
+RUN=$(mktemp -d /tmp/kb-profile.XXXXXX)
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    [ -n "${KEEP:-}" ] && echo "kept $RUN" >&2 || rm -rf "$RUN"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_port() {
+    for _ in $(seq 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+mkdir -p "$RUN/www" "$RUN/backends-tmp"
+sed -e "s|@RUN@|$RUN|g" -e "s|@BACKEND_A_PORT@|$A|g" -e "s|@BACKEND_B_PORT@|$B|g" \
+    "$HERE/conf/backends.nginx.conf" >"$RUN/backends.conf"
+sed -e "s|@BACKEND_A_PORT@|$A|g" -e "s|@BACKEND_B_PORT@|$B|g" \
+    "$HERE/conf/kube-balancer.yaml" >"$RUN/kb.yaml"
+taskset -c "$LOAD_CPU" nginx -c "$RUN/backends.conf" -e "$RUN/backends-error.log" >"$RUN/backends.out" 2>&1 &
+PIDS+=($!)
+wait_port "$A" && wait_port "$B"
+
+KB_ARGS=(standalone -f "$RUN/kb.yaml" --workers 1 --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --shutdown-grace 1s)
+
+case $MODE in
+callgrind)
+    command -v valgrind >/dev/null || { echo "valgrind is missing (apt-get install valgrind)" >&2; exit 1; }
+    # Instrumentation starts switched off; only the measured requests are counted.
+    taskset -c "$LB_CPU" valgrind --tool=callgrind --instr-atstart=no \
+        --callgrind-out-file="$RUN/callgrind.out" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
+    KB=$!
+    PIDS+=("$KB")
+    wait_port "$PORT"
+    # Warm up: fill the member pool and the allocator's caches.
+    taskset -c "$LOAD_CPU" timeout 120 "$LOADGEN" rate "127.0.0.1:$PORT" / 500 2 32 >/dev/null
+    callgrind_control -i on "$KB" >/dev/null
+    rate=500
+    # One connection, requests one after another: every request takes the same path through the
+    # event loop, so the count repeats from run to run (with many connections it depends on how
+    # requests happen to batch).
+    taskset -c "$LOAD_CPU" timeout 300 "$LOADGEN" rate "127.0.0.1:$PORT" / "$rate" $((REQUESTS / rate)) 1 >"$RUN/load.out"
+    callgrind_control -i off "$KB" >/dev/null
+    kill "$KB"
+    wait "$KB" 2>/dev/null || true
+    served=$(awk -F= '$1 == "requests" { print $2 }' "$RUN/load.out")
+    ir=$(callgrind_annotate "$RUN/callgrind.out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(/,/, "", $1); print $1 }' || true)
+    echo "requests=$served"
+    echo "instructions=$ir"
+    echo "instructions_per_request=$((ir / served))"
+    if [ -n "${TOP:-}" ]; then
+        callgrind_annotate "$RUN/callgrind.out" 2>/dev/null | grep -E '^ *[0-9,]+ ' | head -n "$TOP" || true
+    fi
+    ;;
+perf)
+    taskset -c "$LB_CPU" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
+    KB=$!
+    PIDS+=("$KB")
+    wait_port "$PORT"
+    taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d$((DURATION + 2))s "http://127.0.0.1:$PORT/" >"$RUN/wrk.out" &
+    WRK=$!
+    PIDS+=("$WRK")
+    sleep 1
+    perf record -q -e cpu-clock -F 2000 -p "$KB" -o "$RUN/perf.data" -- sleep "$DURATION" 2>/dev/null
+    wait "$WRK" || true
+    grep -E 'Requests/sec' "$RUN/wrk.out"
+    perf report -i "$RUN/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -6
+    perf report -i "$RUN/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -n "${TOP:-40}"
+    ;;
+*)
+    echo "usage: bench/profile.sh callgrind|perf" >&2
+    exit 2
+    ;;
+esac
