@@ -27,7 +27,7 @@ fi
 (cd "$HERE/loadgen" && cargo build --release --quiet --target-dir "$REPO/target/bench")
 LOADGEN=$REPO/target/bench/release/kb-loadgen
 
-RUN=$(mktemp -d /tmp/kb-profile.XXXXXX)
+RUN=$(mktemp -d -t kb-profile.XXXXXX)
 PIDS=()
 cleanup() {
     local pid

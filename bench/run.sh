@@ -82,7 +82,7 @@ LOADGEN=$REPO/target/bench/release/kb-loadgen
 
 # ---------------------------------------------------------------- processes
 
-RUN=$(mktemp -d /tmp/kb-bench.XXXXXX)
+RUN=$(mktemp -d -t kb-bench.XXXXXX)
 chmod 755 "$RUN"
 PIDS=()  # everything started here, ended by PID on exit
 
