@@ -275,7 +275,9 @@ async fn serve(
     stop: watch::Receiver<Option<Duration>>,
     header_read_timeout: Duration,
 ) {
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY is already on: Linux copies it from the listening socket (see `bind`), so
+    // setting it again would cost a syscall per connection.
+    debug_assert!(stream.nodelay().unwrap_or(true), "TCP_NODELAY is inherited");
     // hyper's header-read timer starts only once the protocol is known; until then a silent
     // client would hold the connection forever.
     let Some(protocol) = first_bytes_arrive(&stream, header_read_timeout).await else {
