@@ -146,11 +146,16 @@ fn run_worker(
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async move {
+    // The accept loop is a task of its own: the future `block_on` drives is polled on every
+    // wake-up of the LocalSet (every request), a task only when its own events fire.
+    let accepting = local.spawn_local(async move {
         if let Err(e) = accept_loop(listener, plane, options, stop).await {
             tracing::error!(error = %e, "worker stopped");
         }
     });
+    if let Err(e) = local.block_on(&runtime, accepting) {
+        tracing::error!(error = %e, "worker stopped");
+    }
 }
 
 /// Runs futures on the worker's own thread (hyper's HTTP/2 streams).
