@@ -7,6 +7,7 @@
 //! whole schedule. Scaling all factors by a constant does not change the schedule, which is why
 //! Apache's normalisation of factors is left out.
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::{BalancedMember, Method, PickContext};
@@ -72,25 +73,23 @@ impl Method for ByRequests {
         if self.order.is_empty() {
             return;
         }
-        let steps = self.next.load(Relaxed) % self.order.len() as u64;
+        let steps = (self.next.load(Relaxed) % self.order.len() as u64) as usize;
         let divisor = i64::from(self.factors.iter().copied().fold(0, gcd).max(1));
-        let factors: Vec<i64> = self
-            .factors
-            .iter()
-            .map(|&f| i64::from(f) / divisor)
-            .collect();
-        let total: i64 = factors.iter().sum();
-        let mut lb = vec![0i64; factors.len()];
-        for _ in 0..steps {
-            let mut best = 0;
-            for (k, f) in factors.iter().enumerate() {
-                lb[k] += f;
-                if lb[k] > lb[best] {
-                    best = k;
-                }
-            }
-            lb[best] -= total;
+        let total: i64 = self.factors.iter().map(|&f| i64::from(f) / divisor).sum();
+        // After `steps` picks, lbstatus is steps * factor - total * (times picked so far).
+        let mut picked: HashMap<u32, i64> = HashMap::new();
+        for &i in &self.order[..steps] {
+            *picked.entry(i).or_default() += 1;
         }
+        let lb: Vec<i64> = self
+            .candidates
+            .iter()
+            .zip(&self.factors)
+            .map(|(i, &f)| {
+                steps as i64 * (i64::from(f) / divisor)
+                    - total * picked.get(i).copied().unwrap_or(0)
+            })
+            .collect();
         for (k, &i) in self.candidates.iter().enumerate() {
             if let Some(slot) = load.get_mut(i as usize) {
                 *slot = lb[k];
@@ -100,28 +99,45 @@ impl Method for ByRequests {
 }
 
 /// One period of the byrequests schedule for the given load factors, as indices into `factors`.
+///
+/// Apache's loop compares every member on every pick, which is quadratic for a large Service
+/// (5,000 pods of equal weight: 25 million steps). Members with equal factors only ever differ in
+/// how often they have been picked, so among them the next winner is always the one picked least
+/// often, lowest index first: they take turns in index order. One queue per distinct factor
+/// therefore gives the same sequence, comparing only the queues' heads on each pick.
 pub fn schedule(factors: &[u32]) -> Vec<u32> {
     let divisor = factors.iter().copied().fold(0, gcd).max(1);
-    let factors: Vec<i64> = factors.iter().map(|&f| i64::from(f / divisor)).collect();
-    let total: i64 = factors.iter().sum();
-    let mut lbstatus = vec![0i64; factors.len()];
+    let mut by_factor: BTreeMap<u32, VecDeque<u32>> = BTreeMap::new();
+    for (i, &f) in factors.iter().enumerate() {
+        // Indices fit: a cluster has far fewer than u32::MAX members.
+        by_factor
+            .entry(f / divisor)
+            .or_default()
+            .push_back(i as u32);
+    }
+    let total: i64 = factors.iter().map(|&f| i64::from(f / divisor)).sum();
+    let mut groups: Vec<(i64, VecDeque<u32>)> = by_factor
+        .into_iter()
+        .map(|(f, queue)| (i64::from(f), queue))
+        .collect();
+    let mut picks = vec![0i64; factors.len()];
     let mut order = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-    for _ in 0..total {
-        let mut best = 0usize;
-        for (i, f) in factors.iter().enumerate() {
-            lbstatus[i] += f;
-            if lbstatus[i] > lbstatus[best] {
-                best = i;
+    for t in 1..=total {
+        // After t rounds of adding, member i's lbstatus is t * factor - total * picks[i].
+        let mut best: Option<(i64, u32, usize)> = None;
+        for (g, (factor, queue)) in groups.iter().enumerate() {
+            let Some(&head) = queue.front() else { continue };
+            let status = t * factor - total * picks[head as usize];
+            if best.is_none_or(|(s, i, _)| status > s || (status == s && head < i)) {
+                best = Some((status, head, g));
             }
         }
-        lbstatus[best] -= total;
-        // Indices fit: a cluster has far fewer than u32::MAX members.
-        order.push(best as u32);
+        let Some((_, winner, g)) = best else { break };
+        picks[winner as usize] += 1;
+        let queue = &mut groups[g].1;
+        queue.rotate_left(1);
+        order.push(winner);
     }
-    debug_assert!(
-        lbstatus.iter().all(|&s| s == 0),
-        "a period must end where it started"
-    );
     order
 }
 
@@ -160,7 +176,78 @@ mod tests {
         assert!(schedule(&[]).is_empty());
     }
 
+    /// Apache's loop as written: every member compared on every pick.
+    fn apache_schedule(factors: &[u32]) -> Vec<u32> {
+        let divisor = factors.iter().copied().fold(0, gcd).max(1);
+        let factors: Vec<i64> = factors.iter().map(|&f| i64::from(f / divisor)).collect();
+        let total: i64 = factors.iter().sum();
+        let mut lbstatus = vec![0i64; factors.len()];
+        let mut order = Vec::new();
+        for _ in 0..total {
+            let mut best = 0usize;
+            for (i, f) in factors.iter().enumerate() {
+                lbstatus[i] += f;
+                if lbstatus[i] > lbstatus[best] {
+                    best = i;
+                }
+            }
+            lbstatus[best] -= total;
+            order.push(best as u32);
+        }
+        assert!(
+            lbstatus.iter().all(|&s| s == 0),
+            "a period ends where it started"
+        );
+        order
+    }
+
+    /// Apache's lbstatus of each member after `steps` picks.
+    fn apache_lbstatus(factors: &[u32], steps: usize) -> Vec<i64> {
+        let divisor = factors.iter().copied().fold(0, gcd).max(1);
+        let factors: Vec<i64> = factors.iter().map(|&f| i64::from(f / divisor)).collect();
+        let total: i64 = factors.iter().sum();
+        let mut lbstatus = vec![0i64; factors.len()];
+        for _ in 0..steps {
+            let mut best = 0usize;
+            for (i, f) in factors.iter().enumerate() {
+                lbstatus[i] += f;
+                if lbstatus[i] > lbstatus[best] {
+                    best = i;
+                }
+            }
+            lbstatus[best] -= total;
+        }
+        lbstatus
+    }
+
+    #[test]
+    fn five_thousand_equal_members_take_turns_in_order() {
+        let s = schedule(&vec![3; 5_000]);
+        assert_eq!(s, (0..5_000).collect::<Vec<u32>>());
+    }
+
     proptest! {
+        #[test]
+        fn same_sequence_as_apaches_loop(factors in prop::collection::vec(1u32..=12, 1..40)) {
+            prop_assert_eq!(schedule(&factors), apache_schedule(&factors));
+        }
+
+        #[test]
+        fn same_sequence_as_apaches_loop_for_wide_factors(factors in prop::collection::vec(1u32..=100, 1..8)) {
+            prop_assert_eq!(schedule(&factors), apache_schedule(&factors));
+        }
+
+        #[test]
+        fn load_is_apaches_lbstatus(factors in prop::collection::vec(1u32..=9, 1..10), steps in 0usize..200) {
+            let candidates: Vec<u32> = (0..factors.len() as u32).collect();
+            let b = ByRequests::new(&factors, &candidates);
+            let period = b.order.len();
+            b.next.store(steps as u64, Relaxed);
+            let mut load = vec![0i64; factors.len()];
+            b.load(&[], &mut load);
+            prop_assert_eq!(load, apache_lbstatus(&factors, steps % period));
+        }
+
         #[test]
         fn every_member_gets_its_share_in_any_window(factors in prop::collection::vec(1u32..=100, 1..12)) {
             let s = schedule(&factors);
