@@ -1,13 +1,14 @@
 //! Listeners and workers: one current-thread runtime per worker, each with its own
 //! `SO_REUSEPORT` listener on the same address, its own connection pool, and graceful stop.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -173,6 +174,87 @@ struct Tracker {
     idle: Notify,
 }
 
+/// The worker's stop as its client connections wait for it. A connection checks it on every
+/// poll, so the check is a flag read; its waker is filed once, when it first waits (a `watch`
+/// receiver in a `select!` would take a lock on every poll).
+#[derive(Default)]
+struct Stopping {
+    stopped: Cell<bool>,
+    /// Wakers of the connections waiting, by slot; freed slots are reused.
+    waiting: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
+}
+
+impl Stopping {
+    fn stop(&self) {
+        self.stopped.set(true);
+        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
+        for waker in waiting.into_iter().flatten() {
+            waker.wake();
+        }
+    }
+}
+
+/// One connection's wait for the worker's stop.
+struct StopWait {
+    stopping: Rc<Stopping>,
+    /// Its slot in `Stopping::waiting` and the waker filed there.
+    filed: Option<(usize, Waker)>,
+}
+
+impl StopWait {
+    fn new(stopping: Rc<Stopping>) -> Self {
+        StopWait {
+            stopping,
+            filed: None,
+        }
+    }
+
+    /// True once the worker stops; until then, the task is woken when it does.
+    fn poll_stopped(&mut self, cx: &Context<'_>) -> bool {
+        if self.stopping.stopped.get() {
+            return true;
+        }
+        match &self.filed {
+            Some((_, waker)) if waker.will_wake(cx.waker()) => {}
+            Some((slot, _)) => {
+                let slot = *slot;
+                if let Some(entry) = self.stopping.waiting.borrow_mut().get_mut(slot) {
+                    *entry = Some(cx.waker().clone());
+                }
+                self.filed = Some((slot, cx.waker().clone()));
+            }
+            None => {
+                let mut waiting = self.stopping.waiting.borrow_mut();
+                let slot = match self.stopping.free.borrow_mut().pop() {
+                    Some(slot) => {
+                        waiting[slot] = Some(cx.waker().clone());
+                        slot
+                    }
+                    None => {
+                        waiting.push(Some(cx.waker().clone()));
+                        waiting.len() - 1
+                    }
+                };
+                self.filed = Some((slot, cx.waker().clone()));
+            }
+        }
+        false
+    }
+}
+
+impl Drop for StopWait {
+    fn drop(&mut self) {
+        if let Some((slot, _)) = self.filed.take()
+            && !self.stopping.stopped.get()
+            && let Some(entry) = self.stopping.waiting.borrow_mut().get_mut(slot)
+        {
+            *entry = None;
+            self.stopping.free.borrow_mut().push(slot);
+        }
+    }
+}
+
 async fn accept_loop(
     listener: std::net::TcpListener,
     plane: Arc<DataPlane>,
@@ -204,6 +286,7 @@ async fn accept_loop(
         open: Cell::new(0),
         idle: Notify::new(),
     });
+    let stopping = Rc::new(Stopping::default());
 
     let grace = loop {
         tokio::select! {
@@ -218,7 +301,7 @@ async fn accept_loop(
                     }
                 };
                 tracker.open.set(tracker.open.get() + 1);
-                let conn = serve(stream, peer, worker.clone(), builders.clone(), stop.clone(), options.header_read_timeout);
+                let conn = serve(stream, peer, worker.clone(), builders.clone(), stopping.clone(), options.header_read_timeout);
                 let tracker = tracker.clone();
                 tokio::task::spawn_local(async move {
                     conn.await;
@@ -239,6 +322,7 @@ async fn accept_loop(
         }
     };
     drop(listener);
+    stopping.stop();
     let drained = async {
         while tracker.open.get() > 0 {
             let notified = tracker.idle.notified();
@@ -277,7 +361,7 @@ async fn serve(
     peer: SocketAddr,
     worker: Rc<Worker>,
     builders: Rc<Builders>,
-    stop: watch::Receiver<Option<Duration>>,
+    stopping: Rc<Stopping>,
     header_read_timeout: Duration,
 ) {
     // TCP_NODELAY is already on: Linux copies it from the listening socket (see `bind`), so
@@ -295,11 +379,11 @@ async fn serve(
     match protocol {
         HttpVersion::Http1 => {
             let conn = builders.http1.serve_connection(io, service).with_upgrades();
-            drive(conn, |c| c.graceful_shutdown(), stop, peer).await;
+            drive(conn, |c| c.graceful_shutdown(), stopping, peer).await;
         }
         HttpVersion::Http2 => {
             let conn = builders.http2.serve_connection(io, service);
-            drive(conn, |c| c.graceful_shutdown(), stop, peer).await;
+            drive(conn, |c| c.graceful_shutdown(), stopping, peer).await;
         }
     }
 }
@@ -308,26 +392,25 @@ async fn serve(
 async fn drive<C, E>(
     conn: C,
     shutdown: impl Fn(Pin<&mut C>),
-    mut stop: watch::Receiver<Option<Duration>>,
+    stopping: Rc<Stopping>,
     peer: SocketAddr,
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    tokio::pin!(conn);
-    if stop.borrow().is_some() {
-        shutdown(conn.as_mut());
-    }
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
-            }
-            return;
+    let mut conn = std::pin::pin!(conn);
+    let mut stop = Some(StopWait::new(stopping));
+    let result = std::future::poll_fn(|cx| {
+        if let Some(wait) = stop.as_mut()
+            && wait.poll_stopped(cx)
+        {
+            stop = None;
+            shutdown(conn.as_mut());
         }
-        _ = stop.changed() => shutdown(conn.as_mut()),
-    }
-    if let Err(e) = conn.await {
+        conn.as_mut().poll(cx)
+    })
+    .await;
+    if let Err(e) = result {
         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
     }
 }
