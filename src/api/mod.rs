@@ -16,6 +16,8 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Pod annotations that set a member's fields (`kubebalancer.io/...`).
 pub mod annotations {
+    /// What every one of them starts with.
+    pub const PREFIX: &str = "kubebalancer.io/";
     pub const LOAD_FACTOR: &str = "kubebalancer.io/load-factor";
     pub const LBSET: &str = "kubebalancer.io/lbset";
     pub const ROUTE: &str = "kubebalancer.io/route";

@@ -71,7 +71,8 @@ pub fn desired(world: &World<'_>, scope: &Scope) -> Desired {
         HashMap::new();
     for pod in world.pods {
         if let Some(a) = &pod.metadata.annotations
-            && a.keys().any(|k| k.starts_with("kubebalancer.io/"))
+            && a.keys()
+                .any(|k| k.starts_with(crate::api::annotations::PREFIX))
         {
             annotations
                 .entry(pod.namespace().unwrap_or_default())

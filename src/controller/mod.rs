@@ -151,11 +151,12 @@ pub async fn start(
             .services
             .push(watch(&mut events, api(&client, ns), cfg.clone(), "Service"));
         // Metadata only: the annotations are all we need of a pod.
-        stores.pods.push(watch(
+        stores.pods.push(watch_with(
             &mut events,
             api::<PartialObjectMeta<Pod>>(&client, ns),
             cfg,
             "Pod",
+            keep_only_our_annotations,
         ));
     }
 
@@ -255,12 +256,43 @@ where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
+    watch_with(events, api, cfg, kind, |_| {})
+}
+
+/// Watches `api` into a store, keeping of each object what `trim` leaves (and never its
+/// managedFields, which the controller does not read and which are often most of an object).
+fn watch_with<K>(
+    events: &mut SelectAll<BoxStream<'static, ()>>,
+    api: Api<K>,
+    cfg: watcher::Config,
+    kind: &'static str,
+    trim: fn(&mut K),
+) -> Store<K>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, cfg))
+    let trimmed = watcher(api, cfg).modify(move |object: &mut K| {
+        object.meta_mut().managed_fields = None;
+        trim(object);
+    });
+    let stream = reflector::reflector(writer, trimmed)
         .default_backoff()
         .map(move |e| log_watch_error(kind, e.map(|_| ())));
     events.push(stream.boxed());
     reader
+}
+
+/// Of a pod, the controller reads only its name and its `kubebalancer.io/` annotations.
+fn keep_only_our_annotations(pod: &mut PartialObjectMeta<Pod>) {
+    let meta = &mut pod.metadata;
+    meta.labels = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.retain(|k, _| k.starts_with(crate::api::annotations::PREFIX));
+    }
 }
 
 fn log_watch_error(kind: &str, event: Result<(), watcher::Error>) {
@@ -300,4 +332,40 @@ fn publish_if_changed(
     let snapshot = plane.publish(desired.clusters.clone());
     tracing::info!(clusters = ?names, generation = snapshot.generation, "member lists published");
     Some(desired.clusters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_pod_keeps_its_name_and_only_our_annotations() {
+        let mut pod: PartialObjectMeta<Pod> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "web-a",
+                "namespace": "shop",
+                "labels": {"app": "web"},
+                "annotations": {
+                    "kubebalancer.io/load-factor": "7",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"a\": 1}",
+                },
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "u"}],
+                "finalizers": ["example.com/keep"],
+            },
+        }))
+        .expect("a pod's metadata");
+        keep_only_our_annotations(&mut pod);
+        let meta = &pod.metadata;
+        assert_eq!(meta.name.as_deref(), Some("web-a"));
+        assert_eq!(meta.namespace.as_deref(), Some("shop"));
+        assert_eq!(
+            meta.annotations.clone().unwrap_or_default(),
+            [("kubebalancer.io/load-factor".to_owned(), "7".to_owned())].into()
+        );
+        assert_eq!(meta.labels, None);
+        assert_eq!(meta.owner_references, None);
+        assert_eq!(meta.finalizers, None);
+    }
 }
