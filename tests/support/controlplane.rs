@@ -639,7 +639,7 @@ extern "C" fn stop_all() {
 
 /// Makes the child get SIGKILL when the thread that started it ends, so that no server outlives a
 /// test process that panicked, was killed, or exited without running the exit hook.
-fn die_with_parent(command: &mut Command) {
+pub fn die_with_parent(command: &mut Command) {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: between fork and exec the closure only calls prctl and getppid, both
     // async-signal-safe, and builds io::Errors that do not allocate.
