@@ -16,5 +16,11 @@ pub const ORIGIN_MS: u64 = 1 << 32;
 
 /// Milliseconds on the process clock: [`ORIGIN_MS`] when it started, growing since.
 pub fn now_ms() -> u64 {
-    ORIGIN_MS.saturating_add(u64::try_from(start().elapsed().as_millis()).unwrap_or(u64::MAX))
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] for a reading of the clock the caller took anyway (for its own timing too).
+pub fn ms_at(at: Instant) -> u64 {
+    let since = at.saturating_duration_since(start());
+    ORIGIN_MS.saturating_add(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::deadline::Deadline;
 use super::pool::{Pool, Sender};
 use crate::balancer::MemberStats;
 
@@ -116,6 +117,8 @@ impl Drop for Lease {
 pub struct ResponseBody {
     kind: Kind,
     lease: Option<Lease>,
+    /// The HTTP/1 client connection's deadline: once the answer is out, the next head is due.
+    deadline: Option<Rc<Deadline>>,
 }
 
 enum Kind {
@@ -128,6 +131,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Upstream(inner),
             lease: Some(lease),
+            deadline: None,
         }
     }
 
@@ -135,6 +139,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(Some(bytes.into())),
             lease: None,
+            deadline: None,
         }
     }
 
@@ -142,7 +147,14 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(None),
             lease: None,
+            deadline: None,
         }
+    }
+
+    /// When this body is done with (sent, or dropped), the connection waits for its next
+    /// request head.
+    pub fn then_await_head(&mut self, deadline: Rc<Deadline>) {
+        self.deadline = Some(deadline);
     }
 
     fn ended(&self) -> bool {
@@ -157,6 +169,9 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some(lease) = self.lease.take() {
             lease.finish(self.ended());
+        }
+        if let Some(deadline) = self.deadline.take() {
+            deadline.await_head(tokio::time::Instant::now());
         }
     }
 }

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::body::{Lease, ResponseBody, UpstreamBody};
+use super::deadline::Deadline;
 use super::error::ProxyError;
 use super::pool::{self, Pool, Sender};
 use super::routes::strip_port;
@@ -39,13 +40,16 @@ pub struct Client {
     pub addr: SocketAddr,
     /// Its address as the last X-Forwarded-For entry, formatted once per connection.
     forwarded_for: HeaderValue,
+    /// An HTTP/1 connection's one timer (header read and response); none for HTTP/2.
+    deadline: Option<Rc<Deadline>>,
 }
 
 impl Client {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: SocketAddr, deadline: Option<Rc<Deadline>>) -> Self {
         Client {
             addr,
             forwarded_for: forwarded_for(addr.ip()),
+            deadline,
         }
     }
 }
@@ -62,12 +66,18 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let peer = client.addr;
+    if let Some(deadline) = &client.deadline {
+        deadline.busy();
+    }
     let method = worker.access_log.then(|| req.method().clone());
     let path = worker.access_log.then(|| req.uri().path().to_owned());
-    let response = match proxy(&worker, &client, req).await {
+    let mut response = match proxy(&worker, &client, req).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
+    if let Some(deadline) = &client.deadline {
+        response.body_mut().then_await_head(deadline.clone());
+    }
     if let (Some(method), Some(path)) = (method, path) {
         tracing::info!(target: "access", client = %peer.ip(), %method, %path, status = response.status().as_u16());
     }
@@ -118,7 +128,8 @@ async fn proxy(
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     prepare_request(&mut req, &client.forwarded_for, host_value, upgrade);
     let req = req.map(UpstreamBody::new);
-    forward(worker, &cluster, req, client_upgrade, &affinity).await
+    let deadline = client.deadline.as_deref();
+    forward(worker, &cluster, req, client_upgrade, &affinity, deadline).await
 }
 
 async fn forward(
@@ -127,6 +138,7 @@ async fn forward(
     mut req: Request<UpstreamBody>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     affinity: &Affinity,
+    deadline: Option<&Deadline>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = &cluster.config;
     let tries = if config.no_failover {
@@ -149,7 +161,10 @@ async fn forward(
     let mut last_failure = None;
 
     loop {
-        let now = clock::now_ms();
+        // One clock reading serves the pick, the pooled connection's age, the response
+        // deadline and the latency sample.
+        let started = tokio::time::Instant::now();
+        let now = clock::ms_at(started.into_std());
         let Some(index) = cluster.balancer.pick_for(now, &tried, affinity) else {
             return Err(last_failure.unwrap_or_else(|| ProxyError::NoMember {
                 cluster: cluster.key.clone(),
@@ -162,8 +177,7 @@ async fn forward(
         req.body_mut().count_for(stats.clone());
         let key = worker.pool.key(&member.authority);
 
-        let started = std::time::Instant::now();
-        let sent = exchange(worker, &key, config, req).await;
+        let sent = exchange(worker, &key, config, req, started, deadline).await;
         match sent {
             Err(Failure {
                 timed_out: true, ..
@@ -199,10 +213,11 @@ async fn forward(
             }
             Ok((sender, mut response)) => {
                 let status = response.status();
-                let now = clock::now_ms();
+                let answered = tokio::time::Instant::now();
+                let now = clock::ms_at(answered.into_std());
                 if config.lb_method == LbMethod::Ewma {
-                    let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    ewma::observe(stats, took, now);
+                    let took = answered.saturating_duration_since(started).as_nanos();
+                    ewma::observe(stats, u64::try_from(took).unwrap_or(u64::MAX), now);
                 }
                 cluster
                     .balancer
@@ -284,9 +299,12 @@ async fn exchange(
     key: &Rc<str>,
     config: &crate::discovery::ClusterConfig,
     mut req: Request<UpstreamBody>,
+    now: tokio::time::Instant,
+    deadline: Option<&Deadline>,
 ) -> Result<(Sender, Response<Incoming>), Failure> {
-    if let Some(mut sender) = worker.pool.checkout(key, config.idle_timeout).await {
-        match await_response(&mut sender, req, config.response_timeout).await {
+    let timeout = config.response_timeout;
+    if let Some(mut sender) = worker.pool.checkout(key, config.idle_timeout, now).await {
+        match await_response(&mut sender, req, now + timeout, deadline).await {
             Ok(response) => return Ok((sender, response)),
             // The pooled connection was closed under us: not the member's fault, try a new one.
             Err(Failure {
@@ -307,18 +325,40 @@ async fn exchange(
             });
         }
     };
-    let response = await_response(&mut sender, req, config.response_timeout).await?;
+    let until = tokio::time::Instant::now() + timeout;
+    let response = await_response(&mut sender, req, until, deadline).await?;
     Ok((sender, response))
 }
 
+/// Sends the request and waits for the response head until `until`: on the HTTP/1
+/// connection's own timer when there is one, else on a timer of its own.
 async fn await_response(
     sender: &mut Sender,
     req: Request<UpstreamBody>,
-    timeout: std::time::Duration,
+    until: tokio::time::Instant,
+    deadline: Option<&Deadline>,
 ) -> Result<Response<Incoming>, Failure> {
-    match tokio::time::timeout(timeout, sender.try_send_request(req)).await {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(mut e)) => {
+    let answered = match deadline {
+        Some(deadline) => {
+            deadline.await_response(until);
+            let mut sent = std::pin::pin!(sender.try_send_request(req));
+            let answered = std::future::poll_fn(|cx| {
+                if deadline.response_expired() {
+                    return std::task::Poll::Ready(None);
+                }
+                sent.as_mut().poll(cx).map(Some)
+            })
+            .await;
+            deadline.response_arrived();
+            answered
+        }
+        None => tokio::time::timeout_at(until, sender.try_send_request(req))
+            .await
+            .ok(),
+    };
+    match answered {
+        Some(Ok(response)) => Ok(response),
+        Some(Err(mut e)) => {
             let unsent = e.take_message();
             Err(Failure {
                 cause: format!("request: {}", e.error()),
@@ -326,7 +366,7 @@ async fn await_response(
                 unsent,
             })
         }
-        Err(_) => Err(Failure {
+        None => Err(Failure {
             cause: String::new(),
             timed_out: true,
             unsent: None,

@@ -6,6 +6,7 @@
 //! one place: [`error`].
 
 mod body;
+mod deadline;
 mod error;
 mod forward;
 mod pool;

@@ -71,14 +71,14 @@ impl Pool {
         }
     }
 
-    /// An idle connection to `key` that is still open and younger than `max_idle`.
-    pub async fn checkout(&self, key: &str, max_idle: Duration) -> Option<Sender> {
+    /// An idle connection to `key` that is still open and younger than `max_idle` at `now`.
+    pub async fn checkout(&self, key: &str, max_idle: Duration, now: Instant) -> Option<Sender> {
         loop {
             let idle = {
                 let mut map = self.idle.borrow_mut();
                 map.get_mut(key)?.pop()?
             };
-            if idle.sender.is_closed() || idle.since.elapsed() > max_idle {
+            if idle.sender.is_closed() || now.saturating_duration_since(idle.since) > max_idle {
                 continue;
             }
             let mut sender = idle.sender;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -18,7 +18,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
+use super::deadline::{Deadline, Fired};
 use super::forward::{self, Worker};
 use super::pool::Pool;
 use super::snapshot::DataPlane;
@@ -270,8 +272,9 @@ async fn accept_loop(
     });
     let mut http1 = http1::Builder::new();
     http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
+        // The header-read timeout is the connection's own timer (see `deadline`), not a
+        // timer hyper registers and cancels on every request.
+        .header_read_timeout(None)
         .max_headers(options.max_headers)
         .max_header_size(options.max_header_bytes)
         .max_buf_size(options.max_header_bytes.max(8192))
@@ -373,15 +376,20 @@ async fn serve(
         tracing::debug!(client = %peer, "closed: nothing sent within the header-read timeout");
         return;
     };
-    let client = Rc::new(forward::Client::new(peer));
-    let service = service_fn(move |req| forward::handle(worker.clone(), client.clone(), req));
     let io = TokioIo::new(stream);
     match protocol {
         HttpVersion::Http1 => {
+            let deadline = Rc::new(Deadline::new(header_read_timeout, Instant::now()));
+            let client = Rc::new(forward::Client::new(peer, Some(deadline.clone())));
+            let service =
+                service_fn(move |req| forward::handle(worker.clone(), client.clone(), req));
             let conn = builders.http1.serve_connection(io, service).with_upgrades();
-            drive(conn, |c| c.graceful_shutdown(), stopping, peer).await;
+            drive_http1(conn, |c| c.graceful_shutdown(), deadline, stopping, peer).await;
         }
         HttpVersion::Http2 => {
+            let client = Rc::new(forward::Client::new(peer, None));
+            let service =
+                service_fn(move |req| forward::handle(worker.clone(), client.clone(), req));
             let conn = builders.http2.serve_connection(io, service);
             drive(conn, |c| c.graceful_shutdown(), stopping, peer).await;
         }
@@ -415,6 +423,61 @@ async fn drive<C, E>(
     }
 }
 
+/// Runs an HTTP/1 client connection to its end, like [`drive`], and keeps its one timer: the
+/// connection closes when a request head does not arrive in time, and a request waiting too
+/// long for its member's answer learns so from `deadline`.
+async fn drive_http1<C, E>(
+    conn: C,
+    shutdown: impl Fn(Pin<&mut C>),
+    deadline: Rc<Deadline>,
+    stopping: Rc<Stopping>,
+    peer: SocketAddr,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut stop = Some(StopWait::new(stopping));
+    let mut sleep = std::pin::pin!(tokio::time::sleep_until(deadline.armed()));
+    let result = std::future::poll_fn(|cx| {
+        if let Some(wait) = stop.as_mut()
+            && wait.poll_stopped(cx)
+        {
+            stop = None;
+            shutdown(conn.as_mut());
+        }
+        loop {
+            if deadline.due(sleep.is_elapsed()) {
+                match deadline.fire(Instant::now()) {
+                    Fired::HeadTimeout => return Poll::Ready(Err(None)),
+                    Fired::Rearm(at) => {
+                        sleep.as_mut().reset(at);
+                        if sleep.as_mut().poll(cx).is_ready() {
+                            continue;
+                        }
+                    }
+                }
+            }
+            match conn.as_mut().poll(cx) {
+                Poll::Ready(result) => return Poll::Ready(result.map_err(Some)),
+                // The request path moved the deadline sooner than the sleep is armed for.
+                Poll::Pending if deadline.due(false) => continue,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+    match result {
+        Ok(()) => {}
+        Err(None) => {
+            tracing::debug!(client = %peer, "closed: no whole request head within the header-read timeout");
+        }
+        Err(Some(e)) => {
+            tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+        }
+    }
+}
+
 /// Waits until the client has sent enough to tell HTTP/1 from the HTTP/2 preface, within `limit`.
 /// None when the client closed or stayed silent.
 async fn first_bytes_arrive(
@@ -445,4 +508,89 @@ async fn first_bytes_arrive(
         while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
     }
     arrived
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A data plane with no cluster (every request gets 404), header-read timeout 300 ms.
+    fn server() -> Server {
+        let plane = DataPlane::new();
+        plane.publish(Vec::new());
+        let mut options = ProxyOptions::new("127.0.0.1:0".parse().expect("address"));
+        options.workers = 1;
+        options.header_read_timeout = Duration::from_millis(300);
+        Server::start(plane, options).expect("the server starts")
+    }
+
+    /// Reads until the answer's blank line and its `content-length` body are in.
+    fn read_answer(conn: &mut TcpStream) -> String {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = conn.read(&mut buf).expect("an answer");
+            assert!(n > 0, "closed before the answer");
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if seen.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+        }
+    }
+
+    /// Waits for the server to close `conn`; how long that took from `since`.
+    fn closed_after(conn: &mut TcpStream, since: Instant) -> Duration {
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a read timeout");
+        let mut buf = [0u8; 64];
+        let n = conn.read(&mut buf).expect("a clean close, in time");
+        assert_eq!(n, 0, "no answer, only the close");
+        since.elapsed()
+    }
+
+    #[test]
+    fn after_an_answer_the_next_head_is_due_within_the_header_read_timeout() {
+        let server = server();
+        let mut conn = TcpStream::connect(server.local_addr()).expect("connect");
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .expect("send");
+        assert!(read_answer(&mut conn).starts_with("HTTP/1.1 404"));
+        let answered = Instant::now();
+        // An idle keep-alive connection is closed by the timer, not at once.
+        let waited = closed_after(&mut conn, answered);
+        assert!(waited >= Duration::from_millis(200), "{waited:?}");
+
+        // A second head that stalls halfway is closed too.
+        let mut conn = TcpStream::connect(server.local_addr()).expect("connect");
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .expect("send");
+        assert!(read_answer(&mut conn).starts_with("HTTP/1.1 404"));
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: h\r\nX-Slow")
+            .expect("send");
+        let sent = Instant::now();
+        let waited = closed_after(&mut conn, sent);
+        assert!(waited >= Duration::from_millis(200), "{waited:?}");
+
+        // Requests in time keep the connection open past the timeout.
+        let mut conn = TcpStream::connect(server.local_addr()).expect("connect");
+        for _ in 0..4 {
+            conn.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+                .expect("send");
+            assert!(read_answer(&mut conn).starts_with("HTTP/1.1 404"));
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        server.shutdown(Duration::from_secs(1));
+    }
 }

@@ -1,0 +1,181 @@
+//! The one timer of an HTTP/1 client connection.
+//!
+//! Such a connection waits for at most one thing at a time under a time limit: the client's next
+//! request head (the header-read timeout, from the end of the previous answer or the start of
+//! the connection), or the member's answer (the cluster's response timeout). Registering and
+//! cancelling a timer for each of them on every request costs more than the rest of our own
+//! per-request work, so the request path only writes the current deadline here, and the
+//! connection's driver keeps one long-lived sleep, re-armed when it fires before the deadline or
+//! when a deadline comes sooner than the sleep is armed for.
+//!
+//! HTTP/2 connections carry concurrent requests and do not use this.
+
+use std::cell::Cell;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// Neither: the request is being handled or the answer streamed.
+    Nothing,
+    /// The next request head, until then.
+    Head(Instant),
+    /// The member's answer, until then.
+    Response(Instant),
+}
+
+/// What the connection waits for and until when; written by the request path, read by the
+/// connection's driver.
+#[derive(Debug)]
+pub struct Deadline {
+    header_read_timeout: Duration,
+    wait: Cell<Wait>,
+    /// The instant the driver's sleep is armed for.
+    armed: Cell<Instant>,
+    /// A deadline came sooner than `armed`: the sleep must move.
+    sooner: Cell<bool>,
+    /// The wait for the member's answer ran out.
+    expired: Cell<bool>,
+}
+
+/// What the driver does when its sleep fires or must move.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fired {
+    /// The client did not send a whole request head in time: close the connection.
+    HeadTimeout,
+    /// Sleep until then.
+    Rearm(Instant),
+}
+
+impl Deadline {
+    /// A new connection, waiting for its first request head from `now`.
+    pub fn new(header_read_timeout: Duration, now: Instant) -> Self {
+        let at = now + header_read_timeout;
+        Deadline {
+            header_read_timeout,
+            wait: Cell::new(Wait::Head(at)),
+            armed: Cell::new(at),
+            // The driver's sleep is not registered yet.
+            sooner: Cell::new(true),
+            expired: Cell::new(false),
+        }
+    }
+
+    /// The instant the driver's sleep is armed for.
+    pub fn armed(&self) -> Instant {
+        self.armed.get()
+    }
+
+    /// True when the driver must call [`Deadline::fire`]: its sleep fired, or must move sooner.
+    pub fn due(&self, sleep_elapsed: bool) -> bool {
+        sleep_elapsed || self.sooner.get()
+    }
+
+    fn wait_until(&self, wait: Wait, at: Instant) {
+        self.wait.set(wait);
+        if at < self.armed.get() {
+            self.sooner.set(true);
+        }
+    }
+
+    /// The answer has gone out: the next request head is due within the header-read timeout.
+    pub fn await_head(&self, now: Instant) {
+        let at = now + self.header_read_timeout;
+        self.wait_until(Wait::Head(at), at);
+    }
+
+    /// A request head has arrived.
+    pub fn busy(&self) {
+        self.wait.set(Wait::Nothing);
+    }
+
+    /// The request is on its way to a member, whose answer is due by `until`.
+    pub fn await_response(&self, until: Instant) {
+        self.expired.set(false);
+        self.wait_until(Wait::Response(until), until);
+    }
+
+    /// The answer came (or the wait ended otherwise).
+    pub fn response_arrived(&self) {
+        self.wait.set(Wait::Nothing);
+    }
+
+    /// True once the wait for the member's answer has run out.
+    pub fn response_expired(&self) -> bool {
+        self.expired.get()
+    }
+
+    /// The driver's sleep fired or must move: what to do at `now`.
+    pub fn fire(&self, now: Instant) -> Fired {
+        self.sooner.set(false);
+        let at = match self.wait.get() {
+            Wait::Head(at) if at <= now => return Fired::HeadTimeout,
+            Wait::Response(at) if at <= now => {
+                self.expired.set(true);
+                self.wait.set(Wait::Nothing);
+                now + self.header_read_timeout
+            }
+            Wait::Head(at) | Wait::Response(at) => at,
+            // Nothing to time: look again after a while (an answer may stream for long).
+            Wait::Nothing => now + self.header_read_timeout,
+        };
+        self.armed.set(at);
+        Fired::Rearm(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_head_not_in_time_closes_and_one_in_time_does_not() {
+        let t0 = Instant::now();
+        let d = Deadline::new(HEAD, t0);
+        assert!(d.due(false), "the sleep is registered on the first poll");
+        assert_eq!(d.fire(t0), Fired::Rearm(t0 + HEAD));
+        assert!(!d.due(false));
+        assert_eq!(d.fire(t0 + HEAD), Fired::HeadTimeout);
+
+        let d = Deadline::new(HEAD, t0);
+        d.busy();
+        assert_eq!(d.fire(t0 + HEAD), Fired::Rearm(t0 + HEAD * 2));
+    }
+
+    #[test]
+    fn a_sooner_response_deadline_moves_the_sleep_and_expires() {
+        let t0 = Instant::now();
+        let d = Deadline::new(HEAD, t0);
+        d.fire(t0);
+        d.busy();
+        let until = t0 + Duration::from_millis(200);
+        d.await_response(until);
+        assert!(d.due(false));
+        assert_eq!(d.fire(t0), Fired::Rearm(until));
+        assert!(!d.response_expired());
+        assert_eq!(d.fire(until), Fired::Rearm(until + HEAD));
+        assert!(d.response_expired());
+    }
+
+    #[test]
+    fn a_later_deadline_waits_for_the_sleep_to_fire() {
+        let t0 = Instant::now();
+        let d = Deadline::new(HEAD, t0);
+        d.fire(t0);
+        d.busy();
+        d.await_response(t0 + HEAD * 6);
+        assert!(
+            !d.due(false),
+            "no timer work for a deadline after the armed one"
+        );
+        assert_eq!(d.fire(t0 + HEAD), Fired::Rearm(t0 + HEAD * 6));
+        d.response_arrived();
+        d.await_head(t0 + HEAD * 2);
+        assert!(d.due(false));
+        assert_eq!(d.fire(t0 + HEAD * 2), Fired::Rearm(t0 + HEAD * 3));
+        assert_eq!(d.fire(t0 + HEAD * 3), Fired::HeadTimeout);
+    }
+}
