@@ -17,6 +17,11 @@
 //!    with the expected count (the log line follows the swap of the data plane's snapshot, so the
 //!    next request uses it). The log is read through a pipe as it is written.
 //!
+//! With `--via pods` (run by default after the above) the real EndpointSlice controller writes
+//! the slices instead: N kubelet-less pods behind a Service with a selector, and each change flips
+//! one pod's Ready condition, as a kubelet would. The clock then starts just before the pod's
+//! status is written, so the figure includes the EndpointSlice controller: what a user sees.
+//!
 //! Memory is the binary's PSS and peak RSS; CPU is its user + system time over the changes.
 
 #[path = "../../tests/support/mod.rs"]
@@ -36,7 +41,7 @@ use serde_json::json;
 
 use support::controlplane::ControlPlane;
 use support::fixtures::{apply_cluster, install_crd};
-use support::pods;
+use support::pods::{self, FakePod};
 
 /// Endpoints per EndpointSlice, as the EndpointSlice controller writes them by default.
 const PER_SLICE: usize = 100;
@@ -47,6 +52,26 @@ struct Settings {
     binary: String,
     sizes: Vec<usize>,
     changes: usize,
+    sources: Vec<Source>,
+}
+
+/// Who writes the EndpointSlices.
+#[derive(Clone, Copy, PartialEq)]
+enum Source {
+    /// This program, directly: the controller's own latency.
+    Slices,
+    /// The real EndpointSlice controller, from pods whose readiness this program flips, as a
+    /// kubelet would: what a user sees end to end.
+    Pods,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Slices => "EndpointSlice written",
+            Source::Pods => "pod readiness (EndpointSlice controller)",
+        }
+    }
 }
 
 fn settings() -> Result<Settings, String> {
@@ -54,6 +79,7 @@ fn settings() -> Result<Settings, String> {
         binary: "target/release/kube-balancer".to_owned(),
         sizes: vec![10, 1_000, 5_000],
         changes: 200,
+        sources: vec![Source::Slices, Source::Pods],
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -70,6 +96,14 @@ fn settings() -> Result<Settings, String> {
                 let v = value("--changes")?;
                 s.changes = v.parse().map_err(|e| format!("--changes {v:?}: {e}"))?;
             }
+            "--via" => {
+                s.sources = match value("--via")?.as_str() {
+                    "slices" => vec![Source::Slices],
+                    "pods" => vec![Source::Pods],
+                    "both" => vec![Source::Slices, Source::Pods],
+                    other => return Err(format!("--via {other:?}: slices, pods or both")),
+                };
+            }
             // `cargo bench` passes this to every bench target.
             "--bench" => {}
             other => return Err(format!("unknown argument {other:?}")),
@@ -84,7 +118,9 @@ fn settings() -> Result<Settings, String> {
 fn main() {
     let settings = settings().unwrap_or_else(|e| {
         eprintln!("controller bench: {e}");
-        eprintln!("usage: controller [--binary PATH] [--sizes 10,1000,5000] [--changes 200]");
+        eprintln!(
+            "usage: controller [--binary PATH] [--sizes 10,1000,5000] [--changes 200] [--via slices|pods|both]"
+        );
         std::process::exit(2);
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -97,18 +133,21 @@ fn main() {
         let client = ControlPlane::shared().client();
         install_crd(&client).await;
         let mut rows = Vec::new();
-        for &n in &settings.sizes {
-            rows.push(measure(&client, &settings, n).await);
+        for &source in &settings.sources {
+            for &n in &settings.sizes {
+                rows.push(measure(&client, &settings, n, source).await);
+            }
         }
         rows
     });
     println!(
-        "| endpoints | slices | changes | p50 ms | p90 ms | p99 ms | max ms | first list s | PSS MiB | peak RSS MiB | CPU ms per change |"
+        "| change | endpoints | slices | changes | p50 ms | p90 ms | p99 ms | max ms | first list s | PSS MiB | peak RSS MiB | CPU ms per change |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} |",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} |",
+            r.source.label(),
             r.endpoints,
             r.slices,
             r.latencies.len(),
@@ -125,6 +164,7 @@ fn main() {
 }
 
 struct Row {
+    source: Source,
     endpoints: usize,
     slices: usize,
     /// Milliseconds, one per change.
@@ -185,50 +225,79 @@ fn slice(ns: &str, k: usize, n: usize, not_ready: Option<usize>) -> EndpointSlic
     .expect("an EndpointSlice")
 }
 
-async fn measure(client: &Client, settings: &Settings, n: usize) -> Row {
+async fn measure(client: &Client, settings: &Settings, n: usize, source: Source) -> Row {
     let ns = pods::namespace(client, &format!("scale-{n}")).await;
     let slices_needed = n.div_ceil(PER_SLICE);
-    eprintln!("{n} endpoints: creating {n} pods and {slices_needed} EndpointSlices in {ns}");
-
-    let pod_api = Api::<Pod>::namespaced(client.clone(), &ns);
-    stream::iter(0..n)
-        .map(|i| {
-            let api = pod_api.clone();
-            let ns = ns.clone();
-            async move {
-                let pod: Pod = serde_json::from_value(json!({
-                    "metadata": {"name": pod_name(i), "namespace": ns, "labels": {"app": "web"}},
-                    "spec": {
-                        "nodeName": pods::NODE_NAME,
-                        "containers": [{"name": "app", "image": "kube-balancer.test/backend:0"}],
-                    },
-                }))
-                .expect("a Pod");
-                api.create(&PostParams::default(), &pod).await.map(|_| ())
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<()>>()
-        .await
-        .unwrap_or_else(|e| panic!("create pods in {ns}: {e}"));
-
-    let service: Service = serde_json::from_value(json!({
-        "metadata": {"name": "web", "namespace": ns},
-        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-    }))
-    .expect("a Service");
-    Api::<Service>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &service)
-        .await
-        .expect("create the Service");
+    let fake_pods: Vec<FakePod> = (0..n)
+        .map(|i| FakePod::new(&ns, &pod_name(i), pod_ip(i)).label("app", "web"))
+        .collect();
     let slice_api = Api::<EndpointSlice>::namespaced(client.clone(), &ns);
-    let mut slices = Vec::with_capacity(slices_needed);
-    for k in 0..slices_needed {
-        let created = slice_api
-            .create(&PostParams::default(), &slice(&ns, k, n, None))
-            .await
-            .unwrap_or_else(|e| panic!("create EndpointSlice {k} in {ns}: {e}"));
-        slices.push(created);
+    let mut slices = Vec::new();
+    match source {
+        Source::Slices => {
+            eprintln!("{n} endpoints: {n} pods and {slices_needed} EndpointSlices in {ns}");
+            // Metadata is all the controller reads of these pods; nothing selects them.
+            let pod_api = Api::<Pod>::namespaced(client.clone(), &ns);
+            stream::iter(0..n)
+                .map(|i| {
+                    let api = pod_api.clone();
+                    let ns = ns.clone();
+                    async move {
+                        let pod: Pod = serde_json::from_value(json!({
+                            "metadata": {"name": pod_name(i), "namespace": ns},
+                            "spec": {
+                                "nodeName": pods::NODE_NAME,
+                                "containers": [{"name": "app", "image": "kube-balancer.test/backend:0"}],
+                            },
+                        }))
+                        .expect("a Pod");
+                        api.create(&PostParams::default(), &pod).await.map(|_| ())
+                    }
+                })
+                .buffer_unordered(16)
+                .try_collect::<Vec<()>>()
+                .await
+                .unwrap_or_else(|e| panic!("create pods in {ns}: {e}"));
+            create_service(client, &ns, None).await;
+            for k in 0..slices_needed {
+                let created = slice_api
+                    .create(&PostParams::default(), &slice(&ns, k, n, None))
+                    .await
+                    .unwrap_or_else(|e| panic!("create EndpointSlice {k} in {ns}: {e}"));
+                slices.push(created);
+            }
+        }
+        Source::Pods => {
+            eprintln!("{n} endpoints: {n} ready pods behind a Service with a selector in {ns}");
+            create_service(client, &ns, Some("web")).await;
+            stream::iter(&fake_pods)
+                .map(|pod| pod.create(client))
+                .buffer_unordered(16)
+                .collect::<Vec<_>>()
+                .await;
+            // Wait for the EndpointSlice controller before starting the balancer.
+            let deadline = Instant::now() + Duration::from_secs(300);
+            loop {
+                let listed = slice_api
+                    .list(&Default::default())
+                    .await
+                    .unwrap_or_else(|e| panic!("list EndpointSlices in {ns}: {e}"));
+                let ready = listed
+                    .items
+                    .iter()
+                    .flat_map(|s| &s.endpoints)
+                    .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                    .count();
+                if ready == n {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the EndpointSlice controller published {ready} of {n} endpoints in 300 s"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
     apply_cluster(
         client,
@@ -258,15 +327,22 @@ async fn measure(client: &Client, settings: &Settings, n: usize) -> Row {
                 (i, n - 1, Some(i))
             }
         };
-        let k = i / PER_SLICE;
-        let mut next = slice(&ns, k, n, not_ready);
-        next.metadata.resource_version = slices[k].resource_version();
-        let name = next.name_any();
         let t0 = Instant::now();
-        slices[k] = slice_api
-            .replace(&name, &PostParams::default(), &next)
-            .await
-            .unwrap_or_else(|e| panic!("replace EndpointSlice {name} in {ns}: {e}"));
+        match source {
+            Source::Slices => {
+                let k = i / PER_SLICE;
+                let mut next = slice(&ns, k, n, not_ready);
+                next.metadata.resource_version = slices[k].resource_version();
+                let name = next.name_any();
+                slices[k] = slice_api
+                    .replace(&name, &PostParams::default(), &next)
+                    .await
+                    .unwrap_or_else(|e| panic!("replace EndpointSlice {name} in {ns}: {e}"));
+            }
+            Source::Pods => {
+                fake_pods[i].set_ready(client, not_ready.is_none()).await;
+            }
+        }
         let seen = balancer.wait_members(want, t0).await;
         latencies.push((seen - t0).as_secs_f64() * 1000.0);
         // A short, varying pause, so the changes do not keep step with any periodic work.
@@ -276,6 +352,7 @@ async fn measure(client: &Client, settings: &Settings, n: usize) -> Row {
     let (pss_kib, peak_rss_kib) = balancer.memory();
     balancer.stop();
     Row {
+        source,
         endpoints: n,
         slices: slices_needed,
         latencies,
@@ -284,6 +361,21 @@ async fn measure(client: &Client, settings: &Settings, n: usize) -> Row {
         peak_rss_kib,
         cpu_ms_per_change: cpu_ticks as f64 * 1000.0 / clock_ticks() / settings.changes as f64,
     }
+}
+
+/// A Service `web` with port `http` (80 -> 8080), selecting `app=SELECTOR` pods if given.
+async fn create_service(client: &Client, ns: &str, selector: Option<&str>) {
+    let mut spec = json!({"ports": [{"name": "http", "port": 80, "targetPort": 8080}]});
+    if let Some(app) = selector {
+        spec["selector"] = json!({"app": app});
+    }
+    let service: Service =
+        serde_json::from_value(json!({"metadata": {"name": "web", "namespace": ns}, "spec": spec}))
+            .expect("a Service");
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("create the Service");
 }
 
 fn clock_ticks() -> f64 {
