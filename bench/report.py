@@ -13,6 +13,7 @@ NAMES = {
     "kube-balancer": "kube-balancer",
     "nginx": "nginx",
     "haproxy": "HAProxy",
+    "floor": "floor",
     "apache": "Apache",
 }
 

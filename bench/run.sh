@@ -7,6 +7,8 @@
 #   KB_BIN=/path/to/kube-balancer bench/run.sh   # measure that build instead of this tree's
 #   KB_BIN_BEFORE=/path/to/old BALANCERS="kube-balancer kube-balancer-before nginx" bench/run.sh
 #                                                 # A/B: two builds in the same run, interleaved
+#   BALANCERS="kube-balancer floor nginx" TESTS="small latency" bench/run.sh
+#                                                 # with the floor (bench/floor): keep-alive figures only
 #
 # Each balancer runs with one worker pinned to LB_CPU; the load generators and the two members
 # (one nginx worker on two ports) share LOAD_CPU. Only loopback addresses; every load run is
@@ -79,6 +81,12 @@ if [ -z "${KB_BIN:-}" ]; then
 fi
 (cd "$HERE/loadgen" && cargo build --release --quiet --target-dir "$REPO/target/bench")
 LOADGEN=$REPO/target/bench/release/kb-loadgen
+case " $BALANCERS " in
+*" floor "*)
+    (cd "$HERE/floor" && cargo build --release --quiet --target-dir "$REPO/target/bench")
+    FLOOR=$REPO/target/bench/release/kb-floor
+    ;;
+esac
 
 # ---------------------------------------------------------------- processes
 
@@ -198,6 +206,10 @@ start_balancer() {
         start "$1" "$LB_CPU" "$bin" standalone -f "$RUN/kube-balancer.yaml" --workers 1 \
             --listen "127.0.0.1:$KB_PORT" --admin "127.0.0.1:$KB_ADMIN_PORT" --shutdown-grace 1s
         ;;
+    floor)
+        PORT=$((PORT_BASE + 500)) H2_PORT=
+        start floor "$LB_CPU" "$FLOOR" "127.0.0.1:$PORT" "127.0.0.1:$BACKEND_A_PORT" "127.0.0.1:$BACKEND_B_PORT"
+        ;;
     nginx)
         PORT=$NGINX_PORT H2_PORT=$NGINX_H2_PORT
         start nginx "$LB_CPU" nginx -c "$RUN/nginx.conf" -e "$RUN/nginx-error.log"
@@ -218,6 +230,7 @@ version_of() {
     case $1 in
     kube-balancer) echo "kube-balancer $(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo unknown)" ;;
     kube-balancer-before) echo "kube-balancer-before: $(basename "$KB_BIN_BEFORE")" ;;
+    floor) echo "floor: bench/floor, a tokio proxy doing only what no proxy can skip" ;;
     nginx) nginx -v 2>&1 | sed 's|.*/||; s|^|nginx |' ;;
     haproxy) haproxy -v | awk 'NR == 1 { print "HAProxy " $3 }' ;;
     apache) apache2 -v | awk -F'[/ ]' '/version/ { print "Apache httpd " $4 }' ;;
@@ -280,6 +293,8 @@ measure() {
 url() { echo "http://127.0.0.1:$PORT$1"; }
 
 run_test() {
+    # The floor forwards keep-alive GETs only: no Connection: close, no HTTP/2.
+    if [ "$LB" = floor ] && { [ "$1" = close ] || [ "$1" = h2 ]; }; then return; fi
     case $1 in
     small) measure small wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" "$(url /)" ;;
     1k) measure 1k wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" "$(url /1k)" ;;
