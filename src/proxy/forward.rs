@@ -503,6 +503,16 @@ fn hop_by_hop(name: &str) -> Option<usize> {
     }
 }
 
+/// True when the only Connection header is "keep-alive" (what most members answer): it names no
+/// other header, so the general parse of its tokens can be skipped.
+fn only_keep_alive(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    values
+        .next()
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
+        && values.next().is_none()
+}
+
 /// Removes the headers that describe one connection and must not be forwarded (RFC 9110 7.6.1),
 /// including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -517,7 +527,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present == 0 {
         return;
     }
-    if present & 1 != 0 {
+    if present & 1 != 0 && !only_keep_alive(headers) {
         // Headers the Connection header names beyond the fixed ones ("close" names none): looked
         // up, and their names built, only for such tokens.
         let named: Vec<HeaderName> = headers
