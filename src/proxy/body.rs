@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::deadline::Deadline;
-use super::pool::{Pool, Sender};
+use super::pool::{Member, Sender};
 use crate::balancer::MemberStats;
 
 /// A request body on its way to a member: the client's, counted as bytes sent, or none (a
@@ -79,7 +79,7 @@ impl Body for UpstreamBody {
 /// connection back to the pool if the exchange ended cleanly.
 pub struct Lease {
     stats: Arc<MemberStats>,
-    give_back: Option<(Rc<Pool>, Rc<str>, Sender)>,
+    give_back: Option<(Rc<Member>, Sender)>,
 }
 
 impl Lease {
@@ -95,14 +95,14 @@ impl Lease {
         &self.stats
     }
 
-    /// The connection goes back to `pool` when the response body ends.
-    pub fn reuse(&mut self, pool: Rc<Pool>, key: Rc<str>, sender: Sender) {
-        self.give_back = Some((pool, key, sender));
+    /// The connection goes back to the member's idle ones when the response body ends.
+    pub fn reuse(&mut self, member: Rc<Member>, sender: Sender) {
+        self.give_back = Some((member, sender));
     }
 
     fn finish(mut self, clean: bool) {
-        if clean && let Some((pool, key, sender)) = self.give_back.take() {
-            pool.put(key, sender);
+        if clean && let Some((member, sender)) = self.give_back.take() {
+            member.put(sender);
         }
     }
 }

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use super::body::{Lease, ResponseBody, UpstreamBody};
 use super::deadline::Deadline;
 use super::error::ProxyError;
-use super::pool::{self, Pool, Sender};
+use super::pool::{self, Member, Pool, Sender};
 use super::routes::strip_port;
 use super::snapshot::{Cluster, DataPlane};
 use crate::api::LbMethod;
@@ -175,9 +175,9 @@ async fn forward(
         stats.elected.fetch_add(1, Relaxed);
         let mut lease = Lease::new(stats.clone());
         req.body_mut().count_for(stats.clone());
-        let key = worker.pool.key(&member.authority);
+        let key = worker.pool.member(&member.authority);
 
-        let sent = exchange(worker, &key, config, req, started, deadline).await;
+        let sent = exchange(&key, config, req, started, deadline).await;
         match sent {
             Err(Failure {
                 timed_out: true, ..
@@ -249,7 +249,7 @@ async fn forward(
                 }
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                lease.reuse(worker.pool.clone(), key, sender);
+                lease.reuse(key, sender);
                 return Ok(Response::from_parts(
                     parts,
                     ResponseBody::upstream(body, lease),
@@ -295,15 +295,14 @@ struct Failure {
 /// Sends the request on a pooled connection, or on a new one when the pool has none or the
 /// pooled one turned out closed before the request left, and waits for the response head.
 async fn exchange(
-    worker: &Rc<Worker>,
-    key: &Rc<str>,
+    key: &Member,
     config: &crate::discovery::ClusterConfig,
     mut req: Request<UpstreamBody>,
     now: tokio::time::Instant,
     deadline: Option<&Deadline>,
 ) -> Result<(Sender, Response<Incoming>), Failure> {
     let timeout = config.response_timeout;
-    if let Some(mut sender) = worker.pool.checkout(key, config.idle_timeout, now).await {
+    if let Some(mut sender) = key.checkout(config.idle_timeout, now).await {
         match await_response(&mut sender, req, now + timeout, deadline).await {
             Ok(response) => return Ok((sender, response)),
             // The pooled connection was closed under us: not the member's fault, try a new one.
@@ -315,7 +314,7 @@ async fn exchange(
             Err(failure) => return Err(failure),
         }
     }
-    let mut sender = match pool::connect(key, config.connect_timeout).await {
+    let mut sender = match pool::connect(key.authority(), config.connect_timeout).await {
         Ok(sender) => sender,
         Err(e) => {
             return Err(Failure {

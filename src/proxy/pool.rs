@@ -26,11 +26,18 @@ struct Idle {
 /// The worker's idle connections, by member `HOST:PORT`.
 #[derive(Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<Rc<str>, Vec<Idle>, BuildHasherDefault<Fnv>>>,
+    members: RefCell<HashMap<Rc<str>, Rc<Member>, BuildHasherDefault<Fnv>>>,
+}
+
+/// One member's idle connections on this worker: looked up once per request, then checked out
+/// from and given back to without hashing its name again.
+pub struct Member {
+    authority: Rc<str>,
+    idle: RefCell<Vec<Idle>>,
 }
 
 /// FNV-1a for the pool's keys: a few short `HOST:PORT` strings of our own members, looked up
-/// three times per request, where SipHash's protection against chosen keys buys nothing.
+/// once per request, where SipHash's protection against chosen keys buys nothing.
 struct Fnv(u64);
 
 impl Default for Fnv {
@@ -63,21 +70,31 @@ pub enum ConnectError {
 }
 
 impl Pool {
-    /// The key a member's connections are filed under.
-    pub fn key(&self, authority: &str) -> Rc<str> {
-        match self.idle.borrow().get_key_value(authority) {
-            Some((k, _)) => k.clone(),
-            None => Rc::from(authority),
+    /// The idle connections of the member at `authority`.
+    pub fn member(&self, authority: &str) -> Rc<Member> {
+        if let Some(member) = self.members.borrow().get(authority) {
+            return member.clone();
         }
+        let authority: Rc<str> = Rc::from(authority);
+        let member = Rc::new(Member {
+            authority: authority.clone(),
+            idle: RefCell::new(Vec::new()),
+        });
+        self.members.borrow_mut().insert(authority, member.clone());
+        member
+    }
+}
+
+impl Member {
+    /// `HOST:PORT`.
+    pub fn authority(&self) -> &str {
+        &self.authority
     }
 
-    /// An idle connection to `key` that is still open and younger than `max_idle` at `now`.
-    pub async fn checkout(&self, key: &str, max_idle: Duration, now: Instant) -> Option<Sender> {
+    /// An idle connection that is still open and younger than `max_idle` at `now`.
+    pub async fn checkout(&self, max_idle: Duration, now: Instant) -> Option<Sender> {
         loop {
-            let idle = {
-                let mut map = self.idle.borrow_mut();
-                map.get_mut(key)?.pop()?
-            };
+            let idle = self.idle.borrow_mut().pop()?;
             if idle.sender.is_closed() || now.saturating_duration_since(idle.since) > max_idle {
                 continue;
             }
@@ -89,12 +106,11 @@ impl Pool {
     }
 
     /// Files a connection whose last exchange ended cleanly.
-    pub fn put(&self, key: Rc<str>, sender: Sender) {
+    pub fn put(&self, sender: Sender) {
         if sender.is_closed() {
             return;
         }
-        let mut map = self.idle.borrow_mut();
-        let list = map.entry(key).or_default();
+        let mut list = self.idle.borrow_mut();
         if list.len() < MAX_IDLE_PER_MEMBER {
             list.push(Idle {
                 sender,
