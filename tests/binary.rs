@@ -223,7 +223,10 @@ async fn standalone_finishes_requests_in_flight_on_sigterm_and_exits_0() {
             // A connection that lands in a listener's queue as it closes is reset: not served
             // either, but the other worker's listener may still be open, so try again.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                assert!(Instant::now() < deadline, "still not refusing after SIGTERM");
+                assert!(
+                    Instant::now() < deadline,
+                    "still not refusing after SIGTERM"
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(e) => panic!("unexpected connect error: {e}"),
