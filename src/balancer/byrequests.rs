@@ -176,14 +176,15 @@ mod tests {
         assert!(schedule(&[]).is_empty());
     }
 
-    /// Apache's loop as written: every member compared on every pick.
-    fn apache_schedule(factors: &[u32]) -> Vec<u32> {
+    /// Apache's loop as written, every member compared on every pick: the first `steps` picks,
+    /// and each member's lbstatus after them.
+    fn apache(factors: &[u32], steps: usize) -> (Vec<u32>, Vec<i64>) {
         let divisor = factors.iter().copied().fold(0, gcd).max(1);
         let factors: Vec<i64> = factors.iter().map(|&f| i64::from(f / divisor)).collect();
         let total: i64 = factors.iter().sum();
         let mut lbstatus = vec![0i64; factors.len()];
         let mut order = Vec::new();
-        for _ in 0..total {
+        for _ in 0..steps {
             let mut best = 0usize;
             for (i, f) in factors.iter().enumerate() {
                 lbstatus[i] += f;
@@ -194,30 +195,19 @@ mod tests {
             lbstatus[best] -= total;
             order.push(best as u32);
         }
+        (order, lbstatus)
+    }
+
+    /// One period of Apache's schedule.
+    fn apache_schedule(factors: &[u32]) -> Vec<u32> {
+        let divisor = factors.iter().copied().fold(0, gcd).max(1);
+        let period = factors.iter().map(|&f| (f / divisor) as usize).sum();
+        let (order, lbstatus) = apache(factors, period);
         assert!(
             lbstatus.iter().all(|&s| s == 0),
             "a period ends where it started"
         );
         order
-    }
-
-    /// Apache's lbstatus of each member after `steps` picks.
-    fn apache_lbstatus(factors: &[u32], steps: usize) -> Vec<i64> {
-        let divisor = factors.iter().copied().fold(0, gcd).max(1);
-        let factors: Vec<i64> = factors.iter().map(|&f| i64::from(f / divisor)).collect();
-        let total: i64 = factors.iter().sum();
-        let mut lbstatus = vec![0i64; factors.len()];
-        for _ in 0..steps {
-            let mut best = 0usize;
-            for (i, f) in factors.iter().enumerate() {
-                lbstatus[i] += f;
-                if lbstatus[i] > lbstatus[best] {
-                    best = i;
-                }
-            }
-            lbstatus[best] -= total;
-        }
-        lbstatus
     }
 
     #[test]
@@ -245,7 +235,7 @@ mod tests {
             b.next.store(steps as u64, Relaxed);
             let mut load = vec![0i64; factors.len()];
             b.load(&[], &mut load);
-            prop_assert_eq!(load, apache_lbstatus(&factors, steps % period));
+            prop_assert_eq!(load, apache(&factors, steps % period).1);
         }
 
         #[test]
