@@ -384,22 +384,33 @@ async fn serve(
             let service =
                 service_fn(move |req| forward::handle(worker.clone(), client.clone(), req));
             let conn = builders.http1.serve_connection(io, service).with_upgrades();
-            drive_http1(conn, |c| c.graceful_shutdown(), deadline, stopping, peer).await;
+            drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                Some(deadline),
+                stopping,
+                peer,
+            )
+            .await;
         }
         HttpVersion::Http2 => {
             let client = Rc::new(forward::Client::new(peer, None));
             let service =
                 service_fn(move |req| forward::handle(worker.clone(), client.clone(), req));
             let conn = builders.http2.serve_connection(io, service);
-            drive(conn, |c| c.graceful_shutdown(), stopping, peer).await;
+            drive(conn, |c| c.graceful_shutdown(), None, stopping, peer).await;
         }
     }
 }
 
-/// Runs a client connection to its end, shutting it down gracefully when the worker stops.
+/// Runs a client connection to its end, shutting it down gracefully when the worker stops. An
+/// HTTP/1 connection also keeps its one timer (`deadline`): it closes when a request head does
+/// not arrive in time, and a request waiting too long for its member's answer learns so from
+/// `deadline`. HTTP/2 connections time each request on their own and pass `None`.
 async fn drive<C, E>(
     conn: C,
     shutdown: impl Fn(Pin<&mut C>),
+    deadline: Option<Rc<Deadline>>,
     stopping: Rc<Stopping>,
     peer: SocketAddr,
 ) where
@@ -408,37 +419,11 @@ async fn drive<C, E>(
 {
     let mut conn = std::pin::pin!(conn);
     let mut stop = Some(StopWait::new(stopping));
-    let result = std::future::poll_fn(|cx| {
-        if let Some(wait) = stop.as_mut()
-            && wait.poll_stopped(cx)
-        {
-            stop = None;
-            shutdown(conn.as_mut());
-        }
-        conn.as_mut().poll(cx)
-    })
-    .await;
-    if let Err(e) = result {
-        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
-    }
-}
-
-/// Runs an HTTP/1 client connection to its end, like [`drive`], and keeps its one timer: the
-/// connection closes when a request head does not arrive in time, and a request waiting too
-/// long for its member's answer learns so from `deadline`.
-async fn drive_http1<C, E>(
-    conn: C,
-    shutdown: impl Fn(Pin<&mut C>),
-    deadline: Rc<Deadline>,
-    stopping: Rc<Stopping>,
-    peer: SocketAddr,
-) where
-    C: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    let mut conn = std::pin::pin!(conn);
-    let mut stop = Some(StopWait::new(stopping));
-    let mut sleep = std::pin::pin!(tokio::time::sleep_until(deadline.armed()));
+    let mut sleep = std::pin::pin!(
+        deadline
+            .as_ref()
+            .map(|d| tokio::time::sleep_until(d.armed()))
+    );
     let result = std::future::poll_fn(|cx| {
         if let Some(wait) = stop.as_mut()
             && wait.poll_stopped(cx)
@@ -447,7 +432,10 @@ async fn drive_http1<C, E>(
             shutdown(conn.as_mut());
         }
         loop {
-            if deadline.due(sleep.is_elapsed()) {
+            if let (Some(deadline), Some(mut sleep)) =
+                (deadline.as_deref(), sleep.as_mut().as_pin_mut())
+                && deadline.due(sleep.is_elapsed())
+            {
                 match deadline.fire(Instant::now()) {
                     Fired::HeadTimeout => return Poll::Ready(Err(None)),
                     Fired::Rearm(at) => {
@@ -461,7 +449,7 @@ async fn drive_http1<C, E>(
             match conn.as_mut().poll(cx) {
                 Poll::Ready(result) => return Poll::Ready(result.map_err(Some)),
                 // The request path moved the deadline sooner than the sleep is armed for.
-                Poll::Pending if deadline.due(false) => continue,
+                Poll::Pending if deadline.as_deref().is_some_and(|d| d.due(false)) => continue,
                 Poll::Pending => return Poll::Pending,
             }
         }
