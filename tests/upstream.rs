@@ -1,0 +1,839 @@
+//! The shapes of a member's HTTP/1 answer, end to end: scripted members on raw sockets write
+//! exact bytes (chunked with extensions and trailers, close-delimited, bodyless statuses,
+//! informational answers, malformed and truncated heads and bodies), and a raw client reads
+//! exactly what the proxy makes of them. Members count the connections they accept and the
+//! requests they read, so connection reuse is asserted exactly.
+
+mod common;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Proxy, cluster_yaml};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The longest any single exchange may take before the test fails.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The proxy's own text for a broken exchange (src/proxy/error.rs).
+const BAD_GATEWAY_TEXT: &str = "502 Bad Gateway: the member failed to answer\n";
+
+// ---------------------------------------------------------------------------------------------
+// Bytes on a socket: heads, fixed-length, chunked and close-delimited bodies.
+
+/// A parsed head: the start line and the header fields, names in lower case, in order.
+#[derive(Debug)]
+struct Head {
+    start: String,
+    fields: Vec<(String, String)>,
+}
+
+impl Head {
+    fn parse(raw: &[u8]) -> io::Result<Head> {
+        let text = String::from_utf8_lossy(raw);
+        let mut lines = text.split("\r\n").filter(|l| !l.is_empty());
+        let start = lines
+            .next()
+            .ok_or_else(|| invalid("an empty head"))?
+            .to_owned();
+        let mut fields = Vec::new();
+        for line in lines {
+            let (name, value) = line
+                .split_once(':')
+                .ok_or_else(|| invalid(&format!("a header line without a colon: {line:?}")))?;
+            fields.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        Ok(Head { start, fields })
+    }
+
+    /// Every value of the header `name` (lower case).
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.fields
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The single value of `name`; fails the test when it appears more than once.
+    fn get(&self, name: &str) -> Option<&str> {
+        let all = self.all(name);
+        assert!(
+            all.len() <= 1,
+            "{name} appears {} times: {all:?}",
+            all.len()
+        );
+        all.first().copied()
+    }
+
+    fn content_length(&self) -> io::Result<Option<usize>> {
+        self.get("content-length")
+            .map(|v| v.parse().map_err(|_| invalid("a bad content-length")))
+            .transpose()
+    }
+
+    fn chunked(&self) -> bool {
+        self.all("transfer-encoding")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("chunked"))
+    }
+
+    /// The path of a request head.
+    fn path(&self) -> &str {
+        self.start.split(' ').nth(1).unwrap_or("")
+    }
+
+    /// The status of a response head.
+    fn status(&self) -> io::Result<u16> {
+        self.start
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| invalid(&format!("a bad status line: {:?}", self.start)))
+    }
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A socket with a read buffer.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads more bytes into the buffer; 0 at the end of the stream.
+    async fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk).await?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// The next head, or `None` when the stream ends cleanly before its first byte.
+    async fn read_head(&mut self) -> io::Result<Option<Head>> {
+        let mut searched = 0;
+        loop {
+            if let Some(at) = find(&self.buf[searched..], b"\r\n\r\n") {
+                let end = searched + at + 4;
+                let raw: Vec<u8> = self.buf.drain(..end).collect();
+                return Head::parse(&raw).map(Some);
+            }
+            searched = self.buf.len().saturating_sub(3);
+            if self.buf.len() > 4 * 1024 * 1024 {
+                return Err(invalid("a head larger than 4 MiB"));
+            }
+            if self.fill().await? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    async fn read_exact(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            if self.fill().await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    /// One line without its CRLF.
+    async fn read_line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(at) = find(&self.buf, b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..at + 2).collect();
+                return Ok(String::from_utf8_lossy(&line[..at]).into_owned());
+            }
+            if self.fill().await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// A chunked body: sizes with or without extensions, then the trailer section.
+    async fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.read_line().await?;
+            let size = line.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size, 16)
+                .map_err(|_| invalid(&format!("a bad chunk size line: {line:?}")))?;
+            if size == 0 {
+                while !self.read_line().await?.is_empty() {}
+                return Ok(body);
+            }
+            body.extend(self.read_exact(size).await?);
+            if self.read_exact(2).await? != b"\r\n" {
+                return Err(invalid("a chunk not followed by CRLF"));
+            }
+        }
+    }
+
+    async fn read_to_end(&mut self) -> io::Result<Vec<u8>> {
+        while self.fill().await? != 0 {}
+        Ok(std::mem::take(&mut self.buf))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scripted members.
+
+/// What a member does once its answer is written.
+#[derive(Clone, Copy, Debug)]
+enum After {
+    /// Waits for the next request on the same connection.
+    KeepOpen,
+    /// Closes the connection at once.
+    Close,
+    /// Keeps the connection idle this long, then closes it.
+    IdleThenClose(Duration),
+}
+
+struct Reply {
+    bytes: Vec<u8>,
+    after: After,
+}
+
+fn reply(bytes: impl Into<Vec<u8>>, after: After) -> Reply {
+    Reply {
+        bytes: bytes.into(),
+        after,
+    }
+}
+
+/// A request as a member read it, with its number (1 for the member's first).
+struct Asked {
+    head: Head,
+    body: Vec<u8>,
+    number: usize,
+}
+
+type Script = Arc<dyn Fn(&Asked) -> Reply + Send + Sync>;
+
+/// A member on a raw socket that answers every request with its script's bytes.
+struct Member {
+    addr: SocketAddr,
+    accepts: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Member {
+    async fn start(script: impl Fn(&Asked) -> Reply + Send + Sync + 'static) -> Member {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a member");
+        let addr = listener.local_addr().expect("member address");
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let script: Script = Arc::new(script);
+        let (accepted, asked) = (accepts.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            // Connections live in this set: stopping the member closes them too.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                while connections.try_join_next().is_some() {}
+                connections.spawn(serve(stream, script.clone(), asked.clone()));
+            }
+        });
+        Member {
+            addr,
+            accepts,
+            requests,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn accepts(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(stream: TcpStream, script: Script, requests: Arc<AtomicUsize>) {
+    let mut conn = Conn::new(stream);
+    loop {
+        let Ok(Some(head)) = conn.read_head().await else {
+            return;
+        };
+        let body = if head.chunked() {
+            conn.read_chunked().await
+        } else {
+            match head.content_length() {
+                Ok(Some(n)) => conn.read_exact(n).await,
+                Ok(None) => Ok(Vec::new()),
+                Err(e) => Err(e),
+            }
+        };
+        let Ok(body) = body else {
+            return;
+        };
+        let number = requests.fetch_add(1, Ordering::SeqCst) + 1;
+        let answer = script(&Asked { head, body, number });
+        // A proxy that gives up on a malformed answer may close before it is all written.
+        if conn.stream.write_all(&answer.bytes).await.is_err() {
+            return;
+        }
+        match answer.after {
+            After::KeepOpen => {}
+            After::Close => {
+                let _ = conn.stream.shutdown().await;
+                return;
+            }
+            After::IdleThenClose(idle) => {
+                tokio::time::sleep(idle).await;
+                return;
+            }
+        }
+    }
+}
+
+/// A complete answer with a Content-Length body, connection kept open.
+fn ok(body: &[u8]) -> Reply {
+    let mut bytes =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    bytes.extend_from_slice(body);
+    reply(bytes, After::KeepOpen)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw client of the proxy.
+
+/// What the client read: the final answer, and the statuses of informational ones before it.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    head: Head,
+    body: Vec<u8>,
+    interim: Vec<u16>,
+}
+
+impl Answer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+struct Client {
+    conn: Conn,
+}
+
+impl Client {
+    async fn connect(proxy: &Proxy) -> Client {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(proxy.addr))
+            .await
+            .expect("connect to the proxy in time")
+            .expect("connect to the proxy");
+        Client {
+            conn: Conn::new(stream),
+        }
+    }
+
+    /// Writes `request` and reads one answer, within `limit`.
+    async fn try_send(
+        &mut self,
+        request: &[u8],
+        head_request: bool,
+        limit: Duration,
+    ) -> io::Result<Answer> {
+        tokio::time::timeout(limit, async {
+            self.conn.stream.write_all(request).await?;
+            self.read_answer(head_request).await
+        })
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+    }
+
+    async fn send(&mut self, request: &[u8], head_request: bool) -> Answer {
+        self.try_send(request, head_request, WAIT)
+            .await
+            .expect("an answer from the proxy")
+    }
+
+    async fn get(&mut self, path: &str) -> Answer {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: web\r\n\r\n");
+        self.send(request.as_bytes(), false).await
+    }
+
+    async fn read_answer(&mut self, head_request: bool) -> io::Result<Answer> {
+        let mut interim = Vec::new();
+        loop {
+            let head = self
+                .conn
+                .read_head()
+                .await?
+                .ok_or(io::ErrorKind::UnexpectedEof)?;
+            let status = head.status()?;
+            if (100..200).contains(&status) && status != 101 {
+                interim.push(status);
+                continue;
+            }
+            let body = if head_request || status == 204 || status == 304 {
+                Vec::new()
+            } else if head.chunked() {
+                self.conn.read_chunked().await?
+            } else if let Some(n) = head.content_length()? {
+                self.conn.read_exact(n).await?
+            } else {
+                self.conn.read_to_end().await?
+            };
+            return Ok(Answer {
+                status,
+                head,
+                body,
+                interim,
+            });
+        }
+    }
+}
+
+/// `len` bytes that are not a repetition of a short pattern: misplaced or lost ranges show.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn start_proxy(member: &Member) -> Proxy {
+    Proxy::start(&cluster_yaml(&[member.url()], ""))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+/// Chunk extensions are ignored and the trailer section ends the body like the last chunk does:
+/// the member connection must go back to the pool either way.
+#[tokio::test]
+async fn chunked_answer_with_extension_and_trailers_is_passed_whole_and_reused() {
+    let member = Member::start(|asked: &Asked| {
+        let text = format!("{:x}\r\nnumber {}\r\n", 7 + asked.number.to_string().len(), asked.number);
+        let bytes = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n\
+             5;ext=1\r\nhello\r\n1\r\n \r\nb;a=b;c=\"d\"\r\nworld, full\r\n{text}0\r\nX-Sum: 42\r\nX-Other: x\r\n\r\n"
+        );
+        reply(bytes, After::KeepOpen)
+    })
+    .await;
+    let proxy = start_proxy(&member);
+    let mut client = Client::connect(&proxy).await;
+    let first = client.get("/one").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.text(), "hello world, fullnumber 1");
+    let second = client.get("/two").await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.text(), "hello world, fullnumber 2");
+    assert_eq!((member.accepts(), member.requests()), (1, 2));
+}
+
+#[tokio::test]
+async fn close_delimited_answer_is_passed_whole_and_the_next_request_reconnects() {
+    let member = Member::start(|asked: &Asked| {
+        let bytes = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the member closes, answer {}",
+            asked.number
+        );
+        reply(bytes, After::Close)
+    })
+    .await;
+    let proxy = start_proxy(&member);
+    let mut client = Client::connect(&proxy).await;
+    let first = client.get("/one").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.text(), "until the member closes, answer 1");
+    // The proxy frames it for its client: the client connection stays usable.
+    let second = client.get("/two").await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.text(), "until the member closes, answer 2");
+    assert_eq!((member.accepts(), member.requests()), (2, 2));
+}
+
+#[tokio::test]
+async fn content_length_answers_reuse_one_member_connection() {
+    let member =
+        Member::start(|asked: &Asked| ok(format!("answer {}", asked.number).as_bytes())).await;
+    let proxy = start_proxy(&member);
+    let mut client = Client::connect(&proxy).await;
+    for n in 1..=5 {
+        let answer = client.get(&format!("/r{n}")).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.head.get("content-length"), Some("8"));
+        assert_eq!(answer.text(), format!("answer {n}"));
+    }
+    assert_eq!((member.accepts(), member.requests()), (1, 5));
+}
+
+#[tokio::test]
+async fn head_answer_with_content_length_has_no_body_and_the_connection_is_reused() {
+    let member = Member::start(|asked: &Asked| {
+        if asked.head.start.starts_with("HEAD ") {
+            reply(
+                "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nX-Head: yes\r\n\r\n",
+                After::KeepOpen,
+            )
+        } else {
+            ok(b"after the head")
+        }
+    })
+    .await;
+    let proxy = start_proxy(&member);
+    let mut client = Client::connect(&proxy).await;
+    let head = client
+        .send(b"HEAD /doc HTTP/1.1\r\nHost: web\r\n\r\n", true)
+        .await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.head.get("content-length"), Some("100"));
+    assert_eq!(head.head.get("x-head"), Some("yes"));
+    // Nothing follows the head: the next answer's status line comes first.
+    let get = client.get("/doc").await;
+    assert_eq!(get.status, 200);
+    assert_eq!(get.text(), "after the head");
+    assert_eq!((member.accepts(), member.requests()), (1, 2));
+}
+
+#[tokio::test]
+async fn no_content_and_not_modified_pass_through_and_the_connection_is_reused() {
+    let member = Member::start(|asked: &Asked| match asked.head.path() {
+        "/204" => reply(
+            "HTTP/1.1 204 No Content\r\nX-Kind: none\r\n\r\n",
+            After::KeepOpen,
+        ),
+        "/304" => reply(
+            "HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n",
+            After::KeepOpen,
+        ),
+        _ => ok(b"a body after two without"),
+    })
+    .await;
+    let proxy = start_proxy(&member);
+    let mut client = Client::connect(&proxy).await;
+    let none = client.get("/204").await;
+    assert_eq!(none.status, 204);
+    assert_eq!(none.head.get("x-kind"), Some("none"));
+    let not_modified = client.get("/304").await;
+    assert_eq!(not_modified.status, 304);
+    assert_eq!(not_modified.head.get("etag"), Some("\"v1\""));
+    assert_eq!((member.accepts(), member.requests()), (1, 2));
+    // The framing stayed in step on both sides.
+    let full = client.get("/ok").await;
+    assert_eq!(full.status, 200);
+    assert_eq!(full.text(), "a body after two without");
+    assert_eq!((member.accepts(), member.requests()), (1, 3));
+}
+
+#[tokio::test]
+async fn early_hints_before_the_final_answer_leave_it_intact() {
+    let member = Member::start(|asked: &Asked| {
+        let body = format!("final answer {}", asked.number);
+        let bytes = format!(
+            "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+             HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Final: yes\r\n\r\n{body}",
+            body.len()
+        );
+        reply(bytes, After::KeepOpen)
+    })
+    .await;
+    let proxy = start_proxy(&member);
+    let mut client = Client::connect(&proxy).await;
+    let first = client.get("/page").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.head.get("x-final"), Some("yes"));
+    assert_eq!(first.text(), "final answer 1");
+    // Whether or not the 103 is forwarded, only 103s may come before the final answer.
+    assert!(
+        first.interim.iter().all(|s| *s == 103),
+        "{:?}",
+        first.interim
+    );
+    let second = client.get("/page").await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.text(), "final answer 2");
+    assert_eq!((member.accepts(), member.requests()), (1, 2));
+}
+
+#[tokio::test]
+async fn connection_close_answer_makes_the_next_request_reconnect() {
+    let member = Member::start(|asked: &Asked| {
+        let body = format!("closing after {}", asked.number);
+        let bytes = format!(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        reply(bytes, After::Close)
+    })
+    .await;
+    let proxy = start_proxy(&member);
+    let mut client = Client::connect(&proxy).await;
+    let first = client.get("/one").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.text(), "closing after 1");
+    // The member's Connection: close is about its own connection, not the client's.
+    let second = client.get("/two").await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.text(), "closing after 2");
+    assert_eq!((member.accepts(), member.requests()), (2, 2));
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_member_closed_while_idle_is_not_used() {
+    let member = Member::start(|asked: &Asked| {
+        let mut answer = ok(format!("idle then closed {}", asked.number).as_bytes());
+        answer.after = After::IdleThenClose(Duration::from_millis(100));
+        answer
+    })
+    .await;
+    let proxy = start_proxy(&member);
+    let mut client = Client::connect(&proxy).await;
+    let first = client.get("/one").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.text(), "idle then closed 1");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = client.get("/two").await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.text(), "idle then closed 2");
+    assert_eq!((member.accepts(), member.requests()), (2, 2));
+}
+
+/// A response head of more than 1 MiB: sixteen header lines of 64 KiB and change.
+fn huge_head() -> Vec<u8> {
+    let value = "v".repeat(64 * 1024 + 100);
+    let mut head = String::from("HTTP/1.1 200 OK\r\n");
+    for i in 0..16 {
+        head.push_str(&format!("X-Big-{i}: {value}\r\n"));
+    }
+    head.push_str("Content-Length: 2\r\n\r\nno");
+    assert!(head.len() > 1024 * 1024);
+    head.into_bytes()
+}
+
+#[tokio::test]
+async fn malformed_answers_give_502_and_the_proxy_keeps_serving() {
+    let member = Member::start(|asked: &Asked| match asked.head.path() {
+        "/bad-status-line" => reply(
+            "HTTX/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno",
+            After::Close,
+        ),
+        "/two-lengths" => reply(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            After::Close,
+        ),
+        "/huge-head" => reply(huge_head(), After::Close),
+        _ => ok(b"healthy"),
+    })
+    .await;
+    let proxy = start_proxy(&member);
+    let mut accepts = 0;
+    for (i, path) in ["/bad-status-line", "/two-lengths", "/huge-head"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut client = Client::connect(&proxy).await;
+        let answer = client.get(path).await;
+        assert_eq!(answer.status, 502, "{path}: {answer:?}");
+        assert_eq!(answer.text(), BAD_GATEWAY_TEXT, "{path}");
+        // The malformed exchange's connection went first (new the first time, pooled after).
+        if i == 0 {
+            accepts += 1;
+        }
+        assert_eq!(member.accepts(), accepts, "{path}");
+        // The connection that carried it is not reused: the next request opens a new one.
+        let mut client = Client::connect(&proxy).await;
+        let healthy = client.get("/healthy").await;
+        assert_eq!(healthy.status, 200, "after {path}");
+        assert_eq!(healthy.text(), "healthy", "after {path}");
+        accepts += 1;
+        assert_eq!(member.accepts(), accepts, "after {path}");
+    }
+    assert_eq!(member.requests(), 6);
+}
+
+#[tokio::test]
+async fn a_truncated_body_is_not_passed_as_complete() {
+    let member = Member::start(|asked: &Asked| match asked.head.path() {
+        "/truncated" => reply(
+            "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+            After::Close,
+        ),
+        _ => ok(b"whole"),
+    })
+    .await;
+    let proxy = start_proxy(&member);
+    let mut client = Client::connect(&proxy).await;
+    let answer = client
+        .try_send(
+            b"GET /truncated HTTP/1.1\r\nHost: web\r\n\r\n",
+            false,
+            Duration::from_secs(5),
+        )
+        .await;
+    match answer {
+        // A 200 may have started; then the client connection must be cut, not left hanging.
+        Err(e) => assert_ne!(
+            e.kind(),
+            io::ErrorKind::TimedOut,
+            "the proxy neither finished nor cut the answer"
+        ),
+        Ok(answer) => assert!(
+            answer.status != 200 || answer.body.len() != 100,
+            "a truncated body was passed as complete: {answer:?}"
+        ),
+    }
+    let mut client = Client::connect(&proxy).await;
+    let next = client.get("/whole").await;
+    assert_eq!(next.status, 200);
+    assert_eq!(next.text(), "whole");
+    assert_eq!((member.accepts(), member.requests()), (2, 2));
+}
+
+const MIB: usize = 1024 * 1024;
+
+#[tokio::test]
+async fn one_mebibyte_bodies_arrive_exactly_with_either_framing() {
+    let fixed = noise(MIB, 1);
+    let chunked = noise(MIB, 2);
+    let mut chunked_wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut state: usize = 7;
+    let mut at = 0;
+    while at < chunked.len() {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345) % 2_147_483_648;
+        let size = (1 + state % 8191).min(chunked.len() - at);
+        chunked_wire.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+        chunked_wire.extend_from_slice(&chunked[at..at + size]);
+        chunked_wire.extend_from_slice(b"\r\n");
+        at += size;
+    }
+    chunked_wire.extend_from_slice(b"0\r\n\r\n");
+    let (fixed_body, chunked_copy) = (fixed.clone(), chunked_wire.clone());
+    let member = Member::start(move |asked: &Asked| match asked.head.path() {
+        "/fixed" => ok(&fixed_body),
+        _ => reply(chunked_copy.clone(), After::KeepOpen),
+    })
+    .await;
+    let proxy = start_proxy(&member);
+    let mut client = Client::connect(&proxy).await;
+    let answer = client.get("/fixed").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.len(), MIB);
+    assert!(answer.body == fixed, "the Content-Length body differs");
+    let answer = client.get("/chunked").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.len(), MIB);
+    assert!(answer.body == chunked, "the chunked body differs");
+    assert_eq!((member.accepts(), member.requests()), (1, 2));
+}
+
+#[tokio::test]
+async fn hop_by_hop_answer_headers_stay_behind() {
+    let member = Member::start(|_: &Asked| {
+        reply(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\n\
+             Keep-Alive: timeout=5\r\nX-Kept: yes\r\nTransfer-Encoding: chunked\r\n\r\n\
+             4\r\nbody\r\n0\r\n\r\n",
+            After::KeepOpen,
+        )
+    })
+    .await;
+    let proxy = start_proxy(&member);
+    let check = |answer: &Answer| {
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.text(), "body");
+        assert_eq!(answer.head.get("x-kept"), Some("yes"));
+        assert_eq!(answer.head.get("x-private"), None, "{answer:?}");
+        assert_eq!(answer.head.get("keep-alive"), None, "{answer:?}");
+        for value in answer.head.all("connection") {
+            assert!(
+                !value.to_ascii_lowercase().contains("x-private"),
+                "{answer:?}"
+            );
+        }
+    };
+    // HTTP/1.1: the proxy may chunk the body itself, once.
+    let mut client = Client::connect(&proxy).await;
+    let answer = client.get("/").await;
+    check(&answer);
+    assert!(
+        answer.head.all("transfer-encoding").len() <= 1,
+        "{answer:?}"
+    );
+    // HTTP/1.0 has no chunked coding: a forwarded Transfer-Encoding would show as it is.
+    let mut client = Client::connect(&proxy).await;
+    let answer = client
+        .send(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n", false)
+        .await;
+    check(&answer);
+    assert_eq!(answer.head.get("transfer-encoding"), None, "{answer:?}");
+    assert_eq!((member.accepts(), member.requests()), (1, 2));
+}
+
+#[tokio::test]
+async fn a_posted_body_is_echoed_exactly_then_a_get_follows() {
+    let member = Member::start(|asked: &Asked| {
+        if asked.head.start.starts_with("POST ") {
+            ok(&asked.body)
+        } else {
+            ok(b"plain get")
+        }
+    })
+    .await;
+    let proxy = start_proxy(&member);
+    let body = noise(64 * 1024, 3);
+    let mut request = format!(
+        "POST /echo HTTP/1.1\r\nHost: web\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let mut client = Client::connect(&proxy).await;
+    let echo = client.send(&request, false).await;
+    assert_eq!(echo.status, 200);
+    assert_eq!(echo.body.len(), body.len());
+    assert!(echo.body == body, "the echoed body differs");
+    let get = client.get("/after").await;
+    assert_eq!(get.status, 200);
+    assert_eq!(get.text(), "plain get");
+    assert_eq!((member.accepts(), member.requests()), (1, 2));
+}
