@@ -470,6 +470,32 @@ async fn chunked_answer_with_extension_and_trailers_is_passed_whole_and_reused()
     assert_eq!((member.accepts(), member.requests()), (1, 2));
 }
 
+/// The same through hyper's client, which carries requests with a body.
+#[tokio::test]
+async fn chunked_answer_with_trailers_to_a_post_is_passed_whole_and_reused() {
+    let member = Member::start(|asked: &Asked| {
+        let body = String::from_utf8_lossy(&asked.body).into_owned();
+        let bytes = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {:x}\r\n{body}\r\n0\r\nX-Sum: 42\r\n\r\n",
+            body.len()
+        );
+        reply(bytes, After::KeepOpen)
+    })
+    .await;
+    let proxy = start_proxy(&member);
+    let mut client = Client::connect(&proxy).await;
+    for text in ["first post", "second post"] {
+        let request = format!(
+            "POST /p HTTP/1.1\r\nHost: web\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        let answer = client.send(request.as_bytes(), false).await;
+        assert_eq!((answer.status, answer.text().as_str()), (200, text));
+    }
+    assert_eq!((member.accepts(), member.requests()), (1, 2));
+}
+
 #[tokio::test]
 async fn close_delimited_answer_is_passed_whole_and_the_next_request_reconnects() {
     let member = Member::start(|asked: &Asked| {
@@ -835,5 +861,61 @@ async fn a_posted_body_is_echoed_exactly_then_a_get_follows() {
     let get = client.get("/after").await;
     assert_eq!(get.status, 200);
     assert_eq!(get.text(), "plain get");
+    // A request with a body goes through hyper's client and one without through the lean
+    // exchange (docs/benchmarks.md): each kind keeps its own member connection, and reuses it.
+    let echo = client.send(&request, false).await;
+    assert!(
+        echo.status == 200 && echo.body == body,
+        "the second echo differs"
+    );
+    let get = client.get("/again").await;
+    assert_eq!(get.text(), "plain get");
+    assert_eq!((member.accepts(), member.requests()), (2, 4));
+}
+
+#[tokio::test]
+async fn a_get_on_a_pooled_connection_the_member_closes_unanswered_is_sent_again() {
+    // The member reads the second request and closes the connection without a byte of answer
+    // (as when its idle timeout strikes while the request is on its way).
+    let member = Member::start(|asked: &Asked| {
+        if asked.number == 2 {
+            reply(Vec::new(), After::Close)
+        } else {
+            ok(format!("answer {}", asked.number).as_bytes())
+        }
+    })
+    .await;
+    let proxy = start_proxy(&member);
+    let mut client = Client::connect(&proxy).await;
+    assert_eq!(client.get("/one").await.text(), "answer 1");
+    let again = client.get("/two").await;
+    assert_eq!((again.status, again.text().as_str()), (200, "answer 3"));
+    assert_eq!((member.accepts(), member.requests()), (2, 3));
+    // Not the member's fault: it keeps serving, on the new connection.
+    assert_eq!(client.get("/three").await.text(), "answer 4");
+    assert_eq!((member.accepts(), member.requests()), (2, 4));
+}
+
+#[tokio::test]
+async fn a_post_on_a_pooled_connection_the_member_closes_unanswered_is_not_sent_again() {
+    let member = Member::start(|asked: &Asked| {
+        if asked.number == 2 {
+            reply(Vec::new(), After::Close)
+        } else {
+            ok(b"done")
+        }
+    })
+    .await;
+    let proxy = start_proxy(&member);
+    let mut client = Client::connect(&proxy).await;
+    assert_eq!(client.get("/one").await.text(), "done");
+    // A POST may have been acted on: it is not repeated (as nginx's proxy_next_upstream).
+    let post = client
+        .send(
+            b"POST /order HTTP/1.1\r\nHost: web\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .await;
+    assert_eq!((post.status, post.text().as_str()), (502, BAD_GATEWAY_TEXT));
     assert_eq!((member.accepts(), member.requests()), (1, 2));
 }

@@ -12,7 +12,11 @@ use hyper::body::Incoming;
 
 use super::deadline::Deadline;
 use super::pool::{Member, Sender};
+use super::upstream::{self, AnswerBody};
 use crate::balancer::MemberStats;
+
+/// The error of a response body: hyper's, or the lean exchange's (an I/O error).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body on its way to a member: the client's, counted as bytes sent, or none (a
 /// replayed body-less request).
@@ -79,7 +83,10 @@ impl Body for UpstreamBody {
 /// connection back to the pool if the exchange ended cleanly.
 pub struct Lease {
     stats: Arc<MemberStats>,
-    give_back: Option<(Rc<Member>, Sender)>,
+    /// Whose idle connections the connection goes back to.
+    member: Option<Rc<Member>>,
+    /// hyper's client connection; a lean one is held by its [`AnswerBody`].
+    sender: Option<Sender>,
 }
 
 impl Lease {
@@ -87,7 +94,8 @@ impl Lease {
         stats.busy.fetch_add(1, Relaxed);
         Lease {
             stats,
-            give_back: None,
+            member: None,
+            sender: None,
         }
     }
 
@@ -96,12 +104,20 @@ impl Lease {
     }
 
     /// The connection goes back to the member's idle ones when the response body ends.
-    pub fn reuse(&mut self, member: Rc<Member>, sender: Sender) {
-        self.give_back = Some((member, sender));
+    pub fn reuse(&mut self, member: Rc<Member>, sender: Option<Sender>) {
+        self.member = Some(member);
+        self.sender = sender;
     }
 
-    fn finish(mut self, clean: bool) {
-        if clean && let Some((member, sender)) = self.give_back.take() {
+    /// Gives the connection back: hyper's if the exchange ended cleanly, or the lean one.
+    fn finish(mut self, clean: bool, lean: Option<upstream::Conn>) {
+        let Some(member) = self.member.take() else {
+            return;
+        };
+        if let Some(conn) = lean {
+            member.put_lean(conn);
+        }
+        if clean && let Some(sender) = self.sender.take() {
             member.put(sender);
         }
     }
@@ -123,13 +139,23 @@ pub struct ResponseBody {
 
 enum Kind {
     Upstream(Incoming),
+    Lean(AnswerBody),
     Full(Option<Bytes>),
 }
 
+/// A member's answer body: from hyper's client, or from the lean exchange.
+pub enum Answer {
+    Hyper(Incoming),
+    Lean(AnswerBody),
+}
+
 impl ResponseBody {
-    pub fn upstream(inner: Incoming, lease: Lease) -> Self {
+    pub fn upstream(inner: Answer, lease: Lease) -> Self {
         ResponseBody {
-            kind: Kind::Upstream(inner),
+            kind: match inner {
+                Answer::Hyper(b) => Kind::Upstream(b),
+                Answer::Lean(b) => Kind::Lean(b),
+            },
             lease: Some(lease),
             deadline: None,
         }
@@ -160,16 +186,26 @@ impl ResponseBody {
     fn ended(&self) -> bool {
         match &self.kind {
             Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Lean(b) => b.is_end_stream(),
             Kind::Full(b) => b.is_none(),
+        }
+    }
+
+    /// Ends the lease: the member connection goes back when its answer was read whole.
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            let lean = match &mut self.kind {
+                Kind::Lean(b) => b.take_idle(),
+                _ => None,
+            };
+            lease.finish(self.ended(), lean);
         }
     }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.finish(self.ended());
-        }
+        self.release();
         if let Some(deadline) = self.deadline.take() {
             deadline.await_head(tokio::time::Instant::now());
         }
@@ -178,15 +214,36 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Lean(inner) => {
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(data), Some(lease)) = (frame.data_ref(), &this.lease) {
+                            lease
+                                .stats()
+                                .received_bytes
+                                .fetch_add(data.len() as u64, Relaxed);
+                        }
+                        // The last bytes: the connection can serve the next request already.
+                        if inner.is_end_stream() {
+                            this.release();
+                        }
+                    }
+                    Poll::Ready(None) => this.release(),
+                    // A broken exchange: the body has dropped its connection.
+                    Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+                }
+                polled.map(|frame| frame.map(|r| r.map_err(BoxError::from)))
+            }
             Kind::Upstream(inner) => {
                 let polled = Pin::new(inner).poll_frame(cx);
                 match &polled {
@@ -197,35 +254,40 @@ impl Body for ResponseBody {
                                 .received_bytes
                                 .fetch_add(data.len() as u64, Relaxed);
                         }
+                        // Trailers end a chunked body; hyper's server asks for nothing after
+                        // them, so the connection goes back now.
+                        if frame.is_trailers()
+                            && let Some(lease) = this.lease.take()
+                        {
+                            lease.finish(true, None);
+                        }
                     }
                     Poll::Ready(None) => {
                         if let Some(lease) = this.lease.take() {
-                            lease.finish(true);
+                            lease.finish(true, None);
                         }
                     }
                     Poll::Ready(Some(Err(_))) => {
                         // A broken exchange: the connection is not reused.
                         if let Some(mut lease) = this.lease.take() {
-                            lease.give_back = None;
+                            lease.member = None;
                         }
                     }
                     Poll::Pending => {}
                 }
-                polled
+                polled.map(|frame| frame.map(|r| r.map_err(BoxError::from)))
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Upstream(b) => b.is_end_stream(),
-            Kind::Full(b) => b.is_none(),
-        }
+        self.ended()
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Upstream(b) => b.size_hint(),
+            Kind::Lean(b) => b.size_hint(),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

@@ -12,7 +12,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::body::{Lease, ResponseBody, UpstreamBody};
+use super::body::{Answer, Lease, ResponseBody, UpstreamBody};
 use super::deadline::Deadline;
 use super::error::ProxyError;
 use super::pool::{self, Member, Pool, Sender};
@@ -177,7 +177,13 @@ async fn forward(
         req.body_mut().count_for(stats.clone());
         let key = worker.pool.member(&member.authority);
 
-        let sent = exchange(&key, config, req, started, deadline).await;
+        // A request without a body (most of them) takes the lean exchange; one with a body to
+        // stream, or an upgrade, goes through hyper's client.
+        let sent = if client_upgrade.is_none() && req.body().is_end_stream() {
+            exchange_lean(&key, config, req, started, deadline).await
+        } else {
+            exchange(&key, config, req, started, deadline).await
+        };
         match sent {
             Err(Failure {
                 timed_out: true, ..
@@ -292,19 +298,105 @@ struct Failure {
     unsent: Option<Request<UpstreamBody>>,
 }
 
-/// Sends the request on a pooled connection, or on a new one when the pool has none or the
-/// pooled one turned out closed before the request left, and waits for the response head.
+/// A member's answer head, with hyper's client connection when it came on one.
+type Exchanged = (Option<Sender>, Response<Answer>);
+
+/// The lean exchange (see [`upstream`](super::upstream)) for a request without a body: on a
+/// pooled connection, or on a new one when the pool has none or the pooled one turned out
+/// closed before the answer began.
+async fn exchange_lean(
+    key: &Member,
+    config: &crate::discovery::ClusterConfig,
+    req: Request<UpstreamBody>,
+    now: tokio::time::Instant,
+    deadline: Option<&Deadline>,
+) -> Result<Exchanged, Failure> {
+    let timeout = config.response_timeout;
+    let mut failed = None;
+    if let Some(conn) = key.checkout_lean(config.idle_timeout, now) {
+        match within(conn.send(&req), now + timeout, deadline).await {
+            Some(Ok(response)) => return Ok((None, response.map(Answer::Lean))),
+            // The member closed the pooled connection as the request went: not its fault.
+            Some(Err(e)) if e.retry => failed = Some(e.cause),
+            Some(Err(e)) => return Err(Failure::new(e.cause, None)),
+            None => return Err(Failure::timed_out()),
+        }
+    }
+    let conn = match pool::connect_lean(key.authority(), config.connect_timeout).await {
+        Ok(conn) => conn,
+        Err(e) => return Err(Failure::new(e.to_string(), Some(req))),
+    };
+    if let Some(cause) = failed {
+        tracing::debug!(member = key.authority(), %cause, "pooled connection closed, sent again on a new one");
+    }
+    let until = tokio::time::Instant::now() + timeout;
+    match within(conn.send(&req), until, deadline).await {
+        Some(Ok(response)) => Ok((None, response.map(Answer::Lean))),
+        Some(Err(e)) => {
+            let unsent = e.retry.then_some(req);
+            Err(Failure::new(e.cause, unsent))
+        }
+        None => Err(Failure::timed_out()),
+    }
+}
+
+impl Failure {
+    fn new(cause: String, unsent: Option<Request<UpstreamBody>>) -> Self {
+        Failure {
+            cause,
+            timed_out: false,
+            unsent,
+        }
+    }
+
+    fn timed_out() -> Self {
+        Failure {
+            cause: String::new(),
+            timed_out: true,
+            unsent: None,
+        }
+    }
+}
+
+/// Runs `answer` until `until`: on the HTTP/1 connection's own timer when there is one, else
+/// on a timer of its own. `None` when the time ran out.
+async fn within<F: Future>(
+    answer: F,
+    until: tokio::time::Instant,
+    deadline: Option<&Deadline>,
+) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => {
+            deadline.await_response(until);
+            let mut answer = std::pin::pin!(answer);
+            let answered = std::future::poll_fn(|cx| {
+                if deadline.response_expired() {
+                    return std::task::Poll::Ready(None);
+                }
+                answer.as_mut().poll(cx).map(Some)
+            })
+            .await;
+            deadline.response_arrived();
+            answered
+        }
+        None => tokio::time::timeout_at(until, answer).await.ok(),
+    }
+}
+
+/// Sends the request through hyper's client, on a pooled connection, or on a new one when the
+/// pool has none or the pooled one turned out closed before the request left, and waits for the
+/// response head.
 async fn exchange(
     key: &Member,
     config: &crate::discovery::ClusterConfig,
     mut req: Request<UpstreamBody>,
     now: tokio::time::Instant,
     deadline: Option<&Deadline>,
-) -> Result<(Sender, Response<Incoming>), Failure> {
+) -> Result<Exchanged, Failure> {
     let timeout = config.response_timeout;
     if let Some(mut sender) = key.checkout(config.idle_timeout, now).await {
         match await_response(&mut sender, req, now + timeout, deadline).await {
-            Ok(response) => return Ok((sender, response)),
+            Ok(response) => return Ok((Some(sender), response.map(Answer::Hyper))),
             // The pooled connection was closed under us: not the member's fault, try a new one.
             Err(Failure {
                 unsent: Some(back),
@@ -326,50 +418,23 @@ async fn exchange(
     };
     let until = tokio::time::Instant::now() + timeout;
     let response = await_response(&mut sender, req, until, deadline).await?;
-    Ok((sender, response))
+    Ok((Some(sender), response.map(Answer::Hyper)))
 }
 
-/// Sends the request and waits for the response head until `until`: on the HTTP/1
-/// connection's own timer when there is one, else on a timer of its own.
+/// Sends the request through hyper's client and waits for the response head until `until`.
 async fn await_response(
     sender: &mut Sender,
     req: Request<UpstreamBody>,
     until: tokio::time::Instant,
     deadline: Option<&Deadline>,
 ) -> Result<Response<Incoming>, Failure> {
-    let answered = match deadline {
-        Some(deadline) => {
-            deadline.await_response(until);
-            let mut sent = std::pin::pin!(sender.try_send_request(req));
-            let answered = std::future::poll_fn(|cx| {
-                if deadline.response_expired() {
-                    return std::task::Poll::Ready(None);
-                }
-                sent.as_mut().poll(cx).map(Some)
-            })
-            .await;
-            deadline.response_arrived();
-            answered
-        }
-        None => tokio::time::timeout_at(until, sender.try_send_request(req))
-            .await
-            .ok(),
-    };
-    match answered {
+    match within(sender.try_send_request(req), until, deadline).await {
         Some(Ok(response)) => Ok(response),
         Some(Err(mut e)) => {
             let unsent = e.take_message();
-            Err(Failure {
-                cause: format!("request: {}", e.error()),
-                timed_out: false,
-                unsent,
-            })
+            Err(Failure::new(format!("request: {}", e.error()), unsent))
         }
-        None => Err(Failure {
-            cause: String::new(),
-            timed_out: true,
-            unsent: None,
-        }),
+        None => Err(Failure::timed_out()),
     }
 }
 

@@ -13,6 +13,7 @@ mod pool;
 pub mod routes;
 mod server;
 pub mod snapshot;
+mod upstream;
 
 pub use server::{ProxyOptions, Server};
 pub use snapshot::{Cluster, DataPlane, Snapshot};

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::UpstreamBody;
+use super::upstream;
 
 pub type Sender = http1::SendRequest<UpstreamBody>;
 
@@ -33,7 +34,10 @@ pub struct Pool {
 /// from and given back to without hashing its name again.
 pub struct Member {
     authority: Rc<str>,
+    /// hyper's client connections (requests with a body, upgrades).
     idle: RefCell<Vec<Idle>>,
+    /// Connections of the lean exchange (requests without a body): see [`upstream`].
+    lean: RefCell<Vec<(upstream::Conn, Instant)>>,
 }
 
 /// FNV-1a for the pool's keys: a few short `HOST:PORT` strings of our own members, looked up
@@ -79,6 +83,7 @@ impl Pool {
         let member = Rc::new(Member {
             authority: authority.clone(),
             idle: RefCell::new(Vec::new()),
+            lean: RefCell::new(Vec::new()),
         });
         self.members.borrow_mut().insert(authority, member.clone());
         member
@@ -120,12 +125,46 @@ impl Member {
     }
 }
 
-/// Opens a new connection to a member; its driver runs as a task on this worker.
-pub async fn connect(authority: &str, timeout: Duration) -> Result<Sender, ConnectError> {
+impl Member {
+    /// An idle lean connection that is still open and younger than `max_idle` at `now`: the
+    /// most recently used first.
+    pub fn checkout_lean(&self, max_idle: Duration, now: Instant) -> Option<upstream::Conn> {
+        loop {
+            let (conn, since) = self.lean.borrow_mut().pop()?;
+            if now.saturating_duration_since(since) <= max_idle && conn.is_idle_open() {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Files a lean connection whose last answer was read whole.
+    pub fn put_lean(&self, conn: upstream::Conn) {
+        let mut list = self.lean.borrow_mut();
+        if list.len() < MAX_IDLE_PER_MEMBER {
+            list.push((conn, Instant::now()));
+        }
+    }
+}
+
+async fn open(authority: &str, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(authority))
         .await
         .map_err(|_| ConnectError::Timeout(timeout))??;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens a new connection to a member for the lean exchange.
+pub async fn connect_lean(
+    authority: &str,
+    timeout: Duration,
+) -> Result<upstream::Conn, ConnectError> {
+    Ok(upstream::Conn::new(open(authority, timeout).await?))
+}
+
+/// Opens a new connection to a member; its driver runs as a task on this worker.
+pub async fn connect(authority: &str, timeout: Duration) -> Result<Sender, ConnectError> {
+    let stream = open(authority, timeout).await?;
     let (sender, conn) = http1::Builder::new()
         .writev(true)
         .handshake::<_, UpstreamBody>(TokioIo::new(stream))
