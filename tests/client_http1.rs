@@ -1,0 +1,888 @@
+//! The client side of HTTP/1, end to end over real sockets: the lean server in front of hyper's
+//! (src/proxy/lean.rs) answers requests that are only a head and hands the connection to hyper
+//! at the first one it does not handle. A raw client writes exact bytes and reads exactly what
+//! the proxy answers: pipelining, HTTP/1.0 and `Connection`, the hand-off in the middle of a
+//! connection, heads trickling in, header limits, the header-read timeout, graceful stop, HEAD
+//! and the Date header.
+
+mod common;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{Backend, Proxy, cluster_yaml};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The longest any single exchange may take before the test fails.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A Date a member writes, which must come through unchanged.
+const MEMBER_DATE: &str = "Mon, 01 Jan 2001 00:00:00 GMT";
+
+// ---------------------------------------------------------------------------------------------
+// Bytes on a socket.
+
+/// A parsed head: the start line and the header fields, names in lower case, in order.
+#[derive(Debug)]
+struct Head {
+    start: String,
+    fields: Vec<(String, String)>,
+}
+
+impl Head {
+    fn parse(raw: &[u8]) -> io::Result<Head> {
+        let text = String::from_utf8_lossy(raw);
+        let mut lines = text.split("\r\n").filter(|l| !l.is_empty());
+        let start = lines
+            .next()
+            .ok_or_else(|| invalid("an empty head"))?
+            .to_owned();
+        let mut fields = Vec::new();
+        for line in lines {
+            let (name, value) = line
+                .split_once(':')
+                .ok_or_else(|| invalid(&format!("a header line without a colon: {line:?}")))?;
+            fields.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        Ok(Head { start, fields })
+    }
+
+    /// Every value of the header `name` (lower case).
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.fields
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The single value of `name`; fails the test when it appears more than once.
+    fn get(&self, name: &str) -> Option<&str> {
+        let all = self.all(name);
+        assert!(
+            all.len() <= 1,
+            "{name} appears {} times: {all:?}",
+            all.len()
+        );
+        all.first().copied()
+    }
+
+    fn content_length(&self) -> io::Result<Option<usize>> {
+        self.get("content-length")
+            .map(|v| v.parse().map_err(|_| invalid("a bad content-length")))
+            .transpose()
+    }
+
+    fn chunked(&self) -> bool {
+        self.all("transfer-encoding")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("chunked"))
+    }
+
+    /// The method of a request head.
+    fn method(&self) -> &str {
+        self.start.split(' ').next().unwrap_or("")
+    }
+
+    /// The path of a request head.
+    fn path(&self) -> &str {
+        self.start.split(' ').nth(1).unwrap_or("")
+    }
+
+    /// The status of a response head.
+    fn status(&self) -> io::Result<u16> {
+        self.start
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| invalid(&format!("a bad status line: {:?}", self.start)))
+    }
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A socket with a read buffer.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads more bytes into the buffer; 0 at the end of the stream.
+    async fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk).await?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// The next head, or `None` when the stream ends cleanly before its first byte.
+    async fn read_head(&mut self) -> io::Result<Option<Head>> {
+        let mut searched = 0;
+        loop {
+            if let Some(at) = find(&self.buf[searched..], b"\r\n\r\n") {
+                let end = searched + at + 4;
+                let raw: Vec<u8> = self.buf.drain(..end).collect();
+                return Head::parse(&raw).map(Some);
+            }
+            searched = self.buf.len().saturating_sub(3);
+            if self.buf.len() > 4 * 1024 * 1024 {
+                return Err(invalid("a head larger than 4 MiB"));
+            }
+            if self.fill().await? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    async fn read_exact(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            if self.fill().await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    /// One line without its CRLF.
+    async fn read_line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(at) = find(&self.buf, b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..at + 2).collect();
+                return Ok(String::from_utf8_lossy(&line[..at]).into_owned());
+            }
+            if self.fill().await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// A chunked body, then the trailer section.
+    async fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.read_line().await?;
+            let size = line.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size, 16)
+                .map_err(|_| invalid(&format!("a bad chunk size line: {line:?}")))?;
+            if size == 0 {
+                while !self.read_line().await?.is_empty() {}
+                return Ok(body);
+            }
+            body.extend(self.read_exact(size).await?);
+            if self.read_exact(2).await? != b"\r\n" {
+                return Err(invalid("a chunk not followed by CRLF"));
+            }
+        }
+    }
+
+    async fn read_to_end(&mut self) -> io::Result<Vec<u8>> {
+        while self.fill().await? != 0 {}
+        Ok(std::mem::take(&mut self.buf))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A scripted member on a raw socket.
+
+/// A request as the member read it.
+struct Asked {
+    head: Head,
+    body: Vec<u8>,
+}
+
+type Script = Arc<dyn Fn(&Asked) -> Vec<u8> + Send + Sync>;
+
+/// A member on a raw socket that answers every request with its script's bytes and keeps the
+/// connection open.
+struct Member {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Member {
+    async fn start(script: impl Fn(&Asked) -> Vec<u8> + Send + Sync + 'static) -> Member {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a member");
+        let addr = listener.local_addr().expect("member address");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let script: Script = Arc::new(script);
+        let asked = requests.clone();
+        let task = tokio::spawn(async move {
+            // Connections live in this set: stopping the member closes them too.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                while connections.try_join_next().is_some() {}
+                connections.spawn(member_serve(stream, script.clone(), asked.clone()));
+            }
+        });
+        Member {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn member_serve(stream: TcpStream, script: Script, requests: Arc<AtomicUsize>) {
+    let mut conn = Conn::new(stream);
+    loop {
+        let Ok(Some(head)) = conn.read_head().await else {
+            return;
+        };
+        let body = if head.chunked() {
+            conn.read_chunked().await
+        } else {
+            match head.content_length() {
+                Ok(Some(n)) => conn.read_exact(n).await,
+                Ok(None) => Ok(Vec::new()),
+                Err(e) => Err(e),
+            }
+        };
+        let Ok(body) = body else {
+            return;
+        };
+        requests.fetch_add(1, Ordering::SeqCst);
+        let answer = script(&Asked { head, body });
+        if conn.stream.write_all(&answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A member answering `METHOD PATH BODY` with a Content-Length, and no Date header.
+async fn echo_member() -> Member {
+    Member::start(|asked: &Asked| {
+        let text = format!(
+            "{} {} {}",
+            asked.head.method(),
+            asked.head.path(),
+            String::from_utf8_lossy(&asked.body)
+        );
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        )
+        .into_bytes()
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw client of the proxy.
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    head: Head,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+struct Client {
+    conn: Conn,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect to the proxy in time")
+            .expect("connect to the proxy");
+        // Every write goes out as it is: a trickled head arrives byte by byte.
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        Client {
+            conn: Conn::new(stream),
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(WAIT, self.conn.stream.write_all(bytes))
+            .await
+            .expect("write in time")
+            .expect("write to the proxy");
+    }
+
+    /// Reads one answer (the body framed as its head says), within `WAIT`.
+    async fn answer(&mut self, head_request: bool) -> Answer {
+        tokio::time::timeout(WAIT, self.read_answer(head_request))
+            .await
+            .expect("an answer in time")
+            .expect("an answer from the proxy")
+    }
+
+    async fn send(&mut self, request: &[u8], head_request: bool) -> Answer {
+        self.write(request).await;
+        self.answer(head_request).await
+    }
+
+    async fn get(&mut self, path: &str) -> Answer {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: web\r\n\r\n");
+        self.send(request.as_bytes(), false).await
+    }
+
+    async fn post(&mut self, path: &str, body: &str) -> Answer {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: web\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.send(request.as_bytes(), false).await
+    }
+
+    async fn read_answer(&mut self, head_request: bool) -> io::Result<Answer> {
+        loop {
+            let head = self
+                .conn
+                .read_head()
+                .await?
+                .ok_or(io::ErrorKind::UnexpectedEof)?;
+            let status = head.status()?;
+            if (100..200).contains(&status) && status != 101 {
+                continue;
+            }
+            let body = if head_request || status == 204 || status == 304 {
+                Vec::new()
+            } else if head.chunked() {
+                self.conn.read_chunked().await?
+            } else if let Some(n) = head.content_length()? {
+                self.conn.read_exact(n).await?
+            } else {
+                self.conn.read_to_end().await?
+            };
+            return Ok(Answer { status, head, body });
+        }
+    }
+
+    /// Waits, up to `limit`, for the proxy to close the connection cleanly; what came before the
+    /// end of the stream (nothing, when all answers were read).
+    async fn closed(&mut self, limit: Duration) -> Vec<u8> {
+        tokio::time::timeout(limit, self.conn.read_to_end())
+            .await
+            .unwrap_or_else(|_| panic!("the proxy did not close the connection within {limit:?}"))
+            .expect("a clean close (FIN), not an error")
+    }
+
+    /// Fails the test if any byte arrives within `quiet`.
+    async fn nothing_more(&mut self, quiet: Duration) {
+        assert!(
+            self.conn.buf.is_empty(),
+            "stray bytes after the answer: {:?}",
+            String::from_utf8_lossy(&self.conn.buf)
+        );
+        if let Ok(read) = tokio::time::timeout(quiet, self.conn.fill()).await {
+            let n = read.expect("the connection stays usable");
+            assert_eq!(n, 0, "no bytes after the answer was complete");
+            panic!("the proxy closed a kept-alive connection");
+        }
+    }
+}
+
+fn proxy_for(members: &[String]) -> Proxy {
+    Proxy::start(&cluster_yaml(members, ""))
+}
+
+/// Checks the form of an IMF-fixdate, e.g. `Tue, 24 Nov 2026 08:00:00 GMT`, and that it is now.
+fn assert_a_current_http_date(date: &str) {
+    assert_eq!(date.len(), 29, "an IMF-fixdate has 29 characters: {date:?}");
+    assert!(date.ends_with(" GMT"), "{date:?} ends with GMT");
+    assert_eq!(&date[3..5], ", ", "{date:?}");
+    let when = httpdate::parse_http_date(date).expect("a valid HTTP date");
+    let now = SystemTime::now();
+    let skew = now.duration_since(when).unwrap_or_else(|e| e.duration());
+    assert!(skew < Duration::from_secs(60), "{date:?} is not now");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Pipelining.
+
+#[tokio::test]
+async fn two_gets_in_one_write_are_answered_in_order() {
+    let member = echo_member().await;
+    let proxy = proxy_for(&[member.url()]);
+    let mut client = Client::connect(proxy.addr).await;
+    client
+        .write(b"GET /first HTTP/1.1\r\nHost: web\r\n\r\nGET /second HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await;
+    let first = client.answer(false).await;
+    assert_eq!((first.status, first.text().as_str()), (200, "GET /first "));
+    let second = client.answer(false).await;
+    assert_eq!(
+        (second.status, second.text().as_str()),
+        (200, "GET /second ")
+    );
+    // The connection stays open for a third.
+    let third = client.get("/third").await;
+    assert_eq!((third.status, third.text().as_str()), (200, "GET /third "));
+    assert_eq!(member.requests(), 3);
+}
+
+/// The hand-off in the middle of a pipelined write: what follows the GET the lean server
+/// answered (a POST with its body, then another GET) goes to hyper whole.
+#[tokio::test]
+async fn a_get_then_a_post_and_a_get_in_one_write_are_answered_in_order() {
+    let member = echo_member().await;
+    let proxy = proxy_for(&[member.url()]);
+    let mut client = Client::connect(proxy.addr).await;
+    client
+        .write(
+            b"GET /one HTTP/1.1\r\nHost: web\r\n\r\n\
+              POST /two HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\nhello\
+              GET /three HTTP/1.1\r\nHost: web\r\n\r\n",
+        )
+        .await;
+    let mut texts = Vec::new();
+    for _ in 0..3 {
+        let answer = client.answer(false).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        texts.push(answer.text());
+    }
+    assert_eq!(texts, ["GET /one ", "POST /two hello", "GET /three "]);
+    assert_eq!(member.requests(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2, 3. HTTP/1.0 and Connection.
+
+#[tokio::test]
+async fn an_http10_request_gets_a_framed_answer_and_the_connection_closes() {
+    let a = Backend::start("a").await;
+    let proxy = proxy_for(&[a.url()]);
+    let mut client = Client::connect(proxy.addr).await;
+    let answer = client
+        .send(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n", false)
+        .await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.head.start.starts_with("HTTP/1."), "{answer:?}");
+    assert_eq!(answer.head.get("content-length"), Some("1"), "{answer:?}");
+    assert_eq!(answer.head.get("transfer-encoding"), None, "{answer:?}");
+    assert_eq!(answer.text(), "a");
+    assert_eq!(client.closed(WAIT).await, b"");
+}
+
+#[tokio::test]
+async fn an_http10_keep_alive_request_is_answered_keep_alive_and_the_connection_serves_more() {
+    let a = Backend::start("a").await;
+    let proxy = proxy_for(&[a.url()]);
+    let mut client = Client::connect(proxy.addr).await;
+    let request = b"GET / HTTP/1.0\r\nHost: web\r\nConnection: keep-alive\r\n\r\n";
+    let first = client.send(request, false).await;
+    assert_eq!((first.status, first.text().as_str()), (200, "a"));
+    assert_eq!(first.head.get("content-length"), Some("1"), "{first:?}");
+    assert_eq!(
+        first
+            .head
+            .get("connection")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("keep-alive"),
+        "{first:?}"
+    );
+    let second = client.send(request, false).await;
+    assert_eq!((second.status, second.text().as_str()), (200, "a"));
+    // A third without keep-alive ends it.
+    let third = client
+        .send(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n", false)
+        .await;
+    assert_eq!((third.status, third.text().as_str()), (200, "a"));
+    assert_eq!(client.closed(WAIT).await, b"");
+    assert_eq!(a.hits(), 3);
+}
+
+/// An HTTP/1.0 client cannot read chunks: an answer of unknown length is delimited by the close.
+#[tokio::test]
+async fn an_http10_keep_alive_request_to_an_answer_of_unknown_length_ends_with_the_close() {
+    let member = Member::start(|_: &Asked| {
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            .to_vec()
+    })
+    .await;
+    let proxy = proxy_for(&[member.url()]);
+    let mut client = Client::connect(proxy.addr).await;
+    let answer = client
+        .send(
+            b"GET / HTTP/1.0\r\nHost: web\r\nConnection: keep-alive\r\n\r\n",
+            false,
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    assert!(!answer.head.chunked(), "no chunks to HTTP/1.0: {answer:?}");
+    assert_eq!(answer.text(), "hello world");
+    assert_eq!(client.closed(WAIT).await, b"");
+}
+
+#[tokio::test]
+async fn connection_close_is_answered_with_connection_close_and_the_connection_closes() {
+    let a = Backend::start("a").await;
+    let proxy = proxy_for(&[a.url()]);
+    let mut client = Client::connect(proxy.addr).await;
+    let answer = client
+        .send(
+            b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+            false,
+        )
+        .await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "a"));
+    assert_eq!(answer.head.get("connection"), Some("close"), "{answer:?}");
+    assert_eq!(client.closed(WAIT).await, b"");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Lean and hyper on one connection.
+
+#[tokio::test]
+async fn gets_and_posts_alternate_on_one_connection() {
+    let a = Backend::start("a").await;
+    let proxy = proxy_for(&[a.url()]);
+    let mut client = Client::connect(proxy.addr).await;
+
+    let first = client.get("/").await;
+    assert_eq!((first.status, first.text().as_str()), (200, "a"));
+    // A body: hyper's server takes the connection from here on.
+    let second = client.post("/echo", "the first body").await;
+    assert_eq!(
+        (second.status, second.text().as_str()),
+        (200, "the first body")
+    );
+    let third = client.get("/").await;
+    assert_eq!((third.status, third.text().as_str()), (200, "a"));
+    let fourth = client.post("/echo", "a second, longer body").await;
+    assert_eq!(
+        (fourth.status, fourth.text().as_str()),
+        (200, "a second, longer body")
+    );
+    for answer in [&first, &second, &third, &fourth] {
+        assert_eq!(answer.head.get("x-backend"), Some("a"), "{answer:?}");
+        assert_eq!(answer.head.get("connection"), None, "{answer:?}");
+    }
+    client.nothing_more(Duration::from_millis(100)).await;
+    assert_eq!(a.hits(), 4);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. A head trickling in.
+
+#[tokio::test]
+async fn a_head_trickled_one_byte_per_write_is_answered() {
+    let member = echo_member().await;
+    let proxy = Proxy::start_with(&cluster_yaml(&[member.url()], ""), |options| {
+        options.header_read_timeout = Duration::from_secs(5);
+    });
+    let mut client = Client::connect(proxy.addr).await;
+    let started = Instant::now();
+    // Twice: on a fresh connection, and on one that has been answered before.
+    for path in ["/trickled", "/again"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: web\r\nX-Slow: yes\r\n\r\n");
+        for byte in request.as_bytes() {
+            client.write(std::slice::from_ref(byte)).await;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        let answer = client.answer(false).await;
+        assert_eq!(
+            (answer.status, answer.text()),
+            (200, format!("GET {path} "))
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(4), "well in time");
+    assert_eq!(member.requests(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Limits and malformed heads.
+
+/// `count` headers in all, Host among them.
+fn request_with_headers(count: usize) -> Vec<u8> {
+    let mut request = String::from("GET / HTTP/1.1\r\nHost: web\r\n");
+    for i in 1..count {
+        request.push_str(&format!("X-H-{i}: {i}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.into_bytes()
+}
+
+/// A GET whose head is exactly `len` bytes.
+fn request_of_length(len: usize) -> Vec<u8> {
+    let start = b"GET / HTTP/1.1\r\nHost: web\r\nX-Big: ";
+    let end = b"\r\n\r\n";
+    let mut request = start.to_vec();
+    request.resize(len - end.len(), b'a');
+    request.extend_from_slice(end);
+    assert_eq!(request.len(), len);
+    request
+}
+
+/// An answer the proxy's HTTP/1 server gives itself to a request it refuses: the status, no
+/// member's, and the connection closed after it.
+async fn assert_refused(client: &mut Client, request: &[u8], status: u16) {
+    let answer = client.send(request, false).await;
+    assert_eq!(answer.status, status, "{answer:?}");
+    assert_eq!(answer.head.get("x-backend"), None, "{answer:?}");
+    assert_eq!(answer.head.get("connection"), Some("close"), "{answer:?}");
+    assert_eq!(client.closed(WAIT).await, b"");
+}
+
+#[tokio::test]
+async fn more_headers_than_max_headers_get_431_fresh_and_after_a_lean_answer() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start_with(&cluster_yaml(&[a.url()], ""), |options| {
+        options.max_headers = 10;
+    });
+    let mut client = Client::connect(proxy.addr).await;
+    let answer = client.send(&request_with_headers(10), false).await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "a"));
+    // The same connection, now with one too many.
+    assert_refused(&mut client, &request_with_headers(11), 431).await;
+
+    let mut client = Client::connect(proxy.addr).await;
+    assert_refused(&mut client, &request_with_headers(11), 431).await;
+    assert_eq!(a.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_head_over_max_header_bytes_gets_431_fresh_and_after_a_lean_answer() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start_with(&cluster_yaml(&[a.url()], ""), |options| {
+        options.max_header_bytes = 4096;
+    });
+    let mut client = Client::connect(proxy.addr).await;
+    let answer = client.send(&request_of_length(4000), false).await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "a"));
+    assert_refused(&mut client, &request_of_length(5000), 431).await;
+
+    let mut client = Client::connect(proxy.addr).await;
+    assert_refused(&mut client, &request_of_length(5000), 431).await;
+
+    // A head that never ends: refused once the limit is read, not waited for.
+    let mut client = Client::connect(proxy.addr).await;
+    let mut endless = b"GET / HTTP/1.1\r\nHost: web\r\nX-Big: ".to_vec();
+    endless.resize(4096, b'a');
+    assert_refused(&mut client, &endless, 431).await;
+    assert_eq!(a.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_malformed_request_line_gets_400_fresh_and_after_a_lean_answer() {
+    let a = Backend::start("a").await;
+    let proxy = proxy_for(&[a.url()]);
+    let bad = b"GET / HTTX/1.1\r\nHost: web\r\n\r\n";
+    let mut client = Client::connect(proxy.addr).await;
+    assert_refused(&mut client, bad, 400).await;
+
+    let mut client = Client::connect(proxy.addr).await;
+    let answer = client.get("/").await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "a"));
+    assert_refused(&mut client, bad, 400).await;
+    assert_eq!(a.hits(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. The header-read timeout.
+
+fn short_header_timeout(members: &[String]) -> Proxy {
+    Proxy::start_with(&cluster_yaml(members, ""), |options| {
+        options.header_read_timeout = Duration::from_millis(300);
+    })
+}
+
+#[tokio::test]
+async fn a_head_stalled_after_an_answer_is_closed_by_the_header_read_timeout() {
+    let a = Backend::start("a").await;
+    let proxy = short_header_timeout(&[a.url()]);
+    let mut client = Client::connect(proxy.addr).await;
+    let answer = client.get("/").await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "a"));
+    client.write(b"GET / HTTP/1.1\r\nHost: web\r\nX-Sl").await;
+    let sent = Instant::now();
+    assert_eq!(client.closed(Duration::from_secs(2)).await, b"");
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200),
+        "closed by the timer, not at once: {waited:?}"
+    );
+    assert_eq!(a.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_by_the_header_read_timeout() {
+    let a = Backend::start("a").await;
+    let proxy = short_header_timeout(&[a.url()]);
+    let mut client = Client::connect(proxy.addr).await;
+    let connected = Instant::now();
+    assert_eq!(client.closed(Duration::from_secs(2)).await, b"");
+    let waited = connected.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200),
+        "closed by the timer, not at once: {waited:?}"
+    );
+    assert_eq!(a.hits(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Graceful stop.
+
+#[tokio::test]
+async fn a_graceful_stop_closes_idle_connections_and_finishes_requests_in_flight() {
+    let a = Backend::start("a").await;
+    let proxy = proxy_for(&[a.url()]);
+    let mut idle = Client::connect(proxy.addr).await;
+    let answer = idle.get("/").await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "a"));
+
+    let mut busy = Client::connect(proxy.addr).await;
+    busy.write(b"GET /slow/500 HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await;
+    // Let the request reach the member before the stop.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let grace = Duration::from_secs(2);
+    let started = Instant::now();
+    let stop = tokio::spawn(proxy.stop(grace));
+
+    assert_eq!(idle.closed(WAIT).await, b"", "the idle connection closes");
+    let answer = busy.answer(false).await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "a"));
+    assert_eq!(answer.head.get("connection"), Some("close"), "{answer:?}");
+    assert_eq!(busy.closed(WAIT).await, b"");
+
+    tokio::time::timeout(WAIT, stop)
+        .await
+        .expect("stop returns in time")
+        .expect("stop does not panic");
+    let took = started.elapsed();
+    assert!(
+        took < grace,
+        "with every connection closed, stop does not wait out the grace: {took:?}"
+    );
+    assert_eq!(a.hits(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. HEAD.
+
+#[tokio::test]
+async fn a_head_request_gets_the_members_head_without_a_body_and_the_next_get_follows() {
+    let member = Member::start(|asked: &Asked| {
+        let text = format!("{} {}", asked.head.method(), asked.head.path());
+        if asked.head.method() == "HEAD" {
+            // The length the GET would have, and no body.
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-Member: m\r\nETag: \"v1\"\r\n\r\n".to_vec()
+        } else {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Member: m\r\n\r\n{text}",
+                text.len()
+            )
+            .into_bytes()
+        }
+    })
+    .await;
+    let proxy = proxy_for(&[member.url()]);
+    let mut client = Client::connect(proxy.addr).await;
+    let head = client
+        .send(b"HEAD /page HTTP/1.1\r\nHost: web\r\n\r\n", true)
+        .await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.head.get("content-length"), Some("11"), "{head:?}");
+    assert_eq!(head.head.get("x-member"), Some("m"), "{head:?}");
+    assert_eq!(head.head.get("etag"), Some("\"v1\""), "{head:?}");
+    assert_eq!(head.head.get("transfer-encoding"), None, "{head:?}");
+    // No body bytes follow the head.
+    client.nothing_more(Duration::from_millis(200)).await;
+    let get = client.get("/page").await;
+    assert_eq!((get.status, get.text().as_str()), (200, "GET /page"));
+    assert_eq!(get.head.get("x-member"), Some("m"));
+
+    // The same through hyper's server, after a request with a body.
+    let posted = client.post("/form", "x").await;
+    assert_eq!(posted.status, 200);
+    let head = client
+        .send(b"HEAD /page HTTP/1.1\r\nHost: web\r\n\r\n", true)
+        .await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.head.get("x-member"), Some("m"), "{head:?}");
+    client.nothing_more(Duration::from_millis(200)).await;
+    let get = client.get("/page").await;
+    assert_eq!((get.status, get.text().as_str()), (200, "GET /page"));
+    assert_eq!(member.requests(), 5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Date.
+
+#[tokio::test]
+async fn the_proxy_adds_a_date_when_the_member_sends_none_and_keeps_the_members_own() {
+    let member = Member::start(|asked: &Asked| {
+        let date = if asked.head.path() == "/dated" {
+            format!("Date: {MEMBER_DATE}\r\n")
+        } else {
+            String::new()
+        };
+        format!("HTTP/1.1 200 OK\r\n{date}Content-Length: 2\r\n\r\nok").into_bytes()
+    })
+    .await;
+    let proxy = proxy_for(&[member.url()]);
+    let mut client = Client::connect(proxy.addr).await;
+    for round in ["the lean server", "hyper's server"] {
+        let undated = client.get("/undated").await;
+        assert_eq!((undated.status, undated.text().as_str()), (200, "ok"));
+        let date = undated
+            .head
+            .get("date")
+            .unwrap_or_else(|| panic!("{round}: a Date is added: {undated:?}"));
+        assert_a_current_http_date(date);
+
+        let dated = client.get("/dated").await;
+        assert_eq!((dated.status, dated.text().as_str()), (200, "ok"));
+        assert_eq!(
+            dated.head.get("date"),
+            Some(MEMBER_DATE),
+            "{round}: the member's Date is kept: {dated:?}"
+        );
+        // A body hands the connection to hyper for the second round.
+        let posted = client.post("/undated", "x").await;
+        assert_eq!(posted.status, 200);
+    }
+    assert_eq!(member.requests(), 6);
+}
