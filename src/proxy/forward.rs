@@ -59,11 +59,12 @@ fn forwarded_for(ip: IpAddr) -> HeaderValue {
     HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// The hyper service function of a client connection.
+/// One request of a client connection: hyper's service function, and the lean HTTP/1 server's
+/// (see [`lean`](super::lean)).
 pub async fn handle(
     worker: Rc<Worker>,
     client: Rc<Client>,
-    req: Request<Incoming>,
+    req: Request<UpstreamBody>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let peer = client.addr;
     if let Some(deadline) = &client.deadline {
@@ -87,7 +88,7 @@ pub async fn handle(
 async fn proxy(
     worker: &Rc<Worker>,
     client: &Client,
-    mut req: Request<Incoming>,
+    mut req: Request<UpstreamBody>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ConnectRefused);
@@ -127,7 +128,6 @@ async fn proxy(
     let upgrade = upgrade_protocol(&req);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     prepare_request(&mut req, &client.forwarded_for, host_value, upgrade);
-    let req = req.map(UpstreamBody::new);
     let deadline = client.deadline.as_deref();
     forward(worker, &cluster, req, client_upgrade, &affinity, deadline).await
 }

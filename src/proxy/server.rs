@@ -12,6 +12,8 @@ use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use http::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -20,8 +22,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use super::body::UpstreamBody;
 use super::deadline::{Deadline, Fired};
 use super::forward::{self, Worker};
+use super::lean;
 use super::pool::Pool;
 use super::snapshot::DataPlane;
 
@@ -176,6 +180,26 @@ struct Tracker {
     idle: Notify,
 }
 
+/// One open client connection, counted in its worker's [`Tracker`] while it lives.
+struct Open(Rc<Tracker>);
+
+impl Open {
+    fn new(tracker: Rc<Tracker>) -> Self {
+        tracker.open.set(tracker.open.get() + 1);
+        Open(tracker)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let tracker = &self.0;
+        tracker.open.set(tracker.open.get() - 1);
+        if tracker.open.get() == 0 {
+            tracker.idle.notify_waiters();
+        }
+    }
+}
+
 /// The worker's stop as its client connections wait for it. A connection checks it on every
 /// poll, so the check is a flag read; its waker is filed once, when it first waits (a `watch`
 /// receiver in a `select!` would take a lock on every poll).
@@ -284,7 +308,15 @@ async fn accept_loop(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256);
-    let builders = Rc::new(Builders { http1, http2 });
+    let limits = lean::Limits {
+        max_headers: options.max_headers,
+        max_head_bytes: options.max_header_bytes,
+    };
+    let builders = Rc::new(Builders {
+        http1,
+        http2,
+        limits,
+    });
     let tracker = Rc::new(Tracker {
         open: Cell::new(0),
         idle: Notify::new(),
@@ -303,16 +335,10 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                tracker.open.set(tracker.open.get() + 1);
-                let conn = serve(stream, peer, worker.clone(), builders.clone(), stopping.clone(), options.header_read_timeout);
-                let tracker = tracker.clone();
-                tokio::task::spawn_local(async move {
-                    conn.await;
-                    tracker.open.set(tracker.open.get() - 1);
-                    if tracker.open.get() == 0 {
-                        tracker.idle.notify_waiters();
-                    }
-                });
+                // Spawned as it is: wrapped in another future, the connection's (large) future
+                // would be stored twice in its task.
+                let open = Open::new(tracker.clone());
+                tokio::task::spawn_local(serve(stream, peer, worker.clone(), builders.clone(), stopping.clone(), options.header_read_timeout, open));
             }
             changed = stop.changed() => {
                 let grace = *stop.borrow();
@@ -350,6 +376,8 @@ async fn accept_loop(
 struct Builders {
     http1: http1::Builder,
     http2: http2::Builder<LocalExec>,
+    /// hyper's HTTP/1 limits, for the lean server in front of it.
+    limits: lean::Limits,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -366,6 +394,7 @@ async fn serve(
     builders: Rc<Builders>,
     stopping: Rc<Stopping>,
     header_read_timeout: Duration,
+    _open: Open,
 ) {
     // TCP_NODELAY is already on: Linux copies it from the listening socket (see `bind`), so
     // setting it again would cost a syscall per connection.
@@ -376,29 +405,56 @@ async fn serve(
         tracing::debug!(client = %peer, "closed: nothing sent within the header-read timeout");
         return;
     };
-    let io = TokioIo::new(stream);
     match protocol {
         HttpVersion::Http1 => {
             let deadline = Rc::new(Deadline::new(header_read_timeout, Instant::now()));
             let client = Rc::new(forward::Client::new(peer, Some(deadline.clone())));
-            let service =
-                service_fn(move |req| forward::handle(worker.clone(), client.clone(), req));
+            // The lean server first; hyper's takes over at the first request it does not handle.
+            let closing = Rc::new(Cell::new(false));
+            // Boxed: `drive` would otherwise hold its state twice (as its argument, then
+            // pinned), in every connection's task.
+            let lean = Box::pin(lean::serve(
+                stream,
+                worker.clone(),
+                client.clone(),
+                closing.clone(),
+                builders.limits,
+            ));
+            let ended = drive(
+                lean,
+                |_| closing.set(true),
+                Some(deadline.clone()),
+                stopping.clone(),
+                peer,
+            )
+            .await;
+            let Some(lean::Ended::HandOff(stream, read)) = ended else {
+                return;
+            };
+            let io = TokioIo::new(lean::Prefixed::new(stream, read));
+            let service = service_fn(move |req: Request<Incoming>| {
+                forward::handle(worker.clone(), client.clone(), req.map(UpstreamBody::new))
+            });
             let conn = builders.http1.serve_connection(io, service).with_upgrades();
-            drive(
+            // Boxed: the rarer path keeps its state out of every connection's task.
+            Box::pin(drive(
                 conn,
                 |c| c.graceful_shutdown(),
                 Some(deadline),
                 stopping,
                 peer,
-            )
+            ))
             .await;
         }
         HttpVersion::Http2 => {
+            let io = TokioIo::new(stream);
             let client = Rc::new(forward::Client::new(peer, None));
-            let service =
-                service_fn(move |req| forward::handle(worker.clone(), client.clone(), req));
+            let service = service_fn(move |req: Request<Incoming>| {
+                forward::handle(worker.clone(), client.clone(), req.map(UpstreamBody::new))
+            });
             let conn = builders.http2.serve_connection(io, service);
-            drive(conn, |c| c.graceful_shutdown(), None, stopping, peer).await;
+            // Boxed, so that HTTP/1 connections' tasks do not carry HTTP/2's state.
+            Box::pin(drive(conn, |c| c.graceful_shutdown(), None, stopping, peer)).await;
         }
     }
 }
@@ -407,14 +463,15 @@ async fn serve(
 /// HTTP/1 connection also keeps its one timer (`deadline`): it closes when a request head does
 /// not arrive in time, and a request waiting too long for its member's answer learns so from
 /// `deadline`. HTTP/2 connections time each request on their own and pass `None`.
-async fn drive<C, E>(
+async fn drive<C, T, E>(
     conn: C,
     shutdown: impl Fn(Pin<&mut C>),
     deadline: Option<Rc<Deadline>>,
     stopping: Rc<Stopping>,
     peer: SocketAddr,
-) where
-    C: Future<Output = Result<(), E>>,
+) -> Option<T>
+where
+    C: Future<Output = Result<T, E>>,
     E: std::fmt::Display,
 {
     let mut conn = std::pin::pin!(conn);
@@ -456,12 +513,14 @@ async fn drive<C, E>(
     })
     .await;
     match result {
-        Ok(()) => {}
+        Ok(ended) => Some(ended),
         Err(None) => {
             tracing::debug!(client = %peer, "closed: no whole request head within the header-read timeout");
+            None
         }
         Err(Some(e)) => {
             tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+            None
         }
     }
 }

@@ -1,0 +1,568 @@
+//! The client side of HTTP/1 for the common request, without hyper's server machinery.
+//!
+//! Most requests a balancer sees are a head and nothing else: no body, no upgrade, no
+//! `Expect`. For those this module reads the head, parses it with `httparse` (hyper's parser),
+//! hands it to [`forward::handle`] like hyper's server would, and writes the answer's head and
+//! body itself. The moment a request is anything else (a body, an upgrade, `Expect`, CONNECT,
+//! a malformed or oversized head), the connection goes to hyper's server for the rest of its
+//! life, with the bytes read so far put back in front of the stream ([`Prefixed`]), so every
+//! odd case keeps hyper's handling and its error answers.
+//!
+//! Between requests an idle connection holds no buffer: the read buffer is let go when it is
+//! empty and the answer's is per request, as nginx does (hyper keeps 16 KiB per connection).
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::body::{ResponseBody, UpstreamBody};
+use super::forward::{self, Client, Worker};
+
+/// Header slots of the parse; a head with more goes to hyper (which answers 431 beyond the
+/// configured limit).
+const MAX_HEADERS: usize = 100;
+/// The read buffer's size when a request begins to arrive.
+const READ_SIZE: usize = 8 * 1024;
+/// Data frames up to this size are copied behind the head into one write; larger ones are
+/// written as they are.
+const COPY_LIMIT: usize = 16 * 1024;
+
+/// How the lean server left a connection.
+pub enum Ended {
+    /// Closed: by the client, after `Connection: close`, or because the worker stops.
+    Closed,
+    /// A request it does not handle: hyper's server takes the connection, these bytes first.
+    HandOff(TcpStream, Bytes),
+}
+
+/// The limits hyper's server is configured with, so that the hand-off is never needed to
+/// enforce them differently.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_headers: usize,
+    pub max_head_bytes: usize,
+}
+
+/// Serves the connection's requests until it closes or needs hyper. `closing` is set when the
+/// worker stops: an idle connection closes at once, a busy one after its answer.
+pub async fn serve(
+    mut stream: TcpStream,
+    worker: Rc<Worker>,
+    client: Rc<Client>,
+    closing: Rc<Cell<bool>>,
+    limits: Limits,
+) -> io::Result<Ended> {
+    let mut buf = BytesMut::new();
+    let mut spans: Vec<[usize; 4]> = Vec::new();
+    loop {
+        // How much of `buf` is known to end no head: a head can only end with a line feed, so
+        // a head trickling in is parsed again only when a line has ended (not once per read).
+        let mut checked = 0;
+        // A whole request head, or a reason to stop.
+        let request = loop {
+            if !buf.is_empty() {
+                let line_ended = buf[checked..].contains(&b'\n');
+                if line_ended || buf.len() >= limits.max_head_bytes {
+                    match parse(&mut buf, &mut spans, limits) {
+                        Parsed::Request(request) => break request,
+                        Parsed::Partial => {}
+                        Parsed::Other => return Ok(Ended::HandOff(stream, buf.freeze())),
+                    }
+                }
+                checked = buf.len();
+            } else {
+                if closing.get() {
+                    return Ok(Ended::Closed);
+                }
+                // Idle: hold no buffer while waiting.
+                buf = BytesMut::new();
+            }
+            let ready = std::future::poll_fn(|cx| {
+                if buf.is_empty() && closing.get() {
+                    return Poll::Ready(None);
+                }
+                stream.poll_read_ready(cx).map(Some)
+            })
+            .await;
+            match ready {
+                None => return Ok(Ended::Closed),
+                Some(ready) => ready?,
+            }
+            if buf.capacity() - buf.len() < READ_SIZE / 2 {
+                buf.reserve(READ_SIZE);
+            }
+            let n = std::future::poll_fn(|cx| {
+                tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut buf)
+            })
+            .await?;
+            if n == 0 {
+                return Ok(Ended::Closed);
+            }
+        };
+        let Lean {
+            request,
+            keep_alive,
+        } = request;
+        let version = request.version();
+        let head_request = request.method() == Method::HEAD;
+        // Boxed: inline, the request's future (several KiB) would stay part of every idle
+        // connection's task.
+        let Ok(response) = Box::pin(forward::handle(worker.clone(), client.clone(), request)).await;
+        let keep_alive = keep_alive && !closing.get();
+        if !respond(&mut stream, response, version, head_request, keep_alive).await? {
+            return Ok(Ended::Closed);
+        }
+    }
+}
+
+/// A request the lean server handles, and whether the client wants the connection kept.
+struct Lean {
+    request: Request<UpstreamBody>,
+    keep_alive: bool,
+}
+
+// Returned once per request and matched at once: boxing the request would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Request(Lean),
+    Partial,
+    /// Not ours to handle: hyper's server takes the connection.
+    Other,
+}
+
+/// Parses the head at the start of `buf`. On success the head is split off `buf`, and the
+/// request's URI and header values share its bytes.
+fn parse(buf: &mut BytesMut, spans: &mut Vec<[usize; 4]>, limits: Limits) -> Parsed {
+    let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+        [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let slots = &mut slots[..limits.max_headers.min(MAX_HEADERS)];
+    let mut parsed = httparse::Request::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        buf,
+        slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) if len <= limits.max_head_bytes => len,
+        Ok(httparse::Status::Partial) if buf.len() < limits.max_head_bytes => {
+            return Parsed::Partial;
+        }
+        _ => return Parsed::Other,
+    };
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        Some(0) => Version::HTTP_10,
+        _ => return Parsed::Other,
+    };
+    let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
+        return Parsed::Other;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Other;
+    };
+    if method == Method::CONNECT {
+        return Parsed::Other;
+    }
+    let base = buf.as_ptr() as usize;
+    let path_start = path.as_ptr() as usize - base;
+    let path_span = (path_start, path_start + path.len());
+    let (mut close, mut keep_alive_token, mut hosts) = (false, false, 0);
+    spans.clear();
+    for h in parsed.headers.iter() {
+        let name = h.name.as_bytes();
+        // Whatever needs more than a head goes to hyper: a body, an upgrade, an expectation.
+        if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+            || (name.eq_ignore_ascii_case(b"content-length") && h.value != b"0")
+        {
+            return Parsed::Other;
+        }
+        if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        let name_start = h.name.as_ptr() as usize - base;
+        let value_start = h.value.as_ptr() as usize - base;
+        spans.push([
+            name_start,
+            name_start + h.name.len(),
+            value_start,
+            value_start + h.value.len(),
+        ]);
+    }
+    if hosts > 1 {
+        return Parsed::Other;
+    }
+    let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
+    let head = buf.split_to(head_len).freeze();
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(path_span.0..path_span.1)) else {
+        // hyper answers a target it cannot parse with 400; give it back the whole head.
+        let mut whole = BytesMut::from(&head[..]);
+        whole.extend_from_slice(buf);
+        *buf = whole;
+        return Parsed::Other;
+    };
+    // Room for the forwarding headers the request gains (Host, X-Forwarded-*), so that adding
+    // them does not grow the map (a rehash).
+    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
+    for &[name_start, name_end, start, end] in spans.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&head[name_start..name_end]),
+            HeaderValue::from_maybe_shared(head.slice(start..end)),
+        ) else {
+            let mut whole = BytesMut::from(&head[..]);
+            whole.extend_from_slice(buf);
+            *buf = whole;
+            return Parsed::Other;
+        };
+        headers.append(name, value);
+    }
+    let mut request = Request::new(UpstreamBody::empty());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Parsed::Request(Lean {
+        request,
+        keep_alive,
+    })
+}
+
+/// How the answer's body goes to the client.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length,
+    Chunked,
+    /// HTTP/1.0 client, length unknown: until the connection closes.
+    Close,
+}
+
+/// Writes the answer; true when the connection stays open for the next request.
+async fn respond(
+    stream: &mut TcpStream,
+    response: Response<ResponseBody>,
+    version: Version,
+    head_request: bool,
+    mut keep_alive: bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    // The head, and a small body behind it: one write, and usually one allocation.
+    let mut out = Vec::with_capacity(2048);
+    out.extend_from_slice(if version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+        Some(reason) => out.extend_from_slice(reason.as_bytes()),
+        None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
+    }
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let bodyless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodyless {
+        Framing::None
+    } else if let Some(length) = body.size_hint().exact() {
+        if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(length, &mut [0u8; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Length
+    } else if version == Version::HTTP_11 {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Framing::Chunked
+    } else {
+        keep_alive = false;
+        Framing::Close
+    };
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        push_date(&mut out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if framing == Framing::None {
+        drop(body);
+        stream.write_all(&out).await?;
+        return Ok(keep_alive);
+    }
+    loop {
+        if body.is_end_stream() {
+            break;
+        }
+        // The next frame if it is there; if not, what is written so far goes out first.
+        let frame = match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)))
+            .await
+        {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    stream.write_all(&out).await?;
+                    out.clear();
+                }
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            }
+        };
+        let frame = match frame {
+            None => break,
+            Some(Ok(frame)) => frame,
+            // The member broke off: so does this answer, which the client sees as cut short.
+            Some(Err(e)) => {
+                if !out.is_empty() {
+                    let _ = stream.write_all(&out).await;
+                }
+                return Err(io::Error::other(e));
+            }
+        };
+        let frame = match frame.into_data() {
+            Ok(data) => {
+                if data.is_empty() {
+                    continue;
+                }
+                if framing == Framing::Chunked {
+                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                }
+                if data.len() <= COPY_LIMIT {
+                    out.extend_from_slice(&data);
+                } else {
+                    if !out.is_empty() {
+                        stream.write_all(&out).await?;
+                        out.clear();
+                    }
+                    stream.write_all(&data).await?;
+                }
+                if framing == Framing::Chunked {
+                    out.extend_from_slice(b"\r\n");
+                }
+                continue;
+            }
+            Err(frame) => frame,
+        };
+        if let (Ok(trailers), Framing::Chunked) = (frame.into_trailers(), framing) {
+            out.extend_from_slice(b"0\r\n");
+            for (name, value) in &trailers {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+            drop(body);
+            stream.write_all(&out).await?;
+            return Ok(keep_alive);
+        }
+        break;
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    // The answer is complete: the member connection goes back, the head timer restarts.
+    drop(body);
+    if !out.is_empty() {
+        stream.write_all(&out).await?;
+    }
+    if framing == Framing::Close {
+        let _ = stream.shutdown().await;
+    }
+    Ok(keep_alive)
+}
+
+fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[at..];
+        }
+    }
+}
+
+thread_local! {
+    /// The Date header's text, formatted once per second on each worker.
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+fn push_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+/// A connection handed to hyper: the bytes already read come first.
+pub struct Prefixed {
+    prefix: Bytes,
+    io: TcpStream,
+}
+
+impl Prefixed {
+    pub fn new(io: TcpStream, prefix: Bytes) -> Self {
+        Prefixed { prefix, io }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let first = self.prefix.split_to(n);
+            buf.put_slice(&first);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_headers: 100,
+        max_head_bytes: 64 * 1024,
+    };
+
+    fn parsed(text: &str) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(text.as_bytes());
+        let parsed = parse(&mut buf, &mut Vec::new(), LIMITS);
+        (parsed, buf)
+    }
+
+    #[test]
+    fn a_plain_get_is_ours_and_leaves_what_follows() {
+        let (p, rest) = parsed("GET /a?b=c HTTP/1.1\r\nHost: web\r\nX-A: 1\r\n\r\nGET /next");
+        let Parsed::Request(lean) = p else {
+            panic!("a plain GET is handled by the lean server");
+        };
+        assert!(lean.keep_alive);
+        assert_eq!(lean.request.method(), Method::GET);
+        assert_eq!(lean.request.uri(), "/a?b=c");
+        assert_eq!(lean.request.headers()["host"], "web");
+        assert_eq!(lean.request.headers()["x-a"], "1");
+        assert_eq!(&rest[..], b"GET /next");
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection() {
+        let keep = |text: &str| match parsed(text).0 {
+            Parsed::Request(lean) => lean.keep_alive,
+            _ => panic!("{text:?} is handled by the lean server"),
+        };
+        assert!(!keep("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+        assert!(keep("DELETE /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
+    }
+
+    #[test]
+    fn anything_beyond_a_head_goes_to_hyper_untouched() {
+        for text in [
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            "GET /\x7f HTTP/1.1\r\n\r\n",
+        ] {
+            let (p, rest) = parsed(text);
+            assert!(matches!(p, Parsed::Other), "{text:?} goes to hyper");
+            assert_eq!(&rest[..], text.as_bytes(), "{text:?} is given back whole");
+        }
+        let (p, _) = parsed("GET / HTTP/1.1\r\nHost: a");
+        assert!(matches!(p, Parsed::Partial));
+        let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(70 * 1024));
+        assert!(matches!(parsed(&long).0, Parsed::Other));
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(parsed(&many).0, Parsed::Other));
+    }
+
+    #[test]
+    fn itoa_writes_decimal() {
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa(65536, &mut [0; 20]), b"65536");
+        assert_eq!(
+            itoa(u64::MAX, &mut [0; 20]),
+            u64::MAX.to_string().as_bytes()
+        );
+    }
+}
