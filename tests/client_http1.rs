@@ -886,3 +886,54 @@ async fn the_proxy_adds_a_date_when_the_member_sends_none_and_keeps_the_members_
     }
     assert_eq!(member.requests(), 6);
 }
+
+/// A client that gives up while its request is at the member: the request is dropped, and with
+/// it the member connection (nginx's default; hyper's server did the same), instead of waiting
+/// for an answer nobody reads until the response timeout (60 s by default).
+#[tokio::test]
+async fn a_client_that_closes_while_its_request_is_at_the_member_drops_the_request() {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a member");
+    let member_addr = listener.local_addr().expect("member address");
+    // The member reads the request, never answers, and reports when the proxy closes on it.
+    let member = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("the proxy connects");
+        let mut conn = Conn::new(stream);
+        let head = conn
+            .read_head()
+            .await
+            .expect("a request head")
+            .expect("not closed");
+        let asked_at = Instant::now();
+        let mut rest = [0u8; 64];
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), conn.stream.read(&mut rest)).await;
+        (
+            head.start,
+            closed.map(|r| r.unwrap_or(0)),
+            asked_at.elapsed(),
+        )
+    });
+    let proxy = proxy_for(&[format!("http://{member_addr}")]);
+    let mut client = TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect to the proxy");
+    client
+        .write_all(b"GET /never HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .expect("send the request");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(client);
+    let (start, closed, after) = tokio::time::timeout(WAIT, member)
+        .await
+        .expect("the member finishes in time")
+        .expect("the member task");
+    assert_eq!(start, "GET /never HTTP/1.1");
+    assert_eq!(
+        closed.ok(),
+        Some(0),
+        "the proxy closed the member connection (EOF) within 5 s of the request"
+    );
+    assert!(after < Duration::from_secs(5), "closed after {after:?}");
+}

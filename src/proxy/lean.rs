@@ -12,6 +12,7 @@
 //! empty and the answer's is per request, as nginx does (hyper keeps 16 KiB per connection).
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -35,8 +36,8 @@ const MAX_HEADERS: usize = 100;
 /// The read buffer's size when a request begins to arrive.
 const READ_SIZE: usize = 8 * 1024;
 /// Data frames up to this size are copied behind the head into one write; larger ones are
-/// written as they are.
-const COPY_LIMIT: usize = 16 * 1024;
+/// written as they are, together with what is pending (one `writev`).
+const COPY_LIMIT: usize = 4 * 1024;
 
 /// How the lean server left a connection.
 pub enum Ended {
@@ -118,7 +119,38 @@ pub async fn serve(
         let head_request = request.method() == Method::HEAD;
         // Boxed: inline, the request's future (several KiB) would stay part of every idle
         // connection's task.
-        let Ok(response) = Box::pin(forward::handle(worker.clone(), client.clone(), request)).await;
+        let mut handled = Box::pin(forward::handle(worker.clone(), client.clone(), request));
+        // While the member works, the client is watched: if it closes, the request is dropped
+        // (and with it the member connection), as nginx does by default and hyper's server
+        // does; bytes it sends meanwhile are the next request, kept.
+        let mut watching = true;
+        let answered = std::future::poll_fn(|cx| {
+            if let Poll::Ready(Ok(response)) = handled.as_mut().poll(cx) {
+                return Poll::Ready(Some(response));
+            }
+            while watching {
+                if buf.len() >= limits.max_head_bytes {
+                    // Enough is waiting; the rest stays in the socket until its turn.
+                    watching = false;
+                    break;
+                }
+                if buf.capacity() - buf.len() < READ_SIZE / 2 {
+                    buf.reserve(READ_SIZE);
+                }
+                match tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut buf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Pending => break,
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        drop(handled);
+        let Some(response) = answered else {
+            tracing::debug!(client = %client.addr, "client closed the connection before the answer; request dropped");
+            return Ok(Ended::Closed);
+        };
         let keep_alive = keep_alive && !closing.get();
         if !respond(&mut stream, response, version, head_request, keep_alive).await? {
             return Ok(Ended::Closed);
@@ -359,11 +391,9 @@ async fn respond(
                 if data.len() <= COPY_LIMIT {
                     out.extend_from_slice(&data);
                 } else {
-                    if !out.is_empty() {
-                        stream.write_all(&out).await?;
-                        out.clear();
-                    }
-                    stream.write_all(&data).await?;
+                    // What is pending and the frame in one system call, the frame not copied.
+                    write_both(stream, &out, &data).await?;
+                    out.clear();
                 }
                 if framing == Framing::Chunked {
                     out.extend_from_slice(b"\r\n");
@@ -399,6 +429,21 @@ async fn respond(
         let _ = stream.shutdown().await;
     }
     Ok(keep_alive)
+}
+
+/// Writes `first` then `second`, with as few system calls as the socket allows.
+async fn write_both(stream: &mut TcpStream, first: &[u8], second: &[u8]) -> io::Result<()> {
+    let mut slices = [io::IoSlice::new(first), io::IoSlice::new(second)];
+    let mut slices = &mut slices[..];
+    io::IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let n = stream.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        io::IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
 }
 
 fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
