@@ -10,6 +10,8 @@ pub mod leader;
 pub mod peers;
 pub mod status;
 
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,6 +159,7 @@ pub async fn start(
             cfg,
             "Pod",
             keep_only_our_annotations,
+            our_annotations_digest,
         ));
     }
 
@@ -256,17 +259,21 @@ where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    watch_with(events, api, cfg, kind, |_| {})
+    watch_with(events, api, cfg, kind, |_| {}, |_| None)
 }
 
 /// Watches `api` into a store, keeping of each object what `trim` leaves (and never its
 /// managedFields, which the controller does not read and which are often most of an object).
+/// When `digest` sums up all the controller reads of an object, an update that leaves the sum
+/// as it was changes the store but wakes nobody: a pod's status changes on every readiness
+/// flip, its annotations (all the controller reads of it) seldom.
 fn watch_with<K>(
     events: &mut SelectAll<BoxStream<'static, ()>>,
     api: Api<K>,
     cfg: watcher::Config,
     kind: &'static str,
     trim: fn(&mut K),
+    digest: fn(&K) -> Option<u64>,
 ) -> Store<K>
 where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -277,11 +284,57 @@ where
         object.meta_mut().managed_fields = None;
         trim(object);
     });
+    let mut seen = Seen::default();
     let stream = reflector::reflector(writer, trimmed)
         .default_backoff()
-        .map(move |e| log_watch_error(kind, e.map(|_| ())));
+        .filter_map(move |e| {
+            let wakes = match &e {
+                Ok(event) => seen.wakes(event, digest),
+                Err(_) => true,
+            };
+            std::future::ready(wakes.then(|| log_watch_error(kind, e.map(|_| ()))))
+        });
     events.push(stream.boxed());
     reader
+}
+
+/// The digest of each object seen, by namespace and name.
+#[derive(Default)]
+struct Seen(HashMap<(Option<String>, Option<String>), u64>);
+
+impl Seen {
+    /// Whether `event` can change what the controller computes, given `digest`.
+    fn wakes<K: kube::Resource>(
+        &mut self,
+        event: &watcher::Event<K>,
+        digest: fn(&K) -> Option<u64>,
+    ) -> bool {
+        let key = |object: &K| (object.meta().namespace.clone(), object.meta().name.clone());
+        match event {
+            watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                let Some(sum) = digest(object) else {
+                    return true;
+                };
+                let changed = self.0.insert(key(object), sum) != Some(sum);
+                // A relist wakes once, at its end (InitDone), whatever it brought.
+                changed && matches!(event, watcher::Event::Apply(_))
+            }
+            watcher::Event::Delete(object) => {
+                self.0.remove(&key(object));
+                true
+            }
+            watcher::Event::Init => true,
+            watcher::Event::InitDone => true,
+        }
+    }
+}
+
+/// What the controller reads of a (trimmed) pod: its `kubebalancer.io/` annotations.
+fn our_annotations_digest(pod: &PartialObjectMeta<Pod>) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    // A BTreeMap: the same annotations always hash in the same order.
+    pod.metadata.annotations.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// Of a pod, the controller reads only its name and its `kubebalancer.io/` annotations.
@@ -337,6 +390,45 @@ fn publish_if_changed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_events_wake_the_controller_only_when_our_annotations_change() {
+        let pod = |name: &str, drain: Option<&str>, version: &str| {
+            let mut annotations = serde_json::json!({"other.io/x": version});
+            if let Some(d) = drain {
+                annotations["kubebalancer.io/drain"] = serde_json::json!(d);
+            }
+            let mut pod: PartialObjectMeta<Pod> = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "ns", "resourceVersion": version,
+                             "annotations": annotations}
+            }))
+            .expect("a pod");
+            keep_only_our_annotations(&mut pod);
+            pod
+        };
+        let mut seen = Seen::default();
+        let digest: fn(&PartialObjectMeta<Pod>) -> Option<u64> = our_annotations_digest;
+        use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+        // A relist wakes once, at its end.
+        assert!(seen.wakes(&Init, digest));
+        assert!(!seen.wakes(&InitApply(pod("a", None, "1")), digest));
+        assert!(seen.wakes(&InitDone, digest));
+        // Status or other annotations changed (a new resourceVersion): nothing we read.
+        assert!(!seen.wakes(&Apply(pod("a", None, "2")), digest));
+        // Our annotation set, changed, removed: each wakes.
+        assert!(seen.wakes(&Apply(pod("a", Some("true"), "3")), digest));
+        assert!(!seen.wakes(&Apply(pod("a", Some("true"), "4")), digest));
+        assert!(seen.wakes(&Apply(pod("a", Some("false"), "5")), digest));
+        assert!(seen.wakes(&Apply(pod("a", None, "6")), digest));
+        // A new pod wakes; a deleted one too, and its name coming back wakes again.
+        assert!(seen.wakes(&Apply(pod("b", None, "7")), digest));
+        assert!(seen.wakes(&Delete(pod("b", None, "8")), digest));
+        assert!(seen.wakes(&Apply(pod("b", None, "9")), digest));
+        // Kinds without a digest always wake.
+        let always: fn(&PartialObjectMeta<Pod>) -> Option<u64> = |_| None;
+        assert!(seen.wakes(&Apply(pod("a", None, "10")), always));
+    }
 
     #[test]
     fn a_stored_pod_keeps_its_name_and_only_our_annotations() {
