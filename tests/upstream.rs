@@ -5,6 +5,8 @@
 //! requests they read, so connection reuse is asserted exactly.
 
 mod common;
+#[path = "common/raw.rs"]
+mod raw;
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,7 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Proxy, cluster_yaml};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use raw::{Conn, Head};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// The longest any single exchange may take before the test fails.
@@ -21,181 +24,6 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// The proxy's own text for a broken exchange (src/proxy/error.rs).
 const BAD_GATEWAY_TEXT: &str = "502 Bad Gateway: the member failed to answer\n";
-
-// ---------------------------------------------------------------------------------------------
-// Bytes on a socket: heads, fixed-length, chunked and close-delimited bodies.
-
-/// A parsed head: the start line and the header fields, names in lower case, in order.
-#[derive(Debug)]
-struct Head {
-    start: String,
-    fields: Vec<(String, String)>,
-}
-
-impl Head {
-    fn parse(raw: &[u8]) -> io::Result<Head> {
-        let text = String::from_utf8_lossy(raw);
-        let mut lines = text.split("\r\n").filter(|l| !l.is_empty());
-        let start = lines
-            .next()
-            .ok_or_else(|| invalid("an empty head"))?
-            .to_owned();
-        let mut fields = Vec::new();
-        for line in lines {
-            let (name, value) = line
-                .split_once(':')
-                .ok_or_else(|| invalid(&format!("a header line without a colon: {line:?}")))?;
-            fields.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-        }
-        Ok(Head { start, fields })
-    }
-
-    /// Every value of the header `name` (lower case).
-    fn all(&self, name: &str) -> Vec<&str> {
-        self.fields
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    /// The single value of `name`; fails the test when it appears more than once.
-    fn get(&self, name: &str) -> Option<&str> {
-        let all = self.all(name);
-        assert!(
-            all.len() <= 1,
-            "{name} appears {} times: {all:?}",
-            all.len()
-        );
-        all.first().copied()
-    }
-
-    fn content_length(&self) -> io::Result<Option<usize>> {
-        self.get("content-length")
-            .map(|v| v.parse().map_err(|_| invalid("a bad content-length")))
-            .transpose()
-    }
-
-    fn chunked(&self) -> bool {
-        self.all("transfer-encoding")
-            .iter()
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("chunked"))
-    }
-
-    /// The path of a request head.
-    fn path(&self) -> &str {
-        self.start.split(' ').nth(1).unwrap_or("")
-    }
-
-    /// The status of a response head.
-    fn status(&self) -> io::Result<u16> {
-        self.start
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| invalid(&format!("a bad status line: {:?}", self.start)))
-    }
-}
-
-fn invalid(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A socket with a read buffer.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    fn new(stream: TcpStream) -> Conn {
-        Conn {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    /// Reads more bytes into the buffer; 0 at the end of the stream.
-    async fn fill(&mut self) -> io::Result<usize> {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = self.stream.read(&mut chunk).await?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
-    }
-
-    /// The next head, or `None` when the stream ends cleanly before its first byte.
-    async fn read_head(&mut self) -> io::Result<Option<Head>> {
-        let mut searched = 0;
-        loop {
-            if let Some(at) = find(&self.buf[searched..], b"\r\n\r\n") {
-                let end = searched + at + 4;
-                let raw: Vec<u8> = self.buf.drain(..end).collect();
-                return Head::parse(&raw).map(Some);
-            }
-            searched = self.buf.len().saturating_sub(3);
-            if self.buf.len() > 4 * 1024 * 1024 {
-                return Err(invalid("a head larger than 4 MiB"));
-            }
-            if self.fill().await? == 0 {
-                if self.buf.is_empty() {
-                    return Ok(None);
-                }
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-    }
-
-    async fn read_exact(&mut self, n: usize) -> io::Result<Vec<u8>> {
-        while self.buf.len() < n {
-            if self.fill().await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-        Ok(self.buf.drain(..n).collect())
-    }
-
-    /// One line without its CRLF.
-    async fn read_line(&mut self) -> io::Result<String> {
-        loop {
-            if let Some(at) = find(&self.buf, b"\r\n") {
-                let line: Vec<u8> = self.buf.drain(..at + 2).collect();
-                return Ok(String::from_utf8_lossy(&line[..at]).into_owned());
-            }
-            if self.fill().await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-    }
-
-    /// A chunked body: sizes with or without extensions, then the trailer section.
-    async fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
-        let mut body = Vec::new();
-        loop {
-            let line = self.read_line().await?;
-            let size = line.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(size, 16)
-                .map_err(|_| invalid(&format!("a bad chunk size line: {line:?}")))?;
-            if size == 0 {
-                while !self.read_line().await?.is_empty() {}
-                return Ok(body);
-            }
-            body.extend(self.read_exact(size).await?);
-            if self.read_exact(2).await? != b"\r\n" {
-                return Err(invalid("a chunk not followed by CRLF"));
-            }
-        }
-    }
-
-    async fn read_to_end(&mut self) -> io::Result<Vec<u8>> {
-        while self.fill().await? != 0 {}
-        Ok(std::mem::take(&mut self.buf))
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Scripted members.

@@ -212,6 +212,16 @@ impl Drop for ResponseBody {
     }
 }
 
+/// Counts a data frame of a member's answer as bytes received from the member.
+fn count_received(lease: &Option<Lease>, frame: &Frame<Bytes>) {
+    if let (Some(data), Some(lease)) = (frame.data_ref(), lease) {
+        lease
+            .stats()
+            .received_bytes
+            .fetch_add(data.len() as u64, Relaxed);
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -227,12 +237,7 @@ impl Body for ResponseBody {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
-                        if let (Some(data), Some(lease)) = (frame.data_ref(), &this.lease) {
-                            lease
-                                .stats()
-                                .received_bytes
-                                .fetch_add(data.len() as u64, Relaxed);
-                        }
+                        count_received(&this.lease, frame);
                         // The last bytes: the connection can serve the next request already.
                         if inner.is_end_stream() {
                             this.release();
@@ -248,12 +253,7 @@ impl Body for ResponseBody {
                 let polled = Pin::new(inner).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
-                        if let (Some(data), Some(lease)) = (frame.data_ref(), &this.lease) {
-                            lease
-                                .stats()
-                                .received_bytes
-                                .fetch_add(data.len() as u64, Relaxed);
-                        }
+                        count_received(&this.lease, frame);
                         // Trailers end a chunked body; hyper's server asks for nothing after
                         // them, so the connection goes back now.
                         if frame.is_trailers()
