@@ -11,12 +11,10 @@ mod raw;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{Backend, Proxy, cluster_yaml};
-use raw::{Conn, Head};
+use raw::{Asked, Conn, Head, Member};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -26,96 +24,9 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A Date a member writes, which must come through unchanged.
 const MEMBER_DATE: &str = "Mon, 01 Jan 2001 00:00:00 GMT";
 
-// ---------------------------------------------------------------------------------------------
-// A scripted member on a raw socket.
-
-/// A request as the member read it.
-struct Asked {
-    head: Head,
-    body: Vec<u8>,
-}
-
-type Script = Arc<dyn Fn(&Asked) -> Vec<u8> + Send + Sync>;
-
-/// A member on a raw socket that answers every request with its script's bytes and keeps the
-/// connection open.
-struct Member {
-    addr: SocketAddr,
-    requests: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Member {
-    async fn start(script: impl Fn(&Asked) -> Vec<u8> + Send + Sync + 'static) -> Member {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a member");
-        let addr = listener.local_addr().expect("member address");
-        let requests = Arc::new(AtomicUsize::new(0));
-        let script: Script = Arc::new(script);
-        let asked = requests.clone();
-        let task = tokio::spawn(async move {
-            // Connections live in this set: stopping the member closes them too.
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                while connections.try_join_next().is_some() {}
-                connections.spawn(member_serve(stream, script.clone(), asked.clone()));
-            }
-        });
-        Member {
-            addr,
-            requests,
-            task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn member_serve(stream: TcpStream, script: Script, requests: Arc<AtomicUsize>) {
-    let mut conn = Conn::new(stream);
-    loop {
-        let Ok(Some(head)) = conn.read_head().await else {
-            return;
-        };
-        let body = if head.chunked() {
-            conn.read_chunked().await
-        } else {
-            match head.content_length() {
-                Ok(Some(n)) => conn.read_exact(n).await,
-                Ok(None) => Ok(Vec::new()),
-                Err(e) => Err(e),
-            }
-        };
-        let Ok(body) = body else {
-            return;
-        };
-        requests.fetch_add(1, Ordering::SeqCst);
-        let answer = script(&Asked { head, body });
-        if conn.stream.write_all(&answer).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// A member answering `METHOD PATH BODY` with a Content-Length, and no Date header.
 async fn echo_member() -> Member {
-    Member::start(|asked: &Asked| {
+    Member::start_keep_open(|asked: &Asked| {
         let text = format!(
             "{} {} {}",
             asked.head.method(),
@@ -359,7 +270,7 @@ async fn an_http10_keep_alive_request_is_answered_keep_alive_and_the_connection_
 /// An HTTP/1.0 client cannot read chunks: an answer of unknown length is delimited by the close.
 #[tokio::test]
 async fn an_http10_keep_alive_request_to_an_answer_of_unknown_length_ends_with_the_close() {
-    let member = Member::start(|_: &Asked| {
+    let member = Member::start_keep_open(|_: &Asked| {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
             .to_vec()
     })
@@ -627,7 +538,7 @@ async fn a_graceful_stop_closes_idle_connections_and_finishes_requests_in_flight
 
 #[tokio::test]
 async fn a_head_request_gets_the_members_head_without_a_body_and_the_next_get_follows() {
-    let member = Member::start(|asked: &Asked| {
+    let member = Member::start_keep_open(|asked: &Asked| {
         let text = format!("{} {}", asked.head.method(), asked.head.path());
         if asked.head.method() == "HEAD" {
             // The length the GET would have, and no body.
@@ -676,7 +587,7 @@ async fn a_head_request_gets_the_members_head_without_a_body_and_the_next_get_fo
 
 #[tokio::test]
 async fn the_proxy_adds_a_date_when_the_member_sends_none_and_keeps_the_members_own() {
-    let member = Member::start(|asked: &Asked| {
+    let member = Member::start_keep_open(|asked: &Asked| {
         let date = if asked.head.path() == "/dated" {
             format!("Date: {MEMBER_DATE}\r\n")
         } else {

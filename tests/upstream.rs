@@ -9,159 +9,18 @@ mod common;
 mod raw;
 
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Proxy, cluster_yaml};
-use raw::{Conn, Head};
+use raw::{After, Asked, Conn, Head, Member, ok, reply};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// The longest any single exchange may take before the test fails.
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The proxy's own text for a broken exchange (src/proxy/error.rs).
 const BAD_GATEWAY_TEXT: &str = "502 Bad Gateway: the member failed to answer\n";
-
-// ---------------------------------------------------------------------------------------------
-// Scripted members.
-
-/// What a member does once its answer is written.
-#[derive(Clone, Copy, Debug)]
-enum After {
-    /// Waits for the next request on the same connection.
-    KeepOpen,
-    /// Closes the connection at once.
-    Close,
-    /// Keeps the connection idle this long, then closes it.
-    IdleThenClose(Duration),
-}
-
-struct Reply {
-    bytes: Vec<u8>,
-    after: After,
-}
-
-fn reply(bytes: impl Into<Vec<u8>>, after: After) -> Reply {
-    Reply {
-        bytes: bytes.into(),
-        after,
-    }
-}
-
-/// A request as a member read it, with its number (1 for the member's first).
-struct Asked {
-    head: Head,
-    body: Vec<u8>,
-    number: usize,
-}
-
-type Script = Arc<dyn Fn(&Asked) -> Reply + Send + Sync>;
-
-/// A member on a raw socket that answers every request with its script's bytes.
-struct Member {
-    addr: SocketAddr,
-    accepts: Arc<AtomicUsize>,
-    requests: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Member {
-    async fn start(script: impl Fn(&Asked) -> Reply + Send + Sync + 'static) -> Member {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a member");
-        let addr = listener.local_addr().expect("member address");
-        let accepts = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let script: Script = Arc::new(script);
-        let (accepted, asked) = (accepts.clone(), requests.clone());
-        let task = tokio::spawn(async move {
-            // Connections live in this set: stopping the member closes them too.
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                accepted.fetch_add(1, Ordering::SeqCst);
-                while connections.try_join_next().is_some() {}
-                connections.spawn(serve(stream, script.clone(), asked.clone()));
-            }
-        });
-        Member {
-            addr,
-            accepts,
-            requests,
-            task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn accepts(&self) -> usize {
-        self.accepts.load(Ordering::SeqCst)
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn serve(stream: TcpStream, script: Script, requests: Arc<AtomicUsize>) {
-    let mut conn = Conn::new(stream);
-    loop {
-        let Ok(Some(head)) = conn.read_head().await else {
-            return;
-        };
-        let body = if head.chunked() {
-            conn.read_chunked().await
-        } else {
-            match head.content_length() {
-                Ok(Some(n)) => conn.read_exact(n).await,
-                Ok(None) => Ok(Vec::new()),
-                Err(e) => Err(e),
-            }
-        };
-        let Ok(body) = body else {
-            return;
-        };
-        let number = requests.fetch_add(1, Ordering::SeqCst) + 1;
-        let answer = script(&Asked { head, body, number });
-        // A proxy that gives up on a malformed answer may close before it is all written.
-        if conn.stream.write_all(&answer.bytes).await.is_err() {
-            return;
-        }
-        match answer.after {
-            After::KeepOpen => {}
-            After::Close => {
-                let _ = conn.stream.shutdown().await;
-                return;
-            }
-            After::IdleThenClose(idle) => {
-                tokio::time::sleep(idle).await;
-                return;
-            }
-        }
-    }
-}
-
-/// A complete answer with a Content-Length body, connection kept open.
-fn ok(body: &[u8]) -> Reply {
-    let mut bytes =
-        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
-    bytes.extend_from_slice(body);
-    reply(bytes, After::KeepOpen)
-}
 
 // ---------------------------------------------------------------------------------------------
 // A raw client of the proxy.

@@ -3,9 +3,13 @@
 #![allow(dead_code)]
 
 use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 /// A parsed head: the start line and the header fields, names in lower case, in order.
 #[derive(Debug)]
@@ -182,4 +186,149 @@ impl Conn {
         while self.fill().await? != 0 {}
         Ok(std::mem::take(&mut self.buf))
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scripted members.
+
+/// What a member does once its answer is written.
+#[derive(Clone, Copy, Debug)]
+pub enum After {
+    /// Waits for the next request on the same connection.
+    KeepOpen,
+    /// Closes the connection at once.
+    Close,
+    /// Keeps the connection idle this long, then closes it.
+    IdleThenClose(Duration),
+}
+
+pub struct Reply {
+    pub bytes: Vec<u8>,
+    pub after: After,
+}
+
+pub fn reply(bytes: impl Into<Vec<u8>>, after: After) -> Reply {
+    Reply {
+        bytes: bytes.into(),
+        after,
+    }
+}
+
+/// A request as a member read it, with its number (1 for the member's first).
+pub struct Asked {
+    pub head: Head,
+    pub body: Vec<u8>,
+    pub number: usize,
+}
+
+pub type Script = Arc<dyn Fn(&Asked) -> Reply + Send + Sync>;
+
+/// A member on a raw socket that answers every request with its script's bytes.
+pub struct Member {
+    pub addr: SocketAddr,
+    accepts: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Member {
+    pub async fn start(script: impl Fn(&Asked) -> Reply + Send + Sync + 'static) -> Member {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a member");
+        let addr = listener.local_addr().expect("member address");
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let script: Script = Arc::new(script);
+        let (accepted, asked) = (accepts.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            // Connections live in this set: stopping the member closes them too.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                while connections.try_join_next().is_some() {}
+                connections.spawn(serve(stream, script.clone(), asked.clone()));
+            }
+        });
+        Member {
+            addr,
+            accepts,
+            requests,
+            task,
+        }
+    }
+
+    /// A member whose every answer keeps the connection open.
+    pub async fn start_keep_open(
+        script: impl Fn(&Asked) -> Vec<u8> + Send + Sync + 'static,
+    ) -> Member {
+        Member::start(move |asked: &Asked| reply(script(asked), After::KeepOpen)).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn accepts(&self) -> usize {
+        self.accepts.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(stream: TcpStream, script: Script, requests: Arc<AtomicUsize>) {
+    let mut conn = Conn::new(stream);
+    loop {
+        let Ok(Some(head)) = conn.read_head().await else {
+            return;
+        };
+        let body = if head.chunked() {
+            conn.read_chunked().await
+        } else {
+            match head.content_length() {
+                Ok(Some(n)) => conn.read_exact(n).await,
+                Ok(None) => Ok(Vec::new()),
+                Err(e) => Err(e),
+            }
+        };
+        let Ok(body) = body else {
+            return;
+        };
+        let number = requests.fetch_add(1, Ordering::SeqCst) + 1;
+        let answer = script(&Asked { head, body, number });
+        // A proxy that gives up on a malformed answer may close before it is all written.
+        if conn.stream.write_all(&answer.bytes).await.is_err() {
+            return;
+        }
+        match answer.after {
+            After::KeepOpen => {}
+            After::Close => {
+                let _ = conn.stream.shutdown().await;
+                return;
+            }
+            After::IdleThenClose(idle) => {
+                tokio::time::sleep(idle).await;
+                return;
+            }
+        }
+    }
+}
+
+/// A complete answer with a Content-Length body, connection kept open.
+pub fn ok(body: &[u8]) -> Reply {
+    let mut bytes =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    bytes.extend_from_slice(body);
+    reply(bytes, After::KeepOpen)
 }
