@@ -565,6 +565,19 @@ mod tests {
     }
 
     #[test]
+    fn asterisk_and_absolute_targets_are_ours_too() {
+        let target = |text: &str| match parsed(text).0 {
+            Parsed::Request(lean) => lean.request.uri().clone(),
+            _ => panic!("{text:?} is handled by the lean server"),
+        };
+        let star = target("OPTIONS * HTTP/1.1\r\nHost: web\r\n\r\n");
+        assert_eq!(star.path_and_query().map(|p| p.as_str()), Some("*"));
+        let absolute = target("GET http://web:8080/a?b HTTP/1.1\r\n\r\n");
+        assert_eq!(absolute.authority().map(|a| a.as_str()), Some("web:8080"));
+        assert_eq!(absolute.path_and_query().map(|p| p.as_str()), Some("/a?b"));
+    }
+
+    #[test]
     fn keep_alive_follows_the_version_and_connection() {
         let keep = |text: &str| match parsed(text).0 {
             Parsed::Request(lean) => lean.keep_alive,
