@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 
 use super::body::{ResponseBody, UpstreamBody};
 use super::forward::{self, Client, Worker};
+use super::head::{self, Spans};
 
 /// Header slots of the parse; a head with more goes to hyper (which answers 431 beyond the
 /// configured limit).
@@ -65,7 +66,7 @@ pub async fn serve(
     limits: Limits,
 ) -> io::Result<Ended> {
     let mut buf = BytesMut::new();
-    let mut spans: Vec<[usize; 4]> = Vec::new();
+    let mut spans = Spans::default();
     loop {
         // How much of `buf` is known to end no head: a head can only end with a line feed, so
         // a head trickling in is parsed again only when a line has ended (not once per read).
@@ -100,13 +101,9 @@ pub async fn serve(
                 None => return Ok(Ended::Closed),
                 Some(ready) => ready?,
             }
-            if buf.capacity() - buf.len() < READ_SIZE / 2 {
-                buf.reserve(READ_SIZE);
-            }
-            let n = std::future::poll_fn(|cx| {
-                tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut buf)
-            })
-            .await?;
+            let n =
+                std::future::poll_fn(|cx| head::poll_fill(&mut stream, cx, &mut buf, READ_SIZE))
+                    .await?;
             if n == 0 {
                 return Ok(Ended::Closed);
             }
@@ -134,10 +131,7 @@ pub async fn serve(
                     watching = false;
                     break;
                 }
-                if buf.capacity() - buf.len() < READ_SIZE / 2 {
-                    buf.reserve(READ_SIZE);
-                }
-                match tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut buf) {
+                match head::poll_fill(&mut stream, cx, &mut buf, READ_SIZE) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
                     Poll::Ready(Ok(_)) => {}
                     Poll::Pending => break,
@@ -175,7 +169,7 @@ enum Parsed {
 
 /// Parses the head at the start of `buf`. On success the head is split off `buf`, and the
 /// request's URI and header values share its bytes.
-fn parse(buf: &mut BytesMut, spans: &mut Vec<[usize; 4]>, limits: Limits) -> Parsed {
+fn parse(buf: &mut BytesMut, spans: &mut Spans, limits: Limits) -> Parsed {
     let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
         [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let slots = &mut slots[..limits.max_headers.min(MAX_HEADERS)];
@@ -205,11 +199,9 @@ fn parse(buf: &mut BytesMut, spans: &mut Vec<[usize; 4]>, limits: Limits) -> Par
     if method == Method::CONNECT {
         return Parsed::Other;
     }
-    let base = buf.as_ptr() as usize;
-    let path_start = path.as_ptr() as usize - base;
-    let path_span = (path_start, path_start + path.len());
+    let path_start = path.as_ptr() as usize - buf.as_ptr() as usize;
+    let path_span = path_start..path_start + path.len();
     let (mut close, mut keep_alive_token, mut hosts) = (false, false, 0);
-    spans.clear();
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         // Whatever needs more than a head goes to hyper: a body, an upgrade, an expectation.
@@ -223,48 +215,29 @@ fn parse(buf: &mut BytesMut, spans: &mut Vec<[usize; 4]>, limits: Limits) -> Par
         if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in h.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            let (c, k) = head::connection_tokens(h.value);
+            close |= c;
+            keep_alive_token |= k;
         }
-        let name_start = h.name.as_ptr() as usize - base;
-        let value_start = h.value.as_ptr() as usize - base;
-        spans.push([
-            name_start,
-            name_start + h.name.len(),
-            value_start,
-            value_start + h.value.len(),
-        ]);
     }
     if hosts > 1 {
         return Parsed::Other;
     }
+    spans.record(buf, parsed.headers);
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
     let head = buf.split_to(head_len).freeze();
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(path_span.0..path_span.1)) else {
-        // hyper answers a target it cannot parse with 400; give it back the whole head.
+    // Room for the forwarding headers the request gains (Host, X-Forwarded-*), so that adding
+    // them does not grow the map (a rehash).
+    let parts = Uri::from_maybe_shared(head.slice(path_span))
+        .ok()
+        .zip(spans.map(&head, 4));
+    let Some((uri, headers)) = parts else {
+        // A target or header hyper answers with 400: give it back the whole head.
         let mut whole = BytesMut::from(&head[..]);
         whole.extend_from_slice(buf);
         *buf = whole;
         return Parsed::Other;
     };
-    // Room for the forwarding headers the request gains (Host, X-Forwarded-*), so that adding
-    // them does not grow the map (a rehash).
-    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
-    for &[name_start, name_end, start, end] in spans.iter() {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&head[name_start..name_end]),
-            HeaderValue::from_maybe_shared(head.slice(start..end)),
-        ) else {
-            let mut whole = BytesMut::from(&head[..]);
-            whole.extend_from_slice(buf);
-            *buf = whole;
-            return Parsed::Other;
-        };
-        headers.append(name, value);
-    }
     let mut request = Request::new(UpstreamBody::empty());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -546,7 +519,7 @@ mod tests {
 
     fn parsed(text: &str) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(text.as_bytes());
-        let parsed = parse(&mut buf, &mut Vec::new(), LIMITS);
+        let parsed = parse(&mut buf, &mut Spans::default(), LIMITS);
         (parsed, buf)
     }
 

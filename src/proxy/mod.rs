@@ -9,6 +9,7 @@ mod body;
 mod deadline;
 mod error;
 mod forward;
+mod head;
 mod lean;
 mod pool;
 pub mod routes;

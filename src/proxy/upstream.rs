@@ -13,6 +13,7 @@
 //! the connection instead of returning it to the pool.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -20,9 +21,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use std::mem::MaybeUninit;
+
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use super::head::{self, Spans};
 
 /// The most bytes an answer head may take (hyper's client allows about 400 KiB; nginx's
 /// default `proxy_buffer_size` is 4 or 8 KiB).
@@ -41,10 +44,10 @@ pub struct Conn {
     /// The request head being written.
     out: Vec<u8>,
     /// Where the answer head's header names and values lie in `buf`.
-    spans: Vec<[usize; 4]>,
+    spans: Spans,
     read_size: usize,
-    /// Exchanges completed on this connection.
-    served: u32,
+    /// An exchange has completed on this connection before.
+    reused: bool,
 }
 
 /// Why an exchange failed.
@@ -93,9 +96,9 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
-            spans: Vec::new(),
+            spans: Spans::default(),
             read_size: FIRST_READ,
-            served: 0,
+            reused: false,
         }
     }
 
@@ -121,7 +124,7 @@ impl Conn {
         mut self,
         req: &Request<B>,
     ) -> Result<Response<AnswerBody>, ExchangeError> {
-        let reused = self.served > 0;
+        let reused = self.reused;
         // A request that changes nothing can be sent again when a reused connection turns
         // out closed before a byte of the answer (the member closed it as we sent).
         let retry_on_close = reused && idempotent(req.method());
@@ -231,25 +234,11 @@ impl Conn {
             .reason
             .filter(|r| Some(*r) != status.canonical_reason());
         let reason = reason.map(|r| r.as_bytes().to_vec());
-        // Where each name and value lies in the head, so that the values can share the head's
-        // bytes once it is split off (no copy per value, as in hyper).
-        let base = self.buf.as_ptr() as usize;
-        self.spans.clear();
-        for h in parsed.headers.iter() {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            self.spans
-                .push([name, name + h.name.len(), value, value + h.value.len()]);
-        }
+        self.spans.record(&self.buf, parsed.headers);
         let head = self.buf.split_to(head_len).freeze();
-        let mut headers = HeaderMap::with_capacity(self.spans.len());
-        for &[name_start, name_end, start, end] in &self.spans {
-            let name = HeaderName::from_bytes(&head[name_start..name_end])
-                .map_err(|_| ExchangeError::new("answer head: invalid header name", false))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-                .map_err(|_| ExchangeError::new("answer head: invalid header value", false))?;
-            headers.append(name, value);
-        }
+        let headers = self.spans.map(&head, 0).ok_or_else(|| {
+            ExchangeError::new("answer head: invalid header name or value", false)
+        })?;
         let (framing, keep) = framing(method, status, version, &headers)?;
         let mut response = Response::new(framing);
         *response.status_mut() = status;
@@ -263,16 +252,15 @@ impl Conn {
 
     /// Reads what the socket has into the buffer; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
-            self.buf.reserve(self.read_size);
-        }
-        let room = self.buf.capacity() - self.buf.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
+        let before = self.buf.len();
+        let n = ready!(head::poll_fill(
+            &mut self.io,
             cx,
-            &mut self.buf
+            &mut self.buf,
+            self.read_size
         ))?;
-        if n == room && self.read_size < MAX_READ {
+        // A read that filled all the room it had: read more at a time.
+        if before + n == self.buf.capacity() && self.read_size < MAX_READ {
             self.read_size *= 2;
         }
         Poll::Ready(Ok(n))
@@ -301,7 +289,12 @@ fn framing(
     version: Version,
     headers: &HeaderMap,
 ) -> Result<(Framing, bool), ExchangeError> {
-    let (close, keep_alive) = connection_tokens(headers);
+    let (mut close, mut keep_alive) = (false, false);
+    for value in headers.get_all(header::CONNECTION) {
+        let (c, k) = head::connection_tokens(value.as_bytes());
+        close |= c;
+        keep_alive |= k;
+    }
     let mut keep = !close && (version == Version::HTTP_11 || keep_alive);
     if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -362,19 +355,6 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
     })
 }
 
-/// Whether the Connection header says "close", and whether it says "keep-alive".
-fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
-    let (mut close, mut keep_alive) = (false, false);
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    }
-    (close, keep_alive)
-}
-
 /// An answer's body, read from the member connection it came on. Once the body has been
 /// read to its end, [`AnswerBody::take_idle`] gives the connection back for the next exchange.
 pub struct AnswerBody {
@@ -393,7 +373,7 @@ impl AnswerBody {
         if !conn.buf.is_empty() {
             return None;
         }
-        conn.served = conn.served.saturating_add(1);
+        conn.reused = true;
         Some(conn)
     }
 
