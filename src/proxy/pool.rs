@@ -19,9 +19,32 @@ pub type Sender = http1::SendRequest<UpstreamBody>;
 /// Idle connections kept per member and worker.
 const MAX_IDLE_PER_MEMBER: usize = 256;
 
-struct Idle {
-    sender: Sender,
-    since: Instant,
+/// Idle connections of one kind, most recently used last, each with the time it went idle.
+struct IdleList<T>(RefCell<Vec<(T, Instant)>>);
+
+impl<T> IdleList<T> {
+    fn new() -> Self {
+        IdleList(RefCell::new(Vec::new()))
+    }
+
+    /// The most recently used connection that has been idle at most `max_idle` at `now`;
+    /// older ones are dropped on the way.
+    fn pop_fresh(&self, max_idle: Duration, now: Instant) -> Option<T> {
+        loop {
+            let (conn, since) = self.0.borrow_mut().pop()?;
+            if now.saturating_duration_since(since) <= max_idle {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Files a connection, unless [`MAX_IDLE_PER_MEMBER`] are already idle.
+    fn push(&self, conn: T) {
+        let mut list = self.0.borrow_mut();
+        if list.len() < MAX_IDLE_PER_MEMBER {
+            list.push((conn, Instant::now()));
+        }
+    }
 }
 
 /// The worker's idle connections, by member `HOST:PORT`.
@@ -35,9 +58,9 @@ pub struct Pool {
 pub struct Member {
     authority: Rc<str>,
     /// hyper's client connections (requests with a body, upgrades).
-    idle: RefCell<Vec<Idle>>,
+    idle: IdleList<Sender>,
     /// Connections of the lean exchange (requests without a body): see [`upstream`].
-    lean: RefCell<Vec<(upstream::Conn, Instant)>>,
+    lean: IdleList<upstream::Conn>,
 }
 
 /// FNV-1a for the pool's keys: a few short `HOST:PORT` strings of our own members, looked up
@@ -82,8 +105,8 @@ impl Pool {
         let authority: Rc<str> = Rc::from(authority);
         let member = Rc::new(Member {
             authority: authority.clone(),
-            idle: RefCell::new(Vec::new()),
-            lean: RefCell::new(Vec::new()),
+            idle: IdleList::new(),
+            lean: IdleList::new(),
         });
         self.members.borrow_mut().insert(authority, member.clone());
         member
@@ -99,12 +122,8 @@ impl Member {
     /// An idle connection that is still open and younger than `max_idle` at `now`.
     pub async fn checkout(&self, max_idle: Duration, now: Instant) -> Option<Sender> {
         loop {
-            let idle = self.idle.borrow_mut().pop()?;
-            if idle.sender.is_closed() || now.saturating_duration_since(idle.since) > max_idle {
-                continue;
-            }
-            let mut sender = idle.sender;
-            if sender.ready().await.is_ok() {
+            let mut sender = self.idle.pop_fresh(max_idle, now)?;
+            if !sender.is_closed() && sender.ready().await.is_ok() {
                 return Some(sender);
             }
         }
@@ -112,26 +131,17 @@ impl Member {
 
     /// Files a connection whose last exchange ended cleanly.
     pub fn put(&self, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut list = self.idle.borrow_mut();
-        if list.len() < MAX_IDLE_PER_MEMBER {
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+        if !sender.is_closed() {
+            self.idle.push(sender);
         }
     }
-}
 
-impl Member {
     /// An idle lean connection that is still open and younger than `max_idle` at `now`: the
     /// most recently used first.
     pub fn checkout_lean(&self, max_idle: Duration, now: Instant) -> Option<upstream::Conn> {
         loop {
-            let (conn, since) = self.lean.borrow_mut().pop()?;
-            if now.saturating_duration_since(since) <= max_idle && conn.is_idle_open() {
+            let conn = self.lean.pop_fresh(max_idle, now)?;
+            if conn.is_idle_open() {
                 return Some(conn);
             }
         }
@@ -139,10 +149,7 @@ impl Member {
 
     /// Files a lean connection whose last answer was read whole.
     pub fn put_lean(&self, conn: upstream::Conn) {
-        let mut list = self.lean.borrow_mut();
-        if list.len() < MAX_IDLE_PER_MEMBER {
-            list.push((conn, Instant::now()));
-        }
+        self.lean.push(conn);
     }
 }
 
