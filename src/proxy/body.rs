@@ -138,8 +138,7 @@ pub struct ResponseBody {
 }
 
 enum Kind {
-    Upstream(Incoming),
-    Lean(AnswerBody),
+    Member(Answer),
     Full(Option<Bytes>),
 }
 
@@ -149,13 +148,39 @@ pub enum Answer {
     Lean(AnswerBody),
 }
 
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Answer::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Answer::Lean(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Answer::Hyper(b) => b.is_end_stream(),
+            Answer::Lean(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Answer::Hyper(b) => b.size_hint(),
+            Answer::Lean(b) => b.size_hint(),
+        }
+    }
+}
+
 impl ResponseBody {
-    pub fn upstream(inner: Answer, lease: Lease) -> Self {
+    pub fn upstream(answer: Answer, lease: Lease) -> Self {
         ResponseBody {
-            kind: match inner {
-                Answer::Hyper(b) => Kind::Upstream(b),
-                Answer::Lean(b) => Kind::Lean(b),
-            },
+            kind: Kind::Member(answer),
             lease: Some(lease),
             deadline: None,
         }
@@ -185,40 +210,30 @@ impl ResponseBody {
 
     fn ended(&self) -> bool {
         match &self.kind {
-            Kind::Upstream(b) => b.is_end_stream(),
-            Kind::Lean(b) => b.is_end_stream(),
+            Kind::Member(b) => b.is_end_stream(),
             Kind::Full(b) => b.is_none(),
         }
     }
 
-    /// Ends the lease: the member connection goes back when its answer was read whole.
-    fn release(&mut self) {
+    /// Ends the lease: the member connection goes back if the answer was read whole (`clean`
+    /// for hyper's; the lean one knows for itself).
+    fn release(&mut self, clean: bool) {
         if let Some(lease) = self.lease.take() {
             let lean = match &mut self.kind {
-                Kind::Lean(b) => b.take_idle(),
+                Kind::Member(Answer::Lean(b)) => b.take_idle(),
                 _ => None,
             };
-            lease.finish(self.ended(), lean);
+            lease.finish(clean, lean);
         }
     }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        self.release();
+        self.release(self.ended());
         if let Some(deadline) = self.deadline.take() {
             deadline.await_head(tokio::time::Instant::now());
         }
-    }
-}
-
-/// Counts a data frame of a member's answer as bytes received from the member.
-fn count_received(lease: &Option<Lease>, frame: &Frame<Bytes>) {
-    if let (Some(data), Some(lease)) = (frame.data_ref(), lease) {
-        lease
-            .stats()
-            .received_bytes
-            .fetch_add(data.len() as u64, Relaxed);
     }
 }
 
@@ -231,53 +246,35 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match &mut this.kind {
-            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Lean(inner) => {
-                let polled = Pin::new(&mut *inner).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        count_received(&this.lease, frame);
-                        // The last bytes: the connection can serve the next request already.
-                        if inner.is_end_stream() {
-                            this.release();
-                        }
-                    }
-                    Poll::Ready(None) => this.release(),
-                    // A broken exchange: the body has dropped its connection.
-                    Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        let answer = match &mut this.kind {
+            Kind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Member(answer) => answer,
+        };
+        let polled = Pin::new(&mut *answer).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(lease)) = (frame.data_ref(), &this.lease) {
+                    lease
+                        .stats()
+                        .received_bytes
+                        .fetch_add(data.len() as u64, Relaxed);
                 }
-                polled.map(|frame| frame.map(|r| r.map_err(BoxError::from)))
-            }
-            Kind::Upstream(inner) => {
-                let polled = Pin::new(inner).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        count_received(&this.lease, frame);
-                        // Trailers end a chunked body; hyper's server asks for nothing after
-                        // them, so the connection goes back now.
-                        if frame.is_trailers()
-                            && let Some(lease) = this.lease.take()
-                        {
-                            lease.finish(true, None);
-                        }
-                    }
-                    Poll::Ready(None) => {
-                        if let Some(lease) = this.lease.take() {
-                            lease.finish(true, None);
-                        }
-                    }
-                    Poll::Ready(Some(Err(_))) => {
-                        // A broken exchange: the connection is not reused.
-                        if let Some(mut lease) = this.lease.take() {
-                            lease.member = None;
-                        }
-                    }
-                    Poll::Pending => {}
+                // The last bytes, or the trailers that end a chunked body (after which hyper's
+                // server asks for nothing more): the connection can serve the next request now.
+                if frame.is_trailers() || answer.is_end_stream() {
+                    this.release(true);
                 }
-                polled.map(|frame| frame.map(|r| r.map_err(BoxError::from)))
             }
+            Poll::Ready(None) => this.release(true),
+            // A broken exchange: the connection is not reused (a lean one is already dropped).
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(mut lease) = this.lease.take() {
+                    lease.member = None;
+                }
+            }
+            Poll::Pending => {}
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -286,8 +283,7 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Upstream(b) => b.size_hint(),
-            Kind::Lean(b) => b.size_hint(),
+            Kind::Member(b) => b.size_hint(),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
