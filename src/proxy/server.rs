@@ -432,9 +432,7 @@ async fn serve(
                 return;
             };
             let io = TokioIo::new(lean::Prefixed::new(stream, read));
-            let service = service_fn(move |req: Request<Incoming>| {
-                forward::handle(worker.clone(), client.clone(), req.map(UpstreamBody::new))
-            });
+            let service = hyper_service(worker, client);
             let conn = builders.http1.serve_connection(io, service).with_upgrades();
             // Boxed: the rarer path keeps its state out of every connection's task.
             Box::pin(drive(
@@ -449,14 +447,26 @@ async fn serve(
         HttpVersion::Http2 => {
             let io = TokioIo::new(stream);
             let client = Rc::new(forward::Client::new(peer, None));
-            let service = service_fn(move |req: Request<Incoming>| {
-                forward::handle(worker.clone(), client.clone(), req.map(UpstreamBody::new))
-            });
+            let service = hyper_service(worker, client);
             let conn = builders.http2.serve_connection(io, service);
             // Boxed, so that HTTP/1 connections' tasks do not carry HTTP/2's state.
             Box::pin(drive(conn, |c| c.graceful_shutdown(), None, stopping, peer)).await;
         }
     }
+}
+
+/// The request path as hyper's servers call it.
+fn hyper_service(
+    worker: Rc<Worker>,
+    client: Rc<forward::Client>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = http::Response<super::body::ResponseBody>,
+    Error = std::convert::Infallible,
+> {
+    service_fn(move |req: Request<Incoming>| {
+        forward::handle(worker.clone(), client.clone(), req.map(UpstreamBody::new))
+    })
 }
 
 /// Runs a client connection to its end, shutting it down gracefully when the worker stops. An
