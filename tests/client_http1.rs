@@ -9,17 +9,12 @@ mod common;
 #[path = "common/raw.rs"]
 mod raw;
 
-use std::io;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{Backend, Proxy, cluster_yaml};
-use raw::{Asked, Conn, Head, Member};
+use raw::{Asked, Client, Conn, Member, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// The longest any single exchange may take before the test fails.
-const WAIT: Duration = Duration::from_secs(10);
 
 /// A Date a member writes, which must come through unchanged.
 const MEMBER_DATE: &str = "Mon, 01 Jan 2001 00:00:00 GMT";
@@ -40,120 +35,6 @@ async fn echo_member() -> Member {
         .into_bytes()
     })
     .await
-}
-
-// ---------------------------------------------------------------------------------------------
-// A raw client of the proxy.
-
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    head: Head,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-struct Client {
-    conn: Conn,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-            .await
-            .expect("connect to the proxy in time")
-            .expect("connect to the proxy");
-        // Every write goes out as it is: a trickled head arrives byte by byte.
-        stream.set_nodelay(true).expect("TCP_NODELAY");
-        Client {
-            conn: Conn::new(stream),
-        }
-    }
-
-    async fn write(&mut self, bytes: &[u8]) {
-        tokio::time::timeout(WAIT, self.conn.stream.write_all(bytes))
-            .await
-            .expect("write in time")
-            .expect("write to the proxy");
-    }
-
-    /// Reads one answer (the body framed as its head says), within `WAIT`.
-    async fn answer(&mut self, head_request: bool) -> Answer {
-        tokio::time::timeout(WAIT, self.read_answer(head_request))
-            .await
-            .expect("an answer in time")
-            .expect("an answer from the proxy")
-    }
-
-    async fn send(&mut self, request: &[u8], head_request: bool) -> Answer {
-        self.write(request).await;
-        self.answer(head_request).await
-    }
-
-    async fn get(&mut self, path: &str) -> Answer {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: web\r\n\r\n");
-        self.send(request.as_bytes(), false).await
-    }
-
-    async fn post(&mut self, path: &str, body: &str) -> Answer {
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: web\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        self.send(request.as_bytes(), false).await
-    }
-
-    async fn read_answer(&mut self, head_request: bool) -> io::Result<Answer> {
-        loop {
-            let head = self
-                .conn
-                .read_head()
-                .await?
-                .ok_or(io::ErrorKind::UnexpectedEof)?;
-            let status = head.status()?;
-            if (100..200).contains(&status) && status != 101 {
-                continue;
-            }
-            let body = if head_request || status == 204 || status == 304 {
-                Vec::new()
-            } else if head.chunked() {
-                self.conn.read_chunked().await?
-            } else if let Some(n) = head.content_length()? {
-                self.conn.read_exact(n).await?
-            } else {
-                self.conn.read_to_end().await?
-            };
-            return Ok(Answer { status, head, body });
-        }
-    }
-
-    /// Waits, up to `limit`, for the proxy to close the connection cleanly; what came before the
-    /// end of the stream (nothing, when all answers were read).
-    async fn closed(&mut self, limit: Duration) -> Vec<u8> {
-        tokio::time::timeout(limit, self.conn.read_to_end())
-            .await
-            .unwrap_or_else(|_| panic!("the proxy did not close the connection within {limit:?}"))
-            .expect("a clean close (FIN), not an error")
-    }
-
-    /// Fails the test if any byte arrives within `quiet`.
-    async fn nothing_more(&mut self, quiet: Duration) {
-        assert!(
-            self.conn.buf.is_empty(),
-            "stray bytes after the answer: {:?}",
-            String::from_utf8_lossy(&self.conn.buf)
-        );
-        if let Ok(read) = tokio::time::timeout(quiet, self.conn.fill()).await {
-            let n = read.expect("the connection stays usable");
-            assert_eq!(n, 0, "no bytes after the answer was complete");
-            panic!("the proxy closed a kept-alive connection");
-        }
-    }
 }
 
 fn proxy_for(members: &[String]) -> Proxy {

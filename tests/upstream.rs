@@ -12,106 +12,10 @@ use std::io;
 use std::time::Duration;
 
 use common::{Proxy, cluster_yaml};
-use raw::{After, Asked, Conn, Head, Member, ok, reply};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-
-/// The longest any single exchange may take before the test fails.
-const WAIT: Duration = Duration::from_secs(10);
+use raw::{After, Answer, Asked, Client, Member, ok, reply};
 
 /// The proxy's own text for a broken exchange (src/proxy/error.rs).
 const BAD_GATEWAY_TEXT: &str = "502 Bad Gateway: the member failed to answer\n";
-
-// ---------------------------------------------------------------------------------------------
-// A raw client of the proxy.
-
-/// What the client read: the final answer, and the statuses of informational ones before it.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    head: Head,
-    body: Vec<u8>,
-    interim: Vec<u16>,
-}
-
-impl Answer {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-struct Client {
-    conn: Conn,
-}
-
-impl Client {
-    async fn connect(proxy: &Proxy) -> Client {
-        let stream = tokio::time::timeout(WAIT, TcpStream::connect(proxy.addr))
-            .await
-            .expect("connect to the proxy in time")
-            .expect("connect to the proxy");
-        Client {
-            conn: Conn::new(stream),
-        }
-    }
-
-    /// Writes `request` and reads one answer, within `limit`.
-    async fn try_send(
-        &mut self,
-        request: &[u8],
-        head_request: bool,
-        limit: Duration,
-    ) -> io::Result<Answer> {
-        tokio::time::timeout(limit, async {
-            self.conn.stream.write_all(request).await?;
-            self.read_answer(head_request).await
-        })
-        .await
-        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
-    }
-
-    async fn send(&mut self, request: &[u8], head_request: bool) -> Answer {
-        self.try_send(request, head_request, WAIT)
-            .await
-            .expect("an answer from the proxy")
-    }
-
-    async fn get(&mut self, path: &str) -> Answer {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: web\r\n\r\n");
-        self.send(request.as_bytes(), false).await
-    }
-
-    async fn read_answer(&mut self, head_request: bool) -> io::Result<Answer> {
-        let mut interim = Vec::new();
-        loop {
-            let head = self
-                .conn
-                .read_head()
-                .await?
-                .ok_or(io::ErrorKind::UnexpectedEof)?;
-            let status = head.status()?;
-            if (100..200).contains(&status) && status != 101 {
-                interim.push(status);
-                continue;
-            }
-            let body = if head_request || status == 204 || status == 304 {
-                Vec::new()
-            } else if head.chunked() {
-                self.conn.read_chunked().await?
-            } else if let Some(n) = head.content_length()? {
-                self.conn.read_exact(n).await?
-            } else {
-                self.conn.read_to_end().await?
-            };
-            return Ok(Answer {
-                status,
-                head,
-                body,
-                interim,
-            });
-        }
-    }
-}
 
 /// `len` bytes that are not a repetition of a short pattern: misplaced or lost ranges show.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -147,7 +51,7 @@ async fn chunked_answer_with_extension_and_trailers_is_passed_whole_and_reused()
     })
     .await;
     let proxy = start_proxy(&member);
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     let first = client.get("/one").await;
     assert_eq!(first.status, 200);
     assert_eq!(first.text(), "hello world, fullnumber 1");
@@ -171,7 +75,7 @@ async fn chunked_answer_with_trailers_to_a_post_is_passed_whole_and_reused() {
     })
     .await;
     let proxy = start_proxy(&member);
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     for text in ["first post", "second post"] {
         let request = format!(
             "POST /p HTTP/1.1\r\nHost: web\r\nContent-Length: {}\r\n\r\n{text}",
@@ -194,7 +98,7 @@ async fn close_delimited_answer_is_passed_whole_and_the_next_request_reconnects(
     })
     .await;
     let proxy = start_proxy(&member);
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     let first = client.get("/one").await;
     assert_eq!(first.status, 200);
     assert_eq!(first.text(), "until the member closes, answer 1");
@@ -210,7 +114,7 @@ async fn content_length_answers_reuse_one_member_connection() {
     let member =
         Member::start(|asked: &Asked| ok(format!("answer {}", asked.number).as_bytes())).await;
     let proxy = start_proxy(&member);
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     for n in 1..=5 {
         let answer = client.get(&format!("/r{n}")).await;
         assert_eq!(answer.status, 200);
@@ -234,7 +138,7 @@ async fn head_answer_with_content_length_has_no_body_and_the_connection_is_reuse
     })
     .await;
     let proxy = start_proxy(&member);
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     let head = client
         .send(b"HEAD /doc HTTP/1.1\r\nHost: web\r\n\r\n", true)
         .await;
@@ -263,7 +167,7 @@ async fn no_content_and_not_modified_pass_through_and_the_connection_is_reused()
     })
     .await;
     let proxy = start_proxy(&member);
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     let none = client.get("/204").await;
     assert_eq!(none.status, 204);
     assert_eq!(none.head.get("x-kind"), Some("none"));
@@ -291,7 +195,7 @@ async fn early_hints_before_the_final_answer_leave_it_intact() {
     })
     .await;
     let proxy = start_proxy(&member);
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     let first = client.get("/page").await;
     assert_eq!(first.status, 200);
     assert_eq!(first.head.get("x-final"), Some("yes"));
@@ -320,7 +224,7 @@ async fn connection_close_answer_makes_the_next_request_reconnect() {
     })
     .await;
     let proxy = start_proxy(&member);
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     let first = client.get("/one").await;
     assert_eq!(first.status, 200);
     assert_eq!(first.text(), "closing after 1");
@@ -340,7 +244,7 @@ async fn a_pooled_connection_the_member_closed_while_idle_is_not_used() {
     })
     .await;
     let proxy = start_proxy(&member);
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     let first = client.get("/one").await;
     assert_eq!(first.status, 200);
     assert_eq!(first.text(), "idle then closed 1");
@@ -384,7 +288,7 @@ async fn malformed_answers_give_502_and_the_proxy_keeps_serving() {
         .into_iter()
         .enumerate()
     {
-        let mut client = Client::connect(&proxy).await;
+        let mut client = Client::connect(proxy.addr).await;
         let answer = client.get(path).await;
         assert_eq!(answer.status, 502, "{path}: {answer:?}");
         assert_eq!(answer.text(), BAD_GATEWAY_TEXT, "{path}");
@@ -394,7 +298,7 @@ async fn malformed_answers_give_502_and_the_proxy_keeps_serving() {
         }
         assert_eq!(member.accepts(), accepts, "{path}");
         // The connection that carried it is not reused: the next request opens a new one.
-        let mut client = Client::connect(&proxy).await;
+        let mut client = Client::connect(proxy.addr).await;
         let healthy = client.get("/healthy").await;
         assert_eq!(healthy.status, 200, "after {path}");
         assert_eq!(healthy.text(), "healthy", "after {path}");
@@ -415,7 +319,7 @@ async fn a_truncated_body_is_not_passed_as_complete() {
     })
     .await;
     let proxy = start_proxy(&member);
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     let answer = client
         .try_send(
             b"GET /truncated HTTP/1.1\r\nHost: web\r\n\r\n",
@@ -435,7 +339,7 @@ async fn a_truncated_body_is_not_passed_as_complete() {
             "a truncated body was passed as complete: {answer:?}"
         ),
     }
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     let next = client.get("/whole").await;
     assert_eq!(next.status, 200);
     assert_eq!(next.text(), "whole");
@@ -467,7 +371,7 @@ async fn one_mebibyte_bodies_arrive_exactly_with_either_framing() {
     })
     .await;
     let proxy = start_proxy(&member);
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     let answer = client.get("/fixed").await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body.len(), MIB);
@@ -505,7 +409,7 @@ async fn hop_by_hop_answer_headers_stay_behind() {
         }
     };
     // HTTP/1.1: the proxy may chunk the body itself, once.
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     let answer = client.get("/").await;
     check(&answer);
     assert!(
@@ -513,7 +417,7 @@ async fn hop_by_hop_answer_headers_stay_behind() {
         "{answer:?}"
     );
     // HTTP/1.0 has no chunked coding: a forwarded Transfer-Encoding would show as it is.
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     let answer = client
         .send(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n", false)
         .await;
@@ -540,7 +444,7 @@ async fn a_posted_body_is_echoed_exactly_then_a_get_follows() {
     )
     .into_bytes();
     request.extend_from_slice(&body);
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     let echo = client.send(&request, false).await;
     assert_eq!(echo.status, 200);
     assert_eq!(echo.body.len(), body.len());
@@ -573,7 +477,7 @@ async fn a_get_on_a_pooled_connection_the_member_closes_unanswered_is_sent_again
     })
     .await;
     let proxy = start_proxy(&member);
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     assert_eq!(client.get("/one").await.text(), "answer 1");
     let again = client.get("/two").await;
     assert_eq!((again.status, again.text().as_str()), (200, "answer 3"));
@@ -594,7 +498,7 @@ async fn a_post_on_a_pooled_connection_the_member_closes_unanswered_is_not_sent_
     })
     .await;
     let proxy = start_proxy(&member);
-    let mut client = Client::connect(&proxy).await;
+    let mut client = Client::connect(proxy.addr).await;
     assert_eq!(client.get("/one").await.text(), "done");
     // A POST may have been acted on: it is not repeated (as nginx's proxy_next_upstream).
     let post = client

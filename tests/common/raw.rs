@@ -11,6 +11,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The longest any single wait of a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
 /// A parsed head: the start line and the header fields, names in lower case, in order.
 #[derive(Debug)]
 pub struct Head {
@@ -331,4 +334,143 @@ pub fn ok(body: &[u8]) -> Reply {
         format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
     bytes.extend_from_slice(body);
     reply(bytes, After::KeepOpen)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw client of the proxy.
+
+/// What the client read: the final answer, and the statuses of informational ones before it.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub head: Head,
+    pub body: Vec<u8>,
+    pub interim: Vec<u16>,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A raw HTTP/1 client of the proxy; every wait is bounded by [`WAIT`].
+pub struct Client {
+    pub conn: Conn,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect to the proxy in time")
+            .expect("connect to the proxy");
+        // Every write goes out as it is: a trickled head arrives byte by byte.
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        Client {
+            conn: Conn::new(stream),
+        }
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(WAIT, self.conn.stream.write_all(bytes))
+            .await
+            .expect("write in time")
+            .expect("write to the proxy");
+    }
+
+    /// Reads one answer (the body framed as its head says), within `WAIT`.
+    pub async fn answer(&mut self, head_request: bool) -> Answer {
+        tokio::time::timeout(WAIT, self.read_answer(head_request))
+            .await
+            .expect("an answer in time")
+            .expect("an answer from the proxy")
+    }
+
+    /// Writes `request` and reads one answer, within `limit`.
+    pub async fn try_send(
+        &mut self,
+        request: &[u8],
+        head_request: bool,
+        limit: Duration,
+    ) -> io::Result<Answer> {
+        tokio::time::timeout(limit, async {
+            self.conn.stream.write_all(request).await?;
+            self.read_answer(head_request).await
+        })
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+    }
+
+    pub async fn send(&mut self, request: &[u8], head_request: bool) -> Answer {
+        self.write(request).await;
+        self.answer(head_request).await
+    }
+
+    pub async fn get(&mut self, path: &str) -> Answer {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: web\r\n\r\n");
+        self.send(request.as_bytes(), false).await
+    }
+
+    pub async fn post(&mut self, path: &str, body: &str) -> Answer {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: web\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.send(request.as_bytes(), false).await
+    }
+
+    pub async fn read_answer(&mut self, head_request: bool) -> io::Result<Answer> {
+        let mut interim = Vec::new();
+        loop {
+            let head = self
+                .conn
+                .read_head()
+                .await?
+                .ok_or(io::ErrorKind::UnexpectedEof)?;
+            let status = head.status()?;
+            if (100..200).contains(&status) && status != 101 {
+                interim.push(status);
+                continue;
+            }
+            let body = if head_request || status == 204 || status == 304 {
+                Vec::new()
+            } else if head.chunked() {
+                self.conn.read_chunked().await?
+            } else if let Some(n) = head.content_length()? {
+                self.conn.read_exact(n).await?
+            } else {
+                self.conn.read_to_end().await?
+            };
+            return Ok(Answer {
+                status,
+                head,
+                body,
+                interim,
+            });
+        }
+    }
+
+    /// Waits, up to `limit`, for the proxy to close the connection cleanly; what came before the
+    /// end of the stream (nothing, when all answers were read).
+    pub async fn closed(&mut self, limit: Duration) -> Vec<u8> {
+        tokio::time::timeout(limit, self.conn.read_to_end())
+            .await
+            .unwrap_or_else(|_| panic!("the proxy did not close the connection within {limit:?}"))
+            .expect("a clean close (FIN), not an error")
+    }
+
+    /// Fails the test if any byte arrives within `quiet`.
+    pub async fn nothing_more(&mut self, quiet: Duration) {
+        assert!(
+            self.conn.buf.is_empty(),
+            "stray bytes after the answer: {:?}",
+            String::from_utf8_lossy(&self.conn.buf)
+        );
+        if let Ok(read) = tokio::time::timeout(quiet, self.conn.fill()).await {
+            let n = read.expect("the connection stays usable");
+            assert_eq!(n, 0, "no bytes after the answer was complete");
+            panic!("the proxy closed a kept-alive connection");
+        }
+    }
 }
