@@ -4,6 +4,8 @@
 #
 #   bench/profile.sh callgrind   # user-space instructions per request (repeatable: valgrind)
 #   bench/profile.sh perf        # perf record (cpu-clock), top symbols, user/kernel split
+#   bench/profile.sh syscalls    # system calls per request, by call (perf trace -s)
+#   FLOOR=1 bench/profile.sh ... # the same for bench/floor, the least a tokio proxy can do
 #
 # KB_BIN=path profiles that binary instead of building this tree. Every load run is bounded.
 set -euo pipefail
@@ -20,7 +22,10 @@ DURATION=${DURATION:-8}           # perf: seconds recorded
 A=$((PORT_BASE + 81)) B=$((PORT_BASE + 82)) PORT=$((PORT_BASE + 100)) ADMIN=$((PORT_BASE + 109))
 say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-if [ -z "${KB_BIN:-}" ]; then
+if [ -n "${FLOOR:-}" ]; then
+    (cd "$HERE/floor" && cargo build --release --quiet --target-dir "$REPO/target/bench")
+    KB_BIN=$REPO/target/bench/release/kb-floor
+elif [ -z "${KB_BIN:-}" ]; then
     (cd "$REPO" && cargo build --release --quiet --bin kube-balancer)
     KB_BIN=$REPO/target/release/kube-balancer
 fi
@@ -59,6 +64,7 @@ PIDS+=($!)
 wait_port "$A" && wait_port "$B"
 
 KB_ARGS=(standalone -f "$RUN/kb.yaml" --workers 1 --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --shutdown-grace 1s)
+[ -n "${FLOOR:-}" ] && KB_ARGS=("127.0.0.1:$PORT" "127.0.0.1:$A" "127.0.0.1:$B")
 
 case $MODE in
 callgrind)
@@ -104,8 +110,26 @@ perf)
     perf report -i "$RUN/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -6
     perf report -i "$RUN/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -n "${TOP:-40}"
     ;;
+syscalls)
+    taskset -c "$LB_CPU" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
+    KB=$!
+    PIDS+=("$KB")
+    wait_port "$PORT"
+    taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d$((DURATION + 2))s "http://127.0.0.1:$PORT/" >"$RUN/wrk.out" &
+    WRK=$!
+    PIDS+=("$WRK")
+    sleep 1
+    if [ -n "${STAT:-}" ]; then
+        perf stat -e task-clock,context-switches,page-faults,raw_syscalls:sys_enter -p "$KB" -o "$RUN/trace.out" -- sleep "$DURATION" 2>/dev/null || true
+    else
+        timeout $((DURATION + 10)) perf trace -s -p "$KB" -o "$RUN/trace.out" -- sleep "$DURATION" 2>/dev/null || true
+    fi
+    wait "$WRK" || true
+    grep -E 'Requests/sec' "$RUN/wrk.out"
+    cat "$RUN/trace.out"
+    ;;
 *)
-    echo "usage: bench/profile.sh callgrind|perf" >&2
+    echo "usage: bench/profile.sh callgrind|perf|syscalls" >&2
     exit 2
     ;;
 esac

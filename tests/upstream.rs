@@ -426,6 +426,78 @@ async fn hop_by_hop_answer_headers_stay_behind() {
     assert_eq!((member.accepts(), member.requests()), (1, 2));
 }
 
+/// The member's fields go on as the member wrote them (names in their case, repeated fields as
+/// separate lines in order) to an HTTP/1 client, and through a header map to an HTTP/2 one;
+/// hop-by-hop fields stay behind for both, and the proxy's own (an inserted sticky cookie) come
+/// after the member's.
+#[tokio::test]
+async fn member_fields_pass_on_as_written_with_the_proxys_own_after_them() {
+    let member = Member::start(|_: &Asked| {
+        reply(
+            "HTTP/1.1 200 OK\r\nX-Mixed-Case: Value\r\nSet-Cookie: a=1\r\nConnection: X-Private\r\n\
+             X-Private: 1\r\nUpgrade: h2c\r\nProxy-Connection: keep-alive\r\nSet-Cookie: b=2\r\n\
+             Content-Length: 2\r\n\r\nok",
+            After::KeepOpen,
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&cluster_yaml(
+        &[member.url()],
+        "  stickySession: {cookie: ROUTEID, insert: true}",
+    ));
+    let cookies_in_order = |cookies: &[&str]| {
+        assert_eq!(cookies.len(), 3, "{cookies:?}");
+        assert_eq!(&cookies[..2], ["a=1", "b=2"]);
+        assert!(cookies[2].starts_with("ROUTEID="), "{cookies:?}");
+    };
+
+    let mut client = Client::connect(proxy.addr).await;
+    let answer = client.get("/").await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "ok"));
+    assert!(
+        answer.head.text.contains("\r\nX-Mixed-Case: Value\r\n"),
+        "{answer:?}"
+    );
+    cookies_in_order(&answer.head.all("set-cookie"));
+    for gone in ["x-private", "upgrade", "proxy-connection"] {
+        assert_eq!(answer.head.get(gone), None, "{gone}: {answer:?}");
+    }
+    assert_eq!(answer.head.all("content-length"), ["2"]);
+
+    let stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("an HTTP/2 handshake with prior knowledge");
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{}/", proxy.addr))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("a request");
+    let response = sender.send_request(request).await.expect("an answer");
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["x-mixed-case"], "Value");
+    let cookies: Vec<&str> = headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().expect("text"))
+        .collect();
+    cookies_in_order(&cookies);
+    for gone in ["x-private", "upgrade", "proxy-connection", "connection"] {
+        assert!(!headers.contains_key(gone), "{gone}: {headers:?}");
+    }
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("the body")
+        .to_bytes();
+    assert_eq!(&body[..], b"ok");
+    assert_eq!((member.accepts(), member.requests()), (1, 2));
+}
+
 #[tokio::test]
 async fn a_posted_body_is_echoed_exactly_then_a_get_follows() {
     let member = Member::start(|asked: &Asked| {

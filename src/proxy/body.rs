@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::deadline::Deadline;
+use super::head::RawHead;
 use super::pool::{Member, Sender};
 use super::upstream::{self, AnswerBody};
 use crate::balancer::MemberStats;
@@ -199,6 +200,24 @@ impl ResponseBody {
             kind: Kind::Full(None),
             lease: None,
             deadline: None,
+        }
+    }
+
+    /// The fields of a member's answer that came on the lean exchange, passed on as they are;
+    /// the response's header map then holds only what the proxy added.
+    pub fn raw_head(&self) -> Option<&RawHead> {
+        match &self.kind {
+            Kind::Member(Answer::Lean(b)) => b.raw_head(),
+            _ => None,
+        }
+    }
+
+    /// The same, taken out, for a response the header map must describe whole (hyper's
+    /// server writes it).
+    pub fn take_raw_head(&mut self) -> Option<RawHead> {
+        match &mut self.kind {
+            Kind::Member(Answer::Lean(b)) => b.take_raw_head(),
+            _ => None,
         }
     }
 

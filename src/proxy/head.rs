@@ -1,6 +1,7 @@
 //! What the two lean HTTP/1 paths (clients: [`lean`](super::lean), members:
 //! [`upstream`](super::upstream)) share about a head parsed with `httparse`: building its header
-//! map without copying values, reading the `Connection` tokens, and filling a read buffer.
+//! map without copying values, passing a member's header lines on without a map, reading the
+//! `Connection` tokens, telling hop-by-hop fields, and filling a read buffer.
 
 use std::io;
 use std::pin::Pin;
@@ -39,6 +40,138 @@ impl Spans {
             headers.append(name, value);
         }
         Some(headers)
+    }
+}
+
+/// The fields that describe one connection and are never forwarded (RFC 9110 7.6.1),
+/// Connection first, in lower case.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The index in [`HOP_BY_HOP`] of a field name, in any case. Dispatching on the length first
+/// makes most names cost one comparison of a length.
+pub fn hop_by_hop(name: &[u8]) -> Option<usize> {
+    let candidate = match name.len() {
+        10 => match name.first().map(u8::to_ascii_lowercase) {
+            Some(b'c') => 0,
+            _ => 1,
+        },
+        16 => 2,
+        18 => 3,
+        19 => 4,
+        2 => 5,
+        7 => match name.first().map(u8::to_ascii_lowercase) {
+            Some(b't') => 6,
+            _ => 8,
+        },
+        17 => 7,
+        _ => return None,
+    };
+    name.eq_ignore_ascii_case(HOP_BY_HOP[candidate].as_bytes())
+        .then_some(candidate)
+}
+
+/// A member's answer head, passed on to the client line by line as the member wrote it
+/// (names keep their case), less the hop-by-hop fields and those its Connection header names:
+/// no header map is built for the common answer. One is built only when hyper's server sends
+/// the answer (HTTP/2 clients, or a connection hyper took over), by [`RawHead::into_map`].
+pub struct RawHead {
+    head: Bytes,
+    spans: Spans,
+    /// The head has a Date field.
+    pub date: bool,
+    /// The head has a Content-Length field.
+    pub length: bool,
+}
+
+impl RawHead {
+    /// The end-to-end fields among `headers`, found in `buf` by `httparse`. The head itself
+    /// follows with [`RawHead::of`], once it is split off `buf`.
+    pub fn new(buf: &[u8], headers: &[httparse::Header<'_>]) -> Self {
+        // Names the Connection header lists beyond the fixed hop-by-hop ones: rare.
+        let mut named: Vec<&[u8]> = Vec::new();
+        for h in headers {
+            if hop_by_hop(h.name.as_bytes()) == Some(0) {
+                named.extend(
+                    h.value
+                        .split(|&b| b == b',')
+                        .map(<[u8]>::trim_ascii)
+                        .filter(|t| !t.is_empty() && hop_by_hop(t).is_none()),
+                );
+            }
+        }
+        let base = buf.as_ptr() as usize;
+        let mut spans = Vec::with_capacity(headers.len());
+        let (mut date, mut length) = (false, false);
+        for h in headers {
+            let name = h.name.as_bytes();
+            if hop_by_hop(name).is_some() || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                continue;
+            }
+            date |= name.eq_ignore_ascii_case(b"date");
+            length |= name.eq_ignore_ascii_case(b"content-length");
+            let start = name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            spans.push([start, start + name.len(), value, value + h.value.len()]);
+        }
+        RawHead {
+            head: Bytes::new(),
+            spans: Spans(spans),
+            date,
+            length,
+        }
+    }
+
+    /// The same, over `head`: the start of the buffer the fields were found in, frozen.
+    pub fn of(self, head: Bytes) -> Self {
+        RawHead { head, ..self }
+    }
+
+    /// The fields passed on, name and value, in the member's order.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans
+            .0
+            .iter()
+            .map(|&[name_start, name_end, start, end]| {
+                (&self.head[name_start..name_end], &self.head[start..end])
+            })
+    }
+
+    /// The fields as a header map, followed by `extra` (fields the proxy added, such as a
+    /// sticky cookie). A field hyper would not accept (`httparse` lets through nothing of the
+    /// kind today) is left out.
+    pub fn into_map(self, extra: HeaderMap) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(self.spans.0.len() + extra.len());
+        for &[name_start, name_end, start, end] in &self.spans.0 {
+            match (
+                HeaderName::from_bytes(&self.head[name_start..name_end]),
+                HeaderValue::from_maybe_shared(self.head.slice(start..end)),
+            ) {
+                (Ok(name), Ok(value)) => {
+                    headers.append(name, value);
+                }
+                _ => tracing::debug!("left out an answer field hyper does not accept"),
+            }
+        }
+        let mut last = None;
+        for (name, value) in extra {
+            if let Some(name) = name {
+                last = Some(name);
+            }
+            if let Some(name) = &last {
+                headers.append(name, value);
+            }
+        }
+        headers
     }
 }
 
@@ -88,6 +221,53 @@ mod tests {
         // A name that is not a token: refused.
         let spans = Spans(vec![[0, 3, 4, 5]]);
         assert!(spans.map(&Bytes::from_static(b"a b:c"), 0).is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_lookup_matches_the_table() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop(name.as_bytes()), Some(i), "{name}");
+            let upper = name.to_ascii_uppercase();
+            assert_eq!(hop_by_hop(upper.as_bytes()), Some(i), "{upper}");
+        }
+        for other in [
+            "content-length",
+            "connectioN2",
+            "keep-alivf",
+            "tx",
+            "trailers",
+            "trailed",
+            "upgradf",
+        ] {
+            assert_eq!(hop_by_hop(other.as_bytes()), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_raw_head_passes_on_end_to_end_fields_only_and_maps_them_first() {
+        let text = b"HTTP/1.1 200 OK\r\nX-Case: A\r\nConnection: keep-alive, X-Private\r\n\
+                     x-private: 1\r\nKeep-Alive: timeout=5\r\nSet-Cookie: a=1\r\n\
+                     Content-Length: 0\r\n\r\n";
+        let mut slots = [httparse::EMPTY_HEADER; 8];
+        let mut answer = httparse::Response::new(&mut slots);
+        answer.parse(text).expect("a valid head");
+        let raw = RawHead::new(text, answer.headers).of(Bytes::from_static(text));
+        let fields: Vec<_> = raw.fields().collect();
+        assert_eq!(
+            fields,
+            [
+                (&b"X-Case"[..], &b"A"[..]),
+                (b"Set-Cookie", b"a=1"),
+                (b"Content-Length", b"0")
+            ]
+        );
+        assert!(raw.length && !raw.date);
+        let mut added = HeaderMap::new();
+        added.append("set-cookie", HeaderValue::from_static("ROUTEID=x"));
+        let map = raw.into_map(added);
+        let cookies: Vec<_> = map.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "ROUTEID=x"]);
+        assert_eq!(map.len(), 4);
     }
 
     #[test]

@@ -283,11 +283,20 @@ async fn respond(
         None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
     }
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    // The member's fields as it sent them (see `RawHead`), then what the proxy added.
+    let (mut has_length, mut has_date) = (false, false);
+    if let Some(raw) = body.raw_head() {
+        for (name, value) in raw.fields() {
+            push_field(&mut out, name, value);
+        }
+        (has_length, has_date) = (raw.length, raw.date);
+    }
+    if !parts.headers.is_empty() {
+        for (name, value) in &parts.headers {
+            push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        has_length |= parts.headers.contains_key(header::CONTENT_LENGTH);
+        has_date |= parts.headers.contains_key(header::DATE);
     }
     let bodyless = head_request
         || status.is_informational()
@@ -296,7 +305,7 @@ async fn respond(
     let framing = if bodyless {
         Framing::None
     } else if let Some(length) = body.size_hint().exact() {
-        if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        if !has_length {
             out.extend_from_slice(b"content-length: ");
             out.extend_from_slice(itoa(length, &mut [0u8; 20]));
             out.extend_from_slice(b"\r\n");
@@ -314,7 +323,7 @@ async fn respond(
     } else if version == Version::HTTP_10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !has_date {
         out.extend_from_slice(b"date: ");
         push_date(&mut out);
         out.extend_from_slice(b"\r\n");
@@ -378,10 +387,7 @@ async fn respond(
         if let (Ok(trailers), Framing::Chunked) = (frame.into_trailers(), framing) {
             out.extend_from_slice(b"0\r\n");
             for (name, value) in &trailers {
-                out.extend_from_slice(name.as_str().as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
+                push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
             }
             out.extend_from_slice(b"\r\n");
             drop(body);
@@ -402,6 +408,13 @@ async fn respond(
         let _ = stream.shutdown().await;
     }
     Ok(keep_alive)
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes `first` then `second`, with as few system calls as the socket allows.

@@ -465,7 +465,16 @@ fn hyper_service(
     Error = std::convert::Infallible,
 > {
     service_fn(move |req: Request<Incoming>| {
-        forward::handle(worker.clone(), client.clone(), req.map(UpstreamBody::new))
+        let handled = forward::handle(worker.clone(), client.clone(), req.map(UpstreamBody::new));
+        async move {
+            let mut response = handled.await?;
+            // hyper writes the head from the header map: the member's fields go into it.
+            if let Some(raw) = response.body_mut().take_raw_head() {
+                let added = std::mem::take(response.headers_mut());
+                *response.headers_mut() = raw.into_map(added);
+            }
+            Ok(response)
+        }
     })
 }
 

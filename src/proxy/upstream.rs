@@ -18,14 +18,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::head::{self, Spans};
+use super::head::{self, RawHead};
 
 /// The most bytes an answer head may take (hyper's client allows about 400 KiB; nginx's
 /// default `proxy_buffer_size` is 4 or 8 KiB).
@@ -43,8 +43,6 @@ pub struct Conn {
     buf: BytesMut,
     /// The request head being written.
     out: Vec<u8>,
-    /// Where the answer head's header names and values lie in `buf`.
-    spans: Spans,
     read_size: usize,
     /// An exchange has completed on this connection before.
     reused: bool,
@@ -96,7 +94,6 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
-            spans: Spans::default(),
             read_size: FIRST_READ,
             reused: false,
         }
@@ -164,10 +161,11 @@ impl Conn {
                 received = true;
                 match self.parse_head(method)? {
                     Parsed::Final(response, keep) => {
-                        return Ok(response.map(|framing| AnswerBody {
+                        return Ok(response.map(|(framing, head)| AnswerBody {
                             framing,
                             conn: Some(self),
                             keep,
+                            head: Some(head),
                         }));
                     }
                     Parsed::Informational => continue,
@@ -234,16 +232,12 @@ impl Conn {
             .reason
             .filter(|r| Some(*r) != status.canonical_reason());
         let reason = reason.map(|r| r.as_bytes().to_vec());
-        self.spans.record(&self.buf, parsed.headers);
-        let head = self.buf.split_to(head_len).freeze();
-        let headers = self.spans.map(&head, 0).ok_or_else(|| {
-            ExchangeError::new("answer head: invalid header name or value", false)
-        })?;
-        let (framing, keep) = framing(method, status, version, &headers)?;
-        let mut response = Response::new(framing);
+        let (framing, keep) = framing(method, status, version, parsed.headers)?;
+        let raw = RawHead::new(&self.buf, parsed.headers);
+        let raw = raw.of(self.buf.split_to(head_len).freeze());
+        let mut response = Response::new((framing, raw));
         *response.status_mut() = status;
         *response.version_mut() = version;
-        *response.headers_mut() = headers;
         if let Some(reason) = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok()) {
             response.extensions_mut().insert(reason);
         }
@@ -268,8 +262,9 @@ impl Conn {
 }
 
 enum Parsed {
-    /// The final answer's head, its body's framing, and whether the connection can be reused.
-    Final(Response<Framing>, bool),
+    /// The final answer's head (its fields passed on as they came), its body's framing, and
+    /// whether the connection can be reused.
+    Final(Response<(Framing, RawHead)>, bool),
     Informational,
     Partial,
 }
@@ -287,11 +282,17 @@ fn framing(
     method: &Method,
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
+    fields: &[httparse::Header<'_>],
 ) -> Result<(Framing, bool), ExchangeError> {
+    let named = |name: &'static str| {
+        fields
+            .iter()
+            .filter(move |f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| f.value)
+    };
     let (mut close, mut keep_alive) = (false, false);
-    for value in headers.get_all(header::CONNECTION) {
-        let (c, k) = head::connection_tokens(value.as_bytes());
+    for value in named("connection") {
+        let (c, k) = head::connection_tokens(value);
         close |= c;
         keep_alive |= k;
     }
@@ -302,31 +303,28 @@ fn framing(
     {
         return Ok((Framing::Done, keep));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        if headers.contains_key(header::CONTENT_LENGTH) {
+    if let Some(last) = named("transfer-encoding").next_back() {
+        if named("content-length").next().is_some() {
             // Both: Transfer-Encoding wins, and the connection is not to be trusted again.
             keep = false;
         }
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => {
+        let coding = last.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
+        return Ok(match coding {
+            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => {
                 (Framing::Chunked(Chunk::Size), keep)
             }
             _ => (Framing::Close, false),
         });
     }
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
+    for value in named("content-length") {
+        for part in value.split(|&b| b == b',') {
             let n = parse_length(part.trim_ascii()).ok_or_else(|| {
                 ExchangeError::new(
-                    format!("answer head: invalid Content-Length {value:?}"),
+                    format!(
+                        "answer head: invalid Content-Length {:?}",
+                        String::from_utf8_lossy(value)
+                    ),
                     false,
                 )
             })?;
@@ -361,9 +359,20 @@ pub struct AnswerBody {
     framing: Framing,
     conn: Option<Conn>,
     keep: bool,
+    /// The answer's fields, until they are written or made a header map.
+    head: Option<RawHead>,
 }
 
 impl AnswerBody {
+    /// The answer's fields as the member sent them, less the hop-by-hop ones.
+    pub fn raw_head(&self) -> Option<&RawHead> {
+        self.head.as_ref()
+    }
+
+    pub fn take_raw_head(&mut self) -> Option<RawHead> {
+        self.head.take()
+    }
+
     /// The connection, when the answer was read whole and nothing else came after it.
     pub fn take_idle(&mut self) -> Option<Conn> {
         if self.framing != Framing::Done || !self.keep {
@@ -524,14 +533,6 @@ fn trailers(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, &'static str> {
 mod tests {
     use super::*;
 
-    fn headers(lines: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in lines {
-            map.append(*name, HeaderValue::from_static(value));
-        }
-        map
-    }
-
     fn framed(
         method: Method,
         status: u16,
@@ -539,7 +540,14 @@ mod tests {
         lines: &[(&'static str, &'static str)],
     ) -> Result<(Framing, bool), String> {
         let status = StatusCode::from_u16(status).expect("status");
-        framing(&method, status, version, &headers(lines)).map_err(|e| e.cause)
+        let fields: Vec<httparse::Header<'_>> = lines
+            .iter()
+            .map(|(name, value)| httparse::Header {
+                name,
+                value: value.as_bytes(),
+            })
+            .collect();
+        framing(&method, status, version, &fields).map_err(|e| e.cause)
     }
 
     #[test]
@@ -629,6 +637,20 @@ mod tests {
                 &[("content-length", "1"), ("connection", "keep-alive")]
             ),
             Ok((Framing::Length(1), true))
+        );
+        // Field names in any case.
+        assert_eq!(
+            framed(
+                get(),
+                200,
+                HTTP_11,
+                &[("Content-Length", "3"), ("CONNECTION", "close")]
+            ),
+            Ok((Framing::Length(3), false))
+        );
+        assert_eq!(
+            framed(get(), 200, HTTP_11, &[("Transfer-Encoding", "Chunked")]),
+            Ok((Framing::Chunked(Chunk::Size), true))
         );
     }
 

@@ -14,11 +14,13 @@ use tokio::net::{TcpListener, TcpStream};
 /// The longest any single wait of a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A parsed head: the start line and the header fields, names in lower case, in order.
+/// A parsed head: the start line and the header fields, names in lower case, in order; and
+/// the head's text as it came (names in their case).
 #[derive(Debug)]
 pub struct Head {
     pub start: String,
     pub fields: Vec<(String, String)>,
+    pub text: String,
 }
 
 impl Head {
@@ -36,7 +38,11 @@ impl Head {
                 .ok_or_else(|| invalid(&format!("a header line without a colon: {line:?}")))?;
             fields.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
         }
-        Ok(Head { start, fields })
+        Ok(Head {
+            start,
+            fields,
+            text: text.into_owned(),
+        })
     }
 
     /// Every value of the header `name` (lower case).
