@@ -73,10 +73,13 @@ pub async fn handle(
     }
     let method = worker.access_log.then(|| req.method().clone());
     let path = worker.access_log.then(|| req.uri().path().to_owned());
-    let mut response = match proxy(&worker, &client, req).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
+    // Routing is synchronous: only the exchange with members is a future of its own, so the
+    // request's state is not nested (and moved) one level deeper.
+    let forwarded = match route(&worker, &client, req) {
+        Ok(routed) => forward(&worker, routed, client.deadline.as_deref()).await,
+        Err(e) => Err(e),
     };
+    let mut response = forwarded.unwrap_or_else(ProxyError::into_response);
     if let Some(deadline) = &client.deadline {
         response.body_mut().then_await_head(deadline.clone());
     }
@@ -86,11 +89,20 @@ pub async fn handle(
     Ok(response)
 }
 
-async fn proxy(
-    worker: &Rc<Worker>,
+/// A request on its way to a cluster's members.
+struct Routed {
+    cluster: Arc<Cluster>,
+    req: Request<UpstreamBody>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    affinity: Affinity,
+}
+
+/// Finds the request's cluster and prepares the request for its members.
+fn route(
+    worker: &Worker,
     client: &Client,
     mut req: Request<UpstreamBody>,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<Routed, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ConnectRefused);
     }
@@ -129,18 +141,26 @@ async fn proxy(
     let upgrade = upgrade_protocol(&req);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     prepare_request(&mut req, &client.forwarded_for, host_value, upgrade);
-    let deadline = client.deadline.as_deref();
-    forward(worker, &cluster, req, client_upgrade, &affinity, deadline).await
+    Ok(Routed {
+        cluster,
+        req,
+        client_upgrade,
+        affinity,
+    })
 }
 
 async fn forward(
     worker: &Rc<Worker>,
-    cluster: &Arc<Cluster>,
-    mut req: Request<UpstreamBody>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    affinity: &Affinity,
+    routed: Routed,
     deadline: Option<&Deadline>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let Routed {
+        cluster,
+        mut req,
+        client_upgrade,
+        affinity,
+    } = routed;
+    let (cluster, affinity) = (&cluster, &affinity);
     let config = &cluster.config;
     let tries = if config.no_failover {
         1

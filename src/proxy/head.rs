@@ -57,27 +57,76 @@ pub const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// The index in [`HOP_BY_HOP`] of a field name, in any case. Dispatching on the length first
-/// makes most names cost one comparison of a length.
-pub fn hop_by_hop(name: &[u8]) -> Option<usize> {
-    let candidate = match name.len() {
-        10 => match name.first().map(u8::to_ascii_lowercase) {
-            Some(b'c') => 0,
-            _ => 1,
-        },
-        16 => 2,
-        18 => 3,
-        19 => 4,
-        2 => 5,
-        7 => match name.first().map(u8::to_ascii_lowercase) {
-            Some(b't') => 6,
-            _ => 8,
-        },
-        17 => 7,
-        _ => return None,
+/// What the proxy needs to know of a field, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// Index in [`HOP_BY_HOP`]: 0 is Connection.
+    HopByHop(usize),
+    ContentLength,
+    Date,
+    Other,
+}
+
+/// The kind of field a name (in any case) is. Dispatching on the length first makes most names
+/// cost one comparison of a length; a name of a listed length is compared once.
+pub fn field(name: &[u8]) -> Field {
+    let lower_first = name.first().map(u8::to_ascii_lowercase);
+    let (text, field) = match name.len() {
+        2 => ("te", Field::HopByHop(5)),
+        4 => ("date", Field::Date),
+        7 if lower_first == Some(b't') => ("trailer", Field::HopByHop(6)),
+        7 => ("upgrade", Field::HopByHop(8)),
+        10 if lower_first == Some(b'c') => ("connection", Field::HopByHop(0)),
+        10 => ("keep-alive", Field::HopByHop(1)),
+        14 => ("content-length", Field::ContentLength),
+        16 => ("proxy-connection", Field::HopByHop(2)),
+        17 => ("transfer-encoding", Field::HopByHop(7)),
+        18 => ("proxy-authenticate", Field::HopByHop(3)),
+        19 => ("proxy-authorization", Field::HopByHop(4)),
+        _ => return Field::Other,
     };
-    name.eq_ignore_ascii_case(HOP_BY_HOP[candidate].as_bytes())
-        .then_some(candidate)
+    if folded_eq(name, text.as_bytes()) {
+        field
+    } else {
+        Field::Other
+    }
+}
+
+/// `name` equals `lower` in any case, where `lower` is lower-case letters and '-' and `name` is
+/// a token (`httparse` checked it). Setting the 0x20 bit of every byte then lowers letters and
+/// keeps '-' (no other token byte turns into either), eight bytes at a time.
+fn folded_eq(name: &[u8], lower: &[u8]) -> bool {
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    if name.len() != lower.len() {
+        return false;
+    }
+    let (mut a, mut b) = (name, lower);
+    while let (Some((a8, a_rest)), Some((b8, b_rest))) =
+        (a.split_first_chunk::<8>(), b.split_first_chunk::<8>())
+    {
+        if u64::from_ne_bytes(*a8) | FOLD != u64::from_ne_bytes(*b8) {
+            return false;
+        }
+        (a, b) = (a_rest, b_rest);
+    }
+    a.iter().zip(b).all(|(&x, &y)| x | 0x20 == y)
+}
+
+/// The index in [`HOP_BY_HOP`] of a field name, in any case.
+pub fn hop_by_hop(name: &[u8]) -> Option<usize> {
+    match field(name) {
+        Field::HopByHop(i) => Some(i),
+        _ => None,
+    }
+}
+
+/// The field names a Connection value lists beyond the fixed hop-by-hop ones and "close" (a
+/// connection option that names no field).
+fn names_other_fields(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && hop_by_hop(t).is_none())
 }
 
 /// A member's answer head, passed on to the client line by line as the member wrote it
@@ -97,31 +146,43 @@ impl RawHead {
     /// The end-to-end fields among `headers`, found in `buf` by `httparse`. The head itself
     /// follows with [`RawHead::of`], once it is split off `buf`.
     pub fn new(buf: &[u8], headers: &[httparse::Header<'_>]) -> Self {
-        // Names the Connection header lists beyond the fixed hop-by-hop ones: rare.
-        let mut named: Vec<&[u8]> = Vec::new();
-        for h in headers {
-            if hop_by_hop(h.name.as_bytes()) == Some(0) {
-                named.extend(
-                    h.value
-                        .split(|&b| b == b',')
-                        .map(<[u8]>::trim_ascii)
-                        .filter(|t| !t.is_empty() && hop_by_hop(t).is_none()),
-                );
-            }
-        }
         let base = buf.as_ptr() as usize;
         let mut spans = Vec::with_capacity(headers.len());
-        let (mut date, mut length) = (false, false);
+        let (mut date, mut length, mut names_others) = (false, false, false);
         for h in headers {
             let name = h.name.as_bytes();
-            if hop_by_hop(name).is_some() || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-                continue;
+            match field(name) {
+                Field::HopByHop(0) => {
+                    names_others |= names_other_fields(h.value).next().is_some();
+                    continue;
+                }
+                Field::HopByHop(_) => continue,
+                Field::Date => date = true,
+                Field::ContentLength => length = true,
+                Field::Other => {}
             }
-            date |= name.eq_ignore_ascii_case(b"date");
-            length |= name.eq_ignore_ascii_case(b"content-length");
             let start = name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
             spans.push([start, start + name.len(), value, value + h.value.len()]);
+        }
+        if names_others {
+            // Rare: the Connection header names more fields, which stay behind too.
+            let named: Vec<&[u8]> = headers
+                .iter()
+                .filter(|h| field(h.name.as_bytes()) == Field::HopByHop(0))
+                .flat_map(|h| names_other_fields(h.value))
+                .collect();
+            spans.retain(|&[start, end, ..]| {
+                !named
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(&buf[start..end]))
+            });
+            date = spans
+                .iter()
+                .any(|&[start, end, ..]| field(&buf[start..end]) == Field::Date);
+            length = spans
+                .iter()
+                .any(|&[start, end, ..]| field(&buf[start..end]) == Field::ContentLength);
         }
         RawHead {
             head: Bytes::new(),
@@ -230,6 +291,13 @@ mod tests {
             let upper = name.to_ascii_uppercase();
             assert_eq!(hop_by_hop(upper.as_bytes()), Some(i), "{upper}");
         }
+        assert_eq!(field(b"Content-Length"), Field::ContentLength);
+        assert_eq!(field(b"DATE"), Field::Date);
+        assert_eq!(field(b"ETag"), Field::Other);
+        assert_eq!(field(b"TRANSFER-ENCODING"), Field::HopByHop(7));
+        assert_eq!(field(b"content_length"), Field::Other);
+        assert_eq!(field(b"content-lengti"), Field::Other);
+        assert_eq!(field(b"proxy-connectioN"), Field::HopByHop(2));
         for other in [
             "content-length",
             "connectioN2",
@@ -262,6 +330,14 @@ mod tests {
             ]
         );
         assert!(raw.length && !raw.date);
+        // A Connection header that names Date: Date stays behind, and is known to be missing.
+        let text = b"HTTP/1.1 200 OK\r\nDate: today\r\nConnection: close, date\r\n\r\n";
+        let mut slots = [httparse::EMPTY_HEADER; 4];
+        let mut answer = httparse::Response::new(&mut slots);
+        answer.parse(text).expect("a valid head");
+        let named = RawHead::new(text, answer.headers).of(Bytes::from_static(text));
+        assert_eq!(named.fields().count(), 0);
+        assert!(!named.date && !named.length);
         let mut added = HeaderMap::new();
         added.append("set-cookie", HeaderValue::from_static("ROUTEID=x"));
         let map = raw.into_map(added);

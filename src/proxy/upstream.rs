@@ -25,7 +25,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::head::{self, RawHead};
+use super::head::{self, Field, RawHead};
 
 /// The most bytes an answer head may take (hyper's client allows about 400 KiB; nginx's
 /// default `proxy_buffer_size` is 4 or 8 KiB).
@@ -284,17 +284,25 @@ fn framing(
     version: Version,
     fields: &[httparse::Header<'_>],
 ) -> Result<(Framing, bool), ExchangeError> {
-    let named = |name: &'static str| {
-        fields
-            .iter()
-            .filter(move |f| f.name.eq_ignore_ascii_case(name))
-            .map(|f| f.value)
-    };
+    // One pass over the fields: the Connection tokens, the last Transfer-Encoding value, and
+    // the Content-Length values (checked below, only when they decide the framing).
     let (mut close, mut keep_alive) = (false, false);
-    for value in named("connection") {
-        let (c, k) = head::connection_tokens(value);
-        close |= c;
-        keep_alive |= k;
+    let mut transfer_encoding = None;
+    let (mut lengths, mut first_length) = (0, None);
+    for f in fields {
+        match head::field(f.name.as_bytes()) {
+            Field::HopByHop(0) => {
+                let (c, k) = head::connection_tokens(f.value);
+                close |= c;
+                keep_alive |= k;
+            }
+            Field::HopByHop(7) => transfer_encoding = Some(f.value),
+            Field::ContentLength => {
+                lengths += 1;
+                first_length = first_length.or(Some(f.value));
+            }
+            _ => {}
+        }
     }
     let mut keep = !close && (version == Version::HTTP_11 || keep_alive);
     if *method == Method::HEAD
@@ -303,8 +311,8 @@ fn framing(
     {
         return Ok((Framing::Done, keep));
     }
-    if let Some(last) = named("transfer-encoding").next_back() {
-        if named("content-length").next().is_some() {
+    if let Some(last) = transfer_encoding {
+        if lengths > 0 {
             // Both: Transfer-Encoding wins, and the connection is not to be trusted again.
             keep = false;
         }
@@ -317,7 +325,13 @@ fn framing(
         });
     }
     let mut length = None;
-    for value in named("content-length") {
+    // Usually one value; more are looked for again only when there are more.
+    let more = fields
+        .iter()
+        .filter(|f| lengths > 1 && head::field(f.name.as_bytes()) == Field::ContentLength)
+        .map(|f| f.value)
+        .skip(1);
+    for value in first_length.into_iter().chain(more) {
         for part in value.split(|&b| b == b',') {
             let n = parse_length(part.trim_ascii()).ok_or_else(|| {
                 ExchangeError::new(
