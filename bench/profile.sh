@@ -3,8 +3,11 @@
 # LOAD_CPU, keep-alive requests for a 12-byte body (the same setup as run.sh's "small" figure).
 #
 #   bench/profile.sh callgrind   # user-space instructions per request (repeatable: valgrind)
-#   bench/profile.sh perf        # perf record (cpu-clock), top symbols, user/kernel split
-#   bench/profile.sh syscalls    # system calls per request, by call (perf trace -s)
+#   bench/profile.sh perf        # perf record (cpu-clock), top symbols, user/kernel split;
+#                                # CALLERS=symbol for who calls that symbol (dwarf call graphs)
+#   bench/profile.sh syscalls    # system calls per request, by call (perf trace -s); RATE=5000
+#                                # for the latency run's fixed rate, STAT=1 for perf stat counts
+#   bench/profile.sh latency     # the fixed-rate latency run alone, ROUNDS times
 #   FLOOR=1 bench/profile.sh ... # the same for bench/floor, the least a tokio proxy can do
 #
 # KB_BIN=path profiles that binary instead of building this tree. Every load run is bounded.
@@ -104,9 +107,19 @@ perf)
     WRK=$!
     PIDS+=("$WRK")
     sleep 1
-    perf record -q -e cpu-clock -F 2000 -p "$KB" -o "$RUN/perf.data" -- sleep "$DURATION" 2>/dev/null
+    if [ -n "${CALLERS:-}" ]; then
+        # Who calls the symbol CALLERS names (e.g. __memmove_avx512_unaligned_erms).
+        perf record -q -e cpu-clock -F 1000 --call-graph dwarf,16384 -p "$KB" -o "$RUN/perf.data" -- sleep 3 2>/dev/null
+    else
+        perf record -q -e cpu-clock -F 2000 -p "$KB" -o "$RUN/perf.data" -- sleep "$DURATION" 2>/dev/null
+    fi
     wait "$WRK" || true
     grep -E 'Requests/sec' "$RUN/wrk.out"
+    if [ -n "${CALLERS:-}" ]; then
+        perf report -i "$RUN/perf.data" --no-children -S "$CALLERS" -g caller,0.5,callee --stdio 2>/dev/null |
+            grep -E '[0-9]+\.[0-9]+%' | head -n "${TOP:-40}"
+        exit 0
+    fi
     perf report -i "$RUN/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -6
     perf report -i "$RUN/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -n "${TOP:-40}"
     ;;
@@ -115,7 +128,12 @@ syscalls)
     KB=$!
     PIDS+=("$KB")
     wait_port "$PORT"
-    taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d$((DURATION + 2))s "http://127.0.0.1:$PORT/" >"$RUN/wrk.out" &
+    if [ -n "${RATE:-}" ]; then
+        # At a fixed rate (the latency run's load) instead of as fast as it goes.
+        taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) "$LOADGEN" rate "127.0.0.1:$PORT" / "$RATE" $((DURATION + 2)) 32 >"$RUN/wrk.out" &
+    else
+        taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d$((DURATION + 2))s "http://127.0.0.1:$PORT/" >"$RUN/wrk.out" &
+    fi
     WRK=$!
     PIDS+=("$WRK")
     sleep 1
@@ -125,11 +143,22 @@ syscalls)
         timeout $((DURATION + 10)) perf trace -s -p "$KB" -o "$RUN/trace.out" -- sleep "$DURATION" 2>/dev/null || true
     fi
     wait "$WRK" || true
-    grep -E 'Requests/sec' "$RUN/wrk.out"
+    grep -E 'Requests/sec|requests=' "$RUN/wrk.out"
     cat "$RUN/trace.out"
     ;;
+latency)
+    # The latency run alone (RATE, default 5000 req/s, over 32 connections), ROUNDS times.
+    taskset -c "$LB_CPU" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
+    KB=$!
+    PIDS+=("$KB")
+    wait_port "$PORT"
+    for _ in $(seq "${ROUNDS:-3}"); do
+        taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) "$LOADGEN" rate "127.0.0.1:$PORT" / "${RATE:-5000}" "$DURATION" 32 | tr '\n' ' '
+        echo
+    done
+    ;;
 *)
-    echo "usage: bench/profile.sh callgrind|perf|syscalls" >&2
+    echo "usage: bench/profile.sh callgrind|perf|syscalls|latency" >&2
     exit 2
     ;;
 esac

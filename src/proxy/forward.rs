@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use futures_util::future::Either;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
@@ -62,31 +63,51 @@ fn forwarded_for(ip: IpAddr) -> HeaderValue {
 
 /// One request of a client connection: hyper's service function, and the lean HTTP/1 server's
 /// (see [`lean`](super::lean)).
-pub async fn handle(
+///
+/// Routing is done here, before the first poll: a request that goes nowhere is answered by a
+/// ready future, and one that goes to members by a future holding only what the exchange
+/// needs. An async function's future holds every argument twice (as an argument, then as a
+/// local), and this future is copied whole into its box when the request starts; above about
+/// 2 KiB that copy is a `rep movsb`, which costs far more than its size on the machines
+/// measured (docs/benchmarks.md, "Copies").
+pub fn handle(
     worker: Rc<Worker>,
     client: Rc<Client>,
     req: Request<UpstreamBody>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let peer = client.addr;
+) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
     if let Some(deadline) = &client.deadline {
         deadline.busy();
     }
-    let method = worker.access_log.then(|| req.method().clone());
-    let path = worker.access_log.then(|| req.uri().path().to_owned());
-    // Routing is synchronous: only the exchange with members is a future of its own, so the
-    // request's state is not nested (and moved) one level deeper.
-    let forwarded = match route(&worker, &client, req) {
-        Ok(routed) => forward(&worker, routed, client.deadline.as_deref()).await,
-        Err(e) => Err(e),
-    };
-    let mut response = forwarded.unwrap_or_else(ProxyError::into_response);
+    let logged = worker
+        .access_log
+        .then(|| (req.method().clone(), req.uri().path().to_owned()));
+    match route(&worker, &client, req) {
+        Ok(mut routed) => Either::Left(async move {
+            let forwarded = forward(&worker, &mut routed, client.deadline.as_deref()).await;
+            let response = forwarded.unwrap_or_else(ProxyError::into_response);
+            Ok(answered(response, &client, logged))
+        }),
+        Err(e) => Either::Right(std::future::ready(Ok(answered(
+            e.into_response(),
+            &client,
+            logged,
+        )))),
+    }
+}
+
+/// The answer to a request, on its way to the client.
+fn answered(
+    mut response: Response<ResponseBody>,
+    client: &Client,
+    logged: Option<(Method, String)>,
+) -> Response<ResponseBody> {
     if let Some(deadline) = &client.deadline {
         response.body_mut().then_await_head(deadline.clone());
     }
-    if let (Some(method), Some(path)) = (method, path) {
-        tracing::info!(target: "access", client = %peer.ip(), %method, %path, status = response.status().as_u16());
+    if let Some((method, path)) = logged {
+        tracing::info!(target: "access", client = %client.addr.ip(), %method, %path, status = response.status().as_u16());
     }
-    Ok(response)
+    response
 }
 
 /// A request on its way to a cluster's members.
@@ -149,18 +170,22 @@ fn route(
     })
 }
 
+/// Sends the request to the members the cluster picks, in turn, until one answers or the
+/// attempts run out. `routed` is borrowed, not moved: every value an async function takes is
+/// stored twice in its future (as an argument, then as a local), and this future is copied
+/// whole when the request starts (see docs/benchmarks.md, "Copies").
 async fn forward(
     worker: &Rc<Worker>,
-    routed: Routed,
+    routed: &mut Routed,
     deadline: Option<&Deadline>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let Routed {
         cluster,
-        mut req,
+        req,
         client_upgrade,
         affinity,
     } = routed;
-    let (cluster, affinity) = (&cluster, &affinity);
+    let (cluster, affinity) = (&*cluster, &*affinity);
     let config = &cluster.config;
     let tries = if config.no_failover {
         1
@@ -203,7 +228,10 @@ async fn forward(
         let sent = if client_upgrade.is_none() && req.body().is_end_stream() {
             exchange_lean(&key, config, req, started, deadline).await
         } else {
-            exchange(&key, config, req, started, deadline).await
+            // hyper's client takes the request, and gives it back when it never left. Boxed:
+            // inline, its state would make every request's future larger.
+            let owned = std::mem::replace(req, Request::new(UpstreamBody::empty()));
+            Box::pin(exchange(&key, config, owned, started, deadline)).await
         };
         match sent {
             Err(Failure {
@@ -216,7 +244,12 @@ async fn forward(
                     after: config.response_timeout,
                 });
             }
-            Err(Failure { cause, unsent, .. }) => {
+            Err(Failure {
+                cause,
+                unsent,
+                resend,
+                ..
+            }) => {
                 cluster.balancer.report(index, false, clock::now_ms());
                 cluster.balancer.mark_error(
                     index,
@@ -230,13 +263,13 @@ async fn forward(
                     cause,
                 };
                 tried.push(index);
-                match unsent {
-                    Some(back) if tried.len() < tries => {
-                        req = back;
-                        last_failure = Some(failure);
-                    }
-                    _ => return Err(failure),
+                if let Some(back) = unsent {
+                    *req = back;
                 }
+                if !resend || tried.len() >= tries {
+                    return Err(failure);
+                }
+                last_failure = Some(failure);
             }
             Ok((sender, mut response)) => {
                 let status = response.status();
@@ -261,13 +294,13 @@ async fn forward(
                     if let Some((method, uri, headers)) =
                         replay.as_ref().filter(|_| tried.len() < tries)
                     {
-                        req = rebuild(method, uri, headers);
+                        *req = rebuild(method, uri, headers);
                         continue;
                     }
                 }
                 insert_sticky_cookie(cluster, member, affinity, response.headers_mut());
                 if status == StatusCode::SWITCHING_PROTOCOLS
-                    && let Some(client_upgrade) = client_upgrade
+                    && let Some(client_upgrade) = client_upgrade.take()
                 {
                     let member_upgrade = hyper::upgrade::on(&mut response);
                     tokio::task::spawn_local(tunnel(client_upgrade, member_upgrade, lease));
@@ -315,7 +348,9 @@ fn insert_sticky_cookie(
 struct Failure {
     cause: String,
     timed_out: bool,
-    /// The request, when it never left: it can go to another member.
+    /// The request never left: it can go to another member.
+    resend: bool,
+    /// The request, when hyper's client had taken it and it never left.
     unsent: Option<Request<UpstreamBody>>,
 }
 
@@ -328,44 +363,54 @@ type Exchanged = (Option<Sender>, Response<Answer>);
 async fn exchange_lean(
     key: &Member,
     config: &crate::discovery::ClusterConfig,
-    req: Request<UpstreamBody>,
+    req: &Request<UpstreamBody>,
     now: tokio::time::Instant,
     deadline: Option<&Deadline>,
 ) -> Result<Exchanged, Failure> {
     let timeout = config.response_timeout;
     let mut failed = None;
     if let Some(conn) = key.checkout_lean(config.idle_timeout, now) {
-        match within(conn.send(&req), now + timeout, deadline).await {
+        let send = std::pin::pin!(conn.send(req));
+        match within(send, now + timeout, deadline).await {
             Some(Ok(response)) => return Ok((None, response.map(Answer::Lean))),
             // The member closed the pooled connection as the request went: not its fault.
             Some(Err(e)) if e.retry => failed = Some(e.cause),
-            Some(Err(e)) => return Err(Failure::new(e.cause, None)),
+            Some(Err(e)) => return Err(Failure::new(e.cause, false)),
             None => return Err(Failure::timed_out()),
         }
     }
     let conn = match pool::connect_lean(key.authority(), config.connect_timeout).await {
         Ok(conn) => conn,
-        Err(e) => return Err(Failure::new(e.to_string(), Some(req))),
+        Err(e) => return Err(Failure::new(e.to_string(), true)),
     };
     if let Some(cause) = failed {
         tracing::debug!(member = key.authority(), %cause, "pooled connection closed, sent again on a new one");
     }
     let until = tokio::time::Instant::now() + timeout;
-    match within(conn.send(&req), until, deadline).await {
+    let send = std::pin::pin!(conn.send(req));
+    match within(send, until, deadline).await {
         Some(Ok(response)) => Ok((None, response.map(Answer::Lean))),
-        Some(Err(e)) => {
-            let unsent = e.retry.then_some(req);
-            Err(Failure::new(e.cause, unsent))
-        }
+        Some(Err(e)) => Err(Failure::new(e.cause, e.retry)),
         None => Err(Failure::timed_out()),
     }
 }
 
 impl Failure {
-    fn new(cause: String, unsent: Option<Request<UpstreamBody>>) -> Self {
+    fn new(cause: String, resend: bool) -> Self {
         Failure {
             cause,
             timed_out: false,
+            resend,
+            unsent: None,
+        }
+    }
+
+    /// hyper's client failed; it gives the request back when it never left.
+    fn unsent(cause: String, unsent: Option<Request<UpstreamBody>>) -> Self {
+        Failure {
+            cause,
+            timed_out: false,
+            resend: unsent.is_some(),
             unsent,
         }
     }
@@ -374,22 +419,23 @@ impl Failure {
         Failure {
             cause: String::new(),
             timed_out: true,
+            resend: false,
             unsent: None,
         }
     }
 }
 
 /// Runs `answer` until `until`: on the HTTP/1 connection's own timer when there is one, else
-/// on a timer of its own. `None` when the time ran out.
+/// on a timer of its own. `None` when the time ran out. The caller pins `answer` in its own
+/// state: taken by value, it would be stored twice (argument and pinned local).
 async fn within<F: Future>(
-    answer: F,
+    mut answer: std::pin::Pin<&mut F>,
     until: tokio::time::Instant,
     deadline: Option<&Deadline>,
 ) -> Option<F::Output> {
     match deadline {
         Some(deadline) => {
             deadline.await_response(until);
-            let mut answer = std::pin::pin!(answer);
             let answered = std::future::poll_fn(|cx| {
                 if deadline.response_expired() {
                     return std::task::Poll::Ready(None);
@@ -430,11 +476,7 @@ async fn exchange(
     let mut sender = match pool::connect(key.authority(), config.connect_timeout).await {
         Ok(sender) => sender,
         Err(e) => {
-            return Err(Failure {
-                cause: e.to_string(),
-                timed_out: false,
-                unsent: Some(req),
-            });
+            return Err(Failure::unsent(e.to_string(), Some(req)));
         }
     };
     let until = tokio::time::Instant::now() + timeout;
@@ -449,11 +491,12 @@ async fn await_response(
     until: tokio::time::Instant,
     deadline: Option<&Deadline>,
 ) -> Result<Response<Incoming>, Failure> {
-    match within(sender.try_send_request(req), until, deadline).await {
+    let send = std::pin::pin!(sender.try_send_request(req));
+    match within(send, until, deadline).await {
         Some(Ok(response)) => Ok(response),
         Some(Err(mut e)) => {
             let unsent = e.take_message();
-            Err(Failure::new(format!("request: {}", e.error()), unsent))
+            Err(Failure::unsent(format!("request: {}", e.error()), unsent))
         }
         None => Err(Failure::timed_out()),
     }
