@@ -8,6 +8,7 @@
 #   bench/profile.sh syscalls    # system calls per request, by call (perf trace -s); RATE=5000
 #                                # for the latency run's fixed rate, STAT=1 for perf stat counts
 #   bench/profile.sh latency     # the fixed-rate latency run alone, ROUNDS times
+#   bench/profile.sh cpu         # user and system CPU per request under wrk, ROUNDS times
 #   FLOOR=1 bench/profile.sh ... # the same for bench/floor, the least a tokio proxy can do
 #
 # KB_BIN=path profiles that binary instead of building this tree. Every load run is bounded.
@@ -146,6 +147,24 @@ syscalls)
     grep -E 'Requests/sec|requests=' "$RUN/wrk.out"
     cat "$RUN/trace.out"
     ;;
+cpu)
+    # User and system CPU time per request (the process's own accounting), ROUNDS runs of wrk.
+    taskset -c "$LB_CPU" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
+    KB=$!
+    PIDS+=("$KB")
+    wait_port "$PORT"
+    taskset -c "$LOAD_CPU" timeout 30 wrk -t1 -c32 -d2s "http://127.0.0.1:$PORT/" >/dev/null
+    ticks() { awk '{ print $14, $15 }' "/proc/$KB/stat"; }
+    for _ in $(seq "${ROUNDS:-3}"); do
+        read -r u0 s0 < <(ticks)
+        taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d"${DURATION}s" "http://127.0.0.1:$PORT/" >"$RUN/wrk.out"
+        read -r u1 s1 < <(ticks)
+        n=$(awk '/requests in/ { print $1 }' "$RUN/wrk.out")
+        hz=$(getconf CLK_TCK)
+        awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v n="$n" -v hz="$hz" \
+            'BEGIN { printf "requests=%d user_us=%.2f system_us=%.2f total_us=%.2f\n", n, u / hz / n * 1e6, s / hz / n * 1e6, (u + s) / hz / n * 1e6 }'
+    done
+    ;;
 latency)
     # The latency run alone (RATE, default 5000 req/s, over 32 connections), ROUNDS times.
     taskset -c "$LB_CPU" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
@@ -158,7 +177,7 @@ latency)
     done
     ;;
 *)
-    echo "usage: bench/profile.sh callgrind|perf|syscalls|latency" >&2
+    echo "usage: bench/profile.sh callgrind|perf|syscalls|latency|cpu" >&2
     exit 2
     ;;
 esac

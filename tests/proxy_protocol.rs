@@ -420,27 +420,55 @@ async fn hop_by_hop_response_headers_stay_on_the_member_connection() {
 }
 
 /// RFC 9110 5.3: several field lines of one name are one comma-separated list, so a second
-/// X-Forwarded-For line is part of the chain and must survive.
+/// X-Forwarded-For line is part of the chain and must survive. The client's own
+/// X-Forwarded-Proto and X-Forwarded-Host are replaced, not passed on beside the proxy's: on the
+/// lean path (no body) and on hyper's (a body) alike.
 #[tokio::test]
 async fn every_x_forwarded_for_line_is_kept_in_the_chain() {
     let a = Backend::start("a").await;
     let proxy = Proxy::start(&cluster_yaml(&[a.url()], ""));
 
     let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(
-        b"GET /headers HTTP/1.1\r\nHost: h\r\n\
-          X-Forwarded-For: 203.0.113.9\r\n\
-          X-Forwarded-For: 198.51.100.7\r\n\r\n",
-    )
-    .await;
-    let response = within("the response", LIMIT, conn.response()).await;
-    assert_eq!(response.status, 200);
-    let chain: Vec<String> = header_lines(&response.text())
-        .into_iter()
-        .filter(|(k, _)| k == "x-forwarded-for")
-        .map(|(_, v)| v)
+    for request in [
+        &b"GET /headers HTTP/1.1\r\nHost: h\r\n"[..],
+        b"POST /headers HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n",
+    ] {
+        let mut request = request.to_vec();
+        request.extend_from_slice(
+            b"X-Forwarded-For: 203.0.113.9\r\n\
+              X-Forwarded-Proto: https\r\n\
+              X-Forwarded-Host: spoofed.example\r\n\
+              X-Forwarded-For: 198.51.100.7\r\n\r\n",
+        );
+        if request.starts_with(b"POST") {
+            request.extend_from_slice(b"ok");
+        }
+        conn.send(&request).await;
+        let response = within("the response", LIMIT, conn.response()).await;
+        assert_eq!(response.status, 200);
+        let forwarded: Vec<(String, String)> = header_lines(&response.text())
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("x-forwarded-"))
+            .collect();
+        let expected: Vec<(String, String)> = [
+            ("x-forwarded-for", "203.0.113.9, 198.51.100.7, 127.0.0.1"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "h"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    assert_eq!(chain, ["203.0.113.9, 198.51.100.7, 127.0.0.1"]);
+        let mut sorted = forwarded.clone();
+        sorted.sort();
+        let mut expected_sorted = expected.clone();
+        expected_sorted.sort();
+        assert_eq!(
+            sorted,
+            expected_sorted,
+            "{}",
+            String::from_utf8_lossy(&request)
+        );
+    }
 }
 
 // --- 5. Limits -------------------------------------------------------------------------------

@@ -114,6 +114,7 @@ fn answered(
 struct Routed {
     cluster: Arc<Cluster>,
     req: Request<UpstreamBody>,
+    forwarding: Forwarding,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     affinity: Affinity,
 }
@@ -161,10 +162,11 @@ fn route(
     let affinity = cluster.affinity(req.headers(), req.uri(), client.addr.ip());
     let upgrade = upgrade_protocol(&req);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    prepare_request(&mut req, &client.forwarded_for, host_value, upgrade);
+    let forwarding = prepare_request(&mut req, &client.forwarded_for, host_value, upgrade);
     Ok(Routed {
         cluster,
         req,
+        forwarding,
         client_upgrade,
         affinity,
     })
@@ -182,6 +184,7 @@ async fn forward(
     let Routed {
         cluster,
         req,
+        forwarding,
         client_upgrade,
         affinity,
     } = routed;
@@ -226,11 +229,12 @@ async fn forward(
         // A request without a body (most of them) takes the lean exchange; one with a body to
         // stream, or an upgrade, goes through hyper's client.
         let sent = if client_upgrade.is_none() && req.body().is_end_stream() {
-            exchange_lean(&key, config, req, started, deadline).await
+            exchange_lean(&key, config, req, forwarding, started, deadline).await
         } else {
             // hyper's client takes the request, and gives it back when it never left. Boxed:
             // inline, its state would make every request's future larger.
-            let owned = std::mem::replace(req, Request::new(UpstreamBody::empty()));
+            let mut owned = std::mem::replace(req, Request::new(UpstreamBody::empty()));
+            forwarding.insert(owned.headers_mut());
             Box::pin(exchange(&key, config, owned, started, deadline)).await
         };
         match sent {
@@ -364,13 +368,14 @@ async fn exchange_lean(
     key: &Member,
     config: &crate::discovery::ClusterConfig,
     req: &Request<UpstreamBody>,
+    forwarding: &Forwarding,
     now: tokio::time::Instant,
     deadline: Option<&Deadline>,
 ) -> Result<Exchanged, Failure> {
     let timeout = config.response_timeout;
     let mut failed = None;
     if let Some(conn) = key.checkout_lean(config.idle_timeout, now) {
-        let send = std::pin::pin!(conn.send(req));
+        let send = std::pin::pin!(conn.send(req, forwarding.fields()));
         match within(send, now + timeout, deadline).await {
             Some(Ok(response)) => return Ok((None, response.map(Answer::Lean))),
             // The member closed the pooled connection as the request went: not its fault.
@@ -387,7 +392,7 @@ async fn exchange_lean(
         tracing::debug!(member = key.authority(), %cause, "pooled connection closed, sent again on a new one");
     }
     let until = tokio::time::Instant::now() + timeout;
-    let send = std::pin::pin!(conn.send(req));
+    let send = std::pin::pin!(conn.send(req, forwarding.fields()));
     match within(send, until, deadline).await {
         Some(Ok(response)) => Ok((None, response.map(Answer::Lean))),
         Some(Err(e)) => Err(Failure::new(e.cause, e.retry)),
@@ -552,22 +557,46 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
     asks.then(|| upgrade.clone())
 }
 
-/// `client` is the client's address, formatted as an X-Forwarded-For entry.
+/// The fields the proxy adds to a request for its members: X-Forwarded-For (the client's
+/// address after any chain the client sent), X-Forwarded-Proto and X-Forwarded-Host. They are
+/// not put in the request's header map: the lean exchange writes them as the head goes out,
+/// leaving out the client's own lines of those names, and only hyper's client path inserts them
+/// into the map (see [`Forwarding::insert`]).
+pub struct Forwarding {
+    fields: [(HeaderName, HeaderValue); 3],
+    /// 2 when there is no host to name.
+    count: usize,
+}
+
+impl Forwarding {
+    /// The fields, names as `HeaderName`s.
+    pub fn fields(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.fields[..self.count]
+    }
+
+    /// Puts the fields into `headers`, replacing the client's lines of the same names.
+    fn insert(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.fields() {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Readies the request for its members: hop-by-hop fields left out, an upgrade asked for again,
+/// an absolute-form target made origin-form with its authority as Host. Returns the forwarding
+/// fields to add. `client` is the client's address, formatted as an X-Forwarded-For entry.
 fn prepare_request<B>(
     req: &mut Request<B>,
     client: &HeaderValue,
     host: Option<HeaderValue>,
     upgrade: Option<HeaderValue>,
-) {
+) -> Forwarding {
+    let origin_form = req.uri().scheme().is_none() && req.uri().authority().is_none();
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
-    }
-    if let Some(host) = host {
-        headers.insert(header::HOST, host.clone());
-        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     // Every X-Forwarded-For line the client sent stays in the chain, in order. Without one (the
     // usual case) the client's formatted address goes as it is, with no formatting or allocation.
@@ -576,29 +605,37 @@ fn prepare_request<B>(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .peekable();
-    if previous.peek().is_none() {
-        headers.insert(X_FORWARDED_FOR.clone(), client.clone());
+    let forwarded_for = if previous.peek().is_none() {
+        client.clone()
     } else {
-        let mut forwarded_for = String::new();
+        let mut chain = String::new();
         for previous in previous {
-            forwarded_for.push_str(previous);
-            forwarded_for.push_str(", ");
+            chain.push_str(previous);
+            chain.push_str(", ");
         }
-        forwarded_for.push_str(client.to_str().unwrap_or(""));
-        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert(X_FORWARDED_FOR.clone(), v);
-        }
-    }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-
-    let origin_form = req.uri().scheme().is_none() && req.uri().authority().is_none();
+        chain.push_str(client.to_str().unwrap_or(""));
+        HeaderValue::from_str(&chain).unwrap_or_else(|_| client.clone())
+    };
+    let count = if host.is_some() { 3 } else { 2 };
+    let host = host.unwrap_or_else(|| HeaderValue::from_static(""));
     if !origin_form {
+        // The authority replaces Host (RFC 9112 3.2.2); with an origin-form target, Host is
+        // already the value it would get.
+        headers.insert(header::HOST, host.clone());
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         if let Ok(uri) = Uri::try_from(path) {
             *req.uri_mut() = uri;
         }
     }
     *req.version_mut() = Version::HTTP_11;
+    Forwarding {
+        fields: [
+            (X_FORWARDED_FOR.clone(), forwarded_for),
+            (X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http")),
+            (X_FORWARDED_HOST.clone(), host),
+        ],
+        count,
+    }
 }
 
 /// True when the only Connection header is "keep-alive" (what most members answer): it names no
@@ -664,18 +701,39 @@ mod tests {
             .header("host", "shop.example.com")
             .body(())
             .expect("request");
-        let host = req.headers().get("host").cloned();
+        // The absolute-form target's authority is what Host becomes.
+        let host = Some(HeaderValue::from_static("shop.example.com"));
         let client = forwarded_for("127.0.0.1".parse().expect("ip"));
-        prepare_request(&mut req, &client, host, None);
+        let forwarding = prepare_request(&mut req, &client, host, None);
         let h = req.headers();
         for gone in ["connection", "x-secret", "keep-alive", "te"] {
             assert!(!h.contains_key(gone), "{gone} must be removed");
         }
-        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "shop.example.com");
         assert_eq!(h["host"], "shop.example.com");
         assert_eq!(req.uri().to_string(), "/cart?x=1");
+        let added: Vec<(&str, &str)> = forwarding
+            .fields()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().expect("text")))
+            .collect();
+        assert_eq!(
+            added,
+            [
+                ("x-forwarded-for", "203.0.113.9, 127.0.0.1"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "shop.example.com"),
+            ]
+        );
+        // On hyper's path they replace the client's lines in the map.
+        let mut headers = req.headers().clone();
+        forwarding.insert(&mut headers);
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
+        // Without a host, no X-Forwarded-Host.
+        let mut bare = Request::new(());
+        let forwarding = prepare_request(&mut bare, &client, None, None);
+        assert_eq!(forwarding.fields().len(), 2);
+        assert!(!bare.headers().contains_key("host"));
     }
 
     #[test]

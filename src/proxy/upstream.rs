@@ -115,17 +115,19 @@ impl Conn {
         }
     }
 
-    /// Sends `req` (whose body is empty) and reads the answer's head. The body follows from
-    /// [`AnswerBody`], which owns the connection until the answer has been read.
+    /// Sends `req` (whose body is empty) with the `added` fields in place of any of the same
+    /// names, and reads the answer's head. The body follows from [`AnswerBody`], which owns the
+    /// connection until the answer has been read.
     pub async fn send<B>(
         mut self,
         req: &Request<B>,
+        added: &[(HeaderName, HeaderValue)],
     ) -> Result<Response<AnswerBody>, ExchangeError> {
         let reused = self.reused;
         // A request that changes nothing can be sent again when a reused connection turns
         // out closed before a byte of the answer (the member closed it as we sent).
         let retry_on_close = reused && idempotent(req.method());
-        self.encode(req);
+        self.encode(req, added);
         if let Err(e) = self.io.write_all(&self.out).await {
             // A member cannot act on a head it did not receive whole.
             return Err(ExchangeError::new(format!("request: {e}"), true));
@@ -133,7 +135,7 @@ impl Conn {
         self.read_head(req.method(), retry_on_close).await
     }
 
-    fn encode<B>(&mut self, req: &Request<B>) {
+    fn encode<B>(&mut self, req: &Request<B>, added: &[(HeaderName, HeaderValue)]) {
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(req.method().as_str().as_bytes());
@@ -141,7 +143,9 @@ impl Conn {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in req.headers() {
+        let replaced = |name: &HeaderName| added.iter().any(|(n, _)| n == name);
+        let fields = req.headers().iter().filter(|(name, _)| !replaced(name));
+        for (name, value) in fields.chain(added.iter().map(|(n, v)| (n, v))) {
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
