@@ -22,7 +22,7 @@ use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use http::header;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -146,7 +146,18 @@ pub async fn serve(
             return Ok(Ended::Closed);
         };
         let keep_alive = keep_alive && !closing.get();
-        if !respond(&mut stream, response, version, head_request, keep_alive).await? {
+        // The answer stays here; `respond` borrows it, so that its own future (part of every
+        // connection's, idle or not) does not hold the answer twice, as an argument and a local.
+        let (parts, mut body) = response.into_parts();
+        let kept = respond(
+            &mut stream,
+            &parts,
+            &mut body,
+            version,
+            head_request,
+            keep_alive,
+        );
+        if !kept.await? {
             return Ok(Ended::Closed);
         }
     }
@@ -262,12 +273,12 @@ enum Framing {
 /// Writes the answer; true when the connection stays open for the next request.
 async fn respond(
     stream: &mut TcpStream,
-    response: Response<ResponseBody>,
+    parts: &http::response::Parts,
+    body: &mut ResponseBody,
     version: Version,
     head_request: bool,
     mut keep_alive: bool,
 ) -> io::Result<bool> {
-    let (parts, mut body) = response.into_parts();
     let status = parts.status;
     // The head, and a small body behind it: one write, and usually one allocation.
     let mut out = Vec::with_capacity(2048);
@@ -330,7 +341,7 @@ async fn respond(
     }
     out.extend_from_slice(b"\r\n");
     if framing == Framing::None {
-        drop(body);
+        finish(body);
         stream.write_all(&out).await?;
         return Ok(keep_alive);
     }
@@ -339,18 +350,18 @@ async fn respond(
             break;
         }
         // The next frame if it is there; if not, what is written so far goes out first.
-        let frame = match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)))
-            .await
-        {
-            Poll::Ready(frame) => frame,
-            Poll::Pending => {
-                if !out.is_empty() {
-                    stream.write_all(&out).await?;
-                    out.clear();
+        let frame =
+            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await
+            {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    if !out.is_empty() {
+                        stream.write_all(&out).await?;
+                        out.clear();
+                    }
+                    std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
                 }
-                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
-            }
-        };
+            };
         let frame = match frame {
             None => break,
             Some(Ok(frame)) => frame,
@@ -390,7 +401,7 @@ async fn respond(
                 push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
             }
             out.extend_from_slice(b"\r\n");
-            drop(body);
+            finish(body);
             stream.write_all(&out).await?;
             return Ok(keep_alive);
         }
@@ -400,7 +411,7 @@ async fn respond(
         out.extend_from_slice(b"0\r\n\r\n");
     }
     // The answer is complete: the member connection goes back, the head timer restarts.
-    drop(body);
+    finish(body);
     if !out.is_empty() {
         stream.write_all(&out).await?;
     }
@@ -408,6 +419,12 @@ async fn respond(
         let _ = stream.shutdown().await;
     }
     Ok(keep_alive)
+}
+
+/// Done with the answer's body: the member connection goes back (when the answer was read
+/// whole) and the connection's timer waits for the next head.
+fn finish(body: &mut ResponseBody) {
+    drop(std::mem::replace(body, ResponseBody::empty()));
 }
 
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
