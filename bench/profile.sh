@@ -5,8 +5,9 @@
 #   bench/profile.sh callgrind   # user-space instructions per request (repeatable: valgrind)
 #   bench/profile.sh perf        # perf record (cpu-clock), top symbols, user/kernel split;
 #                                # CALLERS=symbol for who calls that symbol (dwarf call graphs)
-#   bench/profile.sh syscalls    # system calls per request, by call (perf trace -s); RATE=5000
-#                                # for the latency run's fixed rate, STAT=1 for perf stat counts
+#   bench/profile.sh syscalls    # system calls per request, by call (perf trace -s); STAT=1
+#                                # for perf stat counts. perf and syscalls take RATE=5000 for
+#                                # the latency run's fixed-rate load instead of wrk's
 #   bench/profile.sh latency     # the fixed-rate latency run alone, ROUNDS times
 #   bench/profile.sh cpu         # user and system CPU per request under wrk, ROUNDS times
 #   FLOOR=1 bench/profile.sh ... # the same for bench/floor, the least a tokio proxy can do
@@ -67,6 +68,18 @@ taskset -c "$LOAD_CPU" nginx -c "$RUN/backends.conf" -e "$RUN/backends-error.log
 PIDS+=($!)
 wait_port "$A" && wait_port "$B"
 
+# Starts the load for perf and syscalls: wrk as fast as it goes, or with RATE set, the latency
+# run's open-loop load at that fixed rate. Its pid is WRK.
+load() {
+    if [ -n "${RATE:-}" ]; then
+        taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) "$LOADGEN" rate "127.0.0.1:$PORT" / "$RATE" $((DURATION + 2)) 32 >"$RUN/wrk.out" &
+    else
+        taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d$((DURATION + 2))s "http://127.0.0.1:$PORT/" >"$RUN/wrk.out" &
+    fi
+    WRK=$!
+    PIDS+=("$WRK")
+}
+
 KB_ARGS=(standalone -f "$RUN/kb.yaml" --workers 1 --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --shutdown-grace 1s)
 [ -n "${FLOOR:-}" ] && KB_ARGS=("127.0.0.1:$PORT" "127.0.0.1:$A" "127.0.0.1:$B")
 
@@ -104,9 +117,7 @@ perf)
     KB=$!
     PIDS+=("$KB")
     wait_port "$PORT"
-    taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d$((DURATION + 2))s "http://127.0.0.1:$PORT/" >"$RUN/wrk.out" &
-    WRK=$!
-    PIDS+=("$WRK")
+    load
     sleep 1
     if [ -n "${CALLERS:-}" ]; then
         # Who calls the symbol CALLERS names (e.g. __memmove_avx512_unaligned_erms).
@@ -115,7 +126,7 @@ perf)
         perf record -q -e cpu-clock -F 2000 -p "$KB" -o "$RUN/perf.data" -- sleep "$DURATION" 2>/dev/null
     fi
     wait "$WRK" || true
-    grep -E 'Requests/sec' "$RUN/wrk.out"
+    grep -E 'Requests/sec|requests=' "$RUN/wrk.out"
     if [ -n "${CALLERS:-}" ]; then
         perf report -i "$RUN/perf.data" --no-children -S "$CALLERS" -g caller,0.5,callee --stdio 2>/dev/null |
             grep -E '[0-9]+\.[0-9]+%' | head -n "${TOP:-40}"
@@ -129,14 +140,7 @@ syscalls)
     KB=$!
     PIDS+=("$KB")
     wait_port "$PORT"
-    if [ -n "${RATE:-}" ]; then
-        # At a fixed rate (the latency run's load) instead of as fast as it goes.
-        taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) "$LOADGEN" rate "127.0.0.1:$PORT" / "$RATE" $((DURATION + 2)) 32 >"$RUN/wrk.out" &
-    else
-        taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d$((DURATION + 2))s "http://127.0.0.1:$PORT/" >"$RUN/wrk.out" &
-    fi
-    WRK=$!
-    PIDS+=("$WRK")
+    load
     sleep 1
     if [ -n "${STAT:-}" ]; then
         perf stat -e task-clock,context-switches,page-faults,raw_syscalls:sys_enter -p "$KB" -o "$RUN/trace.out" -- sleep "$DURATION" 2>/dev/null || true
