@@ -236,6 +236,14 @@ impl RawHead {
     }
 }
 
+/// Writes one field line of a head.
+pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Whether a `Connection` header value says "close", and whether it says "keep-alive".
 pub fn connection_tokens(value: &[u8]) -> (bool, bool) {
     let (mut close, mut keep_alive) = (false, false);

@@ -298,13 +298,13 @@ async fn respond(
     let (mut has_length, mut has_date) = (false, false);
     if let Some(raw) = body.raw_head() {
         for (name, value) in raw.fields() {
-            push_field(&mut out, name, value);
+            head::push_field(&mut out, name, value);
         }
         (has_length, has_date) = (raw.length, raw.date);
     }
     if !parts.headers.is_empty() {
         for (name, value) in &parts.headers {
-            push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+            head::push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
         has_length |= parts.headers.contains_key(header::CONTENT_LENGTH);
         has_date |= parts.headers.contains_key(header::DATE);
@@ -398,7 +398,7 @@ async fn respond(
         if let (Ok(trailers), Framing::Chunked) = (frame.into_trailers(), framing) {
             out.extend_from_slice(b"0\r\n");
             for (name, value) in &trailers {
-                push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+                head::push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
             }
             out.extend_from_slice(b"\r\n");
             finish(body);
@@ -425,13 +425,6 @@ async fn respond(
 /// whole) and the connection's timer waits for the next head.
 fn finish(body: &mut ResponseBody) {
     drop(std::mem::replace(body, ResponseBody::empty()));
-}
-
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes `first` then `second`, with as few system calls as the socket allows.

@@ -118,10 +118,10 @@ impl Conn {
     /// Sends `req` (whose body is empty) with the `added` fields in place of any of the same
     /// names, and reads the answer's head. The body follows from [`AnswerBody`], which owns the
     /// connection until the answer has been read.
-    pub async fn send<B>(
+    pub async fn send<'a, B>(
         mut self,
         req: &Request<B>,
-        added: &[(HeaderName, HeaderValue)],
+        added: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + Clone,
     ) -> Result<Response<AnswerBody>, ExchangeError> {
         let reused = self.reused;
         // A request that changes nothing can be sent again when a reused connection turns
@@ -135,7 +135,11 @@ impl Conn {
         self.read_head(req.method(), retry_on_close).await
     }
 
-    fn encode<B>(&mut self, req: &Request<B>, added: &[(HeaderName, HeaderValue)]) {
+    fn encode<'a, B>(
+        &mut self,
+        req: &Request<B>,
+        added: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + Clone,
+    ) {
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(req.method().as_str().as_bytes());
@@ -143,13 +147,12 @@ impl Conn {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let replaced = |name: &HeaderName| added.iter().any(|(n, _)| n == name);
-        let fields = req.headers().iter().filter(|(name, _)| !replaced(name));
-        for (name, value) in fields.chain(added.iter().map(|(n, v)| (n, v))) {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
+        let replaced = |name: &HeaderName| added.clone().any(|(n, _)| n == name);
+        for (name, value) in req.headers().iter().filter(|(name, _)| !replaced(name)) {
+            head::push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        for (name, value) in added.clone() {
+            head::push_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
     }
