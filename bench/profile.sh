@@ -68,6 +68,14 @@ taskset -c "$LOAD_CPU" nginx -c "$RUN/backends.conf" -e "$RUN/backends-error.log
 PIDS+=($!)
 wait_port "$A" && wait_port "$B"
 
+# Starts the proxy (not under valgrind) pinned to LB_CPU; its pid is KB.
+start_kb() {
+    taskset -c "$LB_CPU" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
+    KB=$!
+    PIDS+=("$KB")
+    wait_port "$PORT"
+}
+
 # Starts the load for perf and syscalls: wrk as fast as it goes, or with RATE set, the latency
 # run's open-loop load at that fixed rate. Its pid is WRK.
 load() {
@@ -113,10 +121,7 @@ callgrind)
     fi
     ;;
 perf)
-    taskset -c "$LB_CPU" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
-    KB=$!
-    PIDS+=("$KB")
-    wait_port "$PORT"
+    start_kb
     load
     sleep 1
     if [ -n "${CALLERS:-}" ]; then
@@ -136,10 +141,7 @@ perf)
     perf report -i "$RUN/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -n "${TOP:-40}"
     ;;
 syscalls)
-    taskset -c "$LB_CPU" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
-    KB=$!
-    PIDS+=("$KB")
-    wait_port "$PORT"
+    start_kb
     load
     sleep 1
     if [ -n "${STAT:-}" ]; then
@@ -153,10 +155,7 @@ syscalls)
     ;;
 cpu)
     # User and system CPU time per request (the process's own accounting), ROUNDS runs of wrk.
-    taskset -c "$LB_CPU" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
-    KB=$!
-    PIDS+=("$KB")
-    wait_port "$PORT"
+    start_kb
     taskset -c "$LOAD_CPU" timeout 30 wrk -t1 -c32 -d2s "http://127.0.0.1:$PORT/" >/dev/null
     ticks() { awk '{ print $14, $15 }' "/proc/$KB/stat"; }
     for _ in $(seq "${ROUNDS:-3}"); do
@@ -171,10 +170,7 @@ cpu)
     ;;
 latency)
     # The latency run alone (RATE, default 5000 req/s, over 32 connections), ROUNDS times.
-    taskset -c "$LB_CPU" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
-    KB=$!
-    PIDS+=("$KB")
-    wait_port "$PORT"
+    start_kb
     for _ in $(seq "${ROUNDS:-3}"); do
         taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) "$LOADGEN" rate "127.0.0.1:$PORT" / "${RATE:-5000}" "$DURATION" 32 | tr '\n' ' '
         echo
