@@ -10,6 +10,8 @@
 #                                # the latency run's fixed-rate load instead of wrk's
 #   bench/profile.sh latency     # the fixed-rate latency run alone, ROUNDS times
 #   bench/profile.sh cpu         # user and system CPU per request under wrk, ROUNDS times
+#   bench/profile.sh copies      # every memcpy/memmove per request, by size and calling line
+#                                # (uprobes on glibc's copy routine; bench/copies.py sums them)
 #   FLOOR=1 bench/profile.sh ... # the same for bench/floor, the least a tokio proxy can do
 #
 # KB_BIN=path profiles that binary instead of building this tree. Every load run is bounded.
@@ -153,6 +155,28 @@ syscalls)
     grep -E 'Requests/sec|requests=' "$RUN/wrk.out"
     cat "$RUN/trace.out"
     ;;
+copies)
+    # Every memcpy/memmove the worker makes, by size and by the first of our frames that calls
+    # it (uprobes on glibc's copy routines), at a low fixed rate on one connection.
+    libc=$(ldd "$KB_BIN" | awk '/libc.so/ { print $3 }')
+    probes=()
+    # memcpy and memmove are one routine in glibc; which one runs depends on the CPU.
+    for sym in __memmove_avx512_unaligned_erms __memmove_evex_unaligned_erms __memmove_avx_unaligned_erms; do
+        perf probe -q -x "$libc" -a "kb_${sym#__}=$sym len=%dx:u64" 2>/dev/null && probes+=("probe_libc:kb_${sym#__}")
+    done
+    [ ${#probes[@]} -gt 0 ] || { echo "no probe could be placed on glibc's copy routines" >&2; exit 1; }
+    trap 'perf probe -q -d "probe_libc:kb_*" 2>/dev/null || true; cleanup' EXIT
+    start_kb
+    taskset -c "$LOAD_CPU" timeout 60 "$LOADGEN" rate "127.0.0.1:$PORT" / 500 2 32 >/dev/null
+    events=$(IFS=,; echo "${probes[*]}")
+    taskset -c "$LOAD_CPU" timeout 60 "$LOADGEN" rate "127.0.0.1:$PORT" / 500 4 1 >"$RUN/load.out" &
+    PIDS+=($!)
+    sleep 1
+    perf record -q -e "$events" --call-graph dwarf,8192 -p "$KB" -o "$RUN/perf.data" -- sleep 2 2>/dev/null
+    # 500 requests a second for the 2 s recorded: per request is per 1,000 (to within one).
+    perf script -i "$RUN/perf.data" -F event,trace,ip,sym,symoff --no-inline --no-demangle 2>/dev/null |
+        python3 "$HERE/copies.py" 1000 "$KB_BIN"
+    ;;
 cpu)
     # User and system CPU time per request (the process's own accounting), ROUNDS runs of wrk.
     start_kb
@@ -177,7 +201,7 @@ latency)
     done
     ;;
 *)
-    echo "usage: bench/profile.sh callgrind|perf|syscalls|latency|cpu" >&2
+    echo "usage: bench/profile.sh callgrind|perf|syscalls|latency|cpu|copies" >&2
     exit 2
     ;;
 esac
