@@ -73,7 +73,7 @@ fn forwarded_for(ip: IpAddr) -> HeaderValue {
 pub fn handle(
     worker: Rc<Worker>,
     client: Rc<Client>,
-    req: Request<UpstreamBody>,
+    req: Box<Request<UpstreamBody>>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
     if let Some(deadline) = &client.deadline {
         deadline.busy();
@@ -113,7 +113,7 @@ fn answered(
 /// A request on its way to a cluster's members.
 struct Routed {
     cluster: Arc<Cluster>,
-    req: Request<UpstreamBody>,
+    req: Box<Request<UpstreamBody>>,
     forwarding: Forwarding,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     affinity: Affinity,
@@ -123,7 +123,7 @@ struct Routed {
 fn route(
     worker: &Worker,
     client: &Client,
-    mut req: Request<UpstreamBody>,
+    mut req: Box<Request<UpstreamBody>>,
 ) -> Result<Routed, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ConnectRefused);
@@ -161,7 +161,7 @@ fn route(
 
     let affinity = cluster.affinity(req.headers(), req.uri(), client.addr.ip());
     let upgrade = upgrade_protocol(&req);
-    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut *req));
     let forwarding = prepare_request(&mut req, &client.forwarded_for, host_value, upgrade);
     Ok(Routed {
         cluster,
@@ -188,7 +188,7 @@ async fn forward(
         client_upgrade,
         affinity,
     } = routed;
-    let (cluster, affinity) = (&*cluster, &*affinity);
+    let (cluster, affinity, req) = (&*cluster, &*affinity, &mut **req);
     let config = &cluster.config;
     let tries = if config.no_failover {
         1
@@ -268,7 +268,7 @@ async fn forward(
                 };
                 tried.push(index);
                 if let Some(back) = unsent {
-                    *req = back;
+                    *req = *back;
                 }
                 if !resend || tried.len() >= tries {
                     return Err(failure);
@@ -355,7 +355,9 @@ struct Failure {
     /// The request never left: it can go to another member.
     resend: bool,
     /// The request, when hyper's client had taken it and it never left.
-    unsent: Option<Request<UpstreamBody>>,
+    /// Boxed: it is rare, and inline it would make every exchange's result several times
+    /// larger, and that result is moved on every request (docs/benchmarks.md, "Copies").
+    unsent: Option<Box<Request<UpstreamBody>>>,
 }
 
 /// A member's answer head, with hyper's client connection when it came on one.
@@ -416,7 +418,7 @@ impl Failure {
             cause,
             timed_out: false,
             resend: unsent.is_some(),
-            unsent,
+            unsent: unsent.map(Box::new),
         }
     }
 
@@ -474,7 +476,7 @@ async fn exchange(
                 unsent: Some(back),
                 timed_out: false,
                 ..
-            }) => req = back,
+            }) => req = *back,
             Err(failure) => return Err(failure),
         }
     }
@@ -747,6 +749,30 @@ mod tests {
         }
         let size = returned(handle);
         assert!(size < 2112, "a request's future takes {size} bytes");
+    }
+
+    /// What is moved from hand to hand on every request stays small: the request and the
+    /// member connection go as pointers, and a failed exchange's result does not carry the
+    /// request inline (each move of a value over about 128 bytes is a call to memcpy).
+    #[test]
+    fn what_moves_on_every_request_stays_small() {
+        use std::mem::size_of;
+        assert_eq!(
+            size_of::<super::super::upstream::Conn>(),
+            size_of::<usize>()
+        );
+        assert!(
+            size_of::<Routed>() <= 160,
+            "Routed: {}",
+            size_of::<Routed>()
+        );
+        assert!(
+            size_of::<Failure>() <= 64,
+            "Failure: {}",
+            size_of::<Failure>()
+        );
+        let exchanged = size_of::<Result<Exchanged, Failure>>();
+        assert!(exchanged <= 256, "an exchange's result: {exchanged}");
     }
 
     #[test]

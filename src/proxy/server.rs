@@ -465,7 +465,11 @@ fn hyper_service(
     Error = std::convert::Infallible,
 > {
     service_fn(move |req: Request<Incoming>| {
-        let handled = forward::handle(worker.clone(), client.clone(), req.map(UpstreamBody::new));
+        let handled = forward::handle(
+            worker.clone(),
+            client.clone(),
+            Box::new(req.map(UpstreamBody::new)),
+        );
         async move {
             let mut response = handled.await?;
             // hyper writes the head from the header map: the member's fields go into it.

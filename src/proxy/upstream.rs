@@ -36,8 +36,28 @@ const MAX_HEADERS: usize = 100;
 const FIRST_READ: usize = 8 * 1024;
 const MAX_READ: usize = 128 * 1024;
 
-/// An HTTP/1.1 connection to a member, idle between exchanges.
-pub struct Conn {
+/// An HTTP/1.1 connection to a member, idle between exchanges. Its state lives in one
+/// allocation made when the connection opens: the handle moves between the pool, the exchange
+/// and the answer body on every request, and a pointer is cheaper to move than the state
+/// (docs/benchmarks.md, "Copies").
+pub struct Conn(Box<State>);
+
+impl std::ops::Deref for Conn {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.0
+    }
+}
+
+/// What a [`Conn`] holds.
+pub struct State {
     io: TcpStream,
     /// Received and not yet handed on.
     buf: BytesMut,
@@ -90,13 +110,13 @@ enum Chunk {
 
 impl Conn {
     pub fn new(io: TcpStream) -> Self {
-        Conn {
+        Conn(Box::new(State {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
             read_size: FIRST_READ,
             reused: false,
-        }
+        }))
     }
 
     /// True when nothing has arrived on this idle connection: not closed by the member, no
@@ -128,7 +148,8 @@ impl Conn {
         // out closed before a byte of the answer (the member closed it as we sent).
         let retry_on_close = reused && idempotent(req.method());
         self.encode(req, added);
-        if let Err(e) = self.io.write_all(&self.out).await {
+        let state = &mut *self.0;
+        if let Err(e) = state.io.write_all(&state.out).await {
             // A member cannot act on a head it did not receive whole.
             return Err(ExchangeError::new(format!("request: {e}"), true));
         }
@@ -253,16 +274,17 @@ impl Conn {
 
     /// Reads what the socket has into the buffer; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let before = self.buf.len();
+        let state = &mut *self.0;
+        let before = state.buf.len();
         let n = ready!(head::poll_fill(
-            &mut self.io,
+            &mut state.io,
             cx,
-            &mut self.buf,
-            self.read_size
+            &mut state.buf,
+            state.read_size
         ))?;
         // A read that filled all the room it had: read more at a time.
-        if before + n == self.buf.capacity() && self.read_size < MAX_READ {
-            self.read_size *= 2;
+        if before + n == state.buf.capacity() && state.read_size < MAX_READ {
+            state.read_size *= 2;
         }
         Poll::Ready(Ok(n))
     }
