@@ -247,12 +247,21 @@ impl ResponseBody {
     }
 }
 
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
+impl ResponseBody {
+    /// Done with: what dropping the body does (the member connection goes back when the
+    /// answer was read whole; the client connection waits for its next head), in place.
+    pub fn finish(&mut self) {
         self.release(self.ended());
         if let Some(deadline) = self.deadline.take() {
             deadline.await_head(tokio::time::Instant::now());
         }
+        self.kind = Kind::Full(None);
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 

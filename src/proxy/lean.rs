@@ -22,7 +22,7 @@ use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use http::header;
-use http::{Method, Request, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -114,16 +114,19 @@ pub async fn serve(
         } = request;
         let version = request.version();
         let head_request = request.method() == Method::HEAD;
-        // Boxed: inline, the request's future (several KiB) would stay part of every idle
+        // Boxed: inline, the request's future (about 1 KiB) would stay part of every idle
         // connection's task.
         let mut handled = Box::pin(forward::handle(worker.clone(), client.clone(), request));
         // While the member works, the client is watched: if it closes, the request is dropped
         // (and with it the member connection), as nginx does by default and hyper's server
         // does; bytes it sends meanwhile are the next request, kept.
         let mut watching = true;
-        let answered = std::future::poll_fn(|cx| {
+        // The answer is written into `answer` where it will stay: every move of it is a copy.
+        let mut answer = None;
+        let open = std::future::poll_fn(|cx| {
             if let Poll::Ready(Ok(response)) = handled.as_mut().poll(cx) {
-                return Poll::Ready(Some(response));
+                answer = Some(response);
+                return Poll::Ready(true);
             }
             while watching {
                 if buf.len() >= limits.max_head_bytes {
@@ -132,7 +135,7 @@ pub async fn serve(
                     break;
                 }
                 match head::poll_fill(&mut stream, cx, &mut buf, READ_SIZE) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
                     Poll::Ready(Ok(_)) => {}
                     Poll::Pending => break,
                 }
@@ -141,22 +144,14 @@ pub async fn serve(
         })
         .await;
         drop(handled);
-        let Some(response) = answered else {
+        let Some(response) = answer.as_mut().filter(|_| open) else {
             tracing::debug!(client = %client.addr, "client closed the connection before the answer; request dropped");
             return Ok(Ended::Closed);
         };
         let keep_alive = keep_alive && !closing.get();
-        // The answer stays here; `respond` borrows it, so that its own future (part of every
-        // connection's, idle or not) does not hold the answer twice, as an argument and a local.
-        let (parts, mut body) = response.into_parts();
-        let kept = respond(
-            &mut stream,
-            &parts,
-            &mut body,
-            version,
-            head_request,
-            keep_alive,
-        );
+        // `respond` borrows the answer, so that its own future (part of every connection's,
+        // idle or not) does not hold the answer twice, as an argument and a local.
+        let kept = respond(&mut stream, response, version, head_request, keep_alive);
         if !kept.await? {
             return Ok(Ended::Closed);
         }
@@ -273,13 +268,12 @@ enum Framing {
 /// Writes the answer; true when the connection stays open for the next request.
 async fn respond(
     stream: &mut TcpStream,
-    parts: &http::response::Parts,
-    body: &mut ResponseBody,
+    response: &mut Response<ResponseBody>,
     version: Version,
     head_request: bool,
     mut keep_alive: bool,
 ) -> io::Result<bool> {
-    let status = parts.status;
+    let status = response.status();
     // The head, and a small body behind it: one write, and usually one allocation.
     let mut out = Vec::with_capacity(2048);
     out.extend_from_slice(if version == Version::HTTP_10 {
@@ -289,26 +283,28 @@ async fn respond(
     });
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
-    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+    match response.extensions().get::<hyper::ext::ReasonPhrase>() {
         Some(reason) => out.extend_from_slice(reason.as_bytes()),
         None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
     }
     out.extend_from_slice(b"\r\n");
     // The member's fields as it sent them (see `RawHead`), then what the proxy added.
     let (mut has_length, mut has_date) = (false, false);
-    if let Some(raw) = body.raw_head() {
+    let headers = response.headers();
+    if let Some(raw) = response.body().raw_head() {
         for (name, value) in raw.fields() {
             head::push_field(&mut out, name, value);
         }
         (has_length, has_date) = (raw.length, raw.date);
     }
-    if !parts.headers.is_empty() {
-        for (name, value) in &parts.headers {
+    if !headers.is_empty() {
+        for (name, value) in headers {
             head::push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
-        has_length |= parts.headers.contains_key(header::CONTENT_LENGTH);
-        has_date |= parts.headers.contains_key(header::DATE);
+        has_length |= headers.contains_key(header::CONTENT_LENGTH);
+        has_date |= headers.contains_key(header::DATE);
     }
+    let body = response.body_mut();
     let bodyless = head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -424,7 +420,7 @@ async fn respond(
 /// Done with the answer's body: the member connection goes back (when the answer was read
 /// whole) and the connection's timer waits for the next head.
 fn finish(body: &mut ResponseBody) {
-    drop(std::mem::replace(body, ResponseBody::empty()));
+    body.finish();
 }
 
 /// Writes `first` then `second`, with as few system calls as the socket allows.
