@@ -29,6 +29,8 @@ use crate::discovery::MemberConfig;
 pub struct Worker {
     pub plane: Arc<DataPlane>,
     pub pool: Rc<Pool>,
+    /// Spare buffers of the lean HTTP/1 server's connections.
+    pub buffers: super::lean::Buffers,
     pub access_log: bool,
     pub max_headers: usize,
 }

@@ -198,6 +198,7 @@ impl RawHead {
     }
 
     /// The fields passed on, name and value, in the member's order.
+    #[cfg(test)]
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.spans
             .0
@@ -205,6 +206,29 @@ impl RawHead {
             .map(|&[name_start, name_end, start, end]| {
                 (&self.head[name_start..name_end], &self.head[start..end])
             })
+    }
+
+    /// Writes the fields passed on, in the member's order. Lines that stood together in the
+    /// member's head are copied together, as the member wrote them: an answer whose only
+    /// hop-by-hop field is `Connection` is two copies, not four per field.
+    pub fn write_fields(&self, out: &mut Vec<u8>) {
+        let head = &self.head[..];
+        let mut spans = self.spans.0.iter();
+        let Some(&[mut run_start, _, _, mut run_end]) = spans.next() else {
+            return;
+        };
+        for &[name_start, _, _, end] in spans {
+            // The next field's line begins right after this one's line end: same run.
+            if name_start == run_end + 2 && head.get(run_end..name_start) == Some(b"\r\n") {
+                run_end = end;
+                continue;
+            }
+            out.extend_from_slice(&head[run_start..run_end]);
+            out.extend_from_slice(b"\r\n");
+            (run_start, run_end) = (name_start, end);
+        }
+        out.extend_from_slice(&head[run_start..run_end]);
+        out.extend_from_slice(b"\r\n");
     }
 
     /// The fields as a header map, followed by `extra` (fields the proxy added, such as a
@@ -338,6 +362,13 @@ mod tests {
             ]
         );
         assert!(raw.length && !raw.date);
+        // Written out: the lines around the hop-by-hop ones, as they were.
+        let mut out = Vec::new();
+        raw.write_fields(&mut out);
+        assert_eq!(
+            out,
+            b"X-Case: A\r\nSet-Cookie: a=1\r\nContent-Length: 0\r\n".as_slice()
+        );
         // A Connection header that names Date: Date stays behind, and is known to be missing.
         let text = b"HTTP/1.1 200 OK\r\nDate: today\r\nConnection: close, date\r\n\r\n";
         let mut slots = [httparse::EMPTY_HEADER; 4];
@@ -346,12 +377,42 @@ mod tests {
         let named = RawHead::new(text, answer.headers).of(Bytes::from_static(text));
         assert_eq!(named.fields().count(), 0);
         assert!(!named.date && !named.length);
+        let mut out = Vec::new();
+        named.write_fields(&mut out);
+        assert!(out.is_empty());
         let mut added = HeaderMap::new();
         added.append("set-cookie", HeaderValue::from_static("ROUTEID=x"));
         let map = raw.into_map(added);
         let cookies: Vec<_> = map.get_all("set-cookie").iter().collect();
         assert_eq!(cookies, ["a=1", "ROUTEID=x"]);
         assert_eq!(map.len(), 4);
+    }
+
+    #[test]
+    fn field_lines_are_written_as_the_member_wrote_them_in_runs() {
+        // No space after a colon, spaces around a value, a bare line feed, a dropped field
+        // first and last: each line comes out whole and ends in CRLF.
+        let text = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nA:1\r\nB:  two  \r\n\
+                     C: 3\nD: 4\r\nTransfer-Encoding: chunked\r\nE: 5\r\nTE: x\r\n\r\n";
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut answer = httparse::Response::new(&mut slots);
+        answer.parse(text).expect("a valid head");
+        let raw = RawHead::new(text, answer.headers).of(Bytes::from_static(text));
+        let mut out = Vec::new();
+        raw.write_fields(&mut out);
+        let written = String::from_utf8(out.clone()).expect("text");
+        assert_eq!(written, "A:1\r\nB:  two\r\nC: 3\r\nD: 4\r\nE: 5\r\n");
+        // Parsed again: the same names and values, in the same order.
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut reparsed = httparse::Response::new(&mut slots);
+        let whole = [b"HTTP/1.1 200 OK\r\n".as_slice(), &out, b"\r\n"].concat();
+        reparsed.parse(&whole).expect("what is written parses");
+        let pairs: Vec<_> = reparsed.headers.iter().map(|h| (h.name, h.value)).collect();
+        let expected: Vec<_> = raw
+            .fields()
+            .map(|(n, v)| (std::str::from_utf8(n).expect("name"), v))
+            .collect();
+        assert_eq!(pairs, expected);
     }
 
     #[test]

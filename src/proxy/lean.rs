@@ -8,8 +8,9 @@
 //! life, with the bytes read so far put back in front of the stream ([`Prefixed`]), so every
 //! odd case keeps hyper's handling and its error answers.
 //!
-//! Between requests an idle connection holds no buffer: the read buffer is let go when it is
-//! empty and the answer's is per request, as nginx does (hyper keeps 16 KiB per connection).
+//! Between requests an idle connection holds no buffer, as with nginx (hyper keeps 16 KiB per
+//! connection): its read buffer goes back to the worker's spare ones ([`Buffers`]) when it is
+//! empty, and the answer's is taken from them for the time of one write.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -39,6 +40,60 @@ const READ_SIZE: usize = 8 * 1024;
 /// Data frames up to this size are copied behind the head into one write; larger ones are
 /// written as they are, together with what is pending (one `writev`).
 const COPY_LIMIT: usize = 4 * 1024;
+
+/// The most spare buffers of each kind a worker keeps.
+const SPARE: usize = 64;
+/// An answer's buffer larger than this is let go rather than kept spare.
+const SPARE_WRITE_LIMIT: usize = 16 * 1024;
+
+/// A worker's spare buffers. A connection that waits for its next request gives its read
+/// buffer back here, and takes one when bytes arrive; an answer's head is written into one.
+/// An idle connection holds no buffer, and a busy worker allocates none per request.
+#[derive(Default)]
+pub struct Buffers {
+    read: RefCell<Vec<BytesMut>>,
+    write: RefCell<Vec<Vec<u8>>>,
+}
+
+impl Buffers {
+    fn take_read(&self) -> BytesMut {
+        self.read.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Keeps `buf` if it is empty and nothing shares it any more (the last request's head,
+    /// split off it, is gone), with its whole room back.
+    fn put_read(&self, mut buf: BytesMut) {
+        if buf.is_empty() && buf.try_reclaim(READ_SIZE) {
+            let mut spare = self.read.borrow_mut();
+            if spare.len() < SPARE {
+                spare.push(buf);
+            }
+        }
+    }
+
+    fn take_write(&self) -> Vec<u8> {
+        self.write
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(2048))
+    }
+
+    fn put_write(&self, mut out: Vec<u8>) {
+        if out.capacity() <= SPARE_WRITE_LIMIT {
+            out.clear();
+            let mut spare = self.write.borrow_mut();
+            if spare.len() < SPARE {
+                spare.push(out);
+            }
+        }
+    }
+
+    /// How many buffers are spare, read and write.
+    #[cfg(test)]
+    fn spare(&self) -> (usize, usize) {
+        (self.read.borrow().len(), self.write.borrow().len())
+    }
+}
 
 /// How the lean server left a connection.
 pub enum Ended {
@@ -88,7 +143,7 @@ pub async fn serve(
                     return Ok(Ended::Closed);
                 }
                 // Idle: hold no buffer while waiting.
-                buf = BytesMut::new();
+                worker.buffers.put_read(std::mem::take(&mut buf));
             }
             let ready = std::future::poll_fn(|cx| {
                 if buf.is_empty() && closing.get() {
@@ -100,6 +155,9 @@ pub async fn serve(
             match ready {
                 None => return Ok(Ended::Closed),
                 Some(ready) => ready?,
+            }
+            if buf.capacity() == 0 {
+                buf = worker.buffers.take_read();
             }
             let n =
                 std::future::poll_fn(|cx| head::poll_fill(&mut stream, cx, &mut buf, READ_SIZE))
@@ -151,7 +209,14 @@ pub async fn serve(
         let keep_alive = keep_alive && !closing.get();
         // `respond` borrows the answer, so that its own future (part of every connection's,
         // idle or not) does not hold the answer twice, as an argument and a local.
-        let kept = respond(&mut stream, response, version, head_request, keep_alive);
+        let kept = respond(
+            &mut stream,
+            response,
+            version,
+            head_request,
+            keep_alive,
+            &worker.buffers,
+        );
         if !kept.await? {
             return Ok(Ended::Closed);
         }
@@ -272,10 +337,11 @@ async fn respond(
     version: Version,
     head_request: bool,
     mut keep_alive: bool,
+    buffers: &Buffers,
 ) -> io::Result<bool> {
     let status = response.status();
-    // The head, and a small body behind it: one write, and usually one allocation.
-    let mut out = Vec::with_capacity(2048);
+    // The head, and a small body behind it: one write, into a spare buffer.
+    let mut out = buffers.take_write();
     out.extend_from_slice(if version == Version::HTTP_10 {
         b"HTTP/1.0 "
     } else {
@@ -292,9 +358,7 @@ async fn respond(
     let (mut has_length, mut has_date) = (false, false);
     let headers = response.headers();
     if let Some(raw) = response.body().raw_head() {
-        for (name, value) in raw.fields() {
-            head::push_field(&mut out, name, value);
-        }
+        raw.write_fields(&mut out);
         (has_length, has_date) = (raw.length, raw.date);
     }
     if !headers.is_empty() {
@@ -339,6 +403,7 @@ async fn respond(
     if framing == Framing::None {
         finish(body);
         stream.write_all(&out).await?;
+        buffers.put_write(out);
         return Ok(keep_alive);
     }
     loop {
@@ -399,6 +464,7 @@ async fn respond(
             out.extend_from_slice(b"\r\n");
             finish(body);
             stream.write_all(&out).await?;
+            buffers.put_write(out);
             return Ok(keep_alive);
         }
         break;
@@ -411,6 +477,7 @@ async fn respond(
     if !out.is_empty() {
         stream.write_all(&out).await?;
     }
+    buffers.put_write(out);
     if framing == Framing::Close {
         let _ = stream.shutdown().await;
     }
@@ -530,6 +597,57 @@ impl AsyncWrite for Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_buffer_is_kept_spare_only_when_nothing_shares_it() {
+        let buffers = Buffers::default();
+        let read = |buffers: &Buffers| {
+            let mut buf = buffers.take_read();
+            buf.reserve(READ_SIZE);
+            buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+            let head = buf.split().freeze();
+            (buf, head)
+        };
+        // The head still lives (the request holds it): the buffer is not kept.
+        let (buf, head) = read(&buffers);
+        assert!(buf.capacity() > 0);
+        buffers.put_read(buf);
+        assert_eq!(buffers.spare(), (0, 0));
+        drop(head);
+        // A buffer with bytes in it (a pipelined request) is not kept either.
+        let mut pending = BytesMut::from(&b"GET"[..]);
+        pending.reserve(READ_SIZE);
+        buffers.put_read(pending);
+        assert_eq!(buffers.spare(), (0, 0));
+        // Nothing shares it now: kept, with its whole room back, and handed out again.
+        let (buf, head) = read(&buffers);
+        drop(head);
+        buffers.put_read(buf);
+        assert_eq!(buffers.spare(), (1, 0));
+        let again = buffers.take_read();
+        assert!(again.capacity() >= READ_SIZE, "{}", again.capacity());
+        assert_eq!(buffers.spare(), (0, 0));
+        // Never more than SPARE of them.
+        for _ in 0..SPARE + 3 {
+            let mut buf = BytesMut::new();
+            buf.reserve(READ_SIZE);
+            buffers.put_read(buf);
+        }
+        assert_eq!(buffers.spare(), (SPARE, 0));
+    }
+
+    #[test]
+    fn a_write_buffer_comes_back_empty_unless_it_grew_too_large() {
+        let buffers = Buffers::default();
+        let mut out = buffers.take_write();
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        buffers.put_write(out);
+        assert_eq!(buffers.spare(), (0, 1));
+        let out = buffers.take_write();
+        assert!(out.is_empty() && out.capacity() >= 2048);
+        buffers.put_write(Vec::with_capacity(SPARE_WRITE_LIMIT + 1));
+        assert_eq!(buffers.spare(), (0, 0));
+    }
 
     const LIMITS: Limits = Limits {
         max_headers: 100,

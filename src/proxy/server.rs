@@ -291,6 +291,7 @@ async fn accept_loop(
     let worker = Rc::new(Worker {
         plane,
         pool: Rc::new(Pool::default()),
+        buffers: Default::default(),
         access_log: options.access_log,
         max_headers: options.max_headers,
     });
