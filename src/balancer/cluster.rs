@@ -368,6 +368,11 @@ impl Balancer {
         self.invalidate();
     }
 
+    /// Whether [`report`](Self::report) can do anything: outlier detection is configured.
+    pub fn detects_outliers(&self) -> bool {
+        self.settings.outlier.is_some()
+    }
+
     /// Counts the outcome of a request for passive health checking, and ejects the member when
     /// its failures call for it and the cap on ejected members allows. A no-op without
     /// `outlierDetection`.

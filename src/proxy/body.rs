@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
 use super::deadline::Deadline;
 use super::head::RawHead;
@@ -111,15 +112,15 @@ impl Lease {
     }
 
     /// Gives the connection back: hyper's if the exchange ended cleanly, or the lean one.
-    fn finish(mut self, clean: bool, lean: Option<upstream::Conn>) {
+    fn finish(mut self, clean: bool, lean: Option<upstream::Conn>, now: Instant) {
         let Some(member) = self.member.take() else {
             return;
         };
         if let Some(conn) = lean {
-            member.put_lean(conn);
+            member.put_lean(conn, now);
         }
         if clean && let Some(sender) = self.sender.take() {
-            member.put(sender);
+            member.put(sender, now);
         }
     }
 }
@@ -136,6 +137,9 @@ pub struct ResponseBody {
     lease: Option<Lease>,
     /// The HTTP/1 client connection's deadline: once the answer is out, the next head is due.
     deadline: Option<Rc<Deadline>>,
+    /// When the lease ended: one reading of the clock for the idle connection and the
+    /// deadline.
+    released: Option<Instant>,
 }
 
 enum Kind {
@@ -184,6 +188,7 @@ impl ResponseBody {
             kind: Kind::Member(answer),
             lease: Some(lease),
             deadline: None,
+            released: None,
         }
     }
 
@@ -192,6 +197,7 @@ impl ResponseBody {
             kind: Kind::Full(Some(bytes.into())),
             lease: None,
             deadline: None,
+            released: None,
         }
     }
 
@@ -200,6 +206,7 @@ impl ResponseBody {
             kind: Kind::Full(None),
             lease: None,
             deadline: None,
+            released: None,
         }
     }
 
@@ -242,7 +249,9 @@ impl ResponseBody {
                 Kind::Member(Answer::Lean(b)) => b.take_idle(),
                 _ => None,
             };
-            lease.finish(clean, lean);
+            let now = Instant::now();
+            self.released = Some(now);
+            lease.finish(clean, lean, now);
         }
     }
 }
@@ -253,7 +262,7 @@ impl ResponseBody {
     pub fn finish(&mut self) {
         self.release(self.ended());
         if let Some(deadline) = self.deadline.take() {
-            deadline.await_head(tokio::time::Instant::now());
+            deadline.await_head(self.released.take().unwrap_or_else(Instant::now));
         }
         self.kind = Kind::Full(None);
     }

@@ -288,15 +288,20 @@ async fn forward(
             }
             Ok((sender, mut response)) => {
                 let status = response.status();
-                let answered = tokio::time::Instant::now();
-                let now = clock::ms_at(answered.into_std());
-                if config.lb_method == LbMethod::Ewma {
-                    let took = answered.saturating_duration_since(started).as_nanos();
-                    ewma::observe(stats, u64::try_from(took).unwrap_or(u64::MAX), now);
+                // The clock is read again only for what uses the answer's time: the latency
+                // sample (ewma) and outlier detection.
+                let ewma = config.lb_method == LbMethod::Ewma;
+                if ewma || cluster.balancer.detects_outliers() {
+                    let answered = tokio::time::Instant::now();
+                    let now = clock::ms_at(answered.into_std());
+                    if ewma {
+                        let took = answered.saturating_duration_since(started).as_nanos();
+                        ewma::observe(stats, u64::try_from(took).unwrap_or(u64::MAX), now);
+                    }
+                    cluster
+                        .balancer
+                        .report(index, !status.is_server_error(), now);
                 }
-                cluster
-                    .balancer
-                    .report(index, !status.is_server_error(), now);
                 if config.fail_on_status.contains(&status.as_u16()) {
                     let cause = format!("answered {status}, listed in failOnStatus");
                     cluster.balancer.mark_error(

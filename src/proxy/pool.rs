@@ -38,11 +38,12 @@ impl<T> IdleList<T> {
         }
     }
 
-    /// Files a connection, unless [`MAX_IDLE_PER_MEMBER`] are already idle.
-    fn push(&self, conn: T) {
+    /// Files a connection that went idle at `now`, unless [`MAX_IDLE_PER_MEMBER`] are already
+    /// idle.
+    fn push(&self, conn: T, now: Instant) {
         let mut list = self.0.borrow_mut();
         if list.len() < MAX_IDLE_PER_MEMBER {
-            list.push((conn, Instant::now()));
+            list.push((conn, now));
         }
     }
 }
@@ -130,9 +131,9 @@ impl Member {
     }
 
     /// Files a connection whose last exchange ended cleanly.
-    pub fn put(&self, sender: Sender) {
+    pub fn put(&self, sender: Sender, now: Instant) {
         if !sender.is_closed() {
-            self.idle.push(sender);
+            self.idle.push(sender, now);
         }
     }
 
@@ -148,8 +149,8 @@ impl Member {
     }
 
     /// Files a lean connection whose last answer was read whole.
-    pub fn put_lean(&self, conn: upstream::Conn) {
-        self.lean.push(conn);
+    pub fn put_lean(&self, conn: upstream::Conn, now: Instant) {
+        self.lean.push(conn, now);
     }
 }
 
