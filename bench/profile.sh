@@ -10,6 +10,7 @@
 #                                # the latency run's fixed-rate load instead of wrk's
 #   bench/profile.sh latency     # the fixed-rate latency run alone, ROUNDS times
 #   bench/profile.sh cpu         # user and system CPU per request under wrk, ROUNDS times
+#   bench/profile.sh segments    # TCP segments per request (nstat, machine-wide)
 #   bench/profile.sh copies      # every memcpy/memmove per request, by size and calling line
 #                                # (uprobes on glibc's copy routine; bench/copies.py sums them)
 #   FLOOR=1 bench/profile.sh ... # the same for bench/floor, the least a tokio proxy can do
@@ -180,6 +181,19 @@ copies)
     perf script -i "$RUN/out/perf.data" -F event,trace,ip,sym,symoff --no-inline --no-demangle 2>/dev/null |
         python3 "$HERE/copies.py" 1000 "$KB_BIN"
     ;;
+segments)
+    # TCP segments per request, machine-wide (the client's, the proxy's and the members'):
+    # `nstat` counters around one wrk run. A proxy that makes the kernel send more segments
+    # (pure ACKs, split writes) shows here.
+    start_kb
+    taskset -c "$LOAD_CPU" timeout 30 wrk -t1 -c32 -d2s "http://127.0.0.1:$PORT/" >/dev/null
+    nstat -n >/dev/null
+    taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d"${DURATION}s" "http://127.0.0.1:$PORT/" >"$RUN/wrk.out"
+    nstat -z >"$RUN/nstat.out"
+    n=$(awk '/requests in/ { print $1 }' "$RUN/wrk.out")
+    awk -v n="$n" '$1 ~ /^(TcpInSegs|TcpOutSegs|TcpExtDelayedACKs|TcpExtTCPPureAcks|TcpExtTCPHPAcks|TcpExtTCPHPHits|TcpRetransSegs|TcpExtTCPLossProbes|TcpExtTCPBacklogCoalesce)$/ { printf "%s=%.3f per request\n", $1, $2 / n }' "$RUN/nstat.out"
+    echo "requests=$n"
+    ;;
 cpu)
     # User and system CPU time per request (the process's own accounting), ROUNDS runs of wrk.
     start_kb
@@ -204,7 +218,7 @@ latency)
     done
     ;;
 *)
-    echo "usage: bench/profile.sh callgrind|perf|syscalls|latency|cpu|copies" >&2
+    echo "usage: bench/profile.sh callgrind|perf|syscalls|latency|cpu|copies|segments" >&2
     exit 2
     ;;
 esac
