@@ -165,9 +165,10 @@ fn route(
     };
 
     let affinity = cluster.affinity(req.headers(), req.uri(), client.addr.ip());
-    let upgrade = upgrade_protocol(&req);
+    let scan = Scan::of(req.headers());
+    let upgrade = upgrade_protocol(&req, &scan);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut *req));
-    let forwarding = prepare_request(&mut req, &client.forwarded_for, host_value, upgrade);
+    let forwarding = prepare_request(&mut req, &client.forwarded_for, host_value, upgrade, scan);
     Ok(Routed {
         cluster,
         req,
@@ -560,8 +561,8 @@ async fn tunnel(
 }
 
 /// The protocol a request asks to switch to, when it is an HTTP/1.1 Upgrade request.
-fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
+fn upgrade_protocol<B>(req: &Request<B>, scan: &Scan) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 || !scan.has_upgrade() {
         return None;
     }
     let upgrade = req.headers().get(header::UPGRADE)?;
@@ -614,19 +615,22 @@ fn prepare_request<B>(
     client: &HeaderValue,
     host: Option<HeaderValue>,
     upgrade: Option<HeaderValue>,
+    scan: Scan,
 ) -> Forwarding {
     let origin_form = req.uri().scheme().is_none() && req.uri().authority().is_none();
     let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
+    strip_present(headers, scan.hop_by_hop);
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
     // Every X-Forwarded-For line the client sent stays in the chain, in order. Without one (the
     // usual case) the client's formatted address goes as it is, with no formatting or allocation.
-    let mut previous = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
+    let mut previous = scan
+        .forwarded_for
+        .then(|| headers.get_all(&X_FORWARDED_FOR).iter())
+        .into_iter()
+        .flatten()
         .filter_map(|v| v.to_str().ok())
         .peekable();
     let forwarded_for = if previous.peek().is_none() {
@@ -671,14 +675,45 @@ fn only_keep_alive(headers: &HeaderMap) -> bool {
 /// Removes the headers that describe one connection and must not be forwarded (RFC 9110 7.6.1),
 /// including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names present (a handful) finds the hop-by-hop ones, usually none or
-    // only Connection: cheaper than a hashed removal of every name on the list.
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = hop_by_hop(name.as_str().as_bytes()) {
-            present |= 1 << i;
+    let present = Scan::of(headers).hop_by_hop;
+    strip_present(headers, present);
+}
+
+/// What one pass over a request's field names finds, so that the names looked for are not
+/// each looked up by hash: the hop-by-hop fields present (a bit per [`HOP_BY_HOP`] entry,
+/// usually none or only Connection), and whether X-Forwarded-For is.
+#[derive(Clone, Copy)]
+struct Scan {
+    hop_by_hop: u16,
+    forwarded_for: bool,
+}
+
+impl Scan {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut scan = Scan {
+            hop_by_hop: 0,
+            forwarded_for: false,
+        };
+        for name in headers.keys() {
+            if let Some(i) = hop_by_hop(name.as_str().as_bytes()) {
+                scan.hop_by_hop |= 1 << i;
+            } else if name == X_FORWARDED_FOR {
+                scan.forwarded_for = true;
+            }
         }
+        scan
     }
+
+    fn has_upgrade(&self) -> bool {
+        self.hop_by_hop & (1 << UPGRADE) != 0
+    }
+}
+
+/// Upgrade's index in [`HOP_BY_HOP`] (the last).
+const UPGRADE: usize = HOP_BY_HOP.len() - 1;
+
+/// Removes the hop-by-hop fields `present` marks, and those the Connection header names.
+fn strip_present(headers: &mut HeaderMap, present: u16) {
     if present == 0 {
         return;
     }
@@ -724,7 +759,8 @@ mod tests {
         // The absolute-form target's authority is what Host becomes.
         let host = Some(HeaderValue::from_static("shop.example.com"));
         let client = forwarded_for("127.0.0.1".parse().expect("ip"));
-        let forwarding = prepare_request(&mut req, &client, host, None);
+        let scan = Scan::of(req.headers());
+        let forwarding = prepare_request(&mut req, &client, host, None, scan);
         let h = req.headers();
         for gone in ["connection", "x-secret", "keep-alive", "te"] {
             assert!(!h.contains_key(gone), "{gone} must be removed");
@@ -750,7 +786,8 @@ mod tests {
         assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
         // Without a host, no X-Forwarded-Host.
         let mut bare = Request::new(());
-        let forwarding = prepare_request(&mut bare, &client, None, None);
+        let forwarding =
+            prepare_request(&mut bare, &client, None, None, Scan::of(&HeaderMap::new()));
         assert_eq!(forwarding.fields().count(), 2);
         assert!(!bare.headers().contains_key("host"));
     }
@@ -794,19 +831,35 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_finds_upgrade_and_the_forwarded_chain() {
+        assert_eq!(HOP_BY_HOP[UPGRADE], "upgrade");
+        let req = Request::builder()
+            .header("Upgrade", "websocket")
+            .header("X-Forwarded-For", "203.0.113.9")
+            .body(())
+            .expect("request");
+        let scan = Scan::of(req.headers());
+        assert!(scan.has_upgrade() && scan.forwarded_for);
+        assert_eq!(scan.hop_by_hop, 1 << UPGRADE);
+        let scan = Scan::of(&HeaderMap::new());
+        assert!(!scan.has_upgrade() && !scan.forwarded_for);
+    }
+
+    #[test]
     fn upgrade_requests_keep_their_upgrade() {
         let mut req = Request::builder()
             .header("connection", "Upgrade")
             .header("upgrade", "websocket")
             .body(())
             .expect("request");
-        let protocol = upgrade_protocol(&req);
+        let scan = Scan::of(req.headers());
+        let protocol = upgrade_protocol(&req, &scan);
         assert_eq!(
             protocol.as_ref().map(|p| p.as_bytes()),
             Some(&b"websocket"[..])
         );
         let client = forwarded_for("::1".parse().expect("ip"));
-        prepare_request(&mut req, &client, None, protocol);
+        prepare_request(&mut req, &client, None, protocol, scan);
         assert_eq!(req.headers()["connection"], "upgrade");
         assert_eq!(req.headers()["upgrade"], "websocket");
     }

@@ -295,12 +295,11 @@ fn parse(buf: &mut BytesMut, spans: &mut Spans, limits: Limits) -> Parsed {
     spans.record(buf, parsed.headers);
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
     let head = buf.split_to(head_len).freeze();
-    // Room for the forwarding headers the request gains (Host, X-Forwarded-*), so that adding
-    // them does not grow the map (a rehash).
-    let parts = Uri::from_maybe_shared(head.slice(path_span))
-        .ok()
-        .zip(spans.map(&head, 4));
-    let Some((uri, headers)) = parts else {
+    // Room for the one field the request can gain in its map (Host, for an absolute-form
+    // target): the forwarding fields are written as the head goes out, not put in the map.
+    let uri = Uri::from_maybe_shared(head.slice(path_span)).ok();
+    let headers = uri.as_ref().and_then(|_| spans.map(&head, 1));
+    let (Some(uri), Some(headers)) = (uri, headers) else {
         // A target or header hyper answers with 400: give it back the whole head.
         let mut whole = BytesMut::from(&head[..]);
         whole.extend_from_slice(buf);
