@@ -578,9 +578,9 @@ fn upgrade_protocol<B>(req: &Request<B>, scan: &Scan) -> Option<HeaderValue> {
 
 /// The fields the proxy adds to a request for its members: X-Forwarded-For (the client's
 /// address after any chain the client sent), X-Forwarded-Proto and X-Forwarded-Host. They are
-/// not put in the request's header map: the lean exchange writes them as the head goes out,
-/// leaving out the client's own lines of those names, and only hyper's client path inserts them
-/// into the map (see [`Forwarding::insert`]).
+/// not put in the request's header map: the lean exchange writes them as the head goes out, and
+/// only hyper's client path inserts them into the map (see [`Forwarding::insert`]). The
+/// client's own lines of those names are taken out of the map when the request is routed.
 pub struct Forwarding {
     forwarded_for: HeaderValue,
     host: Option<HeaderValue>,
@@ -590,7 +590,7 @@ static HTTP: HeaderValue = HeaderValue::from_static("http");
 
 impl Forwarding {
     /// The fields: X-Forwarded-For, X-Forwarded-Proto, and X-Forwarded-Host when there is a host.
-    pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> + Clone {
+    pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         [
             (&X_FORWARDED_FOR, &self.forwarded_for),
             (&X_FORWARDED_PROTO, &HTTP),
@@ -627,7 +627,7 @@ fn prepare_request<B>(
     // Every X-Forwarded-For line the client sent stays in the chain, in order. Without one (the
     // usual case) the client's formatted address goes as it is, with no formatting or allocation.
     let mut previous = scan
-        .forwarded_for
+        .forwarded
         .then(|| headers.get_all(&X_FORWARDED_FOR).iter())
         .into_iter()
         .flatten()
@@ -644,6 +644,12 @@ fn prepare_request<B>(
         chain.push_str(client.to_str().unwrap_or(""));
         HeaderValue::from_str(&chain).unwrap_or_else(|_| client.clone())
     };
+    if scan.forwarded {
+        // The client's own lines give way to ours (the chain above keeps its X-Forwarded-For).
+        for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
+            headers.remove(name);
+        }
+    }
     if !origin_form {
         // The authority replaces Host (RFC 9112 3.2.2); with an origin-form target, Host is
         // already the value it would get.
@@ -681,24 +687,27 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// What one pass over a request's field names finds, so that the names looked for are not
 /// each looked up by hash: the hop-by-hop fields present (a bit per [`HOP_BY_HOP`] entry,
-/// usually none or only Connection), and whether X-Forwarded-For is.
+/// usually none or only Connection), and whether any X-Forwarded-For, -Proto or -Host is.
 #[derive(Clone, Copy)]
 struct Scan {
     hop_by_hop: u16,
-    forwarded_for: bool,
+    forwarded: bool,
 }
 
 impl Scan {
     fn of(headers: &HeaderMap) -> Self {
         let mut scan = Scan {
             hop_by_hop: 0,
-            forwarded_for: false,
+            forwarded: false,
         };
         for name in headers.keys() {
             if let Some(i) = hop_by_hop(name.as_str().as_bytes()) {
                 scan.hop_by_hop |= 1 << i;
-            } else if name == X_FORWARDED_FOR {
-                scan.forwarded_for = true;
+            } else if name == X_FORWARDED_FOR
+                || name == X_FORWARDED_PROTO
+                || name == X_FORWARDED_HOST
+            {
+                scan.forwarded = true;
             }
         }
         scan
@@ -839,10 +848,10 @@ mod tests {
             .body(())
             .expect("request");
         let scan = Scan::of(req.headers());
-        assert!(scan.has_upgrade() && scan.forwarded_for);
+        assert!(scan.has_upgrade() && scan.forwarded);
         assert_eq!(scan.hop_by_hop, 1 << UPGRADE);
         let scan = Scan::of(&HeaderMap::new());
-        assert!(!scan.has_upgrade() && !scan.forwarded_for);
+        assert!(!scan.has_upgrade() && !scan.forwarded);
     }
 
     #[test]

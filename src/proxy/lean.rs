@@ -400,7 +400,7 @@ async fn respond(
     }
     out.extend_from_slice(b"\r\n");
     if framing == Framing::None {
-        finish(body);
+        body.finish();
         stream.write_all(&out).await?;
         buffers.put_write(out);
         return Ok(keep_alive);
@@ -461,7 +461,7 @@ async fn respond(
                 head::push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
             }
             out.extend_from_slice(b"\r\n");
-            finish(body);
+            body.finish();
             stream.write_all(&out).await?;
             buffers.put_write(out);
             return Ok(keep_alive);
@@ -472,7 +472,7 @@ async fn respond(
         out.extend_from_slice(b"0\r\n\r\n");
     }
     // The answer is complete: the member connection goes back, the head timer restarts.
-    finish(body);
+    body.finish();
     if !out.is_empty() {
         stream.write_all(&out).await?;
     }
@@ -481,12 +481,6 @@ async fn respond(
         let _ = stream.shutdown().await;
     }
     Ok(keep_alive)
-}
-
-/// Done with the answer's body: the member connection goes back (when the answer was read
-/// whole) and the connection's timer waits for the next head.
-fn finish(body: &mut ResponseBody) {
-    body.finish();
 }
 
 /// Writes `first` then `second`, with as few system calls as the socket allows.

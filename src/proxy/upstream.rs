@@ -135,13 +135,13 @@ impl Conn {
         }
     }
 
-    /// Sends `req` (whose body is empty) with the `added` fields in place of any of the same
-    /// names, and reads the answer's head. The body follows from [`AnswerBody`], which owns the
+    /// Sends `req` (whose body is empty) with the `added` fields after its own, and reads the
+    /// answer's head. The body follows from [`AnswerBody`], which owns the
     /// connection until the answer has been read.
     pub async fn send<'a, B>(
         mut self,
         req: &Request<B>,
-        added: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + Clone,
+        added: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     ) -> Result<Response<AnswerBody>, ExchangeError> {
         let reused = self.reused;
         // A request that changes nothing can be sent again when a reused connection turns
@@ -159,7 +159,7 @@ impl Conn {
     fn encode<'a, B>(
         &mut self,
         req: &Request<B>,
-        added: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + Clone,
+        added: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     ) {
         let out = &mut self.out;
         out.clear();
@@ -168,11 +168,10 @@ impl Conn {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let replaced = |name: &HeaderName| added.clone().any(|(n, _)| n == name);
-        for (name, value) in req.headers().iter().filter(|(name, _)| !replaced(name)) {
+        for (name, value) in req.headers() {
             head::push_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        for (name, value) in added.clone() {
+        for (name, value) in added {
             head::push_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
