@@ -91,6 +91,8 @@ pub fn handle(
                 Err(e) => e.into_response(),
             };
             answered(&mut response, &client, logged);
+            // The request's box and header map are parsed into again (lean::Buffers).
+            worker.buffers.put_request(routed.req);
             Ok(response)
         }),
         Err(e) => {

@@ -45,14 +45,23 @@ const COPY_LIMIT: usize = 4 * 1024;
 const SPARE: usize = 64;
 /// An answer's buffer larger than this is let go rather than kept spare.
 const SPARE_WRITE_LIMIT: usize = 16 * 1024;
+/// A request whose header map has room for more fields than this is let go rather than kept.
+const SPARE_FIELDS_LIMIT: usize = 64;
 
 /// A worker's spare buffers. A connection that waits for its next request gives its read
-/// buffer back here, and takes one when bytes arrive; an answer's head is written into one.
-/// An idle connection holds no buffer, and a busy worker allocates none per request.
+/// buffer back here, and takes one when bytes arrive; an answer's head is written into one;
+/// a request is parsed into a finished one's box and header map. An idle connection holds no
+/// buffer, and a busy worker allocates none per request.
 #[derive(Default)]
 pub struct Buffers {
     read: RefCell<Vec<BytesMut>>,
     write: RefCell<Vec<Vec<u8>>>,
+    /// Boxed: the box is what is kept, as requests are passed around boxed.
+    #[expect(
+        clippy::vec_box,
+        reason = "the boxes themselves are what is kept spare"
+    )]
+    requests: RefCell<Vec<Box<Request<UpstreamBody>>>>,
 }
 
 impl Buffers {
@@ -88,10 +97,40 @@ impl Buffers {
         }
     }
 
-    /// How many buffers are spare, read and write.
+    /// A spare request (empty: no fields, no extensions, an empty body), or a new one.
+    fn take_request(&self) -> Box<Request<UpstreamBody>> {
+        self.requests
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Box::new(Request::new(UpstreamBody::empty())))
+    }
+
+    /// Keeps a finished request's box and its header map's room for the next request to be
+    /// parsed into, emptied: nothing in it holds on to the head it was parsed from (so that the
+    /// read buffer can be reclaimed) or to a member's counters.
+    pub fn put_request(&self, mut request: Box<Request<UpstreamBody>>) {
+        if request.headers().capacity() > SPARE_FIELDS_LIMIT {
+            return;
+        }
+        let mut spare = self.requests.borrow_mut();
+        if spare.len() < SPARE {
+            request.headers_mut().clear();
+            request.extensions_mut().clear();
+            *request.method_mut() = Method::GET;
+            *request.uri_mut() = Uri::default();
+            *request.body_mut() = UpstreamBody::empty();
+            spare.push(request);
+        }
+    }
+
+    /// How many buffers are spare: read, write and requests.
     #[cfg(test)]
-    fn spare(&self) -> (usize, usize) {
-        (self.read.borrow().len(), self.write.borrow().len())
+    fn spare(&self) -> (usize, usize, usize) {
+        (
+            self.read.borrow().len(),
+            self.write.borrow().len(),
+            self.requests.borrow().len(),
+        )
     }
 }
 
@@ -125,13 +164,14 @@ pub async fn serve(
     loop {
         // How much of `buf` is known to end no head: a head can only end with a line feed, so
         // a head trickling in is parsed again only when a line has ended (not once per read).
+        // The first bytes are parsed at once: they are usually the whole head.
         let mut checked = 0;
         // A whole request head, or a reason to stop.
         let request = loop {
             if !buf.is_empty() {
-                let line_ended = buf[checked..].contains(&b'\n');
+                let line_ended = checked == 0 || buf[checked..].contains(&b'\n');
                 if line_ended || buf.len() >= limits.max_head_bytes {
-                    match parse(&mut buf, &mut spans, limits) {
+                    match parse(&mut buf, &mut spans, limits, &worker.buffers) {
                         Parsed::Request(request) => break request,
                         Parsed::Partial => {}
                         Parsed::Other => return Ok(Ended::HandOff(stream, buf.freeze())),
@@ -236,9 +276,9 @@ enum Parsed {
     Other,
 }
 
-/// Parses the head at the start of `buf`. On success the head is split off `buf`, and the
-/// request's URI and header values share its bytes.
-fn parse(buf: &mut BytesMut, spans: &mut Spans, limits: Limits) -> Parsed {
+/// Parses the head at the start of `buf` into a spare request of `buffers`. On success the head
+/// is split off `buf`, and the request's URI and header values share its bytes.
+fn parse(buf: &mut BytesMut, spans: &mut Spans, limits: Limits, buffers: &Buffers) -> Parsed {
     let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
         [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let slots = &mut slots[..limits.max_headers.min(MAX_HEADERS)];
@@ -295,24 +335,28 @@ fn parse(buf: &mut BytesMut, spans: &mut Spans, limits: Limits) -> Parsed {
     spans.record(buf, parsed.headers);
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
     let head = buf.split_to(head_len).freeze();
+    // Boxed: the request passes through several hands (the connection, routing, the exchange)
+    // and a pointer is cheaper to move than the request (docs/benchmarks.md, "Copies"). A spare
+    // one keeps its header map's room: no allocation for either.
+    let mut request = buffers.take_request();
     // Room for the one field the request can gain in its map (Host, for an absolute-form
     // target): the forwarding fields are written as the head goes out, not put in the map.
-    let uri = Uri::from_maybe_shared(head.slice(path_span)).ok();
-    let headers = uri.as_ref().and_then(|_| spans.map(&head, 1));
-    let (Some(uri), Some(headers)) = (uri, headers) else {
+    let filled = Uri::from_maybe_shared(head.slice(path_span))
+        .ok()
+        .and_then(|uri| {
+            *request.uri_mut() = uri;
+            spans.fill(&head, request.headers_mut(), 1)
+        });
+    if filled.is_none() {
         // A target or header hyper answers with 400: give it back the whole head.
+        buffers.put_request(request);
         let mut whole = BytesMut::from(&head[..]);
         whole.extend_from_slice(buf);
         *buf = whole;
         return Parsed::Other;
-    };
-    // Boxed: the request passes through several hands (the connection, routing, the exchange)
-    // and a pointer is cheaper to move than the request (docs/benchmarks.md, "Copies").
-    let mut request = Box::new(Request::new(UpstreamBody::empty()));
+    }
     *request.method_mut() = method;
-    *request.uri_mut() = uri;
     *request.version_mut() = version;
-    *request.headers_mut() = headers;
     Parsed::Request(Lean {
         request,
         keep_alive,
@@ -605,28 +649,28 @@ mod tests {
         let (buf, head) = read(&buffers);
         assert!(buf.capacity() > 0);
         buffers.put_read(buf);
-        assert_eq!(buffers.spare(), (0, 0));
+        assert_eq!(buffers.spare(), (0, 0, 0));
         drop(head);
         // A buffer with bytes in it (a pipelined request) is not kept either.
         let mut pending = BytesMut::from(&b"GET"[..]);
         pending.reserve(READ_SIZE);
         buffers.put_read(pending);
-        assert_eq!(buffers.spare(), (0, 0));
+        assert_eq!(buffers.spare(), (0, 0, 0));
         // Nothing shares it now: kept, with its whole room back, and handed out again.
         let (buf, head) = read(&buffers);
         drop(head);
         buffers.put_read(buf);
-        assert_eq!(buffers.spare(), (1, 0));
+        assert_eq!(buffers.spare(), (1, 0, 0));
         let again = buffers.take_read();
         assert!(again.capacity() >= READ_SIZE, "{}", again.capacity());
-        assert_eq!(buffers.spare(), (0, 0));
+        assert_eq!(buffers.spare(), (0, 0, 0));
         // Never more than SPARE of them.
         for _ in 0..SPARE + 3 {
             let mut buf = BytesMut::new();
             buf.reserve(READ_SIZE);
             buffers.put_read(buf);
         }
-        assert_eq!(buffers.spare(), (SPARE, 0));
+        assert_eq!(buffers.spare(), (SPARE, 0, 0));
     }
 
     #[test]
@@ -635,11 +679,11 @@ mod tests {
         let mut out = buffers.take_write();
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
         buffers.put_write(out);
-        assert_eq!(buffers.spare(), (0, 1));
+        assert_eq!(buffers.spare(), (0, 1, 0));
         let out = buffers.take_write();
         assert!(out.is_empty() && out.capacity() >= 2048);
         buffers.put_write(Vec::with_capacity(SPARE_WRITE_LIMIT + 1));
-        assert_eq!(buffers.spare(), (0, 0));
+        assert_eq!(buffers.spare(), (0, 0, 0));
     }
 
     const LIMITS: Limits = Limits {
@@ -649,8 +693,57 @@ mod tests {
 
     fn parsed(text: &str) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(text.as_bytes());
-        let parsed = parse(&mut buf, &mut Spans::default(), LIMITS);
+        let parsed = parse(&mut buf, &mut Spans::default(), LIMITS, &Buffers::default());
         (parsed, buf)
+    }
+
+    #[test]
+    fn a_finished_request_is_parsed_into_again_holding_nothing_of_its_head() {
+        let buffers = Buffers::default();
+        let mut spans = Spans::default();
+        let mut buf = buffers.take_read();
+        buf.reserve(READ_SIZE);
+        buf.extend_from_slice(b"PURGE /old HTTP/1.1\r\nHost: web\r\nX-A: 1\r\nX-B: 2\r\n\r\n");
+        let Parsed::Request(first) = parse(&mut buf, &mut spans, LIMITS, &buffers) else {
+            panic!("a head without a body is ours");
+        };
+        let mut first = first.request;
+        first.extensions_mut().insert(7u8);
+        let at = std::ptr::from_ref::<Request<UpstreamBody>>(&first);
+        buffers.put_request(first);
+        assert_eq!(buffers.spare(), (0, 0, 1));
+        // Nothing of the first head is held any more: its read buffer is kept spare.
+        buffers.put_read(buf);
+        assert_eq!(buffers.spare(), (1, 0, 1));
+
+        let mut buf = buffers.take_read();
+        buf.extend_from_slice(b"GET /new HTTP/1.0\r\nHost: app\r\n\r\n");
+        let Parsed::Request(second) = parse(&mut buf, &mut spans, LIMITS, &buffers) else {
+            panic!("a head without a body is ours");
+        };
+        let second = second.request;
+        assert_eq!(
+            std::ptr::from_ref::<Request<UpstreamBody>>(&second),
+            at,
+            "the same box"
+        );
+        assert_eq!(buffers.spare(), (0, 0, 0));
+        assert_eq!(second.method(), Method::GET);
+        assert_eq!(second.uri(), "/new");
+        assert_eq!(second.version(), Version::HTTP_10);
+        assert_eq!(second.headers().len(), 1);
+        assert_eq!(second.headers()["host"], "app");
+        assert!(second.extensions().get::<u8>().is_none());
+
+        // A request whose map grew large is let go; never more than SPARE are kept.
+        let mut large = buffers.take_request();
+        large.headers_mut().reserve(SPARE_FIELDS_LIMIT + 1);
+        buffers.put_request(large);
+        assert_eq!(buffers.spare(), (0, 0, 0));
+        for _ in 0..SPARE + 3 {
+            buffers.put_request(Box::new(Request::new(UpstreamBody::empty())));
+        }
+        assert_eq!(buffers.spare(), (0, 0, SPARE));
     }
 
     #[test]
