@@ -30,16 +30,17 @@ impl Spans {
         }
     }
 
-    /// The header map over `head`, the frozen bytes the recorded headers were found in, with
-    /// room for `extra` more; `None` when a name or value is not valid.
-    pub fn map(&self, head: &Bytes, extra: usize) -> Option<HeaderMap> {
-        let mut headers = HeaderMap::with_capacity(self.0.len() + extra);
+    /// Fills `headers`, an empty map (a recycled one keeps its room), with the recorded
+    /// headers over `head`, the frozen bytes they were found in, and room for `extra` more;
+    /// `None` when a name or value is not valid.
+    pub fn fill(&self, head: &Bytes, headers: &mut HeaderMap, extra: usize) -> Option<()> {
+        headers.reserve(self.0.len() + extra);
         for &[name_start, name_end, start, end] in &self.0 {
             let name = HeaderName::from_bytes(&head[name_start..name_end]).ok()?;
             let value = HeaderValue::from_maybe_shared(head.slice(start..end)).ok()?;
             headers.append(name, value);
         }
-        Some(headers)
+        Some(())
     }
 }
 
@@ -129,6 +130,59 @@ fn names_other_fields(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && hop_by_hop(t).is_none())
 }
 
+/// What decides an answer's framing and whether its connection is kept: found in the same
+/// pass over the fields that picks those passed on ([`RawHead::new`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Controls<'a> {
+    /// A Connection field says "close".
+    pub close: bool,
+    /// A Connection field says "keep-alive".
+    pub keep_alive: bool,
+    /// A Connection field names a field beyond the fixed hop-by-hop ones.
+    pub names_others: bool,
+    /// The last Transfer-Encoding value.
+    pub transfer_encoding: Option<&'a [u8]>,
+    /// How many Content-Length fields there are, and the first one's value.
+    pub lengths: usize,
+    pub first_length: Option<&'a [u8]>,
+}
+
+impl<'a> Controls<'a> {
+    /// Takes in one field, of the kind `field` found for its name.
+    pub fn see(&mut self, field: Field, value: &'a [u8]) {
+        match field {
+            Field::HopByHop(0) => {
+                for token in value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    let close = token.eq_ignore_ascii_case(b"close");
+                    self.close |= close;
+                    match hop_by_hop(token) {
+                        Some(1) => self.keep_alive = true,
+                        Some(_) => {}
+                        None => self.names_others |= !close && !token.is_empty(),
+                    }
+                }
+            }
+            Field::HopByHop(7) => self.transfer_encoding = Some(value),
+            Field::ContentLength => {
+                self.lengths += 1;
+                self.first_length = self.first_length.or(Some(value));
+            }
+            _ => {}
+        }
+    }
+
+    /// The same for every field of `headers`.
+    #[cfg(test)]
+    pub fn of(headers: &[httparse::Header<'a>]) -> Self {
+        let mut controls = Controls::default();
+        for h in headers {
+            controls.see(field(h.name.as_bytes()), h.value);
+        }
+        controls
+    }
+}
+
 /// A member's answer head, passed on to the client line by line as the member wrote it
 /// (names keep their case), less the hop-by-hop fields and those its Connection header names:
 /// no header map is built for the common answer. One is built only when hyper's server sends
@@ -143,29 +197,29 @@ pub struct RawHead {
 }
 
 impl RawHead {
-    /// The end-to-end fields among `headers`, found in `buf` by `httparse`. The head itself
-    /// follows with [`RawHead::of`], once it is split off `buf`.
-    pub fn new(buf: &[u8], headers: &[httparse::Header<'_>]) -> Self {
+    /// The end-to-end fields among `headers`, found in `buf` by `httparse`, and in the same
+    /// pass what decides the framing. The head itself follows with [`RawHead::of`], once it is
+    /// split off `buf`.
+    pub fn new<'a>(buf: &[u8], headers: &[httparse::Header<'a>]) -> (Self, Controls<'a>) {
         let base = buf.as_ptr() as usize;
         let mut spans = Vec::with_capacity(headers.len());
-        let (mut date, mut length, mut names_others) = (false, false, false);
+        let mut controls = Controls::default();
+        let mut date = false;
         for h in headers {
             let name = h.name.as_bytes();
-            match field(name) {
-                Field::HopByHop(0) => {
-                    names_others |= names_other_fields(h.value).next().is_some();
-                    continue;
-                }
+            let kind = field(name);
+            controls.see(kind, h.value);
+            match kind {
                 Field::HopByHop(_) => continue,
                 Field::Date => date = true,
-                Field::ContentLength => length = true,
-                Field::Other => {}
+                Field::ContentLength | Field::Other => {}
             }
             let start = name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
             spans.push([start, start + name.len(), value, value + h.value.len()]);
         }
-        if names_others {
+        let mut length = controls.lengths > 0;
+        if controls.names_others {
             // Rare: the Connection header names more fields, which stay behind too.
             let named: Vec<&[u8]> = headers
                 .iter()
@@ -184,12 +238,13 @@ impl RawHead {
                 .iter()
                 .any(|&[start, end, ..]| field(&buf[start..end]) == Field::ContentLength);
         }
-        RawHead {
+        let raw = RawHead {
             head: Bytes::new(),
             spans: Spans(spans),
             date,
             length,
-        }
+        };
+        (raw, controls)
     }
 
     /// The same, over `head`: the start of the buffer the fields were found in, frozen.
@@ -306,14 +361,20 @@ mod tests {
         let mut spans = Spans::default();
         spans.record(text, request.headers);
         let head = Bytes::from_static(text);
-        let map = spans.map(&head, 4).expect("valid headers");
+        let mut map = HeaderMap::new();
+        spans.fill(&head, &mut map, 4).expect("valid headers");
         assert_eq!(map["host"], "web");
         let all: Vec<_> = map.get_all("x-a").iter().collect();
         assert_eq!(all, ["1", "2"]);
+        assert_eq!(map.len(), 3);
         assert!(map.capacity() >= 7);
         // A name that is not a token: refused.
         let spans = Spans(vec![[0, 3, 4, 5]]);
-        assert!(spans.map(&Bytes::from_static(b"a b:c"), 0).is_none());
+        assert!(
+            spans
+                .fill(&Bytes::from_static(b"a b:c"), &mut HeaderMap::new(), 0)
+                .is_none()
+        );
     }
 
     #[test]
@@ -351,7 +412,9 @@ mod tests {
         let mut slots = [httparse::EMPTY_HEADER; 8];
         let mut answer = httparse::Response::new(&mut slots);
         answer.parse(text).expect("a valid head");
-        let raw = RawHead::new(text, answer.headers).of(Bytes::from_static(text));
+        let raw = RawHead::new(text, answer.headers)
+            .0
+            .of(Bytes::from_static(text));
         let fields: Vec<_> = raw.fields().collect();
         assert_eq!(
             fields,
@@ -374,7 +437,9 @@ mod tests {
         let mut slots = [httparse::EMPTY_HEADER; 4];
         let mut answer = httparse::Response::new(&mut slots);
         answer.parse(text).expect("a valid head");
-        let named = RawHead::new(text, answer.headers).of(Bytes::from_static(text));
+        let named = RawHead::new(text, answer.headers)
+            .0
+            .of(Bytes::from_static(text));
         assert_eq!(named.fields().count(), 0);
         assert!(!named.date && !named.length);
         let mut out = Vec::new();
@@ -397,7 +462,9 @@ mod tests {
         let mut slots = [httparse::EMPTY_HEADER; 16];
         let mut answer = httparse::Response::new(&mut slots);
         answer.parse(text).expect("a valid head");
-        let raw = RawHead::new(text, answer.headers).of(Bytes::from_static(text));
+        let raw = RawHead::new(text, answer.headers)
+            .0
+            .of(Bytes::from_static(text));
         let mut out = Vec::new();
         raw.write_fields(&mut out);
         let written = String::from_utf8(out.clone()).expect("text");
@@ -413,6 +480,43 @@ mod tests {
             .map(|(n, v)| (std::str::from_utf8(n).expect("name"), v))
             .collect();
         assert_eq!(pairs, expected);
+    }
+
+    #[test]
+    fn one_pass_finds_what_decides_the_framing() {
+        let fields = [
+            httparse::Header {
+                name: "Connection",
+                value: b" Keep-Alive , X-Private",
+            },
+            httparse::Header {
+                name: "content-length",
+                value: b"12",
+            },
+            httparse::Header {
+                name: "Transfer-Encoding",
+                value: b"gzip",
+            },
+            httparse::Header {
+                name: "CONTENT-LENGTH",
+                value: b"13",
+            },
+            httparse::Header {
+                name: "Transfer-Encoding",
+                value: b"chunked",
+            },
+        ];
+        let c = Controls::of(&fields);
+        assert!(c.keep_alive && c.names_others && !c.close);
+        assert_eq!(c.transfer_encoding, Some(&b"chunked"[..]));
+        assert_eq!((c.lengths, c.first_length), (2, Some(&b"12"[..])));
+        // "close" and the fixed hop-by-hop names name no other field.
+        let c = Controls::of(&[httparse::Header {
+            name: "connection",
+            value: b"close, TE,,upgrade",
+        }]);
+        assert!(c.close && !c.keep_alive && !c.names_others);
+        assert_eq!((c.lengths, c.transfer_encoding), (0, None));
     }
 
     #[test]

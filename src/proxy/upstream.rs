@@ -25,7 +25,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::head::{self, Field, RawHead};
+use super::head::{self, Controls, Field, RawHead};
 
 /// The most bytes an answer head may take (hyper's client allows about 400 KiB; nginx's
 /// default `proxy_buffer_size` is 4 or 8 KiB).
@@ -259,8 +259,8 @@ impl Conn {
             .reason
             .filter(|r| Some(*r) != status.canonical_reason());
         let reason = reason.map(|r| r.as_bytes().to_vec());
-        let (framing, keep) = framing(method, status, version, parsed.headers)?;
-        let raw = RawHead::new(&self.buf, parsed.headers);
+        let (raw, controls) = RawHead::new(&self.buf, parsed.headers);
+        let (framing, keep) = framing(method, status, version, &controls, parsed.headers)?;
         let raw = raw.of(self.buf.split_to(head_len).freeze());
         let mut response = Response::new((framing, raw));
         *response.status_mut() = status;
@@ -305,33 +305,24 @@ fn idempotent(method: &Method) -> bool {
 }
 
 /// The answer's framing, and whether the connection can carry another exchange after it
-/// (RFC 9112 6.3 and 9.3).
+/// (RFC 9112 6.3 and 9.3), from what the pass over its `fields` found (`controls`: the
+/// Connection tokens, the last Transfer-Encoding value, and the Content-Length values, checked
+/// below only when they decide the framing).
 fn framing(
     method: &Method,
     status: StatusCode,
     version: Version,
+    controls: &Controls<'_>,
     fields: &[httparse::Header<'_>],
 ) -> Result<(Framing, bool), ExchangeError> {
-    // One pass over the fields: the Connection tokens, the last Transfer-Encoding value, and
-    // the Content-Length values (checked below, only when they decide the framing).
-    let (mut close, mut keep_alive) = (false, false);
-    let mut transfer_encoding = None;
-    let (mut lengths, mut first_length) = (0, None);
-    for f in fields {
-        match head::field(f.name.as_bytes()) {
-            Field::HopByHop(0) => {
-                let (c, k) = head::connection_tokens(f.value);
-                close |= c;
-                keep_alive |= k;
-            }
-            Field::HopByHop(7) => transfer_encoding = Some(f.value),
-            Field::ContentLength => {
-                lengths += 1;
-                first_length = first_length.or(Some(f.value));
-            }
-            _ => {}
-        }
-    }
+    let &Controls {
+        close,
+        keep_alive,
+        transfer_encoding,
+        lengths,
+        first_length,
+        ..
+    } = controls;
     let mut keep = !close && (version == Version::HTTP_11 || keep_alive);
     if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -589,7 +580,7 @@ mod tests {
                 value: value.as_bytes(),
             })
             .collect();
-        framing(&method, status, version, &fields).map_err(|e| e.cause)
+        framing(&method, status, version, &Controls::of(&fields), &fields).map_err(|e| e.cause)
     }
 
     #[test]
