@@ -3,6 +3,7 @@
 //! map without copying values, passing a member's header lines on without a map, reading the
 //! `Connection` tokens, telling hop-by-hop fields, and filling a read buffer.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -189,6 +190,7 @@ impl<'a> Controls<'a> {
 /// the answer (HTTP/2 clients, or a connection hyper took over), by [`RawHead::into_map`].
 pub struct RawHead {
     head: Bytes,
+    /// Taken from the thread's spare lists, and given back when the head is dropped.
     spans: Spans,
     /// The head has a Date field.
     pub date: bool,
@@ -202,7 +204,12 @@ impl RawHead {
     /// split off `buf`.
     pub fn new<'a>(buf: &[u8], headers: &[httparse::Header<'a>]) -> (Self, Controls<'a>) {
         let base = buf.as_ptr() as usize;
-        let mut spans = Vec::with_capacity(headers.len());
+        let mut spans = SPARE_SPANS
+            .try_with(|spare| spare.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        spans.reserve(headers.len());
         let mut controls = Controls::default();
         let mut date = false;
         for h in headers {
@@ -248,8 +255,9 @@ impl RawHead {
     }
 
     /// The same, over `head`: the start of the buffer the fields were found in, frozen.
-    pub fn of(self, head: Bytes) -> Self {
-        RawHead { head, ..self }
+    pub fn of(mut self, head: Bytes) -> Self {
+        self.head = head;
+        self
     }
 
     /// The fields passed on, name and value, in the member's order.
@@ -312,6 +320,33 @@ impl RawHead {
             }
         }
         headers
+    }
+}
+
+/// The most span lists a thread keeps spare, and the most fields one may have room for.
+const SPARE_SPANS_KEPT: usize = 64;
+const SPARE_SPANS_ROOM: usize = 128;
+
+thread_local! {
+    /// Span lists of answer heads that were dropped, for the next answers on this thread (a
+    /// worker is one thread): an answer costs no allocation for them.
+    static SPARE_SPANS: RefCell<Vec<Vec<[usize; 4]>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Drop for RawHead {
+    fn drop(&mut self) {
+        let mut spans = std::mem::take(&mut self.spans.0);
+        if spans.capacity() == 0 || spans.capacity() > SPARE_SPANS_ROOM {
+            return;
+        }
+        spans.clear();
+        // At thread exit the list may be gone already: the span list is then freed.
+        let _ = SPARE_SPANS.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_SPANS_KEPT {
+                spare.push(spans);
+            }
+        });
     }
 }
 
@@ -480,6 +515,38 @@ mod tests {
             .map(|(n, v)| (std::str::from_utf8(n).expect("name"), v))
             .collect();
         assert_eq!(pairs, expected);
+    }
+
+    #[test]
+    fn a_dropped_heads_span_list_serves_the_next_answer() {
+        let text = b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nConnection: close\r\nC: 3\r\n\r\n";
+        let parse = || {
+            let mut slots = [httparse::EMPTY_HEADER; 8];
+            let mut answer = httparse::Response::new(&mut slots);
+            answer.parse(text).expect("a valid head");
+            RawHead::new(text, answer.headers)
+                .0
+                .of(Bytes::from_static(text))
+        };
+        let first = parse();
+        assert_eq!(first.fields().count(), 3);
+        let list = first.spans.0.as_ptr();
+        drop(first);
+        assert_eq!(SPARE_SPANS.with_borrow(Vec::len), 1);
+        let second = parse();
+        assert_eq!(
+            second.spans.0.as_ptr(),
+            list,
+            "the same list, not a new one"
+        );
+        assert_eq!(SPARE_SPANS.with_borrow(Vec::len), 0);
+        let fields: Vec<_> = second.fields().collect();
+        assert_eq!(fields, [(&b"A"[..], &b"1"[..]), (b"B", b"2"), (b"C", b"3")]);
+        // A list grown past the room kept is freed, not kept.
+        let mut large = second;
+        large.spans.0.reserve(SPARE_SPANS_ROOM + 1);
+        drop(large);
+        assert_eq!(SPARE_SPANS.with_borrow(Vec::len), 0);
     }
 
     #[test]
