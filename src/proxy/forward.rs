@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use super::body::{Answer, Lease, ResponseBody, UpstreamBody};
 use super::deadline::Deadline;
 use super::error::ProxyError;
-use super::head::{HOP_BY_HOP, hop_by_hop};
+use super::head::{self, Field, HOP_BY_HOP, UPGRADE, hop_by_hop};
 use super::pool::{self, Member, Pool, Sender};
 use super::routes::strip_port;
 use super::snapshot::{Cluster, DataPlane};
@@ -64,7 +64,7 @@ fn forwarded_for(ip: IpAddr) -> HeaderValue {
 }
 
 /// One request of a client connection: hyper's service function, and the lean HTTP/1 server's
-/// (see [`lean`](super::lean)).
+/// (see [`lean`](super::lean)), which passes the [`Scan`] of the field names it already made.
 ///
 /// Routing is done here, before the first poll: a request that goes nowhere is answered by a
 /// ready future, and one that goes to members by a future holding only what the exchange
@@ -76,6 +76,7 @@ pub fn handle(
     worker: Rc<Worker>,
     client: Rc<Client>,
     req: Box<Request<UpstreamBody>>,
+    scan: Option<Scan>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
     if let Some(deadline) = &client.deadline {
         deadline.busy();
@@ -83,7 +84,7 @@ pub fn handle(
     let logged = worker
         .access_log
         .then(|| (req.method().clone(), req.uri().path().to_owned()));
-    match route(&worker, &client, req) {
+    match route(&worker, &client, req, scan) {
         Ok(mut routed) => Either::Left(async move {
             let mut response = match forward(&worker, &mut routed, client.deadline.as_deref()).await
             {
@@ -131,6 +132,7 @@ fn route(
     worker: &Worker,
     client: &Client,
     mut req: Box<Request<UpstreamBody>>,
+    scan: Option<Scan>,
 ) -> Result<Routed, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ConnectRefused);
@@ -167,7 +169,7 @@ fn route(
     };
 
     let affinity = cluster.affinity(req.headers(), req.uri(), client.addr.ip());
-    let scan = Scan::of(req.headers());
+    let scan = scan.unwrap_or_else(|| Scan::of(req.headers()));
     let upgrade = upgrade_protocol(&req, &scan);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut *req));
     let forwarding = prepare_request(&mut req, &client.forwarded_for, host_value, upgrade, scan);
@@ -690,38 +692,34 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// What one pass over a request's field names finds, so that the names looked for are not
 /// each looked up by hash: the hop-by-hop fields present (a bit per [`HOP_BY_HOP`] entry,
 /// usually none or only Connection), and whether any X-Forwarded-For, -Proto or -Host is.
-#[derive(Clone, Copy)]
-struct Scan {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scan {
     hop_by_hop: u16,
     forwarded: bool,
 }
 
 impl Scan {
-    fn of(headers: &HeaderMap) -> Self {
-        let mut scan = Scan {
-            hop_by_hop: 0,
-            forwarded: false,
-        };
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut scan = Scan::default();
         for name in headers.keys() {
-            if let Some(i) = hop_by_hop(name.as_str().as_bytes()) {
-                scan.hop_by_hop |= 1 << i;
-            } else if name == X_FORWARDED_FOR
-                || name == X_FORWARDED_PROTO
-                || name == X_FORWARDED_HOST
-            {
-                scan.forwarded = true;
-            }
+            scan.see(head::field(name.as_str().as_bytes()));
         }
         scan
+    }
+
+    /// Takes in one field name, of the kind `field` found.
+    pub fn see(&mut self, field: Field) {
+        match field {
+            Field::HopByHop(i) => self.hop_by_hop |= 1 << i,
+            Field::Forwarded => self.forwarded = true,
+            _ => {}
+        }
     }
 
     fn has_upgrade(&self) -> bool {
         self.hop_by_hop & (1 << UPGRADE) != 0
     }
 }
-
-/// Upgrade's index in [`HOP_BY_HOP`] (the last).
-const UPGRADE: usize = HOP_BY_HOP.len() - 1;
 
 /// Removes the hop-by-hop fields `present` marks, and those the Connection header names.
 fn strip_present(headers: &mut HeaderMap, present: u16) {
@@ -810,7 +808,7 @@ mod tests {
     /// "Copies"). A change that grows it past that shows here: box the new state.
     #[test]
     fn a_requests_future_fits_the_allocators_small_blocks() {
-        fn returned<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
+        fn returned<A, B, C, D, R>(_: fn(A, B, C, D) -> R) -> usize {
             std::mem::size_of::<R>()
         }
         let size = returned(handle);

@@ -59,6 +59,11 @@ pub const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
+/// Indexes in [`HOP_BY_HOP`] of the fields looked for by name.
+pub const CONNECTION: usize = 0;
+pub const TRANSFER_ENCODING: usize = 7;
+pub const UPGRADE: usize = 8;
+
 /// What the proxy needs to know of a field, by its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Field {
@@ -66,23 +71,33 @@ pub enum Field {
     HopByHop(usize),
     ContentLength,
     Date,
+    Host,
+    Expect,
+    /// X-Forwarded-For, X-Forwarded-Proto or X-Forwarded-Host.
+    Forwarded,
     Other,
 }
 
 /// The kind of field a name (in any case) is. Dispatching on the length first makes most names
 /// cost one comparison of a length; a name of a listed length is compared once.
+#[inline(always)]
 pub fn field(name: &[u8]) -> Field {
     let lower_first = name.first().map(u8::to_ascii_lowercase);
     let (text, field) = match name.len() {
         2 => ("te", Field::HopByHop(5)),
-        4 => ("date", Field::Date),
+        4 if lower_first == Some(b'd') => ("date", Field::Date),
+        4 => ("host", Field::Host),
+        6 => ("expect", Field::Expect),
         7 if lower_first == Some(b't') => ("trailer", Field::HopByHop(6)),
-        7 => ("upgrade", Field::HopByHop(8)),
-        10 if lower_first == Some(b'c') => ("connection", Field::HopByHop(0)),
+        7 => ("upgrade", Field::HopByHop(UPGRADE)),
+        10 if lower_first == Some(b'c') => ("connection", Field::HopByHop(CONNECTION)),
         10 => ("keep-alive", Field::HopByHop(1)),
         14 => ("content-length", Field::ContentLength),
+        15 => ("x-forwarded-for", Field::Forwarded),
+        16 if lower_first == Some(b'x') => ("x-forwarded-host", Field::Forwarded),
         16 => ("proxy-connection", Field::HopByHop(2)),
-        17 => ("transfer-encoding", Field::HopByHop(7)),
+        17 if lower_first == Some(b'x') => ("x-forwarded-proto", Field::Forwarded),
+        17 => ("transfer-encoding", Field::HopByHop(TRANSFER_ENCODING)),
         18 => ("proxy-authenticate", Field::HopByHop(3)),
         19 => ("proxy-authorization", Field::HopByHop(4)),
         _ => return Field::Other,
@@ -152,7 +167,7 @@ impl<'a> Controls<'a> {
     /// Takes in one field, of the kind `field` found for its name.
     pub fn see(&mut self, field: Field, value: &'a [u8]) {
         match field {
-            Field::HopByHop(0) => {
+            Field::HopByHop(CONNECTION) => {
                 for token in value.split(|&b| b == b',') {
                     let token = token.trim_ascii();
                     let close = token.eq_ignore_ascii_case(b"close");
@@ -164,7 +179,7 @@ impl<'a> Controls<'a> {
                     }
                 }
             }
-            Field::HopByHop(7) => self.transfer_encoding = Some(value),
+            Field::HopByHop(TRANSFER_ENCODING) => self.transfer_encoding = Some(value),
             Field::ContentLength => {
                 self.lengths += 1;
                 self.first_length = self.first_length.or(Some(value));
@@ -219,7 +234,7 @@ impl RawHead {
             match kind {
                 Field::HopByHop(_) => continue,
                 Field::Date => date = true,
-                Field::ContentLength | Field::Other => {}
+                _ => {}
             }
             let start = name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
@@ -230,7 +245,7 @@ impl RawHead {
             // Rare: the Connection header names more fields, which stay behind too.
             let named: Vec<&[u8]> = headers
                 .iter()
-                .filter(|h| field(h.name.as_bytes()) == Field::HopByHop(0))
+                .filter(|h| field(h.name.as_bytes()) == Field::HopByHop(CONNECTION))
                 .flat_map(|h| names_other_fields(h.value))
                 .collect();
             spans.retain(|&[start, end, ..]| {
@@ -414,6 +429,9 @@ mod tests {
 
     #[test]
     fn hop_by_hop_lookup_matches_the_table() {
+        assert_eq!(HOP_BY_HOP[CONNECTION], "connection");
+        assert_eq!(HOP_BY_HOP[TRANSFER_ENCODING], "transfer-encoding");
+        assert_eq!(HOP_BY_HOP[UPGRADE], "upgrade");
         for (i, name) in HOP_BY_HOP.iter().enumerate() {
             assert_eq!(hop_by_hop(name.as_bytes()), Some(i), "{name}");
             let upper = name.to_ascii_uppercase();
@@ -421,6 +439,21 @@ mod tests {
         }
         assert_eq!(field(b"Content-Length"), Field::ContentLength);
         assert_eq!(field(b"DATE"), Field::Date);
+        assert_eq!(field(b"Host"), Field::Host);
+        assert_eq!(field(b"hosT"), Field::Host);
+        assert_eq!(field(b"gate"), Field::Other);
+        assert_eq!(field(b"Expect"), Field::Expect);
+        for name in ["X-Forwarded-For", "x-forwarded-proto", "X-FORWARDED-HOST"] {
+            assert_eq!(field(name.as_bytes()), Field::Forwarded, "{name}");
+        }
+        for name in [
+            "X-Forwarded-Fox",
+            "x-forwarded-port",
+            "X-Forwarded-Hosts",
+            "Y-Forwarded-For",
+        ] {
+            assert_eq!(field(name.as_bytes()), Field::Other, "{name}");
+        }
         assert_eq!(field(b"ETag"), Field::Other);
         assert_eq!(field(b"TRANSFER-ENCODING"), Field::HopByHop(7));
         assert_eq!(field(b"content_length"), Field::Other);

@@ -29,8 +29,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::body::{ResponseBody, UpstreamBody};
-use super::forward::{self, Client, Worker};
-use super::head::{self, Spans};
+use super::forward::{self, Client, Scan, Worker};
+use super::head::{self, CONNECTION, Field, Spans, TRANSFER_ENCODING, UPGRADE};
 
 /// Header slots of the parse; a head with more goes to hyper (which answers 431 beyond the
 /// configured limit).
@@ -208,13 +208,19 @@ pub async fn serve(
         };
         let Lean {
             request,
+            scan,
             keep_alive,
         } = request;
         let version = request.version();
         let head_request = request.method() == Method::HEAD;
         // Boxed: inline, the request's future (about 1 KiB) would stay part of every idle
         // connection's task.
-        let mut handled = Box::pin(forward::handle(worker.clone(), client.clone(), request));
+        let mut handled = Box::pin(forward::handle(
+            worker.clone(),
+            client.clone(),
+            request,
+            Some(scan),
+        ));
         // While the member works, the client is watched: if it closes, the request is dropped
         // (and with it the member connection), as nginx does by default and hyper's server
         // does; bytes it sends meanwhile are the next request, kept.
@@ -266,6 +272,8 @@ pub async fn serve(
 /// A request the lean server handles, and whether the client wants the connection kept.
 struct Lean {
     request: Box<Request<UpstreamBody>>,
+    /// What its field names hold that routing looks for.
+    scan: Scan,
     keep_alive: bool,
 }
 
@@ -311,23 +319,23 @@ fn parse(buf: &mut BytesMut, spans: &mut Spans, limits: Limits, buffers: &Buffer
     let path_start = path.as_ptr() as usize - buf.as_ptr() as usize;
     let path_span = path_start..path_start + path.len();
     let (mut close, mut keep_alive_token, mut hosts) = (false, false, 0);
+    // The same pass finds what routing looks for among the names (forward::Scan).
+    let mut scan = Scan::default();
     for h in parsed.headers.iter() {
-        let name = h.name.as_bytes();
-        // Whatever needs more than a head goes to hyper: a body, an upgrade, an expectation.
-        if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"upgrade")
-            || name.eq_ignore_ascii_case(b"expect")
-            || (name.eq_ignore_ascii_case(b"content-length") && h.value != b"0")
-        {
-            return Parsed::Other;
+        let field = head::field(h.name.as_bytes());
+        match field {
+            // Whatever needs more than a head goes to hyper: a body, an upgrade, an expectation.
+            Field::HopByHop(TRANSFER_ENCODING | UPGRADE) | Field::Expect => return Parsed::Other,
+            Field::ContentLength if h.value != b"0" => return Parsed::Other,
+            Field::Host => hosts += 1,
+            Field::HopByHop(CONNECTION) => {
+                let (c, k) = head::connection_tokens(h.value);
+                close |= c;
+                keep_alive_token |= k;
+            }
+            _ => {}
         }
-        if name.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            let (c, k) = head::connection_tokens(h.value);
-            close |= c;
-            keep_alive_token |= k;
-        }
+        scan.see(field);
     }
     if hosts > 1 {
         return Parsed::Other;
@@ -359,6 +367,7 @@ fn parse(buf: &mut BytesMut, spans: &mut Spans, limits: Limits, buffers: &Buffer
     *request.version_mut() = version;
     Parsed::Request(Lean {
         request,
+        scan,
         keep_alive,
     })
 }
@@ -695,6 +704,27 @@ mod tests {
         let mut buf = BytesMut::from(text.as_bytes());
         let parsed = parse(&mut buf, &mut Spans::default(), LIMITS, &Buffers::default());
         (parsed, buf)
+    }
+
+    #[test]
+    fn the_parse_finds_what_routing_would_find_in_the_map() {
+        for text in [
+            "GET / HTTP/1.1\r\nHost: web\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: web\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\n\
+             Keep-Alive: timeout=5\r\nTE: trailers\r\nX-Forwarded-Proto: https\r\n\r\n",
+            "GET / HTTP/1.1\r\nProxy-Connection: close\r\nx-forwarded-host: a\r\n\r\n",
+        ] {
+            let (p, _) = parsed(text);
+            let Parsed::Request(lean) = p else {
+                panic!("a plain GET is ours: {text:?}");
+            };
+            assert_eq!(lean.scan, Scan::of(lean.request.headers()), "{text:?}");
+        }
+        let (p, _) = parsed("GET / HTTP/1.1\r\nX-Forwarded-For: 1\r\nConnection: close\r\n\r\n");
+        let Parsed::Request(lean) = p else {
+            panic!("a plain GET is ours");
+        };
+        assert_ne!(lean.scan, Scan::default());
     }
 
     #[test]

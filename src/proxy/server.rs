@@ -470,6 +470,7 @@ fn hyper_service(
             worker.clone(),
             client.clone(),
             Box::new(req.map(UpstreamBody::new)),
+            None,
         );
         async move {
             let mut response = handled.await?;
