@@ -582,3 +582,60 @@ async fn a_post_on_a_pooled_connection_the_member_closes_unanswered_is_not_sent_
     assert_eq!((post.status, post.text().as_str()), (502, BAD_GATEWAY_TEXT));
     assert_eq!((member.accepts(), member.requests()), (1, 2));
 }
+
+/// A body-less request's field lines reach the member as the client wrote them: names in their
+/// case, repeated fields as separate lines in order, the space after a colon as written; the
+/// hop-by-hop fields and those its Connection header names stay behind; the proxy's
+/// X-Forwarded-* fields come after. A cluster that reads fields to choose a member (hashing
+/// here) gets the same fields, through the header map (names in lower case).
+#[tokio::test]
+async fn request_fields_reach_the_member_as_written_less_the_hop_by_hop_ones() {
+    // The member answers with the head it read.
+    let member = Member::start(|asked: &Asked| {
+        let text = &asked.head.text;
+        reply(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
+                text.len()
+            ),
+            After::KeepOpen,
+        )
+    })
+    .await;
+    let request = b"GET /fields?a=1 HTTP/1.1\r\nHost: web\r\nX-Mixed-Case: One\r\n\
+                    Connection: keep-alive, X-Private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\n\
+                    TE: trailers\r\nProxy-Authorization: Basic eDp5\r\nAccept:  */*  \r\n\
+                    X-Mixed-Case: Two\r\n\r\n";
+    let forwarded = "x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\n\
+                     x-forwarded-host: web\r\n\r\n";
+
+    let proxy = start_proxy(&member);
+    let mut client = Client::connect(proxy.addr).await;
+    for _ in 0..2 {
+        let answer = client.send(request, false).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            answer.text(),
+            format!(
+                "GET /fields?a=1 HTTP/1.1\r\nHost: web\r\nX-Mixed-Case: One\r\nAccept:  */*\r\n\
+                 X-Mixed-Case: Two\r\n{forwarded}"
+            )
+        );
+    }
+
+    let hashed = Proxy::start(&cluster_yaml(
+        &[member.url()],
+        "  lbMethod: hash\n  hash: {key: Header, name: X-Mixed-Case}",
+    ));
+    let mut client = Client::connect(hashed.addr).await;
+    let answer = client.send(request, false).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.text(),
+        format!(
+            "GET /fields?a=1 HTTP/1.1\r\nhost: web\r\nx-mixed-case: One\r\nx-mixed-case: Two\r\n\
+             accept: */*\r\n{forwarded}"
+        )
+    );
+    assert_eq!((member.accepts(), member.requests()), (2, 3));
+}

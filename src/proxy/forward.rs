@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use super::body::{Answer, Lease, ResponseBody, UpstreamBody};
 use super::deadline::Deadline;
 use super::error::ProxyError;
-use super::head::{self, Field, HOP_BY_HOP, UPGRADE, hop_by_hop};
+use super::head::{self, Field, HOP_BY_HOP, RawHead, UPGRADE, hop_by_hop};
 use super::pool::{self, Member, Pool, Sender};
 use super::routes::strip_port;
 use super::snapshot::{Cluster, DataPlane};
@@ -63,8 +63,26 @@ fn forwarded_for(ip: IpAddr) -> HeaderValue {
     HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// One request of a client connection: hyper's service function, and the lean HTTP/1 server's
-/// (see [`lean`](super::lean)), which passes the [`Scan`] of the field names it already made.
+/// A request as its client sent it: hyper's parts and body, and for a request the lean HTTP/1
+/// server parsed (see [`lean`](super::lean)), its head as the client wrote it.
+pub struct ClientRequest {
+    pub req: Request<UpstreamBody>,
+    pub lean: Option<LeanHead>,
+}
+
+/// A head the lean server parsed. Its request's header map stays empty, and its field lines go
+/// to the member as the client wrote them (less the hop-by-hop ones), unless the cluster reads
+/// fields to choose a member or to replay (sticky sessions, hashing, `failOnStatus`) or the
+/// proxy rewrites them (the client's own X-Forwarded-* lines, an absolute-form target): the
+/// map is filled then, and the request goes on as one hyper parsed would.
+pub struct LeanHead {
+    /// The end-to-end fields.
+    pub fields: RawHead,
+    /// What routing looks for among all the field names, found as the head was parsed.
+    pub scan: Scan,
+}
+
+/// One request of a client connection: hyper's service function, and the lean HTTP/1 server's.
 ///
 /// Routing is done here, before the first poll: a request that goes nowhere is answered by a
 /// ready future, and one that goes to members by a future holding only what the exchange
@@ -75,16 +93,15 @@ fn forwarded_for(ip: IpAddr) -> HeaderValue {
 pub fn handle(
     worker: Rc<Worker>,
     client: Rc<Client>,
-    req: Box<Request<UpstreamBody>>,
-    scan: Option<Scan>,
+    req: Box<ClientRequest>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
     if let Some(deadline) = &client.deadline {
         deadline.busy();
     }
     let logged = worker
         .access_log
-        .then(|| (req.method().clone(), req.uri().path().to_owned()));
-    match route(&worker, &client, req, scan) {
+        .then(|| (req.req.method().clone(), req.req.uri().path().to_owned()));
+    match route(&worker, &client, req) {
         Ok(mut routed) => Either::Left(async move {
             let mut response = match forward(&worker, &mut routed, client.deadline.as_deref()).await
             {
@@ -121,7 +138,7 @@ fn answered(
 /// A request on its way to a cluster's members.
 struct Routed {
     cluster: Arc<Cluster>,
-    req: Box<Request<UpstreamBody>>,
+    req: Box<ClientRequest>,
     forwarding: Forwarding,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     affinity: Affinity,
@@ -131,9 +148,9 @@ struct Routed {
 fn route(
     worker: &Worker,
     client: &Client,
-    mut req: Box<Request<UpstreamBody>>,
-    scan: Option<Scan>,
+    mut incoming: Box<ClientRequest>,
 ) -> Result<Routed, ProxyError> {
+    let ClientRequest { req, lean } = &mut *incoming;
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ConnectRefused);
     }
@@ -146,9 +163,13 @@ fn route(
     }
     // RFC 9112 3.2.2: an absolute-form target's authority replaces Host. Either way, it only
     // chooses among our own clusters: the request never goes anywhere but to their members.
-    let host_value = match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => req.headers().get(header::HOST).cloned(),
+    let host_value = match (req.uri().authority(), &lean) {
+        (Some(a), _) => HeaderValue::from_str(a.as_str()).ok(),
+        (None, Some(lean)) => lean
+            .fields
+            .value(Field::Host)
+            .and_then(|v| HeaderValue::from_maybe_shared(v).ok()),
+        (None, None) => req.headers().get(header::HOST).cloned(),
     };
     let host = host_value
         .as_ref()
@@ -168,14 +189,25 @@ fn route(
         }
     };
 
+    let scan = match lean {
+        Some(head) => {
+            let scan = head.scan;
+            let origin_form = req.uri().scheme().is_none() && req.uri().authority().is_none();
+            if cluster.reads_fields() || scan.forwarded || !origin_form {
+                head.fields.fill(req.headers_mut());
+                *lean = None;
+            }
+            scan
+        }
+        None => Scan::of(req.headers()),
+    };
     let affinity = cluster.affinity(req.headers(), req.uri(), client.addr.ip());
-    let scan = scan.unwrap_or_else(|| Scan::of(req.headers()));
-    let upgrade = upgrade_protocol(&req, &scan);
+    let upgrade = upgrade_protocol(req, &scan);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut *req));
-    let forwarding = prepare_request(&mut req, &client.forwarded_for, host_value, upgrade, scan);
+    let forwarding = prepare_request(req, &client.forwarded_for, host_value, upgrade, scan);
     Ok(Routed {
         cluster,
-        req,
+        req: incoming,
         forwarding,
         client_upgrade,
         affinity,
@@ -198,7 +230,8 @@ async fn forward(
         client_upgrade,
         affinity,
     } = routed;
-    let (cluster, affinity, req) = (&*cluster, &*affinity, &mut **req);
+    let ClientRequest { req, lean } = &mut **req;
+    let (cluster, affinity) = (&*cluster, &*affinity);
     let config = &cluster.config;
     let tries = if config.no_failover {
         1
@@ -245,10 +278,14 @@ async fn forward(
         // A request without a body (most of them) takes the lean exchange; one with a body to
         // stream, or an upgrade, goes through hyper's client.
         let sent = if client_upgrade.is_none() && req.body().is_end_stream() {
-            exchange_lean(&key, config, req, forwarding, started, deadline).await
+            let fields = lean.as_ref().map(|head| &head.fields);
+            exchange_lean(&key, config, req, fields, forwarding, started, deadline).await
         } else {
             // hyper's client takes the request, and gives it back when it never left. Boxed:
-            // inline, its state would make every request's future larger.
+            // inline, its state would make every request's future larger. It sends the map.
+            if let Some(head) = lean.take() {
+                head.fields.fill(req.headers_mut());
+            }
             let mut owned = std::mem::replace(req, Request::new(UpstreamBody::empty()));
             forwarding.insert(owned.headers_mut());
             Box::pin(exchange(&key, config, owned, started, deadline)).await
@@ -391,6 +428,7 @@ async fn exchange_lean(
     key: &Member,
     config: &crate::discovery::ClusterConfig,
     req: &Request<UpstreamBody>,
+    fields: Option<&RawHead>,
     forwarding: &Forwarding,
     now: tokio::time::Instant,
     deadline: Option<&Deadline>,
@@ -398,7 +436,7 @@ async fn exchange_lean(
     let timeout = config.response_timeout;
     let mut failed = None;
     if let Some(conn) = key.checkout_lean(config.idle_timeout, now) {
-        let send = std::pin::pin!(conn.send(req, forwarding.fields()));
+        let send = std::pin::pin!(conn.send(req, fields, forwarding.fields()));
         match within(send, now + timeout, deadline).await {
             Some(Ok(response)) => return Ok((None, response.map(Answer::Lean))),
             // The member closed the pooled connection as the request went: not its fault.
@@ -415,7 +453,7 @@ async fn exchange_lean(
         tracing::debug!(member = key.authority(), %cause, "pooled connection closed, sent again on a new one");
     }
     let until = tokio::time::Instant::now() + timeout;
-    let send = std::pin::pin!(conn.send(req, forwarding.fields()));
+    let send = std::pin::pin!(conn.send(req, fields, forwarding.fields()));
     match within(send, until, deadline).await {
         Some(Ok(response)) => Ok((None, response.map(Answer::Lean))),
         Some(Err(e)) => Err(Failure::new(e.cause, e.retry)),
@@ -808,7 +846,7 @@ mod tests {
     /// "Copies"). A change that grows it past that shows here: box the new state.
     #[test]
     fn a_requests_future_fits_the_allocators_small_blocks() {
-        fn returned<A, B, C, D, R>(_: fn(A, B, C, D) -> R) -> usize {
+        fn returned<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
             std::mem::size_of::<R>()
         }
         let size = returned(handle);

@@ -12,38 +12,11 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::net::TcpStream;
 
-/// Where a head's header names and values lie in its buffer, so that once the head is split
-/// off and frozen the values share its bytes (no copy per value, as in hyper). Reused from head
-/// to head.
+/// Where a head's field names and values lie in its buffer (name start and end, value start
+/// and end), so that once the head is split off and frozen they share its bytes (no copy per
+/// value, as in hyper).
 #[derive(Default)]
-pub struct Spans(Vec<[usize; 4]>);
-
-impl Spans {
-    /// Records where the `headers` that `httparse` found in `buf` lie.
-    pub fn record(&mut self, buf: &[u8], headers: &[httparse::Header<'_>]) {
-        let base = buf.as_ptr() as usize;
-        self.0.clear();
-        for h in headers {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            self.0
-                .push([name, name + h.name.len(), value, value + h.value.len()]);
-        }
-    }
-
-    /// Fills `headers`, an empty map (a recycled one keeps its room), with the recorded
-    /// headers over `head`, the frozen bytes they were found in, and room for `extra` more;
-    /// `None` when a name or value is not valid.
-    pub fn fill(&self, head: &Bytes, headers: &mut HeaderMap, extra: usize) -> Option<()> {
-        headers.reserve(self.0.len() + extra);
-        for &[name_start, name_end, start, end] in &self.0 {
-            let name = HeaderName::from_bytes(&head[name_start..name_end]).ok()?;
-            let value = HeaderValue::from_maybe_shared(head.slice(start..end)).ok()?;
-            headers.append(name, value);
-        }
-        Some(())
-    }
-}
+struct Spans(Vec<[usize; 4]>);
 
 /// The fields that describe one connection and are never forwarded (RFC 9110 7.6.1),
 /// Connection first, in lower case.
@@ -309,11 +282,19 @@ impl RawHead {
         out.extend_from_slice(b"\r\n");
     }
 
-    /// The fields as a header map, followed by `extra` (fields the proxy added, such as a
-    /// sticky cookie). A field hyper would not accept (`httparse` lets through nothing of the
-    /// kind today) is left out.
-    pub fn into_map(self, extra: HeaderMap) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(self.spans.0.len() + extra.len());
+    /// The value of the first field of kind `kind` (e.g. [`Field::Host`]), sharing the head.
+    pub fn value(&self, kind: Field) -> Option<Bytes> {
+        self.spans
+            .0
+            .iter()
+            .find(|&&[name_start, name_end, ..]| field(&self.head[name_start..name_end]) == kind)
+            .map(|&[_, _, start, end]| self.head.slice(start..end))
+    }
+
+    /// Appends the fields to `headers`, their values sharing the head. A field hyper would not
+    /// accept (`httparse` lets through nothing of the kind today) is left out.
+    pub fn fill(&self, headers: &mut HeaderMap) {
+        headers.reserve(self.spans.0.len());
         for &[name_start, name_end, start, end] in &self.spans.0 {
             match (
                 HeaderName::from_bytes(&self.head[name_start..name_end]),
@@ -322,9 +303,16 @@ impl RawHead {
                 (Ok(name), Ok(value)) => {
                     headers.append(name, value);
                 }
-                _ => tracing::debug!("left out an answer field hyper does not accept"),
+                _ => tracing::debug!("left out a field hyper does not accept"),
             }
         }
+    }
+
+    /// The fields as a header map, followed by `extra` (fields the proxy added, such as a
+    /// sticky cookie).
+    pub fn into_map(self, extra: HeaderMap) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(self.spans.0.len() + extra.len());
+        self.fill(&mut headers);
         let mut last = None;
         for (name, value) in extra {
             if let Some(name) = name {
@@ -403,28 +391,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn values_share_the_head_and_bad_names_are_refused() {
-        let text = b"GET / HTTP/1.1\r\nHost: web\r\nX-A: 1\r\nX-A: 2\r\n\r\n";
+    fn a_request_heads_fields_fill_a_map_sharing_the_head() {
+        let text = b"GET / HTTP/1.1\r\nHost: web\r\nX-A: 1\r\nConnection: x-b\r\nX-A: 2\r\n\
+                     X-B: 3\r\nTE: trailers\r\n\r\n";
         let mut slots = [httparse::EMPTY_HEADER; 8];
         let mut request = httparse::Request::new(&mut slots);
         request.parse(text).expect("a valid head");
-        let mut spans = Spans::default();
-        spans.record(text, request.headers);
         let head = Bytes::from_static(text);
+        let raw = RawHead::new(text, request.headers).0.of(head.clone());
+        assert_eq!(raw.value(Field::Host).as_deref(), Some(&b"web"[..]));
+        assert_eq!(raw.value(Field::Date), None);
         let mut map = HeaderMap::new();
-        spans.fill(&head, &mut map, 4).expect("valid headers");
+        raw.fill(&mut map);
+        // The end-to-end fields only: not Connection, what it names, or TE.
+        assert_eq!(map.len(), 3);
         assert_eq!(map["host"], "web");
         let all: Vec<_> = map.get_all("x-a").iter().collect();
         assert_eq!(all, ["1", "2"]);
-        assert_eq!(map.len(), 3);
-        assert!(map.capacity() >= 7);
-        // A name that is not a token: refused.
-        let spans = Spans(vec![[0, 3, 4, 5]]);
-        assert!(
-            spans
-                .fill(&Bytes::from_static(b"a b:c"), &mut HeaderMap::new(), 0)
-                .is_none()
-        );
+        // The values are the head's own bytes, not copies.
+        let inside = head.as_ptr_range();
+        assert!(inside.contains(&map["host"].as_bytes().as_ptr()));
+        // A name that is not a token is left out.
+        let odd = RawHead {
+            head: Bytes::from_static(b"a b:c"),
+            spans: Spans(vec![[0, 3, 4, 5]]),
+            date: false,
+            length: false,
+        };
+        let mut map = HeaderMap::new();
+        odd.fill(&mut map);
+        assert!(map.is_empty());
     }
 
     #[test]

@@ -29,8 +29,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::body::{ResponseBody, UpstreamBody};
-use super::forward::{self, Client, Scan, Worker};
-use super::head::{self, CONNECTION, Field, Spans, TRANSFER_ENCODING, UPGRADE};
+use super::forward::{self, Client, ClientRequest, LeanHead, Scan, Worker};
+use super::head::{self, CONNECTION, Field, RawHead, TRANSFER_ENCODING, UPGRADE};
 
 /// Header slots of the parse; a head with more goes to hyper (which answers 431 beyond the
 /// configured limit).
@@ -61,7 +61,7 @@ pub struct Buffers {
         clippy::vec_box,
         reason = "the boxes themselves are what is kept spare"
     )]
-    requests: RefCell<Vec<Box<Request<UpstreamBody>>>>,
+    requests: RefCell<Vec<Box<ClientRequest>>>,
 }
 
 impl Buffers {
@@ -97,28 +97,33 @@ impl Buffers {
         }
     }
 
-    /// A spare request (empty: no fields, no extensions, an empty body), or a new one.
-    fn take_request(&self) -> Box<Request<UpstreamBody>> {
-        self.requests
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Box::new(Request::new(UpstreamBody::empty())))
+    /// A spare request (empty: no fields, no extensions, an empty body, no head), or a new
+    /// one.
+    fn take_request(&self) -> Box<ClientRequest> {
+        self.requests.borrow_mut().pop().unwrap_or_else(|| {
+            Box::new(ClientRequest {
+                req: Request::new(UpstreamBody::empty()),
+                lean: None,
+            })
+        })
     }
 
     /// Keeps a finished request's box and its header map's room for the next request to be
     /// parsed into, emptied: nothing in it holds on to the head it was parsed from (so that the
     /// read buffer can be reclaimed) or to a member's counters.
-    pub fn put_request(&self, mut request: Box<Request<UpstreamBody>>) {
-        if request.headers().capacity() > SPARE_FIELDS_LIMIT {
+    pub fn put_request(&self, mut request: Box<ClientRequest>) {
+        if request.req.headers().capacity() > SPARE_FIELDS_LIMIT {
             return;
         }
         let mut spare = self.requests.borrow_mut();
         if spare.len() < SPARE {
-            request.headers_mut().clear();
-            request.extensions_mut().clear();
-            *request.method_mut() = Method::GET;
-            *request.uri_mut() = Uri::default();
-            *request.body_mut() = UpstreamBody::empty();
+            let req = &mut request.req;
+            req.headers_mut().clear();
+            req.extensions_mut().clear();
+            *req.method_mut() = Method::GET;
+            *req.uri_mut() = Uri::default();
+            *req.body_mut() = UpstreamBody::empty();
+            request.lean = None;
             spare.push(request);
         }
     }
@@ -160,7 +165,6 @@ pub async fn serve(
     limits: Limits,
 ) -> io::Result<Ended> {
     let mut buf = BytesMut::new();
-    let mut spans = Spans::default();
     loop {
         // How much of `buf` is known to end no head: a head can only end with a line feed, so
         // a head trickling in is parsed again only when a line has ended (not once per read).
@@ -171,7 +175,7 @@ pub async fn serve(
             if !buf.is_empty() {
                 let line_ended = checked == 0 || buf[checked..].contains(&b'\n');
                 if line_ended || buf.len() >= limits.max_head_bytes {
-                    match parse(&mut buf, &mut spans, limits, &worker.buffers) {
+                    match parse(&mut buf, limits, &worker.buffers) {
                         Parsed::Request(request) => break request,
                         Parsed::Partial => {}
                         Parsed::Other => return Ok(Ended::HandOff(stream, buf.freeze())),
@@ -208,19 +212,13 @@ pub async fn serve(
         };
         let Lean {
             request,
-            scan,
             keep_alive,
         } = request;
-        let version = request.version();
-        let head_request = request.method() == Method::HEAD;
+        let version = request.req.version();
+        let head_request = request.req.method() == Method::HEAD;
         // Boxed: inline, the request's future (about 1 KiB) would stay part of every idle
         // connection's task.
-        let mut handled = Box::pin(forward::handle(
-            worker.clone(),
-            client.clone(),
-            request,
-            Some(scan),
-        ));
+        let mut handled = Box::pin(forward::handle(worker.clone(), client.clone(), request));
         // While the member works, the client is watched: if it closes, the request is dropped
         // (and with it the member connection), as nginx does by default and hyper's server
         // does; bytes it sends meanwhile are the next request, kept.
@@ -271,9 +269,7 @@ pub async fn serve(
 
 /// A request the lean server handles, and whether the client wants the connection kept.
 struct Lean {
-    request: Box<Request<UpstreamBody>>,
-    /// What its field names hold that routing looks for.
-    scan: Scan,
+    request: Box<ClientRequest>,
     keep_alive: bool,
 }
 
@@ -285,8 +281,9 @@ enum Parsed {
 }
 
 /// Parses the head at the start of `buf` into a spare request of `buffers`. On success the head
-/// is split off `buf`, and the request's URI and header values share its bytes.
-fn parse(buf: &mut BytesMut, spans: &mut Spans, limits: Limits, buffers: &Buffers) -> Parsed {
+/// is split off `buf`, and the request's URI and fields share its bytes: the fields are kept as
+/// the client wrote them ([`LeanHead`]), not put in the header map.
+fn parse(buf: &mut BytesMut, limits: Limits, buffers: &Buffers) -> Parsed {
     let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
         [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let slots = &mut slots[..limits.max_headers.min(MAX_HEADERS)];
@@ -340,34 +337,30 @@ fn parse(buf: &mut BytesMut, spans: &mut Spans, limits: Limits, buffers: &Buffer
     if hosts > 1 {
         return Parsed::Other;
     }
-    spans.record(buf, parsed.headers);
+    let (fields, _) = RawHead::new(buf, parsed.headers);
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
     let head = buf.split_to(head_len).freeze();
-    // Boxed: the request passes through several hands (the connection, routing, the exchange)
-    // and a pointer is cheaper to move than the request (docs/benchmarks.md, "Copies"). A spare
-    // one keeps its header map's room: no allocation for either.
-    let mut request = buffers.take_request();
-    // Room for the one field the request can gain in its map (Host, for an absolute-form
-    // target): the forwarding fields are written as the head goes out, not put in the map.
-    let filled = Uri::from_maybe_shared(head.slice(path_span))
-        .ok()
-        .and_then(|uri| {
-            *request.uri_mut() = uri;
-            spans.fill(&head, request.headers_mut(), 1)
-        });
-    if filled.is_none() {
-        // A target or header hyper answers with 400: give it back the whole head.
-        buffers.put_request(request);
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(path_span)) else {
+        // A target hyper answers with 400: give it back the whole head.
         let mut whole = BytesMut::from(&head[..]);
         whole.extend_from_slice(buf);
         *buf = whole;
         return Parsed::Other;
-    }
-    *request.method_mut() = method;
-    *request.version_mut() = version;
+    };
+    // Boxed: the request passes through several hands (the connection, routing, the exchange)
+    // and a pointer is cheaper to move than the request (docs/benchmarks.md, "Copies"). A spare
+    // one keeps its header map's room: no allocation for either.
+    let mut request = buffers.take_request();
+    let req = &mut request.req;
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    request.lean = Some(LeanHead {
+        fields: fields.of(head),
+        scan,
+    });
     Parsed::Request(Lean {
         request,
-        scan,
         keep_alive,
     })
 }
@@ -702,8 +695,32 @@ mod tests {
 
     fn parsed(text: &str) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(text.as_bytes());
-        let parsed = parse(&mut buf, &mut Spans::default(), LIMITS, &Buffers::default());
+        let parsed = parse(&mut buf, LIMITS, &Buffers::default());
         (parsed, buf)
+    }
+
+    /// The end-to-end fields the lean server kept of a request, as a map.
+    fn kept(lean: &Lean) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        if let Some(head) = &lean.request.lean {
+            head.fields.fill(&mut map);
+        }
+        map
+    }
+
+    /// Every field of a head, as hyper's server would put them in the map.
+    fn all_fields(text: &str) -> http::HeaderMap {
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut request = httparse::Request::new(&mut slots);
+        request.parse(text.as_bytes()).expect("a valid head");
+        let mut map = http::HeaderMap::new();
+        for h in request.headers.iter() {
+            map.append(
+                http::HeaderName::from_bytes(h.name.as_bytes()).expect("a name"),
+                http::HeaderValue::from_bytes(h.value).expect("a value"),
+            );
+        }
+        map
     }
 
     #[test]
@@ -718,28 +735,38 @@ mod tests {
             let Parsed::Request(lean) = p else {
                 panic!("a plain GET is ours: {text:?}");
             };
-            assert_eq!(lean.scan, Scan::of(lean.request.headers()), "{text:?}");
+            let head = lean.request.lean.as_ref().expect("the head as written");
+            assert_eq!(head.scan, Scan::of(&all_fields(text)), "{text:?}");
+            assert!(lean.request.req.headers().is_empty(), "{text:?}");
         }
-        let (p, _) = parsed("GET / HTTP/1.1\r\nX-Forwarded-For: 1\r\nConnection: close\r\n\r\n");
-        let Parsed::Request(lean) = p else {
+        let text = "GET / HTTP/1.1\r\nX-Forwarded-For: 1\r\nConnection: close\r\n\r\n";
+        let Parsed::Request(lean) = parsed(text).0 else {
             panic!("a plain GET is ours");
         };
-        assert_ne!(lean.scan, Scan::default());
+        let head = lean.request.lean.as_ref().expect("the head as written");
+        assert_ne!(head.scan, Scan::default());
+        // The fields kept are the end-to-end ones: Connection stays behind.
+        assert_eq!(kept(&lean).len(), 1);
+        assert_eq!(kept(&lean)["x-forwarded-for"], "1");
     }
 
     #[test]
     fn a_finished_request_is_parsed_into_again_holding_nothing_of_its_head() {
         let buffers = Buffers::default();
-        let mut spans = Spans::default();
         let mut buf = buffers.take_read();
         buf.reserve(READ_SIZE);
         buf.extend_from_slice(b"PURGE /old HTTP/1.1\r\nHost: web\r\nX-A: 1\r\nX-B: 2\r\n\r\n");
-        let Parsed::Request(first) = parse(&mut buf, &mut spans, LIMITS, &buffers) else {
+        let Parsed::Request(first) = parse(&mut buf, LIMITS, &buffers) else {
             panic!("a head without a body is ours");
         };
         let mut first = first.request;
-        first.extensions_mut().insert(7u8);
-        let at = std::ptr::from_ref::<Request<UpstreamBody>>(&first);
+        first.req.extensions_mut().insert(7u8);
+        // As routing does for a cluster that reads fields: the map is filled.
+        if let Some(head) = first.lean.take() {
+            head.fields.fill(first.req.headers_mut());
+        }
+        assert_eq!(first.req.headers().len(), 3);
+        let at = std::ptr::from_ref::<ClientRequest>(&first);
         buffers.put_request(first);
         assert_eq!(buffers.spare(), (0, 0, 1));
         // Nothing of the first head is held any more: its read buffer is kept spare.
@@ -748,30 +775,37 @@ mod tests {
 
         let mut buf = buffers.take_read();
         buf.extend_from_slice(b"GET /new HTTP/1.0\r\nHost: app\r\n\r\n");
-        let Parsed::Request(second) = parse(&mut buf, &mut spans, LIMITS, &buffers) else {
+        let Parsed::Request(second) = parse(&mut buf, LIMITS, &buffers) else {
             panic!("a head without a body is ours");
         };
+        let map = kept(&second);
         let second = second.request;
         assert_eq!(
-            std::ptr::from_ref::<Request<UpstreamBody>>(&second),
+            std::ptr::from_ref::<ClientRequest>(&second),
             at,
             "the same box"
         );
         assert_eq!(buffers.spare(), (0, 0, 0));
-        assert_eq!(second.method(), Method::GET);
-        assert_eq!(second.uri(), "/new");
-        assert_eq!(second.version(), Version::HTTP_10);
-        assert_eq!(second.headers().len(), 1);
-        assert_eq!(second.headers()["host"], "app");
-        assert!(second.extensions().get::<u8>().is_none());
+        let req = &second.req;
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri(), "/new");
+        assert_eq!(req.version(), Version::HTTP_10);
+        assert!(req.headers().is_empty(), "the old fields are gone");
+        assert!(req.headers().capacity() >= 3, "the map's room is kept");
+        assert!(req.extensions().get::<u8>().is_none());
+        assert_eq!(map.len(), 1);
+        assert_eq!(map["host"], "app");
 
         // A request whose map grew large is let go; never more than SPARE are kept.
         let mut large = buffers.take_request();
-        large.headers_mut().reserve(SPARE_FIELDS_LIMIT + 1);
+        large.req.headers_mut().reserve(SPARE_FIELDS_LIMIT + 1);
         buffers.put_request(large);
         assert_eq!(buffers.spare(), (0, 0, 0));
         for _ in 0..SPARE + 3 {
-            buffers.put_request(Box::new(Request::new(UpstreamBody::empty())));
+            buffers.put_request(Box::new(ClientRequest {
+                req: Request::new(UpstreamBody::empty()),
+                lean: None,
+            }));
         }
         assert_eq!(buffers.spare(), (0, 0, SPARE));
     }
@@ -783,17 +817,17 @@ mod tests {
             panic!("a plain GET is handled by the lean server");
         };
         assert!(lean.keep_alive);
-        assert_eq!(lean.request.method(), Method::GET);
-        assert_eq!(lean.request.uri(), "/a?b=c");
-        assert_eq!(lean.request.headers()["host"], "web");
-        assert_eq!(lean.request.headers()["x-a"], "1");
+        assert_eq!(lean.request.req.method(), Method::GET);
+        assert_eq!(lean.request.req.uri(), "/a?b=c");
+        assert_eq!(kept(&lean)["host"], "web");
+        assert_eq!(kept(&lean)["x-a"], "1");
         assert_eq!(&rest[..], b"GET /next");
     }
 
     #[test]
     fn asterisk_and_absolute_targets_are_ours_too() {
         let target = |text: &str| match parsed(text).0 {
-            Parsed::Request(lean) => lean.request.uri().clone(),
+            Parsed::Request(lean) => lean.request.req.uri().clone(),
             _ => panic!("{text:?} is handled by the lean server"),
         };
         let star = target("OPTIONS * HTTP/1.1\r\nHost: web\r\n\r\n");

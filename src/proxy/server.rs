@@ -469,8 +469,10 @@ fn hyper_service(
         let handled = forward::handle(
             worker.clone(),
             client.clone(),
-            Box::new(req.map(UpstreamBody::new)),
-            None,
+            Box::new(forward::ClientRequest {
+                req: req.map(UpstreamBody::new),
+                lean: None,
+            }),
         );
         async move {
             let mut response = handled.await?;

@@ -27,6 +27,14 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Whether the cluster reads a request's fields: to choose its member (sticky sessions,
+    /// hashing) or to send it again (`failOnStatus`).
+    pub fn reads_fields(&self) -> bool {
+        self.config.policy.sticky.is_some()
+            || self.config.lb_method == LbMethod::Hash
+            || !self.config.fail_on_status.is_empty()
+    }
+
     /// What the request brings to the choice of its member: its sticky route and hash key.
     pub fn affinity(&self, headers: &http::HeaderMap, uri: &http::Uri, client: IpAddr) -> Affinity {
         let policy = &self.config.policy;

@@ -141,13 +141,14 @@ impl Conn {
     pub async fn send<'a, B>(
         mut self,
         req: &Request<B>,
+        fields: Option<&RawHead>,
         added: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     ) -> Result<Response<AnswerBody>, ExchangeError> {
         let reused = self.reused;
         // A request that changes nothing can be sent again when a reused connection turns
         // out closed before a byte of the answer (the member closed it as we sent).
         let retry_on_close = reused && idempotent(req.method());
-        self.encode(req, added);
+        self.encode(req, fields, added);
         let state = &mut *self.0;
         if let Err(e) = state.io.write_all(&state.out).await {
             // A member cannot act on a head it did not receive whole.
@@ -156,9 +157,13 @@ impl Conn {
         self.read_head(req.method(), retry_on_close).await
     }
 
+    /// Writes the request head: the request line, the client's field lines as it wrote them
+    /// (`fields`, for a request whose map the lean server left empty) or the map's, then
+    /// `added`.
     fn encode<'a, B>(
         &mut self,
         req: &Request<B>,
+        fields: Option<&RawHead>,
         added: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     ) {
         let out = &mut self.out;
@@ -168,6 +173,9 @@ impl Conn {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
+        if let Some(fields) = fields {
+            fields.write_fields(out);
+        }
         for (name, value) in req.headers() {
             head::push_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
