@@ -272,7 +272,9 @@ async fn forward(
         let stats = &cluster.balancer.members()[index].stats;
         stats.elected.fetch_add(1, Relaxed);
         let mut lease = Lease::new(stats.clone());
-        req.body_mut().count_for(stats.clone());
+        if !req.body().is_end_stream() {
+            req.body_mut().count_for(stats.clone());
+        }
         let key = worker.pool.member(&member.authority);
 
         // A request without a body (most of them) takes the lean exchange; one with a body to
