@@ -9,7 +9,8 @@
 #                                # for perf stat counts. perf and syscalls take RATE=5000 for
 #                                # the latency run's fixed-rate load instead of wrk's
 #   bench/profile.sh latency     # the fixed-rate latency run alone, ROUNDS times
-#   bench/profile.sh cpu         # user and system CPU per request under wrk, ROUNDS times
+#   bench/profile.sh cpu         # user and system CPU per request under wrk, ROUNDS times,
+#                                # then each thread's ticks
 #   bench/profile.sh segments    # TCP segments per request (nstat, machine-wide)
 #   bench/profile.sh copies      # every memcpy/memmove per request, by size and calling line
 #                                # (uprobes on glibc's copy routine; bench/copies.py sums them)
@@ -207,6 +208,10 @@ cpu)
         hz=$(getconf CLK_TCK)
         awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v n="$n" -v hz="$hz" \
             'BEGIN { printf "requests=%d user_us=%.2f system_us=%.2f total_us=%.2f\n", n, u / hz / n * 1e6, s / hz / n * 1e6, (u + s) / hz / n * 1e6 }'
+    done
+    # Where the process's time went, thread by thread, since it started (clock ticks).
+    for task in /proc/"$KB"/task/*; do
+        awk '{ sub(/^[0-9]+ \(/, ""); split($0, f, /\) /); split(f[2], v, " "); printf "thread=%s user_ticks=%d system_ticks=%d\n", f[1], v[12], v[13] }' "$task/stat"
     done
     ;;
 latency)
