@@ -353,8 +353,13 @@ run_test() {
 start backends "$LOAD_CPU" nginx -c "$RUN/backends.nginx.conf" -e "$RUN/backends-error.log"
 wait_port "$BACKEND_A_PORT" && wait_port "$BACKEND_B_PORT" || die "the backends did not start: $(cat "$RUN/backends.out")"
 
+# Each round starts one balancer further down the list, so that none always runs right after
+# the same one (what the previous balancer leaves behind, such as 10,000 closed idle
+# connections, weighs on the next one's figures).
+read -r -a ORDER <<<"$BALANCERS"
 for ROUND in $(seq "$ROUNDS"); do
-    for LB in $BALANCERS; do
+    shift_by=$(((ROUND - 1) % ${#ORDER[@]}))
+    for LB in "${ORDER[@]:shift_by}" "${ORDER[@]:0:shift_by}"; do
         say "round $ROUND: $LB"
         start_balancer "$LB"
         LBPID=$STARTED
