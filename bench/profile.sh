@@ -6,7 +6,7 @@
 #   bench/profile.sh perf        # perf record (cpu-clock), top symbols, user/kernel split;
 #                                # CALLERS=symbol for who calls that symbol (dwarf call graphs)
 #   bench/profile.sh syscalls    # system calls per request, by call (perf trace -s); STAT=1
-#                                # for perf stat counts. perf and syscalls take RATE=5000 for
+#                                # for perf stat counts, SYSCALL=write for who calls write. perf and syscalls take RATE=5000 for
 #                                # the latency run's fixed-rate load instead of wrk's
 #   bench/profile.sh latency     # the fixed-rate latency run alone, ROUNDS times
 #   bench/profile.sh cpu         # user and system CPU per request under wrk, ROUNDS times,
@@ -15,6 +15,7 @@
 #   bench/profile.sh copies      # every memcpy/memmove per request, by size and calling line
 #                                # (uprobes on glibc's copy routine; bench/copies.py sums them)
 #   FLOOR=1 bench/profile.sh ... # the same for bench/floor, the least a tokio proxy can do
+#   CLOSE=1 bench/profile.sh perf|syscalls  # a new connection per request
 #
 # KB_BIN=path profiles that binary instead of building this tree. Every load run is bounded.
 set -euo pipefail
@@ -86,11 +87,15 @@ load() {
     if [ -n "${RATE:-}" ]; then
         taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) "$LOADGEN" rate "127.0.0.1:$PORT" / "$RATE" $((DURATION + 2)) 32 >"$RUN/wrk.out" &
     else
-        taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d$((DURATION + 2))s "http://127.0.0.1:$PORT/" >"$RUN/wrk.out" &
+        taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d$((DURATION + 2))s "${WRK_CLOSE[@]}" "http://127.0.0.1:$PORT/" >"$RUN/wrk.out" &
     fi
     WRK=$!
     PIDS+=("$WRK")
 }
+
+# CLOSE=1: a new connection per request (wrk sends Connection: close), as run.sh's "close".
+WRK_CLOSE=()
+[ -n "${CLOSE:-}" ] && WRK_CLOSE=(-H "Connection: close")
 
 KB_ARGS=(standalone -f "$RUN/kb.yaml" --workers 1 --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --shutdown-grace 1s)
 [ -n "${FLOOR:-}" ] && KB_ARGS=("127.0.0.1:$PORT" "127.0.0.1:$A" "127.0.0.1:$B")
@@ -150,6 +155,11 @@ syscalls)
     sleep 1
     if [ -n "${STAT:-}" ]; then
         perf stat -e task-clock,context-switches,page-faults,raw_syscalls:sys_enter -p "$KB" -o "$RUN/trace.out" -- sleep "$DURATION" 2>/dev/null || true
+    elif [ -n "${SYSCALL:-}" ]; then
+        # Who makes the system call SYSCALL names (e.g. write): its callers, from dwarf stacks.
+        perf record -q -e "syscalls:sys_enter_$SYSCALL" --call-graph dwarf,16384 -p "$KB" -o "$RUN/perf.data" -- sleep 2 2>/dev/null || true
+        perf report -i "$RUN/perf.data" --no-children -g caller,0.5,callee --stdio 2>/dev/null |
+            grep -E '[0-9]+\.[0-9]+%|--' | head -n "${TOP:-40}" >"$RUN/trace.out"
     else
         timeout $((DURATION + 10)) perf trace -s -p "$KB" -o "$RUN/trace.out" -- sleep "$DURATION" 2>/dev/null || true
     fi
