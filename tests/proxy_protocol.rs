@@ -698,6 +698,38 @@ async fn a_client_that_stalls_inside_the_http2_preface_is_disconnected() {
     assert_eq!(ended.expect("a clean close"), b"");
 }
 
+/// The preface in two writes, the second after a pause: the server waits for the rest (the
+/// first part even holds a whole line, "PRI * HTTP/2.0"), then speaks HTTP/2: its first frame
+/// is its SETTINGS.
+#[tokio::test]
+async fn an_http2_preface_that_arrives_in_two_parts_is_served_as_http2() {
+    use tokio::io::AsyncReadExt;
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&cluster_yaml(&[a.url()], ""));
+
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(b"PRI * HTTP/2.0\r\n").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The rest of the preface, then an empty SETTINGS frame of our own.
+    conn.send(b"\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await;
+    let mut frame_head = [0u8; 9];
+    within(
+        "the server's first HTTP/2 frame",
+        LIMIT,
+        conn.stream.read_exact(&mut frame_head),
+    )
+    .await
+    .expect("nine bytes of a frame header");
+    assert_eq!(frame_head[3], 0x04, "a SETTINGS frame: {frame_head:?}");
+    assert_eq!(frame_head[4], 0x00, "not an ACK: {frame_head:?}");
+    assert_eq!(
+        &frame_head[5..],
+        [0, 0, 0, 0],
+        "on stream 0: {frame_head:?}"
+    );
+}
+
 // --- 6. Not an open proxy --------------------------------------------------------------------
 
 #[tokio::test]

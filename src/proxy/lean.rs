@@ -41,6 +41,9 @@ const READ_SIZE: usize = 8 * 1024;
 /// written as they are, together with what is pending (one `writev`).
 const COPY_LIMIT: usize = 4 * 1024;
 
+/// What an HTTP/2 client with prior knowledge opens its connection with (RFC 9113 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// The most spare buffers of each kind a worker keeps.
 const SPARE: usize = 64;
 /// An answer's buffer larger than this is let go rather than kept spare.
@@ -145,6 +148,9 @@ pub enum Ended {
     Closed,
     /// A request it does not handle: hyper's server takes the connection, these bytes first.
     HandOff(TcpStream, Bytes),
+    /// The connection opened with HTTP/2's preface (cleartext, prior knowledge): hyper's HTTP/2
+    /// server takes it, these bytes first.
+    Http2(TcpStream, Bytes),
 }
 
 /// The limits hyper's server is configured with, so that the hand-off is never needed to
@@ -165,6 +171,8 @@ pub async fn serve(
     limits: Limits,
 ) -> io::Result<Ended> {
     let mut buf = BytesMut::new();
+    // Until the first bytes tell otherwise, the connection may be opening with HTTP/2's preface.
+    let mut sniffing = true;
     loop {
         // How much of `buf` is known to end no head: a head can only end with a line feed, so
         // a head trickling in is parsed again only when a line has ended (not once per read).
@@ -173,8 +181,21 @@ pub async fn serve(
         // A whole request head, or a reason to stop.
         let request = loop {
             if !buf.is_empty() {
+                let mut preface = false;
+                if sniffing {
+                    let n = buf.len().min(HTTP2_PREFACE.len());
+                    if buf[..n] == HTTP2_PREFACE[..n] {
+                        if n == HTTP2_PREFACE.len() {
+                            return Ok(Ended::Http2(stream, buf.freeze()));
+                        }
+                        // Part of the preface: wait for the rest, under the head timer.
+                        preface = true;
+                    } else {
+                        sniffing = false;
+                    }
+                }
                 let line_ended = checked == 0 || buf[checked..].contains(&b'\n');
-                if line_ended || buf.len() >= limits.max_head_bytes {
+                if !preface && (line_ended || buf.len() >= limits.max_head_bytes) {
                     match parse(&mut buf, limits, &worker.buffers) {
                         Parsed::Request(request) => break request,
                         Parsed::Partial => {}

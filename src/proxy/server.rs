@@ -371,21 +371,14 @@ async fn accept_loop(
     Ok(())
 }
 
-/// hyper's server builders, one per protocol: [`first_bytes_arrive`] has already told them
-/// apart, so a connection goes straight to its own (no second sniffing read, no rewinding
-/// reader in front of every read, as hyper-util's auto builder would add).
+/// hyper's server builders, one per protocol: the lean server's first read has already told
+/// them apart, so a connection goes straight to its own (no sniffing read of its own, no
+/// rewinding reader in front of every read, as hyper-util's auto builder would add).
 struct Builders {
     http1: http1::Builder,
     http2: http2::Builder<LocalExec>,
     /// hyper's HTTP/1 limits, for the lean server in front of it.
     limits: lean::Limits,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum HttpVersion {
-    Http1,
-    /// Cleartext HTTP/2 with prior knowledge: the connection opens with the preface.
-    Http2,
 }
 
 async fn serve(
@@ -400,38 +393,31 @@ async fn serve(
     // TCP_NODELAY is already on: Linux copies it from the listening socket (see `bind`), so
     // setting it again would cost a syscall per connection.
     debug_assert!(stream.nodelay().unwrap_or(true), "TCP_NODELAY is inherited");
-    // hyper's header-read timer starts only once the protocol is known; until then a silent
-    // client would hold the connection forever.
-    let Some(protocol) = first_bytes_arrive(&stream, header_read_timeout).await else {
-        tracing::debug!(client = %peer, "closed: nothing sent within the header-read timeout");
-        return;
-    };
-    match protocol {
-        HttpVersion::Http1 => {
-            let deadline = Rc::new(Deadline::new(header_read_timeout, Instant::now()));
-            let client = Rc::new(forward::Client::new(peer, Some(deadline.clone())));
-            // The lean server first; hyper's takes over at the first request it does not handle.
-            let closing = Rc::new(Cell::new(false));
-            // Boxed: `drive` would otherwise hold its state twice (as its argument, then
-            // pinned), in every connection's task.
-            let lean = Box::pin(lean::serve(
-                stream,
-                worker.clone(),
-                client.clone(),
-                closing.clone(),
-                builders.limits,
-            ));
-            let ended = drive(
-                lean,
-                |_| closing.set(true),
-                Some(deadline.clone()),
-                stopping.clone(),
-                peer,
-            )
-            .await;
-            let Some(lean::Ended::HandOff(stream, read)) = ended else {
-                return;
-            };
+    // The lean server reads first, under the header-read timer: a client that opens with
+    // HTTP/2's preface is handed to hyper's HTTP/2 server, one that sends anything else than a
+    // plain head to hyper's HTTP/1 server. No sniffing read, no timer of its own.
+    let deadline = Rc::new(Deadline::new(header_read_timeout, Instant::now()));
+    let client = Rc::new(forward::Client::new(peer, Some(deadline.clone())));
+    let closing = Rc::new(Cell::new(false));
+    // Boxed: `drive` would otherwise hold its state twice (as its argument, then pinned), in
+    // every connection's task.
+    let lean = Box::pin(lean::serve(
+        stream,
+        worker.clone(),
+        client.clone(),
+        closing.clone(),
+        builders.limits,
+    ));
+    let ended = drive(
+        lean,
+        |_| closing.set(true),
+        Some(deadline.clone()),
+        stopping.clone(),
+        peer,
+    )
+    .await;
+    match ended {
+        Some(lean::Ended::HandOff(stream, read)) => {
             let io = TokioIo::new(lean::Prefixed::new(stream, read));
             let service = hyper_service(worker, client);
             let conn = builders.http1.serve_connection(io, service).with_upgrades();
@@ -445,14 +431,15 @@ async fn serve(
             ))
             .await;
         }
-        HttpVersion::Http2 => {
-            let io = TokioIo::new(stream);
+        Some(lean::Ended::Http2(stream, read)) => {
+            let io = TokioIo::new(lean::Prefixed::new(stream, read));
             let client = Rc::new(forward::Client::new(peer, None));
             let service = hyper_service(worker, client);
             let conn = builders.http2.serve_connection(io, service);
             // Boxed, so that HTTP/1 connections' tasks do not carry HTTP/2's state.
             Box::pin(drive(conn, |c| c.graceful_shutdown(), None, stopping, peer)).await;
         }
+        Some(lean::Ended::Closed) | None => {}
     }
 }
 
@@ -550,38 +537,6 @@ where
             None
         }
     }
-}
-
-/// Waits until the client has sent enough to tell HTTP/1 from the HTTP/2 preface, within `limit`.
-/// None when the client closed or stayed silent.
-async fn first_bytes_arrive(
-    stream: &tokio::net::TcpStream,
-    limit: Duration,
-) -> Option<HttpVersion> {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let sniff = async {
-        let mut buf = [0u8; PREFACE.len()];
-        loop {
-            match stream.peek(&mut buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) if n >= PREFACE.len() && buf[..] == *PREFACE => {
-                    return Some(HttpVersion::Http2);
-                }
-                Ok(n) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => {
-                    return Some(HttpVersion::Http1);
-                }
-                // A partial preface: peek returns at once while no more has come, so pause.
-                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
-    };
-    let arrived = tokio::time::timeout(limit, sniff).await.unwrap_or(None);
-    if arrived.is_none() {
-        // Read what little was sent, so that closing ends the connection cleanly (FIN, not RST).
-        let mut sink = [0u8; PREFACE.len()];
-        while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
-    }
-    arrived
 }
 
 #[cfg(test)]
