@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use bytes::Bytes;
 use futures_util::future::Either;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -78,6 +79,9 @@ pub struct ClientRequest {
 pub struct LeanHead {
     /// The end-to-end fields.
     pub fields: RawHead,
+    /// The Host value, found among all the fields (as hyper's path reads it from the whole
+    /// map before the hop-by-hop fields are taken out).
+    pub host: Option<Bytes>,
     /// What routing looks for among all the field names, found as the head was parsed.
     pub scan: Scan,
 }
@@ -163,11 +167,11 @@ fn route(
     }
     // RFC 9112 3.2.2: an absolute-form target's authority replaces Host. Either way, it only
     // chooses among our own clusters: the request never goes anywhere but to their members.
-    let host_value = match (req.uri().authority(), &lean) {
+    let host_value = match (req.uri().authority(), lean.as_mut()) {
         (Some(a), _) => HeaderValue::from_str(a.as_str()).ok(),
         (None, Some(lean)) => lean
-            .fields
-            .value(Field::Host)
+            .host
+            .take()
             .and_then(|v| HeaderValue::from_maybe_shared(v).ok()),
         (None, None) => req.headers().get(header::HOST).cloned(),
     };

@@ -283,6 +283,7 @@ impl RawHead {
     }
 
     /// The value of the first field of kind `kind` (e.g. [`Field::Host`]), sharing the head.
+    #[cfg(test)]
     pub fn value(&self, kind: Field) -> Option<Bytes> {
         self.spans
             .0

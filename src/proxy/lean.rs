@@ -337,6 +337,7 @@ fn parse(buf: &mut BytesMut, limits: Limits, buffers: &Buffers) -> Parsed {
     let path_start = path.as_ptr() as usize - buf.as_ptr() as usize;
     let path_span = path_start..path_start + path.len();
     let (mut close, mut keep_alive_token, mut hosts) = (false, false, 0);
+    let mut host = None;
     // The same pass finds what routing looks for among the names (forward::Scan).
     let mut scan = Scan::default();
     for h in parsed.headers.iter() {
@@ -345,7 +346,11 @@ fn parse(buf: &mut BytesMut, limits: Limits, buffers: &Buffers) -> Parsed {
             // Whatever needs more than a head goes to hyper: a body, an upgrade, an expectation.
             Field::HopByHop(TRANSFER_ENCODING | UPGRADE) | Field::Expect => return Parsed::Other,
             Field::ContentLength if h.value != b"0" => return Parsed::Other,
-            Field::Host => hosts += 1,
+            Field::Host => {
+                hosts += 1;
+                let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
+                host = Some(start..start + h.value.len());
+            }
             Field::HopByHop(CONNECTION) => {
                 let (c, k) = head::connection_tokens(h.value);
                 close |= c;
@@ -377,6 +382,7 @@ fn parse(buf: &mut BytesMut, limits: Limits, buffers: &Buffers) -> Parsed {
     *req.uri_mut() = uri;
     *req.version_mut() = version;
     request.lean = Some(LeanHead {
+        host: host.map(|span| head.slice(span)),
         fields: fields.of(head),
         scan,
     });
@@ -766,9 +772,19 @@ mod tests {
         };
         let head = lean.request.lean.as_ref().expect("the head as written");
         assert_ne!(head.scan, Scan::default());
+        assert_eq!(head.host, None);
         // The fields kept are the end-to-end ones: Connection stays behind.
         assert_eq!(kept(&lean).len(), 1);
         assert_eq!(kept(&lean)["x-forwarded-for"], "1");
+        // Host routes the request even when the Connection header names it (it then stays
+        // behind, as on hyper's path).
+        let text = "GET / HTTP/1.1\r\nHost: web:8080\r\nConnection: host\r\n\r\n";
+        let Parsed::Request(lean) = parsed(text).0 else {
+            panic!("a plain GET is ours");
+        };
+        let head = lean.request.lean.as_ref().expect("the head as written");
+        assert_eq!(head.host.as_deref(), Some(&b"web:8080"[..]));
+        assert!(kept(&lean).is_empty());
     }
 
     #[test]
