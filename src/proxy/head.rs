@@ -12,12 +12,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::net::TcpStream;
 
-/// Where a head's field names and values lie in its buffer (name start and end, value start
-/// and end), so that once the head is split off and frozen they share its bytes (no copy per
-/// value, as in hyper).
-#[derive(Default)]
-struct Spans(Vec<[usize; 4]>);
-
 /// The fields that describe one connection and are never forwarded (RFC 9110 7.6.1),
 /// Connection first, in lower case.
 pub const HOP_BY_HOP: [&str; 9] = [
@@ -119,7 +113,7 @@ fn names_other_fields(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && hop_by_hop(t).is_none())
 }
 
-/// What decides an answer's framing and whether its connection is kept: found in the same
+/// What decides an answer's framing and whether its connection is kept: seen in the same
 /// pass over the fields that picks those passed on ([`RawHead::new`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Controls<'a> {
@@ -127,8 +121,6 @@ pub struct Controls<'a> {
     pub close: bool,
     /// A Connection field says "keep-alive".
     pub keep_alive: bool,
-    /// A Connection field names a field beyond the fixed hop-by-hop ones.
-    pub names_others: bool,
     /// The last Transfer-Encoding value.
     pub transfer_encoding: Option<&'a [u8]>,
     /// How many Content-Length fields there are, and the first one's value.
@@ -141,16 +133,9 @@ impl<'a> Controls<'a> {
     pub fn see(&mut self, field: Field, value: &'a [u8]) {
         match field {
             Field::HopByHop(CONNECTION) => {
-                for token in value.split(|&b| b == b',') {
-                    let token = token.trim_ascii();
-                    let close = token.eq_ignore_ascii_case(b"close");
-                    self.close |= close;
-                    match hop_by_hop(token) {
-                        Some(1) => self.keep_alive = true,
-                        Some(_) => {}
-                        None => self.names_others |= !close && !token.is_empty(),
-                    }
-                }
+                let (close, keep_alive) = connection_tokens(value);
+                self.close |= close;
+                self.keep_alive |= keep_alive;
             }
             Field::HopByHop(TRANSFER_ENCODING) => self.transfer_encoding = Some(value),
             Field::ContentLength => {
@@ -178,8 +163,10 @@ impl<'a> Controls<'a> {
 /// the answer (HTTP/2 clients, or a connection hyper took over), by [`RawHead::into_map`].
 pub struct RawHead {
     head: Bytes,
-    /// Taken from the thread's spare lists, and given back when the head is dropped.
-    spans: Spans,
+    /// Where each field's name and value lie in `head` (name start and end, value start and
+    /// end), so that they share its bytes. Taken from the thread's spare lists, and given back
+    /// when the head is dropped.
+    spans: Vec<[usize; 4]>,
     /// The head has a Date field.
     pub date: bool,
     /// The head has a Content-Length field.
@@ -187,10 +174,15 @@ pub struct RawHead {
 }
 
 impl RawHead {
-    /// The end-to-end fields among `headers`, found in `buf` by `httparse`, and in the same
-    /// pass what decides the framing. The head itself follows with [`RawHead::of`], once it is
-    /// split off `buf`.
-    pub fn new<'a>(buf: &[u8], headers: &[httparse::Header<'a>]) -> (Self, Controls<'a>) {
+    /// The end-to-end fields among `headers`, found in `buf` by `httparse`. `see` is shown
+    /// every field with its kind in the same pass (an answer's framing, a request's routing
+    /// read theirs there). The head itself follows with [`RawHead::of`], once it is split off
+    /// `buf`.
+    pub fn new<'a>(
+        buf: &[u8],
+        headers: &[httparse::Header<'a>],
+        mut see: impl FnMut(Field, &httparse::Header<'a>),
+    ) -> Self {
         let base = buf.as_ptr() as usize;
         let mut spans = SPARE_SPANS
             .try_with(|spare| spare.borrow_mut().pop())
@@ -198,23 +190,26 @@ impl RawHead {
             .flatten()
             .unwrap_or_default();
         spans.reserve(headers.len());
-        let mut controls = Controls::default();
-        let mut date = false;
+        let (mut date, mut length, mut names_others) = (false, false, false);
         for h in headers {
             let name = h.name.as_bytes();
             let kind = field(name);
-            controls.see(kind, h.value);
+            see(kind, h);
             match kind {
+                Field::HopByHop(CONNECTION) => {
+                    names_others |= names_other_fields(h.value).next().is_some();
+                    continue;
+                }
                 Field::HopByHop(_) => continue,
                 Field::Date => date = true,
+                Field::ContentLength => length = true,
                 _ => {}
             }
             let start = name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
             spans.push([start, start + name.len(), value, value + h.value.len()]);
         }
-        let mut length = controls.lengths > 0;
-        if controls.names_others {
+        if names_others {
             // Rare: the Connection header names more fields, which stay behind too.
             let named: Vec<&[u8]> = headers
                 .iter()
@@ -233,13 +228,12 @@ impl RawHead {
                 .iter()
                 .any(|&[start, end, ..]| field(&buf[start..end]) == Field::ContentLength);
         }
-        let raw = RawHead {
+        RawHead {
             head: Bytes::new(),
-            spans: Spans(spans),
+            spans,
             date,
             length,
-        };
-        (raw, controls)
+        }
     }
 
     /// The same, over `head`: the start of the buffer the fields were found in, frozen.
@@ -252,7 +246,6 @@ impl RawHead {
     #[cfg(test)]
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.spans
-            .0
             .iter()
             .map(|&[name_start, name_end, start, end]| {
                 (&self.head[name_start..name_end], &self.head[start..end])
@@ -264,7 +257,7 @@ impl RawHead {
     /// hop-by-hop field is `Connection` is two copies, not four per field.
     pub fn write_fields(&self, out: &mut Vec<u8>) {
         let head = &self.head[..];
-        let mut spans = self.spans.0.iter();
+        let mut spans = self.spans.iter();
         let Some(&[mut run_start, _, _, mut run_end]) = spans.next() else {
             return;
         };
@@ -286,7 +279,6 @@ impl RawHead {
     #[cfg(test)]
     pub fn value(&self, kind: Field) -> Option<Bytes> {
         self.spans
-            .0
             .iter()
             .find(|&&[name_start, name_end, ..]| field(&self.head[name_start..name_end]) == kind)
             .map(|&[_, _, start, end]| self.head.slice(start..end))
@@ -295,8 +287,8 @@ impl RawHead {
     /// Appends the fields to `headers`, their values sharing the head. A field hyper would not
     /// accept (`httparse` lets through nothing of the kind today) is left out.
     pub fn fill(&self, headers: &mut HeaderMap) {
-        headers.reserve(self.spans.0.len());
-        for &[name_start, name_end, start, end] in &self.spans.0 {
+        headers.reserve(self.spans.len());
+        for &[name_start, name_end, start, end] in &self.spans {
             match (
                 HeaderName::from_bytes(&self.head[name_start..name_end]),
                 HeaderValue::from_maybe_shared(self.head.slice(start..end)),
@@ -312,7 +304,7 @@ impl RawHead {
     /// The fields as a header map, followed by `extra` (fields the proxy added, such as a
     /// sticky cookie).
     pub fn into_map(self, extra: HeaderMap) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(self.spans.0.len() + extra.len());
+        let mut headers = HeaderMap::with_capacity(self.spans.len() + extra.len());
         self.fill(&mut headers);
         let mut last = None;
         for (name, value) in extra {
@@ -339,7 +331,7 @@ thread_local! {
 
 impl Drop for RawHead {
     fn drop(&mut self) {
-        let mut spans = std::mem::take(&mut self.spans.0);
+        let mut spans = std::mem::take(&mut self.spans);
         if spans.capacity() == 0 || spans.capacity() > SPARE_SPANS_ROOM {
             return;
         }
@@ -399,7 +391,7 @@ mod tests {
         let mut request = httparse::Request::new(&mut slots);
         request.parse(text).expect("a valid head");
         let head = Bytes::from_static(text);
-        let raw = RawHead::new(text, request.headers).0.of(head.clone());
+        let raw = RawHead::new(text, request.headers, |_, _| {}).of(head.clone());
         assert_eq!(raw.value(Field::Host).as_deref(), Some(&b"web"[..]));
         assert_eq!(raw.value(Field::Date), None);
         let mut map = HeaderMap::new();
@@ -415,7 +407,7 @@ mod tests {
         // A name that is not a token is left out.
         let odd = RawHead {
             head: Bytes::from_static(b"a b:c"),
-            spans: Spans(vec![[0, 3, 4, 5]]),
+            spans: vec![[0, 3, 4, 5]],
             date: false,
             length: false,
         };
@@ -477,9 +469,7 @@ mod tests {
         let mut slots = [httparse::EMPTY_HEADER; 8];
         let mut answer = httparse::Response::new(&mut slots);
         answer.parse(text).expect("a valid head");
-        let raw = RawHead::new(text, answer.headers)
-            .0
-            .of(Bytes::from_static(text));
+        let raw = RawHead::new(text, answer.headers, |_, _| {}).of(Bytes::from_static(text));
         let fields: Vec<_> = raw.fields().collect();
         assert_eq!(
             fields,
@@ -502,9 +492,7 @@ mod tests {
         let mut slots = [httparse::EMPTY_HEADER; 4];
         let mut answer = httparse::Response::new(&mut slots);
         answer.parse(text).expect("a valid head");
-        let named = RawHead::new(text, answer.headers)
-            .0
-            .of(Bytes::from_static(text));
+        let named = RawHead::new(text, answer.headers, |_, _| {}).of(Bytes::from_static(text));
         assert_eq!(named.fields().count(), 0);
         assert!(!named.date && !named.length);
         let mut out = Vec::new();
@@ -527,9 +515,7 @@ mod tests {
         let mut slots = [httparse::EMPTY_HEADER; 16];
         let mut answer = httparse::Response::new(&mut slots);
         answer.parse(text).expect("a valid head");
-        let raw = RawHead::new(text, answer.headers)
-            .0
-            .of(Bytes::from_static(text));
+        let raw = RawHead::new(text, answer.headers, |_, _| {}).of(Bytes::from_static(text));
         let mut out = Vec::new();
         raw.write_fields(&mut out);
         let written = String::from_utf8(out.clone()).expect("text");
@@ -554,27 +540,21 @@ mod tests {
             let mut slots = [httparse::EMPTY_HEADER; 8];
             let mut answer = httparse::Response::new(&mut slots);
             answer.parse(text).expect("a valid head");
-            RawHead::new(text, answer.headers)
-                .0
-                .of(Bytes::from_static(text))
+            RawHead::new(text, answer.headers, |_, _| {}).of(Bytes::from_static(text))
         };
         let first = parse();
         assert_eq!(first.fields().count(), 3);
-        let list = first.spans.0.as_ptr();
+        let list = first.spans.as_ptr();
         drop(first);
         assert_eq!(SPARE_SPANS.with_borrow(Vec::len), 1);
         let second = parse();
-        assert_eq!(
-            second.spans.0.as_ptr(),
-            list,
-            "the same list, not a new one"
-        );
+        assert_eq!(second.spans.as_ptr(), list, "the same list, not a new one");
         assert_eq!(SPARE_SPANS.with_borrow(Vec::len), 0);
         let fields: Vec<_> = second.fields().collect();
         assert_eq!(fields, [(&b"A"[..], &b"1"[..]), (b"B", b"2"), (b"C", b"3")]);
         // A list grown past the room kept is freed, not kept.
         let mut large = second;
-        large.spans.0.reserve(SPARE_SPANS_ROOM + 1);
+        large.spans.reserve(SPARE_SPANS_ROOM + 1);
         drop(large);
         assert_eq!(SPARE_SPANS.with_borrow(Vec::len), 0);
     }
@@ -604,7 +584,8 @@ mod tests {
             },
         ];
         let c = Controls::of(&fields);
-        assert!(c.keep_alive && c.names_others && !c.close);
+        assert!(c.keep_alive && !c.close);
+        assert!(names_other_fields(fields[0].value).next().is_some());
         assert_eq!(c.transfer_encoding, Some(&b"chunked"[..]));
         assert_eq!((c.lengths, c.first_length), (2, Some(&b"12"[..])));
         // "close" and the fixed hop-by-hop names name no other field.
@@ -612,7 +593,8 @@ mod tests {
             name: "connection",
             value: b"close, TE,,upgrade",
         }]);
-        assert!(c.close && !c.keep_alive && !c.names_others);
+        assert!(c.close && !c.keep_alive);
+        assert!(names_other_fields(b"close, TE,,upgrade").next().is_none());
         assert_eq!((c.lengths, c.transfer_encoding), (0, None));
     }
 

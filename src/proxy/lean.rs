@@ -338,17 +338,21 @@ fn parse(buf: &mut BytesMut, limits: Limits, buffers: &Buffers) -> Parsed {
     let path_span = path_start..path_start + path.len();
     let (mut close, mut keep_alive_token, mut hosts) = (false, false, 0);
     let mut host = None;
-    // The same pass finds what routing looks for among the names (forward::Scan).
+    // Whatever needs more than a head goes to hyper: a body, an upgrade, an expectation.
+    let mut more_than_a_head = false;
+    // The pass that picks the fields to pass on also reads what the lean server and routing
+    // look for among all of them (forward::Scan).
     let mut scan = Scan::default();
-    for h in parsed.headers.iter() {
-        let field = head::field(h.name.as_bytes());
-        match field {
-            // Whatever needs more than a head goes to hyper: a body, an upgrade, an expectation.
-            Field::HopByHop(TRANSFER_ENCODING | UPGRADE) | Field::Expect => return Parsed::Other,
-            Field::ContentLength if h.value != b"0" => return Parsed::Other,
+    let base = buf.as_ptr() as usize;
+    let fields = RawHead::new(buf, parsed.headers, |kind, h| {
+        match kind {
+            Field::HopByHop(TRANSFER_ENCODING | UPGRADE) | Field::Expect => {
+                more_than_a_head = true;
+            }
+            Field::ContentLength => more_than_a_head |= h.value != b"0",
             Field::Host => {
                 hosts += 1;
-                let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
+                let start = h.value.as_ptr() as usize - base;
                 host = Some(start..start + h.value.len());
             }
             Field::HopByHop(CONNECTION) => {
@@ -358,12 +362,11 @@ fn parse(buf: &mut BytesMut, limits: Limits, buffers: &Buffers) -> Parsed {
             }
             _ => {}
         }
-        scan.see(field);
-    }
-    if hosts > 1 {
+        scan.see(kind);
+    });
+    if more_than_a_head || hosts > 1 {
         return Parsed::Other;
     }
-    let (fields, _) = RawHead::new(buf, parsed.headers);
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive_token);
     let head = buf.split_to(head_len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path_span)) else {

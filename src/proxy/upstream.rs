@@ -267,7 +267,10 @@ impl Conn {
             .reason
             .filter(|r| Some(*r) != status.canonical_reason());
         let reason = reason.map(|r| r.as_bytes().to_vec());
-        let (raw, controls) = RawHead::new(&self.buf, parsed.headers);
+        let mut controls = Controls::default();
+        let raw = RawHead::new(&self.buf, parsed.headers, |kind, h| {
+            controls.see(kind, h.value)
+        });
         let (framing, keep) = framing(method, status, version, &controls, parsed.headers)?;
         let raw = raw.of(self.buf.split_to(head_len).freeze());
         let mut response = Response::new((framing, raw));
