@@ -2,7 +2,8 @@
 # Profiles kube-balancer's hot path: one worker pinned to LB_CPU, the two members and the load on
 # LOAD_CPU, keep-alive requests for a 12-byte body (the same setup as run.sh's "small" figure).
 #
-#   bench/profile.sh callgrind   # user-space instructions per request (repeatable: valgrind)
+#   bench/profile.sh callgrind   # user-space instructions per request (repeatable: valgrind);
+#                                # SATURATED=1 for wrk's 32 connections instead of one (DURATION s)
 #   bench/profile.sh perf        # perf record (cpu-clock), top symbols, user/kernel split;
 #                                # CALLERS=symbol for who calls that symbol (dwarf call graphs)
 #   bench/profile.sh syscalls    # system calls per request, by call (perf trace -s); STAT=1
@@ -104,7 +105,13 @@ case $MODE in
 callgrind)
     command -v valgrind >/dev/null || { echo "valgrind is missing (apt-get install valgrind)" >&2; exit 1; }
     # Instrumentation starts switched off; only the measured requests are counted.
-    taskset -c "$LB_CPU" valgrind --tool=callgrind --instr-atstart=no \
+    # CACHE=1 also simulates the caches (first-level and last-level misses per function).
+    cache=()
+    [ -n "${CACHE:-}" ] && cache=(--cache-sim=yes)
+    # CALLGRIND_ARGS: more valgrind options, e.g. --dump-instr=yes or --I1=65536,8,64.
+    read -r -a extra <<<"${CALLGRIND_ARGS:-}"
+    cache+=("${extra[@]}")
+    taskset -c "$LB_CPU" valgrind --tool=callgrind --instr-atstart=no "${cache[@]}" \
         --callgrind-out-file="$RUN/callgrind.out" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
     KB=$!
     PIDS+=("$KB")
@@ -112,15 +119,26 @@ callgrind)
     # Warm up: fill the member pool and the allocator's caches.
     taskset -c "$LOAD_CPU" timeout 120 "$LOADGEN" rate "127.0.0.1:$PORT" / 500 2 32 >/dev/null
     callgrind_control -i on "$KB" >/dev/null
-    rate=500
-    # One connection, requests one after another: every request takes the same path through the
-    # event loop, so the count repeats from run to run (with many connections it depends on how
-    # requests happen to batch).
-    taskset -c "$LOAD_CPU" timeout 300 "$LOADGEN" rate "127.0.0.1:$PORT" / "$rate" $((REQUESTS / rate)) 1 >"$RUN/load.out"
+    if [ -n "${SATURATED:-}" ]; then
+        # wrk's 32 connections as fast as the proxy (slowed down by valgrind) goes: requests
+        # batch as they do under load, so the event loop's own work is spread over many of them.
+        # Less repeatable than the default.
+        taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d"${DURATION}s" "http://127.0.0.1:$PORT/" >"$RUN/wrk.out"
+    else
+        rate=500
+        # One connection, requests one after another: every request takes the same path through
+        # the event loop, so the count repeats from run to run (with many connections it depends
+        # on how requests happen to batch).
+        taskset -c "$LOAD_CPU" timeout 300 "$LOADGEN" rate "127.0.0.1:$PORT" / "$rate" $((REQUESTS / rate)) 1 >"$RUN/load.out"
+    fi
     callgrind_control -i off "$KB" >/dev/null
     kill "$KB"
     wait "$KB" 2>/dev/null || true
-    served=$(awk -F= '$1 == "requests" { print $2 }' "$RUN/load.out")
+    if [ -n "${SATURATED:-}" ]; then
+        served=$(awk '/requests in/ { print $1 }' "$RUN/wrk.out")
+    else
+        served=$(awk -F= '$1 == "requests" { print $2 }' "$RUN/load.out")
+    fi
     ir=$(callgrind_annotate "$RUN/callgrind.out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(/,/, "", $1); print $1 }' || true)
     echo "requests=$served"
     echo "instructions=$ir"

@@ -46,7 +46,6 @@ async fn read_message(
     body: fn(&[u8]) -> usize,
 ) -> std::io::Result<Option<usize>> {
     buf.clear();
-    let mut chunk = [0u8; 16384];
     loop {
         if let Some(end) = head_end(buf) {
             let total = end + body(&buf[..end]);
@@ -54,11 +53,11 @@ async fn read_message(
                 return Ok(Some(total));
             }
         }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
+        // Straight into the buffer's spare room: nothing is zeroed or copied first.
+        buf.reserve(16384);
+        if stream.read_buf(buf).await? == 0 {
             return Ok(None);
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
