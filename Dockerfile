@@ -12,13 +12,21 @@ ARG DEBIAN_RELEASE=trixie
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
 WORKDIR /build
+# The profile-guided build (scripts/build-release.sh) trains on loopback with h2load and the
+# training mix of bench/loadgen; it needs rustup's llvm-tools for llvm-profdata.
+# `--build-arg PGO=0` builds without it.
+ARG PGO=1
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends nghttp2-client \
+ && rm -rf /var/lib/apt/lists/* \
+ && if [ "$PGO" != 0 ]; then rustup component add llvm-tools; fi
 # Only what the binary is built from (see .dockerignore); examples/ holds the embedded
 # standalone configuration.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY examples ./examples
-RUN cargo build --release --locked --bin kube-balancer \
- && install -D -m 0755 target/release/kube-balancer /out/kube-balancer
+COPY scripts/build-release.sh ./scripts/
+COPY bench/loadgen ./bench/loadgen
+RUN install -D -m 0755 "$(PGO=$PGO scripts/build-release.sh)" /out/kube-balancer
 
 FROM debian:${DEBIAN_RELEASE}-slim
 COPY --from=build /out/kube-balancer /usr/local/bin/kube-balancer

@@ -37,8 +37,8 @@ if [ -n "${FLOOR:-}" ]; then
     (cd "$HERE/floor" && cargo build --release --quiet --target-dir "$REPO/target/bench")
     KB_BIN=$REPO/target/bench/release/kb-floor
 elif [ -z "${KB_BIN:-}" ]; then
-    (cd "$REPO" && cargo build --release --quiet --bin kube-balancer)
-    KB_BIN=$REPO/target/release/kube-balancer
+    # As bench/run.sh measures it: profile-guided, or PGO=0 for a plain release build.
+    KB_BIN=$("$REPO/scripts/build-release.sh")
 fi
 (cd "$HERE/loadgen" && cargo build --release --quiet --target-dir "$REPO/target/bench")
 LOADGEN=$REPO/target/bench/release/kb-loadgen

@@ -274,7 +274,21 @@ fn the_image_and_the_chart_agree() {
         "[\"/usr/local/bin/kube-balancer\"]",
         "the chart's args start with `run`: the entrypoint is the binary itself"
     );
-    assert!(dockerfile.contains("cargo build --release --locked --bin kube-balancer"));
+    // The builder runs the release build (profile-guided unless PGO=0), which builds the one
+    // binary from the locked dependencies.
+    assert!(dockerfile.contains("scripts/build-release.sh"));
+    let build = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/build-release.sh"
+    ))
+    .expect("scripts/build-release.sh");
+    assert_eq!(
+        build
+            .matches("cargo build --release --locked --quiet --bin kube-balancer")
+            .count(),
+        3,
+        "the plain, instrumented and optimized builds"
+    );
     assert_eq!(
         chart["appVersion"].as_str(),
         Some(env!("CARGO_PKG_VERSION"))

@@ -6,6 +6,8 @@
 //! was due, not from when it was sent, so a stall delays every request scheduled behind it and
 //! counts against the balancer (the coordinated-omission correction wrk2 makes).
 //!
+//! `serve` and `train`: the profile-guided release build's member and training mix (train.rs).
+//!
 //! `idle`: opens N keep-alive connections, sends one request on each and reads the answer, then
 //! holds them open, idle, for a fixed time, so that the balancer's memory can be read.
 //!
@@ -16,15 +18,21 @@ use std::net::TcpStream;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+mod train;
+
 const USAGE: &str = "usage:
   kb-loadgen rate ADDR PATH RATE SECONDS CONNS
-  kb-loadgen idle ADDR PATH COUNT HOLD_SECONDS";
+  kb-loadgen idle ADDR PATH COUNT HOLD_SECONDS
+  kb-loadgen serve ADDR
+  kb-loadgen train ADDR SECONDS THREADS";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("rate") if args.len() == 6 => rate(&args[1..]),
         Some("idle") if args.len() == 5 => idle(&args[1..]),
+        Some("serve") if args.len() == 2 => train::serve(&args[1..]),
+        Some("train") if args.len() == 4 => train::train(&args[1..]),
         _ => Err(USAGE.to_owned()),
     };
     match result {
