@@ -16,9 +16,10 @@ WORKDIR /build
 # training mix of bench/loadgen; it needs rustup's llvm-tools for llvm-profdata.
 # `--build-arg PGO=0` builds without it.
 ARG PGO=1
-RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends nghttp2-client \
- && rm -rf /var/lib/apt/lists/* \
- && if [ "$PGO" != 0 ]; then rustup component add llvm-tools; fi
+RUN if [ "$PGO" != 0 ]; then \
+      apt-get update -qq && apt-get install -y -qq --no-install-recommends nghttp2-client \
+      && rm -rf /var/lib/apt/lists/* && rustup component add llvm-tools; \
+    fi
 # Only what the binary is built from (see .dockerignore); examples/ holds the embedded
 # standalone configuration.
 COPY Cargo.toml Cargo.lock ./
