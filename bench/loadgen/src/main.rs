@@ -66,8 +66,9 @@ impl Conn {
         })
     }
 
-    /// Sends the request and reads the response to its end; returns the status code.
-    fn exchange(&mut self) -> std::io::Result<u16> {
+    /// Sends the request and reads the response to its end; returns the status code. The
+    /// answer to a HEAD request (`head`) has no body, whatever its fields say.
+    fn exchange(&mut self, head: bool) -> std::io::Result<u16> {
         self.reader.get_mut().write_all(&self.request)?;
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
@@ -76,41 +77,18 @@ impl Conn {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| bad(format!("bad status line: {line:?}")))?;
-        let mut length = None;
-        let mut chunked = false;
-        loop {
-            line.clear();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(bad("closed in the response head".into()));
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                let value = value.trim();
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.parse::<u64>().ok();
-                } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                    chunked = value.eq_ignore_ascii_case("chunked");
-                }
-            }
+        let fields = read_fields(&mut self.reader, &mut line)?;
+        if head {
+            return Ok(status);
         }
-        if chunked {
-            loop {
-                line.clear();
-                self.reader.read_line(&mut line)?;
-                let size = u64::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                    .map_err(|_| bad(format!("bad chunk size: {line:?}")))?;
-                self.skip(size)?;
-                line.clear();
-                self.reader.read_line(&mut line)?; // CRLF after the chunk (or the last one)
-                if size == 0 {
-                    break;
-                }
-            }
+        if fields.chunked {
+            skip_chunked(&mut self.reader, &mut line)?;
         } else {
-            self.skip(length.ok_or_else(|| bad("no content-length".into()))?)?;
+            self.skip(
+                fields
+                    .length
+                    .ok_or_else(|| bad("no content-length".into()))?,
+            )?;
         }
         Ok(status)
     }
@@ -121,6 +99,65 @@ impl Conn {
             Ok(())
         } else {
             Err(bad("closed in the body".into()))
+        }
+    }
+}
+
+/// What a head's fields say about its body and its connection.
+struct Fields {
+    length: Option<u64>,
+    chunked: bool,
+    close: bool,
+}
+
+/// Reads a head's field lines, up to and including the empty line that ends it.
+fn read_fields(reader: &mut impl BufRead, line: &mut String) -> std::io::Result<Fields> {
+    let mut fields = Fields {
+        length: None,
+        chunked: false,
+        close: false,
+    };
+    loop {
+        line.clear();
+        if reader.read_line(line)? == 0 {
+            return Err(bad("closed in a head".into()));
+        }
+        let field = line.trim_end();
+        if field.is_empty() {
+            return Ok(fields);
+        }
+        if let Some((name, value)) = field.split_once(':') {
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                fields.length = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad(format!("length {value:?}")))?,
+                );
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                fields.chunked = value.eq_ignore_ascii_case("chunked");
+            } else if name.eq_ignore_ascii_case("connection") {
+                fields.close = value.eq_ignore_ascii_case("close");
+            }
+        }
+    }
+}
+
+/// Reads a chunked body to its end, keeping nothing.
+fn skip_chunked(reader: &mut impl BufRead, line: &mut String) -> std::io::Result<()> {
+    loop {
+        line.clear();
+        reader.read_line(line)?;
+        let size = u64::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+            .map_err(|_| bad(format!("bad chunk size: {line:?}")))?;
+        let copied = std::io::copy(&mut reader.take(size), &mut std::io::sink())?;
+        if copied != size {
+            return Err(bad("closed in a chunk".into()));
+        }
+        line.clear();
+        reader.read_line(line)?; // CRLF after the chunk (or the last one)
+        if size == 0 {
+            return Ok(());
         }
     }
 }
@@ -180,7 +217,7 @@ fn rate(args: &[String]) -> Result<(), String> {
                         let lag = (now - due).as_micros() as u64;
                         out.max_send_lag_us = out.max_send_lag_us.max(lag);
                     }
-                    match conn.exchange() {
+                    match conn.exchange(false) {
                         Ok(status) => {
                             if !(200..300).contains(&status) {
                                 out.non_2xx += 1;
@@ -246,7 +283,7 @@ fn idle(args: &[String]) -> Result<(), String> {
     for _ in 0..count {
         // A balancer out of connection slots may accept and never answer: give up quickly.
         match Conn::open(addr, path, Duration::from_secs(2))
-            .and_then(|mut c| c.exchange().map(|_| c))
+            .and_then(|mut c| c.exchange(false).map(|_| c))
         {
             Ok(c) => conns.push(c),
             Err(_) => failed += 1,

@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::{Conn, bad, num};
+use crate::{Conn, num, read_fields, skip_chunked};
 
 /// `serve ADDR`: answers until killed.
 ///
@@ -49,43 +49,12 @@ fn member_connection(stream: TcpStream) -> std::io::Result<()> {
             parts.next().unwrap_or("").to_owned(),
             parts.next().unwrap_or("/").to_owned(),
         );
-        let (mut length, mut chunked, mut close) = (0u64, false, false);
-        loop {
-            line.clear();
-            if reader.read_line(&mut line)? == 0 {
-                return Ok(());
-            }
-            let field = line.trim_end();
-            if field.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = field.split_once(':') {
-                let value = value.trim();
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value
-                        .parse()
-                        .map_err(|_| bad(format!("length {value:?}")))?;
-                } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                    chunked = value.eq_ignore_ascii_case("chunked");
-                } else if name.eq_ignore_ascii_case("connection") {
-                    close = value.eq_ignore_ascii_case("close");
-                }
-            }
-        }
-        if chunked {
-            loop {
-                line.clear();
-                reader.read_line(&mut line)?;
-                let size = u64::from_str_radix(line.trim(), 16)
-                    .map_err(|_| bad(format!("chunk size {line:?}")))?;
-                std::io::copy(&mut (&mut reader).take(size), &mut std::io::sink())?;
-                line.clear();
-                reader.read_line(&mut line)?;
-                if size == 0 {
-                    break;
-                }
-            }
+        let fields = read_fields(&mut reader, &mut line)?;
+        let close = fields.close;
+        if fields.chunked {
+            skip_chunked(&mut reader, &mut line)?;
         } else {
+            let length = fields.length.unwrap_or(0);
             std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink())?;
         }
         let number = |prefix: &str| {
@@ -291,11 +260,11 @@ pub fn train(args: &[String]) -> Result<(), String> {
                     let result = if kind.new_connection {
                         open().and_then(|mut c| {
                             c.request = request;
-                            c.exchange_as(kind.head.starts_with("HEAD"))
+                            c.exchange(kind.head.starts_with("HEAD"))
                         })
                     } else {
                         conn.request = request;
-                        conn.exchange_as(kind.head.starts_with("HEAD"))
+                        conn.exchange(kind.head.starts_with("HEAD"))
                     };
                     match result {
                         Ok(_) => answered[k] += 1,
@@ -334,31 +303,4 @@ pub fn train(args: &[String]) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-impl Conn {
-    /// Sends the request and reads the answer; a HEAD's answer has no body whatever its
-    /// framing fields say.
-    pub(crate) fn exchange_as(&mut self, head: bool) -> std::io::Result<u16> {
-        if !head {
-            return self.exchange();
-        }
-        self.reader.get_mut().write_all(&self.request)?;
-        let mut line = String::new();
-        self.reader.read_line(&mut line)?;
-        let status = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad(format!("bad status line: {line:?}")))?;
-        loop {
-            line.clear();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(bad("closed in the answer head".into()));
-            }
-            if line.trim_end().is_empty() {
-                return Ok(status);
-            }
-        }
-    }
 }
