@@ -109,8 +109,6 @@ struct Kind {
     share: u32,
     head: &'static str,
     body: Body,
-    /// On a new connection that closes after the answer.
-    new_connection: bool,
 }
 
 enum Body {
@@ -124,85 +122,71 @@ const KINDS: &[Kind] = &[
         share: 58,
         head: "GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: kb-train\r\nAccept: */*\r\n",
         body: Body::None,
-        new_connection: false,
     },
     Kind {
         share: 6,
         head: "GET /api/items?page=2 HTTP/1.1\r\nHost: localhost\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\nAccept: text/html,application/xhtml+xml\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\nCookie: session=abc123; theme=dark\r\nReferer: http://localhost/\r\n",
         body: Body::None,
-        new_connection: false,
     },
     Kind {
         share: 4,
         head: "GET / HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: https\r\n",
         body: Body::None,
-        new_connection: false,
     },
     Kind {
         share: 6,
         head: "GET /bytes/1024 HTTP/1.1\r\nHost: localhost\r\n",
         body: Body::None,
-        new_connection: false,
     },
     Kind {
         share: 3,
         head: "GET /bytes/65536 HTTP/1.1\r\nHost: localhost\r\n",
         body: Body::None,
-        new_connection: false,
     },
     Kind {
         share: 2,
         head: "GET /chunked/40000 HTTP/1.1\r\nHost: localhost\r\n",
         body: Body::None,
-        new_connection: false,
     },
     Kind {
         share: 3,
         head: "HEAD / HTTP/1.1\r\nHost: localhost\r\n",
         body: Body::None,
-        new_connection: false,
     },
     Kind {
         share: 2,
         head: "GET /status/404 HTTP/1.1\r\nHost: localhost\r\n",
         body: Body::None,
-        new_connection: false,
     },
     Kind {
         share: 4,
         head: "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n",
         body: Body::Length(1024),
-        new_connection: false,
     },
     Kind {
         share: 1,
         head: "PUT /upload HTTP/1.1\r\nHost: localhost\r\n",
         body: Body::Length(65536),
-        new_connection: false,
     },
     Kind {
         share: 1,
         head: "POST /upload HTTP/1.1\r\nHost: localhost\r\n",
         body: Body::Chunked(20000),
-        new_connection: false,
     },
     Kind {
         share: 4,
         head: "GET / HTTP/1.1\r\nHost: sticky.train\r\nCookie: KBROUTE=none\r\n",
         body: Body::None,
-        new_connection: false,
     },
     Kind {
         share: 3,
         head: "GET /users?user=42 HTTP/1.1\r\nHost: hash.train\r\n",
         body: Body::None,
-        new_connection: false,
     },
     Kind {
         share: 3,
         head: "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n",
         body: Body::None,
-        new_connection: true,
     },
 ];
 
@@ -257,7 +241,8 @@ pub fn train(args: &[String]) -> Result<(), String> {
                             request.extend_from_slice(b"0\r\n\r\n");
                         }
                     }
-                    let result = if kind.new_connection {
+                    // A head that asks to close goes on a connection of its own.
+                    let result = if kind.head.contains("Connection: close") {
                         open().and_then(|mut c| {
                             c.request = request;
                             c.exchange(kind.head.starts_with("HEAD"))
