@@ -183,6 +183,9 @@ build() {
     WORK="$(mktemp -d "$CACHE_ROOT/.build.XXXXXX")"
     STAGE_BIN="$WORK/bin"
     mkdir -p "$STAGE_BIN"
+    # A build cache of its own, deleted with the work folder: it holds about 3.5 GB of objects
+    # that nothing reuses once the binaries are built.
+    export GOCACHE="$WORK/go-build"
     trap 'rm -rf "$WORK"' EXIT
     local started=$SECONDS
     say "building the test control plane into $BIN_DIR (the first time takes 7 to 11 minutes on 2 cores; log: $LOG)"
