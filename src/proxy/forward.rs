@@ -177,16 +177,14 @@ fn route(
     };
     let host = host_value
         .as_ref()
-        .and_then(|h| h.to_str().ok())
-        .map(strip_port)
-        .unwrap_or("");
+        .map_or(&b""[..], |h| strip_port(h.as_bytes()));
     let cluster = {
         let snapshot = worker.plane.snapshot();
         match snapshot.route(host, req.uri().path()) {
             Some(c) => c.clone(),
             None => {
                 return Err(ProxyError::NoRoute {
-                    host: host.to_owned(),
+                    host: String::from_utf8_lossy(host).into_owned(),
                     path: req.uri().path().to_owned(),
                 });
             }

@@ -29,11 +29,12 @@ impl HostMatch {
         }
     }
 
-    fn matches(&self, host: &str) -> bool {
+    fn matches(&self, host: &[u8]) -> bool {
         match self {
-            HostMatch::Exact(h) => h.eq_ignore_ascii_case(host),
+            HostMatch::Exact(h) => h.as_bytes().eq_ignore_ascii_case(host),
             HostMatch::Suffix(s) => {
-                host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+                host.len() > s.len()
+                    && host[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
             }
             HostMatch::Any => true,
         }
@@ -79,8 +80,9 @@ impl RouteTable {
         Ok(())
     }
 
-    /// The cluster for a request's host (without port) and path.
-    pub fn lookup(&self, host: &str, path: &str) -> Option<usize> {
+    /// The cluster for a request's host (without port) and path. The host is the field's bytes
+    /// as they came: names are compared in ASCII, without a check that the whole value is text.
+    pub fn lookup(&self, host: &[u8], path: &str) -> Option<usize> {
         self.entries
             .iter()
             .find(|e| e.host.matches(host) && prefix_matches(&e.prefix, path))
@@ -104,11 +106,14 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// The host of a request without its port, from `host[:port]` or `[v6]:port`.
-pub fn strip_port(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    authority.split(':').next().unwrap_or(authority)
+pub fn strip_port(authority: &[u8]) -> &[u8] {
+    let (rest, end) = match authority.strip_prefix(b"[") {
+        Some(rest) => (rest, b']'),
+        None => (authority, b':'),
+    };
+    rest.iter()
+        .position(|&b| b == end)
+        .map_or(rest, |at| &rest[..at])
 }
 
 #[cfg(test)]
@@ -123,22 +128,22 @@ mod tests {
         t.add(Some("shop.example.com"), "/", 2).expect("new");
         t.add(Some("shop.example.com"), "/api", 3).expect("new");
         t.add(Some("*.b.example.com"), "/", 4).expect("new");
-        assert_eq!(t.lookup("shop.example.com", "/api/cart"), Some(3));
-        assert_eq!(t.lookup("SHOP.example.com", "/apix"), Some(2));
-        assert_eq!(t.lookup("blog.example.com", "/"), Some(1));
-        assert_eq!(t.lookup("x.b.example.com", "/"), Some(4));
-        assert_eq!(t.lookup("example.com", "/"), Some(0));
-        assert_eq!(t.lookup("other", "/anything"), Some(0));
+        assert_eq!(t.lookup(b"shop.example.com", "/api/cart"), Some(3));
+        assert_eq!(t.lookup(b"SHOP.example.com", "/apix"), Some(2));
+        assert_eq!(t.lookup(b"blog.example.com", "/"), Some(1));
+        assert_eq!(t.lookup(b"x.b.example.com", "/"), Some(4));
+        assert_eq!(t.lookup(b"example.com", "/"), Some(0));
+        assert_eq!(t.lookup(b"other", "/anything"), Some(0));
     }
 
     #[test]
     fn prefixes_match_whole_segments() {
         let mut t = RouteTable::default();
         t.add(None, "/api/", 7).expect("new");
-        assert_eq!(t.lookup("h", "/api"), Some(7));
-        assert_eq!(t.lookup("h", "/api/v1"), Some(7));
-        assert_eq!(t.lookup("h", "/apiv1"), None);
-        assert_eq!(t.lookup("h", "/"), None);
+        assert_eq!(t.lookup(b"h", "/api"), Some(7));
+        assert_eq!(t.lookup(b"h", "/api/v1"), Some(7));
+        assert_eq!(t.lookup(b"h", "/apiv1"), None);
+        assert_eq!(t.lookup(b"h", "/"), None);
     }
 
     #[test]
@@ -150,8 +155,21 @@ mod tests {
 
     #[test]
     fn ports_are_stripped() {
-        assert_eq!(strip_port("example.com:8000"), "example.com");
-        assert_eq!(strip_port("[::1]:8000"), "::1");
-        assert_eq!(strip_port("localhost"), "localhost");
+        assert_eq!(strip_port(b"example.com:8000"), b"example.com");
+        assert_eq!(strip_port(b"[::1]:8000"), b"::1");
+        assert_eq!(strip_port(b"[::1"), b"::1");
+        assert_eq!(strip_port(b"localhost"), b"localhost");
+        assert_eq!(strip_port(b":80"), b"");
+    }
+
+    #[test]
+    fn a_host_that_is_not_text_only_matches_routes_without_a_host() {
+        let mut t = RouteTable::default();
+        t.add(Some("*.example.com"), "/", 1).expect("new");
+        t.add(Some("shop.example.com"), "/", 2).expect("new");
+        assert_eq!(t.lookup(b"\xff.example.com", "/"), Some(1));
+        assert_eq!(t.lookup(b"\xc3\xa9", "/"), None);
+        t.add(None, "/", 0).expect("new");
+        assert_eq!(t.lookup(b"sh\xc3\xb6p.example", "/"), Some(0));
     }
 }

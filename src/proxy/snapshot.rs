@@ -71,7 +71,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// The cluster serving a request for `host` (without port) and `path`.
-    pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Cluster>> {
+    pub fn route(&self, host: &[u8], path: &str) -> Option<&Arc<Cluster>> {
         self.routes
             .lookup(host, path)
             .and_then(|i| self.clusters.get(i))
