@@ -52,6 +52,7 @@ def main():
                 k, v = line.rstrip("\n").split("=", 1)
                 meta[k] = v
     values = defaultdict(list)
+    by_round = defaultdict(dict)
     rounds = set()
     with open(raw_path) as f:
         for line in f:
@@ -62,6 +63,7 @@ def main():
             rounds.add(rnd)
             try:
                 values[(lb, key)].append(float(value))
+                by_round[(lb, key)][rnd] = float(value)
             except ValueError:
                 pass
     med = {k: statistics.median(v) for k, v in values.items() if v}
@@ -107,6 +109,7 @@ def main():
                 else:
                     cells.append(f"{mine / theirs:.2f}")
         out.append("| " + " | ".join(cells) + " |")
+    out.extend(paired_ratios(by_round, me, peers))
     errors = {b: sum(v for (lb, k), vs in values.items() if lb == b and k.startswith(("errors_", "lat_errors")) for v in vs) for b in balancers}
     out.append("")
     out.append("Errors over all runs (socket errors, non-2xx answers): " + ", ".join(f"{NAMES.get(b, b)} {int(errors[b])}" for b in balancers) + ".")
@@ -130,6 +133,43 @@ def main():
         f.write("\n".join(out))
 
     write_chart(prefix, balancers, med, meta)
+
+
+# The figures whose per-round ratios are listed under the table.
+PAIRED = [key for key, *_ in ROWS if key.startswith(("cpu_", "rps_"))]
+
+
+def paired_ratios(by_round, me, peers):
+    """The ratio of kube-balancer's figure to each peer's within each round, where both ran
+    minutes apart at most. The machine's speed drifts over a run (other work on the host), and
+    every balancer's figures drift with it: the median of these ratios is less moved by that
+    drift than the ratio of the two medians, and their range shows how far one round can be off.
+    """
+    rows = []
+    for key in PAIRED:
+        label = next(label for k, label, *_ in ROWS if k == key).replace("**", "")
+        cells, any_pair = [], False
+        for p in peers:
+            mine, theirs = by_round.get((me, key), {}), by_round.get((p, key), {})
+            ratios = sorted(mine[r] / theirs[r] for r in mine if theirs.get(r))
+            if len(ratios) < 2:
+                cells.append("–")
+                continue
+            any_pair = True
+            cells.append(f"{statistics.median(ratios):.2f} ({ratios[0]:.2f} to {ratios[-1]:.2f})")
+        if any_pair:
+            rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return [
+        "",
+        "Round by round: within each round every balancer runs once, minutes apart at most. "
+        "kube-balancer's figure divided by the peer's in the same round; the median of those "
+        "ratios, and in brackets the lowest and the highest.",
+        "",
+        "| figure | " + " | ".join(f"÷ {NAMES.get(p, p)}" for p in peers) + " |",
+        "|---|" + "---:|" * len(peers),
+    ] + rows
 
 
 def meta_setting(meta, word):
