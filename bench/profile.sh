@@ -123,7 +123,7 @@ callgrind)
         # wrk's 32 connections as fast as the proxy (slowed down by valgrind) goes: requests
         # batch as they do under load, so the event loop's own work is spread over many of them.
         # Less repeatable than the default.
-        taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d"${DURATION}s" "http://127.0.0.1:$PORT/" >"$RUN/wrk.out"
+        taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d"${DURATION}s" "${WRK_CLOSE[@]}" "http://127.0.0.1:$PORT/" >"$RUN/wrk.out"
     else
         rate=500
         # One connection, requests one after another: every request takes the same path through

@@ -168,7 +168,6 @@ pub async fn serve(
     worker: Rc<Worker>,
     client: Rc<Client>,
     closing: Rc<Cell<bool>>,
-    limits: Limits,
 ) -> io::Result<Ended> {
     let mut buf = BytesMut::new();
     // Until the first bytes tell otherwise, the connection may be opening with HTTP/2's preface.
@@ -195,8 +194,8 @@ pub async fn serve(
                     }
                 }
                 let line_ended = checked == 0 || buf[checked..].contains(&b'\n');
-                if !preface && (line_ended || buf.len() >= limits.max_head_bytes) {
-                    match parse(&mut buf, limits, &worker.buffers) {
+                if !preface && (line_ended || buf.len() >= worker.limits.max_head_bytes) {
+                    match parse(&mut buf, worker.limits, &worker.buffers) {
                         Parsed::Request(request) => break request,
                         Parsed::Partial => {}
                         Parsed::Other => return Ok(Ended::HandOff(stream, buf.freeze())),
@@ -228,6 +227,7 @@ pub async fn serve(
                 std::future::poll_fn(|cx| head::poll_fill(&mut stream, cx, &mut buf, READ_SIZE))
                     .await?;
             if n == 0 {
+                worker.buffers.put_read(buf);
                 return Ok(Ended::Closed);
             }
         };
@@ -252,7 +252,7 @@ pub async fn serve(
                 return Poll::Ready(true);
             }
             while watching {
-                if buf.len() >= limits.max_head_bytes {
+                if buf.len() >= worker.limits.max_head_bytes {
                     // Enough is waiting; the rest stays in the socket until its turn.
                     watching = false;
                     break;
@@ -269,6 +269,7 @@ pub async fn serve(
         drop(handled);
         let Some(response) = answer.as_mut().filter(|_| open) else {
             tracing::debug!(client = %client.addr, "client closed the connection before the answer; request dropped");
+            worker.buffers.put_read(buf);
             return Ok(Ended::Closed);
         };
         let keep_alive = keep_alive && !closing.get();
@@ -283,6 +284,10 @@ pub async fn serve(
             &worker.buffers,
         );
         if !kept.await? {
+            // A closing connection gives its read buffer back, as an idle one does: with a new
+            // connection for every request, each would otherwise allocate its own, on
+            // mimalloc's slow path for large blocks.
+            worker.buffers.put_read(buf);
             return Ok(Ended::Closed);
         }
     }
@@ -716,6 +721,20 @@ mod tests {
         assert!(out.is_empty() && out.capacity() >= 2048);
         buffers.put_write(Vec::with_capacity(SPARE_WRITE_LIMIT + 1));
         assert_eq!(buffers.spare(), (0, 0, 0));
+    }
+
+    /// A connection's lean future is boxed as the connection starts (`server::serve`). Like a
+    /// request's, it must stay within mimalloc's small blocks (1 KiB on 64-bit machines): a
+    /// larger block takes mimalloc's slow path, several hundred instructions on every new
+    /// connection (docs/benchmarks.md, "New connections"). A change that grows it past that
+    /// shows here.
+    #[test]
+    fn a_connections_future_fits_the_allocators_small_blocks() {
+        fn returned<A, B, C, D, R>(_: fn(A, B, C, D) -> R) -> usize {
+            std::mem::size_of::<R>()
+        }
+        let size = returned(serve);
+        assert!(size <= 1024, "a connection's future takes {size} bytes");
     }
 
     const LIMITS: Limits = Limits {
