@@ -16,7 +16,7 @@
 #   bench/profile.sh copies      # every memcpy/memmove per request, by size and calling line
 #                                # (uprobes on glibc's copy routine; bench/copies.py sums them)
 #   FLOOR=1 bench/profile.sh ... # the same for bench/floor, the least a tokio proxy can do
-#   CLOSE=1 bench/profile.sh perf|syscalls  # a new connection per request
+#   CLOSE=1 bench/profile.sh perf|syscalls  # a new connection per request (callgrind: with SATURATED=1)
 #
 # KB_BIN=path profiles that binary instead of building this tree. Every load run is bounded.
 set -euo pipefail
