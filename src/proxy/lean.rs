@@ -726,8 +726,8 @@ mod tests {
     /// A connection's lean future is boxed as the connection starts (`server::serve`). Like a
     /// request's, it must stay within mimalloc's small blocks (1 KiB on 64-bit machines): a
     /// larger block takes mimalloc's slow path, several hundred instructions on every new
-    /// connection (docs/benchmarks.md, "New connections"). A change that grows it past that
-    /// shows here.
+    /// connection (docs/benchmarks.md, "New connections, and the allocator's slow path"). A
+    /// change that grows it past that shows here.
     #[test]
     fn a_connections_future_fits_the_allocators_small_blocks() {
         fn returned<A, B, C, D, R>(_: fn(A, B, C, D) -> R) -> usize {

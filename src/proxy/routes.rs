@@ -163,7 +163,7 @@ mod tests {
     }
 
     #[test]
-    fn a_host_that_is_not_text_only_matches_routes_without_a_host() {
+    fn a_host_that_is_not_text_is_compared_byte_by_byte() {
         let mut t = RouteTable::default();
         t.add(Some("*.example.com"), "/", 1).expect("new");
         t.add(Some("shop.example.com"), "/", 2).expect("new");
