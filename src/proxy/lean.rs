@@ -672,6 +672,64 @@ impl AsyncWrite for Prefixed {
 mod tests {
     use super::*;
 
+    /// A client connection served by `serve` on a worker with no cluster (every request is
+    /// answered 404): the requests `text` holds, and what the client read until the close.
+    async fn served(text: &'static [u8]) -> (Rc<Worker>, String) {
+        use tokio::io::AsyncReadExt;
+        let plane = crate::proxy::snapshot::DataPlane::new();
+        plane.publish(Vec::new());
+        let worker = Rc::new(Worker {
+            plane,
+            pool: Rc::default(),
+            buffers: Buffers::default(),
+            access_log: false,
+            limits: LIMITS,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        client.write_all(text).await.expect("send");
+        let ended = serve(
+            stream,
+            worker.clone(),
+            Rc::new(Client::new(peer, None)),
+            Rc::new(Cell::new(false)),
+        )
+        .await
+        .expect("served");
+        assert!(matches!(ended, Ended::Closed));
+        let mut answers = String::new();
+        client
+            .read_to_string(&mut answers)
+            .await
+            .expect("answers, then the close");
+        (worker, answers)
+    }
+
+    /// With a new connection for every request, a closing connection's read buffer goes back to
+    /// the worker's spares, as an idle one's does: the next connection takes it instead of
+    /// allocating its own (docs/benchmarks.md, "New connections, and the allocator's slow
+    /// path").
+    #[tokio::test]
+    async fn a_closing_connection_gives_its_read_buffer_back() {
+        let (worker, answers) =
+            served(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
+        assert_eq!(answers.matches("HTTP/1.1 404").count(), 1, "{answers}");
+        assert_eq!(worker.buffers.spare().0, 1);
+
+        // Two requests on the connection, the second asking to close: still one buffer.
+        let (worker, answers) = served(
+            b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(answers.matches("HTTP/1.1 404").count(), 2, "{answers}");
+        assert_eq!(worker.buffers.spare().0, 1);
+    }
+
     #[test]
     fn a_read_buffer_is_kept_spare_only_when_nothing_shares_it() {
         let buffers = Buffers::default();
