@@ -172,7 +172,7 @@ pub async fn serve(
     let mut buf = BytesMut::new();
     // Until the first bytes tell otherwise, the connection may be opening with HTTP/2's preface.
     let mut sniffing = true;
-    loop {
+    'serve: loop {
         // How much of `buf` is known to end no head: a head can only end with a line feed, so
         // a head trickling in is parsed again only when a line has ended (not once per read).
         // The first bytes are parsed at once: they are usually the whole head.
@@ -204,7 +204,7 @@ pub async fn serve(
                 checked = buf.len();
             } else {
                 if closing.get() {
-                    return Ok(Ended::Closed);
+                    break 'serve;
                 }
                 // Idle: hold no buffer while waiting.
                 worker.buffers.put_read(std::mem::take(&mut buf));
@@ -217,7 +217,7 @@ pub async fn serve(
             })
             .await;
             match ready {
-                None => return Ok(Ended::Closed),
+                None => break 'serve,
                 Some(ready) => ready?,
             }
             if buf.capacity() == 0 {
@@ -227,8 +227,7 @@ pub async fn serve(
                 std::future::poll_fn(|cx| head::poll_fill(&mut stream, cx, &mut buf, READ_SIZE))
                     .await?;
             if n == 0 {
-                worker.buffers.put_read(buf);
-                return Ok(Ended::Closed);
+                break 'serve;
             }
         };
         let Lean {
@@ -269,8 +268,7 @@ pub async fn serve(
         drop(handled);
         let Some(response) = answer.as_mut().filter(|_| open) else {
             tracing::debug!(client = %client.addr, "client closed the connection before the answer; request dropped");
-            worker.buffers.put_read(buf);
-            return Ok(Ended::Closed);
+            break 'serve;
         };
         let keep_alive = keep_alive && !closing.get();
         // `respond` borrows the answer, so that its own future (part of every connection's,
@@ -284,13 +282,14 @@ pub async fn serve(
             &worker.buffers,
         );
         if !kept.await? {
-            // A closing connection gives its read buffer back, as an idle one does: with a new
-            // connection for every request, each would otherwise allocate its own, on
-            // mimalloc's slow path for large blocks.
-            worker.buffers.put_read(buf);
-            return Ok(Ended::Closed);
+            break 'serve;
         }
     }
+    // Closed: the read buffer goes back to the worker's spares, as an idle connection's does.
+    // With a new connection for every request, each would otherwise allocate its own, on
+    // mimalloc's slow path for large blocks.
+    worker.buffers.put_read(buf);
+    Ok(Ended::Closed)
 }
 
 /// A request the lean server handles, and whether the client wants the connection kept.
