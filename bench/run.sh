@@ -5,8 +5,9 @@
 #   ROUNDS=1 DURATION=5 bench/run.sh   # a quick look
 #   BALANCERS="kube-balancer nginx" TESTS="small latency" bench/run.sh
 #   KB_BIN=/path/to/kube-balancer bench/run.sh   # measure that build instead of this tree's
+#                                                 # (KB_BUILD="source abc123, profile-guided"
+#                                                 # says what it is in the table's version line)
 #   PGO=0 bench/run.sh                 # this tree without profile-guided optimization
-#                                       (KB_BUILD names how a KB_BIN was built, for the table)
 #   KB_BIN_BEFORE=/path/to/old BALANCERS="kube-balancer kube-balancer-before nginx" bench/run.sh
 #                                                 # A/B: two builds in the same run, interleaved
 #   BALANCERS="kube-balancer floor nginx" TESTS="small latency" bench/run.sh
@@ -80,11 +81,12 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 # plain `cargo build --release`.
 BUILD="profile-guided (scripts/build-release.sh)"
 [ "${PGO:-1}" = 0 ] && BUILD="cargo build --release, no PGO"
-if [ -z "${KB_BIN:-}" ]; then
+GIVEN=${KB_BIN:-}
+if [ -z "$GIVEN" ]; then
     say "building kube-balancer: $BUILD"
     KB_BIN=$("$REPO/scripts/build-release.sh")
 else
-    BUILD=${KB_BUILD:-given (KB_BIN)}
+    BUILD=${KB_BUILD:-"given (KB_BIN): $(basename "$KB_BIN")"}
 fi
 (cd "$HERE/loadgen" && cargo build --release --quiet --target-dir "$REPO/target/bench")
 LOADGEN=$REPO/target/bench/release/kb-loadgen
@@ -235,7 +237,9 @@ start_balancer() {
 
 version_of() {
     case $1 in
-    kube-balancer) echo "kube-balancer $(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo unknown), build: $BUILD" ;;
+    # A given binary (KB_BIN) need not be this tree's: only KB_BUILD can say what it is.
+    kube-balancer) if [ -n "$GIVEN" ]; then echo "kube-balancer: $BUILD"; else
+        echo "kube-balancer $(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo unknown), build: $BUILD"; fi ;;
     kube-balancer-before) echo "kube-balancer-before: $(basename "$KB_BIN_BEFORE")" ;;
     floor) echo "floor: bench/floor, a tokio proxy doing only what no proxy can skip" ;;
     nginx) nginx -v 2>&1 | sed 's|.*/||; s|^|nginx |' ;;
