@@ -104,7 +104,8 @@ fn member_connection(stream: TcpStream) -> std::io::Result<()> {
     }
 }
 
-/// One kind of request in the mix, and how many of every hundred requests are of it.
+/// One kind of request in the mix, and how many of every hundred requests are of it (the shares
+/// add up to 100).
 struct Kind {
     share: u32,
     head: &'static str,
@@ -190,66 +191,81 @@ const KINDS: &[Kind] = &[
     },
 ];
 
+/// One kind's request, written once: its bytes, and what its head says of the exchange.
+struct Prepared {
+    bytes: Vec<u8>,
+    /// HEAD: the answer has no body.
+    head_only: bool,
+    /// "Connection: close": it goes on a connection of its own.
+    close: bool,
+}
+
+impl Prepared {
+    fn of(kind: &Kind) -> Self {
+        let mut bytes = kind.head.as_bytes().to_vec();
+        match kind.body {
+            Body::None => bytes.extend_from_slice(b"\r\n"),
+            Body::Length(n) => {
+                bytes.extend_from_slice(format!("Content-Length: {n}\r\n\r\n").as_bytes());
+                bytes.extend(std::iter::repeat_n(b'b', n));
+            }
+            Body::Chunked(n) => {
+                bytes.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                for part in [n / 2, n - n / 2] {
+                    bytes.extend_from_slice(format!("{part:x}\r\n").as_bytes());
+                    bytes.extend(std::iter::repeat_n(b'b', part));
+                    bytes.extend_from_slice(b"\r\n");
+                }
+                bytes.extend_from_slice(b"0\r\n\r\n");
+            }
+        }
+        Prepared {
+            bytes,
+            head_only: kind.head.starts_with("HEAD "),
+            close: kind.head.contains("Connection: close"),
+        }
+    }
+}
+
 /// `train ADDR SECONDS THREADS`: the mix, from THREADS keep-alive clients, for SECONDS.
 /// Prints how many requests of each kind were answered, and fails if any got no answer.
 pub fn train(args: &[String]) -> Result<(), String> {
     let addr = args[0].clone();
     let seconds: f64 = num(&args[1], "SECONDS")?;
     let threads: usize = num(&args[2], "THREADS")?;
-    let total: u32 = KINDS.iter().map(|k| k.share).sum();
+    let prepared: std::sync::Arc<Vec<Prepared>> =
+        std::sync::Arc::new(KINDS.iter().map(Prepared::of).collect());
+    // The kinds in turn, each as many times as its share: every pass holds each its share.
+    let turns: std::sync::Arc<Vec<usize>> = std::sync::Arc::new(
+        KINDS
+            .iter()
+            .enumerate()
+            .flat_map(|(k, kind)| std::iter::repeat_n(k, kind.share as usize))
+            .collect(),
+    );
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     let workers: Vec<_> = (0..threads)
         .map(|t| {
-            let addr = addr.clone();
+            let (addr, prepared, turns) = (addr.clone(), prepared.clone(), turns.clone());
             std::thread::spawn(move || -> Result<(Vec<u64>, u64), String> {
                 let mut answered = vec![0u64; KINDS.len()];
                 let mut failed = 0u64;
                 let open = || Conn::open(&addr, "/", Duration::from_secs(10));
                 let mut conn = open().map_err(|e| format!("connect {addr}: {e}"))?;
-                // Each thread walks the mix from its own place: every hundred requests hold
-                // each kind its share of times.
-                let mut i = t as u32 * 7;
+                // Each thread walks the turns from its own place.
+                let mut i = t * 7;
                 while Instant::now() < until {
-                    let slot = i % total;
+                    let k = turns[i % turns.len()];
                     i = i.wrapping_add(1);
-                    let (k, kind) = KINDS
-                        .iter()
-                        .enumerate()
-                        .scan(0, |acc, (k, kind)| {
-                            *acc += kind.share;
-                            Some((*acc, k, kind))
-                        })
-                        .find(|&(acc, _, _)| slot < acc)
-                        .map(|(_, k, kind)| (k, kind))
-                        .ok_or("the mix is empty")?;
-                    let mut request = kind.head.as_bytes().to_vec();
-                    match kind.body {
-                        Body::None => request.extend_from_slice(b"\r\n"),
-                        Body::Length(n) => {
-                            request.extend_from_slice(
-                                format!("Content-Length: {n}\r\n\r\n").as_bytes(),
-                            );
-                            request.extend(std::iter::repeat_n(b'b', n));
-                        }
-                        Body::Chunked(n) => {
-                            request.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
-                            for part in [n / 2, n - n / 2] {
-                                request.extend_from_slice(format!("{part:x}\r\n").as_bytes());
-                                request.extend(std::iter::repeat_n(b'b', part));
-                                request.extend_from_slice(b"\r\n");
-                            }
-                            request.extend_from_slice(b"0\r\n\r\n");
-                        }
-                    }
-                    // A head that asks to close goes on a connection of its own.
-                    let result = if kind.head.contains("Connection: close") {
+                    let request = &prepared[k];
+                    let result = if request.close {
                         open().and_then(|mut c| {
-                            c.request = request;
-                            c.exchange(kind.head.starts_with("HEAD"))
+                            c.request.clone_from(&request.bytes);
+                            c.exchange(request.head_only)
                         })
                     } else {
-                        conn.request = request;
-                        conn.exchange(kind.head.starts_with("HEAD"))
+                        conn.request.clone_from(&request.bytes);
+                        conn.exchange(request.head_only)
                     };
                     match result {
                         Ok(_) => answered[k] += 1,
