@@ -106,12 +106,10 @@ callgrind)
     command -v valgrind >/dev/null || { echo "valgrind is missing (apt-get install valgrind)" >&2; exit 1; }
     # Instrumentation starts switched off; only the measured requests are counted.
     # CACHE=1 also simulates the caches (first-level and last-level misses per function).
-    cache=()
-    [ -n "${CACHE:-}" ] && cache=(--cache-sim=yes)
     # CALLGRIND_ARGS: more valgrind options, e.g. --dump-instr=yes or --I1=65536,8,64.
-    read -r -a extra <<<"${CALLGRIND_ARGS:-}"
-    cache+=("${extra[@]}")
-    taskset -c "$LB_CPU" valgrind --tool=callgrind --instr-atstart=no "${cache[@]}" \
+    read -r -a options <<<"${CALLGRIND_ARGS:-}"
+    [ -n "${CACHE:-}" ] && options+=(--cache-sim=yes)
+    taskset -c "$LB_CPU" valgrind --tool=callgrind --instr-atstart=no "${options[@]}" \
         --callgrind-out-file="$RUN/callgrind.out" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
     KB=$!
     PIDS+=("$KB")

@@ -12,12 +12,12 @@
 #    clients from h2load.
 # 3. The release build uses those counts: LLVM lays the hot paths out together and keeps
 #    the rarely taken ones apart. The proxy's hot path is larger than the CPU's instruction
-#    cache; laid out this way, it takes about a fifth less user time per request
+#    cache; laid out this way, it takes about a quarter less user time per request
 #    (docs/benchmarks.md, "Profile-guided build").
 #
 # Needs rustup's llvm-tools component (added when missing) and h2load (Debian's
 # nghttp2-client, installed when missing and run as root). Everything runs on loopback ports
-# from TRAIN_PORT_BASE (default 19500). Two full builds: about 15 minutes on 2 cores.
+# from TRAIN_PORT_BASE (default 19500). Two full builds: about 9 minutes on 2 cores.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
