@@ -71,13 +71,7 @@ fn forwarded_for(ip: IpAddr) -> HeaderValue {
                 if i > 0 {
                     text.push(b'.');
                 }
-                if octet >= 100 {
-                    text.push(b'0' + octet / 100);
-                }
-                if octet >= 10 {
-                    text.push(b'0' + octet / 10 % 10);
-                }
-                text.push(b'0' + octet % 10);
+                text.extend_from_slice(super::lean::itoa(u64::from(octet), &mut [0; 20]));
             }
             text
         }

@@ -578,7 +578,8 @@ async fn write_both(stream: &mut TcpStream, first: &[u8], second: &[u8]) -> io::
     Ok(())
 }
 
-fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+/// `n` in decimal, written into the end of `digits`.
+pub(super) fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut at = digits.len();
     loop {
         at -= 1;
