@@ -340,3 +340,69 @@ async fn file_reload_under_load_drops_nothing() {
         .await
         .expect("join");
 }
+
+/// Reading the watched file (as `cat` does), touching it or writing the same bytes again is no
+/// change: nothing is reloaded or refused, and byrequests' turns go on where they were. Before
+/// the fix, the watcher's own read raised events that made it reload about 19 times a second,
+/// each reload restarting the schedule.
+#[tokio::test]
+async fn reading_or_touching_the_file_reloads_nothing_and_keeps_the_turns() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("balancer.yaml");
+    let yaml = cluster_yaml(&[a.url(), b.url()], "");
+    std::fs::write(&file, &yaml).expect("write");
+    let other = dir.path().join("other.yaml");
+
+    let plane = kube_balancer::proxy::DataPlane::new();
+    kube_balancer::standalone::run(Some(file.clone()), plane.clone())
+        .await
+        .expect("first load");
+    let mut options = kube_balancer::proxy::ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
+    options.workers = 1;
+    let server = kube_balancer::proxy::Server::start(plane.clone(), options).expect("start");
+    let url = format!("http://{}/", server.local_addr());
+    assert_eq!(get(&url).await.1, "a");
+
+    for _ in 0..20 {
+        std::fs::read(&file).expect("read");
+    }
+    std::fs::File::options()
+        .append(true)
+        .open(&file)
+        .expect("open")
+        .set_modified(std::time::SystemTime::now())
+        .expect("touch");
+    std::fs::write(&file, &yaml).expect("the same bytes again");
+    // Another file in the watched folder is none of our business.
+    std::fs::write(&other, "not yaml: [").expect("write");
+    // Bounded wait for what must not happen: the old watcher reloaded within 50 ms of a read.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(plane.snapshot().generation, 1, "nothing was reloaded");
+    assert_eq!(
+        plane.rejected_configs.load(Ordering::SeqCst),
+        0,
+        "nothing was refused"
+    );
+    let mut order = String::new();
+    for _ in 0..3 {
+        order.push_str(&get(&url).await.1);
+    }
+    assert_eq!(order, "bab", "the turns go on from the first request");
+
+    // A real edit is served, once.
+    std::fs::write(&file, cluster_yaml(&[b.url(), a.url()], "")).expect("rewrite");
+    wait_for("the edit to be served", Duration::from_secs(2), || {
+        plane.snapshot().generation == 2
+    })
+    .await;
+    for _ in 0..5 {
+        std::fs::read(&file).expect("read");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(plane.snapshot().generation, 2, "one edit, one load");
+    tokio::task::spawn_blocking(move || server.shutdown(Duration::from_secs(1)))
+        .await
+        .expect("join");
+}

@@ -128,9 +128,12 @@ impl DataPlane {
 
     /// Builds a snapshot from `clusters` (in order of precedence for route conflicts: the first
     /// claim on a host and path keeps it) and makes it the one served. Requests in flight finish
-    /// on the snapshot they started with. Counters of members that stay are kept.
+    /// on the snapshot they started with. Counters of members that stay are kept, and a cluster
+    /// whose configuration did not change is served on as it was: its balancer keeps its
+    /// schedule (byrequests' turns, ewma's averages, hash's table).
     pub fn publish(&self, clusters: Vec<ClusterConfig>) -> Arc<Snapshot> {
         let now = clock::now_ms();
+        let previous = self.snapshot.load_full();
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept = HashMap::with_capacity(stats.len());
         // Clusters served before: a member new to one of them has joined (slow start).
@@ -165,6 +168,16 @@ impl DataPlane {
                             .unwrap_or_default(),
                     });
                 }
+            }
+            if let Some(same) = previous
+                .cluster(&config.namespace, &config.name)
+                .filter(|c| c.config == config)
+            {
+                for m in same.balancer.members() {
+                    kept.insert((key.clone(), m.url.clone()), m.stats.clone());
+                }
+                snapshot.clusters.push(same.clone());
+                continue;
             }
             let members = config
                 .members
@@ -209,5 +222,57 @@ impl DataPlane {
         self.snapshot.store(snapshot.clone());
         self.ready.store(true, Relaxed);
         snapshot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::BalancerCluster;
+
+    fn config(name: &str, members: &[&str]) -> ClusterConfig {
+        let members: Vec<String> = members.iter().map(|m| format!("{{url: {m}}}")).collect();
+        let yaml = format!(
+            "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {{name: {name}}}\nspec:\n  routes: [{{pathPrefix: /{name}}}]\n  members: [{}]\n",
+            members.join(", ")
+        );
+        let bc: BalancerCluster = serde_norway::from_str(&yaml).expect("a BalancerCluster");
+        crate::discovery::cluster_config(&bc, Vec::new()).expect("valid")
+    }
+
+    #[test]
+    fn an_unchanged_cluster_is_served_on_as_it_was() {
+        let plane = DataPlane::new();
+        let first = plane.publish(vec![
+            config("a", &["http://127.0.0.1:1"]),
+            config("b", &["http://127.0.0.1:2"]),
+        ]);
+        let second = plane.publish(vec![
+            config("a", &["http://127.0.0.1:1"]),
+            config("b", &["http://127.0.0.1:3"]),
+        ]);
+        assert!(Arc::ptr_eq(&first.clusters[0], &second.clusters[0]));
+        assert!(!Arc::ptr_eq(&first.clusters[1], &second.clusters[1]));
+        assert_eq!(second.generation, 2);
+        // Order still decides the route table: the same cluster at another index is found there.
+        let third = plane.publish(vec![
+            config("b", &["http://127.0.0.1:3"]),
+            config("a", &["http://127.0.0.1:1"]),
+        ]);
+        assert!(Arc::ptr_eq(&third.clusters[1], &first.clusters[0]));
+        assert_eq!(
+            third.route(b"h", "/a").map(|c| c.key.as_str()),
+            Some("default/a")
+        );
+        // The kept cluster's members keep their counters for the next publication too.
+        let stats = third.clusters[1].balancer.members()[0].stats.clone();
+        let fourth = plane.publish(vec![config(
+            "a",
+            &["http://127.0.0.1:1", "http://127.0.0.1:4"],
+        )]);
+        assert!(Arc::ptr_eq(
+            &fourth.clusters[0].balancer.members()[0].stats,
+            &stats
+        ));
     }
 }

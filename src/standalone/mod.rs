@@ -43,12 +43,16 @@ pub enum ConfigError {
 
 /// Reads and checks a file.
 pub fn load(path: &Path) -> Result<Vec<ClusterConfig>, ConfigError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        file: file.clone(),
-        source,
+    parse_bytes(&path.display().to_string(), &read(path)?)
+}
+
+/// Checks a file's bytes, which must be UTF-8 text.
+fn parse_bytes(file: &str, bytes: &[u8]) -> Result<Vec<ClusterConfig>, ConfigError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| ConfigError::Yaml {
+        file: file.to_owned(),
+        message: format!("not UTF-8 text: {e}"),
     })?;
-    parse(&file, &text)
+    parse(file, text)
 }
 
 /// Checks the BalancerCluster documents of a YAML text; `file` names it in errors.
@@ -175,10 +179,23 @@ pub async fn run(path: Option<PathBuf>, plane: Arc<DataPlane>) -> Result<(), Con
         publish(&plane, clusters, "the embedded seed configuration");
         return Ok(());
     };
-    let clusters = load(&path)?;
-    publish(&plane, clusters, &path.display().to_string());
-    tokio::spawn(watch(path, plane));
+    // Watching starts before the first read, so that no change slips between the two.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = watch_folder(&path, tx);
+    let file = path.display().to_string();
+    let bytes = read(&path)?;
+    publish(&plane, parse_bytes(&file, &bytes)?, &file);
+    if let Some(watcher) = watcher {
+        tokio::spawn(reload_on_change(path, plane, watcher, rx, bytes));
+    }
     Ok(())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|source| ConfigError::Read {
+        file: path.display().to_string(),
+        source,
+    })
 }
 
 fn publish(plane: &DataPlane, clusters: Vec<ClusterConfig>, from: &str) {
@@ -190,16 +207,21 @@ fn publish(plane: &DataPlane, clusters: Vec<ClusterConfig>, from: &str) {
     }
 }
 
-/// Watches the file's folder (editors replace files rather than write them in place) and
-/// reloads after changes settle.
-async fn watch(path: PathBuf, plane: Arc<DataPlane>) {
+/// Watches the file's folder (editors replace files rather than write them in place): each
+/// event that can change the file's content sends on `tx`. Only creation, modification, removal
+/// and renames count: reading the file, ours included, raises open and close events, and
+/// reacting to those would reload forever.
+fn watch_folder(
+    path: &Path,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let file_name = path.file_name().map(|n| n.to_owned());
     let mut watcher = match notify::recommended_watcher(
         move |event: notify::Result<notify::Event>| {
             if let Ok(event) = event
+                && may_change_content(&event.kind)
                 && event
                     .paths
                     .iter()
@@ -212,7 +234,7 @@ async fn watch(path: PathBuf, plane: Arc<DataPlane>) {
         Ok(w) => w,
         Err(e) => {
             tracing::error!(error = %e, "cannot watch the configuration file; changes will not be picked up");
-            return;
+            return None;
         }
     };
     let folder = match path.parent() {
@@ -220,20 +242,61 @@ async fn watch(path: PathBuf, plane: Arc<DataPlane>) {
         _ => PathBuf::from("."),
     };
     if let Err(e) = watcher.watch(&folder, RecursiveMode::NonRecursive) {
-        tracing::error!(error = %e, folder = %folder.display(), "cannot watch the configuration folder");
-        return;
+        tracing::error!(error = %e, folder = %folder.display(), "cannot watch the configuration folder; changes will not be picked up");
+        return None;
     }
+    Some(watcher)
+}
+
+/// Reloads the file after each burst of changes settles. Bytes equal to the last load's
+/// (served or refused) are no change, as after a `touch` or a rewrite with the same text: they
+/// are neither published, nor logged, nor counted, so the balancing schedule goes on where it
+/// was.
+async fn reload_on_change(
+    path: PathBuf,
+    plane: Arc<DataPlane>,
+    _watcher: notify::RecommendedWatcher,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+    mut last: Vec<u8>,
+) {
+    let file = path.display().to_string();
     while rx.recv().await.is_some() {
         // Let a burst of events (truncate, write, rename) settle before reading.
         tokio::time::sleep(Duration::from_millis(50)).await;
         while rx.try_recv().is_ok() {}
-        match load(&path) {
-            Ok(clusters) => publish(&plane, clusters, &path.display().to_string()),
+        let bytes = match read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // Gone for a moment (a rename over it) or unreadable: the next event tells.
+                tracing::debug!(error = %e, "configuration file not readable now");
+                continue;
+            }
+        };
+        if bytes == last {
+            continue;
+        }
+        let loaded = parse_bytes(&file, &bytes);
+        last = bytes;
+        match loaded {
+            Ok(clusters) => publish(&plane, clusters, &file),
             Err(e) => {
                 plane.rejected_configs.fetch_add(1, Relaxed);
                 tracing::error!(error = %e, "configuration refused; the previous one keeps serving");
             }
         }
+    }
+}
+
+/// Whether a file event can mean new content. Opening, reading and closing cannot.
+fn may_change_content(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        // A writer closing the file it wrote: the content is final now.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        EventKind::Any | EventKind::Other => true,
     }
 }
 
