@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::proxy::{DataPlane, ProxyOptions, Server};
+use crate::plane::DataPlane;
+use crate::proxy::{ProxyOptions, Server};
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Parser, Debug)]
@@ -278,6 +279,8 @@ where
         let workers = options.workers;
         let server = Server::start(plane.clone(), options)?;
         tracing::info!(address = %server.local_addr(), workers, "data plane listening");
+        // Active health checks run next to the workers and stop with them.
+        let checker = crate::health::Checker::start(plane.clone())?;
         let admin = crate::admin::start(common.admin, plane.clone()).await?;
         tracing::info!(address = %admin, "admin server listening");
 
@@ -285,7 +288,11 @@ where
         plane.start_draining();
         tracing::info!(grace = ?common.shutdown_grace, "stopping: no new connections, finishing requests in flight");
         let grace = common.shutdown_grace;
-        tokio::task::spawn_blocking(move || server.shutdown(grace)).await?;
+        tokio::task::spawn_blocking(move || {
+            server.shutdown(grace);
+            checker.stop();
+        })
+        .await?;
         tracing::info!("stopped");
         Ok(())
     })

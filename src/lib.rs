@@ -10,6 +10,7 @@ pub mod controller;
 pub mod demo;
 pub mod discovery;
 pub mod health;
+pub mod plane;
 pub mod plugin;
 pub mod proxy;
 pub mod standalone;

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::api::{MemberState, MemberStatus};
 use crate::balancer::Health;
-use crate::proxy::Cluster;
+use crate::plane::Cluster;
 
 /// Apache's status word for a member: its administrative state, or why it is down:
 /// `HealthCheckFailed` while it fails its active health checks, `Error` while it is in error

@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use kube_balancer::controller;
-use kube_balancer::proxy::{DataPlane, ProxyOptions, Server};
+use kube_balancer::plane::DataPlane;
+use kube_balancer::proxy::{ProxyOptions, Server};
 use support::backend;
 use support::controlplane::ControlPlane;
 use support::fixtures::{apply_cluster, install_crd, options, web_pods, web_service};

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{Proxy, wait_for};
 use http::StatusCode;
-use kube_balancer::proxy::DataPlane;
+use kube_balancer::plane::DataPlane;
 use support_balancing::{Member, client, cluster, get, order, rows, states, web};
 
 const LIMIT: Duration = Duration::from_secs(10);

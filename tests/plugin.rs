@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 
 use kube_balancer::api::BalancerCluster;
 use kube_balancer::controller::{self, Options, index::Scope};
-use kube_balancer::proxy::{DataPlane, ProxyOptions, Server};
+use kube_balancer::plane::DataPlane;
+use kube_balancer::proxy::{ProxyOptions, Server};
 use support::backend::{self, Backend};
 use support::controlplane::{BIN_ENV, ControlPlane};
 use support::fixtures::{install_crd, web_pods, web_service};

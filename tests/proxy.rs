@@ -255,7 +255,7 @@ async fn file_reload_under_load_drops_nothing() {
     let file = dir.path().join("balancer.yaml");
     std::fs::write(&file, cluster_yaml(&[old.url()], "")).expect("write");
 
-    let plane = kube_balancer::proxy::DataPlane::new();
+    let plane = kube_balancer::plane::DataPlane::new();
     kube_balancer::standalone::run(Some(file.clone()), plane.clone())
         .await
         .expect("first load");
@@ -355,7 +355,7 @@ async fn reading_or_touching_the_file_reloads_nothing_and_keeps_the_turns() {
     std::fs::write(&file, &yaml).expect("write");
     let other = dir.path().join("other.yaml");
 
-    let plane = kube_balancer::proxy::DataPlane::new();
+    let plane = kube_balancer::plane::DataPlane::new();
     kube_balancer::standalone::run(Some(file.clone()), plane.clone())
         .await
         .expect("first load");

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{MemberStatus, RouteSpec};
-use crate::proxy::{DataPlane, Snapshot};
+use crate::plane::{DataPlane, Snapshot};
 use crate::status;
 
 /// Everything the balancer-manager shows.

@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 
 use super::manager::{self, ClusterView, ManagerView, MemberView};
 use crate::clock;
-use crate::proxy::DataPlane;
+use crate::plane::DataPlane;
 
 /// The content type of the OpenMetrics text format that prometheus-client writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::clock;
-use crate::proxy::DataPlane;
+use crate::plane::DataPlane;
 
 /// How long connections still open at shutdown may take to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::BalancerCluster;
 use crate::discovery::endpoints::SERVICE_NAME_LABEL;
-use crate::proxy::DataPlane;
+use crate::plane::DataPlane;
 use index::{Scope, World};
 
 /// Errors of the controller's start.

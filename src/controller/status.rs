@@ -17,8 +17,8 @@ use super::leader::Leadership;
 use super::peers::{PeerSource, Traffic};
 use crate::api::{BalancerCluster, BalancerClusterStatus, Condition, MemberStatus};
 use crate::clock;
-use crate::proxy::DataPlane;
-use crate::proxy::snapshot::{Cluster, RouteConflict};
+use crate::plane::DataPlane;
+use crate::plane::{Cluster, RouteConflict};
 
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "kube-balancer";
@@ -306,7 +306,7 @@ mod tests {
     use crate::api::MemberState;
     use crate::discovery::MemberConfig;
 
-    fn cluster_with(n: usize) -> (BalancerCluster, Arc<crate::proxy::Snapshot>) {
+    fn cluster_with(n: usize) -> (BalancerCluster, Arc<crate::plane::Snapshot>) {
         let mut bc = BalancerCluster::new(
             "web",
             serde_json::from_value(serde_json::json!({"service": {"name": "web", "port": "http"}}))

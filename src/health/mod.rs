@@ -28,7 +28,7 @@ use crate::api::HealthCheckMethod;
 use crate::balancer::MemberStats;
 use crate::clock;
 use crate::discovery::{HealthCheckConfig, fnv1a};
-use crate::proxy::DataPlane;
+use crate::plane::DataPlane;
 
 /// How much of an answer's body `bodyContains` searches.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -39,27 +39,40 @@ const IDLE_WAKE_MS: u64 = 250;
 /// The shortest interval the checker honours, whatever the configuration says.
 const MIN_INTERVAL_MS: u64 = 100;
 
-/// Starts the checker on its own thread. It stops when `stop` changes to `Some` or its sender
-/// is dropped.
-pub fn spawn(
-    plane: Arc<DataPlane>,
-    stop: watch::Receiver<Option<Duration>>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("kb-health".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the health checker");
-                    return;
-                }
-            };
-            runtime.block_on(run(plane, stop));
-        })
+/// The running checker: started next to the data plane by whoever starts it, stopped with it.
+pub struct Checker {
+    stop: watch::Sender<bool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checker {
+    /// Starts the checker on its own thread, fed by `plane`'s current snapshot.
+    pub fn start(plane: Arc<DataPlane>) -> std::io::Result<Checker> {
+        let (stop, stopped) = watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name("kb-health".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the health checker");
+                        return;
+                    }
+                };
+                runtime.block_on(run(plane, stopped));
+            })?;
+        Ok(Checker { stop, thread })
+    }
+
+    /// Stops checking and waits for the thread to end. Blocking: call it from a blocking
+    /// context.
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.thread.join();
+    }
 }
 
 struct Due {
@@ -68,7 +81,7 @@ struct Due {
 }
 
 /// Checks members as they come due until told to stop.
-pub async fn run(plane: Arc<DataPlane>, mut stop: watch::Receiver<Option<Duration>>) {
+pub async fn run(plane: Arc<DataPlane>, mut stop: watch::Receiver<bool>) {
     let mut due: HashMap<(String, String), Due> = HashMap::new();
     loop {
         let now = clock::now_ms();
@@ -116,7 +129,7 @@ pub async fn run(plane: Arc<DataPlane>, mut stop: watch::Receiver<Option<Duratio
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
             changed = stop.changed() => {
-                if changed.is_err() || stop.borrow().is_some() {
+                if changed.is_err() || *stop.borrow() {
                     return;
                 }
             }

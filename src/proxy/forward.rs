@@ -19,12 +19,12 @@ use super::deadline::Deadline;
 use super::error::ProxyError;
 use super::head::{self, Field, HOP_BY_HOP, RawHead, UPGRADE, hop_by_hop};
 use super::pool::{self, Member, Pool, Sender};
-use super::routes::strip_port;
-use super::snapshot::{Cluster, DataPlane};
 use crate::api::LbMethod;
 use crate::balancer::{Affinity, ewma, sticky};
 use crate::clock;
 use crate::discovery::MemberConfig;
+use crate::plane::routes::strip_port;
+use crate::plane::{Cluster, DataPlane};
 
 /// What a worker shares between its connections.
 pub struct Worker {

@@ -676,7 +676,7 @@ mod tests {
     /// answered 404): the requests `text` holds, and what the client read until the close.
     async fn served(text: &'static [u8]) -> (Rc<Worker>, String) {
         use tokio::io::AsyncReadExt;
-        let plane = crate::proxy::snapshot::DataPlane::new();
+        let plane = crate::plane::DataPlane::new();
         plane.publish(Vec::new());
         let worker = Rc::new(Worker {
             plane,

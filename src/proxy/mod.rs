@@ -12,10 +12,7 @@ mod forward;
 mod head;
 mod lean;
 mod pool;
-pub mod routes;
 mod server;
-pub mod snapshot;
 mod upstream;
 
 pub use server::{ProxyOptions, Server};
-pub use snapshot::{Cluster, DataPlane, Snapshot};

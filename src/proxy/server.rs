@@ -27,7 +27,7 @@ use super::deadline::{Deadline, Fired};
 use super::forward::{self, Worker};
 use super::lean;
 use super::pool::Pool;
-use super::snapshot::DataPlane;
+use crate::plane::DataPlane;
 
 /// How the data plane listens and protects itself from clients.
 #[derive(Clone, Debug)]
@@ -98,8 +98,6 @@ impl Server {
                 .spawn(move || run_worker(listener, plane, options, stop_rx))?;
             handles.push(handle);
         }
-        // Active health checks run next to the workers and stop with them.
-        handles.push(crate::health::spawn(plane, stop_rx)?);
         Ok(Server {
             local_addr,
             stop,

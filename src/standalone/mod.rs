@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::api::{BalancerCluster, GROUP, VERSION};
 use crate::discovery::{self, ClusterConfig};
-use crate::proxy::DataPlane;
+use crate::plane::DataPlane;
 
 /// The seed's setup, served when no file is given.
 pub const EMBEDDED: &str = include_str!("../../examples/seed.yaml");

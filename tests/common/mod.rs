@@ -15,7 +15,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use kube_balancer::proxy::{DataPlane, ProxyOptions, Server};
+use kube_balancer::plane::DataPlane;
+use kube_balancer::proxy::{ProxyOptions, Server};
 use tokio::net::TcpListener;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -137,6 +138,8 @@ pub struct Proxy {
     pub plane: Arc<DataPlane>,
     pub addr: SocketAddr,
     server: Option<Server>,
+    /// Active health checks, as the binary starts them next to the data plane.
+    checker: Option<kube_balancer::health::Checker>,
 }
 
 impl Proxy {
@@ -153,10 +156,12 @@ impl Proxy {
         options.workers = 1;
         tune(&mut options);
         let server = Server::start(plane.clone(), options).expect("start the data plane");
+        let checker = kube_balancer::health::Checker::start(plane.clone()).expect("start checks");
         Proxy {
             addr: server.local_addr(),
             plane,
             server: Some(server),
+            checker: Some(checker),
         }
     }
 
@@ -166,11 +171,17 @@ impl Proxy {
 
     /// Stops the data plane, letting requests in flight finish within `grace`.
     pub async fn stop(mut self, grace: Duration) {
-        if let Some(server) = self.server.take() {
-            tokio::task::spawn_blocking(move || server.shutdown(grace))
-                .await
-                .expect("join");
-        }
+        let (server, checker) = (self.server.take(), self.checker.take());
+        tokio::task::spawn_blocking(move || {
+            if let Some(server) = server {
+                server.shutdown(grace);
+            }
+            if let Some(checker) = checker {
+                checker.stop();
+            }
+        })
+        .await
+        .expect("join");
     }
 }
 

@@ -15,7 +15,8 @@ use serde_json::json;
 use kube_balancer::api::BalancerCluster;
 use kube_balancer::controller::{self, Options, index::Scope};
 use kube_balancer::discovery::MemberConfig;
-use kube_balancer::proxy::{DataPlane, ProxyOptions, Server};
+use kube_balancer::plane::DataPlane;
+use kube_balancer::proxy::{ProxyOptions, Server};
 
 use super::backend::Backend;
 use super::netns;
@@ -109,6 +110,8 @@ pub struct Balancer {
     pub plane: Arc<DataPlane>,
     pub controller: controller::Controller,
     server: Option<Server>,
+    /// Active health checks, as `run` starts them next to the data plane.
+    _checker: kube_balancer::health::Checker,
 }
 
 impl Balancer {
@@ -120,7 +123,9 @@ impl Balancer {
         let mut proxy = ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
         proxy.workers = 1;
         let server = Server::start(plane.clone(), proxy).expect("the data plane starts");
+        let _checker = kube_balancer::health::Checker::start(plane.clone()).expect("checks start");
         Balancer {
+            _checker,
             plane,
             controller,
             server: Some(server),

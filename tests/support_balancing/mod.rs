@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use kube_balancer::proxy::{Cluster, DataPlane};
+use kube_balancer::plane::{Cluster, DataPlane};
 use tokio::net::TcpListener;
 
 type Body = BoxBody<Bytes, hyper::Error>;

@@ -1,6 +1,12 @@
-//! What the data plane serves at one moment: clusters, their balancers and the routing table,
-//! published as one immutable snapshot and swapped atomically. Sources (standalone file,
-//! controller) call [`DataPlane::publish`]; every request loads the current snapshot once.
+//! The seam between the sources of configuration and the data plane: what is served at one
+//! moment (clusters, their balancers and the routing table), published as one immutable
+//! snapshot and swapped atomically, and the per-member counters that outlive snapshots.
+//!
+//! Sources (the standalone file, the controller, the demo) call [`DataPlane::publish`]; the
+//! proxy, the admin server, the health checker and the status writer read from here. Nothing
+//! here does I/O or knows how requests are carried.
+
+pub mod routes;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -9,11 +15,11 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use super::routes::RouteTable;
 use crate::api::{LbMethod, MemberState};
 use crate::balancer::{Affinity, BalancedMember, Balancer, MemberStats, Settings, hash, sticky};
 use crate::clock;
 use crate::discovery::ClusterConfig;
+use routes::RouteTable;
 
 /// One served cluster.
 #[derive(Debug)]
