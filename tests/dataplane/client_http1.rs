@@ -5,16 +5,15 @@
 //! connection, heads trickling in, header limits, the header-read timeout, graceful stop, HEAD
 //! and the Date header.
 
-mod common;
-#[path = "common/raw.rs"]
-mod raw;
-
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Backend, Proxy, cluster_yaml};
-use raw::{Asked, Client, Conn, Member, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::backend::Backend;
+use crate::support::proxy::{Proxy, cluster_yaml};
+use crate::support::raw::{Asked, Client, Conn, Member};
+use crate::support::wait::WAIT;
 
 /// A Date a member writes, which must come through unchanged.
 const MEMBER_DATE: &str = "Mon, 01 Jan 2001 00:00:00 GMT";

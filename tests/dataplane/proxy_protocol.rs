@@ -2,26 +2,24 @@
 //! knowledge, streaming bodies, hop-by-hop headers, request-head limits, and the refusal to act
 //! as a forward proxy. Real sockets on 127.0.0.1, real clients, real backends.
 
-mod common;
-#[path = "common/protocol.rs"]
-mod protocol;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Backend, Body, Proxy, client, cluster_yaml, full, get};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use protocol::{CustomBackend, RawConn, WsEcho, header_lines, within};
 use tokio::sync::{Barrier, Mutex, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-const LIMIT: Duration = Duration::from_secs(10);
+use crate::support::backend::{Backend, WsEcho, header_lines};
+use crate::support::client::{Answer, Body, client, full, get, read};
+use crate::support::proxy::{Proxy, cluster_yaml};
+use crate::support::raw;
+use crate::support::wait::{WAIT as LIMIT, within};
 
 fn parse(yaml: &str) -> Vec<kube_balancer::discovery::ClusterConfig> {
     kube_balancer::standalone::parse("test.yaml", yaml).expect("valid test configuration")
@@ -91,7 +89,12 @@ async fn websocket_echoes_through_the_proxy_and_outlives_a_new_configuration() {
 
     let mut answered = Vec::new();
     for _ in 0..4 {
-        let (status, backend, body) = get(&proxy.url("/")).await;
+        let Answer {
+            status,
+            backend,
+            body,
+            ..
+        } = get(&proxy.url("/")).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, backend);
         answered.push(backend);
@@ -143,8 +146,8 @@ async fn h2c_streams_on_one_connection_alternate_between_members_and_carry_the_a
             }
         }
     };
-    let a = CustomBackend::start(member("a")).await;
-    let b = CustomBackend::start(member("b")).await;
+    let a = Backend::custom(member("a")).await;
+    let b = Backend::custom(member("b")).await;
     let proxy = Proxy::start(&cluster_yaml(&[a.url(), b.url()], ""));
 
     let sender = h2_connect(proxy.addr).await;
@@ -155,7 +158,7 @@ async fn h2c_streams_on_one_connection_alternate_between_members_and_carry_the_a
             let request = Request::get(uri).body(full("")).expect("request");
             let response = sender.send_request(request).await.expect("a response");
             assert_eq!(response.version(), hyper::Version::HTTP_2);
-            common::read(response).await
+            read(response).await
         }
     });
     let answers = within(
@@ -166,7 +169,13 @@ async fn h2c_streams_on_one_connection_alternate_between_members_and_carry_the_a
     .await;
 
     let mut per_member = BTreeMap::new();
-    for (status, backend, body) in answers {
+    for Answer {
+        status,
+        backend,
+        body,
+        ..
+    } in answers
+    {
         assert_eq!(status, StatusCode::OK);
         // The member speaks HTTP/1.1 and sees one Host: the client's :authority.
         assert_eq!(body, format!("HTTP/1.1 {}", proxy.addr));
@@ -183,7 +192,7 @@ async fn h2c_streams_on_one_connection_alternate_between_members_and_carry_the_a
 #[tokio::test]
 async fn request_body_reaches_the_member_before_the_client_has_sent_all_of_it() {
     let (first_tx, mut first_rx) = mpsc::channel::<Bytes>(1);
-    let member = CustomBackend::start(move |req: Request<hyper::body::Incoming>| {
+    let member = Backend::custom(move |req: Request<hyper::body::Incoming>| {
         let first_tx = first_tx.clone();
         async move {
             let mut body = req.into_body();
@@ -230,7 +239,7 @@ async fn request_body_reaches_the_member_before_the_client_has_sent_all_of_it() 
         .await
         .expect("join")
         .expect("a response");
-    let (status, _, body) = common::read(response).await;
+    let Answer { status, body, .. } = read(response).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "chunk one;chunk two.");
 }
@@ -239,7 +248,7 @@ async fn request_body_reaches_the_member_before_the_client_has_sent_all_of_it() 
 async fn response_body_reaches_the_client_before_the_member_has_sent_all_of_it() {
     let (go_tx, go_rx) = oneshot::channel::<()>();
     let go = Arc::new(Mutex::new(Some(go_rx)));
-    let member = CustomBackend::start(move |_req| {
+    let member = Backend::custom(move |_req| {
         let go = go.clone();
         async move {
             let (chunks, rx) = mpsc::channel::<Bytes>(1);
@@ -325,8 +334,8 @@ async fn hop_by_hop_request_headers_stay_on_the_client_connection() {
     let a = Backend::start("a").await;
     let proxy = Proxy::start(&cluster_yaml(&[a.url()], ""));
 
-    let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(
+    let mut conn = raw::Client::connect(proxy.addr).await;
+    conn.write(
         b"GET /headers HTTP/1.1\r\n\
           Host: shop.example.com:8443\r\n\
           Connection: keep-alive, X-Secret\r\n\
@@ -343,9 +352,9 @@ async fn hop_by_hop_request_headers_stay_on_the_client_connection() {
           \r\n",
     )
     .await;
-    let response = within("the response", LIMIT, conn.response()).await;
+    let response = conn.answer(false).await;
     assert_eq!(response.status, 200);
-    assert_eq!(response.header("x-backend"), Some("a"));
+    assert_eq!(response.head.get("x-backend"), Some("a"));
     let mut seen = header_lines(&response.text());
     seen.sort();
     let expected: Vec<(String, String)> = [
@@ -363,7 +372,7 @@ async fn hop_by_hop_request_headers_stay_on_the_client_connection() {
 
 #[tokio::test]
 async fn the_clients_transfer_encoding_is_replaced_by_the_proxys_own_framing() {
-    let member = CustomBackend::start(|req: Request<hyper::body::Incoming>| async move {
+    let member = Backend::custom(|req: Request<hyper::body::Incoming>| async move {
         let encodings: Vec<String> = req
             .headers()
             .get_all("transfer-encoding")
@@ -381,20 +390,20 @@ async fn the_clients_transfer_encoding_is_replaced_by_the_proxys_own_framing() {
 
     // The client writes the coding in capitals; if its header were forwarded, the member would
     // see it that way instead of the lower-case one hyper writes for the proxy's own hop.
-    let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(
+    let mut conn = raw::Client::connect(proxy.addr).await;
+    conn.write(
         b"POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: CHUNKED\r\n\r\n\
           5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
     )
     .await;
-    let response = within("the response", LIMIT, conn.response()).await;
+    let response = conn.answer(false).await;
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), r#"["chunked"] hello world"#);
 }
 
 #[tokio::test]
 async fn hop_by_hop_response_headers_stay_on_the_member_connection() {
-    let member = CustomBackend::start(|_req| async move {
+    let member = Backend::custom(|_req| async move {
         Response::builder()
             .header("connection", "x-member-hop")
             .header("x-member-hop", "1")
@@ -408,15 +417,20 @@ async fn hop_by_hop_response_headers_stay_on_the_member_connection() {
     .await;
     let proxy = Proxy::start(&cluster_yaml(&[member.url()], ""));
 
-    let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
-    let response = within("the response", LIMIT, conn.response()).await;
+    let mut conn = raw::Client::connect(proxy.addr).await;
+    conn.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    let response = conn.answer(false).await;
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "ok");
-    let mut names: Vec<&str> = response.headers.iter().map(|(k, _)| k.as_str()).collect();
+    let mut names: Vec<&str> = response
+        .head
+        .fields
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect();
     names.sort_unstable();
     assert_eq!(names, ["content-length", "date", "x-kept"]);
-    assert_eq!(response.header("x-kept"), Some("end to end"));
+    assert_eq!(response.head.get("x-kept"), Some("end to end"));
 }
 
 /// RFC 9110 5.3: several field lines of one name are one comma-separated list, so a second
@@ -428,7 +442,7 @@ async fn every_x_forwarded_for_line_is_kept_in_the_chain() {
     let a = Backend::start("a").await;
     let proxy = Proxy::start(&cluster_yaml(&[a.url()], ""));
 
-    let mut conn = RawConn::connect(proxy.addr).await;
+    let mut conn = raw::Client::connect(proxy.addr).await;
     for request in [
         &b"GET /headers HTTP/1.1\r\nHost: h\r\n"[..],
         b"POST /headers HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n",
@@ -443,8 +457,8 @@ async fn every_x_forwarded_for_line_is_kept_in_the_chain() {
         if request.starts_with(b"POST") {
             request.extend_from_slice(b"ok");
         }
-        conn.send(&request).await;
-        let response = within("the response", LIMIT, conn.response()).await;
+        conn.write(&request).await;
+        let response = conn.answer(false).await;
         assert_eq!(response.status, 200);
         let forwarded: Vec<(String, String)> = header_lines(&response.text())
             .into_iter()
@@ -485,11 +499,11 @@ async fn a_header_section_under_64_kib_is_served() {
     let a = Backend::start("a").await;
     let proxy = Proxy::start(&cluster_yaml(&[a.url()], ""));
 
-    let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(&request_with_header_of(60 * 1024)).await;
-    let response = within("the response", LIMIT, conn.response()).await;
+    let mut conn = raw::Client::connect(proxy.addr).await;
+    conn.write(&request_with_header_of(60 * 1024)).await;
+    let response = conn.answer(false).await;
     assert_eq!(response.status, 200);
-    assert_eq!(response.header("x-backend"), Some("a"));
+    assert_eq!(response.head.get("x-backend"), Some("a"));
 }
 
 #[tokio::test]
@@ -501,13 +515,13 @@ async fn a_header_section_over_64_kib_gets_431_and_the_connection_is_closed() {
     // when it gives up, so its close is a clean FIN and its answer cannot be lost to a reset.
     let mut head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: ".to_vec();
     head.resize(64 * 1024, b'a');
-    let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(&head).await;
-    let response = within("the response", LIMIT, conn.response()).await;
+    let mut conn = raw::Client::connect(proxy.addr).await;
+    conn.write(&head).await;
+    let response = conn.answer(false).await;
     assert_eq!(response.status, 431);
-    assert_eq!(response.header("x-backend"), None);
-    assert_eq!(response.header("connection"), Some("close"));
-    let rest = within("the close", LIMIT, conn.until_closed()).await;
+    assert_eq!(response.head.get("x-backend"), None);
+    assert_eq!(response.head.get("connection"), Some("close"));
+    let rest = within("the close", LIMIT, conn.conn.read_to_end()).await;
     assert_eq!(rest.expect("a clean close"), b"");
     assert_eq!(a.hits(), 0);
 }
@@ -517,9 +531,9 @@ async fn a_whole_oversized_request_gets_431() {
     let a = Backend::start("a").await;
     let proxy = Proxy::start(&cluster_yaml(&[a.url()], ""));
 
-    let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(&request_with_header_of(70 * 1024)).await;
-    let response = within("the response", LIMIT, conn.response()).await;
+    let mut conn = raw::Client::connect(proxy.addr).await;
+    conn.write(&request_with_header_of(70 * 1024)).await;
+    let response = conn.answer(false).await;
     assert_eq!(response.status, 431);
     assert_eq!(a.hits(), 0);
 }
@@ -536,7 +550,7 @@ fn request_with_headers(count: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn one_hundred_headers_are_served_and_one_hundred_and_one_get_431() {
-    let member = CustomBackend::start(|req: Request<hyper::body::Incoming>| async move {
+    let member = Backend::custom(|req: Request<hyper::body::Incoming>| async move {
         let ours = req
             .headers()
             .keys()
@@ -547,19 +561,19 @@ async fn one_hundred_headers_are_served_and_one_hundred_and_one_get_431() {
     .await;
     let proxy = Proxy::start(&cluster_yaml(&[member.url()], ""));
 
-    let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(&request_with_headers(100)).await;
-    let response = within("the response", LIMIT, conn.response()).await;
+    let mut conn = raw::Client::connect(proxy.addr).await;
+    conn.write(&request_with_headers(100)).await;
+    let response = conn.answer(false).await;
     assert_eq!(response.status, 200);
     // 100 from the client plus X-Forwarded-For, -Proto and -Host.
     assert_eq!(response.text(), "103 99");
 
-    let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(&request_with_headers(101)).await;
-    let response = within("the response", LIMIT, conn.response()).await;
+    let mut conn = raw::Client::connect(proxy.addr).await;
+    conn.write(&request_with_headers(101)).await;
+    let response = conn.answer(false).await;
     assert_eq!(response.status, 431);
-    assert_eq!(response.header("connection"), Some("close"));
-    let rest = within("the close", LIMIT, conn.until_closed()).await;
+    assert_eq!(response.head.get("connection"), Some("close"));
+    let rest = within("the close", LIMIT, conn.conn.read_to_end()).await;
     assert_eq!(rest.expect("a clean close"), b"");
 }
 
@@ -589,7 +603,12 @@ async fn an_http2_header_list_over_64_kib_gets_431() {
         .await
         .expect("a response");
     // The h2 crate answers by itself and resets the stream; the connection stays usable.
-    let (status, backend, body) = common::read(response).await;
+    let Answer {
+        status,
+        backend,
+        body,
+        ..
+    } = read(response).await;
     assert_eq!(
         (status, backend.as_str(), body.as_str()),
         (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "", "")
@@ -601,14 +620,14 @@ async fn an_http2_header_list_over_64_kib_gets_431() {
     let response = within("the response", LIMIT, h2.send_request(request))
         .await
         .expect("a response");
-    assert_eq!(common::read(response).await.1, "a");
+    assert_eq!(read(response).await.backend, "a");
 }
 
 /// `ProxyOptions::max_headers` says "at most this many request headers"; HTTP/2 requests must
 /// not get around it.
 #[tokio::test]
 async fn an_http2_request_with_more_than_100_headers_gets_431() {
-    let member = CustomBackend::start(|req: Request<hyper::body::Incoming>| async move {
+    let member = Backend::custom(|req: Request<hyper::body::Incoming>| async move {
         Response::new(full(format!(
             "the member got {} headers",
             req.headers().len()
@@ -629,7 +648,7 @@ async fn an_http2_request_with_more_than_100_headers_gets_431() {
     )
     .await
     .expect("a response");
-    let (status, _, body) = common::read(response).await;
+    let Answer { status, body, .. } = read(response).await;
     assert_eq!(
         status,
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -648,13 +667,13 @@ async fn a_client_that_stalls_inside_its_request_head_is_disconnected() {
     let a = Backend::start("a").await;
     let proxy = short_header_timeout(&[a.url()]);
 
-    let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(b"GET / HTTP/1.1\r\nHost: h\r\nX-Slow").await;
+    let mut conn = raw::Client::connect(proxy.addr).await;
+    conn.write(b"GET / HTTP/1.1\r\nHost: h\r\nX-Slow").await;
     let sent = Instant::now();
     let ended = within(
         "the proxy to close the connection",
         LIMIT,
-        conn.until_closed(),
+        conn.conn.read_to_end(),
     )
     .await;
     let waited = sent.elapsed();
@@ -672,11 +691,11 @@ async fn a_client_that_connects_and_sends_nothing_is_disconnected() {
     let a = Backend::start("a").await;
     let proxy = short_header_timeout(&[a.url()]);
 
-    let mut conn = RawConn::connect(proxy.addr).await;
+    let mut conn = raw::Client::connect(proxy.addr).await;
     let ended = within(
         "the proxy to close a silent connection (header_read_timeout 300ms)",
         Duration::from_secs(5),
-        conn.until_closed(),
+        conn.conn.read_to_end(),
     )
     .await;
     assert_eq!(ended.expect("a clean close"), b"");
@@ -687,12 +706,12 @@ async fn a_client_that_stalls_inside_the_http2_preface_is_disconnected() {
     let a = Backend::start("a").await;
     let proxy = short_header_timeout(&[a.url()]);
 
-    let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(b"PRI * HTTP/2.0\r\n").await;
+    let mut conn = raw::Client::connect(proxy.addr).await;
+    conn.write(b"PRI * HTTP/2.0\r\n").await;
     let ended = within(
         "the proxy to close a connection stalled in the HTTP/2 preface (header_read_timeout 300ms)",
         Duration::from_secs(5),
-        conn.until_closed(),
+        conn.conn.read_to_end(),
     )
     .await;
     assert_eq!(ended.expect("a clean close"), b"");
@@ -707,17 +726,17 @@ async fn an_http2_preface_that_arrives_in_two_parts_is_served_as_http2() {
     let a = Backend::start("a").await;
     let proxy = Proxy::start(&cluster_yaml(&[a.url()], ""));
 
-    let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(b"PRI * HTTP/2.0\r\n").await;
+    let mut conn = raw::Client::connect(proxy.addr).await;
+    conn.write(b"PRI * HTTP/2.0\r\n").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The rest of the preface, then an empty SETTINGS frame of our own.
-    conn.send(b"\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    conn.write(b"\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await;
     let mut frame_head = [0u8; 9];
     within(
         "the server's first HTTP/2 frame",
         LIMIT,
-        conn.stream.read_exact(&mut frame_head),
+        conn.conn.stream.read_exact(&mut frame_head),
     )
     .await
     .expect("nine bytes of a frame header");
@@ -737,12 +756,12 @@ async fn an_absolute_form_request_is_answered_by_a_member_and_goes_nowhere_else(
     let a = Backend::start("a").await;
     let proxy = Proxy::start(&cluster_yaml(&[a.url()], ""));
 
-    let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(b"GET http://example.invalid/x HTTP/1.1\r\nHost: example.invalid\r\n\r\n")
+    let mut conn = raw::Client::connect(proxy.addr).await;
+    conn.write(b"GET http://example.invalid/x HTTP/1.1\r\nHost: example.invalid\r\n\r\n")
         .await;
-    let response = within("the response", LIMIT, conn.response()).await;
+    let response = conn.answer(false).await;
     assert_eq!(response.status, 200);
-    assert_eq!(response.header("x-backend"), Some("a"));
+    assert_eq!(response.head.get("x-backend"), Some("a"));
     assert_eq!(response.text(), "a");
     assert_eq!(a.hits(), 1);
 }
@@ -754,10 +773,10 @@ async fn an_absolute_form_target_replaces_the_host_the_member_sees() {
     let a = Backend::start("a").await;
     let proxy = Proxy::start(&cluster_yaml(&[a.url()], ""));
 
-    let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(b"GET http://example.invalid/headers HTTP/1.1\r\nHost: other.example\r\n\r\n")
+    let mut conn = raw::Client::connect(proxy.addr).await;
+    conn.write(b"GET http://example.invalid/headers HTTP/1.1\r\nHost: other.example\r\n\r\n")
         .await;
-    let response = within("the response", LIMIT, conn.response()).await;
+    let response = conn.answer(false).await;
     assert_eq!(response.status, 200);
     let seen: BTreeMap<String, String> = header_lines(&response.text()).into_iter().collect();
     assert_eq!(
@@ -775,13 +794,13 @@ async fn connect_is_refused_with_405() {
     let a = Backend::start("a").await;
     let proxy = Proxy::start(&cluster_yaml(&[a.url()], ""));
 
-    let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(b"CONNECT example.invalid:443 HTTP/1.1\r\nHost: example.invalid:443\r\n\r\n")
+    let mut conn = raw::Client::connect(proxy.addr).await;
+    conn.write(b"CONNECT example.invalid:443 HTTP/1.1\r\nHost: example.invalid:443\r\n\r\n")
         .await;
-    let response = within("the response", LIMIT, conn.response()).await;
+    let response = conn.answer(false).await;
     assert_eq!(response.status, 405);
     assert_eq!(
-        response.header("allow"),
+        response.head.get("allow"),
         Some("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
     );
     assert_eq!(

@@ -4,8 +4,6 @@
 //!
 //! These tests need scripts/test.sh (binaries and network namespace); elsewhere they fail, saying so.
 
-mod support;
-
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
@@ -17,10 +15,11 @@ use kube::runtime::watcher;
 use kube::{Api, Client, CustomResourceExt};
 use serde_json::json;
 
-use support::backend::{self, Backend};
-use support::controlplane::{self, ControlPlane};
-use support::pods::{self, FakePod};
-use support::{netns, wait};
+use crate::support::backend::Backend;
+use crate::support::client::{Answer, get_at};
+use crate::support::controlplane::{self, ControlPlane};
+use crate::support::pods::{self, FakePod};
+use crate::support::{netns, wait};
 
 #[test]
 fn the_pinned_versions_are_the_ones_testenv_builds() {
@@ -86,7 +85,7 @@ async fn the_endpointslice_controller_publishes_a_fake_pod_whose_backend_answers
     let client = control_plane.client();
     let namespace = pods::namespace(&client, "publish").await;
     let ip = netns::next_pod_ip();
-    let backend = Backend::start("web-0", ip).await;
+    let backend = Backend::start_on("web-0", ip).await;
     create_service(&client, &namespace, "web").await;
 
     let pod = FakePod::new(&namespace, "web-0", ip)
@@ -129,9 +128,9 @@ async fn the_endpointslice_controller_publishes_a_fake_pod_whose_backend_answers
 
     // The address the controller published reaches the backend, inside the test namespace.
     let published: IpAddr = endpoint.addresses[0].parse().expect("an IP address");
-    let (status, body) = backend::get((published, backend.addr.port()).into(), "/").await;
+    let Answer { status, body, .. } = get_at((published, backend.addr.port()).into(), "/").await;
     assert_eq!((status.as_u16(), body.as_str()), (200, "web-0"));
-    assert_eq!(backend.requests(), 1);
+    assert_eq!(backend.hits(), 1);
 }
 
 #[tokio::test]

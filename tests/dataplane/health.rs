@@ -2,20 +2,20 @@
 //! Stopped members left alone, verdicts kept across snapshots), passive ejection, forced
 //! recovery and slow start. Members on 127.0.0.1 whose health the tests switch while they run.
 
-mod common;
-mod support_balancing;
-
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use common::{Proxy, wait_for};
 use http::StatusCode;
 use kube_balancer::plane::DataPlane;
-use support_balancing::{Member, client, cluster, get, order, rows, states, web};
+
+use crate::support::backend::{Backend, refusing_port};
+use crate::support::client::{client, order, send};
+use crate::support::proxy::{Proxy, cluster, rows, states, web};
+use crate::support::wait;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-fn members(ms: &[&Member]) -> Vec<String> {
+fn members(ms: &[&Backend]) -> Vec<String> {
     ms.iter().map(|m| format!("url: {}", m.url())).collect()
 }
 
@@ -24,7 +24,7 @@ fn publish(plane: &DataPlane, yaml: &str) {
 }
 
 async fn wait_state(plane: &DataPlane, member: usize, state: &str) {
-    wait_for(&format!("member {member} to be {state}"), LIMIT, || {
+    wait::until(&format!("member {member} to be {state}"), LIMIT, || {
         states(plane)[member] == state
     })
     .await;
@@ -32,13 +32,13 @@ async fn wait_state(plane: &DataPlane, member: usize, state: &str) {
 
 #[tokio::test]
 async fn a_member_failing_health_checks_gets_no_traffic_and_returns_when_it_passes() {
-    let a = Member::start("a").await;
-    let b = Member::start("b").await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
     let proxy = Proxy::start(&cluster(
         &members(&[&a, &b]),
         "healthCheck: {path: /health, interval: 100ms, passes: 2, fails: 1}",
     ));
-    wait_for("checks of both members", LIMIT, || {
+    wait::until("checks of both members", LIMIT, || {
         a.health_checks() >= 1 && b.health_checks() >= 1
     })
     .await;
@@ -82,12 +82,12 @@ async fn a_member_failing_health_checks_gets_no_traffic_and_returns_when_it_pass
 
 #[tokio::test]
 async fn body_match_expected_statuses_and_tcp_checks() {
-    let a = Member::start("a").await;
+    let a = Backend::start("a").await;
     let proxy = Proxy::start(&cluster(
         &members(&[&a]),
         "healthCheck: {path: /health, interval: 100ms, expectStatus: '200-599', bodyContains: up}",
     ));
-    wait_for("a first check", LIMIT, || a.health_checks() >= 1).await;
+    wait::until("a first check", LIMIT, || a.health_checks() >= 1).await;
     assert_eq!(states(&proxy.plane), ["Ok"]);
     // 503 is an expected status here, but the body says "down", not "up".
     a.set_health(503);
@@ -102,7 +102,7 @@ async fn body_match_expected_statuses_and_tcp_checks() {
     );
 
     // TCP: a port where nobody listens fails before any request is sent to it.
-    let dead = common::refused_addr();
+    let (dead, _reserved) = refusing_port();
     let tcp = Proxy::start(&cluster(
         &[format!("url: 'http://{dead}'"), format!("url: {}", a.url())],
         "healthCheck: {method: TCP, interval: 100ms}",
@@ -114,8 +114,8 @@ async fn body_match_expected_statuses_and_tcp_checks() {
 
 #[tokio::test]
 async fn stopped_members_are_not_checked() {
-    let a = Member::start("a").await;
-    let stopped = Member::start("stopped").await;
+    let a = Backend::start("a").await;
+    let stopped = Backend::start("stopped").await;
     let _proxy = Proxy::start(&cluster(
         &[
             format!("url: {}", a.url()),
@@ -123,7 +123,7 @@ async fn stopped_members_are_not_checked() {
         ],
         "healthCheck: {path: /health, interval: 100ms}",
     ));
-    wait_for("three checks of the enabled member", LIMIT, || {
+    wait::until("three checks of the enabled member", LIMIT, || {
         a.health_checks() >= 3
     })
     .await;
@@ -132,8 +132,8 @@ async fn stopped_members_are_not_checked() {
 
 #[tokio::test]
 async fn verdicts_survive_a_snapshot_rebuild_and_checks_go_on() {
-    let a = Member::start("a").await;
-    let b = Member::start("b").await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
     let yaml = cluster(
         &members(&[&a, &b]),
         "healthCheck: {path: /health, interval: 100ms}",
@@ -160,8 +160,8 @@ async fn verdicts_survive_a_snapshot_rebuild_and_checks_go_on() {
 
 #[tokio::test]
 async fn passive_ejection_takes_out_a_member_whose_requests_fail() {
-    let a = Member::start("a").await;
-    let b = Member::start("b").await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
     b.answer_with(500);
     let proxy = Proxy::start(&cluster(
         &members(&[&a, &b]),
@@ -170,7 +170,12 @@ async fn passive_ejection_takes_out_a_member_whose_requests_fail() {
     let c = client();
     let mut statuses = Vec::new();
     for _ in 0..12 {
-        statuses.push(get(&c, &proxy.url("/"), &[]).await.status.as_u16());
+        statuses.push(
+            send(&c, "GET", &proxy.url("/"), &[], "")
+                .await
+                .status
+                .as_u16(),
+        );
     }
     // a b a b a b: b's third 500 ejects it; then a alone.
     assert_eq!(
@@ -193,7 +198,7 @@ async fn passive_ejection_takes_out_a_member_whose_requests_fail() {
     a.answer_with(500);
     for _ in 0..5 {
         assert_eq!(
-            get(&c, &proxy.url("/"), &[]).await.status,
+            send(&c, "GET", &proxy.url("/"), &[], "").await.status,
             StatusCode::INTERNAL_SERVER_ERROR
         );
     }
@@ -202,8 +207,8 @@ async fn passive_ejection_takes_out_a_member_whose_requests_fail() {
 
 #[tokio::test]
 async fn forced_recovery_tries_every_member_when_all_fail_their_checks() {
-    let a = Member::start("a").await;
-    let b = Member::start("b").await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
     a.set_health(500);
     b.set_health(500);
     let checks = "healthCheck: {path: /health, interval: 100ms}";
@@ -213,7 +218,7 @@ async fn forced_recovery_tries_every_member_when_all_fail_their_checks() {
         &format!("{checks}\nfailover: {{forceRecovery: false}}"),
     ));
     for plane in [&forced.plane, &strict.plane] {
-        wait_for("both members to fail their checks", LIMIT, || {
+        wait::until("both members to fail their checks", LIMIT, || {
             states(plane) == ["HealthCheckFailed", "HealthCheckFailed"]
         })
         .await;
@@ -223,15 +228,15 @@ async fn forced_recovery_tries_every_member_when_all_fail_their_checks() {
     assert_eq!(order(&c, &forced.url("/"), 4).await, "abab");
     // Without it: 503.
     assert_eq!(
-        get(&c, &strict.url("/"), &[]).await.status,
+        send(&c, "GET", &strict.url("/"), &[], "").await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
 
 #[tokio::test]
 async fn slow_start_ramps_a_joining_and_a_recovering_member() {
-    let a = Member::start("a").await;
-    let b = Member::start("b").await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
     let extra = "slowStart: 1h\nhealthCheck: {path: /health, interval: 100ms}";
     let proxy = Proxy::start(&cluster(&members(&[&a]), extra));
     let c = client();

@@ -1,24 +1,22 @@
-//! The API server goes away: the data plane keeps serving the last member lists. In a test binary
-//! of its own, since it takes the control plane down for good.
-
-mod support;
+//! The API server goes away: the data plane keeps serving the last member lists. On a control
+//! plane of the test's own, since it takes that control plane down for good.
 
 use std::time::Duration;
 
 use serde_json::json;
 
+use crate::support::client::{Answer, get_at};
+use crate::support::controlplane::ControlPlane;
+use crate::support::fixtures::{apply_cluster, install_crd, options, web_pods, web_service};
+use crate::support::{netns, pods, proxy, wait};
 use kube_balancer::controller;
 use kube_balancer::plane::DataPlane;
-use kube_balancer::proxy::{ProxyOptions, Server};
-use support::backend;
-use support::controlplane::ControlPlane;
-use support::fixtures::{apply_cluster, install_crd, options, web_pods, web_service};
-use support::{netns, pods, wait};
+use kube_balancer::proxy::Server;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_plane_keeps_serving_when_the_api_server_is_gone() {
     netns::require();
-    let cp = ControlPlane::shared();
+    let cp = ControlPlane::own();
     let client = cp.client();
     install_crd(&client).await;
     let ns = pods::namespace(&client, "outage").await;
@@ -35,9 +33,7 @@ async fn the_data_plane_keeps_serving_when_the_api_server_is_gone() {
     let _controller = controller::start(client.clone(), options, plane.clone())
         .await
         .expect("start");
-    let mut proxy = ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
-    proxy.workers = 1;
-    let server = Server::start(plane.clone(), proxy).expect("data plane");
+    let server = Server::start(plane.clone(), proxy::options()).expect("data plane");
     let deadline = tokio::time::Instant::now() + wait::TIMEOUT;
     while plane
         .snapshot()
@@ -58,7 +54,7 @@ async fn the_data_plane_keeps_serving_when_the_api_server_is_gone() {
     let until = tokio::time::Instant::now() + Duration::from_secs(3);
     let mut served = Vec::new();
     while tokio::time::Instant::now() < until {
-        let (status, body) = backend::get(server.local_addr(), "/").await;
+        let Answer { status, body, .. } = get_at(server.local_addr(), "/").await;
         assert_eq!(
             status,
             200,

@@ -4,15 +4,11 @@
 //! exactly what the proxy makes of them. Members count the connections they accept and the
 //! requests they read, so connection reuse is asserted exactly.
 
-mod common;
-#[path = "common/raw.rs"]
-mod raw;
-
 use std::io;
 use std::time::Duration;
 
-use common::{Proxy, cluster_yaml};
-use raw::{After, Answer, Asked, Client, Member, ok, reply};
+use crate::support::proxy::{Proxy, cluster_yaml};
+use crate::support::raw::{After, Answer, Asked, Client, Member, ok, reply};
 
 /// The proxy's own text for a broken exchange (src/proxy/error.rs).
 const BAD_GATEWAY_TEXT: &str = "502 Bad Gateway: the member failed to answer\n";

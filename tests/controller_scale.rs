@@ -23,8 +23,9 @@
 //! status is written, so the figure includes the EndpointSlice controller: what a user sees.
 //!
 //! Memory is the binary's PSS and peak RSS; CPU is its user + system time over the changes.
+//!
+//! Not a test: a `cargo bench` target (Cargo.toml), kept in tests/ beside the harness it reuses.
 
-#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::io::{BufRead, BufReader};

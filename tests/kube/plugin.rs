@@ -5,8 +5,6 @@
 //!
 //! These tests need scripts/test.sh (binaries and network namespace); elsewhere they fail, saying so.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -16,15 +14,16 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
+use crate::support::backend::Backend;
+use crate::support::client::{Answer, get_at};
+use crate::support::controlplane::{BIN_ENV, ControlPlane};
+use crate::support::fixtures::{install_crd, web_pods, web_service};
+use crate::support::pods::{self, FakePod};
+use crate::support::{netns, proxy, wait};
 use kube_balancer::api::BalancerCluster;
 use kube_balancer::controller::{self, Options, index::Scope};
 use kube_balancer::plane::DataPlane;
-use kube_balancer::proxy::{ProxyOptions, Server};
-use support::backend::{self, Backend};
-use support::controlplane::{BIN_ENV, ControlPlane};
-use support::fixtures::{install_crd, web_pods, web_service};
-use support::pods::{self, FakePod};
-use support::{netns, wait};
+use kube_balancer::proxy::Server;
 
 /// Runs `kubectl ARGS` with the plugin's directory first on the PATH, as the administrator.
 async fn kubectl(args: &[&str]) -> Output {
@@ -120,9 +119,7 @@ impl Shop {
         let controller = controller::start(client.clone(), options, plane.clone())
             .await
             .expect("the controller starts");
-        let mut proxy = ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
-        proxy.workers = 1;
-        let server = Server::start(plane.clone(), proxy).expect("the data plane starts");
+        let server = Server::start(plane.clone(), proxy::options()).expect("the data plane starts");
         let shop = Shop {
             ns,
             pods,
@@ -182,7 +179,7 @@ impl Shop {
         let addr = self.server.as_ref().expect("running").local_addr();
         let mut out = Vec::new();
         for _ in 0..n {
-            let (status, body) = backend::get(addr, "/").await;
+            let Answer { status, body, .. } = get_at(addr, "/").await;
             assert_eq!(status, 200, "{body}");
             out.push(body);
         }
@@ -230,10 +227,10 @@ async fn drain_through_kubectl_stops_new_requests_and_enable_brings_the_member_b
     );
     shop.wait_members(&["web-a:Drain:1", "web-b:Enabled:1"])
         .await;
-    let before = shop.pods[0].1.requests();
+    let before = shop.pods[0].1.hits();
     assert_eq!(shop.send(6).await, ["web-b"; 6]);
     assert_eq!(
-        shop.pods[0].1.requests(),
+        shop.pods[0].1.hits(),
         before,
         "a drained member gets no new request"
     );
@@ -271,7 +268,7 @@ async fn drain_through_kubectl_stops_new_requests_and_enable_brings_the_member_b
     shop.wait_members(&["web-a:Drain:1", "web-b:Stopped:1"])
         .await;
     let addr = shop.server.as_ref().expect("running").local_addr();
-    assert_eq!(backend::get(addr, "/").await.0, 503);
+    assert_eq!(get_at(addr, "/").await.status, 503);
 
     // enable removes each entry (it held nothing else); the other override stays.
     assert_eq!(
@@ -410,7 +407,7 @@ async fn set_factor_changes_the_share_and_refuses_a_factor_out_of_range() {
     );
     shop.wait_members(&["web-a:Enabled:3", "web-b:Enabled:1"])
         .await;
-    let before: Vec<u64> = shop.pods.iter().map(|(_, b)| b.requests()).collect();
+    let before: Vec<u64> = shop.pods.iter().map(|(_, b)| b.hits()).collect();
     // Apache's byrequests with factors 3:1 — a a b a, twice.
     assert_eq!(
         shop.send(8).await,
@@ -418,7 +415,7 @@ async fn set_factor_changes_the_share_and_refuses_a_factor_out_of_range() {
             "web-a", "web-a", "web-b", "web-a", "web-a", "web-a", "web-b", "web-a"
         ]
     );
-    let after: Vec<u64> = shop.pods.iter().map(|(_, b)| b.requests()).collect();
+    let after: Vec<u64> = shop.pods.iter().map(|(_, b)| b.hits()).collect();
     assert_eq!([after[0] - before[0], after[1] - before[1]], [6, 2]);
     assert_eq!(
         shop.overrides(&client).await,

@@ -3,14 +3,13 @@
 //! requests, noFailover breaks the session rather than move it, and the balancer can set the
 //! cookie itself.
 
-mod common;
-mod support_balancing;
-
-use common::Proxy;
 use http::StatusCode;
-use support_balancing::{Member, client, cluster, get, order};
 
-fn routed(members: &[(&Member, &str)], extra: &str) -> String {
+use crate::support::backend::{Backend, refusing_port};
+use crate::support::client::{client, order, send};
+use crate::support::proxy::{Proxy, cluster};
+
+fn routed(members: &[(&Backend, &str)], extra: &str) -> String {
     cluster(
         &members
             .iter()
@@ -22,8 +21,8 @@ fn routed(members: &[(&Member, &str)], extra: &str) -> String {
 
 #[tokio::test]
 async fn sticky_requests_stay_on_their_member_and_move_only_when_it_is_unusable() {
-    let a = Member::start("a").await;
-    let b = Member::start("b").await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
     let proxy = Proxy::start(&routed(
         &[(&a, "web1"), (&b, "web2")],
         "stickySession: {cookie: JSESSIONID, param: jsessionid}",
@@ -31,16 +30,26 @@ async fn sticky_requests_stay_on_their_member_and_move_only_when_it_is_unusable(
     let c = client();
     let cookie = [("cookie", "theme=dark; JSESSIONID=5F2A9.web2")];
     for _ in 0..5 {
-        assert_eq!(get(&c, &proxy.url("/"), &cookie).await.backend, "b");
+        assert_eq!(
+            send(&c, "GET", &proxy.url("/"), &cookie, "").await.backend,
+            "b"
+        );
     }
     // The URL parameter is looked at first, the whole value may be the route.
-    let by_param = get(&c, &proxy.url("/cart?jsessionid=web1"), &cookie).await;
+    let by_param = send(&c, "GET", &proxy.url("/cart?jsessionid=web1"), &cookie, "").await;
     assert_eq!(by_param.backend, "a");
-    let by_path = get(&c, &proxy.url("/cart;jsessionid=x.web1"), &[]).await;
+    let by_path = send(&c, "GET", &proxy.url("/cart;jsessionid=x.web1"), &[], "").await;
     assert_eq!(by_path.backend, "a");
     // Requests without a route keep byrequests' turns; an unknown route is no route.
     assert_eq!(order(&c, &proxy.url("/"), 4).await, "abab");
-    let unknown = get(&c, &proxy.url("/"), &[("cookie", "JSESSIONID=abc.web9")]).await;
+    let unknown = send(
+        &c,
+        "GET",
+        &proxy.url("/"),
+        &[("cookie", "JSESSIONID=abc.web9")],
+        "",
+    )
+    .await;
     assert_eq!(
         (unknown.status, unknown.backend.as_str()),
         (StatusCode::OK, "a")
@@ -48,19 +57,22 @@ async fn sticky_requests_stay_on_their_member_and_move_only_when_it_is_unusable(
     assert_eq!((a.hits(), b.hits()), (5, 7));
 
     // b goes into error (as after a refused connection): its sessions move to a.
-    let web = support_balancing::web(&proxy.plane);
+    let web = crate::support::proxy::web(&proxy.plane);
     let now = kube_balancer::clock::now_ms();
     web.balancer.mark_error(1, now, 60_000, "test".into());
     for _ in 0..3 {
-        assert_eq!(get(&c, &proxy.url("/"), &cookie).await.backend, "a");
+        assert_eq!(
+            send(&c, "GET", &proxy.url("/"), &cookie, "").await.backend,
+            "a"
+        );
     }
     assert_eq!(b.hits(), 7);
 }
 
 #[tokio::test]
 async fn a_session_whose_member_refuses_fails_over_on_the_same_request() {
-    let a = Member::start("a").await;
-    let dead = common::refused_addr();
+    let a = Backend::start("a").await;
+    let (dead, _reserved) = refusing_port();
     let proxy = Proxy::start(&cluster(
         &[
             format!("url: {}, route: web1", a.url()),
@@ -69,36 +81,63 @@ async fn a_session_whose_member_refuses_fails_over_on_the_same_request() {
         "stickySession: {cookie: JSESSIONID}",
     ));
     let c = client();
-    let answer = get(&c, &proxy.url("/"), &[("cookie", "JSESSIONID=s.web2")]).await;
+    let answer = send(
+        &c,
+        "GET",
+        &proxy.url("/"),
+        &[("cookie", "JSESSIONID=s.web2")],
+        "",
+    )
+    .await;
     assert_eq!(
         (answer.status, answer.backend.as_str()),
         (StatusCode::OK, "a")
     );
-    assert_eq!(support_balancing::states(&proxy.plane), ["Ok", "Error"]);
+    assert_eq!(crate::support::proxy::states(&proxy.plane), ["Ok", "Error"]);
 }
 
 #[tokio::test]
 async fn no_failover_breaks_the_session_with_503_rather_than_move_it() {
-    let a = Member::start("a").await;
-    let b = Member::start("b").await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
     let proxy = Proxy::start(&routed(
         &[(&a, "web1"), (&b, "web2")],
         "stickySession: {cookie: JSESSIONID}\nfailover: {noFailover: true}",
     ));
     let c = client();
-    let web = support_balancing::web(&proxy.plane);
+    let web = crate::support::proxy::web(&proxy.plane);
     web.balancer
         .mark_error(1, kube_balancer::clock::now_ms(), 60_000, "test".into());
-    let broken = get(&c, &proxy.url("/"), &[("cookie", "JSESSIONID=s.web2")]).await;
+    let broken = send(
+        &c,
+        "GET",
+        &proxy.url("/"),
+        &[("cookie", "JSESSIONID=s.web2")],
+        "",
+    )
+    .await;
     assert_eq!(broken.status, StatusCode::SERVICE_UNAVAILABLE);
-    let unknown = get(&c, &proxy.url("/"), &[("cookie", "JSESSIONID=s.web7")]).await;
+    let unknown = send(
+        &c,
+        "GET",
+        &proxy.url("/"),
+        &[("cookie", "JSESSIONID=s.web7")],
+        "",
+    )
+    .await;
     assert_eq!(unknown.status, StatusCode::SERVICE_UNAVAILABLE);
     // Without a route the request is balanced as usual.
-    assert_eq!(get(&c, &proxy.url("/"), &[]).await.backend, "a");
+    assert_eq!(send(&c, "GET", &proxy.url("/"), &[], "").await.backend, "a");
     assert_eq!(
-        get(&c, &proxy.url("/"), &[("cookie", "JSESSIONID=s.web1")])
-            .await
-            .backend,
+        send(
+            &c,
+            "GET",
+            &proxy.url("/"),
+            &[("cookie", "JSESSIONID=s.web1")],
+            ""
+        )
+        .await
+        .backend,
         "a"
     );
     assert_eq!(b.hits(), 0);
@@ -106,9 +145,9 @@ async fn no_failover_breaks_the_session_with_503_rather_than_move_it() {
 
 #[tokio::test]
 async fn a_draining_member_gets_only_its_sticky_requests() {
-    let a = Member::start("a").await;
-    let b = Member::start("b").await;
-    let d = Member::start("d").await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let d = Backend::start("d").await;
     let proxy = Proxy::start(&cluster(
         &[
             format!("url: {}, route: web1", a.url()),
@@ -120,34 +159,41 @@ async fn a_draining_member_gets_only_its_sticky_requests() {
     let c = client();
     assert_eq!(order(&c, &proxy.url("/"), 6).await, "ababab");
     for _ in 0..3 {
-        let answer = get(&c, &proxy.url("/"), &[("cookie", "JSESSIONID=zz.web3")]).await;
+        let answer = send(
+            &c,
+            "GET",
+            &proxy.url("/"),
+            &[("cookie", "JSESSIONID=zz.web3")],
+            "",
+        )
+        .await;
         assert_eq!(answer.backend, "d");
     }
     assert_eq!(order(&c, &proxy.url("/"), 4).await, "abab");
     assert_eq!((a.hits(), b.hits(), d.hits()), (5, 5, 3));
     assert_eq!(
-        support_balancing::states(&proxy.plane),
+        crate::support::proxy::states(&proxy.plane),
         ["Ok", "Ok", "Drain"]
     );
 }
 
 #[tokio::test]
 async fn the_balancer_inserts_the_cookie_and_the_route_defaults_to_a_stable_id() {
-    let a = Member::start("a").await;
-    let b = Member::start("b").await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
     // No routes given: each member gets one derived from its URL.
     let proxy = Proxy::start(&cluster(
         &[format!("url: {}", a.url()), format!("url: {}", b.url())],
         "stickySession: {cookie: ROUTEID, insert: true}",
     ));
-    let routes: Vec<String> = support_balancing::rows(&proxy.plane)
+    let routes: Vec<String> = crate::support::proxy::rows(&proxy.plane)
         .into_iter()
         .map(|r| r.route.expect("a default route"))
         .collect();
     assert_eq!(routes.len(), 2);
     assert_ne!(routes[0], routes[1]);
     let c = client();
-    let first = get(&c, &proxy.url("/"), &[]).await;
+    let first = send(&c, "GET", &proxy.url("/"), &[], "").await;
     assert_eq!(first.backend, "a");
     assert_eq!(
         first.set_cookie,
@@ -156,15 +202,29 @@ async fn the_balancer_inserts_the_cookie_and_the_route_defaults_to_a_stable_id()
     // The client sends it back: it stays on a, and no new cookie is set.
     let cookie = format!("ROUTEID={}", routes[0]);
     for _ in 0..4 {
-        let again = get(&c, &proxy.url("/"), &[("cookie", cookie.as_str())]).await;
+        let again = send(
+            &c,
+            "GET",
+            &proxy.url("/"),
+            &[("cookie", cookie.as_str())],
+            "",
+        )
+        .await;
         assert_eq!(again.backend, "a");
         assert!(again.set_cookie.is_empty(), "{:?}", again.set_cookie);
     }
     // A member that cannot take the session: the answer moves the cookie to the new member.
-    let web = support_balancing::web(&proxy.plane);
+    let web = crate::support::proxy::web(&proxy.plane);
     web.balancer
         .mark_error(0, kube_balancer::clock::now_ms(), 60_000, "test".into());
-    let moved = get(&c, &proxy.url("/"), &[("cookie", cookie.as_str())]).await;
+    let moved = send(
+        &c,
+        "GET",
+        &proxy.url("/"),
+        &[("cookie", cookie.as_str())],
+        "",
+    )
+    .await;
     assert_eq!(moved.backend, "b");
     assert_eq!(
         moved.set_cookie,

@@ -1,13 +1,14 @@
 //! The data plane against real backends: balancing order, failover and error answers, and a
 //! configuration change under load. Real sockets on 127.0.0.1, real HTTP clients.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Backend, Proxy, cluster_yaml, get, refused_addr, wait_for};
+use crate::support::backend::{Backend, refusing_port};
+use crate::support::client::{Answer, client, full, get, read};
+use crate::support::proxy::{Proxy, cluster_yaml};
+use crate::support::wait;
 use http::StatusCode;
 
 #[tokio::test]
@@ -17,7 +18,12 @@ async fn requests_alternate_between_two_members_in_order() {
     let proxy = Proxy::start(&cluster_yaml(&[a.url(), b.url()], ""));
     let mut seen = Vec::new();
     for _ in 0..6 {
-        let (status, backend, body) = get(&proxy.url("/")).await;
+        let Answer {
+            status,
+            backend,
+            body,
+            ..
+        } = get(&proxy.url("/")).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(backend, body);
         seen.push(backend);
@@ -38,7 +44,7 @@ async fn load_factors_seventy_thirty_give_seven_in_ten() {
     let proxy = Proxy::start(&yaml);
     let mut order = String::new();
     for _ in 0..20 {
-        order.push_str(&get(&proxy.url("/")).await.1);
+        order.push_str(&get(&proxy.url("/")).await.backend);
     }
     // One period of 7:3 is abaaabaaba (the tie at the fifth pick goes to the first member).
     assert_eq!(order, "abaaabaabaabaaabaaba");
@@ -63,7 +69,7 @@ async fn disabled_member_gets_nothing_and_the_rest_keep_their_turns() {
     let proxy = Proxy::start(&yaml);
     let mut order = String::new();
     for _ in 0..6 {
-        order.push_str(&get(&proxy.url("/")).await.1);
+        order.push_str(&get(&proxy.url("/")).await.backend);
     }
     assert_eq!(order, "acdacd");
     assert_eq!(backends[1].hits(), 0);
@@ -73,7 +79,7 @@ async fn disabled_member_gets_nothing_and_the_rest_keep_their_turns() {
 async fn lower_lbset_first_then_the_next_when_it_is_down() {
     let primary = Backend::start("primary").await;
     let backup = Backend::start("backup").await;
-    let dead = refused_addr();
+    let (dead, _reserved) = refusing_port();
     let yaml = format!(
         "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {{name: web}}\nspec:\n  members:\n    - {{url: {}, lbset: 1}}\n    - {{url: {}, lbset: 0}}\n    - {{url: 'http://{dead}', lbset: 0}}\n  failover: {{maxAttempts: 1}}\n",
         backup.url(),
@@ -82,25 +88,33 @@ async fn lower_lbset_first_then_the_next_when_it_is_down() {
     let proxy = Proxy::start(&yaml);
     // Set 0 has primary and a dead member: the dead one fails over to primary, then is in error.
     for _ in 0..4 {
-        let (status, backend, _) = get(&proxy.url("/")).await;
+        let Answer {
+            status, backend, ..
+        } = get(&proxy.url("/")).await;
         assert_eq!((status, backend.as_str()), (StatusCode::OK, "primary"));
     }
     assert_eq!(backup.hits(), 0);
     primary.stop();
     // Now set 0 has nothing usable once the primary's failure is seen: set 1 serves.
-    let (status, backend, _) = get(&proxy.url("/")).await;
+    let Answer {
+        status, backend, ..
+    } = get(&proxy.url("/")).await;
     assert_eq!((status, backend.as_str()), (StatusCode::OK, "backup"));
-    let (status, backend, _) = get(&proxy.url("/")).await;
+    let Answer {
+        status, backend, ..
+    } = get(&proxy.url("/")).await;
     assert_eq!((status, backend.as_str()), (StatusCode::OK, "backup"));
 }
 
 #[tokio::test]
 async fn a_refused_member_fails_over_and_is_put_in_error() {
     let live = Backend::start("live").await;
-    let dead = refused_addr();
+    let (dead, _reserved) = refusing_port();
     let proxy = Proxy::start(&cluster_yaml(&[format!("http://{dead}"), live.url()], ""));
     for _ in 0..5 {
-        let (status, backend, _) = get(&proxy.url("/")).await;
+        let Answer {
+            status, backend, ..
+        } = get(&proxy.url("/")).await;
         assert_eq!((status, backend.as_str()), (StatusCode::OK, "live"));
     }
     assert_eq!(live.hits(), 5);
@@ -125,18 +139,22 @@ async fn a_refused_member_fails_over_and_is_put_in_error() {
 
 #[tokio::test]
 async fn every_member_down_gives_503_with_a_plain_text_reason() {
+    let (dead_1, _reserved_1) = refusing_port();
+    let (dead_2, _reserved_2) = refusing_port();
     let proxy = Proxy::start(&cluster_yaml(
-        &[
-            format!("http://{}", refused_addr()),
-            format!("http://{}", refused_addr()),
-        ],
+        &[format!("http://{}", dead_1), format!("http://{}", dead_2)],
         // Without forced recovery (on by default, as in Apache), members in error stay out.
         "  failover: {forceRecovery: false}",
     ));
     // The first request tries both (maxAttempts 1) and fails with 502; then none is usable.
-    let (status, _, _) = get(&proxy.url("/")).await;
+    let Answer { status, .. } = get(&proxy.url("/")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    let (status, backend, body) = get(&proxy.url("/")).await;
+    let Answer {
+        status,
+        backend,
+        body,
+        ..
+    } = get(&proxy.url("/")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(backend, "");
     assert_eq!(
@@ -148,12 +166,12 @@ async fn every_member_down_gives_503_with_a_plain_text_reason() {
 #[tokio::test]
 async fn no_failover_answers_502_instead_of_trying_another_member() {
     let live = Backend::start("live").await;
-    let dead = refused_addr();
+    let (dead, _reserved) = refusing_port();
     let proxy = Proxy::start(&cluster_yaml(
         &[format!("http://{dead}"), live.url()],
         "  failover: {noFailover: true}",
     ));
-    let (status, _, body) = get(&proxy.url("/")).await;
+    let Answer { status, body, .. } = get(&proxy.url("/")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(body, "502 Bad Gateway: the member failed to answer\n");
     assert_eq!(live.hits(), 0);
@@ -166,14 +184,16 @@ async fn a_slow_member_gives_504_after_the_response_timeout() {
         &[slow.url()],
         "  timeouts: {response: 200ms}",
     ));
-    let (status, _, body) = get(&proxy.url("/slow/5000")).await;
+    let Answer { status, body, .. } = get(&proxy.url("/slow/5000")).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(
         body,
         "504 Gateway Timeout: the member did not answer in time\n"
     );
     // A timeout is not a member error (as in Apache without failontimeout): it keeps serving.
-    let (status, backend, _) = get(&proxy.url("/fast")).await;
+    let Answer {
+        status, backend, ..
+    } = get(&proxy.url("/fast")).await;
     assert_eq!((status, backend.as_str()), (StatusCode::OK, "slow"));
 }
 
@@ -187,14 +207,16 @@ async fn fail_on_status_puts_the_member_in_error_and_retries_a_bodyless_request(
     ));
     // /status/503 makes both answer 503; the first member is put in error, the request retried
     // on the second (maxAttempts 1), whose 503 is then passed through.
-    let (status, backend, _) = get(&proxy.url("/status/503")).await;
+    let Answer {
+        status, backend, ..
+    } = get(&proxy.url("/status/503")).await;
     assert_eq!(
         (status, backend.as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, "well")
     );
     assert_eq!((sick.hits(), well.hits()), (1, 1));
     // Both are now in error: nothing is usable.
-    let (status, _, _) = get(&proxy.url("/")).await;
+    let Answer { status, .. } = get(&proxy.url("/")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
@@ -206,11 +228,11 @@ async fn unknown_host_gets_404_when_no_route_matches() {
         a.url()
     );
     let proxy = Proxy::start(&yaml);
-    let client = common::client();
+    let client = client();
     let send = |host: &'static str, path: &'static str| {
         let req = http::Request::get(proxy.url(path))
             .header("host", host)
-            .body(common::full(""))
+            .body(full(""))
             .expect("request");
         client.request(req)
     };
@@ -259,10 +281,8 @@ async fn file_reload_under_load_drops_nothing() {
     kube_balancer::standalone::run(Some(file.clone()), plane.clone())
         .await
         .expect("first load");
-    let mut options = kube_balancer::proxy::ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
-    options.workers = 2;
-    let server = kube_balancer::proxy::Server::start(plane.clone(), options).expect("start");
-    let url = format!("http://{}/", server.local_addr());
+    let proxy = Proxy::serve(plane.clone(), |options| options.workers = 2);
+    let url = proxy.url("/");
 
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
@@ -272,7 +292,7 @@ async fn file_reload_under_load_drops_nothing() {
         let (stop, failures, served, url) =
             (stop.clone(), failures.clone(), served.clone(), url.clone());
         load.push(tokio::spawn(async move {
-            let client = common::client();
+            let client = client();
             // Bounded: at most 20 000 requests per task.
             for _ in 0..20_000 {
                 if stop.load(Ordering::SeqCst) {
@@ -280,7 +300,7 @@ async fn file_reload_under_load_drops_nothing() {
                 }
                 match client.get(url.parse().expect("uri")).await {
                     Ok(r) if r.status() == StatusCode::OK => {
-                        let _ = common::read(r).await;
+                        let _ = read(r).await;
                         served.fetch_add(1, Ordering::SeqCst);
                     }
                     _ => {
@@ -290,19 +310,19 @@ async fn file_reload_under_load_drops_nothing() {
             }
         }));
     }
-    wait_for("requests to flow", Duration::from_secs(10), || {
+    wait::until("requests to flow", Duration::from_secs(10), || {
         served.load(Ordering::SeqCst) > 200
     })
     .await;
 
     let generation = plane.snapshot().generation;
     std::fs::write(&file, cluster_yaml(&[new.url()], "")).expect("rewrite");
-    wait_for("the new file to be served", Duration::from_secs(1), || {
+    wait::until("the new file to be served", Duration::from_secs(1), || {
         plane.snapshot().generation > generation
     })
     .await;
     let before = new.hits();
-    wait_for(
+    wait::until(
         "requests to reach the new member",
         Duration::from_secs(5),
         || new.hits() > before + 100,
@@ -312,14 +332,14 @@ async fn file_reload_under_load_drops_nothing() {
     // An invalid edit is refused; the previous configuration keeps serving.
     std::fs::write(&file, "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {name: web}\nspec: {}\n")
         .expect("rewrite");
-    wait_for(
+    wait::until(
         "the invalid file to be refused",
         Duration::from_secs(2),
         || plane.rejected_configs.load(Ordering::SeqCst) >= 1,
     )
     .await;
     let after_refusal = new.hits();
-    wait_for(
+    wait::until(
         "the previous configuration to keep serving",
         Duration::from_secs(5),
         || new.hits() > after_refusal + 100,
@@ -336,9 +356,7 @@ async fn file_reload_under_load_drops_nothing() {
         "no request may fail during reloads"
     );
     assert!(served.load(Ordering::SeqCst) > 400);
-    tokio::task::spawn_blocking(move || server.shutdown(Duration::from_secs(1)))
-        .await
-        .expect("join");
+    proxy.stop(Duration::from_secs(1)).await;
 }
 
 /// Reading the watched file (as `cat` does), touching it or writing the same bytes again is no
@@ -359,11 +377,9 @@ async fn reading_or_touching_the_file_reloads_nothing_and_keeps_the_turns() {
     kube_balancer::standalone::run(Some(file.clone()), plane.clone())
         .await
         .expect("first load");
-    let mut options = kube_balancer::proxy::ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
-    options.workers = 1;
-    let server = kube_balancer::proxy::Server::start(plane.clone(), options).expect("start");
-    let url = format!("http://{}/", server.local_addr());
-    assert_eq!(get(&url).await.1, "a");
+    let proxy = Proxy::serve(plane.clone(), |_| {});
+    let url = proxy.url("/");
+    assert_eq!(get(&url).await.backend, "a");
 
     for _ in 0..20 {
         std::fs::read(&file).expect("read");
@@ -387,13 +403,13 @@ async fn reading_or_touching_the_file_reloads_nothing_and_keeps_the_turns() {
     );
     let mut order = String::new();
     for _ in 0..3 {
-        order.push_str(&get(&url).await.1);
+        order.push_str(&get(&url).await.backend);
     }
     assert_eq!(order, "bab", "the turns go on from the first request");
 
     // A real edit is served, once.
     std::fs::write(&file, cluster_yaml(&[b.url(), a.url()], "")).expect("rewrite");
-    wait_for("the edit to be served", Duration::from_secs(2), || {
+    wait::until("the edit to be served", Duration::from_secs(2), || {
         plane.snapshot().generation == 2
     })
     .await;
@@ -402,7 +418,5 @@ async fn reading_or_touching_the_file_reloads_nothing_and_keeps_the_turns() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(plane.snapshot().generation, 2, "one edit, one load");
-    tokio::task::spawn_blocking(move || server.shutdown(Duration::from_secs(1)))
-        .await
-        .expect("join");
+    proxy.stop(Duration::from_secs(1)).await;
 }

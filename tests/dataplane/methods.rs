@@ -1,24 +1,23 @@
 //! The balancing methods through the real data plane: bytraffic, bybusyness, ewma and hash,
 //! against members on 127.0.0.1, and the CEL rules of their fields.
 
-mod common;
-mod support_balancing;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::Proxy;
 use http::StatusCode;
-use support_balancing::{Member, client, cluster, get, load, send};
 
-fn member(m: &Member) -> String {
+use crate::support::backend::Backend;
+use crate::support::client::{client, load, send};
+use crate::support::proxy::{Proxy, cluster};
+
+fn member(m: &Backend) -> String {
     format!("url: {}", m.url())
 }
 
 #[tokio::test]
 async fn bytraffic_sends_each_member_bytes_in_proportion_to_its_factor() {
-    let a = Member::start("a").await;
-    let b = Member::start("b").await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
     let proxy = Proxy::start(&cluster(
         &[
             format!("url: {}, loadFactor: 1", a.url()),
@@ -37,7 +36,7 @@ async fn bytraffic_sends_each_member_bytes_in_proportion_to_its_factor() {
     }
     // a: 0, b: 0 -> a (tie, first); b: 0 < 200 -> b; b: 100 < 200 -> b; 200 = 200 -> a; ...
     assert_eq!(seen, "abbabbabb");
-    let rows = support_balancing::rows(&proxy.plane);
+    let rows = crate::support::proxy::rows(&proxy.plane);
     assert_eq!(
         (rows[0].sent_bytes, rows[0].received_bytes),
         (300, 300),
@@ -48,8 +47,8 @@ async fn bytraffic_sends_each_member_bytes_in_proportion_to_its_factor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bybusyness_sends_less_to_a_slow_member() {
-    let fast = Member::start("fast").await;
-    let slow = Member::slow("slow", Duration::from_millis(300)).await;
+    let fast = Backend::start("fast").await;
+    let slow = Backend::slow("slow", Duration::from_millis(300)).await;
     let proxy = Proxy::start(&cluster(
         &[member(&slow), member(&fast)],
         "lbMethod: bybusyness",
@@ -69,8 +68,8 @@ async fn bybusyness_sends_less_to_a_slow_member() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ewma_sends_less_to_a_slow_member() {
-    let fast = Member::start("fast").await;
-    let slow = Member::slow("slow", Duration::from_millis(300)).await;
+    let fast = Backend::start("fast").await;
+    let slow = Backend::slow("slow", Duration::from_millis(300)).await;
     let proxy = Proxy::start(&cluster(&[member(&slow), member(&fast)], "lbMethod: ewma"));
     let statuses = load(&proxy.url("/"), 200, 8).await;
     assert!(statuses.iter().all(|s| *s == StatusCode::OK));
@@ -88,9 +87,9 @@ async fn ewma_sends_less_to_a_slow_member() {
 #[tokio::test]
 async fn hash_keeps_each_key_on_one_member_and_moves_only_the_keys_of_a_member_that_leaves() {
     let members = [
-        Member::start("a").await,
-        Member::start("b").await,
-        Member::start("c").await,
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
     ];
     let proxy = Proxy::start(&cluster(
         &members.iter().map(member).collect::<Vec<_>>(),
@@ -101,7 +100,7 @@ async fn hash_keeps_each_key_on_one_member_and_moves_only_the_keys_of_a_member_t
     let mut owner: HashMap<&str, String> = HashMap::new();
     for round in 0..3 {
         for user in &users {
-            let answer = get(&c, &proxy.url("/"), &[("x-user", user)]).await;
+            let answer = send(&c, "GET", &proxy.url("/"), &[("x-user", user)], "").await;
             assert_eq!(answer.status, StatusCode::OK);
             match owner.get(user.as_str()) {
                 Some(first) => assert_eq!(&answer.backend, first, "{user} moved in round {round}"),
@@ -126,7 +125,7 @@ async fn hash_keeps_each_key_on_one_member_and_moves_only_the_keys_of_a_member_t
     let mut moved_to: HashMap<&str, String> = HashMap::new();
     for _ in 0..2 {
         for user in &users {
-            let answer = get(&c, &proxy.url("/"), &[("x-user", user)]).await;
+            let answer = send(&c, "GET", &proxy.url("/"), &[("x-user", user)], "").await;
             assert_eq!(answer.status, StatusCode::OK);
             if owner[user.as_str()] == "b" {
                 assert_ne!(answer.backend, "b");
@@ -140,13 +139,16 @@ async fn hash_keeps_each_key_on_one_member_and_moves_only_the_keys_of_a_member_t
         }
     }
     // A request without the key is still served.
-    assert_eq!(get(&c, &proxy.url("/"), &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        send(&c, "GET", &proxy.url("/"), &[], "").await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hash_with_bounded_load_spreads_a_hot_key() {
-    let a = Member::slow("a", Duration::from_millis(500)).await;
-    let b = Member::slow("b", Duration::from_millis(500)).await;
+    let a = Backend::slow("a", Duration::from_millis(500)).await;
+    let b = Backend::slow("b", Duration::from_millis(500)).await;
     let proxy = Proxy::start(&cluster(
         &[member(&a), member(&b)],
         "lbMethod: hash\nhash: {key: Header, name: X-User, boundedLoad: 150}",
@@ -156,7 +158,7 @@ async fn hash_with_bounded_load_spreads_a_hot_key() {
     for _ in 0..10 {
         let url = proxy.url("/");
         tasks.push(tokio::spawn(async move {
-            get(&client(), &url, &[("x-user", "hot")]).await
+            send(&client(), "GET", &url, &[("x-user", "hot")], "").await
         }));
     }
     for t in tasks {
@@ -170,10 +172,10 @@ async fn hash_with_bounded_load_spreads_a_hot_key() {
 #[tokio::test]
 async fn every_method_keeps_to_lbsets_and_states() {
     for method in ["bytraffic", "bybusyness", "ewma", "hash"] {
-        let primary = Member::start("primary").await;
-        let drained = Member::start("drained").await;
-        let standby = Member::start("standby").await;
-        let backup = Member::start("backup").await;
+        let primary = Backend::start("primary").await;
+        let drained = Backend::start("drained").await;
+        let standby = Backend::start("standby").await;
+        let backup = Backend::start("backup").await;
         let proxy = Proxy::start(&cluster(
             &[
                 format!("url: {}, lbset: 1", backup.url()),
@@ -185,15 +187,18 @@ async fn every_method_keeps_to_lbsets_and_states() {
         ));
         let c = client();
         for _ in 0..6 {
-            assert_eq!(get(&c, &proxy.url("/"), &[]).await.backend, "primary");
+            assert_eq!(
+                send(&c, "GET", &proxy.url("/"), &[], "").await.backend,
+                "primary"
+            );
         }
         // The primary goes into error: the standby alone serves.
-        let web = support_balancing::web(&proxy.plane);
+        let web = crate::support::proxy::web(&proxy.plane);
         web.balancer
             .mark_error(3, kube_balancer::clock::now_ms(), 60_000, "test".into());
         for _ in 0..4 {
             assert_eq!(
-                get(&c, &proxy.url("/"), &[]).await.backend,
+                send(&c, "GET", &proxy.url("/"), &[], "").await.backend,
                 "standby",
                 "{method}"
             );
@@ -203,7 +208,7 @@ async fn every_method_keeps_to_lbsets_and_states() {
             .mark_error(2, kube_balancer::clock::now_ms(), 60_000, "test".into());
         for _ in 0..4 {
             assert_eq!(
-                get(&c, &proxy.url("/"), &[]).await.backend,
+                send(&c, "GET", &proxy.url("/"), &[], "").await.backend,
                 "backup",
                 "{method}"
             );

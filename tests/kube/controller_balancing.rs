@@ -4,23 +4,21 @@
 //!
 //! These tests need scripts/test.sh (binaries and network namespace); elsewhere they fail, saying so.
 
-mod support;
-
 use std::net::SocketAddr;
 
-use bytes::Bytes;
-use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use tokio::net::TcpStream;
 
+use crate::support::backend::Backend;
+use crate::support::client::{client, send};
+use crate::support::controlplane::ControlPlane;
+use crate::support::fixtures::{
+    Balancer, apply_cluster, install_crd, options, web_pods, web_service,
+};
+use crate::support::netns;
+use crate::support::pods::{self, FakePod};
 use kube_balancer::api::BalancerCluster;
-use support::controlplane::ControlPlane;
-use support::fixtures::{Balancer, apply_cluster, install_crd, options, web_pods, web_service};
-use support::netns;
-use support::pods::{self, FakePod};
 
 /// `(pod, State, route)` of each member.
 fn members_of(balancer: &Balancer, ns: &str) -> Vec<(String, String, String)> {
@@ -40,35 +38,12 @@ fn members_of(balancer: &Balancer, ns: &str) -> Vec<(String, String, String)> {
 /// `GET /` through the balancer with an optional Cookie header: status, body (the pod's name)
 /// and the Set-Cookie header, if any.
 async fn get(addr: SocketAddr, cookie: Option<&str>) -> (StatusCode, String, Option<String>) {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(connection);
-    let mut request = Request::get("/").header(header::HOST, addr.to_string());
-    if let Some(cookie) = cookie {
-        request = request.header(header::COOKIE, cookie);
-    }
-    let response = sender
-        .send_request(request.body(Empty::<Bytes>::new()).expect("request"))
-        .await
-        .expect("response");
-    let status = response.status();
-    let set_cookie = response
-        .headers()
-        .get(header::SET_COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let headers: Vec<(&str, &str)> = cookie.map(|c| ("cookie", c)).into_iter().collect();
+    let answer = send(&client(), "GET", &format!("http://{addr}/"), &headers, "").await;
     (
-        status,
-        String::from_utf8_lossy(&body).into_owned(),
-        set_cookie,
+        answer.status,
+        answer.body,
+        answer.set_cookie.into_iter().next(),
     )
 }
 
@@ -140,12 +115,12 @@ async fn pods_get_routes_from_their_names_and_a_draining_pod_keeps_its_sessions(
     balancer
         .wait_members(&ns, &["web-a:Drain", "web-b:Enabled", "web-c:Enabled"])
         .await;
-    let before = pods[0].1.requests();
+    let before = pods[0].1.hits();
     for _ in 0..4 {
         let (_, body, _) = get(balancer.addr(), None).await;
         assert_ne!(body, "web-a", "a draining pod takes no new sessions");
     }
-    assert_eq!(pods[0].1.requests(), before);
+    assert_eq!(pods[0].1.hits(), before);
     for _ in 0..3 {
         let (status, body, set_cookie) = get(balancer.addr(), Some(&cookie)).await;
         assert_eq!(
@@ -169,7 +144,7 @@ async fn pods_get_routes_from_their_names_and_a_draining_pod_keeps_its_sessions(
 
     // A pod's own route annotation wins over the derived one.
     let ip = netns::next_pod_ip();
-    let backend = support::backend::Backend::start("web-d", ip).await;
+    let backend = Backend::start_on("web-d", ip).await;
     FakePod::new(&ns, "web-d", ip)
         .label("app", "web")
         .annotation("kubebalancer.io/route", "dee")

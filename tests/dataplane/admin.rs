@@ -2,21 +2,23 @@
 //! then what /balancer-manager (JSON and, in headless Chromium, HTML), /metrics and /readyz say.
 //! Everything listens on 127.0.0.1 ephemeral ports.
 
-mod support_admin;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use bytes::Bytes;
 use kube_balancer::admin::{self, manager::ManagerView};
 use kube_balancer::api::BalancerCluster;
 use kube_balancer::discovery::{self, ClusterConfig};
 use kube_balancer::plane::DataPlane;
-use kube_balancer::proxy::{ProxyOptions, Server};
-use support_admin::{Backend, Samples, dump_dom, get, send, wait_for};
+
+use crate::support::backend::{Backend, refusing_port};
+use crate::support::chromium::{chromium, dump_dom};
+use crate::support::client::{client, get, send};
+use crate::support::metrics::Samples;
+use crate::support::proxy::Proxy;
+use crate::support::wait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -83,23 +85,11 @@ impl RunningAdmin {
     }
 }
 
-fn start_proxy(plane: Arc<DataPlane>) -> Server {
-    let mut options = ProxyOptions::new("127.0.0.1:0".parse().expect("address"));
-    options.workers = 1;
-    Server::start(plane, options).expect("data plane starts")
-}
-
-async fn stop_proxy(proxy: Server) {
-    tokio::task::spawn_blocking(move || proxy.shutdown(Duration::from_secs(1)))
-        .await
-        .expect("proxy stops");
-}
-
 async fn manager_json(admin: SocketAddr) -> (serde_json::Value, ManagerView) {
-    let answer = get(admin, "/balancer-manager?format=json").await;
-    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = get(&format!("http://{admin}/balancer-manager?format=json")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.headers["content-type"], "application/json");
-    let raw: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");
+    let raw: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
     let typed: ManagerView = serde_json::from_value(raw.clone()).expect("balancer-manager JSON");
     (raw, typed)
 }
@@ -107,7 +97,7 @@ async fn manager_json(admin: SocketAddr) -> (serde_json::Value, ManagerView) {
 /// Waits until no member of any cluster has a request in flight: the client has its whole
 /// answer slightly before the proxy drops its side of the exchange.
 async fn settled(admin: SocketAddr) -> (serde_json::Value, ManagerView) {
-    wait_for("busy to return to 0 on every member", WAIT, || async {
+    wait::until_some("busy to return to 0 on every member", WAIT, || async {
         let (raw, view) = manager_json(admin).await;
         view.clusters
             .iter()
@@ -123,12 +113,12 @@ async fn readyz_is_503_until_the_first_publication() {
     let plane = DataPlane::new();
     let admin = RunningAdmin::start(plane.clone()).await;
 
-    let health = get(admin.addr, "/healthz").await;
-    assert_eq!((health.status.as_u16(), health.text().trim()), (200, "ok"));
+    let health = get(&format!("http://{}/healthz", admin.addr)).await;
+    assert_eq!((health.status.as_u16(), health.body.trim()), (200, "ok"));
 
-    let before = get(admin.addr, "/readyz").await;
+    let before = get(&format!("http://{}/readyz", admin.addr)).await;
     assert_eq!(before.status, 503);
-    let reason = before.text();
+    let reason = before.body;
     assert_eq!(
         reason.trim_end().lines().count(),
         1,
@@ -142,8 +132,8 @@ async fn readyz_is_503_until_the_first_publication() {
          metadata: {{name: web, namespace: shop}}\nspec:\n  members: [{{url: \"{}\"}}]\n",
         backend.url()
     ))]);
-    let after = get(admin.addr, "/readyz").await;
-    assert_eq!(after.status, 200, "{}", after.text());
+    let after = get(&format!("http://{}/readyz", admin.addr)).await;
+    assert_eq!(after.status, 200, "{}", after.body);
 
     admin.stop().await;
 }
@@ -153,7 +143,7 @@ async fn balancer_manager_and_metrics_count_exactly_what_went_through_the_proxy(
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let c = Backend::start("c").await;
-    let (dead, _reserved) = support_admin::refusing_port();
+    let (dead, _reserved) = refusing_port();
     let dead_url = format!("http://{dead}");
 
     let plane = DataPlane::new();
@@ -188,7 +178,7 @@ spec:
     ]);
     // A configuration load refused by a source.
     plane.rejected_configs.fetch_add(1, Relaxed);
-    let proxy = start_proxy(plane.clone());
+    let proxy = Proxy::serve(plane.clone(), |_| {});
 
     // Six requests with bodies of known sizes; each answer names its backend.
     let mut sent: HashMap<String, u64> = HashMap::new();
@@ -196,15 +186,15 @@ spec:
     let mut served: HashMap<String, u64> = HashMap::new();
     for size in [10usize, 200, 3000, 40, 5, 1] {
         let answer = send(
-            proxy.local_addr(),
+            &client(),
             "POST",
-            "/upload",
-            "shop.example",
-            Bytes::from(vec![b'x'; size]),
+            &proxy.url("/upload"),
+            &[("host", "shop.example")],
+            vec![b'x'; size],
         )
         .await;
-        assert_eq!(answer.status, 200, "{}", answer.text());
-        let text = answer.text();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let text = answer.body.clone();
         assert!(text.ends_with(&format!(" got {size} bytes")), "{text}");
         let url = match text.split(' ').next() {
             Some("a") => a.url(),
@@ -219,7 +209,14 @@ spec:
     assert_eq!(served[&b.url()], 3);
 
     // One request to a member that refuses connections.
-    let refused = send(proxy.local_addr(), "GET", "/", "broken.test", Bytes::new()).await;
+    let refused = send(
+        &client(),
+        "GET",
+        &proxy.url("/"),
+        &[("host", "broken.test")],
+        "",
+    )
+    .await;
     assert!(refused.status.is_server_error(), "{}", refused.status);
 
     let (raw, view) = settled(admin.addr).await;
@@ -281,13 +278,13 @@ spec:
     assert_eq!(raw["clusters"][0]["retryAfterErrorMs"], 60_000);
 
     // The same figures through /metrics.
-    let scrape = get(admin.addr, "/metrics").await;
+    let scrape = get(&format!("http://{}/metrics", admin.addr)).await;
     assert_eq!(scrape.status, 200);
     assert_eq!(
         scrape.headers["content-type"],
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
-    let text = scrape.text();
+    let text = scrape.body;
     assert!(text.ends_with("# EOF\n"), "{text}");
     let metrics = Samples::parse(&text);
     for backend in [&a, &b] {
@@ -361,7 +358,7 @@ spec:
          metadata: {{name: web, namespace: shop}}\nspec:\n  members: [{{url: \"{}\"}}]\n",
         a.url()
     ))]);
-    let metrics = Samples::parse(&get(admin.addr, "/metrics").await.text());
+    let metrics = Samples::parse(&get(&format!("http://{}/metrics", admin.addr)).await.body);
     let a_url = a.url();
     assert_eq!(
         metrics.value(
@@ -370,17 +367,22 @@ spec:
         ),
         3.0
     );
-    assert!(!get(admin.addr, "/metrics").await.text().contains(&b.url()));
+    assert!(
+        !get(&format!("http://{}/metrics", admin.addr))
+            .await
+            .body
+            .contains(&b.url())
+    );
     assert_eq!(metrics.value("kube_balancer_snapshot_generation", &[]), 2.0);
 
-    stop_proxy(proxy).await;
+    proxy.stop(Duration::from_secs(1)).await;
     admin.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balancer_manager_page_renders_in_headless_chromium() {
     // Fails here, with the install line, when the browser is missing.
-    support_admin::chromium();
+    chromium();
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let plane = DataPlane::new();
@@ -405,9 +407,16 @@ spec:
         b = b.url(),
     ))]);
     let admin = RunningAdmin::start(plane.clone()).await;
-    let proxy = start_proxy(plane.clone());
+    let proxy = Proxy::serve(plane.clone(), |_| {});
     for _ in 0..6 {
-        let answer = send(proxy.local_addr(), "GET", "/", "shop.example", Bytes::new()).await;
+        let answer = send(
+            &client(),
+            "GET",
+            &proxy.url("/"),
+            &[("host", "shop.example")],
+            "",
+        )
+        .await;
         assert_eq!(answer.status, 200);
     }
     settled(admin.addr).await;
@@ -446,6 +455,6 @@ spec:
     assert!(!dom.contains("id=\"injected\""), "{dom}");
     assert!(dom.contains("<td>(None)</td>"), "{dom}");
 
-    stop_proxy(proxy).await;
+    proxy.stop(Duration::from_secs(1)).await;
     admin.stop().await;
 }

@@ -4,8 +4,6 @@
 //!
 //! These tests need scripts/test.sh (binaries and network namespace); elsewhere they fail, saying so.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -15,13 +13,15 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
+use crate::support::client::{Answer, get_at};
+use crate::support::controlplane::ControlPlane;
+use crate::support::fixtures::{
+    Balancer, apply_cluster, install_crd, options, web_pods, web_service,
+};
+use crate::support::pods::{self, FakePod};
+use crate::support::{netns, wait};
 use kube_balancer::api::BalancerCluster;
 use kube_balancer::controller;
-use support::backend;
-use support::controlplane::ControlPlane;
-use support::fixtures::{Balancer, apply_cluster, install_crd, options, web_pods, web_service};
-use support::pods::{self, FakePod};
-use support::{netns, wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_pods_receive_traffic_in_byrequests_order_and_status_shows_it() {
@@ -45,7 +45,7 @@ async fn service_pods_receive_traffic_in_byrequests_order_and_status_shows_it() 
 
     let mut order = Vec::new();
     for _ in 0..6 {
-        let (status, body) = backend::get(balancer.addr(), "/").await;
+        let Answer { status, body, .. } = get_at(balancer.addr(), "/").await;
         assert_eq!(status, 200);
         order.push(body);
     }
@@ -54,7 +54,7 @@ async fn service_pods_receive_traffic_in_byrequests_order_and_status_shows_it() 
         ["web-a", "web-b", "web-c", "web-a", "web-b", "web-c"]
     );
     for (_, b) in &pods {
-        assert_eq!(b.requests(), 2, "{}", b.name);
+        assert_eq!(b.hits(), 2, "{}", b.name);
     }
 
     // The real kubectl shows the balancer-manager view.
@@ -150,7 +150,7 @@ async fn removing_a_pod_under_load_fails_no_request_and_is_seen_quickly() {
                     break;
                 }
                 // A refused connection or a broken answer panics here and fails the test.
-                let (status, _) = backend::get(addr, "/").await;
+                let Answer { status, .. } = get_at(addr, "/").await;
                 if status == 200 {
                     served.fetch_add(1, Ordering::SeqCst);
                 } else {
@@ -170,14 +170,14 @@ async fn removing_a_pod_under_load_fails_no_request_and_is_seen_quickly() {
         let want: Vec<&str> = remaining.iter().map(String::as_str).collect();
         balancer.wait_members(&ns, &want).await;
         seen.push(t0.elapsed());
-        let after = backend.requests();
+        let after = backend.hits();
         // Let traffic flow: nothing more reaches the removed pod.
         let target = served.load(Ordering::SeqCst) + 50;
         while served.load(Ordering::SeqCst) < target {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(
-            backend.requests(),
+            backend.hits(),
             after,
             "{} got requests after it left",
             pod.name
@@ -239,12 +239,12 @@ async fn a_drain_annotation_stops_new_requests_and_shows_in_status() {
     balancer
         .wait_members(&ns, &["web-a:Drain", "web-b:Enabled"])
         .await;
-    let before = pods[0].1.requests();
+    let before = pods[0].1.hits();
     for _ in 0..6 {
-        let (status, body) = backend::get(balancer.addr(), "/").await;
+        let Answer { status, body, .. } = get_at(balancer.addr(), "/").await;
         assert_eq!((status.as_u16(), body.as_str()), (200, "web-b"));
     }
-    assert_eq!(pods[0].1.requests(), before);
+    assert_eq!(pods[0].1.hits(), before);
 
     let api = Api::<BalancerCluster>::namespaced(client.clone(), &ns);
     let bc = wait::until_object(
@@ -389,10 +389,10 @@ async fn two_replicas_one_status_writer_and_counters_summed() {
     // 4 requests through one replica, 6 through the other.
     for (replica, n) in replicas.iter().zip([4, 6]) {
         for _ in 0..n {
-            assert_eq!(backend::get(replica.addr(), "/").await.0, 200);
+            assert_eq!(get_at(replica.addr(), "/").await.status, 200);
         }
     }
-    assert_eq!(backends[0].1.requests() + backends[1].1.requests(), 10);
+    assert_eq!(backends[0].1.hits() + backends[1].1.hits(), 10);
     let api = Api::<BalancerCluster>::namespaced(client.clone(), &ns);
     let bc = wait::until_object(
         api.clone(),
@@ -412,10 +412,7 @@ async fn two_replicas_one_status_writer_and_counters_summed() {
         .iter()
         .map(|m| m.elected)
         .collect();
-    assert_eq!(
-        per_member,
-        [backends[0].1.requests(), backends[1].1.requests()]
-    );
+    assert_eq!(per_member, [backends[0].1.hits(), backends[1].1.hits()]);
 
     // The leader goes away: the other replica takes the Lease and keeps status current.
     let leader = replicas.iter().position(|r| r.leads()).expect("a leader");
@@ -430,7 +427,7 @@ async fn two_replicas_one_status_writer_and_counters_summed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for _ in 0..2 {
-        assert_eq!(backend::get(replicas[other].addr(), "/").await.0, 200);
+        assert_eq!(get_at(replicas[other].addr(), "/").await.status, 200);
     }
     wait::until_object(
         api,
@@ -459,10 +456,11 @@ async fn a_sidecar_serves_its_one_cluster_on_every_host_and_writes_no_status() {
     opts.write_status = false;
     let balancer = Balancer::start(&client, opts).await;
     balancer.wait_members(&ns, &["web-a:Enabled"]).await;
-    // backend::get sends Host: the proxy's own address, not shop.example.com.
+    // get_at sends Host: the proxy's own address, not shop.example.com.
+    let answer = get_at(balancer.addr(), "/any/path").await;
     assert_eq!(
-        backend::get(balancer.addr(), "/any/path").await,
-        (http::StatusCode::OK, "web-a".to_owned())
+        (answer.status, answer.body.as_str()),
+        (http::StatusCode::OK, "web-a")
     );
     assert!(balancer.controller.leadership.is_none());
     let bc = Api::<BalancerCluster>::namespaced(client, &ns)
@@ -601,7 +599,7 @@ async fn status_writes_only_on_change_events_on_membership_and_restart_under_loa
             let mut sent = 0;
             // Bounded: at most 20 000 requests.
             while !stop.load(Ordering::SeqCst) && sent < 20_000 {
-                if backend::get(addr, "/").await.0 != 200 {
+                if get_at(addr, "/").await.status != 200 {
                     failures.fetch_add(1, Ordering::SeqCst);
                 }
                 sent += 1;
@@ -659,15 +657,16 @@ async fn a_terminating_pod_drains_until_it_is_gone() {
     balancer
         .wait_members(&ns, &["web-a:Drain", "web-b:Enabled"])
         .await;
-    let before = pods[0].1.requests();
+    let before = pods[0].1.hits();
     for _ in 0..6 {
+        let answer = get_at(balancer.addr(), "/").await;
         assert_eq!(
-            backend::get(balancer.addr(), "/").await,
-            (http::StatusCode::OK, "web-b".to_owned())
+            (answer.status, answer.body.as_str()),
+            (http::StatusCode::OK, "web-b")
         );
     }
     assert_eq!(
-        pods[0].1.requests(),
+        pods[0].1.hits(),
         before,
         "a draining pod gets no new requests"
     );

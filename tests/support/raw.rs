@@ -1,6 +1,6 @@
-//! Bytes on a socket, for the tests that script members and clients byte by byte: request and
+//! Bytes on a socket, for the tests that script members and clients byte by byte (to send what
+//! a well-behaved client library never would, and to see exactly what comes back): request and
 //! answer heads, fixed-length, chunked and close-delimited bodies.
-#![allow(dead_code)]
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,8 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The longest any single wait of a test may take before it fails.
-pub const WAIT: Duration = Duration::from_secs(10);
+use super::wait::WAIT;
 
 /// A parsed head: the start line and the header fields, names in lower case, in order; and
 /// the head's text as it came (names in their case).

@@ -6,14 +6,11 @@
 //!
 //! These tests need scripts/test.sh (binaries and network namespace); elsewhere they fail, saying so.
 
-mod support;
-
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -25,11 +22,13 @@ use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::support::backend::Backend;
+use crate::support::client::{Answer, get_at};
+use crate::support::controlplane::{BIN_ENV, ControlPlane};
+use crate::support::pods::{self, FakePod};
+use crate::support::process::Process;
+use crate::support::{netns, wait};
 use kube_balancer::api::BalancerCluster;
-use support::backend::{self, Backend};
-use support::controlplane::{BIN_ENV, ControlPlane};
-use support::pods::{self, FakePod};
-use support::{netns, wait};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/kube-balancer");
 const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/kube-balancer.yaml");
@@ -456,8 +455,8 @@ impl Release {
 /// One `kube-balancer` process, as a replica of the release would run it, killed when dropped.
 struct Replica {
     name: String,
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    /// Killed when the replica is dropped.
+    _process: Process,
     traffic: SocketAddr,
     admin: SocketAddr,
 }
@@ -488,66 +487,20 @@ impl Replica {
             "the chart passes --listen and --admin: {args:?}"
         );
         args.push(format!("--kubeconfig={}", kubeconfig.display()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kube-balancer"))
-            .args(&args)
-            .env("POD_NAME", name)
-            .env("POD_NAMESPACE", &release.namespace)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start kube-balancer");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("piped");
-        let lines = log.clone();
-        // Drains stderr for the child's whole life, so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().expect("log").push(line);
-            }
-        });
-        let mut replica = Replica {
+        let env = [
+            ("POD_NAME", name),
+            ("POD_NAMESPACE", release.namespace.as_str()),
+            ("RUST_LOG", "info"),
+        ];
+        let process = Process::start(name, &args, &env);
+        let traffic = process.address_in("data plane listening").await;
+        let admin = process.address_in("admin server listening").await;
+        Replica {
             name: name.to_owned(),
-            child,
-            log,
-            traffic: "127.0.0.1:0".parse().expect("addr"),
-            admin: "127.0.0.1:0".parse().expect("addr"),
-        };
-        replica.traffic = replica.address_logged("data plane listening").await;
-        replica.admin = replica.address_logged("admin server listening").await;
-        replica
-    }
-
-    /// The `address` field of the JSON log line with this message.
-    async fn address_logged(&mut self, message: &str) -> SocketAddr {
-        let deadline = Instant::now() + wait::TIMEOUT;
-        loop {
-            let found = self.log.lock().expect("log").iter().find_map(|line| {
-                let v: Value = serde_json::from_str(line).ok()?;
-                (v["fields"]["message"] == message)
-                    .then(|| v["fields"]["address"].as_str()?.parse().ok())
-                    .flatten()
-            });
-            if let Some(address) = found {
-                return address;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited ({status}):\n{}", self.name, self.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} never logged {message:?}:\n{}",
-                self.name,
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            _process: process,
+            traffic,
+            admin,
         }
-    }
-
-    fn logs(&self) -> String {
-        self.log.lock().expect("log").join("\n")
     }
 
     /// A Pod for this replica, as the Deployment would make it: the chart's labels and the named
@@ -563,16 +516,6 @@ impl Replica {
             .port("admin", self.admin.port())
             .create(client)
             .await;
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- {} log ---\n{}", self.name, self.logs());
-        }
     }
 }
 
@@ -595,7 +538,7 @@ async fn web_app(
     let mut pods = Vec::new();
     for name in names {
         let ip = netns::next_pod_ip();
-        let backend = Backend::start(name, ip).await;
+        let backend = Backend::start_on(name, ip).await;
         let pod = FakePod::new(ns, name, ip)
             .label("app", "web")
             .port("http", backend.addr.port());
@@ -624,7 +567,7 @@ async fn until_served(addr: SocketAddr, want: &[&str]) {
     let mut every = tokio::time::interval(Duration::from_millis(50));
     loop {
         every.tick().await;
-        let (status, body) = backend::get(addr, "/").await;
+        let Answer { status, body, .. } = get_at(addr, "/").await;
         if status == 200 {
             seen.insert(body);
         }
@@ -821,21 +764,21 @@ async fn the_chart_service_account_runs_the_controller_and_may_do_no_more() {
     for r in &replicas {
         until_served(r.traffic, &["web-a", "web-b"]).await;
     }
-    let warmup: Vec<u64> = pods.iter().map(|(_, b)| b.requests()).collect();
+    let warmup: Vec<u64> = pods.iter().map(|(_, b)| b.hits()).collect();
 
     // byrequests through each replica; 4 requests through one, 6 through the other.
     let mut order = Vec::new();
     for _ in 0..4 {
-        order.push(backend::get(replicas[0].traffic, "/").await.1);
+        order.push(get_at(replicas[0].traffic, "/").await.body);
     }
     for _ in 0..6 {
-        assert_eq!(backend::get(replicas[1].traffic, "/").await.0, 200);
+        assert_eq!(get_at(replicas[1].traffic, "/").await.status, 200);
     }
     let mut pair = order[..2].to_vec();
     pair.sort();
     assert_eq!(pair, ["web-a", "web-b"], "{order:?}");
     assert_eq!(order[2..], order[..2], "byrequests alternates: {order:?}");
-    let total: u64 = pods.iter().map(|(_, b)| b.requests()).sum();
+    let total: u64 = pods.iter().map(|(_, b)| b.hits()).sum();
     assert_eq!(total - warmup.iter().sum::<u64>(), 10);
 
     // One leader holds the chart's Lease; it writes status with both replicas' figures.
@@ -850,7 +793,7 @@ async fn the_chart_service_account_runs_the_controller_and_may_do_no_more() {
     let holder = lease.spec.and_then(|s| s.holder_identity).expect("holder");
     assert!(holder == "kb-rbac-0" || holder == "kb-rbac-1", "{holder}");
     let clusters = Api::<BalancerCluster>::namespaced(client.clone(), &app);
-    let served: Vec<u64> = pods.iter().map(|(_, b)| b.requests()).collect();
+    let served: Vec<u64> = pods.iter().map(|(_, b)| b.hits()).collect();
     let bc = wait::until_object(
         clusters,
         "web",
@@ -980,9 +923,9 @@ async fn watch_namespaces_gives_roles_there_and_nothing_cluster_wide() {
     replica.register(&client, &release).await;
     until_served(replica.traffic, &["web-a", "web-b"]).await;
     for _ in 0..4 {
-        assert_eq!(backend::get(replica.traffic, "/").await.0, 200);
+        assert_eq!(get_at(replica.traffic, "/").await.status, 200);
     }
-    let served: Vec<u64> = pods.iter().map(|(_, b)| b.requests()).collect();
+    let served: Vec<u64> = pods.iter().map(|(_, b)| b.hits()).collect();
     wait::until_object(
         Api::<BalancerCluster>::namespaced(client.clone(), &app),
         "web",

@@ -1,0 +1,16 @@
+//! The data-plane tier: the proxy, its admin server and the binary in standalone mode, against real
+//! backends and clients on 127.0.0.1 ephemeral ports. No control plane; runs anywhere.
+
+mod support;
+
+mod dataplane {
+    mod admin;
+    mod binary;
+    mod client_http1;
+    mod health;
+    mod methods;
+    mod proxy;
+    mod proxy_protocol;
+    mod sticky;
+    mod upstream;
+}
