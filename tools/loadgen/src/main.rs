@@ -1,4 +1,5 @@
-//! The load generators bench/run.sh needs and Debian does not ship.
+//! The training mix of the profile-guided release build (scripts/build-release.sh), and the load
+//! generators bench/run.sh needs and Debian does not ship.
 //!
 //! `rate`: open-loop HTTP/1.1 at a fixed rate. Request `i` is due at `start + i / rate`; each of
 //! the keep-alive connections (one thread each) takes every `conns`-th request, sleeps until it
