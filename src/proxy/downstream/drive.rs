@@ -108,6 +108,9 @@ where
     C: Future<Output = Result<T, E>>,
     E: std::fmt::Display,
 {
+    if let Some(deadline) = &deadline {
+        deadline.new_driver();
+    }
     let mut conn = std::pin::pin!(conn);
     let mut stop = Some(StopWait::new(stopping));
     let mut sleep = std::pin::pin!(
