@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use http::header::{self, HeaderMap};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
 use tokio::time::Instant;
 
@@ -16,7 +16,7 @@ use super::headers::{Forwarding, strip_hop_by_hop};
 use super::response::ResponseBody;
 use super::tunnel::tunnel;
 use super::upstream::body::{Answer, RequestBody};
-use super::upstream::exchange::Failure;
+use super::upstream::exchange::{Failure, Replay, Stage};
 use super::upstream::lease::Lease;
 use super::upstream::pool::{Member, Sender};
 use super::upstream::{self, Upstream};
@@ -60,7 +60,7 @@ pub async fn forward(
     } else {
         1 + config.max_attempts as usize
     };
-    let replay = Replay::of(cluster, client_upgrade.is_some(), req);
+    let replay = replay_of(cluster, client_upgrade.is_some(), req);
     let mut tried: Vec<usize> = Vec::new();
     // Boxed, as rare: a smaller request future fits the allocator's small size classes.
     let mut last_failure: Option<Box<ProxyError>> = None;
@@ -116,9 +116,11 @@ pub async fn forward(
     }
 }
 
-/// A failed exchange: reported to the balancer, the member put in error unless the answer only
-/// came late (504, never sent elsewhere). Gives the error and whether the request may go to
-/// another member; the request is put back when hyper's client had taken it.
+/// A failed exchange. The client's broken request body is the client's fault: 400, and
+/// nothing held against the member. Otherwise it is reported to the balancer and, unless the
+/// answer only came late (504), the member is put in error. Gives the error and whether the
+/// request may go to another member; the request is put back when hyper's client had taken
+/// it.
 fn failed(
     cluster: &Cluster,
     index: usize,
@@ -126,20 +128,22 @@ fn failed(
     req: &mut Request<RequestBody>,
 ) -> Result<(ProxyError, bool), ProxyError> {
     let member = &cluster.config.members[index];
+    let Failure {
+        cause,
+        stage,
+        unsent,
+    } = failure;
+    if stage == Stage::ClientBody {
+        return Err(ProxyError::ClientBody { cause });
+    }
     cluster.balancer.report(index, false, clock::now_ms());
-    if failure.timed_out {
+    if stage == Stage::TimedOut {
         return Err(ProxyError::Timeout {
             cluster: cluster.key.clone(),
             member: member.url.clone(),
             after: cluster.config.response_timeout,
         });
     }
-    let Failure {
-        cause,
-        unsent,
-        resend,
-        ..
-    } = failure;
     cluster
         .balancer
         .mark_error(index, clock::now_ms(), cluster.retry_ms, error_note(&cause));
@@ -151,7 +155,7 @@ fn failed(
         member: member.url.clone(),
         cause,
     };
-    Ok((error, resend))
+    Ok((error, stage == Stage::Unsent))
 }
 
 /// What the answer's time tells the balancer: the latency sample (ewma) and outlier
@@ -188,32 +192,10 @@ fn failed_on_status(cluster: &Cluster, index: usize, status: StatusCode) -> bool
 /// A body-less request kept to be sent again after a `failOnStatus` answer. Boxed where it is
 /// held: only clusters with `failOnStatus` need it, and inline it would make every request's
 /// future larger.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl Replay {
-    fn of(cluster: &Cluster, upgrade: bool, req: &Request<RequestBody>) -> Option<Box<Replay>> {
-        let replayable =
-            !cluster.config.fail_on_status.is_empty() && !upgrade && req.body().is_end_stream();
-        replayable.then(|| {
-            Box::new(Replay {
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-                headers: req.headers().clone(),
-            })
-        })
-    }
-
-    fn request(&self) -> Request<RequestBody> {
-        let mut req = Request::new(RequestBody::empty());
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
+fn replay_of(cluster: &Cluster, upgrade: bool, req: &Request<RequestBody>) -> Option<Box<Replay>> {
+    let replayable =
+        !cluster.config.fail_on_status.is_empty() && !upgrade && req.body().is_end_stream();
+    replayable.then(|| Box::new(Replay::of(req)))
 }
 
 /// A member's answer head and what goes with it until its body is read.
