@@ -103,3 +103,26 @@ async fn two_host_fields_get_400() {
     assert_eq!(a.hits(), 0);
     assert_eq!(get(&proxy.url("/")).await.1, "a");
 }
+
+/// RFC 9113 3.4: a connection preface that starts as HTTP/2's and goes wrong is a connection
+/// error: the proxy closes without a byte (h2spec 3.5 #2 sends this one; it got an HTTP/1.1
+/// 400). Anything else that is no HTTP/2 preface is read as HTTP/1.
+#[tokio::test]
+async fn an_invalid_http2_preface_is_closed_without_an_http1_answer() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(&cluster_yaml(&[a.url()], ""));
+    for preface in [
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\rQ"[..],
+        b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+        b"PRI * HTTP/2.0\r\nHost: x\r\n\r\n",
+    ] {
+        assert_eq!(exchange(&proxy, preface).await, "", "{preface:?}");
+    }
+    let answer = exchange(
+        &proxy,
+        b"PRI / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    assert_eq!(a.hits(), 1);
+}
