@@ -4,6 +4,7 @@
 mod support;
 
 mod dataplane {
+    mod abuse;
     mod admin;
     mod binary;
     mod client_http1;

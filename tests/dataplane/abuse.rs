@@ -1,13 +1,15 @@
 //! What a careless or hostile client sends: a bad request gets 400 and never counts against a
 //! member. Real sockets on 127.0.0.1, requests written byte by byte.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Backend, Proxy, cluster_yaml, get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::support::backend::Backend;
+use crate::support::client::get;
+use crate::support::proxy::{Proxy, cluster_yaml};
+use crate::support::wait;
 
 /// Writes `request` on a new connection and reads until the proxy closes it or 2 s pass.
 async fn exchange(proxy: &Proxy, request: &[u8]) -> String {
@@ -29,7 +31,7 @@ async fn exchange(proxy: &Proxy, request: &[u8]) -> String {
 async fn next_turns(proxy: &Proxy, n: usize) -> String {
     let mut order = String::new();
     for _ in 0..n {
-        order.push_str(&get(&proxy.url("/")).await.1);
+        order.push_str(&get(&proxy.url("/")).await.backend);
     }
     order
 }
@@ -63,7 +65,7 @@ async fn a_malformed_request_body_gets_400_and_no_member_is_put_in_error() {
             let mut conn = TcpStream::connect(proxy.addr).await.expect("connect");
             conn.write_all(&request).await.expect("send");
             drop(conn);
-            common::wait_for("the request to reach a", Duration::from_secs(2), || {
+            wait::until("the request to reach a", Duration::from_secs(2), || {
                 a.hits() == 1
             })
             .await;
@@ -101,7 +103,7 @@ async fn two_host_fields_get_400() {
         assert!(answer.contains("more than one Host field"), "{answer:?}");
     }
     assert_eq!(a.hits(), 0);
-    assert_eq!(get(&proxy.url("/")).await.1, "a");
+    assert_eq!(get(&proxy.url("/")).await.backend, "a");
 }
 
 /// RFC 9113 3.4: a connection preface that starts as HTTP/2's and goes wrong is a connection
