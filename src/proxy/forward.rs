@@ -13,6 +13,7 @@ use super::client::ClientRequest;
 use super::deadline::Deadline;
 use super::error::ProxyError;
 use super::headers::{Forwarding, strip_hop_by_hop};
+use super::http1::client::idempotent;
 use super::response::ResponseBody;
 use super::tunnel::tunnel;
 use super::upstream::body::{Answer, RequestBody};
@@ -60,7 +61,9 @@ pub async fn forward(
     } else {
         1 + config.max_attempts as usize
     };
-    let replay = replay_of(cluster, client_upgrade.is_some(), req);
+    let upgrade = client_upgrade.is_some();
+    let kind = Upstream::for_request(worker.http1, req.body().is_end_stream(), upgrade);
+    let replay = replay_of(cluster, kind, upgrade, req);
     let mut tried: Vec<usize> = Vec::new();
     // Boxed, as rare: a smaller request future fits the allocator's small size classes.
     let mut last_failure: Option<Box<ProxyError>> = None;
@@ -81,18 +84,22 @@ pub async fn forward(
         let stats = &cluster.balancer.members()[index].stats;
         stats.elected.fetch_add(1, Relaxed);
         let lease = Lease::new(stats.clone());
-        let bodyless = req.body().is_end_stream();
-        if !bodyless {
+        if !req.body().is_end_stream() {
             req.body_mut().count_for(stats.clone());
         }
         let key = worker.pool.member(&config.members[index].authority);
-        let kind = Upstream::for_request(worker.http1, bodyless, client_upgrade.is_some());
         let sent = upstream::send(kind, &key, config, req, lean, forwarding, started, deadline);
         match sent.await {
             Err(failure) => {
-                let (error, resend) = failed(cluster, index, failure, req)?;
-                if !resend || tried.len() >= tries {
+                let stage = failure.stage;
+                let error = failed(cluster, index, failure, req)?;
+                if tried.len() >= tries || !may_go_again(cluster, stage, kind, req, &replay) {
                     return Err(error);
+                }
+                if let (Some(again), Upstream::Hyper) = (replay.as_deref(), kind)
+                    && stage != Stage::Unsent
+                {
+                    *req = again.request();
                 }
                 last_failure = Some(Box::new(error));
             }
@@ -126,7 +133,7 @@ fn failed(
     index: usize,
     failure: Failure,
     req: &mut Request<RequestBody>,
-) -> Result<(ProxyError, bool), ProxyError> {
+) -> Result<ProxyError, ProxyError> {
     let member = &cluster.config.members[index];
     let Failure {
         cause,
@@ -155,7 +162,44 @@ fn failed(
         member: member.url.clone(),
         cause,
     };
-    Ok((error, stage == Stage::Unsent))
+    Ok(error)
+}
+
+/// Whether a request that failed on a member may go to another: one that never reached it
+/// always; one that reached it and got no whole answer head (reset, closed, a broken head) only
+/// when sending it twice changes nothing (an idempotent method, no body; nothing has gone to
+/// the client yet), and while the cluster's retry budget lasts, as nginx's
+/// `proxy_next_upstream error` does.
+fn may_go_again(
+    cluster: &Cluster,
+    stage: Stage,
+    kind: Upstream,
+    req: &Request<RequestBody>,
+    replay: &Option<Box<Replay>>,
+) -> bool {
+    match stage {
+        Stage::Unsent => true,
+        Stage::Unanswered | Stage::BadAnswer => {
+            // The lean client only borrowed the request; hyper's took it, and a copy was kept.
+            let intact = kind == Upstream::Lean || replay.is_some();
+            intact
+                && idempotent(req.method())
+                && cluster
+                    .retry_budget
+                    .try_take(clock::now_ms(), requests(cluster))
+        }
+        Stage::ClientBody | Stage::TimedOut => false,
+    }
+}
+
+/// All the cluster's requests so far, as its members count them.
+fn requests(cluster: &Cluster) -> u64 {
+    cluster
+        .balancer
+        .members()
+        .iter()
+        .map(|m| m.stats.elected.load(Relaxed))
+        .sum()
 }
 
 /// What the answer's time tells the balancer: the latency sample (ewma) and outlier
@@ -189,13 +233,19 @@ fn failed_on_status(cluster: &Cluster, index: usize, status: StatusCode) -> bool
     true
 }
 
-/// A body-less request kept to be sent again after a `failOnStatus` answer. Boxed where it is
-/// held: only clusters with `failOnStatus` need it, and inline it would make every request's
+/// A body-less request kept to be sent again: after a `failOnStatus` answer, or, when hyper's
+/// client takes it (`--http1 hyper`), after a failure on a member for an idempotent one.
+/// Boxed where it is held: few requests need it, and inline it would make every request's
 /// future larger.
-fn replay_of(cluster: &Cluster, upgrade: bool, req: &Request<RequestBody>) -> Option<Box<Replay>> {
-    let replayable =
-        !cluster.config.fail_on_status.is_empty() && !upgrade && req.body().is_end_stream();
-    replayable.then(|| Box::new(Replay::of(req)))
+fn replay_of(
+    cluster: &Cluster,
+    kind: Upstream,
+    upgrade: bool,
+    req: &Request<RequestBody>,
+) -> Option<Box<Replay>> {
+    let wanted = !cluster.config.fail_on_status.is_empty()
+        || (kind == Upstream::Hyper && idempotent(req.method()));
+    (wanted && !upgrade && req.body().is_end_stream()).then(|| Box::new(Replay::of(req)))
 }
 
 /// A member's answer head and what goes with it until its body is read.

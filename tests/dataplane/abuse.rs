@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::backend::Backend;
-use crate::support::client::get;
+use crate::support::client::{Answer, get};
 use crate::support::proxy::{Proxy, cluster_yaml};
 use crate::support::wait;
 
@@ -127,4 +127,71 @@ async fn an_invalid_http2_preface_is_closed_without_an_http1_answer() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
     assert_eq!(a.hits(), 1);
+}
+
+/// A member that reads each request head, then resets the connection without a byte of answer.
+async fn resetting_member() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Linger 0: closing sends a reset.
+                let _ = socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO));
+                drop(conn);
+            });
+        }
+    });
+    (url, heads)
+}
+
+/// An idempotent request whose member resets the connection before answering is sent to the
+/// next member, as nginx's `proxy_next_upstream error` does: nothing has reached the client
+/// yet. A POST is not (it may have been acted on), nor anything when `maxAttempts` is 0.
+#[tokio::test]
+async fn an_idempotent_request_reset_by_its_member_goes_to_the_next() {
+    let (reset, heads) = resetting_member().await;
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(&cluster_yaml(&[reset.clone(), b.url()], ""));
+    let Answer {
+        status, backend, ..
+    } = get(&proxy.url("/")).await;
+    assert_eq!((status.as_u16(), backend.as_str()), (200, "b"));
+    assert_eq!(heads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(b.hits(), 1);
+
+    // A POST goes to the resetting member first again (it is back: retryAfterError is 60 s,
+    // so a fresh cluster is needed to see it picked first).
+    let proxy = Proxy::start(&cluster_yaml(&[reset.clone(), b.url()], ""));
+    let answer = exchange(
+        &proxy,
+        b"POST /echo HTTP/1.1\r\nHost: web\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer:?}");
+    assert_eq!(heads.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(b.hits(), 1);
+
+    let proxy = Proxy::start(&cluster_yaml(
+        &[reset, b.url()],
+        "  failover: {maxAttempts: 0}",
+    ));
+    let Answer { status, .. } = get(&proxy.url("/")).await;
+    assert_eq!(status.as_u16(), 502);
+    assert_eq!(heads.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(b.hits(), 1);
 }
