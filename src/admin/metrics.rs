@@ -109,7 +109,10 @@ fn members(view: &ManagerView) -> impl Iterator<Item = (&ClusterView, &MemberVie
         .flat_map(|c| c.members.iter().map(move |m| (c, m)))
 }
 
-fn encode_view(view: &ManagerView, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+fn encode_view(
+    view: &ManagerView,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
     for (name, help, figure) in MEMBER_COUNTERS {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
         for (c, m) in members(view) {
