@@ -6,6 +6,8 @@
 //! proxy, the admin server, the health checker and the status writer read from here. Nothing
 //! here does I/O or knows how requests are carried.
 
+pub mod filters;
+pub mod matching;
 pub mod routes;
 
 use std::collections::{HashMap, HashSet};
@@ -20,7 +22,9 @@ use crate::balancer::budget::RetryBudget;
 use crate::balancer::{Affinity, BalancedMember, Balancer, MemberStats, Settings, hash, sticky};
 use crate::clock;
 use crate::discovery::ClusterConfig;
-use routes::RouteTable;
+use filters::Filters;
+use matching::{PathMatch, RequestMatch, RequestView};
+use routes::{Backend, ListenerRoutes, Matched, RouteEntry, RouteTable, Rule};
 
 /// One served cluster.
 #[derive(Debug)]
@@ -79,11 +83,15 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The cluster serving a request for `host` (without port) and `path`.
-    pub fn route(&self, host: &[u8], path: &str) -> Option<&Arc<Cluster>> {
-        self.routes
-            .lookup(host, path)
-            .and_then(|i| self.clusters.get(i))
+    /// The rule serving a request for `host` (without port), and the cluster its backend
+    /// names: the only one for a BalancerCluster's route.
+    pub fn route(&self, host: &[u8], req: &dyn RequestView) -> Option<Matched<'_>> {
+        self.routes.lookup(host, req)
+    }
+
+    /// The cluster a rule's backend names.
+    pub fn backend(&self, backend: &Backend) -> Option<&Arc<Cluster>> {
+        backend.cluster.and_then(|i| self.clusters.get(i))
     }
 
     pub fn cluster(&self, namespace: &str, name: &str) -> Option<&Arc<Cluster>> {
@@ -157,27 +165,11 @@ impl DataPlane {
             generation: self.generation.fetch_add(1, Relaxed) + 1,
             ..Snapshot::default()
         };
+        let mut routes = Vec::new();
         for config in clusters {
             let key = config.key();
             let index = snapshot.clusters.len();
-            for route in &config.routes {
-                if let Err(holder) =
-                    snapshot
-                        .routes
-                        .add(route.host.as_deref(), &route.path_prefix, index)
-                {
-                    snapshot.conflicts.push(RouteConflict {
-                        cluster: key.clone(),
-                        host: route.host.clone(),
-                        path_prefix: route.path_prefix.clone(),
-                        held_by: snapshot
-                            .clusters
-                            .get(holder)
-                            .map(|c| c.key.clone())
-                            .unwrap_or_default(),
-                    });
-                }
-            }
+            routes.extend(route_entries(&config, &key, index));
             if let Some(same) = previous
                 .cluster(&config.namespace, &config.name)
                 .filter(|c| c.config == config)
@@ -228,11 +220,48 @@ impl DataPlane {
             }));
         }
         *stats = kept;
+        let (table, shadowed) = RouteTable::build(vec![ListenerRoutes {
+            hostname: None,
+            routes,
+        }]);
+        snapshot.routes = table;
+        snapshot.conflicts = shadowed
+            .into_iter()
+            .map(|s| RouteConflict {
+                cluster: s.rule,
+                host: s.host,
+                path_prefix: s.path,
+                held_by: s.by,
+            })
+            .collect();
         let snapshot = Arc::new(snapshot);
         self.snapshot.store(snapshot.clone());
         self.ready.store(true, Relaxed);
         snapshot
     }
+}
+
+/// A BalancerCluster's routes as rows of the route table: each route's host and path prefix,
+/// one rule (named by the cluster's key) whose only backend is the cluster.
+fn route_entries(config: &ClusterConfig, key: &str, index: usize) -> Vec<RouteEntry> {
+    let backend = Backend {
+        cluster: Some(index),
+        weight: 1,
+        filters: Filters::default(),
+    };
+    let rule = Arc::new(Rule::new(key.to_owned(), Filters::default(), vec![backend]));
+    config
+        .routes
+        .iter()
+        .map(|route| RouteEntry {
+            hostnames: route.host.iter().cloned().collect(),
+            matches: vec![RequestMatch {
+                path: PathMatch::prefix(&route.path_prefix),
+                ..RequestMatch::default()
+            }],
+            rule: rule.clone(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -270,10 +299,27 @@ mod tests {
             config("a", &["http://127.0.0.1:1"]),
         ]);
         assert!(Arc::ptr_eq(&third.clusters[1], &first.clusters[0]));
-        assert_eq!(
-            third.route(b"h", "/a").map(|c| c.key.as_str()),
-            Some("default/a")
-        );
+        struct Get(&'static str);
+        impl RequestView for Get {
+            fn method(&self) -> &http::Method {
+                &http::Method::GET
+            }
+            fn path(&self) -> &str {
+                self.0
+            }
+            fn query(&self) -> Option<&str> {
+                None
+            }
+            fn any_header(&self, _: &http::HeaderName, _: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+                false
+            }
+        }
+        let routed = third
+            .route(b"h", &Get("/a"))
+            .and_then(|m| m.rule.pick())
+            .and_then(|b| third.backend(b))
+            .map(|c| c.key.clone());
+        assert_eq!(routed.as_deref(), Some("default/a"));
         // The kept cluster's members keep their counters for the next publication too.
         let stats = third.clusters[1].balancer.members()[0].stats.clone();
         let fourth = plane.publish(vec![config(
