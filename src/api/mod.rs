@@ -9,6 +9,8 @@ use kube::core::Duration;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+pub mod text;
+
 /// Group of the API.
 pub const GROUP: &str = "kubebalancer.io";
 /// Version of the API.
@@ -58,6 +60,7 @@ const DURATION_MESSAGE: &str = "must be a duration such as 500ms, 5s or 1m30s";
 pub struct BalancerClusterSpec {
     /// Which installation serves this cluster (like IngressClass). Empty: the default one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub class_name: Option<String>,
 
     /// Which requests reach this balancer (Apache's ProxyPass). Default: every host, path `/`.
@@ -181,6 +184,7 @@ pub struct MemberSpec {
     pub lbset: u32,
     /// Sticky-session route id (Apache's route).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub route: Option<String>,
     /// Administrative state.
     #[serde(default)]
@@ -567,9 +571,11 @@ fn default_idle() -> Duration {
 pub struct MemberOverride {
     /// The pod whose endpoint this edits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub pod: Option<String>,
     /// The member's `HOST:PORT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 300))]
     pub address: Option<String>,
     /// New administrative state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
