@@ -3,6 +3,7 @@
 //! with members on 127.0.0.1.
 
 mod common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -10,7 +11,15 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use kube::Api;
+use kube::api::{DynamicObject, PostParams};
+use serde_json::json;
 use tokio::time::Instant;
+
+use kube_balancer::api::BalancerCluster;
+use support::controlplane::ControlPlane;
+use support::fixtures::install_crd;
+use support::pods;
 
 const LIMIT: Duration = Duration::from_secs(20);
 const MIB: usize = 1024 * 1024;
@@ -254,4 +263,108 @@ async fn a_file_over_the_limit_is_refused_at_start_naming_its_size_and_the_limit
         "stderr:\n{stderr}"
     );
     assert!(stderr.len() < 2000, "{} bytes of stderr", stderr.len());
+}
+
+/// The API server's answer to creating a BalancerCluster `name` with `spec` in `ns`: `Ok`, or
+/// the refusal's code and message. Untyped, so that what our types would not parse reaches it.
+async fn create(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<(), (u16, String)> {
+    let resource = kube::api::ApiResource::erase::<BalancerCluster>(&());
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource);
+    let bc: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "kubebalancer.io/v1alpha1", "kind": "BalancerCluster",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("well-formed");
+    match api.create(&PostParams::default(), &bc).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) => Err((e.code, e.message)),
+        Err(e) => panic!("create {name}: {e}"),
+    }
+}
+
+/// What standalone mode says of a file holding one BalancerCluster `web` with `spec`.
+fn standalone_refusal(spec: &serde_json::Value) -> String {
+    let document = json!({
+        "apiVersion": "kubebalancer.io/v1alpha1", "kind": "BalancerCluster",
+        "metadata": {"name": "web"}, "spec": spec,
+    });
+    let yaml = serde_norway::to_string(&document).expect("YAML");
+    kube_balancer::standalone::parse("web.yaml", &yaml)
+        .expect_err("refused")
+        .to_string()
+}
+
+/// `n` distinct member URLs of the longest length the schema allows (300 characters): the
+/// uniqueness rule's worst case.
+fn longest_urls(n: usize) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|i| {
+            let url = format!("http://{}{i:05}:8080", "a".repeat(283));
+            assert_eq!(url.len(), 300);
+            json!({ "url": url })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_member_listed_twice_is_refused_by_the_api_server_as_by_standalone() {
+    let client = ControlPlane::shared().client();
+    // The API server takes the CRD: the uniqueness rule fits its cost budget.
+    install_crd(&client).await;
+    let ns = pods::namespace(&client, "duplicates").await;
+
+    let spec = json!({"members": [
+        {"url": "http://10.0.0.1:80"},
+        {"url": "http://10.0.0.2:80"},
+        {"url": "http://10.0.0.1:80", "loadFactor": 3},
+    ]});
+    let message = "member http://10.0.0.1:80 is listed more than once: list each member once, and give it a loadFactor for a larger share";
+    let (code, refusal) = create(&client, &ns, "twice", spec.clone())
+        .await
+        .expect_err("refused");
+    assert_eq!(code, 422, "{refusal}");
+    assert!(
+        refusal.contains("spec.members: Invalid value: ") && refusal.contains(message),
+        "{refusal}"
+    );
+    assert_eq!(
+        standalone_refusal(&spec),
+        format!("web.yaml: document 1 (BalancerCluster default/web): spec.members: {message}")
+    );
+
+    // As many members as a cluster may list, each with the longest URL: within the rule's
+    // cost at run time too, and a duplicate among them is still named.
+    let mut members = longest_urls(128);
+    create(&client, &ns, "most", json!({ "members": members }))
+        .await
+        .expect("128 members of 300 characters are accepted");
+    members[127] = members[0].clone();
+    let (_, refusal) = create(&client, &ns, "most-twice", json!({ "members": members }))
+        .await
+        .expect_err("refused");
+    assert!(
+        refusal.contains(&format!(
+            "member {} is listed more than once",
+            members[0]["url"].as_str().expect("a URL")
+        )),
+        "{refusal}"
+    );
+    let (code, refusal) = create(
+        &client,
+        &ns,
+        "too-many",
+        json!({ "members": longest_urls(129) }),
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(code, 422, "{refusal}");
+    assert!(
+        refusal.contains("spec.members: Too many: 129: must have at most 128 items"),
+        "{refusal}"
+    );
 }

@@ -465,6 +465,47 @@ mod tests {
     }
 
     #[test]
+    fn a_member_listed_twice_is_refused_naming_it() {
+        let yaml = format!(
+            "{HEAD}spec:\n  members:\n    - url: http://127.0.0.1:1\n    - url: http://127.0.0.1:2\n    - {{url: http://127.0.0.1:1, loadFactor: 3}}\n"
+        );
+        assert_eq!(
+            refusal(&yaml),
+            "bad.yaml: document 1 (BalancerCluster shop/web): spec.members: member http://127.0.0.1:1 is listed more than once: list each member once, and give it a loadFactor for a larger share"
+        );
+        // Two spellings of one member.
+        let yaml = format!(
+            "{HEAD}spec:\n  members:\n    - url: http://127.0.0.1:1\n    - url: http://127.0.0.1:1/\n"
+        );
+        assert!(
+            refusal(&yaml).ends_with(
+                "spec.members[1].url: \"http://127.0.0.1:1/\" is the same member as spec.members[0].url (\"http://127.0.0.1:1\"): list each member once, and give it a loadFactor for a larger share"
+            ),
+            "{}",
+            refusal(&yaml)
+        );
+    }
+
+    #[test]
+    fn a_cluster_lists_at_most_128_static_members() {
+        let members = |n: usize| {
+            (0..n)
+                .map(|i| format!("    - url: http://10.0.{}.{}:80\n", i / 256, i % 256))
+                .collect::<String>()
+        };
+        let yaml = format!("{HEAD}spec:\n  members:\n{}", members(128));
+        assert_eq!(
+            parse("ok.yaml", &yaml).expect("valid")[0].members.len(),
+            128
+        );
+        let yaml = format!("{HEAD}spec:\n  members:\n{}", members(129));
+        assert_eq!(
+            refusal(&yaml),
+            "bad.yaml: document 1 (BalancerCluster shop/web): spec.members: may hold at most 128 items; found 129"
+        );
+    }
+
+    #[test]
     fn an_empty_file_is_refused() {
         assert_eq!(refusal(""), "bad.yaml: holds no BalancerCluster document");
         assert_eq!(
