@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use kube::Api;
-use kube::api::{DynamicObject, PostParams};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -366,5 +366,212 @@ async fn a_member_listed_twice_is_refused_by_the_api_server_as_by_standalone() {
     assert!(
         refusal.contains("spec.members: Too many: 129: must have at most 128 items"),
         "{refusal}"
+    );
+}
+
+/// The YAML blocks of a Markdown file that hold a BalancerCluster.
+fn yaml_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown.lines() {
+        match &mut current {
+            None if line.trim_start().starts_with("```yaml") => current = Some(String::new()),
+            Some(block) if line.trim_start().starts_with("```") => {
+                if block.contains("kind: BalancerCluster") {
+                    blocks.push(block.clone());
+                }
+                current = None;
+            }
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            None => {}
+        }
+    }
+    blocks
+}
+
+/// README.md and docs/*.md, by name.
+fn documents() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).expect("docs/") {
+        let path = entry.expect("an entry").path();
+        if path.extension().and_then(|e| e.to_str()) == Some("md") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).expect("read a document");
+            let name = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            (name, text)
+        })
+        .collect()
+}
+
+#[test]
+fn every_balancer_cluster_in_the_readme_and_docs_loads() {
+    let mut loaded = 0;
+    for (name, text) in documents() {
+        for (i, block) in yaml_blocks(&text).iter().enumerate() {
+            let file = format!("{name} (YAML block {})", i + 1);
+            kube_balancer::standalone::parse(&file, block).unwrap_or_else(|e| panic!("{e}"));
+            loaded += 1;
+        }
+    }
+    // The README's resource reference and the install guide's first balancer at least.
+    assert!(loaded >= 2, "only {loaded} BalancerCluster blocks found");
+}
+
+/// Runs the real kubectl against the test control plane: whether it succeeded, and what it
+/// wrote to standard output and standard error.
+async fn kubectl(args: &[&str]) -> (bool, String, String) {
+    let control_plane = ControlPlane::shared();
+    let bin = std::env::var(support::controlplane::BIN_ENV).expect("the testenv binaries");
+    let mut command = Command::new(Path::new(&bin).join("kubectl"));
+    command
+        .args(args)
+        .env("KUBECONFIG", control_plane.kubeconfig())
+        .stdin(Stdio::null());
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("the thread running kubectl")
+        .expect("run kubectl");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Apache's spellings, as a person moving from httpd writes them.
+const APACHE_SPELLINGS: &str = "apiVersion: kubebalancer.io/v1alpha1
+kind: BalancerCluster
+metadata: {name: apache, namespace: NS}
+spec:
+  lbmethod: bytraffic
+  members:
+    - url: http://10.0.0.1:80
+      loadfactor: 3
+";
+
+#[tokio::test]
+async fn unknown_fields_are_refused_with_strict_field_validation_and_kubectl() {
+    let client = ControlPlane::shared().client();
+    install_crd(&client).await;
+    let ns = pods::namespace(&client, "unknown").await;
+    let yaml = APACHE_SPELLINGS.replace("NS", &ns);
+    let document: serde_json::Value = serde_norway::from_str(&yaml).expect("YAML");
+    let resource = kube::api::ApiResource::erase::<BalancerCluster>(&());
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &resource);
+    let object: DynamicObject = serde_json::from_value(document.clone()).expect("an object");
+
+    // Strict field validation: refused, every unknown field named.
+    let url = format!(
+        "/apis/kubebalancer.io/v1alpha1/namespaces/{ns}/balancerclusters?fieldValidation=Strict"
+    );
+    let request = http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&document).expect("JSON"))
+        .expect("a request");
+    let refusal = match client.request::<DynamicObject>(request).await {
+        Err(kube::Error::Api(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(refusal.code, 400, "{}", refusal.message);
+    assert!(
+        refusal.message.contains(
+            "strict decoding error: unknown field \"spec.lbmethod\", unknown field \"spec.members[0].loadfactor\""
+        ),
+        "{}",
+        refusal.message
+    );
+
+    // Server-side apply refuses unknown fields whatever the validation asked for (with a 500).
+    for params in [
+        PatchParams::apply("kube-balancer-tests"),
+        PatchParams::apply("kube-balancer-tests").validation_ignore(),
+    ] {
+        let refusal = match api.patch("apache", &params, &Patch::Apply(&object)).await {
+            Err(kube::Error::Api(e)) => e,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(
+            refusal
+                .message
+                .contains(".spec.lbmethod: field not declared in schema"),
+            "{}",
+            refusal.message
+        );
+    }
+
+    // kubectl validates strictly by default: `kubectl apply` refuses the file.
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let file = folder.path().join("apache.yaml");
+    std::fs::write(&file, &yaml).expect("write the file");
+    let path = file.to_str().expect("a UTF-8 path");
+    let (applied, _, stderr) = kubectl(&["apply", "-f", path]).await;
+    assert!(!applied, "kubectl apply took unknown fields");
+    assert!(
+        stderr.contains("strict decoding error")
+            && stderr.contains("unknown field \"spec.lbmethod\"")
+            && stderr.contains("unknown field \"spec.members[0].loadfactor\""),
+        "{stderr}"
+    );
+    let (applied, _, stderr) = kubectl(&["apply", "--server-side", "-f", path]).await;
+    assert!(!applied, "kubectl apply --server-side took unknown fields");
+    assert!(stderr.contains("field not declared in schema"), "{stderr}");
+    // A field given twice is another matter: kubectl's YAML reader keeps the last one and says
+    // nothing (standalone mode refuses it, below).
+    let twice = yaml
+        .replace("name: apache", "name: twice")
+        .replace(
+            "  lbmethod: bytraffic\n",
+            "  lbMethod: bytraffic\n  lbMethod: ewma\n",
+        )
+        .replace("loadfactor", "loadFactor");
+    std::fs::write(&file, &twice).expect("write the file");
+    let (applied, _, stderr) = kubectl(&["apply", "-f", path]).await;
+    assert!(applied, "{stderr}");
+    let stored = api.get("twice").await.expect("stored");
+    assert_eq!(stored.data["spec"]["lbMethod"], "ewma");
+    assert!(
+        kube_balancer::standalone::parse("twice.yaml", &twice)
+            .expect_err("refused")
+            .to_string()
+            .ends_with("spec: the field \"lbMethod\" is given twice at line 5 column 3")
+    );
+
+    // A client that asks for no validation (the API's default is to warn): the unknown fields
+    // are dropped, the resource is stored without them, and the balancer uses the defaults.
+    api.create(&PostParams::default(), &object)
+        .await
+        .expect("stored without the unknown fields");
+    let stored = api.get("apache").await.expect("read back");
+    assert_eq!(
+        stored.data["spec"],
+        json!({"members": [{"url": "http://10.0.0.1:80", "loadFactor": 1, "lbset": 0, "state": "Enabled"}],
+               "lbMethod": "byrequests", "routes": [{"pathPrefix": "/"}],
+               "failover": {"forceRecovery": true, "maxAttempts": 1, "noFailover": false, "retryAfterError": "60s"},
+               "timeouts": {"connect": "5s", "idle": "90s", "response": "60s"}}),
+    );
+
+    // Standalone mode refuses the file, naming the first unknown field and the one meant.
+    let e = kube_balancer::standalone::parse("apache.yaml", &yaml)
+        .expect_err("refused")
+        .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "apache.yaml: document 1 (BalancerCluster {ns}/apache): spec.lbmethod: unknown field; did you mean `lbMethod`?"
+        )
     );
 }

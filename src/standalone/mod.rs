@@ -6,6 +6,7 @@
 //! An invalid file is refused whole and the previous configuration keeps serving.
 
 mod schema;
+mod yaml;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use kube::CustomResourceExt;
-use serde::Deserialize;
 
 use crate::api::text::{cut, shorten_quoted};
 use crate::api::{BalancerCluster, GROUP, VERSION};
@@ -122,7 +122,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<ClusterConfig>, ConfigError> 
     let mut seen = HashSet::new();
     for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let number = i + 1;
-        let value = serde_json::Value::deserialize(document).map_err(|e| ConfigError::Yaml {
+        let value = yaml::document(document).map_err(|e| ConfigError::Yaml {
             file: file.to_owned(),
             message: shorten_quoted(&format!("document {number}: {e}")),
         })?;
@@ -502,6 +502,68 @@ mod tests {
         assert_eq!(
             refusal(&yaml),
             "bad.yaml: document 1 (BalancerCluster shop/web): spec.members: may hold at most 128 items; found 129"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_the_field_meant() {
+        let cases = [
+            (
+                "  lbmethod: bytraffic\n  members: [{url: http://127.0.0.1:1}]\n",
+                "spec.lbmethod: unknown field; did you mean `lbMethod`?",
+            ),
+            (
+                "  members: [{url: http://127.0.0.1:1, loadfactor: 3}]\n",
+                "spec.members[0].loadfactor: unknown field; did you mean `loadFactor`?",
+            ),
+            (
+                "  members: [{url: http://127.0.0.1:1}]\n  stickysession: {cookie: ROUTEID}\n",
+                "spec.stickysession: unknown field; did you mean `stickySession`?",
+            ),
+            (
+                "  members: [{url: http://127.0.0.1:1}]\n  helthCheck: {}\n",
+                "spec.helthCheck: unknown field; did you mean `healthCheck`?",
+            ),
+            (
+                "  members: [{url: http://127.0.0.1:1}]\n  timeouts: {conect: 1s}\n",
+                "spec.timeouts.conect: unknown field; did you mean `connect`?",
+            ),
+        ];
+        for (spec, expected) in cases {
+            assert_eq!(
+                refusal(&format!("{HEAD}spec:\n{spec}")),
+                format!("bad.yaml: document 1 (BalancerCluster shop/web): {expected}")
+            );
+        }
+        // Nothing close: the fields there are listed.
+        let e = refusal(&format!(
+            "{HEAD}spec:\n  members: [{{url: http://127.0.0.1:1}}]\n  cache: {{size: 10}}\n"
+        ));
+        assert!(
+            e.starts_with(
+                "bad.yaml: document 1 (BalancerCluster shop/web): spec.cache: unknown field; the fields here are "
+            ) && e.contains("lbMethod, "),
+            "{e}"
+        );
+        // Outside spec too.
+        assert_eq!(
+            refusal(
+                "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {name: web, namepsace: shop}\nspec: {}\n"
+            ),
+            "bad.yaml: document 1 (BalancerCluster default/web): metadata.namepsace: unknown field; did you mean `namespace`?"
+        );
+        assert_eq!(
+            refusal(&format!(
+                "{HEAD}sepc:\n  members: [{{url: http://127.0.0.1:1}}]\n"
+            )),
+            "bad.yaml: document 1 (BalancerCluster shop/web): sepc: unknown field; did you mean `spec`?"
+        );
+        // A field given twice: one of the two would be dropped.
+        assert_eq!(
+            refusal(&format!(
+                "{HEAD}spec:\n  lbMethod: ewma\n  members: [{{url: http://127.0.0.1:1}}]\n  lbMethod: hash\n"
+            )),
+            "bad.yaml: document 1: spec: the field \"lbMethod\" is given twice at line 5 column 3"
         );
     }
 

@@ -1,11 +1,18 @@
-//! The checks the API server makes from the CRD's OpenAPI schema before it runs the CEL rules:
-//! enumerations, string lengths and list lengths. Standalone mode makes them first too, on the
-//! document as read, so that a huge value is refused before defaulting and CEL evaluation copy
-//! it over and over.
+//! The checks the API server makes from the CRD's OpenAPI schema before it runs the CEL rules,
+//! with strict field validation (`kubectl apply`'s default): no field the schema does not know,
+//! then enumerations, string lengths and list lengths. Standalone mode makes them first too, on
+//! the document as read, so that a misspelt field is named rather than ignored, and a huge
+//! value is refused before defaulting and CEL evaluation copy it over and over.
+//!
+//! The known fields come from the schema, that is from the Rust types: a field added to the
+//! types is known here at once. `metadata` is checked against Kubernetes' ObjectMeta.
 //!
 //! Pure: a schema (the CRD's `openAPIV3Schema`, as JSON) and a document in, the first problem
 //! out.
 
+use std::sync::OnceLock;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
 use crate::api::text::{cut, quote};
@@ -17,21 +24,99 @@ pub struct Problem {
     pub message: String,
 }
 
-/// Checks a whole document against the CRD's root schema. `apiVersion`, `kind` and `metadata`
-/// are the caller's to check: the root schema of a CRD leaves them out.
+/// The fields every Kubernetes object has, which a CRD's root schema leaves out.
+const OBJECT_FIELDS: [&str; 3] = ["apiVersion", "kind", "metadata"];
+
+/// Checks a whole document against the CRD's root schema. The values of `apiVersion` and
+/// `kind` are the caller's to check.
 pub fn check(root: &Value, document: &Value) -> Result<(), Problem> {
-    let (Some(properties), Some(fields)) = (
-        root.get("properties").and_then(Value::as_object),
-        document.as_object(),
-    ) else {
+    let Some(fields) = document.as_object() else {
         return Ok(());
     };
+    let properties = root.get("properties").and_then(Value::as_object);
     for (name, value) in fields {
-        if let Some(schema) = properties.get(name) {
+        if name == "metadata" {
+            walk(metadata_schema(), value, name.clone())?;
+        } else if let Some(schema) = properties.and_then(|p| p.get(name)) {
             walk(schema, value, name.clone())?;
+        } else if !OBJECT_FIELDS.contains(&name.as_str()) {
+            let known = OBJECT_FIELDS.into_iter().chain(
+                properties
+                    .into_iter()
+                    .flat_map(|p| p.keys().map(String::as_str)),
+            );
+            return Err(unknown(name, name, known));
         }
     }
     Ok(())
+}
+
+/// ObjectMeta's schema, with its nested types written out in place, as the walk reads it.
+fn metadata_schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let generator = schemars::generate::SchemaSettings::openapi3()
+            .with(|s| {
+                s.inline_subschemas = true;
+                s.meta_schema = None;
+            })
+            .into_generator();
+        serde_json::to_value(generator.into_root_schema_for::<ObjectMeta>()).unwrap_or(Value::Null)
+    })
+}
+
+/// The problem of a field the schema does not know, with the known field it most likely
+/// meant, or else the fields known there.
+fn unknown<'a>(path: &str, name: &str, known: impl Iterator<Item = &'a str>) -> Problem {
+    let mut known: Vec<&str> = known.collect();
+    known.sort_unstable();
+    let message = match closest(name, &known) {
+        Some(meant) => format!("unknown field; did you mean `{meant}`?"),
+        None if known.is_empty() => "unknown field; this object has no fields".to_owned(),
+        None => format!("unknown field; the fields here are {}", known.join(", ")),
+    };
+    Problem {
+        field: path.to_owned(),
+        message,
+    }
+}
+
+/// The known name `name` is most likely a misspelling of: the same letters in another case
+/// (`lbmethod`), or a few letters apart (`helthCheck`, `timeout`).
+fn closest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    let length = name.chars().count();
+    // Short names have few letters to spare: `tls` is not a misspelling of `ttl`.
+    let allowed = (length / 4).clamp(1, 3);
+    let name = name.to_lowercase();
+    known
+        .iter()
+        // Lengths further apart than that cannot be close (and a huge name costs nothing).
+        .filter(|k| k.chars().count().abs_diff(length) <= allowed)
+        .map(|k| (edit_distance(&name, &k.to_lowercase()), *k))
+        .filter(|&(d, _)| d <= allowed)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, k)| k)
+}
+
+/// The fewest single-character insertions, deletions, substitutions and swaps of neighbours
+/// that turn one into the other (optimal string alignment distance).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    // Three rows of the table: the one being filled, and the two before it.
+    let mut before: Vec<usize> = Vec::new();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut row = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let substitution = previous[j - 1] + usize::from(a[i - 1] != b[j - 1]);
+            row[j] = (previous[j] + 1).min(row[j - 1] + 1).min(substitution);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                row[j] = row[j].min(before[j - 2] + 1);
+            }
+        }
+        before = std::mem::replace(&mut previous, row);
+    }
+    previous[b.len()]
 }
 
 fn walk(schema: &Value, value: &Value, path: String) -> Result<(), Problem> {
@@ -79,12 +164,21 @@ fn walk(schema: &Value, value: &Value, path: String) -> Result<(), Problem> {
             }
         }
         Value::Object(fields) => {
+            if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+                return Ok(());
+            }
             let properties = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties").filter(|s| s.is_object());
             for (name, field) in fields {
-                let field_schema = properties.and_then(|p| p.get(name)).or(additional);
-                if let Some(field_schema) = field_schema {
-                    walk(field_schema, field, format!("{path}.{name}"))?;
+                let field_path = format!("{path}.{name}");
+                match properties.and_then(|p| p.get(name)).or(additional) {
+                    Some(field_schema) => walk(field_schema, field, field_path)?,
+                    // Where any name goes (additionalProperties), none is unknown.
+                    None if schema.get("additionalProperties") == Some(&Value::Bool(true)) => {}
+                    None => {
+                        let known = properties.into_iter().flat_map(|p| p.keys());
+                        return Err(unknown(&field_path, name, known.map(String::as_str)));
+                    }
                 }
             }
         }
@@ -189,13 +283,86 @@ mod tests {
     }
 
     #[test]
-    fn nulls_and_fields_without_a_schema_are_left_to_deserialization() {
+    fn nulls_are_left_to_deserialization() {
         assert_eq!(
             check(
                 &schema(),
-                &json!({"spec": {"members": null, "other": "x".repeat(100)}, "metadata": {}})
+                &json!({"spec": {"members": null}, "metadata": {"name": "web"}})
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_the_field_meant() {
+        assert_eq!(
+            problem(json!({"spec": {"members": [{"URL": "a"}]}})),
+            Problem {
+                field: "spec.members[0].URL".into(),
+                message: "unknown field; did you mean `url`?".into(),
+            }
+        );
+        assert_eq!(
+            problem(json!({"spec": {"member": []}})).message,
+            "unknown field; did you mean `members`?"
+        );
+        assert_eq!(
+            problem(json!({"spec": {"tls": {}}})),
+            Problem {
+                field: "spec.tls".into(),
+                message: "unknown field; the fields here are labels, members".into(),
+            }
+        );
+        assert_eq!(
+            problem(json!({"spec": {}, "sepc": {}})),
+            Problem {
+                field: "sepc".into(),
+                message: "unknown field; did you mean `spec`?".into(),
+            }
+        );
+        assert_eq!(
+            problem(json!({"spec": {}, "metadata": {"name": "web", "label": {"a": "b"}}})),
+            Problem {
+                field: "metadata.label".into(),
+                message: "unknown field; did you mean `labels`?".into(),
+            }
+        );
+        // The names of a map are the user's own.
+        assert_eq!(
+            check(&schema(), &json!({"spec": {"labels": {"anything": "x"}}})),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                &schema(),
+                &json!({"apiVersion": "v", "kind": "k", "metadata": {"name": "n", "namespace": "s", "labels": {"a": "b"}, "annotations": {"c": "d"}}})
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn closeness() {
+        let known = [
+            "lbMethod",
+            "loadFactor",
+            "stickySession",
+            "timeouts",
+            "hash",
+        ];
+        assert_eq!(closest("lbmethod", &known), Some("lbMethod"));
+        assert_eq!(closest("loadfactor", &known), Some("loadFactor"));
+        assert_eq!(closest("stickysession", &known), Some("stickySession"));
+        assert_eq!(closest("timeout", &known), Some("timeouts"));
+        assert_eq!(closest("lbMethd", &known), Some("lbMethod"));
+        assert_eq!(closest("tls", &known), None);
+        assert_eq!(closest("weight", &known), None);
+        assert_eq!(closest("sepc", &["spec", "status"]), Some("spec"));
+        assert_eq!(closest(&"x".repeat(1 << 20), &known), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("abc", ""), 3);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+        assert_eq!(edit_distance("same", "same"), 0);
     }
 }
