@@ -4,11 +4,12 @@
 
 mod common;
 mod support;
+mod support_balancing;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
 use kube::Api;
@@ -20,6 +21,7 @@ use kube_balancer::api::BalancerCluster;
 use support::controlplane::ControlPlane;
 use support::fixtures::install_crd;
 use support::pods;
+use support_balancing::{Member, client, cluster, order, states};
 
 const LIMIT: Duration = Duration::from_secs(20);
 const MIB: usize = 1024 * 1024;
@@ -573,5 +575,142 @@ async fn unknown_fields_are_refused_with_strict_field_validation_and_kubectl() {
         format!(
             "apache.yaml: document 1 (BalancerCluster {ns}/apache): spec.lbmethod: unknown field; did you mean `lbMethod`?"
         )
+    );
+}
+
+/// Log lines of this test binary's own data planes (the health checker runs on a thread of its
+/// own, so it logs through the global subscriber, set once here).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+fn logs() -> &'static Logs {
+    static LOGS: OnceLock<Logs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+        logs
+    })
+}
+
+impl Logs {
+    /// The lines that mention `needle`.
+    fn lines_with(&self, needle: &str) -> Vec<String> {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+const HEALTH_LIMIT: Duration = Duration::from_secs(10);
+
+/// b's answers fail (503, a `failOnStatus` code, which puts it in error for an hour) while
+/// its checks keep passing: the next passing check brings it back, as Apache's hcheck does.
+#[tokio::test]
+async fn a_passing_health_check_brings_back_a_member_in_error_from_a_request() {
+    let logs = logs();
+    let a = Member::start("a").await;
+    let b = Member::start("b").await;
+    let proxy = common::Proxy::start(&cluster(
+        &[format!("url: {}", a.url()), format!("url: {}", b.url())],
+        "healthCheck: {path: /health, interval: 100ms}\nfailover: {failOnStatus: [503], retryAfterError: 1h}",
+    ));
+    let c = client();
+    assert_eq!(order(&c, &proxy.url("/"), 2).await, "ab");
+
+    b.answer_with(503);
+    // b's 503 puts it in error; the request goes on to a.
+    let hits = b.hits();
+    assert_eq!(order(&c, &proxy.url("/"), 2).await, "aa");
+    assert_eq!(b.hits(), hits + 1);
+    let row = &support_balancing::rows(&proxy.plane)[1];
+    assert!(row.last_error.is_some(), "{row:?}");
+    b.answer_with(0);
+
+    // An hour early: its checks pass, so it is back (the log says which brought it back).
+    common::wait_for("b back from its error", HEALTH_LIMIT, || {
+        states(&proxy.plane) == ["Ok", "Ok"]
+    })
+    .await;
+    assert_eq!(order(&c, &proxy.url("/"), 4).await, "abab");
+    let back = logs.lines_with(&b.addr.to_string());
+    assert!(
+        back.iter()
+            .any(|l| l.contains("health check passed: member back")
+                && l.contains("from=\"a failed request\"")),
+        "{back:#?}"
+    );
+}
+
+/// b goes down for requests and checks alike (in error and failing its checks), then comes
+/// back: the checks that pass again bring it back whole, and only then does the log say so.
+#[tokio::test]
+async fn a_member_down_for_requests_and_checks_is_back_when_its_checks_pass() {
+    let logs = logs();
+    let a = Member::start("a").await;
+    let b = Member::start("b").await;
+    let proxy = common::Proxy::start(&cluster(
+        &[format!("url: {}", a.url()), format!("url: {}", b.url())],
+        "healthCheck: {path: /health, interval: 100ms, passes: 2, fails: 3}\nfailover: {failOnStatus: [503], retryAfterError: 1h}",
+    ));
+    let c = client();
+    assert_eq!(order(&c, &proxy.url("/"), 2).await, "ab");
+
+    // Down: its checks fail (three in a row take it out, a few hundred milliseconds), and a
+    // request that reaches it before that fails and puts it in error.
+    b.answer_with(503);
+    b.set_health(503);
+    let hits = b.hits();
+    assert_eq!(order(&c, &proxy.url("/"), 2).await, "aa");
+    assert_eq!(b.hits(), hits + 1, "the request reached b");
+    common::wait_for("b failing its checks", HEALTH_LIMIT, || {
+        states(&proxy.plane) == ["Ok", "HealthCheckFailed"]
+    })
+    .await;
+
+    b.answer_with(0);
+    b.set_health(0);
+    common::wait_for("b back", HEALTH_LIMIT, || {
+        states(&proxy.plane) == ["Ok", "Ok"]
+    })
+    .await;
+    assert_eq!(order(&c, &proxy.url("/"), 4).await, "abab");
+    let back: Vec<String> = logs
+        .lines_with(&b.addr.to_string())
+        .into_iter()
+        .filter(|l| l.contains("health check passed"))
+        .collect();
+    assert_eq!(back.len(), 1, "{back:#?}");
+    assert!(
+        back[0].contains("health check passed: member back")
+            && back[0].contains("from=\"failed health checks and a failed request\""),
+        "{back:#?}"
     );
 }
