@@ -714,3 +714,44 @@ async fn a_member_down_for_requests_and_checks_is_back_when_its_checks_pass() {
         "{back:#?}"
     );
 }
+
+#[tokio::test]
+async fn messages_and_log_lines_read_as_prose() {
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let file = folder.path().join("balancer.yaml");
+    let path = file.to_str().expect("a UTF-8 path").to_owned();
+    std::fs::write(&file, member_with_state("Enabled")).expect("write the file");
+    let mut balancer = Running::standalone(&file);
+    let loaded = balancer.next_line_with("configuration loaded").await;
+    assert!(
+        loaded.contains("clusters=default/web generation=1"),
+        "{loaded}"
+    );
+
+    let bad = String::from_utf8(member_with_state("Enabled"))
+        .expect("UTF-8")
+        .replace("v1alpha1", "v2");
+    replace(&file, bad.as_bytes());
+    let refused = balancer.next_line_with("configuration refused").await;
+    assert!(
+        refused.ends_with(&format!(
+            "error={path}: document 1 (BalancerCluster default/web): apiVersion: must be kubebalancer.io/v1alpha1, found \"kubebalancer.io/v2\""
+        )),
+        "{refused}"
+    );
+    let bad = String::from_utf8(member_with_state("Enabled"))
+        .expect("UTF-8")
+        .replace("kind: BalancerCluster\n", "");
+    replace(&file, bad.as_bytes());
+    let refused = balancer.next_line_with("configuration refused").await;
+    assert!(
+        refused.ends_with("kind: is missing; it must be BalancerCluster"),
+        "{refused}"
+    );
+    for line in &balancer.seen {
+        assert!(
+            !line.contains("Some(") && !line.contains("None") && !line.contains("[\""),
+            "Rust debug text in: {line}"
+        );
+    }
+}

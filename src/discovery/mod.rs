@@ -221,8 +221,8 @@ fn policy(spec: &BalancerClusterSpec) -> Result<Policy, MemberError> {
             expect_status: status_ranges(&h.expect_status).ok_or_else(|| MemberError {
                 field: "spec.healthCheck.expectStatus".to_owned(),
                 message: format!(
-                    "{:?}: a range must go from the lower code to the higher, like 200-399",
-                    h.expect_status
+                    "{}: a range must go from the lower code to the higher, like 200-399",
+                    quote(&h.expect_status)
                 ),
             })?,
             body_contains: h.body_contains.clone(),
@@ -290,7 +290,7 @@ fn static_members(spec: &BalancerClusterSpec) -> Result<Vec<MemberConfig>, Membe
         .map(|(i, m)| {
             let authority = authority_of(&m.url).ok_or_else(|| MemberError {
                 field: format!("spec.members[{i}].url"),
-                message: format!("{:?} is not of the form http://HOST:PORT", m.url),
+                message: format!("{} is not of the form http://HOST:PORT", quote(&m.url)),
             })?;
             Ok(MemberConfig {
                 url: format!("http://{authority}"),

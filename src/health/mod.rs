@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::api::HealthCheckMethod;
+use crate::api::text::quote;
 use crate::balancer::{Health, MemberStats};
 use crate::clock;
 use crate::discovery::{HealthCheckConfig, fnv1a};
@@ -266,7 +267,10 @@ pub fn record(
 pub async fn probe(authority: &str, check: &HealthCheckConfig) -> Result<(), String> {
     match tokio::time::timeout(check.timeout, probe_inner(authority, check)).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(check.timeout)
+        )),
     }
 }
 
@@ -323,7 +327,8 @@ async fn probe_inner(authority: &str, check: &HealthCheckConfig) -> Result<(), S
             Ok(())
         } else {
             Err(format!(
-                "{what} answered {status} without {needle:?} in its body"
+                "{what} answered {status} without {} in its body",
+                quote(needle)
             ))
         }
     }

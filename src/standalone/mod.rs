@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use kube::CustomResourceExt;
 
-use crate::api::text::{cut, shorten_quoted};
+use crate::api::text::{cut, quote, shorten_quoted};
 use crate::api::{BalancerCluster, GROUP, VERSION};
 use crate::discovery::{self, ClusterConfig};
 use crate::plane::DataPlane;
@@ -180,26 +180,29 @@ fn check_document(value: serde_json::Value) -> Result<ClusterConfig, DocumentErr
     let fail = |field: &str, message: String| (what.clone(), field.to_owned(), message);
 
     let expected_api = format!("{GROUP}/{VERSION}");
-    match value.get("apiVersion").and_then(|v| v.as_str()) {
-        Some(v) if v == expected_api => {}
-        other => {
-            return Err(fail(
-                "apiVersion",
-                format!("must be {expected_api}, found {other:?}"),
-            ));
-        }
-    }
-    match value.get("kind").and_then(|v| v.as_str()) {
-        Some("BalancerCluster") => {}
-        other => {
-            return Err(fail(
-                "kind",
-                format!("must be BalancerCluster, found {other:?}"),
-            ));
+    for (field, expected) in [
+        ("apiVersion", expected_api.as_str()),
+        ("kind", "BalancerCluster"),
+    ] {
+        match value.get(field) {
+            Some(serde_json::Value::String(v)) if v == expected => {}
+            None | Some(serde_json::Value::Null) => {
+                return Err(fail(field, format!("is missing; it must be {expected}")));
+            }
+            Some(other) => {
+                let found = match other {
+                    serde_json::Value::String(v) => quote(v),
+                    other => cut(&other.to_string()),
+                };
+                return Err(fail(field, format!("must be {expected}, found {found}")));
+            }
         }
     }
     if name.as_deref().is_none_or(str::is_empty) {
-        return Err(fail("metadata.name", "is required".to_owned()));
+        return Err(fail(
+            "metadata.name",
+            "is missing; every BalancerCluster needs a name".to_owned(),
+        ));
     }
 
     // The API server's order: the schema's structural checks, its defaults, then the CEL
@@ -280,9 +283,10 @@ fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
 fn publish(plane: &DataPlane, clusters: Vec<ClusterConfig>, from: &str) {
     let names: Vec<String> = clusters.iter().map(ClusterConfig::key).collect();
     let snapshot = plane.publish(clusters);
-    tracing::info!(source = from, clusters = ?names, generation = snapshot.generation, "configuration loaded");
+    tracing::info!(source = from, clusters = %names.join(", "), generation = snapshot.generation, "configuration loaded");
     for c in &snapshot.conflicts {
-        tracing::warn!(cluster = %c.cluster, host = ?c.host, path = %c.path_prefix, held_by = %c.held_by, "route already taken by an earlier cluster; not served");
+        let host = c.host.as_deref().unwrap_or("any host");
+        tracing::warn!(cluster = %c.cluster, %host, path = %c.path_prefix, held_by = %c.held_by, "route already taken by an earlier cluster; not served");
     }
 }
 
@@ -454,8 +458,54 @@ mod tests {
         let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: x}\n";
         assert_eq!(
             refusal(yaml),
-            "bad.yaml: document 1 (BalancerCluster default/x): apiVersion: must be kubebalancer.io/v1alpha1, found Some(\"v1\")"
+            "bad.yaml: document 1 (BalancerCluster default/x): apiVersion: must be kubebalancer.io/v1alpha1, found \"v1\""
         );
+        let messages = [
+            (
+                "kind: BalancerCluster\nmetadata: {name: x}\n",
+                "apiVersion: is missing; it must be kubebalancer.io/v1alpha1",
+            ),
+            (
+                "apiVersion: kubebalancer.io/v2\nkind: BalancerCluster\nmetadata: {name: x}\n",
+                "apiVersion: must be kubebalancer.io/v1alpha1, found \"kubebalancer.io/v2\"",
+            ),
+            (
+                "apiVersion: kubebalancer.io/v1alpha1\nkind: 5\nmetadata: {name: x}\n",
+                "kind: must be BalancerCluster, found 5",
+            ),
+            (
+                "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {namespace: x}\n",
+                "metadata.name: is missing; every BalancerCluster needs a name",
+            ),
+            (
+                "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {name: x}\n",
+                "spec: is missing",
+            ),
+            (
+                &format!("{HEAD}spec:\n  members: [{{loadFactor: 2}}]\n"),
+                "spec.members[0].url: is missing",
+            ),
+            (
+                &format!(
+                    "{HEAD}spec:\n  members: [{{url: http://127.0.0.1:1, loadFactor: two}}]\n"
+                ),
+                "spec.members[0].loadFactor: must be a whole number; found \"two\"",
+            ),
+            (
+                &format!(
+                    "{HEAD}spec:\n  members: [{{url: http://127.0.0.1:1}}]\n  failover: {{noFailover: sometimes}}\n"
+                ),
+                "spec.failover.noFailover: must be true or false; found \"sometimes\"",
+            ),
+            (
+                &format!("{HEAD}spec:\n  service: {{name: web, port: [80]}}\n"),
+                "spec.service.port: must be a whole number or a name; found a list",
+            ),
+        ];
+        for (yaml, expected) in messages {
+            let e = refusal(yaml);
+            assert!(e.ends_with(expected), "{e}");
+        }
         let doc = format!("{HEAD}spec:\n  members: [{{url: http://127.0.0.1:1}}]\n");
         let e = refusal(&format!("{doc}---\n{doc}"));
         assert!(

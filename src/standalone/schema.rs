@@ -1,6 +1,6 @@
 //! The checks the API server makes from the CRD's OpenAPI schema before it runs the CEL rules,
 //! with strict field validation (`kubectl apply`'s default): no field the schema does not know,
-//! then enumerations, string lengths and list lengths. Standalone mode makes them first too, on
+//! no required field missing, then types, enumerations, string lengths and list lengths. Standalone mode makes them first too, on
 //! the document as read, so that a misspelt field is named rather than ignored, and a huge
 //! value is refused before defaulting and CEL evaluation copy it over and over.
 //!
@@ -48,7 +48,59 @@ pub fn check(root: &Value, document: &Value) -> Result<(), Problem> {
             return Err(unknown(name, name, known));
         }
     }
+    missing(root, fields, "")
+}
+
+/// The first field `schema` requires that `fields` lacks.
+fn missing(
+    schema: &Value,
+    fields: &serde_json::Map<String, Value>,
+    path: &str,
+) -> Result<(), Problem> {
+    let required = schema.get("required").and_then(Value::as_array);
+    for name in required.into_iter().flatten().filter_map(Value::as_str) {
+        if !fields.contains_key(name) {
+            return Err(Problem {
+                field: if path.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{path}.{name}")
+                },
+                message: "is missing".to_owned(),
+            });
+        }
+    }
     Ok(())
+}
+
+/// Whether `value` has the type `schema` gives, and if not what it should be, in words.
+fn wrong_type(schema: &Value, value: &Value) -> Option<&'static str> {
+    if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+        let fits = value.is_string() || value.is_i64() || value.is_u64();
+        return (!fits).then_some("a whole number or a name");
+    }
+    let (fits, expected) = match schema.get("type").and_then(Value::as_str)? {
+        "string" => (value.is_string(), "a string"),
+        "integer" => (value.is_i64() || value.is_u64(), "a whole number"),
+        "number" => (value.is_number(), "a number"),
+        "boolean" => (value.is_boolean(), "true or false"),
+        "array" => (value.is_array(), "a list"),
+        "object" => (value.is_object(), "a mapping of fields"),
+        _ => return None,
+    };
+    (!fits).then_some(expected)
+}
+
+/// A value found where another was expected, in words: strings quoted, numbers as written.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::String(text) => quote(text),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "nothing".to_owned(),
+        Value::Array(_) => "a list".to_owned(),
+        Value::Object(_) => "a mapping".to_owned(),
+    }
 }
 
 /// ObjectMeta's schema, with its nested types written out in place, as the walk reads it.
@@ -124,13 +176,23 @@ fn walk(schema: &Value, value: &Value, path: String) -> Result<(), Problem> {
         // Whether a null is allowed is for deserialization to say.
         return Ok(());
     }
+    if let Some(expected) = wrong_type(schema, value) {
+        return Err(Problem {
+            field: path,
+            message: format!("must be {expected}; found {}", describe(value)),
+        });
+    }
     if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
         && !allowed.contains(value)
     {
         let names: Vec<String> = allowed.iter().map(show).collect();
         return Err(Problem {
             field: path,
-            message: format!("must be one of {}; found {}", names.join(", "), show(value)),
+            message: format!(
+                "must be one of {}; found {}",
+                names.join(", "),
+                describe(value)
+            ),
         });
     }
     match value {
@@ -181,6 +243,7 @@ fn walk(schema: &Value, value: &Value, path: String) -> Result<(), Problem> {
                     }
                 }
             }
+            missing(schema, fields, &path)?;
         }
         Value::Bool(_) | Value::Number(_) | Value::Null => {}
     }
@@ -212,8 +275,12 @@ mod tests {
                             "maxItems": 2,
                             "items": {
                                 "type": "object",
+                                "required": ["url"],
                                 "properties": {
                                     "url": {"type": "string", "maxLength": 10},
+                                    "port": {"x-kubernetes-int-or-string": true},
+                                    "weight": {"type": "integer"},
+                                    "on": {"type": "boolean"},
                                     "state": {"type": "string", "enum": ["Enabled", "Drain"]},
                                 },
                             },
@@ -239,15 +306,15 @@ mod tests {
             Ok(())
         );
         assert_eq!(
-            problem(json!({"spec": {"members": [{"url": "a"}, {"state": "Sleepy"}]}})),
+            problem(json!({"spec": {"members": [{"url": "a"}, {"url": "b", "state": "Sleepy"}]}})),
             Problem {
                 field: "spec.members[1].state".into(),
                 message: "must be one of \"Enabled\", \"Drain\"; found \"Sleepy\"".into(),
             }
         );
         assert_eq!(
-            problem(json!({"spec": {"members": [{"state": 5}]}})).message,
-            "must be one of \"Enabled\", \"Drain\"; found 5"
+            problem(json!({"spec": {"members": [{"url": "a", "state": 5}]}})).message,
+            "must be a string; found 5"
         );
         assert_eq!(
             problem(json!({"spec": {"members": [{"url": "http://long"}]}})),
@@ -257,7 +324,7 @@ mod tests {
             }
         );
         assert_eq!(
-            problem(json!({"spec": {"members": [{}, {}, {}]}})),
+            problem(json!({"spec": {"members": [{"url": "a"}, {"url": "b"}, {"url": "c"}]}})),
             Problem {
                 field: "spec.members".into(),
                 message: "may hold at most 2 items; found 3".into(),
@@ -270,9 +337,69 @@ mod tests {
     }
 
     #[test]
+    fn types_and_required_fields() {
+        let member = |m: Value| problem(json!({"spec": {"members": [m]}}));
+        assert_eq!(
+            member(json!({"port": 80})),
+            Problem {
+                field: "spec.members[0].url".into(),
+                message: "is missing".into(),
+            }
+        );
+        assert_eq!(
+            member(json!({"url": 5})).message,
+            "must be a string; found 5"
+        );
+        assert_eq!(
+            member(json!({"url": "a", "weight": "heavy"})).message,
+            "must be a whole number; found \"heavy\""
+        );
+        assert_eq!(
+            member(json!({"url": "a", "weight": 1.5})).message,
+            "must be a whole number; found 1.5"
+        );
+        assert_eq!(
+            member(json!({"url": "a", "on": "yes please"})).message,
+            "must be true or false; found \"yes please\""
+        );
+        assert_eq!(
+            member(json!({"url": "a", "port": [80]})).message,
+            "must be a whole number or a name; found a list"
+        );
+        assert_eq!(
+            problem(json!({"spec": {"members": {"url": "a"}}})),
+            Problem {
+                field: "spec.members".into(),
+                message: "must be a list; found a mapping".into(),
+            }
+        );
+        assert_eq!(
+            problem(json!({"spec": "none"})).message,
+            "must be a mapping of fields; found \"none\""
+        );
+        for fine in [
+            json!({"url": "a", "port": 80}),
+            json!({"url": "a", "port": "http"}),
+        ] {
+            assert_eq!(
+                check(&schema(), &json!({"spec": {"members": [fine]}})),
+                Ok(())
+            );
+        }
+        let root = json!({"required": ["spec"], "properties": {"spec": {"type": "object"}}});
+        assert_eq!(
+            check(&root, &json!({"metadata": {"name": "a"}})),
+            Err(Problem {
+                field: "spec".into(),
+                message: "is missing".into(),
+            })
+        );
+    }
+
+    #[test]
     fn a_huge_value_is_shown_cut() {
         let huge = "x".repeat(1 << 20);
-        let p = problem(json!({"spec": {"members": [{"state": huge}]}}));
+        let p = problem(json!({"spec": {"members": [{"url": "a", "state": huge}]}}));
         assert_eq!(
             p.message,
             format!(
@@ -296,7 +423,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_named_with_the_field_meant() {
         assert_eq!(
-            problem(json!({"spec": {"members": [{"URL": "a"}]}})),
+            problem(json!({"spec": {"members": [{"url": "a", "URL": "a"}]}})),
             Problem {
                 field: "spec.members[0].URL".into(),
                 message: "unknown field; did you mean `url`?".into(),
