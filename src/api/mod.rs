@@ -9,6 +9,8 @@ use kube::core::Duration;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+pub mod text;
+
 /// Group of the API.
 pub const GROUP: &str = "kubebalancer.io";
 /// Version of the API.
@@ -26,6 +28,18 @@ pub mod annotations {
 
 const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$')";
 const DURATION_MESSAGE: &str = "must be a duration such as 500ms, 5s or 1m30s";
+
+/// A member listed twice would take two shares of the requests under one identity (one row of
+/// counters, one health verdict): refused, naming the URL. The rule compares every pair, so its
+/// cost grows with the square of the list: `MAX_STATIC_MEMBERS` keeps it within the API
+/// server's budget for one rule (checked against the real API server, with members of the
+/// longest URL). The message maps to URLs before it filters, so that the API server's cost
+/// estimate knows the length of what it quotes.
+const UNIQUE_URLS_RULE: &str = "self.all(m, self.exists_one(n, n.url == m.url))";
+const UNIQUE_URLS_MESSAGE: &str = "'member ' + self.map(m, m.url).filter(u, !self.exists_one(n, n.url == u))[0] + ' is listed more than once: list each member once, and give it a loadFactor for a larger share'";
+
+/// The most static members a cluster may list (a Service may bring any number).
+pub const MAX_STATIC_MEMBERS: usize = 128;
 
 /// A balancer: Apache's `<Proxy balancer://NAME>` block.
 // Repeated printcolumn attributes are how kube-derive takes several columns.
@@ -58,6 +72,7 @@ const DURATION_MESSAGE: &str = "must be a duration such as 500ms, 5s or 1m30s";
 pub struct BalancerClusterSpec {
     /// Which installation serves this cluster (like IngressClass). Empty: the default one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub class_name: Option<String>,
 
     /// Which requests reach this balancer (Apache's ProxyPass). Default: every host, path `/`.
@@ -69,9 +84,10 @@ pub struct BalancerClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceRef>,
 
-    /// Static members: Apache's `BalancerMember` lines.
+    /// Static members: Apache's `BalancerMember` lines, each URL once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1024))]
+    #[schemars(length(max = MAX_STATIC_MEMBERS))]
+    #[x_kube(validation = Rule::new(UNIQUE_URLS_RULE).message(Message::Expression(UNIQUE_URLS_MESSAGE.into())))]
     pub members: Vec<MemberSpec>,
 
     /// How a member is chosen for each request.
@@ -181,6 +197,7 @@ pub struct MemberSpec {
     pub lbset: u32,
     /// Sticky-session route id (Apache's route).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub route: Option<String>,
     /// Administrative state.
     #[serde(default)]
@@ -567,9 +584,11 @@ fn default_idle() -> Duration {
 pub struct MemberOverride {
     /// The pod whose endpoint this edits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub pod: Option<String>,
     /// The member's `HOST:PORT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 300))]
     pub address: Option<String>,
     /// New administrative state.
     #[serde(default, skip_serializing_if = "Option::is_none")]

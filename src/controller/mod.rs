@@ -383,7 +383,7 @@ fn publish_if_changed(
         .map(|c| format!("{} ({} members)", c.key(), c.members.len()))
         .collect();
     let snapshot = plane.publish(desired.clusters.clone());
-    tracing::info!(clusters = ?names, generation = snapshot.generation, "member lists published");
+    tracing::info!(clusters = %names.join(", "), generation = snapshot.generation, "member lists published");
     Some(desired.clusters)
 }
 

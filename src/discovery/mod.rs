@@ -4,8 +4,10 @@
 
 pub mod endpoints;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::api::text::quote;
 use crate::api::{
     BalancerCluster, BalancerClusterSpec, HashKey, HealthCheckMethod, LbMethod, MemberOverride,
     MemberState, RouteSpec,
@@ -219,8 +221,8 @@ fn policy(spec: &BalancerClusterSpec) -> Result<Policy, MemberError> {
             expect_status: status_ranges(&h.expect_status).ok_or_else(|| MemberError {
                 field: "spec.healthCheck.expectStatus".to_owned(),
                 message: format!(
-                    "{:?}: a range must go from the lower code to the higher, like 200-399",
-                    h.expect_status
+                    "{}: a range must go from the lower code to the higher, like 200-399",
+                    quote(&h.expect_status)
                 ),
             })?,
             body_contains: h.body_contains.clone(),
@@ -281,13 +283,14 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 fn static_members(spec: &BalancerClusterSpec) -> Result<Vec<MemberConfig>, MemberError> {
-    spec.members
+    let members = spec
+        .members
         .iter()
         .enumerate()
         .map(|(i, m)| {
             let authority = authority_of(&m.url).ok_or_else(|| MemberError {
                 field: format!("spec.members[{i}].url"),
-                message: format!("{:?} is not of the form http://HOST:PORT", m.url),
+                message: format!("{} is not of the form http://HOST:PORT", quote(&m.url)),
             })?;
             Ok(MemberConfig {
                 url: format!("http://{authority}"),
@@ -299,7 +302,24 @@ fn static_members(spec: &BalancerClusterSpec) -> Result<Vec<MemberConfig>, Membe
                 state: m.state,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    // The CEL rule refuses a URL written twice the same way; this catches two spellings of one
+    // member (`http://a`, `http://a:80/`), which the rule cannot afford to compare.
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (i, m) in members.iter().enumerate() {
+        if let Some(&earlier) = first.get(m.url.as_str()) {
+            return Err(MemberError {
+                field: format!("spec.members[{i}].url"),
+                message: format!(
+                    "{} is the same member as spec.members[{earlier}].url ({}): list each member once, and give it a loadFactor for a larger share",
+                    quote(&spec.members[i].url),
+                    quote(&spec.members[earlier].url)
+                ),
+            });
+        }
+        first.insert(m.url.as_str(), i);
+    }
+    Ok(members)
 }
 
 /// `HOST:PORT` of an `http://` URL, with port 80 when none is given.
@@ -481,6 +501,22 @@ mod tests {
         assert_eq!(authority_of("http://a:99999"), None);
         assert_eq!(authority_of("https://a:1"), None);
         assert_eq!(authority_of("http://a/path"), None);
+    }
+
+    #[test]
+    fn two_spellings_of_one_member_are_refused() {
+        let bc = cluster(&[
+            "http://127.0.0.1:8080",
+            "http://localhost",
+            "http://localhost:80/",
+        ]);
+        assert_eq!(
+            cluster_config(&bc, vec![]).expect_err("refused"),
+            MemberError {
+                field: "spec.members[2].url".into(),
+                message: "\"http://localhost:80/\" is the same member as spec.members[1].url (\"http://localhost\"): list each member once, and give it a loadFactor for a larger share".into(),
+            }
+        );
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! first, as the API server does), so a resource is refused here with the API server's message.
 //! An invalid file is refused whole and the previous configuration keeps serving.
 
+mod schema;
+mod yaml;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -12,8 +15,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use kube::CustomResourceExt;
-use serde::Deserialize;
 
+use crate::api::text::{cut, quote, shorten_quoted};
 use crate::api::{BalancerCluster, GROUP, VERSION};
 use crate::discovery::{self, ClusterConfig};
 use crate::plane::DataPlane;
@@ -29,6 +32,13 @@ pub enum ConfigError {
         file: String,
         source: std::io::Error,
     },
+    #[error("{file}: {}", too_large(*.size, *.limit))]
+    TooLarge {
+        file: String,
+        /// The file's size, when the file system tells it.
+        size: Option<u64>,
+        limit: u64,
+    },
     #[error("{file}: {message}")]
     Yaml { file: String, message: String },
     #[error("{file}: document {document}{what}: {field}: {message}")]
@@ -41,9 +51,60 @@ pub enum ConfigError {
     },
 }
 
+/// The largest configuration file standalone mode reads: 4 MiB, far more than any set of
+/// balancers written by hand needs, and little enough that a stray file (a log, a dump) cannot
+/// take the process's memory.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Reads and checks a file.
 pub fn load(path: &Path) -> Result<Vec<ClusterConfig>, ConfigError> {
-    parse_bytes(&path.display().to_string(), &read(path)?)
+    check(path, &read(path)?)
+}
+
+/// Checks bytes read from `path` by [`read`]: one byte more than allowed means the file is too
+/// large, and its size is asked from the file system only for the message.
+fn check(path: &Path, bytes: &[u8]) -> Result<Vec<ClusterConfig>, ConfigError> {
+    let file = path.display().to_string();
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
+        let size = std::fs::metadata(path)
+            .ok()
+            .map(|m| m.len())
+            .filter(|&size| size > MAX_FILE_BYTES);
+        return Err(ConfigError::TooLarge {
+            file,
+            size,
+            limit: MAX_FILE_BYTES,
+        });
+    }
+    parse_bytes(&file, bytes)
+}
+
+fn too_large(size: Option<u64>, limit: u64) -> String {
+    match size {
+        Some(size) => format!(
+            "the file has {}, and a configuration file may have at most {}",
+            describe_bytes(size),
+            describe_bytes(limit)
+        ),
+        None => format!(
+            "the file has more than the {} a configuration file may have",
+            describe_bytes(limit)
+        ),
+    }
+}
+
+/// `67108864 bytes (64 MiB)`, `5000000 bytes (4.8 MiB)`, or just `100 bytes`.
+fn describe_bytes(bytes: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    // A size of whole MiB is said so; any other is rounded to a tenth, as a hint only (the
+    // exact count comes first).
+    if bytes.is_multiple_of(MIB) && bytes > 0 {
+        format!("{bytes} bytes ({} MiB)", bytes / MIB)
+    } else if bytes >= MIB / 10 {
+        format!("{bytes} bytes ({:.1} MiB)", bytes as f64 / MIB as f64)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 /// Checks a file's bytes, which must be UTF-8 text.
@@ -61,9 +122,9 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<ClusterConfig>, ConfigError> 
     let mut seen = HashSet::new();
     for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let number = i + 1;
-        let value = serde_json::Value::deserialize(document).map_err(|e| ConfigError::Yaml {
+        let value = yaml::document(document).map_err(|e| ConfigError::Yaml {
             file: file.to_owned(),
-            message: format!("document {number}: {e}"),
+            message: shorten_quoted(&format!("document {number}: {e}")),
         })?;
         if value.is_null() {
             continue; // an empty document, e.g. after a trailing `---`
@@ -73,11 +134,13 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<ClusterConfig>, ConfigError> 
                 file: file.to_owned(),
                 document: number,
                 what,
-                field,
-                message,
+                // A field path can hold a user's key, and a message a user's value.
+                field: cut(&field),
+                message: shorten_quoted(&message),
             })?;
         let key = cluster.key();
         if !seen.insert(key.clone()) {
+            let key = cut(&key);
             return Err(ConfigError::Invalid {
                 file: file.to_owned(),
                 document: number,
@@ -111,36 +174,46 @@ fn check_document(value: serde_json::Value) -> Result<ClusterConfig, DocumentErr
         .unwrap_or("default")
         .to_owned();
     let what = match &name {
-        Some(n) => format!(" (BalancerCluster {namespace}/{n})"),
+        Some(n) => format!(" (BalancerCluster {})", cut(&format!("{namespace}/{n}"))),
         None => String::new(),
     };
     let fail = |field: &str, message: String| (what.clone(), field.to_owned(), message);
 
     let expected_api = format!("{GROUP}/{VERSION}");
-    match value.get("apiVersion").and_then(|v| v.as_str()) {
-        Some(v) if v == expected_api => {}
-        other => {
-            return Err(fail(
-                "apiVersion",
-                format!("must be {expected_api}, found {other:?}"),
-            ));
-        }
-    }
-    match value.get("kind").and_then(|v| v.as_str()) {
-        Some("BalancerCluster") => {}
-        other => {
-            return Err(fail(
-                "kind",
-                format!("must be BalancerCluster, found {other:?}"),
-            ));
+    for (field, expected) in [
+        ("apiVersion", expected_api.as_str()),
+        ("kind", "BalancerCluster"),
+    ] {
+        match value.get(field) {
+            Some(serde_json::Value::String(v)) if v == expected => {}
+            None | Some(serde_json::Value::Null) => {
+                return Err(fail(field, format!("is missing; it must be {expected}")));
+            }
+            Some(other) => {
+                let found = match other {
+                    serde_json::Value::String(v) => quote(v),
+                    other => cut(&other.to_string()),
+                };
+                return Err(fail(field, format!("must be {expected}, found {found}")));
+            }
         }
     }
     if name.as_deref().is_none_or(str::is_empty) {
-        return Err(fail("metadata.name", "is required".to_owned()));
+        return Err(fail(
+            "metadata.name",
+            "is missing; every BalancerCluster needs a name".to_owned(),
+        ));
     }
 
-    // The API server's order: defaults from the schema, then the CEL rules.
+    // The API server's order: the schema's structural checks, its defaults, then the CEL
+    // rules. Status is the controller's to write, and a file has none to give: it is left out,
+    // as the API server leaves it out of what a client sends.
+    let mut value = value;
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("status");
+    }
     let schema = crd_schema();
+    schema::check(schema, &value).map_err(|p| fail(&p.field, p.message))?;
     let value = kube::core::cel::apply_defaults(schema, &value);
     if let Err(errors) = kube::core::cel::Validator::new().validate(schema, &value, None) {
         let first = errors.as_slice().first();
@@ -184,26 +257,36 @@ pub async fn run(path: Option<PathBuf>, plane: Arc<DataPlane>) -> Result<(), Con
     let watcher = watch_folder(&path, tx);
     let file = path.display().to_string();
     let bytes = read(&path)?;
-    publish(&plane, parse_bytes(&file, &bytes)?, &file);
+    publish(&plane, check(&path, &bytes)?, &file);
     if let Some(watcher) = watcher {
         tokio::spawn(reload_on_change(path, plane, watcher, rx, bytes));
     }
     Ok(())
 }
 
+/// The file's bytes, at most [`MAX_FILE_BYTES`] and one more: enough to tell that a file is
+/// too large without reading the rest of it.
 fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|source| ConfigError::Read {
+    use std::io::Read;
+    let failed = |source| ConfigError::Read {
         file: path.display().to_string(),
         source,
-    })
+    };
+    let file = std::fs::File::open(path).map_err(failed)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(failed)?;
+    Ok(bytes)
 }
 
 fn publish(plane: &DataPlane, clusters: Vec<ClusterConfig>, from: &str) {
     let names: Vec<String> = clusters.iter().map(ClusterConfig::key).collect();
     let snapshot = plane.publish(clusters);
-    tracing::info!(source = from, clusters = ?names, generation = snapshot.generation, "configuration loaded");
+    tracing::info!(source = from, clusters = %names.join(", "), generation = snapshot.generation, "configuration loaded");
     for c in &snapshot.conflicts {
-        tracing::warn!(cluster = %c.cluster, host = ?c.host, path = %c.path_prefix, held_by = %c.held_by, "route already taken by an earlier cluster; not served");
+        let host = c.host.as_deref().unwrap_or("any host");
+        tracing::warn!(cluster = %c.cluster, %host, path = %c.path_prefix, held_by = %c.held_by, "route already taken by an earlier cluster; not served");
     }
 }
 
@@ -275,7 +358,7 @@ async fn reload_on_change(
         if bytes == last {
             continue;
         }
-        let loaded = parse_bytes(&file, &bytes);
+        let loaded = check(&path, &bytes);
         last = bytes;
         match loaded {
             Ok(clusters) => publish(&plane, clusters, &file),
@@ -375,8 +458,54 @@ mod tests {
         let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: x}\n";
         assert_eq!(
             refusal(yaml),
-            "bad.yaml: document 1 (BalancerCluster default/x): apiVersion: must be kubebalancer.io/v1alpha1, found Some(\"v1\")"
+            "bad.yaml: document 1 (BalancerCluster default/x): apiVersion: must be kubebalancer.io/v1alpha1, found \"v1\""
         );
+        let messages = [
+            (
+                "kind: BalancerCluster\nmetadata: {name: x}\n",
+                "apiVersion: is missing; it must be kubebalancer.io/v1alpha1",
+            ),
+            (
+                "apiVersion: kubebalancer.io/v2\nkind: BalancerCluster\nmetadata: {name: x}\n",
+                "apiVersion: must be kubebalancer.io/v1alpha1, found \"kubebalancer.io/v2\"",
+            ),
+            (
+                "apiVersion: kubebalancer.io/v1alpha1\nkind: 5\nmetadata: {name: x}\n",
+                "kind: must be BalancerCluster, found 5",
+            ),
+            (
+                "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {namespace: x}\n",
+                "metadata.name: is missing; every BalancerCluster needs a name",
+            ),
+            (
+                "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {name: x}\n",
+                "spec: is missing",
+            ),
+            (
+                &format!("{HEAD}spec:\n  members: [{{loadFactor: 2}}]\n"),
+                "spec.members[0].url: is missing",
+            ),
+            (
+                &format!(
+                    "{HEAD}spec:\n  members: [{{url: http://127.0.0.1:1, loadFactor: two}}]\n"
+                ),
+                "spec.members[0].loadFactor: must be a whole number; found \"two\"",
+            ),
+            (
+                &format!(
+                    "{HEAD}spec:\n  members: [{{url: http://127.0.0.1:1}}]\n  failover: {{noFailover: sometimes}}\n"
+                ),
+                "spec.failover.noFailover: must be true or false; found \"sometimes\"",
+            ),
+            (
+                &format!("{HEAD}spec:\n  service: {{name: web, port: [80]}}\n"),
+                "spec.service.port: must be a whole number or a name; found a list",
+            ),
+        ];
+        for (yaml, expected) in messages {
+            let e = refusal(yaml);
+            assert!(e.ends_with(expected), "{e}");
+        }
         let doc = format!("{HEAD}spec:\n  members: [{{url: http://127.0.0.1:1}}]\n");
         let e = refusal(&format!("{doc}---\n{doc}"));
         assert!(
@@ -386,11 +515,173 @@ mod tests {
     }
 
     #[test]
+    fn a_member_listed_twice_is_refused_naming_it() {
+        let yaml = format!(
+            "{HEAD}spec:\n  members:\n    - url: http://127.0.0.1:1\n    - url: http://127.0.0.1:2\n    - {{url: http://127.0.0.1:1, loadFactor: 3}}\n"
+        );
+        assert_eq!(
+            refusal(&yaml),
+            "bad.yaml: document 1 (BalancerCluster shop/web): spec.members: member http://127.0.0.1:1 is listed more than once: list each member once, and give it a loadFactor for a larger share"
+        );
+        // Two spellings of one member.
+        let yaml = format!(
+            "{HEAD}spec:\n  members:\n    - url: http://127.0.0.1:1\n    - url: http://127.0.0.1:1/\n"
+        );
+        assert!(
+            refusal(&yaml).ends_with(
+                "spec.members[1].url: \"http://127.0.0.1:1/\" is the same member as spec.members[0].url (\"http://127.0.0.1:1\"): list each member once, and give it a loadFactor for a larger share"
+            ),
+            "{}",
+            refusal(&yaml)
+        );
+    }
+
+    #[test]
+    fn a_cluster_lists_at_most_128_static_members() {
+        let members = |n: usize| {
+            (0..n)
+                .map(|i| format!("    - url: http://10.0.{}.{}:80\n", i / 256, i % 256))
+                .collect::<String>()
+        };
+        let yaml = format!("{HEAD}spec:\n  members:\n{}", members(128));
+        assert_eq!(
+            parse("ok.yaml", &yaml).expect("valid")[0].members.len(),
+            128
+        );
+        let yaml = format!("{HEAD}spec:\n  members:\n{}", members(129));
+        assert_eq!(
+            refusal(&yaml),
+            "bad.yaml: document 1 (BalancerCluster shop/web): spec.members: may hold at most 128 items; found 129"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_the_field_meant() {
+        let cases = [
+            (
+                "  lbmethod: bytraffic\n  members: [{url: http://127.0.0.1:1}]\n",
+                "spec.lbmethod: unknown field; did you mean `lbMethod`?",
+            ),
+            (
+                "  members: [{url: http://127.0.0.1:1, loadfactor: 3}]\n",
+                "spec.members[0].loadfactor: unknown field; did you mean `loadFactor`?",
+            ),
+            (
+                "  members: [{url: http://127.0.0.1:1}]\n  stickysession: {cookie: ROUTEID}\n",
+                "spec.stickysession: unknown field; did you mean `stickySession`?",
+            ),
+            (
+                "  members: [{url: http://127.0.0.1:1}]\n  helthCheck: {}\n",
+                "spec.helthCheck: unknown field; did you mean `healthCheck`?",
+            ),
+            (
+                "  members: [{url: http://127.0.0.1:1}]\n  timeouts: {conect: 1s}\n",
+                "spec.timeouts.conect: unknown field; did you mean `connect`?",
+            ),
+        ];
+        for (spec, expected) in cases {
+            assert_eq!(
+                refusal(&format!("{HEAD}spec:\n{spec}")),
+                format!("bad.yaml: document 1 (BalancerCluster shop/web): {expected}")
+            );
+        }
+        // Nothing close: the fields there are listed.
+        let e = refusal(&format!(
+            "{HEAD}spec:\n  members: [{{url: http://127.0.0.1:1}}]\n  cache: {{size: 10}}\n"
+        ));
+        assert!(
+            e.starts_with(
+                "bad.yaml: document 1 (BalancerCluster shop/web): spec.cache: unknown field; the fields here are "
+            ) && e.contains("lbMethod, "),
+            "{e}"
+        );
+        // Outside spec too.
+        assert_eq!(
+            refusal(
+                "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {name: web, namepsace: shop}\nspec: {}\n"
+            ),
+            "bad.yaml: document 1 (BalancerCluster default/web): metadata.namepsace: unknown field; did you mean `namespace`?"
+        );
+        assert_eq!(
+            refusal(&format!(
+                "{HEAD}sepc:\n  members: [{{url: http://127.0.0.1:1}}]\n"
+            )),
+            "bad.yaml: document 1 (BalancerCluster shop/web): sepc: unknown field; did you mean `spec`?"
+        );
+        // A field given twice: one of the two would be dropped.
+        assert_eq!(
+            refusal(&format!(
+                "{HEAD}spec:\n  lbMethod: ewma\n  members: [{{url: http://127.0.0.1:1}}]\n  lbMethod: hash\n"
+            )),
+            "bad.yaml: document 1: spec: the field \"lbMethod\" is given twice at line 5 column 3"
+        );
+    }
+
+    #[test]
     fn an_empty_file_is_refused() {
         assert_eq!(refusal(""), "bad.yaml: holds no BalancerCluster document");
         assert_eq!(
             refusal("---\n# nothing\n"),
             "bad.yaml: holds no BalancerCluster document"
+        );
+    }
+
+    #[test]
+    fn a_file_over_the_limit_is_refused_with_its_size_and_the_limit() {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let path = folder.path().join("big.yaml");
+        let size = MAX_FILE_BYTES + 10;
+        std::fs::write(&path, vec![b'#'; usize::try_from(size).expect("fits")]).expect("write");
+        assert_eq!(
+            load(&path).expect_err("too large").to_string(),
+            format!(
+                "{}: the file has 4194314 bytes (4.0 MiB), and a configuration file may have at most 4194304 bytes (4 MiB)",
+                path.display()
+            )
+        );
+        // Exactly at the limit is fine as far as size goes (this one holds only a comment).
+        std::fs::write(&path, vec![b'#'; 4 * 1024 * 1024]).expect("write");
+        assert_eq!(
+            load(&path).expect_err("empty").to_string(),
+            format!("{}: holds no BalancerCluster document", path.display())
+        );
+    }
+
+    #[test]
+    fn an_endless_file_is_read_no_further_than_the_limit() {
+        // /dev/zero never ends and has no size: reading it whole would never return.
+        assert_eq!(
+            load(Path::new("/dev/zero"))
+                .expect_err("too large")
+                .to_string(),
+            "/dev/zero: the file has more than the 4194304 bytes (4 MiB) a configuration file may have"
+        );
+    }
+
+    #[test]
+    fn a_huge_value_is_cut_in_the_message() {
+        let huge = "A".repeat(1 << 20);
+        let yaml = format!(
+            "{HEAD}spec:\n  members:\n    - url: http://127.0.0.1:1\n      state: {huge}\n"
+        );
+        assert_eq!(
+            refusal(&yaml),
+            format!(
+                "bad.yaml: document 1 (BalancerCluster shop/web): spec.members[0].state: must be one of \"Enabled\", \"Disabled\", \"Stopped\", \"Drain\", \"HotStandby\", \"HotSpare\"; found \"{}…\" (1048576 characters)",
+                "A".repeat(100)
+            )
+        );
+        let name = "n".repeat(1000);
+        let yaml = format!(
+            "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {{name: {name}}}\nspec: {{}}\n"
+        );
+        let e = refusal(&yaml);
+        assert!(
+            e.starts_with(&format!(
+                "bad.yaml: document 1 (BalancerCluster default/{}…): spec: ",
+                "n".repeat(92)
+            )),
+            "{e}"
         );
     }
 
