@@ -240,6 +240,7 @@ mod tests {
             idle_timeout: Duration::from_secs(90),
             members,
             policy: Default::default(),
+            tls: Default::default(),
         }
     }
 

@@ -2,9 +2,10 @@
 //! moment (clusters, their balancers and the routing table), published as one immutable
 //! snapshot and swapped atomically, and the per-member counters that outlive snapshots.
 //!
-//! Sources (the standalone file, the controller, the demo) call [`DataPlane::publish`]; the
-//! proxy, the admin server, the health checker and the status writer read from here. Nothing
-//! here does I/O or knows how requests are carried.
+//! Sources (the standalone file, the controller, the demo) call [`DataPlane::publish`], or
+//! [`DataPlane::publish_with`] with the TLS material they resolved; the proxy, the admin server,
+//! the health checker and the status writer read from here. Nothing here does I/O or knows how
+//! requests are carried.
 
 pub mod routes;
 
@@ -19,6 +20,7 @@ use crate::api::{LbMethod, MemberState};
 use crate::balancer::{Affinity, BalancedMember, Balancer, MemberStats, Settings, hash, sticky};
 use crate::clock;
 use crate::discovery::ClusterConfig;
+use crate::tls::{self, TlsState, material::Material};
 use routes::RouteTable;
 
 /// One served cluster.
@@ -30,6 +32,9 @@ pub struct Cluster {
     pub balancer: Balancer,
     /// Milliseconds a failed member stays in error.
     pub retry_ms: u64,
+    /// How its `https://` members are reached; `None` when it has none, or when what its
+    /// `upstreamTLS` names could not be loaded (then they cannot be reached: see `tls`).
+    pub upstream_tls: Option<Arc<tls::Upstream>>,
 }
 
 impl Cluster {
@@ -73,6 +78,8 @@ pub struct Snapshot {
     pub conflicts: Vec<RouteConflict>,
     /// Counts publications, starting at 1 for the first.
     pub generation: u64,
+    /// The certificates served by name, and each cluster's TLS as shown and reported.
+    pub tls: TlsState,
 }
 
 impl Snapshot {
@@ -138,8 +145,23 @@ impl DataPlane {
     /// whose configuration did not change is served on as it was: its balancer keeps its
     /// schedule (byrequests' turns, ewma's averages, hash's table).
     pub fn publish(&self, clusters: Vec<ClusterConfig>) -> Arc<Snapshot> {
+        self.publish_with(clusters, &Material::default())
+    }
+
+    /// [`DataPlane::publish`], with the certificates and CA bundles the clusters' TLS settings
+    /// name, as the source resolved them. A cluster whose client configuration for `https://`
+    /// members changed is served anew; one whose certificates alone changed is not (the listener
+    /// reads them from the snapshot on each handshake).
+    pub fn publish_with(&self, clusters: Vec<ClusterConfig>, material: &Material) -> Arc<Snapshot> {
         let now = clock::now_ms();
         let previous = self.snapshot.load_full();
+        let tls = TlsState::build(&clusters, material, |key| {
+            previous
+                .clusters
+                .iter()
+                .find(|c| c.key == key)
+                .and_then(|c| c.upstream_tls.as_ref())
+        });
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept = HashMap::with_capacity(stats.len());
         // Clusters served before: a member new to one of them has joined (slow start).
@@ -175,9 +197,15 @@ impl DataPlane {
                     });
                 }
             }
+            let upstream_tls = tls.upstream(&key).cloned();
             if let Some(same) = previous
                 .cluster(&config.namespace, &config.name)
                 .filter(|c| c.config == config)
+                .filter(|c| match (&c.upstream_tls, &upstream_tls) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                })
             {
                 for m in same.balancer.members() {
                     kept.insert((key.clone(), m.url.clone()), m.stats.clone());
@@ -221,13 +249,26 @@ impl DataPlane {
                 balancer: Balancer::with_settings(members, Settings::from_config(&config), now),
                 retry_ms,
                 config,
+                upstream_tls,
             }));
         }
+        snapshot.tls = tls;
         *stats = kept;
         let snapshot = Arc::new(snapshot);
         self.snapshot.store(snapshot.clone());
         self.ready.store(true, Relaxed);
         snapshot
+    }
+}
+
+/// The HTTPS listener's certificates are the ones in the snapshot served at each handshake.
+impl tls::CurrentCertificates for DataPlane {
+    fn resolve(&self, server_name: Option<&str>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.snapshot
+            .load()
+            .tls
+            .certificates
+            .resolve_key(server_name)
     }
 }
 

@@ -4,6 +4,12 @@
 //! A file goes through the same schema and the same CEL rules as the CRD (defaults applied
 //! first, as the API server does), so a resource is refused here with the API server's message.
 //! An invalid file is refused whole and the previous configuration keeps serving.
+//!
+//! Certificates (`spec.tls[].certFile`/`keyFile`, `upstreamTLS.caFile` and the client
+//! certificate's files; relative paths are from the configuration file's folder) are read with
+//! the file and whenever their folders change, as Kubernetes updates a mounted Secret by
+//! swapping a symbolic link. They are published again only when their bytes changed; a refused
+//! certificate leaves the previous one serving.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -15,8 +21,9 @@ use kube::CustomResourceExt;
 use serde::Deserialize;
 
 use crate::api::{BalancerCluster, GROUP, VERSION};
-use crate::discovery::{self, ClusterConfig};
+use crate::discovery::{self, ClusterConfig, TlsSource};
 use crate::plane::DataPlane;
+use crate::tls::material::{Loader, Material};
 
 /// The seed's setup, served when no file is given.
 pub const EMBEDDED: &str = include_str!("../../examples/seed.yaml");
@@ -171,12 +178,18 @@ fn crd_schema() -> &'static serde_json::Value {
     })
 }
 
-/// Serves `path` (or the embedded seed setup when `None`) and reloads it whenever it changes.
-/// Returns an error only if the first load fails; later failures are logged and counted.
+/// Serves `path` (or the embedded seed setup when `None`) and reloads it whenever it, or a
+/// certificate it names, changes. Returns an error only if the first load fails; later failures
+/// are logged and counted.
 pub async fn run(path: Option<PathBuf>, plane: Arc<DataPlane>) -> Result<(), ConfigError> {
     let Some(path) = path else {
         let clusters = parse("(embedded seed configuration)", EMBEDDED)?;
-        publish(&plane, clusters, "the embedded seed configuration");
+        publish(
+            &plane,
+            clusters,
+            &Material::default(),
+            "the embedded seed configuration",
+        );
         return Ok(());
     };
     // Watching starts before the first read, so that no change slips between the two.
@@ -184,11 +197,190 @@ pub async fn run(path: Option<PathBuf>, plane: Arc<DataPlane>) -> Result<(), Con
     let watcher = watch_folder(&path, tx);
     let file = path.display().to_string();
     let bytes = read(&path)?;
-    publish(&plane, parse_bytes(&file, &bytes)?, &file);
+    let clusters = anchor_paths(parse_bytes(&file, &bytes)?, &path);
+    let (tls_tx, tls_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tls = TlsFiles::new(tls_tx);
+    tls.follow(&clusters);
+    publish(&plane, clusters.clone(), &tls.loader.material(), &file);
     if let Some(watcher) = watcher {
-        tokio::spawn(reload_on_change(path, plane, watcher, rx, bytes));
+        let state = Reloader {
+            path,
+            plane,
+            _watcher: watcher,
+            last: bytes,
+            clusters,
+            tls,
+        };
+        tokio::spawn(state.run(rx, tls_rx));
     }
     Ok(())
+}
+
+/// Makes the relative paths of TLS files relative to the configuration file's folder.
+fn anchor_paths(mut clusters: Vec<ClusterConfig>, config: &Path) -> Vec<ClusterConfig> {
+    let Some(folder) = config.parent() else {
+        return clusters;
+    };
+    let anchor = |source: &mut TlsSource| {
+        if let TlsSource::Files { cert, key } = source {
+            if cert.is_relative() {
+                *cert = folder.join(&*cert);
+            }
+            if let Some(key) = key
+                && key.is_relative()
+            {
+                *key = folder.join(&*key);
+            }
+        }
+    };
+    for c in &mut clusters {
+        for entry in &mut c.tls.certificates {
+            anchor(&mut entry.source);
+        }
+        if let Some(u) = &mut c.tls.upstream {
+            if let Some(ca) = &mut u.ca {
+                anchor(ca);
+            }
+            if let Some(client) = &mut u.client_cert {
+                anchor(client);
+            }
+        }
+    }
+    clusters
+}
+
+/// The certificates the clusters name, read from files, and the watch on their folders.
+struct TlsFiles {
+    loader: Loader,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+    watcher: Option<notify::RecommendedWatcher>,
+    folders: HashSet<PathBuf>,
+}
+
+impl TlsFiles {
+    fn new(tx: tokio::sync::mpsc::UnboundedSender<()>) -> Self {
+        TlsFiles {
+            loader: Loader::default(),
+            tx,
+            watcher: None,
+            folders: HashSet::new(),
+        }
+    }
+
+    /// Watches the folders of the files `clusters` name (when they changed), reads every file,
+    /// and forgets the ones no cluster names any more. Returns whether the material changed.
+    fn follow(&mut self, clusters: &[ClusterConfig]) -> bool {
+        let folders: HashSet<PathBuf> = clusters
+            .iter()
+            .flat_map(|c| c.tls.sources())
+            .filter_map(|(s, _)| match s {
+                TlsSource::Files { cert, key } => Some(
+                    std::iter::once(cert)
+                        .chain(key.iter())
+                        .map(|p| folder_of(p))
+                        .collect::<Vec<_>>(),
+                ),
+                TlsSource::Secret { .. } => None,
+            })
+            .flatten()
+            .collect();
+        if folders != self.folders {
+            self.watcher = watch_tls_folders(&folders, self.tx.clone());
+            self.folders = folders;
+        }
+        self.read(clusters)
+    }
+
+    /// Reads every file `clusters` name; returns whether the material changed.
+    fn read(&mut self, clusters: &[ClusterConfig]) -> bool {
+        let before = self.loader.version();
+        let now = crate::tls::unix_now();
+        let mut keypairs = HashSet::new();
+        let mut cas = HashSet::new();
+        for (source, is_ca) in clusters.iter().flat_map(|c| c.tls.sources()) {
+            match source {
+                TlsSource::Secret { .. } => {
+                    let why = "Secrets are read in a cluster only; standalone mode reads certFile and keyFile".to_owned();
+                    if is_ca {
+                        self.loader.offer_ca(source, Err(why), now);
+                    } else {
+                        self.loader.offer_keypair(source, Err(why), now);
+                    }
+                }
+                TlsSource::Files { cert, key } => {
+                    let cert_bytes = std::fs::read(cert)
+                        .map_err(|e| format!("cannot read {}: {e}", cert.display()));
+                    if is_ca {
+                        self.loader.offer_ca(
+                            source,
+                            cert_bytes.as_deref().map_err(Clone::clone),
+                            now,
+                        );
+                    } else {
+                        let key_bytes = match key {
+                            Some(key) => std::fs::read(key)
+                                .map_err(|e| format!("cannot read {}: {e}", key.display())),
+                            None => Err("no keyFile given".to_owned()),
+                        };
+                        let content = match (&cert_bytes, &key_bytes) {
+                            (Ok(c), Ok(k)) => Ok((c.as_slice(), k.as_slice())),
+                            (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+                        };
+                        self.loader.offer_keypair(source, content, now);
+                    }
+                }
+            }
+            if is_ca {
+                cas.insert(source.clone());
+            } else {
+                keypairs.insert(source.clone());
+            }
+        }
+        self.loader.retain(&keypairs, &cas);
+        self.loader.version() != before
+    }
+}
+
+fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Watches the folders holding certificates: any change in them may be a new certificate (a
+/// Secret volume changes through a link named `..data`, not through the files' own names), and
+/// the bytes read tell whether it was.
+fn watch_tls_folders(
+    folders: &HashSet<PathBuf>,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+
+    if folders.is_empty() {
+        return None;
+    }
+    let mut watcher = match notify::recommended_watcher(
+        move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event
+                && may_change_content(&event.kind)
+            {
+                let _ = tx.send(());
+            }
+        },
+    ) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the certificate files; renewed certificates will not be picked up");
+            return None;
+        }
+    };
+    for folder in folders {
+        if let Err(e) = watcher.watch(folder, RecursiveMode::NonRecursive) {
+            tracing::error!(error = %e, folder = %folder.display(), "cannot watch a certificate folder; renewed certificates in it will not be picked up");
+        }
+    }
+    Some(watcher)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
@@ -198,12 +390,17 @@ fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
     })
 }
 
-fn publish(plane: &DataPlane, clusters: Vec<ClusterConfig>, from: &str) {
+fn publish(plane: &DataPlane, clusters: Vec<ClusterConfig>, material: &Material, from: &str) {
     let names: Vec<String> = clusters.iter().map(ClusterConfig::key).collect();
-    let snapshot = plane.publish(clusters);
+    let snapshot = plane.publish_with(clusters, material);
     tracing::info!(source = from, clusters = ?names, generation = snapshot.generation, "configuration loaded");
     for c in &snapshot.conflicts {
         tracing::warn!(cluster = %c.cluster, host = ?c.host, path = %c.path_prefix, held_by = %c.held_by, "route already taken by an earlier cluster; not served");
+    }
+    for (cluster, tls) in &snapshot.tls.clusters {
+        for p in &tls.problems {
+            tracing::warn!(%cluster, reason = p.reason, problem = %p.message, "TLS not served as configured");
+        }
     }
 }
 
@@ -248,39 +445,87 @@ fn watch_folder(
     Some(watcher)
 }
 
-/// Reloads the file after each burst of changes settles. Bytes equal to the last load's
-/// (served or refused) are no change, as after a `touch` or a rewrite with the same text: they
-/// are neither published, nor logged, nor counted, so the balancing schedule goes on where it
-/// was.
-async fn reload_on_change(
+/// What the reloading task keeps between changes.
+struct Reloader {
     path: PathBuf,
     plane: Arc<DataPlane>,
     _watcher: notify::RecommendedWatcher,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<()>,
-    mut last: Vec<u8>,
-) {
-    let file = path.display().to_string();
-    while rx.recv().await.is_some() {
-        // Let a burst of events (truncate, write, rename) settle before reading.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        while rx.try_recv().is_ok() {}
-        let bytes = match read(&path) {
+    /// The configuration's bytes at the last load (served or refused).
+    last: Vec<u8>,
+    /// The clusters served now.
+    clusters: Vec<ClusterConfig>,
+    tls: TlsFiles,
+}
+
+impl Reloader {
+    /// Reloads the file, or the certificates, after each burst of changes settles. Bytes equal
+    /// to the last load's (served or refused) are no change, as after a `touch` or a rewrite
+    /// with the same text: they are neither published, nor logged, nor counted, so the balancing
+    /// schedule goes on where it was.
+    async fn run(
+        mut self,
+        mut config_events: tokio::sync::mpsc::UnboundedReceiver<()>,
+        mut tls_events: tokio::sync::mpsc::UnboundedReceiver<()>,
+    ) {
+        loop {
+            let config_changed = tokio::select! {
+                event = config_events.recv() => match event {
+                    Some(()) => true,
+                    None => return,
+                },
+                Some(()) = tls_events.recv() => false,
+            };
+            // Let a burst of events (truncate, write, rename) settle before reading.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut config_changed = config_changed;
+            while config_events.try_recv().is_ok() {
+                config_changed = true;
+            }
+            while tls_events.try_recv().is_ok() {}
+            if config_changed {
+                self.reload_config();
+            }
+            // After a configuration change too: its certificates may have changed as well.
+            if self.tls.read(&self.clusters) {
+                let file = self.path.display().to_string();
+                publish(
+                    &self.plane,
+                    self.clusters.clone(),
+                    &self.tls.loader.material(),
+                    &format!("certificates of {file}"),
+                );
+            }
+        }
+    }
+
+    fn reload_config(&mut self) {
+        let file = self.path.display().to_string();
+        let bytes = match read(&self.path) {
             Ok(bytes) => bytes,
             Err(e) => {
                 // Gone for a moment (a rename over it) or unreadable: the next event tells.
                 tracing::debug!(error = %e, "configuration file not readable now");
-                continue;
+                return;
             }
         };
-        if bytes == last {
-            continue;
+        if bytes == self.last {
+            return;
         }
         let loaded = parse_bytes(&file, &bytes);
-        last = bytes;
+        self.last = bytes;
         match loaded {
-            Ok(clusters) => publish(&plane, clusters, &file),
+            Ok(clusters) => {
+                self.clusters = anchor_paths(clusters, &self.path);
+                self.tls.follow(&self.clusters);
+                publish(
+                    &self.plane,
+                    self.clusters.clone(),
+                    &self.tls.loader.material(),
+                    &file,
+                );
+            }
             Err(e) => {
-                plane.rejected_configs.fetch_add(1, Relaxed);
+                self.plane.rejected_configs.fetch_add(1, Relaxed);
                 tracing::error!(error = %e, "configuration refused; the previous one keeps serving");
             }
         }
