@@ -234,7 +234,7 @@ pub(crate) mod testing {
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.not_before = time(NOW - 365 * DAY);
+        params.not_before = time(NOW - 3650 * DAY);
         params.not_after = time(NOW + 3650 * DAY);
         let cert = params.self_signed(&key).expect("self-signed");
         Ca {
@@ -277,6 +277,20 @@ pub(crate) mod testing {
             chain: format!("{}{}", cert.pem(), ca.pem),
             key: key_pair.serialize_pem(),
         }
+    }
+
+    /// A leaf valid around the real time, for handshakes with real clients (which check the
+    /// validity against the clock).
+    pub fn leaf_now(ca: &Ca, names: &[&str], serial: u64) -> Leaf {
+        let now = crate::tls::unix_now();
+        leaf_with(
+            ca,
+            names,
+            now - DAY,
+            now + 90 * DAY,
+            serial,
+            KeyPair::generate().expect("key"),
+        )
     }
 
     pub fn leaf(ca: &Ca, names: &[&str], serial: u64) -> Leaf {

@@ -223,7 +223,7 @@ impl ResolvesClientCert for ClientCert {
 /// `insecureSkipVerify`: any certificate is accepted; the handshake's signatures are still
 /// checked, so the member must hold the key of the certificate it shows.
 #[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
+pub(crate) struct NoVerification(pub(crate) Arc<CryptoProvider>);
 
 impl ServerCertVerifier for NoVerification {
     fn verify_server_cert(
@@ -267,5 +267,193 @@ impl ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::cert::{load, testing::*};
+    use super::*;
+    use rustls::server::{ServerConfig, WebPkiClientVerifier};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A TLS member: a rustls server with `leaf`, asking for a client certificate signed by
+    /// `client_ca` when one is given. It answers `ok` and the client's certificate serial.
+    async fn member(leaf: &Leaf, client_ca: Option<&Ca>) -> String {
+        let now = crate::tls::unix_now();
+        let cert = load(leaf.chain.as_bytes(), leaf.key.as_bytes(), now).expect("server cert");
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions");
+        let builder = match client_ca {
+            Some(ca) => {
+                let bundle = load_ca(ca.pem.as_bytes()).expect("ca");
+                builder.with_client_cert_verifier(
+                    WebPkiClientVerifier::builder_with_provider(bundle.roots, provider())
+                        .build()
+                        .expect("verifier"),
+                )
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let config = builder.with_cert_resolver(Arc::new(Fixed(cert.key.clone())));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = tcp.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(stream).await {
+                        let client = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| cert::describe(c).ok())
+                            .map(|i| i.serial)
+                            .unwrap_or_else(|| "none".into());
+                        let _ = tls.write_all(format!("ok {client}").as_bytes()).await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        addr.to_string()
+    }
+
+    #[derive(Debug)]
+    struct Fixed(Arc<CertifiedKey>);
+
+    impl rustls::server::ResolvesServerCert for Fixed {
+        fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+
+    async fn ask(upstream: &Upstream, authority: &str) -> std::io::Result<String> {
+        let tcp = TcpStream::connect(authority).await?;
+        let mut tls = upstream.connect(tcp, authority).await?;
+        let mut answer = String::new();
+        tls.read_to_string(&mut answer).await?;
+        Ok(answer)
+    }
+
+    fn settings(server_name: Option<&str>, insecure: bool) -> UpstreamTlsConfig {
+        UpstreamTlsConfig {
+            ca: None,
+            server_name: server_name.map(str::to_owned),
+            client_cert: None,
+            insecure_skip_verify: insecure,
+        }
+    }
+
+    #[tokio::test]
+    async fn members_are_verified_against_the_ca_and_a_wrong_ca_is_refused() {
+        let ca = ca("Member CA");
+        let addr = member(&leaf_now(&ca, &["backend.internal", "127.0.0.1"], 1), None).await;
+        let good = Arc::new(load_ca(ca.pem.as_bytes()).expect("ca"));
+        let upstream =
+            Upstream::build(&settings(None, false), Some(good.clone()), None).expect("config");
+        assert_eq!(
+            ask(&upstream, &addr).await.expect("verified by IP"),
+            "ok none"
+        );
+        let by_name = Upstream::build(&settings(Some("backend.internal"), false), Some(good), None)
+            .expect("config");
+        assert_eq!(
+            ask(&by_name, &addr).await.expect("verified by name"),
+            "ok none"
+        );
+
+        let wrong = Arc::new(load_ca(self::ca("Other CA").pem.as_bytes()).expect("ca"));
+        let upstream = Upstream::build(&settings(None, false), Some(wrong), None).expect("config");
+        let e = ask(&upstream, &addr)
+            .await
+            .expect_err("a wrong CA is refused");
+        assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+        // The system's roots do not know a private CA either.
+        let upstream = Upstream::build(&settings(None, false), None, None).expect("config");
+        assert!(ask(&upstream, &addr).await.is_err());
+        // Unless verification is off, which is an explicit choice.
+        let upstream = Upstream::build(&settings(None, true), None, None).expect("config");
+        assert_eq!(ask(&upstream, &addr).await.expect("unverified"), "ok none");
+    }
+
+    #[tokio::test]
+    async fn a_name_the_certificate_does_not_carry_is_refused() {
+        let ca = ca("Member CA");
+        let addr = member(&leaf_now(&ca, &["backend.internal"], 1), None).await;
+        let bundle = Arc::new(load_ca(ca.pem.as_bytes()).expect("ca"));
+        let by_ip =
+            Upstream::build(&settings(None, false), Some(bundle.clone()), None).expect("config");
+        let e = ask(&by_ip, &addr)
+            .await
+            .expect_err("127.0.0.1 is not in the certificate");
+        assert!(e.to_string().contains("not valid for name"), "{e}");
+        let wrong = Upstream::build(&settings(Some("other.internal"), false), Some(bundle), None)
+            .expect("config");
+        assert!(ask(&wrong, &addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_presents_the_client_certificate() {
+        let server_ca = ca("Member CA");
+        let client_ca = ca("Client CA");
+        let addr = member(&leaf_now(&server_ca, &["127.0.0.1"], 1), Some(&client_ca)).await;
+        let bundle = Arc::new(load_ca(server_ca.pem.as_bytes()).expect("ca"));
+        let without =
+            Upstream::build(&settings(None, false), Some(bundle.clone()), None).expect("config");
+        assert!(
+            ask(&without, &addr).await.is_err(),
+            "the member refuses a client without a certificate"
+        );
+        let client = leaf_now(&client_ca, &["balancer.internal"], 0x42);
+        let client = Arc::new(
+            load(
+                client.chain.as_bytes(),
+                client.key.as_bytes(),
+                crate::tls::unix_now(),
+            )
+            .expect("client"),
+        );
+        let with = Upstream::build(
+            &settings(None, false),
+            Some(bundle.clone()),
+            Some(client.clone()),
+        )
+        .expect("config");
+        assert_eq!(ask(&with, &addr).await.expect("mTLS"), "ok 42");
+        assert!(with.is_built_from(&settings(None, false), Some(&bundle), Some(&client)));
+        assert!(!with.is_built_from(&settings(None, false), Some(&bundle), None));
+    }
+
+    #[test]
+    fn server_names_from_authorities() {
+        let upstream = Upstream::build(&settings(None, true), None, None).expect("config");
+        let name = |a: &str| {
+            upstream
+                .server_name(a)
+                .map(|n| n.to_str().into_owned())
+                .ok()
+        };
+        assert_eq!(
+            name("backend.internal:8443").as_deref(),
+            Some("backend.internal")
+        );
+        assert_eq!(name("10.0.0.1:443").as_deref(), Some("10.0.0.1"));
+        assert_eq!(name("[::1]:443").as_deref(), Some("::1"));
+        let fixed =
+            Upstream::build(&settings(Some("api.internal"), true), None, None).expect("config");
+        assert_eq!(
+            fixed
+                .server_name("10.0.0.1:443")
+                .map(|n| n.to_str().into_owned())
+                .ok()
+                .as_deref(),
+            Some("api.internal")
+        );
+        assert!(Upstream::build(&settings(Some("not a name"), false), None, None).is_err());
     }
 }
