@@ -646,3 +646,139 @@ mod tests {
         assert!(e.contains("line"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+    use crate::discovery::TlsSource;
+
+    const HEAD: &str = "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {name: web, namespace: shop}\n";
+
+    fn refusal(spec: &str) -> String {
+        parse("bad.yaml", &format!("{HEAD}spec:\n{spec}"))
+            .expect_err("must be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn tls_settings_reach_the_cluster_config() {
+        let yaml = format!(
+            "{HEAD}spec:\n  members: [{{url: 'https://backend.internal:8443'}}]\n  tls:\n    - {{hosts: [shop.example.com, '*.shop.example.com'], certFile: tls/shop.crt, keyFile: tls/shop.key, default: true}}\n  httpsRedirect: true\n  hsts: {{includeSubDomains: true}}\n  upstreamTLS: {{caFile: /etc/ca.crt, serverName: backend.internal}}\n"
+        );
+        let clusters = anchor_paths(
+            parse("x.yaml", &yaml).expect("valid"),
+            Path::new("/etc/kb/balancer.yaml"),
+        );
+        let c = &clusters[0];
+        assert_eq!(c.members[0].url, "https://backend.internal:8443");
+        assert!(c.members[0].is_tls());
+        let tls = &c.tls;
+        assert_eq!(tls.certificates.len(), 1);
+        assert_eq!(
+            tls.certificates[0].source,
+            TlsSource::Files {
+                cert: "/etc/kb/tls/shop.crt".into(),
+                key: Some("/etc/kb/tls/shop.key".into())
+            }
+        );
+        assert!(tls.certificates[0].default);
+        assert!(tls.https_redirect);
+        let hsts = tls.hsts.clone().expect("hsts");
+        assert_eq!(
+            (hsts.max_age_seconds, hsts.include_sub_domains, hsts.preload),
+            (31_536_000, true, false)
+        );
+        let upstream = tls.upstream.clone().expect("upstream");
+        assert_eq!(
+            upstream.ca,
+            Some(TlsSource::Files {
+                cert: "/etc/ca.crt".into(),
+                key: None
+            })
+        );
+        assert_eq!(upstream.server_name.as_deref(), Some("backend.internal"));
+        assert!(!upstream.insecure_skip_verify);
+    }
+
+    #[test]
+    fn an_https_member_alone_is_verified_with_the_defaults() {
+        let yaml = format!(
+            "{HEAD}spec:\n  members: [{{url: 'https://a.example.com'}}, {{url: 'http://b:80'}}]\n"
+        );
+        let c = &parse("x.yaml", &yaml).expect("valid")[0];
+        assert_eq!(c.members[0].authority, "a.example.com:443");
+        assert_eq!(c.tls.upstream, Some(Default::default()));
+        let plain = format!("{HEAD}spec:\n  members: [{{url: 'http://b:80'}}]\n");
+        assert_eq!(
+            parse("x.yaml", &plain).expect("valid")[0].tls.upstream,
+            None
+        );
+    }
+
+    #[test]
+    fn tls_mistakes_are_refused_with_clear_messages() {
+        let members = "  members: [{url: 'https://127.0.0.1:1'}]\n";
+        let cases = [
+            (
+                format!("{members}  tls: [{{hosts: [a.example.com]}}]\n"),
+                "spec.tls[0]: a tls entry names secretName (in a cluster) or certFile and keyFile (standalone): exactly one of them",
+            ),
+            (
+                format!(
+                    "{members}  tls: [{{secretName: web-tls, certFile: a.crt, keyFile: a.key}}]\n"
+                ),
+                "spec.tls[0]: a tls entry names secretName (in a cluster) or certFile and keyFile (standalone): exactly one of them",
+            ),
+            (
+                format!("{members}  tls: [{{certFile: a.crt}}]\n"),
+                "spec.tls[0]: certFile and keyFile go together",
+            ),
+            (
+                format!("{members}  tls: [{{hosts: [Shop.Example.com], secretName: web-tls}}]\n"),
+                "spec.tls[0].hosts: tls hosts must be lower-case DNS names like shop.example.com, or wildcards like *.example.com",
+            ),
+            (
+                format!("{members}  tls: [{{secretName: Web_TLS}}]\n"),
+                "spec.tls[0].secretName: must be the name of a Secret in the cluster's namespace: lower-case letters, digits, - and .",
+            ),
+            (
+                format!(
+                    "{members}  tls: [{{secretName: a, default: true}}, {{secretName: b, default: true}}]\n"
+                ),
+                "spec: at most one spec.tls entry is the default certificate",
+            ),
+            (
+                "  members: [{url: 'http://127.0.0.1:1'}]\n  upstreamTLS: {caSecret: ca}\n"
+                    .to_owned(),
+                "spec: with spec.upstreamTLS every member is reached over TLS: member urls must start with https://",
+            ),
+            (
+                format!("{members}  upstreamTLS: {{caSecret: ca, caFile: /ca.crt}}\n"),
+                "spec.upstreamTLS: upstreamTLS names caSecret (in a cluster) or caFile (standalone), not both",
+            ),
+            (
+                format!("{members}  upstreamTLS: {{clientCertFile: /c.crt}}\n"),
+                "spec.upstreamTLS: upstreamTLS.clientCertFile and clientKeyFile go together",
+            ),
+            (
+                format!("{members}  upstreamTLS: {{caSecret: ca, insecureSkipVerify: true}}\n"),
+                "spec.upstreamTLS: upstreamTLS.insecureSkipVerify verifies nothing, so a CA has no use with it: leave one of them out",
+            ),
+            (
+                format!("{members}  hsts: {{maxAgeSeconds: 100000000}}\n"),
+                "spec.hsts.maxAgeSeconds: hsts.maxAgeSeconds must be between 0 and 63072000 (two years)",
+            ),
+            (
+                "  members: [{url: 'ftp://127.0.0.1:1'}]\n".to_owned(),
+                "spec.members[0].url: url must look like http://HOST:PORT or https://HOST:PORT (paths are not supported)",
+            ),
+        ];
+        for (spec, message) in cases {
+            assert_eq!(
+                refusal(&spec),
+                format!("bad.yaml: document 1 (BalancerCluster shop/web): {message}"),
+                "{spec}"
+            );
+        }
+    }
+}
