@@ -742,6 +742,28 @@ pub struct BalancerClusterStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberStatus>,
+    /// The certificates the cluster uses: served on the HTTPS listener, and for its members
+    /// (their CA, the client certificate).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// A certificate in use, as the balancer-manager shows it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// `server` (served to clients), `client` (presented to members) or `ca`.
+    pub role: String,
+    /// Where it was read from: `secret NAMESPACE/NAME` or `file PATH`.
+    pub source: String,
+    /// The names it is served for (server certificates), or that it carries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    pub issuer: String,
+    pub serial: String,
+    pub not_after: Time,
+    /// Whole days until it expires; negative once it has.
+    pub days_left: i64,
 }
 
 /// A status condition.
