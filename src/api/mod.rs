@@ -119,7 +119,7 @@ pub struct BalancerClusterSpec {
 
     /// Certificates the HTTPS listener serves for this cluster's names (TLS termination).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 32))]
     pub tls: Vec<TlsSpec>,
 
     /// Plain HTTP requests get a redirect to HTTPS (301 for GET and HEAD, 308 for the other
@@ -159,7 +159,7 @@ pub struct TlsSpec {
     /// Names the certificate is served for: exact (`shop.example.com`) or wildcard
     /// (`*.example.com`). Empty: the names the certificate carries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 100), inner(length(max = 253)))]
+    #[schemars(length(max = 50), inner(length(max = 253)))]
     #[x_kube(validation = Rule::new(HOSTS_RULE)
         .message("tls hosts must be lower-case DNS names like shop.example.com, or wildcards like *.example.com"))]
     pub hosts: Vec<String>,
