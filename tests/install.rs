@@ -1024,3 +1024,43 @@ async fn watch_namespaces_gives_roles_there_and_nothing_cluster_wide() {
     }
     assert_no_wildcards(&release.manifest().await);
 }
+
+#[tokio::test]
+async fn secrets_are_readable_only_with_tls_enabled_and_only_where_the_controller_watches() {
+    let client = ControlPlane::shared().client();
+    // Every namespace: a ClusterRole that reads Secrets, only with tls.enabled=true.
+    let off = Release::install(&client, "kb-tls-off", &["replicaCount=0"]).await;
+    assert!(!off.can("get", "secrets", None).await);
+    assert!(!off.can("watch", "secrets", Some(&off.namespace)).await);
+    let on = Release::install(
+        &client,
+        "kb-tls-on",
+        &["replicaCount=0", "tls.enabled=true"],
+    )
+    .await;
+    for verb in ["get", "list", "watch"] {
+        assert!(on.can(verb, "secrets", None).await, "may {verb} secrets");
+    }
+    for verb in ["create", "update", "patch", "delete"] {
+        assert!(
+            !on.can(verb, "secrets", None).await,
+            "may not {verb} secrets"
+        );
+    }
+    assert_no_wildcards(&on.manifest().await);
+
+    // watchNamespaces: Secrets in those namespaces only.
+    let app = pods::namespace(&client, "tls-app").await;
+    let other = pods::namespace(&client, "tls-other").await;
+    let watch = format!("watchNamespaces={{{app}}}");
+    let scoped = Release::install(
+        &client,
+        "kb-tls-ns",
+        &["replicaCount=0", "tls.enabled=true", &watch],
+    )
+    .await;
+    assert!(scoped.can("watch", "secrets", Some(&app)).await);
+    assert!(scoped.can("get", "secrets", Some(&app)).await);
+    assert!(!scoped.can("get", "secrets", Some(&other)).await);
+    assert!(!scoped.can("list", "secrets", None).await);
+}
