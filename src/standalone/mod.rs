@@ -269,6 +269,8 @@ impl TlsFiles {
 
     /// Watches the folders of the files `clusters` name (when they changed), reads every file,
     /// and forgets the ones no cluster names any more. Returns whether the material changed.
+    /// A file reached through a symbolic link is watched in the link's folder and in its
+    /// target's, which a renewal may change.
     fn follow(&mut self, clusters: &[ClusterConfig]) -> bool {
         let folders: HashSet<PathBuf> = clusters
             .iter()
@@ -277,7 +279,10 @@ impl TlsFiles {
                 TlsSource::Files { cert, key } => Some(
                     std::iter::once(cert)
                         .chain(key.iter())
-                        .map(|p| folder_of(p))
+                        .flat_map(|p| {
+                            std::iter::once(folder_of(p))
+                                .chain(std::fs::canonicalize(p).ok().map(|t| folder_of(&t)))
+                        })
                         .collect::<Vec<_>>(),
                 ),
                 TlsSource::Secret { .. } => None,
@@ -486,7 +491,7 @@ impl Reloader {
                 self.reload_config();
             }
             // After a configuration change too: its certificates may have changed as well.
-            if self.tls.read(&self.clusters) {
+            if self.tls.follow(&self.clusters) {
                 let file = self.path.display().to_string();
                 publish(
                     &self.plane,
@@ -780,5 +785,128 @@ mod tls_tests {
                 "{spec}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tls_file_tests {
+    use super::*;
+    use crate::tls::cert::testing::{ca, leaf_now};
+    use std::time::Instant;
+
+    fn serial(plane: &DataPlane) -> Option<String> {
+        plane
+            .snapshot()
+            .tls
+            .certificates
+            .resolve(Some("shop.example.com"))
+            .map(|s| s.certificate.info.serial.clone())
+    }
+
+    fn problems(plane: &DataPlane) -> Vec<String> {
+        plane
+            .snapshot()
+            .tls
+            .clusters
+            .get("shop/web")
+            .map(|t| t.problems.iter().map(|p| p.message.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits (at most 2 s, the promise) until `done` holds; returns how long it took.
+    async fn within_2s(what: &str, done: impl Fn() -> bool) -> Duration {
+        let start = Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "not within 2 s: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        start.elapsed()
+    }
+
+    /// Writes a chain and key the way the kubelet updates a Secret volume: into a new folder,
+    /// then a link `..data` swapped to it by rename; `tls.crt` and `tls.key` point through it.
+    fn kubelet_write(dir: &Path, generation: u32, chain: &str, key: &str) {
+        use std::os::unix::fs::symlink;
+        let data = dir.join(format!("..{generation}"));
+        std::fs::create_dir(&data).expect("dir");
+        std::fs::write(data.join("tls.crt"), chain).expect("write");
+        std::fs::write(data.join("tls.key"), key).expect("write");
+        let tmp = dir.join("..data_tmp");
+        symlink(format!("..{generation}"), &tmp).expect("link");
+        std::fs::rename(&tmp, dir.join("..data")).expect("swap");
+        for name in ["tls.crt", "tls.key"] {
+            let link = dir.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                symlink(format!("..data/{name}"), &link).expect("link");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn certificate_files_are_served_renewed_within_2s_and_a_broken_one_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let secret = dir.path().join("secret");
+        std::fs::create_dir(&secret).expect("dir");
+        let ca = ca("Test CA");
+        let first = leaf_now(&ca, &["shop.example.com"], 1);
+        kubelet_write(&secret, 1, &first.chain, &first.key);
+        let config = dir.path().join("balancer.yaml");
+        std::fs::write(
+            &config,
+            "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {name: web, namespace: shop}\nspec:\n  members: [{url: 'http://127.0.0.1:1'}]\n  tls: [{hosts: [shop.example.com], certFile: secret/tls.crt, keyFile: secret/tls.key}]\n",
+        )
+        .expect("config");
+        let plane = DataPlane::new();
+        run(Some(config), plane.clone()).await.expect("served");
+        assert_eq!(serial(&plane).as_deref(), Some("01"));
+        assert!(problems(&plane).is_empty(), "{:?}", problems(&plane));
+        let generation = plane.snapshot().generation;
+
+        // Renewed as the kubelet does it.
+        let second = leaf_now(&ca, &["shop.example.com"], 2);
+        kubelet_write(&secret, 2, &second.chain, &second.key);
+        let took = within_2s("the renewed certificate", || {
+            serial(&plane).as_deref() == Some("02")
+        })
+        .await;
+        eprintln!("a renewed certificate file was served after {took:?}");
+        assert_eq!(
+            plane.snapshot().generation,
+            generation + 1,
+            "published once"
+        );
+
+        // Broken: the key of another certificate. Refused; serial 2 keeps serving.
+        let third = leaf_now(&ca, &["shop.example.com"], 3);
+        kubelet_write(&secret, 3, &third.chain, &second.key);
+        within_2s("the refusal", || !problems(&plane).is_empty()).await;
+        assert_eq!(serial(&plane).as_deref(), Some("02"));
+        let file = secret.join("tls.crt");
+        assert_eq!(
+            problems(&plane),
+            [format!(
+                "file {}: the private key does not belong to the certificate (the first certificate of the chain must be the server's own); the certificate loaded before keeps serving",
+                file.display()
+            )]
+        );
+
+        // Written over in place with the same bytes: nothing to do.
+        let generation = plane.snapshot().generation;
+        std::fs::write(secret.join("..3/tls.crt"), &third.chain).expect("rewrite");
+        // Then mended in place: served.
+        std::fs::write(secret.join("..3/tls.key"), &third.key).expect("rewrite");
+        within_2s("the mended certificate", || {
+            serial(&plane).as_deref() == Some("03")
+        })
+        .await;
+        assert!(problems(&plane).is_empty());
+        assert_eq!(
+            plane.snapshot().generation,
+            generation + 1,
+            "published once"
+        );
     }
 }
