@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use super::body::ResponseBody;
+use super::response::ResponseBody;
 
 /// Why the proxy answered instead of a member.
 #[derive(Debug)]
