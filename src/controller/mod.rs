@@ -194,12 +194,12 @@ pub async fn start(
     }
     let mut secrets = secrets::SecretWatches::new(client.clone());
     // The Secrets the clusters name at start are read before the first publication, so that a
-    // start serves their certificates at once; a Secret that cannot be read (missing, or no
-    // permission) holds the start up for a few seconds at most.
+    // start serves their certificates at once; a watch that fails (no permission) ends the wait,
+    // and a slow API server holds it up for a few seconds at most.
     {
         let wanted = desired(&stores, &options.scope);
         secrets.sync(&secrets::named(&wanted.clusters), &mut events);
-        let ready = tokio::time::timeout(secrets::FIRST_READ_TIMEOUT, secrets.wait_until_ready());
+        let ready = tokio::time::timeout(secrets::FIRST_READ_TIMEOUT, secrets.wait_until_settled());
         tokio::pin!(ready);
         loop {
             tokio::select! {

@@ -40,6 +40,8 @@ struct SecretWatch {
     store: Store<Secret>,
     /// The watch's last error, until its first list succeeds (e.g. no permission).
     error: Arc<Mutex<Option<String>>>,
+    /// True once the watch listed its Secret or failed: what a start waits for.
+    settled: tokio::sync::watch::Receiver<bool>,
     /// Dropping it ends the watch's stream.
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -87,6 +89,7 @@ impl SecretWatches {
             let error = Arc::new(Mutex::new(None));
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let seen_error = error.clone();
+            let (settle, settled) = tokio::sync::watch::channel(false);
             let secret = format!("{namespace}/{name}");
             let stream = reflector::reflector(writer, watcher(api, cfg).modify(keep_only_data))
                 .default_backoff()
@@ -95,6 +98,7 @@ impl SecretWatches {
                     let wakes = match event {
                         Ok(watcher::Event::InitDone) => {
                             *seen_error.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                            settle.send_replace(true);
                             true
                         }
                         Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => true,
@@ -104,6 +108,7 @@ impl SecretWatches {
                             tracing::warn!(%secret, error = %e, "cannot watch a Secret named for TLS; retrying with backoff");
                             *seen_error.lock().unwrap_or_else(PoisonError::into_inner) =
                                 Some(e.to_string());
+                            settle.send_replace(true);
                             true
                         }
                     };
@@ -115,16 +120,18 @@ impl SecretWatches {
                 SecretWatch {
                     store,
                     error,
+                    settled,
                     _stop: stop,
                 },
             );
         }
     }
 
-    /// Waits until every watch has listed its Secret once.
-    pub async fn wait_until_ready(&self) {
+    /// Waits until every watch has listed its Secret once, or failed (a Secret the controller
+    /// may not read must not hold the start up).
+    pub async fn wait_until_settled(&self) {
         for w in self.watches.values() {
-            let _ = w.store.wait_until_ready().await;
+            let _ = w.settled.clone().wait_for(|s| *s).await;
         }
     }
 

@@ -657,4 +657,44 @@ mod tests {
         let e = cluster_config(&bc, vec![]).expect_err("refused");
         assert_eq!(e.field, "spec.members[1].url");
     }
+
+    #[test]
+    fn tls_names_secrets_in_the_cluster_namespace_and_service_members_use_tls() {
+        let spec: BalancerClusterSpec = serde_json::from_value(serde_json::json!({
+            "service": {"name": "web", "port": "https"},
+            "tls": [{"hosts": ["Shop.example.com"], "secretName": "shop-tls"}],
+            "upstreamTLS": {"caSecret": "member-ca", "clientCertSecret": "client"},
+        }))
+        .expect("spec");
+        let mut bc = BalancerCluster::new("web", spec);
+        bc.metadata.namespace = Some("shop".into());
+        let pod = MemberConfig {
+            url: "http://10.0.0.7:8443".into(),
+            authority: "10.0.0.7:8443".into(),
+            pod: Some("web-0".into()),
+            load_factor: 1,
+            lbset: 0,
+            route: None,
+            state: MemberState::Enabled,
+        };
+        let c = cluster_config(&bc, vec![pod]).expect("ok");
+        assert_eq!(c.members[0].url, "https://10.0.0.7:8443");
+        assert_eq!(c.members[0].authority, "10.0.0.7:8443");
+        let secret = |name: &str| TlsSource::Secret {
+            namespace: "shop".into(),
+            name: name.into(),
+        };
+        assert_eq!(c.tls.certificates[0].source, secret("shop-tls"));
+        assert_eq!(c.tls.certificates[0].hosts, ["shop.example.com"]);
+        let sources: Vec<(String, bool)> =
+            c.tls.sources().map(|(s, ca)| (s.to_string(), ca)).collect();
+        assert_eq!(
+            sources,
+            [
+                ("secret shop/shop-tls".to_owned(), false),
+                ("secret shop/member-ca".to_owned(), true),
+                ("secret shop/client".to_owned(), false),
+            ]
+        );
+    }
 }

@@ -322,4 +322,46 @@ mod tests {
             &stats
         ));
     }
+
+    #[test]
+    fn a_member_client_configuration_is_kept_until_what_it_was_built_from_changes() {
+        use crate::discovery::TlsSource;
+        use crate::tls::cert::testing::{NOW, ca};
+        use crate::tls::material::Loader;
+        let yaml = "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {name: tls}\nspec:\n  members: [{url: 'https://127.0.0.1:1'}]\n  upstreamTLS: {caFile: /ca.crt}\n";
+        let bc: BalancerCluster = serde_norway::from_str(yaml).expect("a BalancerCluster");
+        let tls = crate::discovery::cluster_config(&bc, Vec::new()).expect("valid");
+        let source = TlsSource::Files {
+            cert: "/ca.crt".into(),
+            key: None,
+        };
+        let plane = DataPlane::new();
+        // Named but not loaded: no configuration, so the https member is not reached at all.
+        let first = plane.publish(vec![tls.clone(), config("plain", &["http://127.0.0.1:2"])]);
+        assert!(first.clusters[0].upstream_tls.is_none());
+        assert!(first.clusters[1].upstream_tls.is_none());
+        assert_eq!(
+            first.tls.clusters["default/tls"].problems[0].message,
+            "file /ca.crt: not loaded yet"
+        );
+        assert!(!first.tls.clusters.contains_key("default/plain"));
+
+        let mut loader = Loader::default();
+        loader.offer_ca(&source, Ok(ca("CA one").pem.as_bytes()), NOW);
+        let second = plane.publish_with(vec![tls.clone()], &loader.material());
+        let built = second.clusters[0].upstream_tls.clone().expect("built");
+        assert!(second.tls.clusters["default/tls"].problems.is_empty());
+        // Published again with the same material: the same configuration and cluster.
+        let third = plane.publish_with(vec![tls.clone()], &loader.material());
+        assert!(Arc::ptr_eq(&second.clusters[0], &third.clusters[0]));
+        // A new CA: a new configuration, in a new cluster whose members keep their counters.
+        loader.offer_ca(&source, Ok(ca("CA two").pem.as_bytes()), NOW);
+        let fourth = plane.publish_with(vec![tls], &loader.material());
+        let rebuilt = fourth.clusters[0].upstream_tls.clone().expect("built");
+        assert!(!Arc::ptr_eq(&built, &rebuilt));
+        assert!(Arc::ptr_eq(
+            &third.clusters[0].balancer.members()[0].stats,
+            &fourth.clusters[0].balancer.members()[0].stats
+        ));
+    }
 }

@@ -85,8 +85,6 @@ pub mod reasons {
     pub const HOST_TAKEN: &str = "HostConflict";
     /// The member client configuration could not be built.
     pub const UPSTREAM_TLS_INVALID: &str = "UpstreamTLSInvalid";
-    /// Files named in a cluster where only Secrets can be read.
-    pub const FILES_NOT_SUPPORTED: &str = "FilesNotSupported";
     /// Everything named is loaded and served.
     pub const LOADED: &str = "CertificatesLoaded";
 }
