@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::api::{LbMethod, MemberState};
+use crate::balancer::budget::RetryBudget;
 use crate::balancer::{Affinity, BalancedMember, Balancer, MemberStats, Settings, hash, sticky};
 use crate::clock;
 use crate::discovery::ClusterConfig;
@@ -32,6 +33,8 @@ pub struct Cluster {
     pub balancer: Balancer,
     /// Milliseconds a failed member stays in error.
     pub retry_ms: u64,
+    /// Bounds the retries of requests that reached a member and failed there.
+    pub retry_budget: RetryBudget,
     /// How its `https://` members are reached; `None` when it has none, or when what its
     /// `upstreamTLS` names could not be loaded (then they cannot be reached: see `tls`).
     pub upstream_tls: Option<Arc<tls::Upstream>>,
@@ -248,6 +251,7 @@ impl DataPlane {
                 key,
                 balancer: Balancer::with_settings(members, Settings::from_config(&config), now),
                 retry_ms,
+                retry_budget: RetryBudget::default(),
                 config,
                 upstream_tls,
             }));

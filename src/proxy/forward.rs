@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use http::header::{self, HeaderMap};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
 use tokio::time::Instant;
 
@@ -13,10 +13,11 @@ use super::client::ClientRequest;
 use super::deadline::Deadline;
 use super::error::ProxyError;
 use super::headers::{Forwarding, strip_hop_by_hop};
+use super::http1::client::idempotent;
 use super::response::ResponseBody;
 use super::tunnel::tunnel;
 use super::upstream::body::{Answer, RequestBody};
-use super::upstream::exchange::Failure;
+use super::upstream::exchange::{Failure, Replay, Stage};
 use super::upstream::lease::Lease;
 use super::upstream::pool::{Member, Sender};
 use super::upstream::{self, Upstream};
@@ -60,7 +61,9 @@ pub async fn forward(
     } else {
         1 + config.max_attempts as usize
     };
-    let replay = Replay::of(cluster, client_upgrade.is_some(), req);
+    let upgrade = client_upgrade.is_some();
+    let kind = Upstream::for_request(worker.http1, req.body().is_end_stream(), upgrade);
+    let replay = replay_of(cluster, kind, upgrade, req);
     let mut tried: Vec<usize> = Vec::new();
     // Boxed, as rare: a smaller request future fits the allocator's small size classes.
     let mut last_failure: Option<Box<ProxyError>> = None;
@@ -81,18 +84,22 @@ pub async fn forward(
         let stats = &cluster.balancer.members()[index].stats;
         stats.elected.fetch_add(1, Relaxed);
         let lease = Lease::new(stats.clone());
-        let bodyless = req.body().is_end_stream();
-        if !bodyless {
+        if !req.body().is_end_stream() {
             req.body_mut().count_for(stats.clone());
         }
         let key = worker.pool.member(&config.members[index].authority);
-        let kind = Upstream::for_request(worker.http1, bodyless, client_upgrade.is_some());
         let sent = upstream::send(kind, &key, config, req, lean, forwarding, started, deadline);
         match sent.await {
             Err(failure) => {
-                let (error, resend) = failed(cluster, index, failure, req)?;
-                if !resend || tried.len() >= tries {
+                let stage = failure.stage;
+                let error = failed(cluster, index, failure, req)?;
+                if tried.len() >= tries || !may_go_again(cluster, stage, kind, req, &replay) {
                     return Err(error);
+                }
+                if let (Some(again), Upstream::Hyper) = (replay.as_deref(), kind)
+                    && stage != Stage::Unsent
+                {
+                    *req = again.request();
                 }
                 last_failure = Some(Box::new(error));
             }
@@ -116,30 +123,34 @@ pub async fn forward(
     }
 }
 
-/// A failed exchange: reported to the balancer, the member put in error unless the answer only
-/// came late (504, never sent elsewhere). Gives the error and whether the request may go to
-/// another member; the request is put back when hyper's client had taken it.
+/// A failed exchange. The client's broken request body is the client's fault: 400, and
+/// nothing held against the member. Otherwise it is reported to the balancer and, unless the
+/// answer only came late (504), the member is put in error. Gives the error and whether the
+/// request may go to another member; the request is put back when hyper's client had taken
+/// it.
 fn failed(
     cluster: &Cluster,
     index: usize,
     failure: Failure,
     req: &mut Request<RequestBody>,
-) -> Result<(ProxyError, bool), ProxyError> {
+) -> Result<ProxyError, ProxyError> {
     let member = &cluster.config.members[index];
+    let Failure {
+        cause,
+        stage,
+        unsent,
+    } = failure;
+    if stage == Stage::ClientBody {
+        return Err(ProxyError::ClientBody { cause });
+    }
     cluster.balancer.report(index, false, clock::now_ms());
-    if failure.timed_out {
+    if stage == Stage::TimedOut {
         return Err(ProxyError::Timeout {
             cluster: cluster.key.clone(),
             member: member.url.clone(),
             after: cluster.config.response_timeout,
         });
     }
-    let Failure {
-        cause,
-        unsent,
-        resend,
-        ..
-    } = failure;
     cluster
         .balancer
         .mark_error(index, clock::now_ms(), cluster.retry_ms, error_note(&cause));
@@ -151,7 +162,44 @@ fn failed(
         member: member.url.clone(),
         cause,
     };
-    Ok((error, resend))
+    Ok(error)
+}
+
+/// Whether a request that failed on a member may go to another: one that never reached it
+/// always; one that reached it and got no whole answer head (reset, closed, a broken head) only
+/// when sending it twice changes nothing (an idempotent method, no body; nothing has gone to
+/// the client yet), and while the cluster's retry budget lasts, as nginx's
+/// `proxy_next_upstream error` does.
+fn may_go_again(
+    cluster: &Cluster,
+    stage: Stage,
+    kind: Upstream,
+    req: &Request<RequestBody>,
+    replay: &Option<Box<Replay>>,
+) -> bool {
+    match stage {
+        Stage::Unsent => true,
+        Stage::Unanswered | Stage::BadAnswer => {
+            // The lean client only borrowed the request; hyper's took it, and a copy was kept.
+            let intact = kind == Upstream::Lean || replay.is_some();
+            intact
+                && idempotent(req.method())
+                && cluster
+                    .retry_budget
+                    .try_take(clock::now_ms(), requests(cluster))
+        }
+        Stage::ClientBody | Stage::TimedOut => false,
+    }
+}
+
+/// All the cluster's requests so far, as its members count them.
+fn requests(cluster: &Cluster) -> u64 {
+    cluster
+        .balancer
+        .members()
+        .iter()
+        .map(|m| m.stats.elected.load(Relaxed))
+        .sum()
 }
 
 /// What the answer's time tells the balancer: the latency sample (ewma) and outlier
@@ -185,35 +233,19 @@ fn failed_on_status(cluster: &Cluster, index: usize, status: StatusCode) -> bool
     true
 }
 
-/// A body-less request kept to be sent again after a `failOnStatus` answer. Boxed where it is
-/// held: only clusters with `failOnStatus` need it, and inline it would make every request's
+/// A body-less request kept to be sent again: after a `failOnStatus` answer, or, when hyper's
+/// client takes it (`--http1 hyper`), after a failure on a member for an idempotent one.
+/// Boxed where it is held: few requests need it, and inline it would make every request's
 /// future larger.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl Replay {
-    fn of(cluster: &Cluster, upgrade: bool, req: &Request<RequestBody>) -> Option<Box<Replay>> {
-        let replayable =
-            !cluster.config.fail_on_status.is_empty() && !upgrade && req.body().is_end_stream();
-        replayable.then(|| {
-            Box::new(Replay {
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-                headers: req.headers().clone(),
-            })
-        })
-    }
-
-    fn request(&self) -> Request<RequestBody> {
-        let mut req = Request::new(RequestBody::empty());
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
+fn replay_of(
+    cluster: &Cluster,
+    kind: Upstream,
+    upgrade: bool,
+    req: &Request<RequestBody>,
+) -> Option<Box<Replay>> {
+    let wanted = !cluster.config.fail_on_status.is_empty()
+        || (kind == Upstream::Hyper && idempotent(req.method()));
+    (wanted && !upgrade && req.body().is_end_stream()).then(|| Box::new(Replay::of(req)))
 }
 
 /// A member's answer head and what goes with it until its body is read.

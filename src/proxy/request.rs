@@ -102,8 +102,9 @@ fn route(
     })
 }
 
-/// What no route may serve: CONNECT (this is not a forward proxy) and more fields than the
-/// limit (HTTP/1 heads are limited by the servers themselves; HTTP/2 header lists here).
+/// What no route may serve: CONNECT (this is not a forward proxy), more fields than the limit
+/// (HTTP/1 heads are limited by the servers themselves; HTTP/2 header lists here), and two
+/// Host fields.
 fn refuse(worker: &Worker, req: &Request<RequestBody>) -> Result<(), ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ConnectRefused);
@@ -113,6 +114,13 @@ fn refuse(worker: &Worker, req: &Request<RequestBody>) -> Result<(), ProxyError>
             count: req.headers().len(),
             limit: worker.limits.max_headers,
         });
+    }
+    // RFC 9112 3.2: a request with more than one Host field is refused. Passed on, members
+    // would disagree about the host (a strict one closes the connection, which would count
+    // against it).
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err(ProxyError::DuplicateHost);
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use http::Method;
 use tokio::net::TcpStream;
 
-use super::HTTP2_PREFACE;
+use super::{HTTP2_PREFACE, HTTP2_REQUEST_LINE};
 use crate::proxy::client::{Client, ClientRequest};
 use crate::proxy::http1::buffers::READ_SIZE;
 use crate::proxy::http1::io::poll_fill;
@@ -64,6 +64,10 @@ pub async fn serve(
                     Some(Next::Request(request, keep_alive)) => break (request, keep_alive),
                     Some(Next::HandOff) => return Ok(Ended::HandOff(stream, buf.freeze())),
                     Some(Next::Http2) => return Ok(Ended::Http2(stream, buf.freeze())),
+                    Some(Next::InvalidPreface) => {
+                        tracing::debug!(client = %client.addr, "invalid HTTP/2 connection preface: closed");
+                        break 'serve;
+                    }
                     None => checked = buf.len(),
                 }
             } else if closing.get() {
@@ -144,6 +148,8 @@ enum Next {
     HandOff,
     /// HTTP/2's preface.
     Http2,
+    /// A preface that starts as HTTP/2's and goes wrong.
+    InvalidPreface,
 }
 
 /// Looks at what has arrived: HTTP/2's preface, a whole head, or something for hyper; `None`
@@ -157,6 +163,11 @@ fn try_head(
     if *sniffing {
         let n = buf.len().min(HTTP2_PREFACE.len());
         if buf[..n] != HTTP2_PREFACE[..n] {
+            if buf[..n].starts_with(HTTP2_REQUEST_LINE) {
+                // HTTP/2's preface gone wrong, which no HTTP/1 request starts with: a
+                // connection error (RFC 9113 3.4), answered by closing, not by an HTTP/1 400.
+                return Some(Next::InvalidPreface);
+            }
             *sniffing = false;
         } else if n == HTTP2_PREFACE.len() {
             return Some(Next::Http2);

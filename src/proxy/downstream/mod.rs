@@ -37,6 +37,8 @@ use super::worker::Worker;
 
 /// What an HTTP/2 client with prior knowledge opens its connection with (RFC 9113 3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The preface's first line: no HTTP/1 request starts with it.
+const HTTP2_REQUEST_LINE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 /// Runs futures on the worker's own thread (hyper's HTTP/2 streams).
 #[derive(Clone, Copy, Debug)]

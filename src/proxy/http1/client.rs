@@ -21,20 +21,29 @@ use super::field::push_field;
 use super::framing::{Controls, Framing, framing};
 use super::raw::RawHead;
 
+/// How far an exchange got before it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The request head did not reach the member whole: nothing of it can have been acted on.
+    Unsent,
+    /// The request went, and the connection closed or broke before a byte of the answer.
+    Unanswered,
+    /// Part of an answer came, and it was cut short or malformed.
+    BadAnswer,
+}
+
 /// Why an exchange failed.
 #[derive(Debug)]
 pub struct ExchangeError {
     pub cause: String,
-    /// Nothing of the request can have been acted on: it may go out again on another
-    /// connection.
-    pub retry: bool,
+    pub stage: Stage,
 }
 
 impl ExchangeError {
-    pub(super) fn new(cause: impl Into<String>, retry: bool) -> Self {
+    pub(super) fn new(cause: impl Into<String>, stage: Stage) -> Self {
         ExchangeError {
             cause: cause.into(),
-            retry,
+            stage,
         }
     }
 }
@@ -49,17 +58,13 @@ impl Conn {
         fields: Option<&RawHead>,
         added: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     ) -> Result<Response<AnswerBody>, ExchangeError> {
-        let reused = self.reused;
-        // A request that changes nothing can be sent again when a reused connection turns
-        // out closed before a byte of the answer (the member closed it as we sent).
-        let retry_on_close = reused && idempotent(req.method());
         self.encode(req, fields, added);
         let state = &mut *self;
         if let Err(e) = state.io.write_all(&state.out).await {
             // A member cannot act on a head it did not receive whole.
-            return Err(ExchangeError::new(format!("request: {e}"), true));
+            return Err(ExchangeError::new(format!("request: {e}"), Stage::Unsent));
         }
-        self.read_head(req.method(), retry_on_close).await
+        self.read_head(req.method()).await
     }
 
     /// Writes the request head: the request line, the client's field lines as it wrote them
@@ -90,11 +95,7 @@ impl Conn {
         out.extend_from_slice(b"\r\n");
     }
 
-    async fn read_head(
-        mut self,
-        method: &Method,
-        retry_on_close: bool,
-    ) -> Result<Response<AnswerBody>, ExchangeError> {
+    async fn read_head(mut self, method: &Method) -> Result<Response<AnswerBody>, ExchangeError> {
         let mut received = false;
         loop {
             if !self.buf.is_empty() {
@@ -108,18 +109,21 @@ impl Conn {
                     Parsed::Partial => {}
                 }
             }
+            let stage = if received {
+                Stage::BadAnswer
+            } else {
+                Stage::Unanswered
+            };
             let n = std::future::poll_fn(|cx| self.poll_fill(cx))
                 .await
-                .map_err(|e| {
-                    ExchangeError::new(format!("answer: {e}"), retry_on_close && !received)
-                })?;
+                .map_err(|e| ExchangeError::new(format!("answer: {e}"), stage))?;
             if n == 0 {
                 let cause = if received {
                     "answer: the member closed the connection inside the answer head"
                 } else {
                     "answer: the member closed the connection without answering"
                 };
-                return Err(ExchangeError::new(cause, retry_on_close && !received));
+                return Err(ExchangeError::new(cause, stage));
             }
         }
     }
@@ -138,21 +142,29 @@ impl Conn {
             Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
                 return Err(ExchangeError::new(
                     format!("answer: head larger than {MAX_HEAD} bytes"),
-                    false,
+                    Stage::BadAnswer,
                 ));
             }
             Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-            Err(e) => return Err(ExchangeError::new(format!("answer head: {e}"), false)),
+            Err(e) => {
+                return Err(ExchangeError::new(
+                    format!("answer head: {e}"),
+                    Stage::BadAnswer,
+                ));
+            }
         };
         let code = parsed.code.unwrap_or(0);
         let status = StatusCode::from_u16(code).map_err(|_| {
-            ExchangeError::new(format!("answer head: invalid status {code}"), false)
+            ExchangeError::new(
+                format!("answer head: invalid status {code}"),
+                Stage::BadAnswer,
+            )
         })?;
         if status.is_informational() {
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(ExchangeError::new(
                     "answer: 101 Switching Protocols to a request that asked for no upgrade",
-                    false,
+                    Stage::BadAnswer,
                 ));
             }
             // 100 Continue, 103 Early Hints...: the final answer follows.
@@ -173,7 +185,7 @@ impl Conn {
             controls.see(kind, h.value)
         });
         let (framing, keep) = framing(method, status, version, &controls, parsed.headers)
-            .map_err(|cause| ExchangeError::new(cause, false))?;
+            .map_err(|cause| ExchangeError::new(cause, Stage::BadAnswer))?;
         let raw = raw.of(self.buf.split_to(head_len).freeze());
         let mut response = Response::new((framing, raw));
         *response.status_mut() = status;
@@ -193,7 +205,8 @@ enum Parsed {
     Partial,
 }
 
-fn idempotent(method: &Method) -> bool {
+/// Methods whose request changes nothing more when sent twice (RFC 9110 9.2.2).
+pub fn idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE

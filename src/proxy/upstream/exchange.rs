@@ -1,18 +1,46 @@
 //! What an exchange with a member gives: the answer head, or a failure saying whether the
 //! request may go to another member; and the wait for the answer under its deadline.
 
-use http::{Request, Response};
+use http::{HeaderMap, Method, Request, Response, Uri};
 
 use super::body::{Answer, RequestBody};
 use super::pool::Sender;
 use crate::proxy::deadline::Deadline;
+use crate::proxy::http1::client::{ExchangeError, Stage as Http1Stage};
+
+/// How far an exchange got before it failed, which decides whose fault it was and whether the
+/// request may go to another member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The request never reached the member (connect failed, head not written): it may go to
+    /// another member, whatever its method.
+    Unsent,
+    /// The request went, and the member closed or broke the connection before a byte of its
+    /// answer.
+    Unanswered,
+    /// Part of an answer came, and it was cut short or malformed.
+    BadAnswer,
+    /// The client's request body broke off or was malformed (an invalid chunk size, a reset
+    /// stream): the client's fault, never the member's.
+    ClientBody,
+    /// No answer within the response timeout.
+    TimedOut,
+}
+
+impl From<Http1Stage> for Stage {
+    fn from(stage: Http1Stage) -> Self {
+        match stage {
+            Http1Stage::Unsent => Stage::Unsent,
+            Http1Stage::Unanswered => Stage::Unanswered,
+            Http1Stage::BadAnswer => Stage::BadAnswer,
+        }
+    }
+}
 
 /// Why an exchange with a member failed.
 pub struct Failure {
     pub cause: String,
-    pub timed_out: bool,
-    /// The request never left: it can go to another member.
-    pub resend: bool,
+    pub stage: Stage,
     /// The request, when hyper's client had taken it and it never left.
     /// Boxed: it is rare, and inline it would make every exchange's result several times
     /// larger, and that result is moved on every request (docs/benchmarks.md, "Copies").
@@ -23,32 +51,46 @@ pub struct Failure {
 pub type Exchanged = (Option<Sender>, Response<Answer>);
 
 impl Failure {
-    pub fn new(cause: String, resend: bool) -> Self {
+    pub fn new(cause: String, stage: Stage) -> Self {
         Failure {
             cause,
-            timed_out: false,
-            resend,
+            stage,
             unsent: None,
         }
     }
 
-    /// hyper's client failed; it gives the request back when it never left.
-    pub fn unsent(cause: String, unsent: Option<Request<RequestBody>>) -> Self {
-        Failure {
-            cause,
-            timed_out: false,
-            resend: unsent.is_some(),
-            unsent: unsent.map(Box::new),
-        }
+    /// The lean client's failure.
+    pub fn of(e: ExchangeError) -> Self {
+        Failure::new(e.cause, e.stage.into())
     }
 
     pub fn timed_out() -> Self {
-        Failure {
-            cause: String::new(),
-            timed_out: true,
-            resend: false,
-            unsent: None,
+        Failure::new(String::new(), Stage::TimedOut)
+    }
+}
+
+/// A body-less request's method, target and fields, kept to send it again.
+pub struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    pub fn of<B>(req: &Request<B>) -> Self {
+        Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
         }
+    }
+
+    pub fn request(&self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::empty());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
     }
 }
 
