@@ -2,9 +2,10 @@
 //! moment (clusters, their balancers and the routing table), published as one immutable
 //! snapshot and swapped atomically, and the per-member counters that outlive snapshots.
 //!
-//! Sources (the standalone file, the controller, the demo) call [`DataPlane::publish`]; the
-//! proxy, the admin server, the health checker and the status writer read from here. Nothing
-//! here does I/O or knows how requests are carried.
+//! Sources (the standalone file, the controller, the demo) call [`DataPlane::publish`], or
+//! [`DataPlane::publish_with`] with the TLS material they resolved; the proxy, the admin server,
+//! the health checker and the status writer read from here. Nothing here does I/O or knows how
+//! requests are carried.
 
 pub mod filters;
 pub mod matching;
@@ -22,6 +23,7 @@ use crate::balancer::budget::RetryBudget;
 use crate::balancer::{Affinity, BalancedMember, Balancer, MemberStats, Settings, hash, sticky};
 use crate::clock;
 use crate::discovery::ClusterConfig;
+use crate::tls::{self, TlsState, material::Material};
 use filters::Filters;
 use matching::{PathMatch, RequestMatch, RequestView};
 use routes::{Backend, ListenerRoutes, Matched, RouteEntry, RouteTable, Rule};
@@ -37,6 +39,9 @@ pub struct Cluster {
     pub retry_ms: u64,
     /// Bounds the retries of requests that reached a member and failed there.
     pub retry_budget: RetryBudget,
+    /// How its `https://` members are reached; `None` when it has none, or when what its
+    /// `upstreamTLS` names could not be loaded (then they cannot be reached: see `tls`).
+    pub upstream_tls: Option<Arc<tls::Upstream>>,
 }
 
 impl Cluster {
@@ -80,6 +85,8 @@ pub struct Snapshot {
     pub conflicts: Vec<RouteConflict>,
     /// Counts publications, starting at 1 for the first.
     pub generation: u64,
+    /// The certificates served by name, and each cluster's TLS as shown and reported.
+    pub tls: TlsState,
 }
 
 impl Snapshot {
@@ -149,8 +156,23 @@ impl DataPlane {
     /// whose configuration did not change is served on as it was: its balancer keeps its
     /// schedule (byrequests' turns, ewma's averages, hash's table).
     pub fn publish(&self, clusters: Vec<ClusterConfig>) -> Arc<Snapshot> {
+        self.publish_with(clusters, &Material::default())
+    }
+
+    /// [`DataPlane::publish`], with the certificates and CA bundles the clusters' TLS settings
+    /// name, as the source resolved them. A cluster whose client configuration for `https://`
+    /// members changed is served anew; one whose certificates alone changed is not (the listener
+    /// reads them from the snapshot on each handshake).
+    pub fn publish_with(&self, clusters: Vec<ClusterConfig>, material: &Material) -> Arc<Snapshot> {
         let now = clock::now_ms();
         let previous = self.snapshot.load_full();
+        let tls = TlsState::build(&clusters, material, |key| {
+            previous
+                .clusters
+                .iter()
+                .find(|c| c.key == key)
+                .and_then(|c| c.upstream_tls.as_ref())
+        });
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept = HashMap::with_capacity(stats.len());
         // Clusters served before: a member new to one of them has joined (slow start).
@@ -170,9 +192,15 @@ impl DataPlane {
             let key = config.key();
             let index = snapshot.clusters.len();
             routes.extend(route_entries(&config, &key, index));
+            let upstream_tls = tls.upstream(&key).cloned();
             if let Some(same) = previous
                 .cluster(&config.namespace, &config.name)
                 .filter(|c| c.config == config)
+                .filter(|c| match (&c.upstream_tls, &upstream_tls) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                })
             {
                 for m in same.balancer.members() {
                     kept.insert((key.clone(), m.url.clone()), m.stats.clone());
@@ -217,8 +245,10 @@ impl DataPlane {
                 retry_ms,
                 retry_budget: RetryBudget::default(),
                 config,
+                upstream_tls,
             }));
         }
+        snapshot.tls = tls;
         *stats = kept;
         let (table, shadowed) = RouteTable::build(vec![ListenerRoutes {
             hostname: None,
@@ -262,6 +292,17 @@ fn route_entries(config: &ClusterConfig, key: &str, index: usize) -> Vec<RouteEn
             rule: rule.clone(),
         })
         .collect()
+}
+
+/// The HTTPS listener's certificates are the ones in the snapshot served at each handshake.
+impl tls::CurrentCertificates for DataPlane {
+    fn resolve(&self, server_name: Option<&str>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.snapshot
+            .load()
+            .tls
+            .certificates
+            .resolve_key(server_name)
+    }
 }
 
 #[cfg(test)]
@@ -329,6 +370,48 @@ mod tests {
         assert!(Arc::ptr_eq(
             &fourth.clusters[0].balancer.members()[0].stats,
             &stats
+        ));
+    }
+
+    #[test]
+    fn a_member_client_configuration_is_kept_until_what_it_was_built_from_changes() {
+        use crate::discovery::TlsSource;
+        use crate::tls::cert::testing::{NOW, ca};
+        use crate::tls::material::Loader;
+        let yaml = "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {name: tls}\nspec:\n  members: [{url: 'https://127.0.0.1:1'}]\n  upstreamTLS: {caFile: /ca.crt}\n";
+        let bc: BalancerCluster = serde_norway::from_str(yaml).expect("a BalancerCluster");
+        let tls = crate::discovery::cluster_config(&bc, Vec::new()).expect("valid");
+        let source = TlsSource::Files {
+            cert: "/ca.crt".into(),
+            key: None,
+        };
+        let plane = DataPlane::new();
+        // Named but not loaded: no configuration, so the https member is not reached at all.
+        let first = plane.publish(vec![tls.clone(), config("plain", &["http://127.0.0.1:2"])]);
+        assert!(first.clusters[0].upstream_tls.is_none());
+        assert!(first.clusters[1].upstream_tls.is_none());
+        assert_eq!(
+            first.tls.clusters["default/tls"].problems[0].message,
+            "file /ca.crt: not loaded yet"
+        );
+        assert!(!first.tls.clusters.contains_key("default/plain"));
+
+        let mut loader = Loader::default();
+        loader.offer_ca(&source, Ok(ca("CA one").pem.as_bytes()), NOW);
+        let second = plane.publish_with(vec![tls.clone()], &loader.material());
+        let built = second.clusters[0].upstream_tls.clone().expect("built");
+        assert!(second.tls.clusters["default/tls"].problems.is_empty());
+        // Published again with the same material: the same configuration and cluster.
+        let third = plane.publish_with(vec![tls.clone()], &loader.material());
+        assert!(Arc::ptr_eq(&second.clusters[0], &third.clusters[0]));
+        // A new CA: a new configuration, in a new cluster whose members keep their counters.
+        loader.offer_ca(&source, Ok(ca("CA two").pem.as_bytes()), NOW);
+        let fourth = plane.publish_with(vec![tls], &loader.material());
+        let rebuilt = fourth.clusters[0].upstream_tls.clone().expect("built");
+        assert!(!Arc::ptr_eq(&built, &rebuilt));
+        assert!(Arc::ptr_eq(
+            &third.clusters[0].balancer.members()[0].stats,
+            &fourth.clusters[0].balancer.members()[0].stats
         ));
     }
 }
