@@ -227,7 +227,7 @@ EOF
         "$api_dir/config/crd/kustomization.yaml") >"$files/standard-crds.yaml"
     grep -q "gateway.networking.k8s.io/bundle-version: $GATEWAY_API_VERSION" "$files/standard-crds.yaml" ||
         die "found no standard channel CRDs of gateway-api $GATEWAY_API_VERSION"
-    cp "$conformance_dir/base/manifests.yaml" "$files/base-manifests.yaml"
+    install -m 0644 "$conformance_dir/base/manifests.yaml" "$files/base-manifests.yaml"
 }
 
 build() {

@@ -409,6 +409,7 @@ async fn the_conformance_suite_runs_against_the_environment_and_waits_for_its_ga
 
     let report = runner.dir().join("report-kb-nobody.yaml");
     let mut suite = Suite::new("kb-nobody", &report);
+    suite.supported_features = vec!["Gateway".into(), "HTTPRoute".into()];
     suite.conformance_profiles = vec!["GATEWAY-HTTP".into()];
     suite.extra = vec!["--timeout-config-overrides=GWCMustBeAccepted:5".into()];
     let run = suite.run().await;

@@ -40,6 +40,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -290,8 +291,12 @@ fn start_on_runner_thread() -> Result<PodRunner, String> {
     Ok(PodRunner { state, dir })
 }
 
+/// Set by the exit hook: the loop goes quiet while the control plane goes away under it.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
 /// The exit hook: kills the pods' processes and the controller manager.
 extern "C" fn stop_all() {
+    STOPPING.store(true, Ordering::Relaxed);
     let Some(state) = STATE.get() else {
         return;
     };
@@ -446,6 +451,9 @@ impl Runner {
             tokio::select! {
                 _ = events.next() => {}
                 _ = resync.tick() => {}
+            }
+            if STOPPING.load(Ordering::Relaxed) {
+                continue;
             }
             // Until the first list is in, a pod missing from the store is not a deleted pod.
             if store.wait_until_ready().now_or_never().is_some() {
@@ -1144,6 +1152,9 @@ fn key(pod: &Pod) -> String {
 
 /// The runner's own complaints go to standard error: they are the harness's, not a test's.
 fn log(message: &str) {
+    if STOPPING.load(Ordering::Relaxed) {
+        return;
+    }
     let _ = writeln!(io::stderr(), "podrunner: {message}");
 }
 
