@@ -174,6 +174,10 @@ struct Common {
     /// A client must send a whole request head within this time.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     header_read_timeout: Duration,
+    /// The HTTP/1 implementation: `fast` (our lean server and client for requests without a
+    /// body, hyper's for the rest) or `hyper` (hyper's for every request).
+    #[arg(long, value_enum, default_value = "fast")]
+    http1: crate::proxy::Http1Mode,
 }
 
 impl Common {
@@ -189,6 +193,7 @@ impl Common {
         }
         options.access_log = self.access_log;
         options.header_read_timeout = self.header_read_timeout;
+        options.http1 = self.http1;
         options
     }
 }

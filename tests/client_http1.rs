@@ -361,6 +361,27 @@ async fn a_head_stalled_after_an_answer_is_closed_by_the_header_read_timeout() {
     assert_eq!(a.hits(), 1);
 }
 
+/// A request with a body moves the connection to hyper's server: a head stalled after its
+/// answer is closed by the same timer. (It was not: the timer of a connection handed over was
+/// never armed again, so a client could hold it open forever.)
+#[tokio::test]
+async fn a_head_stalled_on_a_connection_hyper_took_over_is_closed_too() {
+    let a = Backend::start("a").await;
+    let proxy = short_header_timeout(&[a.url()]);
+    let mut client = Client::connect(proxy.addr).await;
+    let answer = client.post("/echo", "hello").await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "hello"));
+    client.write(b"GET / HTTP/1.1\r\nHost: web\r\nX-Sl").await;
+    let sent = Instant::now();
+    assert_eq!(client.closed(Duration::from_secs(2)).await, b"");
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200),
+        "closed by the timer, not at once: {waited:?}"
+    );
+    assert_eq!(a.hits(), 1);
+}
+
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_by_the_header_read_timeout() {
     let a = Backend::start("a").await;

@@ -9,6 +9,7 @@
 //! Around the method sit the rules every method shares: sticky sessions (`sticky`), passive
 //! outlier ejection (`outlier`), slow start (`slow_start`) and forced recovery (in `cluster`).
 
+pub mod budget;
 pub mod bybusyness;
 pub mod byrequests;
 pub mod bytraffic;

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::api::{LbMethod, MemberState};
+use crate::balancer::budget::RetryBudget;
 use crate::balancer::{Affinity, BalancedMember, Balancer, MemberStats, Settings, hash, sticky};
 use crate::clock;
 use crate::discovery::ClusterConfig;
@@ -30,6 +31,8 @@ pub struct Cluster {
     pub balancer: Balancer,
     /// Milliseconds a failed member stays in error.
     pub retry_ms: u64,
+    /// Bounds the retries of requests that reached a member and failed there.
+    pub retry_budget: RetryBudget,
 }
 
 impl Cluster {
@@ -220,6 +223,7 @@ impl DataPlane {
                 key,
                 balancer: Balancer::with_settings(members, Settings::from_config(&config), now),
                 retry_ms,
+                retry_budget: RetryBudget::default(),
                 config,
             }));
         }

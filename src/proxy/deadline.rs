@@ -67,6 +67,12 @@ impl Deadline {
         self.armed.get()
     }
 
+    /// A new driver takes the connection (hyper's server after the lean one): its sleep is not
+    /// registered yet, so the first poll must arm it.
+    pub fn new_driver(&self) {
+        self.sooner.set(true);
+    }
+
     /// True when the driver must call [`Deadline::fire`]: its sleep fired, or must move sooner.
     pub fn due(&self, sleep_elapsed: bool) -> bool {
         sleep_elapsed || self.sooner.get()

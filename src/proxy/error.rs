@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use super::body::ResponseBody;
+use super::response::ResponseBody;
 
 /// Why the proxy answered instead of a member.
 #[derive(Debug)]
@@ -29,6 +29,10 @@ pub enum ProxyError {
     ConnectRefused,
     /// More request headers than allowed.
     TooManyHeaders { count: usize, limit: usize },
+    /// The client's request body broke off or was malformed on its way to the member.
+    ClientBody { cause: String },
+    /// More than one Host field.
+    DuplicateHost,
 }
 
 impl ProxyError {
@@ -40,6 +44,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::ClientBody { .. } | ProxyError::DuplicateHost => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -75,6 +80,14 @@ impl ProxyError {
             ProxyError::TooManyHeaders { count, limit } => {
                 tracing::debug!(count, limit, "request refused: too many headers");
                 "431 Request Header Fields Too Large: too many headers\n"
+            }
+            ProxyError::ClientBody { cause } => {
+                tracing::debug!(%cause, "request refused: its body broke off or was malformed");
+                "400 Bad Request: the request body was malformed or cut short\n"
+            }
+            ProxyError::DuplicateHost => {
+                tracing::debug!("request refused: more than one Host field");
+                "400 Bad Request: more than one Host field\n"
             }
         };
         let mut response = Response::new(ResponseBody::full(body));

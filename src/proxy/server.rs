@@ -1,60 +1,23 @@
 //! Listeners and workers: one current-thread runtime per worker, each with its own
 //! `SO_REUSEPORT` listener on the same address, its own connection pool, and graceful stop.
 
-use std::cell::{Cell, RefCell};
-use std::future::Future;
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use http::Request;
-use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tokio::time::Instant;
 
-use super::body::UpstreamBody;
-use super::deadline::{Deadline, Fired};
-use super::forward::{self, Worker};
-use super::lean;
-use super::pool::Pool;
+use super::downstream::{self, Builders, Serving, Stopping};
+use super::http1::Limits;
+use super::options::ProxyOptions;
+use super::worker::Worker;
 use crate::plane::DataPlane;
-
-/// How the data plane listens and protects itself from clients.
-#[derive(Clone, Debug)]
-pub struct ProxyOptions {
-    pub listen: SocketAddr,
-    pub workers: usize,
-    pub access_log: bool,
-    /// A client must send a whole request head within this time.
-    pub header_read_timeout: Duration,
-    /// At most this many request headers.
-    pub max_headers: usize,
-    /// At most this many bytes of request head.
-    pub max_header_bytes: usize,
-}
-
-impl ProxyOptions {
-    pub fn new(listen: SocketAddr) -> Self {
-        ProxyOptions {
-            listen,
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            access_log: false,
-            header_read_timeout: Duration::from_secs(10),
-            max_headers: 100,
-            max_header_bytes: 64 * 1024,
-        }
-    }
-}
 
 /// A running data plane.
 pub struct Server {
@@ -163,16 +126,6 @@ fn run_worker(
     }
 }
 
-/// Runs futures on the worker's own thread (hyper's HTTP/2 streams).
-#[derive(Clone, Copy, Debug)]
-struct LocalExec;
-
-impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
-}
-
 struct Tracker {
     open: Cell<usize>,
     idle: Notify,
@@ -198,87 +151,6 @@ impl Drop for Open {
     }
 }
 
-/// The worker's stop as its client connections wait for it. A connection checks it on every
-/// poll, so the check is a flag read; its waker is filed once, when it first waits (a `watch`
-/// receiver in a `select!` would take a lock on every poll).
-#[derive(Default)]
-struct Stopping {
-    stopped: Cell<bool>,
-    /// Wakers of the connections waiting, by slot; freed slots are reused.
-    waiting: RefCell<Vec<Option<Waker>>>,
-    free: RefCell<Vec<usize>>,
-}
-
-impl Stopping {
-    fn stop(&self) {
-        self.stopped.set(true);
-        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
-        for waker in waiting.into_iter().flatten() {
-            waker.wake();
-        }
-    }
-}
-
-/// One connection's wait for the worker's stop.
-struct StopWait {
-    stopping: Rc<Stopping>,
-    /// Its slot in `Stopping::waiting` and the waker filed there.
-    filed: Option<(usize, Waker)>,
-}
-
-impl StopWait {
-    fn new(stopping: Rc<Stopping>) -> Self {
-        StopWait {
-            stopping,
-            filed: None,
-        }
-    }
-
-    /// True once the worker stops; until then, the task is woken when it does.
-    fn poll_stopped(&mut self, cx: &Context<'_>) -> bool {
-        if self.stopping.stopped.get() {
-            return true;
-        }
-        match &self.filed {
-            Some((_, waker)) if waker.will_wake(cx.waker()) => {}
-            Some((slot, _)) => {
-                let slot = *slot;
-                if let Some(entry) = self.stopping.waiting.borrow_mut().get_mut(slot) {
-                    *entry = Some(cx.waker().clone());
-                }
-                self.filed = Some((slot, cx.waker().clone()));
-            }
-            None => {
-                let mut waiting = self.stopping.waiting.borrow_mut();
-                let slot = match self.stopping.free.borrow_mut().pop() {
-                    Some(slot) => {
-                        waiting[slot] = Some(cx.waker().clone());
-                        slot
-                    }
-                    None => {
-                        waiting.push(Some(cx.waker().clone()));
-                        waiting.len() - 1
-                    }
-                };
-                self.filed = Some((slot, cx.waker().clone()));
-            }
-        }
-        false
-    }
-}
-
-impl Drop for StopWait {
-    fn drop(&mut self) {
-        if let Some((slot, _)) = self.filed.take()
-            && !self.stopping.stopped.get()
-            && let Some(entry) = self.stopping.waiting.borrow_mut().get_mut(slot)
-        {
-            *entry = None;
-            self.stopping.free.borrow_mut().push(slot);
-        }
-    }
-}
-
 async fn accept_loop(
     listener: std::net::TcpListener,
     plane: Arc<DataPlane>,
@@ -286,37 +158,21 @@ async fn accept_loop(
     mut stop: watch::Receiver<Option<Duration>>,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
-    let worker = Rc::new(Worker {
-        plane,
-        pool: Rc::new(Pool::default()),
-        buffers: Default::default(),
-        access_log: options.access_log,
-        limits: lean::Limits {
-            max_headers: options.max_headers,
-            max_head_bytes: options.max_header_bytes,
-        },
+    let limits = Limits {
+        max_headers: options.max_headers,
+        max_head_bytes: options.max_header_bytes,
+    };
+    let worker = Worker::new(plane, options.access_log, limits, options.http1);
+    let serving = Rc::new(Serving {
+        worker: Rc::new(worker),
+        builders: Rc::new(Builders::new(&options)),
+        stopping: Rc::new(Stopping::default()),
+        header_read_timeout: options.header_read_timeout,
     });
-    let mut http1 = http1::Builder::new();
-    http1
-        // The header-read timeout is the connection's own timer (see `deadline`), not a
-        // timer hyper registers and cancels on every request.
-        .header_read_timeout(None)
-        .max_headers(options.max_headers)
-        .max_header_size(options.max_header_bytes)
-        .max_buf_size(options.max_header_bytes.max(8192))
-        .writev(true);
-    let mut http2 = http2::Builder::new(LocalExec);
-    http2
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
-    let builders = Rc::new(Builders { http1, http2 });
     let tracker = Rc::new(Tracker {
         open: Cell::new(0),
         idle: Notify::new(),
     });
-    let stopping = Rc::new(Stopping::default());
-
     let grace = loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -335,7 +191,7 @@ async fn accept_loop(
                 // 127 bytes on a slow path (about 500 instructions). Holding a box, the cell is
                 // small and the future's own block an ordinary one.
                 let open = Open::new(tracker.clone());
-                tokio::task::spawn_local(Box::pin(serve(stream, peer, worker.clone(), builders.clone(), stopping.clone(), options.header_read_timeout, open)));
+                tokio::task::spawn_local(Box::pin(downstream::serve(stream, peer, serving.clone(), open)));
             }
             changed = stop.changed() => {
                 let grace = *stop.borrow();
@@ -348,7 +204,13 @@ async fn accept_loop(
         }
     };
     drop(listener);
-    stopping.stop();
+    serving.stopping.stop();
+    drain(&tracker, grace).await;
+    Ok(())
+}
+
+/// Waits up to `grace` for the worker's open connections to end.
+async fn drain(tracker: &Tracker, grace: Duration) {
     let drained = async {
         while tracker.open.get() > 0 {
             let notified = tracker.idle.notified();
@@ -363,172 +225,6 @@ async fn accept_loop(
             open = tracker.open.get(),
             "grace period over, closing the remaining connections"
         );
-    }
-    Ok(())
-}
-
-/// hyper's server builders, one per protocol: the lean server's first read has already told
-/// them apart, so a connection goes straight to its own (no sniffing read of its own, no
-/// rewinding reader in front of every read, as hyper-util's auto builder would add).
-struct Builders {
-    http1: http1::Builder,
-    http2: http2::Builder<LocalExec>,
-}
-
-async fn serve(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    worker: Rc<Worker>,
-    builders: Rc<Builders>,
-    stopping: Rc<Stopping>,
-    header_read_timeout: Duration,
-    _open: Open,
-) {
-    // TCP_NODELAY is already on: Linux copies it from the listening socket (see `bind`), so
-    // setting it again would cost a syscall per connection.
-    debug_assert!(stream.nodelay().unwrap_or(true), "TCP_NODELAY is inherited");
-    // The lean server reads first, under the header-read timer: a client that opens with
-    // HTTP/2's preface is handed to hyper's HTTP/2 server, one that sends anything else than a
-    // plain head to hyper's HTTP/1 server. No sniffing read, no timer of its own.
-    let deadline = Rc::new(Deadline::new(header_read_timeout, Instant::now()));
-    let client = Rc::new(forward::Client::new(peer, Some(deadline.clone())));
-    let closing = Rc::new(Cell::new(false));
-    // Boxed: `drive` would otherwise hold its state twice (as its argument, then pinned), in
-    // every connection's task.
-    let lean = Box::pin(lean::serve(
-        stream,
-        worker.clone(),
-        client.clone(),
-        closing.clone(),
-    ));
-    let ended = drive(
-        lean,
-        |_| closing.set(true),
-        Some(deadline.clone()),
-        stopping.clone(),
-        peer,
-    )
-    .await;
-    match ended {
-        Some(lean::Ended::HandOff(stream, read)) => {
-            let io = TokioIo::new(lean::Prefixed::new(stream, read));
-            let service = hyper_service(worker, client);
-            let conn = builders.http1.serve_connection(io, service).with_upgrades();
-            // Boxed: the rarer path keeps its state out of every connection's task.
-            Box::pin(drive(
-                conn,
-                |c| c.graceful_shutdown(),
-                Some(deadline),
-                stopping,
-                peer,
-            ))
-            .await;
-        }
-        Some(lean::Ended::Http2(stream, read)) => {
-            let io = TokioIo::new(lean::Prefixed::new(stream, read));
-            let client = Rc::new(forward::Client::new(peer, None));
-            let service = hyper_service(worker, client);
-            let conn = builders.http2.serve_connection(io, service);
-            // Boxed, so that HTTP/1 connections' tasks do not carry HTTP/2's state.
-            Box::pin(drive(conn, |c| c.graceful_shutdown(), None, stopping, peer)).await;
-        }
-        Some(lean::Ended::Closed) | None => {}
-    }
-}
-
-/// The request path as hyper's servers call it.
-fn hyper_service(
-    worker: Rc<Worker>,
-    client: Rc<forward::Client>,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = http::Response<super::body::ResponseBody>,
-    Error = std::convert::Infallible,
-> {
-    service_fn(move |req: Request<Incoming>| {
-        let handled = forward::handle(
-            worker.clone(),
-            client.clone(),
-            Box::new(forward::ClientRequest {
-                req: req.map(UpstreamBody::new),
-                lean: None,
-            }),
-        );
-        async move {
-            let mut response = handled.await?;
-            // hyper writes the head from the header map: the member's fields go into it.
-            if let Some(raw) = response.body_mut().take_raw_head() {
-                let added = std::mem::take(response.headers_mut());
-                *response.headers_mut() = raw.into_map(added);
-            }
-            Ok(response)
-        }
-    })
-}
-
-/// Runs a client connection to its end, shutting it down gracefully when the worker stops. An
-/// HTTP/1 connection also keeps its one timer (`deadline`): it closes when a request head does
-/// not arrive in time, and a request waiting too long for its member's answer learns so from
-/// `deadline`. HTTP/2 connections time each request on their own and pass `None`.
-async fn drive<C, T, E>(
-    conn: C,
-    shutdown: impl Fn(Pin<&mut C>),
-    deadline: Option<Rc<Deadline>>,
-    stopping: Rc<Stopping>,
-    peer: SocketAddr,
-) -> Option<T>
-where
-    C: Future<Output = Result<T, E>>,
-    E: std::fmt::Display,
-{
-    let mut conn = std::pin::pin!(conn);
-    let mut stop = Some(StopWait::new(stopping));
-    let mut sleep = std::pin::pin!(
-        deadline
-            .as_ref()
-            .map(|d| tokio::time::sleep_until(d.armed()))
-    );
-    let result = std::future::poll_fn(|cx| {
-        if let Some(wait) = stop.as_mut()
-            && wait.poll_stopped(cx)
-        {
-            stop = None;
-            shutdown(conn.as_mut());
-        }
-        loop {
-            if let (Some(deadline), Some(mut sleep)) =
-                (deadline.as_deref(), sleep.as_mut().as_pin_mut())
-                && deadline.due(sleep.is_elapsed())
-            {
-                match deadline.fire(Instant::now()) {
-                    Fired::HeadTimeout => return Poll::Ready(Err(None)),
-                    Fired::Rearm(at) => {
-                        sleep.as_mut().reset(at);
-                        if sleep.as_mut().poll(cx).is_ready() {
-                            continue;
-                        }
-                    }
-                }
-            }
-            match conn.as_mut().poll(cx) {
-                Poll::Ready(result) => return Poll::Ready(result.map_err(Some)),
-                // The request path moved the deadline sooner than the sleep is armed for.
-                Poll::Pending if deadline.as_deref().is_some_and(|d| d.due(false)) => continue,
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    })
-    .await;
-    match result {
-        Ok(ended) => Some(ended),
-        Err(None) => {
-            tracing::debug!(client = %peer, "closed: no whole request head within the header-read timeout");
-            None
-        }
-        Err(Some(e)) => {
-            tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
-            None
-        }
     }
 }
 

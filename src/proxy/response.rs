@@ -1,135 +1,21 @@
-//! Bodies that stream through the proxy, counted on the way, never collected.
+//! A response body on its way to the client: a member's answer, streamed and counted, or an
+//! answer of the proxy's own. Ending it (read whole, or dropped) gives the member connection
+//! back and starts the client connection's wait for its next head.
 
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::deadline::Deadline;
-use super::head::RawHead;
-use super::pool::{Member, Sender};
-use super::upstream::{self, AnswerBody};
-use crate::balancer::MemberStats;
-
-/// The error of a response body: hyper's, or the lean exchange's (an I/O error).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A request body on its way to a member: the client's, counted as bytes sent, or none (a
-/// replayed body-less request).
-#[derive(Debug)]
-pub struct UpstreamBody {
-    inner: Option<Incoming>,
-    stats: Option<Arc<MemberStats>>,
-}
-
-impl UpstreamBody {
-    pub fn new(inner: Incoming) -> Self {
-        UpstreamBody {
-            inner: Some(inner),
-            stats: None,
-        }
-    }
-
-    pub fn empty() -> Self {
-        UpstreamBody {
-            inner: None,
-            stats: None,
-        }
-    }
-
-    /// Counts the bytes that follow against `stats`.
-    pub fn count_for(&mut self, stats: Arc<MemberStats>) {
-        self.stats = Some(stats);
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let polled = Pin::new(inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some(stats)) = (&polled, &this.stats)
-            && let Some(data) = frame.data_ref()
-        {
-            stats.sent_bytes.fetch_add(data.len() as u64, Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
-    }
-}
-
-/// A request in flight on a member: counts it busy until dropped, and hands the member
-/// connection back to the pool if the exchange ended cleanly.
-pub struct Lease {
-    stats: Arc<MemberStats>,
-    /// Whose idle connections the connection goes back to.
-    member: Option<Rc<Member>>,
-    /// hyper's client connection; a lean one is held by its [`AnswerBody`].
-    sender: Option<Sender>,
-}
-
-impl Lease {
-    pub fn new(stats: Arc<MemberStats>) -> Self {
-        stats.busy.fetch_add(1, Relaxed);
-        Lease {
-            stats,
-            member: None,
-            sender: None,
-        }
-    }
-
-    pub fn stats(&self) -> &Arc<MemberStats> {
-        &self.stats
-    }
-
-    /// The connection goes back to the member's idle ones when the response body ends.
-    pub fn reuse(&mut self, member: Rc<Member>, sender: Option<Sender>) {
-        self.member = Some(member);
-        self.sender = sender;
-    }
-
-    /// Gives the connection back: hyper's if the exchange ended cleanly, or the lean one.
-    fn finish(mut self, clean: bool, lean: Option<upstream::Conn>, now: Instant) {
-        let Some(member) = self.member.take() else {
-            return;
-        };
-        if let Some(conn) = lean {
-            member.put_lean(conn, now);
-        }
-        if clean && let Some(sender) = self.sender.take() {
-            member.put(sender, now);
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.stats.busy.fetch_sub(1, Relaxed);
-    }
-}
+use super::http1::RawHead;
+use super::http1::respond::AnswerFields;
+use super::upstream::body::{Answer, BoxError};
+use super::upstream::lease::Lease;
 
 /// A response body on its way to the client.
 pub struct ResponseBody {
@@ -145,41 +31,6 @@ pub struct ResponseBody {
 enum Kind {
     Member(Answer),
     Full(Option<Bytes>),
-}
-
-/// A member's answer body: from hyper's client, or from the lean exchange.
-pub enum Answer {
-    Hyper(Incoming),
-    Lean(AnswerBody),
-}
-
-impl Body for Answer {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Answer::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
-            Answer::Lean(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Answer::Hyper(b) => b.is_end_stream(),
-            Answer::Lean(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Answer::Hyper(b) => b.size_hint(),
-            Answer::Lean(b) => b.size_hint(),
-        }
-    }
 }
 
 impl ResponseBody {
@@ -256,6 +107,16 @@ impl ResponseBody {
     }
 }
 
+impl AnswerFields for ResponseBody {
+    fn raw_head(&self) -> Option<&RawHead> {
+        ResponseBody::raw_head(self)
+    }
+
+    fn finish(&mut self) {
+        ResponseBody::finish(self);
+    }
+}
+
 impl ResponseBody {
     /// Done with: what dropping the body does (the member connection goes back when the
     /// answer was read whole; the client connection waits for its next head), in place.
@@ -305,8 +166,8 @@ impl Body for ResponseBody {
             Poll::Ready(None) => this.release(true),
             // A broken exchange: the connection is not reused (a lean one is already dropped).
             Poll::Ready(Some(Err(_))) => {
-                if let Some(mut lease) = this.lease.take() {
-                    lease.member = None;
+                if let Some(lease) = this.lease.take() {
+                    lease.broken();
                 }
             }
             Poll::Pending => {}

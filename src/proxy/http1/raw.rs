@@ -1,161 +1,12 @@
-//! What the two lean HTTP/1 paths (clients: [`lean`](super::lean), members:
-//! [`upstream`](super::upstream)) share about a head parsed with `httparse`: building its header
-//! map without copying values, passing a member's header lines on without a map, reading the
-//! `Connection` tokens, telling hop-by-hop fields, and filling a read buffer.
+//! A head's field lines as they came, less the hop-by-hop ones: passed on line by line without
+//! a header map for the common exchange.
 
 use std::cell::RefCell;
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use tokio::net::TcpStream;
 
-/// The fields that describe one connection and are never forwarded (RFC 9110 7.6.1),
-/// Connection first, in lower case.
-pub const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Indexes in [`HOP_BY_HOP`] of the fields looked for by name.
-pub const CONNECTION: usize = 0;
-pub const TRANSFER_ENCODING: usize = 7;
-pub const UPGRADE: usize = 8;
-
-/// What the proxy needs to know of a field, by its name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field {
-    /// Index in [`HOP_BY_HOP`]: 0 is Connection.
-    HopByHop(usize),
-    ContentLength,
-    Date,
-    Host,
-    Expect,
-    /// X-Forwarded-For, X-Forwarded-Proto or X-Forwarded-Host.
-    Forwarded,
-    Other,
-}
-
-/// The kind of field a name (in any case) is. Dispatching on the length first makes most names
-/// cost one comparison of a length; a name of a listed length is compared once.
-#[inline(always)]
-pub fn field(name: &[u8]) -> Field {
-    let lower_first = name.first().map(u8::to_ascii_lowercase);
-    let (text, field) = match name.len() {
-        2 => ("te", Field::HopByHop(5)),
-        4 if lower_first == Some(b'd') => ("date", Field::Date),
-        4 => ("host", Field::Host),
-        6 => ("expect", Field::Expect),
-        7 if lower_first == Some(b't') => ("trailer", Field::HopByHop(6)),
-        7 => ("upgrade", Field::HopByHop(UPGRADE)),
-        10 if lower_first == Some(b'c') => ("connection", Field::HopByHop(CONNECTION)),
-        10 => ("keep-alive", Field::HopByHop(1)),
-        14 => ("content-length", Field::ContentLength),
-        15 => ("x-forwarded-for", Field::Forwarded),
-        16 if lower_first == Some(b'x') => ("x-forwarded-host", Field::Forwarded),
-        16 => ("proxy-connection", Field::HopByHop(2)),
-        17 if lower_first == Some(b'x') => ("x-forwarded-proto", Field::Forwarded),
-        17 => ("transfer-encoding", Field::HopByHop(TRANSFER_ENCODING)),
-        18 => ("proxy-authenticate", Field::HopByHop(3)),
-        19 => ("proxy-authorization", Field::HopByHop(4)),
-        _ => return Field::Other,
-    };
-    if folded_eq(name, text.as_bytes()) {
-        field
-    } else {
-        Field::Other
-    }
-}
-
-/// `name` equals `lower` in any case, where `lower` is lower-case letters and '-' and `name` is
-/// a token (`httparse` checked it). Setting the 0x20 bit of every byte then lowers letters and
-/// keeps '-' (no other token byte turns into either), eight bytes at a time.
-fn folded_eq(name: &[u8], lower: &[u8]) -> bool {
-    const FOLD: u64 = 0x2020_2020_2020_2020;
-    if name.len() != lower.len() {
-        return false;
-    }
-    let (mut a, mut b) = (name, lower);
-    while let (Some((a8, a_rest)), Some((b8, b_rest))) =
-        (a.split_first_chunk::<8>(), b.split_first_chunk::<8>())
-    {
-        if u64::from_ne_bytes(*a8) | FOLD != u64::from_ne_bytes(*b8) {
-            return false;
-        }
-        (a, b) = (a_rest, b_rest);
-    }
-    a.iter().zip(b).all(|(&x, &y)| x | 0x20 == y)
-}
-
-/// The index in [`HOP_BY_HOP`] of a field name, in any case.
-pub fn hop_by_hop(name: &[u8]) -> Option<usize> {
-    match field(name) {
-        Field::HopByHop(i) => Some(i),
-        _ => None,
-    }
-}
-
-/// The field names a Connection value lists beyond the fixed hop-by-hop ones and "close" (a
-/// connection option that names no field).
-fn names_other_fields(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && hop_by_hop(t).is_none())
-}
-
-/// What decides an answer's framing and whether its connection is kept: seen in the same
-/// pass over the fields that picks those passed on ([`RawHead::new`]).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Controls<'a> {
-    /// A Connection field says "close".
-    pub close: bool,
-    /// A Connection field says "keep-alive".
-    pub keep_alive: bool,
-    /// The last Transfer-Encoding value.
-    pub transfer_encoding: Option<&'a [u8]>,
-    /// How many Content-Length fields there are, and the first one's value.
-    pub lengths: usize,
-    pub first_length: Option<&'a [u8]>,
-}
-
-impl<'a> Controls<'a> {
-    /// Takes in one field, of the kind `field` found for its name.
-    pub fn see(&mut self, field: Field, value: &'a [u8]) {
-        match field {
-            Field::HopByHop(CONNECTION) => {
-                let (close, keep_alive) = connection_tokens(value);
-                self.close |= close;
-                self.keep_alive |= keep_alive;
-            }
-            Field::HopByHop(TRANSFER_ENCODING) => self.transfer_encoding = Some(value),
-            Field::ContentLength => {
-                self.lengths += 1;
-                self.first_length = self.first_length.or(Some(value));
-            }
-            _ => {}
-        }
-    }
-
-    /// The same for every field of `headers`.
-    #[cfg(test)]
-    pub fn of(headers: &[httparse::Header<'a>]) -> Self {
-        let mut controls = Controls::default();
-        for h in headers {
-            controls.see(field(h.name.as_bytes()), h.value);
-        }
-        controls
-    }
-}
+use super::field::{CONNECTION, Field, field, names_other_fields};
 
 /// A member's answer head, passed on to the client line by line as the member wrote it
 /// (names keep their case), less the hop-by-hop fields and those its Connection header names:
@@ -346,39 +197,6 @@ impl Drop for RawHead {
     }
 }
 
-/// Writes one field line of a head.
-pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Whether a `Connection` header value says "close", and whether it says "keep-alive".
-pub fn connection_tokens(value: &[u8]) -> (bool, bool) {
-    let (mut close, mut keep_alive) = (false, false);
-    for token in value.split(|&b| b == b',') {
-        let token = token.trim_ascii();
-        close |= token.eq_ignore_ascii_case(b"close");
-        keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-    }
-    (close, keep_alive)
-}
-
-/// Reads what the socket has into `buf`, first making room for `size` bytes when less than
-/// half of that is free; `Ok(0)` at the end of the stream.
-pub fn poll_fill(
-    io: &mut TcpStream,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-    size: usize,
-) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < size / 2 {
-        buf.reserve(size);
-    }
-    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,51 +232,6 @@ mod tests {
         let mut map = HeaderMap::new();
         odd.fill(&mut map);
         assert!(map.is_empty());
-    }
-
-    #[test]
-    fn hop_by_hop_lookup_matches_the_table() {
-        assert_eq!(HOP_BY_HOP[CONNECTION], "connection");
-        assert_eq!(HOP_BY_HOP[TRANSFER_ENCODING], "transfer-encoding");
-        assert_eq!(HOP_BY_HOP[UPGRADE], "upgrade");
-        for (i, name) in HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(hop_by_hop(name.as_bytes()), Some(i), "{name}");
-            let upper = name.to_ascii_uppercase();
-            assert_eq!(hop_by_hop(upper.as_bytes()), Some(i), "{upper}");
-        }
-        assert_eq!(field(b"Content-Length"), Field::ContentLength);
-        assert_eq!(field(b"DATE"), Field::Date);
-        assert_eq!(field(b"Host"), Field::Host);
-        assert_eq!(field(b"hosT"), Field::Host);
-        assert_eq!(field(b"gate"), Field::Other);
-        assert_eq!(field(b"Expect"), Field::Expect);
-        for name in ["X-Forwarded-For", "x-forwarded-proto", "X-FORWARDED-HOST"] {
-            assert_eq!(field(name.as_bytes()), Field::Forwarded, "{name}");
-        }
-        for name in [
-            "X-Forwarded-Fox",
-            "x-forwarded-port",
-            "X-Forwarded-Hosts",
-            "Y-Forwarded-For",
-        ] {
-            assert_eq!(field(name.as_bytes()), Field::Other, "{name}");
-        }
-        assert_eq!(field(b"ETag"), Field::Other);
-        assert_eq!(field(b"TRANSFER-ENCODING"), Field::HopByHop(7));
-        assert_eq!(field(b"content_length"), Field::Other);
-        assert_eq!(field(b"content-lengti"), Field::Other);
-        assert_eq!(field(b"proxy-connectioN"), Field::HopByHop(2));
-        for other in [
-            "content-length",
-            "connectioN2",
-            "keep-alivf",
-            "tx",
-            "trailers",
-            "trailed",
-            "upgradf",
-        ] {
-            assert_eq!(hop_by_hop(other.as_bytes()), None, "{other}");
-        }
     }
 
     #[test]
@@ -557,52 +330,5 @@ mod tests {
         large.spans.reserve(SPARE_SPANS_ROOM + 1);
         drop(large);
         assert_eq!(SPARE_SPANS.with_borrow(Vec::len), 0);
-    }
-
-    #[test]
-    fn one_pass_finds_what_decides_the_framing() {
-        let fields = [
-            httparse::Header {
-                name: "Connection",
-                value: b" Keep-Alive , X-Private",
-            },
-            httparse::Header {
-                name: "content-length",
-                value: b"12",
-            },
-            httparse::Header {
-                name: "Transfer-Encoding",
-                value: b"gzip",
-            },
-            httparse::Header {
-                name: "CONTENT-LENGTH",
-                value: b"13",
-            },
-            httparse::Header {
-                name: "Transfer-Encoding",
-                value: b"chunked",
-            },
-        ];
-        let c = Controls::of(&fields);
-        assert!(c.keep_alive && !c.close);
-        assert!(names_other_fields(fields[0].value).next().is_some());
-        assert_eq!(c.transfer_encoding, Some(&b"chunked"[..]));
-        assert_eq!((c.lengths, c.first_length), (2, Some(&b"12"[..])));
-        // "close" and the fixed hop-by-hop names name no other field.
-        let c = Controls::of(&[httparse::Header {
-            name: "connection",
-            value: b"close, TE,,upgrade",
-        }]);
-        assert!(c.close && !c.keep_alive);
-        assert!(names_other_fields(b"close, TE,,upgrade").next().is_none());
-        assert_eq!((c.lengths, c.transfer_encoding), (0, None));
-    }
-
-    #[test]
-    fn connection_tokens_are_found_in_any_case_and_spacing() {
-        assert_eq!(connection_tokens(b"close"), (true, false));
-        assert_eq!(connection_tokens(b" Keep-Alive , X-Private"), (false, true));
-        assert_eq!(connection_tokens(b"upgrade"), (false, false));
-        assert_eq!(connection_tokens(b"keep-alive,CLOSE"), (true, true));
     }
 }

@@ -7,14 +7,14 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::body::UpstreamBody;
-use super::upstream;
+use super::body::RequestBody;
+use crate::proxy::http1::conn::Conn;
 
-pub type Sender = http1::SendRequest<UpstreamBody>;
+/// A connection of hyper's client.
+pub type Sender = http1::SendRequest<RequestBody>;
 
 /// Idle connections kept per member and worker.
 const MAX_IDLE_PER_MEMBER: usize = 256;
@@ -60,8 +60,8 @@ pub struct Member {
     authority: Rc<str>,
     /// hyper's client connections (requests with a body, upgrades).
     idle: IdleList<Sender>,
-    /// Connections of the lean exchange (requests without a body): see [`upstream`].
-    lean: IdleList<upstream::Conn>,
+    /// Connections of the lean exchange (requests without a body).
+    lean: IdleList<Conn>,
 }
 
 /// FNV-1a for the pool's keys: a few short `HOST:PORT` strings of our own members, looked up
@@ -139,7 +139,7 @@ impl Member {
 
     /// An idle lean connection that is still open and younger than `max_idle` at `now`: the
     /// most recently used first.
-    pub fn checkout_lean(&self, max_idle: Duration, now: Instant) -> Option<upstream::Conn> {
+    pub fn checkout_lean(&self, max_idle: Duration, now: Instant) -> Option<Conn> {
         loop {
             let conn = self.lean.pop_fresh(max_idle, now)?;
             if conn.is_idle_open() {
@@ -149,38 +149,16 @@ impl Member {
     }
 
     /// Files a lean connection whose last answer was read whole.
-    pub fn put_lean(&self, conn: upstream::Conn, now: Instant) {
+    pub fn put_lean(&self, conn: Conn, now: Instant) {
         self.lean.push(conn, now);
     }
 }
 
-async fn open(authority: &str, timeout: Duration) -> Result<TcpStream, ConnectError> {
+/// Opens a TCP connection to a member, with TCP_NODELAY.
+pub async fn open(authority: &str, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(authority))
         .await
         .map_err(|_| ConnectError::Timeout(timeout))??;
     stream.set_nodelay(true)?;
     Ok(stream)
-}
-
-/// Opens a new connection to a member for the lean exchange.
-pub async fn connect_lean(
-    authority: &str,
-    timeout: Duration,
-) -> Result<upstream::Conn, ConnectError> {
-    Ok(upstream::Conn::new(open(authority, timeout).await?))
-}
-
-/// Opens a new connection to a member; its driver runs as a task on this worker.
-pub async fn connect(authority: &str, timeout: Duration) -> Result<Sender, ConnectError> {
-    let stream = open(authority, timeout).await?;
-    let (sender, conn) = http1::Builder::new()
-        .writev(true)
-        .handshake::<_, UpstreamBody>(TokioIo::new(stream))
-        .await?;
-    tokio::task::spawn_local(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "member connection ended with an error");
-        }
-    });
-    Ok(sender)
 }

@@ -1,0 +1,214 @@
+//! The client side of HTTP/1.1 towards members for the common request: no request body, no
+//! upgrade.
+//!
+//! hyper's client runs each member connection as a task of its own and hands every request and
+//! answer across channels: two task switches and a channel round trip per request. For a
+//! request that has no body to stream, none of that is needed: the request head is written in
+//! one go, the answer head is read and parsed (`httparse`, as hyper does) on the request's own
+//! task, and the answer body is read from the connection by the response body itself
+//! ([`AnswerBody`]). Everything else (request bodies, upgrades) goes through hyper's client.
+
+use std::mem::MaybeUninit;
+
+use bytes::Buf;
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use tokio::io::AsyncWriteExt;
+
+use super::answer::AnswerBody;
+use super::conn::{Conn, MAX_HEAD, MAX_HEADERS};
+use super::field::push_field;
+use super::framing::{Controls, Framing, framing};
+use super::raw::RawHead;
+
+/// How far an exchange got before it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The request head did not reach the member whole: nothing of it can have been acted on.
+    Unsent,
+    /// The request went, and the connection closed or broke before a byte of the answer.
+    Unanswered,
+    /// Part of an answer came, and it was cut short or malformed.
+    BadAnswer,
+}
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub struct ExchangeError {
+    pub cause: String,
+    pub stage: Stage,
+}
+
+impl ExchangeError {
+    pub(super) fn new(cause: impl Into<String>, stage: Stage) -> Self {
+        ExchangeError {
+            cause: cause.into(),
+            stage,
+        }
+    }
+}
+
+impl Conn {
+    /// Sends `req` (whose body is empty) with the `added` fields after its own, and reads the
+    /// answer's head. The body follows from [`AnswerBody`], which owns the
+    /// connection until the answer has been read.
+    pub async fn send<'a, B>(
+        mut self,
+        req: &Request<B>,
+        fields: Option<&RawHead>,
+        added: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    ) -> Result<Response<AnswerBody>, ExchangeError> {
+        self.encode(req, fields, added);
+        let state = &mut *self;
+        if let Err(e) = state.io.write_all(&state.out).await {
+            // A member cannot act on a head it did not receive whole.
+            return Err(ExchangeError::new(format!("request: {e}"), Stage::Unsent));
+        }
+        self.read_head(req.method()).await
+    }
+
+    /// Writes the request head: the request line, the client's field lines as it wrote them
+    /// (`fields`, for a request whose map the lean server left empty) or the map's, then
+    /// `added`.
+    fn encode<'a, B>(
+        &mut self,
+        req: &Request<B>,
+        fields: Option<&RawHead>,
+        added: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    ) {
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(req.method().as_str().as_bytes());
+        out.push(b' ');
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        if let Some(fields) = fields {
+            fields.write_fields(out);
+        }
+        for (name, value) in req.headers() {
+            push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        for (name, value) in added {
+            push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    async fn read_head(mut self, method: &Method) -> Result<Response<AnswerBody>, ExchangeError> {
+        let mut received = false;
+        loop {
+            if !self.buf.is_empty() {
+                received = true;
+                match self.parse_head(method)? {
+                    Parsed::Final(response, keep) => {
+                        return Ok(response
+                            .map(|(framing, head)| AnswerBody::new(framing, self, keep, head)));
+                    }
+                    Parsed::Informational => continue,
+                    Parsed::Partial => {}
+                }
+            }
+            let stage = if received {
+                Stage::BadAnswer
+            } else {
+                Stage::Unanswered
+            };
+            let n = std::future::poll_fn(|cx| self.poll_fill(cx))
+                .await
+                .map_err(|e| ExchangeError::new(format!("answer: {e}"), stage))?;
+            if n == 0 {
+                let cause = if received {
+                    "answer: the member closed the connection inside the answer head"
+                } else {
+                    "answer: the member closed the connection without answering"
+                };
+                return Err(ExchangeError::new(cause, stage));
+            }
+        }
+    }
+
+    /// Parses the answer head at the start of the buffer, if it is all there.
+    fn parse_head(&mut self, method: &Method) -> Result<Parsed, ExchangeError> {
+        let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+            [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            &self.buf,
+            &mut slots,
+        ) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
+                return Err(ExchangeError::new(
+                    format!("answer: head larger than {MAX_HEAD} bytes"),
+                    Stage::BadAnswer,
+                ));
+            }
+            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+            Err(e) => {
+                return Err(ExchangeError::new(
+                    format!("answer head: {e}"),
+                    Stage::BadAnswer,
+                ));
+            }
+        };
+        let code = parsed.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code).map_err(|_| {
+            ExchangeError::new(
+                format!("answer head: invalid status {code}"),
+                Stage::BadAnswer,
+            )
+        })?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(ExchangeError::new(
+                    "answer: 101 Switching Protocols to a request that asked for no upgrade",
+                    Stage::BadAnswer,
+                ));
+            }
+            // 100 Continue, 103 Early Hints...: the final answer follows.
+            self.buf.advance(head_len);
+            return Ok(Parsed::Informational);
+        }
+        let version = if parsed.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let reason = parsed
+            .reason
+            .filter(|r| Some(*r) != status.canonical_reason());
+        let reason = reason.map(|r| r.as_bytes().to_vec());
+        let mut controls = Controls::default();
+        let raw = RawHead::new(&self.buf, parsed.headers, |kind, h| {
+            controls.see(kind, h.value)
+        });
+        let (framing, keep) = framing(method, status, version, &controls, parsed.headers)
+            .map_err(|cause| ExchangeError::new(cause, Stage::BadAnswer))?;
+        let raw = raw.of(self.buf.split_to(head_len).freeze());
+        let mut response = Response::new((framing, raw));
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        if let Some(reason) = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok()) {
+            response.extensions_mut().insert(reason);
+        }
+        Ok(Parsed::Final(response, keep))
+    }
+}
+
+enum Parsed {
+    /// The final answer's head (its fields passed on as they came), its body's framing, and
+    /// whether the connection can be reused.
+    Final(Response<(Framing, RawHead)>, bool),
+    Informational,
+    Partial,
+}
+
+/// Methods whose request changes nothing more when sent twice (RFC 9110 9.2.2).
+pub fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}

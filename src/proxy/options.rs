@@ -1,0 +1,45 @@
+//! How the data plane listens, which HTTP/1 implementation it runs, and the limits it puts on
+//! clients.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Which HTTP/1 implementation serves clients and reaches members.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Http1Mode {
+    /// Our lean HTTP/1 server and client for requests that are only a head (most of them),
+    /// hyper's for everything else.
+    #[default]
+    Fast,
+    /// hyper's server and client for every request.
+    Hyper,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub access_log: bool,
+    /// A client must send a whole request head within this time.
+    pub header_read_timeout: Duration,
+    /// At most this many request headers.
+    pub max_headers: usize,
+    /// At most this many bytes of request head.
+    pub max_header_bytes: usize,
+    /// Which HTTP/1 implementation to run.
+    pub http1: Http1Mode,
+}
+
+impl ProxyOptions {
+    pub fn new(listen: SocketAddr) -> Self {
+        ProxyOptions {
+            listen,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            access_log: false,
+            header_read_timeout: Duration::from_secs(10),
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+            http1: Http1Mode::default(),
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The request core's entry: one request of a client connection, from whichever server read it
+//! (the lean HTTP/1 server, or hyper's HTTP/1 and HTTP/2 servers): route it to a cluster,
+//! forward it to the members the cluster picks, and answer.
+
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_util::future::Either;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response};
+
+use super::client::{Client, ClientRequest};
+use super::error::ProxyError;
+use super::forward::{Routed, forward};
+use super::headers::{prepare_request, upgrade_protocol};
+use super::http1::LeanHead;
+use super::http1::field::Scan;
+use super::response::ResponseBody;
+use super::upstream::body::RequestBody;
+use super::worker::Worker;
+use crate::plane::Cluster;
+use crate::plane::routes::strip_port;
+
+/// One request of a client connection: hyper's service function, and the lean HTTP/1 server's.
+///
+/// Routing is done here, before the first poll: a request that goes nowhere is answered by a
+/// ready future, and one that goes to members by a future holding only what the exchange
+/// needs. An async function's future holds every argument twice (as an argument, then as a
+/// local), and this future is copied whole into its box when the request starts; above about
+/// 2 KiB that copy is a `rep movsb`, which costs far more than its size on the machines
+/// measured (docs/benchmarks.md, "Copies").
+pub fn handle(
+    worker: Rc<Worker>,
+    client: Rc<Client>,
+    req: Box<ClientRequest>,
+) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
+    if let Some(deadline) = &client.deadline {
+        deadline.busy();
+    }
+    let logged = worker
+        .access_log
+        .then(|| (req.req.method().clone(), req.req.uri().path().to_owned()));
+    match route(&worker, &client, req) {
+        Ok(mut routed) => Either::Left(async move {
+            let mut response = match forward(&worker, &mut routed, client.deadline.as_deref()).await
+            {
+                Ok(response) => response,
+                Err(e) => e.into_response(),
+            };
+            answered(&mut response, &client, logged);
+            // The request's box and header map are parsed into again.
+            worker.put_request(routed.req);
+            Ok(response)
+        }),
+        Err(e) => {
+            let mut response = e.into_response();
+            answered(&mut response, &client, logged);
+            Either::Right(std::future::ready(Ok(response)))
+        }
+    }
+}
+
+/// The answer to a request, on its way to the client.
+fn answered(
+    response: &mut Response<ResponseBody>,
+    client: &Client,
+    logged: Option<(Method, String)>,
+) {
+    if let Some(deadline) = &client.deadline {
+        response.body_mut().then_await_head(deadline.clone());
+    }
+    if let Some((method, path)) = logged {
+        tracing::info!(target: "access", client = %client.addr.ip(), %method, %path, status = response.status().as_u16());
+    }
+}
+
+/// Finds the request's cluster and prepares the request for its members.
+fn route(
+    worker: &Worker,
+    client: &Client,
+    mut incoming: Box<ClientRequest>,
+) -> Result<Routed, ProxyError> {
+    let ClientRequest { req, lean } = &mut *incoming;
+    refuse(worker, req)?;
+    let host_value = host_of(req, lean);
+    let host = host_value
+        .as_ref()
+        .map_or(&b""[..], |h| strip_port(h.as_bytes()));
+    let cluster = cluster_for(worker, host, req.uri().path())?;
+    let scan = scan_fields(&cluster, req, lean);
+    let affinity = cluster.affinity(req.headers(), req.uri(), client.addr.ip());
+    let upgrade = upgrade_protocol(req, &scan);
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut *req));
+    let forwarding = prepare_request(req, &client.forwarded_for, host_value, upgrade, scan);
+    Ok(Routed {
+        cluster,
+        req: incoming,
+        forwarding,
+        client_upgrade,
+        affinity,
+    })
+}
+
+/// What no route may serve: CONNECT (this is not a forward proxy), more fields than the limit
+/// (HTTP/1 heads are limited by the servers themselves; HTTP/2 header lists here), and two
+/// Host fields.
+fn refuse(worker: &Worker, req: &Request<RequestBody>) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::ConnectRefused);
+    }
+    if req.headers().len() > worker.limits.max_headers {
+        return Err(ProxyError::TooManyHeaders {
+            count: req.headers().len(),
+            limit: worker.limits.max_headers,
+        });
+    }
+    // RFC 9112 3.2: a request with more than one Host field is refused. Passed on, members
+    // would disagree about the host (a strict one closes the connection, which would count
+    // against it).
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err(ProxyError::DuplicateHost);
+    }
+    Ok(())
+}
+
+/// The request's host: an absolute-form target's authority, which replaces Host (RFC 9112
+/// 3.2.2), or the Host field. Either way it only chooses among our own clusters: the request
+/// never goes anywhere but to their members.
+fn host_of(req: &Request<RequestBody>, lean: &mut Option<LeanHead>) -> Option<HeaderValue> {
+    match (req.uri().authority(), lean.as_mut()) {
+        (Some(a), _) => HeaderValue::from_str(a.as_str()).ok(),
+        (None, Some(lean)) => lean
+            .host
+            .take()
+            .and_then(|v| HeaderValue::from_maybe_shared(v).ok()),
+        (None, None) => req.headers().get(header::HOST).cloned(),
+    }
+}
+
+fn cluster_for(worker: &Worker, host: &[u8], path: &str) -> Result<Arc<Cluster>, ProxyError> {
+    let snapshot = worker.plane.snapshot();
+    match snapshot.route(host, path) {
+        Some(c) => Ok(c.clone()),
+        None => Err(ProxyError::NoRoute {
+            host: String::from_utf8_lossy(host).into_owned(),
+            path: path.to_owned(),
+        }),
+    }
+}
+
+/// What routing needs to know of the request's field names. A head the lean server read keeps
+/// its lines as written, unless the cluster reads fields (to choose a member or to send the
+/// request again) or the proxy rewrites them (the client's own X-Forwarded-* lines, an
+/// absolute-form target): its header map is filled then.
+fn scan_fields(
+    cluster: &Cluster,
+    req: &mut Request<RequestBody>,
+    lean: &mut Option<LeanHead>,
+) -> Scan {
+    let Some(head) = lean else {
+        return Scan::of(req.headers());
+    };
+    let scan = head.scan;
+    let origin_form = req.uri().scheme().is_none() && req.uri().authority().is_none();
+    if cluster.reads_fields() || scan.forwarded || !origin_form {
+        head.fields.fill(req.headers_mut());
+        *lean = None;
+    }
+    scan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request's future is boxed as the request starts: it must stay within mimalloc's small
+    /// size classes (1 KiB on 64-bit machines), whose allocation is a few instructions where a
+    /// larger block's takes a slower path, and far under the 2,112 bytes from which glibc
+    /// copies with `rep movsb`, which is slow on the machines measured (docs/benchmarks.md,
+    /// "Copies"). A change that grows it past that shows here: box the new state.
+    #[test]
+    fn a_requests_future_fits_the_allocators_small_blocks() {
+        fn returned<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
+            std::mem::size_of::<R>()
+        }
+        let size = returned(handle);
+        assert!(size <= 1024, "a request's future takes {size} bytes");
+    }
+}

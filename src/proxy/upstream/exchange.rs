@@ -1,0 +1,120 @@
+//! What an exchange with a member gives: the answer head, or a failure saying whether the
+//! request may go to another member; and the wait for the answer under its deadline.
+
+use http::{HeaderMap, Method, Request, Response, Uri};
+
+use super::body::{Answer, RequestBody};
+use super::pool::Sender;
+use crate::proxy::deadline::Deadline;
+use crate::proxy::http1::client::{ExchangeError, Stage as Http1Stage};
+
+/// How far an exchange got before it failed, which decides whose fault it was and whether the
+/// request may go to another member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The request never reached the member (connect failed, head not written): it may go to
+    /// another member, whatever its method.
+    Unsent,
+    /// The request went, and the member closed or broke the connection before a byte of its
+    /// answer.
+    Unanswered,
+    /// Part of an answer came, and it was cut short or malformed.
+    BadAnswer,
+    /// The client's request body broke off or was malformed (an invalid chunk size, a reset
+    /// stream): the client's fault, never the member's.
+    ClientBody,
+    /// No answer within the response timeout.
+    TimedOut,
+}
+
+impl From<Http1Stage> for Stage {
+    fn from(stage: Http1Stage) -> Self {
+        match stage {
+            Http1Stage::Unsent => Stage::Unsent,
+            Http1Stage::Unanswered => Stage::Unanswered,
+            Http1Stage::BadAnswer => Stage::BadAnswer,
+        }
+    }
+}
+
+/// Why an exchange with a member failed.
+pub struct Failure {
+    pub cause: String,
+    pub stage: Stage,
+    /// The request, when hyper's client had taken it and it never left.
+    /// Boxed: it is rare, and inline it would make every exchange's result several times
+    /// larger, and that result is moved on every request (docs/benchmarks.md, "Copies").
+    pub unsent: Option<Box<Request<RequestBody>>>,
+}
+
+/// A member's answer head, with hyper's client connection when it came on one.
+pub type Exchanged = (Option<Sender>, Response<Answer>);
+
+impl Failure {
+    pub fn new(cause: String, stage: Stage) -> Self {
+        Failure {
+            cause,
+            stage,
+            unsent: None,
+        }
+    }
+
+    /// The lean client's failure.
+    pub fn of(e: ExchangeError) -> Self {
+        Failure::new(e.cause, e.stage.into())
+    }
+
+    pub fn timed_out() -> Self {
+        Failure::new(String::new(), Stage::TimedOut)
+    }
+}
+
+/// A body-less request's method, target and fields, kept to send it again.
+pub struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    pub fn of<B>(req: &Request<B>) -> Self {
+        Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    pub fn request(&self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::empty());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Runs `answer` until `until`: on the HTTP/1 connection's own timer when there is one, else
+/// on a timer of its own. `None` when the time ran out. The caller pins `answer` in its own
+/// state: taken by value, it would be stored twice (argument and pinned local).
+pub async fn within<F: Future>(
+    mut answer: std::pin::Pin<&mut F>,
+    until: tokio::time::Instant,
+    deadline: Option<&Deadline>,
+) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => {
+            deadline.await_response(until);
+            let answered = std::future::poll_fn(|cx| {
+                if deadline.response_expired() {
+                    return std::task::Poll::Ready(None);
+                }
+                answer.as_mut().poll(cx).map(Some)
+            })
+            .await;
+            deadline.response_arrived();
+            answered
+        }
+        None => tokio::time::timeout_at(until, answer).await.ok(),
+    }
+}

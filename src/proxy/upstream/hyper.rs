@@ -1,0 +1,115 @@
+//! hyper's client: requests with a body to stream, upgrades, and every request with
+//! `--http1 hyper`.
+
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+use super::body::{Answer, RequestBody};
+use super::exchange::{Exchanged, Failure, Replay, Stage, within};
+use super::pool::{self, ConnectError, Member, Sender};
+use crate::discovery::ClusterConfig;
+use crate::proxy::deadline::Deadline;
+use crate::proxy::http1::client::idempotent;
+
+/// Sends the request through hyper's client, on a pooled connection, or on a new one when the
+/// pool has none or the pooled one turned out closed by the member (before the request left,
+/// or, for a request without a body that changes nothing, before a byte of the answer), and
+/// waits for the response head.
+pub async fn exchange(
+    key: &Member,
+    config: &ClusterConfig,
+    mut req: Request<RequestBody>,
+    now: tokio::time::Instant,
+    deadline: Option<&Deadline>,
+) -> Result<Exchanged, Failure> {
+    let timeout = config.response_timeout;
+    if let Some(mut sender) = key.checkout(config.idle_timeout, now).await {
+        // Only `--http1 hyper` sends such requests this way: the copy costs nothing otherwise.
+        let copy =
+            (req.body().is_end_stream() && idempotent(req.method())).then(|| Replay::of(&req));
+        match await_response(&mut sender, req, now + timeout, deadline).await {
+            Ok(response) => return Ok((Some(sender), response.map(Answer::Hyper))),
+            Err(Failure {
+                unsent: Some(back),
+                stage: Stage::Unsent,
+                ..
+            }) => req = *back,
+            Err(Failure {
+                stage: Stage::Unanswered,
+                cause,
+                ..
+            }) if copy.is_some() => {
+                tracing::debug!(member = key.authority(), %cause, "pooled connection closed, sent again on a new one");
+                req = copy.map_or_else(|| Request::new(RequestBody::empty()), |c| c.request());
+            }
+            Err(failure) => return Err(failure),
+        }
+    }
+    let mut sender = match connect(key.authority(), config.connect_timeout).await {
+        Ok(sender) => sender,
+        Err(e) => {
+            let mut failure = Failure::new(e.to_string(), Stage::Unsent);
+            failure.unsent = Some(Box::new(req));
+            return Err(failure);
+        }
+    };
+    let until = tokio::time::Instant::now() + timeout;
+    let response = await_response(&mut sender, req, until, deadline).await?;
+    Ok((Some(sender), response.map(Answer::Hyper)))
+}
+
+/// Sends the request through hyper's client and waits for the response head until `until`.
+async fn await_response(
+    sender: &mut Sender,
+    req: Request<RequestBody>,
+    until: tokio::time::Instant,
+    deadline: Option<&Deadline>,
+) -> Result<Response<Incoming>, Failure> {
+    let send = std::pin::pin!(sender.try_send_request(req));
+    match within(send, until, deadline).await {
+        Some(Ok(response)) => Ok(response),
+        Some(Err(mut e)) => {
+            let unsent = e.take_message();
+            let stage = match &unsent {
+                Some(_) => Stage::Unsent,
+                None => stage_of(e.error()),
+            };
+            let mut failure = Failure::new(format!("request: {}", e.error()), stage);
+            failure.unsent = unsent.map(Box::new);
+            Err(failure)
+        }
+        None => Err(Failure::timed_out()),
+    }
+}
+
+/// How far an exchange hyper's client gave up on got. The client's own request body failing
+/// (its error is the one hyper's server gave us, inside hyper's client's) is the client's
+/// fault; a connection closed before the answer's head is an unanswered request.
+fn stage_of(e: &hyper::Error) -> Stage {
+    let from_client = std::error::Error::source(e).is_some_and(|s| s.is::<hyper::Error>());
+    if from_client {
+        Stage::ClientBody
+    } else if e.is_incomplete_message() || e.is_canceled() {
+        Stage::Unanswered
+    } else {
+        Stage::BadAnswer
+    }
+}
+
+/// Opens a new connection to a member; its driver runs as a task on this worker.
+async fn connect(authority: &str, timeout: std::time::Duration) -> Result<Sender, ConnectError> {
+    let stream = pool::open(authority, timeout).await?;
+    let (sender, conn) = http1::Builder::new()
+        .writev(true)
+        .handshake::<_, RequestBody>(TokioIo::new(stream))
+        .await?;
+    tokio::task::spawn_local(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "member connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
