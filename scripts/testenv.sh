@@ -248,7 +248,7 @@ build() {
     export GOCACHE="$WORK/go-build"
     trap 'rm -rf "$WORK"' EXIT
     local started=$SECONDS
-    say "building the test control plane into $BIN_DIR (the first time takes 8 to 13 minutes on 2 cores; log: $LOG)"
+    say "building the test control plane into $BIN_DIR (the first time takes 10 to 18 minutes on 2 cores; log: $LOG)"
     build_gateway_api
     build_kubernetes
     build_etcd
