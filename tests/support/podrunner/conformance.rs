@@ -151,31 +151,34 @@ impl Suite {
     }
 
     /// Runs the suite against the test control plane, with the pod runner up and the CRDs
-    /// installed, and returns what it printed and its report. Its output is also in
-    /// `conformance-suite.log` in the pod runner's directory.
+    /// installed, and returns what it printed and its report. Its output goes to
+    /// `conformance-suite.log` in the pod runner's directory as it runs.
     pub async fn run(&self) -> SuiteRun {
         let runner = PodRunner::shared();
         install_crds().await;
+        // Written as it runs, so that a long run can be followed (`tail -f`).
         let log_path = runner.dir().join("conformance-suite.log");
+        let log = std::fs::File::create(&log_path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+        let log_too = log.try_clone().expect("a second handle on the log");
         let mut command = Command::new(suite_binary());
         command
             .args(self.args())
             .env("KUBECONFIG", ControlPlane::shared().kubeconfig())
             // Its own working directory; the suite reads its manifests from the binary itself.
             .current_dir(runner.dir())
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_too);
         die_with_parent(&mut command);
         let shown = format!("{} {}", suite_binary().display(), self.args().join(" "));
-        let output = tokio::task::spawn_blocking(move || command.output())
+        let status = tokio::task::spawn_blocking(move || command.status())
             .await
             .expect("the thread running the suite")
             .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-        let mut printed = String::from_utf8_lossy(&output.stdout).into_owned();
-        printed.push_str(&String::from_utf8_lossy(&output.stderr));
-        let _ = std::fs::write(&log_path, &printed);
         SuiteRun {
-            status: output.status,
-            output: printed,
+            status,
+            output: std::fs::read_to_string(&log_path).unwrap_or_default(),
             report: std::fs::read_to_string(&self.report_output).ok(),
         }
     }
