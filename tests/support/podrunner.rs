@@ -991,11 +991,24 @@ fn readiness_ports(container: &Container, env: &[(String, String)]) -> Result<Ve
                 .into(),
         ));
     } else if set("GRPC_ECHO_SERVER") {
-        vec![port("HTTP_PORT", 3000)?]
+        let mut ports = vec![port("HTTP_PORT", 3000)?];
+        if set("TLS_SERVER_CERT") && set("TLS_SERVER_PRIV_KEY") {
+            ports.push(port("HTTPS_PORT", 8443)?);
+        }
+        ports
     } else if set("TCP_ECHO_SERVER") {
-        vec![port("TCP_PORT", 3000)?]
+        let mut ports = vec![port("TCP_PORT", 3000)?];
+        if set("TLS_SERVER_CERT") && set("TLS_SERVER_PRIV_KEY") {
+            ports.push(port("TLS_PORT", 8443)?);
+        }
+        ports
     } else {
-        vec![port("HTTP_PORT", 3000)?, port("H2C_PORT", 3001)?]
+        let mut ports = vec![port("HTTP_PORT", 3000)?, port("H2C_PORT", 3001)?];
+        // Its HTTP mode names the key TLS_SERVER_PRIVKEY; the other modes, TLS_SERVER_PRIV_KEY.
+        if set("TLS_SERVER_CERT") && set("TLS_SERVER_PRIVKEY") {
+            ports.push(port("HTTPS_PORT", 8443)?);
+        }
+        ports
     };
     for declared in container.ports.iter().flatten() {
         if declared.protocol.as_deref().unwrap_or("TCP") == "TCP" {
