@@ -43,7 +43,7 @@ struct PlaneCollector {
 }
 
 impl Collector for PlaneCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let view = manager::view(&self.plane, clock::now_ms());
         encode_view(&view, &mut encoder)
     }
@@ -109,7 +109,10 @@ fn members(view: &ManagerView) -> impl Iterator<Item = (&ClusterView, &MemberVie
         .flat_map(|c| c.members.iter().map(move |m| (c, m)))
 }
 
-fn encode_view(view: &ManagerView, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+fn encode_view(
+    view: &ManagerView,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
     for (name, help, figure) in MEMBER_COUNTERS {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
         for (c, m) in members(view) {
