@@ -99,7 +99,10 @@ pub struct Suite {
     pub report_output: PathBuf,
     /// `--run-test`: one test instead of all.
     pub run_test: Option<String>,
-    /// Further flags, passed as they are (`--timeout-config-overrides=...`, `--version=...`).
+    /// The report's `implementation`: `--organization`, `--project`, `--url`, `--version`,
+    /// `--contact`, in that order. The suite refuses to write a report when one is empty.
+    pub implementation: [String; 5],
+    /// Further flags, passed as they are (`--timeout-config-overrides=...`).
     pub extra: Vec<String>,
 }
 
@@ -111,6 +114,14 @@ impl Suite {
             conformance_profiles: Vec::new(),
             report_output: report_output.to_owned(),
             run_test: None,
+            // The URL is a stand-in until the project has a public home.
+            implementation: [
+                "kube-balancer".to_owned(),
+                "kube-balancer".to_owned(),
+                "https://kubebalancer.io".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+                "kube-balancer maintainers".to_owned(),
+            ],
             extra: Vec::new(),
         }
     }
@@ -124,13 +135,15 @@ impl Suite {
             "-test.timeout=90m".to_owned(),
             format!("--gateway-class={}", self.gateway_class),
             format!("--report-output={}", self.report_output.display()),
-            // The report names the implementation; the suite refuses to write one without it.
-            "--organization=kube-balancer".to_owned(),
-            "--project=kube-balancer".to_owned(),
-            "--url=https://kubebalancer.io".to_owned(),
-            format!("--version={}", env!("CARGO_PKG_VERSION")),
-            "--contact=kube-balancer maintainers".to_owned(),
         ];
+        let [organization, project, url, version, contact] = &self.implementation;
+        args.extend([
+            format!("--organization={organization}"),
+            format!("--project={project}"),
+            format!("--url={url}"),
+            format!("--version={version}"),
+            format!("--contact={contact}"),
+        ]);
         if !self.supported_features.is_empty() {
             args.push(format!(
                 "--supported-features={}",
