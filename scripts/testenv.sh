@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane that the end-to-end tests run against (docs/testenv.md):
 # kube-apiserver, kube-controller-manager and kubectl from k8s.io/kubernetes, etcd, and helm, all
-# from pinned Go module versions, into a version-keyed cache outside the repository.
+# from pinned Go module versions, into a version-keyed cache outside the repository. From the Gateway
+# API module at its pinned release it also builds the conformance suite's test binary and its
+# echo-basic backend, and keeps the standard channel's CRDs and the suite's base manifests.
 #
 #   scripts/testenv.sh build     build what is missing (default); a warm run takes a second
-#   scripts/testenv.sh env       build what is missing, then print shell exports (KB_TESTENV_BIN)
+#   scripts/testenv.sh env       build what is missing, then print shell exports (KB_TESTENV_BIN,
+#                                KB_TESTENV_ECHO_BASIC, KB_TESTENV_GATEWAY_CONFORMANCE, ...)
 #   scripts/testenv.sh bin-dir   print the bin directory (without building)
 #   scripts/testenv.sh versions  print the pinned versions
 #   scripts/testenv.sh run CMD... build what is missing, then run CMD inside a network namespace
-#                                made for it (and deleted after it), with KB_TESTENV_BIN and
+#                                made for it (and deleted after it), with the exports of `env` and
 #                                KB_TESTENV_NETNS set: how the Kubernetes tests run (needs root)
 #
 # Progress goes to stderr, so `eval "$(scripts/testenv.sh env)"` sees only the exports.
@@ -17,10 +20,14 @@ set -euo pipefail
 K8S_VERSION=v1.35.4   # matches k8s-openapi's v1_35 feature in Cargo.toml
 ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.20.2  # built against client-go v0.35, like the apiserver
+GATEWAY_API_VERSION=v1.6.3  # sigs.k8s.io/gateway-api: the conformance suite, echo-basic, the CRDs
 # Bump when the build recipe below changes, so that caches built by an older recipe are not reused.
-RECIPE=1
+RECIPE=2
 
-BINARIES=(kube-apiserver kube-controller-manager kubectl etcd helm)
+BINARIES=(kube-apiserver kube-controller-manager kubectl etcd helm echo-basic gateway-conformance.test)
+# Kept beside bin/, from the Gateway API module: the standard channel's CRDs (in the order of the
+# module's kustomization) and the conformance suite's base manifests.
+GATEWAY_FILES=(gateway-api/standard-crds.yaml gateway-api/base-manifests.yaml)
 
 say() { echo "testenv: $*" >&2; }
 die() { echo "testenv: error: $*" >&2; exit 1; }
@@ -30,7 +37,7 @@ locate() {
     command -v go >/dev/null || die "the Go toolchain (go) is not on PATH; it builds the control plane"
     local goos_arch
     goos_arch="$(go env GOOS)-$(go env GOARCH)" || die "\`go env\` failed"
-    VERSION_KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_r${RECIPE}_${goos_arch}"
+    VERSION_KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_gwapi-${GATEWAY_API_VERSION}_r${RECIPE}_${goos_arch}"
     CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/kube-balancer/testenv"
     KEY_DIR="$CACHE_ROOT/$VERSION_KEY"
     BIN_DIR="$KEY_DIR/bin"
@@ -40,6 +47,7 @@ complete() {
     local b
     [[ -f "$KEY_DIR/complete" ]] || return 1
     for b in "${BINARIES[@]}"; do [[ -x "$BIN_DIR/$b" ]] || return 1; done
+    for f in "${GATEWAY_FILES[@]}"; do [[ -s "$KEY_DIR/$f" ]] || return 1; done
 }
 
 # Runs one build step with its output in the log; on failure names the step and shows the log's tail.
@@ -70,6 +78,19 @@ go_mod_of() {
     fi
     path="$(sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")"
     [[ -f "$path" ]] || die "go mod download -json $1 named no go.mod"
+    echo "$path"
+}
+
+# Prints the directory of MODULE@VERSION's files in the module cache, downloading the module.
+go_dir_of() {
+    local json path
+    if ! json="$(go mod download -json "$1" 2>&1)"; then
+        echo "testenv: error: cannot download $1:" >&2
+        sed 's/^/    /' <<<"$json" >&2
+        exit 1
+    fi
+    path="$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")"
+    [[ -d "$path" ]] || die "go mod download -json $1 named no directory"
     echo "$path"
 }
 
@@ -170,6 +191,45 @@ build_helm() {
         go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
+# The conformance suite and echo-basic live in the module sigs.k8s.io/gateway-api/conformance, whose
+# go.mod replaces sigs.k8s.io/gateway-api with ../ (so `go install` is refused). A wrapper module
+# requires it and points sigs.k8s.io/gateway-api at the same published release.
+build_gateway_api() {
+    local dir="$WORK/gateway-api" files="$WORK/gateway-api-files" api_dir conformance_dir resource
+    mkdir -p "$dir" "$files"
+    cat >"$dir/go.mod" <<EOF
+module kube-balancer.test/gateway-api-wrapper
+
+go 1.26.0
+
+replace sigs.k8s.io/gateway-api => sigs.k8s.io/gateway-api $GATEWAY_API_VERSION
+EOF
+    api_dir="$(go_dir_of "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION")"
+    conformance_dir="$(go_dir_of "sigs.k8s.io/gateway-api/conformance@$GATEWAY_API_VERSION")"
+    (
+        cd "$dir"
+        step "resolving sigs.k8s.io/gateway-api/conformance $GATEWAY_API_VERSION" \
+            go get -t "sigs.k8s.io/gateway-api/conformance@$GATEWAY_API_VERSION" \
+            "sigs.k8s.io/gateway-api/conformance/echo-basic@$GATEWAY_API_VERSION"
+        step "building echo-basic $GATEWAY_API_VERSION" env CGO_ENABLED=0 go build -trimpath \
+            -ldflags "-s -w" -o "$STAGE_BIN/echo-basic" sigs.k8s.io/gateway-api/conformance/echo-basic
+        step "building the Gateway API conformance suite $GATEWAY_API_VERSION (go test -c)" \
+            env CGO_ENABLED=0 go test -c -trimpath -ldflags "-s -w" \
+            -o "$STAGE_BIN/gateway-conformance.test" sigs.k8s.io/gateway-api/conformance
+    )
+    # The standard channel in the order of the module's kustomization, as one multi-document file.
+    while read -r resource; do
+        [[ -s "$api_dir/config/crd/$resource" ]] ||
+            die "gateway-api $GATEWAY_API_VERSION has no config/crd/$resource"
+        echo "---"
+        cat "$api_dir/config/crd/$resource"
+    done < <(sed -n 's|^[[:space:]]*-[[:space:]]*\(standard/[^[:space:]]*\.yaml\)[[:space:]]*$|\1|p' \
+        "$api_dir/config/crd/kustomization.yaml") >"$files/standard-crds.yaml"
+    grep -q "gateway.networking.k8s.io/bundle-version: $GATEWAY_API_VERSION" "$files/standard-crds.yaml" ||
+        die "found no standard channel CRDs of gateway-api $GATEWAY_API_VERSION"
+    install -m 0644 "$conformance_dir/base/manifests.yaml" "$files/base-manifests.yaml"
+}
+
 build() {
     locate
     complete && return 0
@@ -188,7 +248,8 @@ build() {
     export GOCACHE="$WORK/go-build"
     trap 'rm -rf "$WORK"' EXIT
     local started=$SECONDS
-    say "building the test control plane into $BIN_DIR (the first time takes 7 to 11 minutes on 2 cores; log: $LOG)"
+    say "building the test control plane into $BIN_DIR (the first time takes 10 to 18 minutes on 2 cores; log: $LOG)"
+    build_gateway_api
     build_kubernetes
     build_etcd
     build_helm
@@ -198,6 +259,8 @@ build() {
     mv "$STAGE_BIN" "$BIN_DIR"
     cp "$WORK/kubernetes/go.mod" "$KEY_DIR/kubernetes-wrapper.go.mod"
     cp "$WORK/etcd/go.mod" "$KEY_DIR/etcd-wrapper.go.mod"
+    cp "$WORK/gateway-api/go.mod" "$KEY_DIR/gateway-api-wrapper.go.mod"
+    mv "$WORK/gateway-api-files" "$KEY_DIR/gateway-api"
     echo "$VERSION_KEY built in $((SECONDS - started)) s with $(go version)" >"$KEY_DIR/complete"
     rm -rf "$WORK"
     trap - EXIT
@@ -249,8 +312,18 @@ run_in_namespace() {
         die "10.244.0.0/24 is not local in $NETNS"
     say "running in network namespace $NETNS: $*"
     local status=0
-    KB_TESTENV_BIN="$BIN_DIR" KB_TESTENV_NETNS="$NETNS" ip netns exec "$NETNS" "$@" || status=$?
+    eval "$(exports)"
+    KB_TESTENV_NETNS="$NETNS" ip netns exec "$NETNS" "$@" || status=$?
     return "$status"
+}
+
+# The paths the tests read (docs/testenv.md), as shell exports.
+exports() {
+    printf 'export KB_TESTENV_BIN=%q\n' "$BIN_DIR"
+    printf 'export KB_TESTENV_ECHO_BASIC=%q\n' "$BIN_DIR/echo-basic"
+    printf 'export KB_TESTENV_GATEWAY_CONFORMANCE=%q\n' "$BIN_DIR/gateway-conformance.test"
+    printf 'export KB_TESTENV_GATEWAY_CRDS=%q\n' "$KEY_DIR/gateway-api/standard-crds.yaml"
+    printf 'export KB_TESTENV_GATEWAY_BASE_MANIFESTS=%q\n' "$KEY_DIR/gateway-api/base-manifests.yaml"
 }
 
 case "${1:-build}" in
@@ -260,7 +333,7 @@ build)
     ;;
 env)
     build
-    printf 'export KB_TESTENV_BIN=%q\n' "$BIN_DIR"
+    exports
     ;;
 bin-dir)
     locate
@@ -274,6 +347,7 @@ versions)
     echo "kubernetes $K8S_VERSION"
     echo "etcd $ETCD_VERSION"
     echo "helm $HELM_VERSION"
+    echo "gateway-api $GATEWAY_API_VERSION"
     ;;
 *)
     die "unknown command '$1' (expected build, env, bin-dir, versions or run)"
