@@ -21,13 +21,17 @@ K8S_VERSION=v1.35.4   # matches k8s-openapi's v1_35 feature in Cargo.toml
 ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.20.2  # built against client-go v0.35, like the apiserver
 GATEWAY_API_VERSION=v1.6.3  # sigs.k8s.io/gateway-api: the conformance suite, echo-basic, the CRDs
-# Bump when the build recipe below changes, so that caches built by an older recipe are not reused.
-RECIPE=2
+# Bump when a build recipe below changes, so that caches built by an older recipe are not reused.
+# The control plane and the Gateway API artifacts are cached apart: a change to one does not
+# rebuild the other.
+RECIPE=1
+GATEWAY_RECIPE=1
 
-BINARIES=(kube-apiserver kube-controller-manager kubectl etcd helm echo-basic gateway-conformance.test)
-# Kept beside bin/, from the Gateway API module: the standard channel's CRDs (in the order of the
-# module's kustomization) and the conformance suite's base manifests.
-GATEWAY_FILES=(gateway-api/standard-crds.yaml gateway-api/base-manifests.yaml)
+BINARIES=(kube-apiserver kube-controller-manager kubectl etcd helm)
+GATEWAY_BINARIES=(echo-basic gateway-conformance.test)
+# Kept beside the Gateway API binaries, from its module: the standard channel's CRDs (in the order
+# of the module's kustomization) and the conformance suite's base manifests.
+GATEWAY_FILES=(standard-crds.yaml base-manifests.yaml)
 
 say() { echo "testenv: $*" >&2; }
 die() { echo "testenv: error: $*" >&2; exit 1; }
@@ -37,17 +41,29 @@ locate() {
     command -v go >/dev/null || die "the Go toolchain (go) is not on PATH; it builds the control plane"
     local goos_arch
     goos_arch="$(go env GOOS)-$(go env GOARCH)" || die "\`go env\` failed"
-    VERSION_KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_gwapi-${GATEWAY_API_VERSION}_r${RECIPE}_${goos_arch}"
+    VERSION_KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_r${RECIPE}_${goos_arch}"
+    GATEWAY_KEY="gateway-api-${GATEWAY_API_VERSION}_r${GATEWAY_RECIPE}_${goos_arch}"
     CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/kube-balancer/testenv"
     KEY_DIR="$CACHE_ROOT/$VERSION_KEY"
     BIN_DIR="$KEY_DIR/bin"
+    GATEWAY_DIR="$CACHE_ROOT/$GATEWAY_KEY"
 }
 
 complete() {
+    control_plane_complete && gateway_complete
+}
+
+control_plane_complete() {
     local b
     [[ -f "$KEY_DIR/complete" ]] || return 1
     for b in "${BINARIES[@]}"; do [[ -x "$BIN_DIR/$b" ]] || return 1; done
-    for f in "${GATEWAY_FILES[@]}"; do [[ -s "$KEY_DIR/$f" ]] || return 1; done
+}
+
+gateway_complete() {
+    local b f
+    [[ -f "$GATEWAY_DIR/complete" ]] || return 1
+    for b in "${GATEWAY_BINARIES[@]}"; do [[ -x "$GATEWAY_DIR/bin/$b" ]] || return 1; done
+    for f in "${GATEWAY_FILES[@]}"; do [[ -s "$GATEWAY_DIR/$f" ]] || return 1; done
 }
 
 # Runs one build step with its output in the log; on failure names the step and shows the log's tail.
@@ -237,31 +253,45 @@ build() {
     # One build at a time per cache; a second caller waits, then finds the build complete.
     exec 9>"$CACHE_ROOT/.lock"
     flock 9
-    complete && return 0
-    LOG="$CACHE_ROOT/$VERSION_KEY.build.log"
+    control_plane_complete || build_part control_plane "$VERSION_KEY" "$KEY_DIR" \
+        "the test control plane" "7 to 11"
+    gateway_complete || build_part gateway "$GATEWAY_KEY" "$GATEWAY_DIR" \
+        "the Gateway API conformance suite and echo-basic" "3 to 7"
+}
+
+# Builds one cached part (control_plane or gateway) into its key's folder.
+build_part() {
+    local part="$1" key="$2" dir="$3" what="$4" minutes="$5"
+    LOG="$CACHE_ROOT/$key.build.log"
     : >"$LOG"
     WORK="$(mktemp -d "$CACHE_ROOT/.build.XXXXXX")"
     STAGE_BIN="$WORK/bin"
     mkdir -p "$STAGE_BIN"
-    # A build cache of its own, deleted with the work folder: it holds about 3.5 GB of objects
-    # that nothing reuses once the binaries are built.
+    # A build cache of its own, deleted with the work folder: it holds gigabytes of objects that
+    # nothing reuses once the binaries are built.
     export GOCACHE="$WORK/go-build"
     trap 'rm -rf "$WORK"' EXIT
     local started=$SECONDS
-    say "building the test control plane into $BIN_DIR (the first time takes 10 to 18 minutes on 2 cores; log: $LOG)"
-    build_gateway_api
-    build_kubernetes
-    build_etcd
-    build_helm
+    say "building $what into $dir (the first time takes $minutes minutes on 2 cores; log: $LOG)"
+    if [[ $part == control_plane ]]; then
+        build_kubernetes
+        build_etcd
+        build_helm
+    else
+        build_gateway_api
+    fi
     # Publish only a complete set, so that an interrupted build is never mistaken for a finished one.
-    rm -rf "$KEY_DIR"
-    mkdir -p "$KEY_DIR"
-    mv "$STAGE_BIN" "$BIN_DIR"
-    cp "$WORK/kubernetes/go.mod" "$KEY_DIR/kubernetes-wrapper.go.mod"
-    cp "$WORK/etcd/go.mod" "$KEY_DIR/etcd-wrapper.go.mod"
-    cp "$WORK/gateway-api/go.mod" "$KEY_DIR/gateway-api-wrapper.go.mod"
-    mv "$WORK/gateway-api-files" "$KEY_DIR/gateway-api"
-    echo "$VERSION_KEY built in $((SECONDS - started)) s with $(go version)" >"$KEY_DIR/complete"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    mv "$STAGE_BIN" "$dir/bin"
+    if [[ $part == control_plane ]]; then
+        cp "$WORK/kubernetes/go.mod" "$dir/kubernetes-wrapper.go.mod"
+        cp "$WORK/etcd/go.mod" "$dir/etcd-wrapper.go.mod"
+    else
+        cp "$WORK/gateway-api/go.mod" "$dir/gateway-api-wrapper.go.mod"
+        mv "$WORK/gateway-api-files"/* "$dir/"
+    fi
+    echo "$key built in $((SECONDS - started)) s with $(go version)" >"$dir/complete"
     rm -rf "$WORK"
     trap - EXIT
     say "built in $((SECONDS - started)) s"
@@ -320,10 +350,10 @@ run_in_namespace() {
 # The paths the tests read (docs/testenv.md), as shell exports.
 exports() {
     printf 'export KB_TESTENV_BIN=%q\n' "$BIN_DIR"
-    printf 'export KB_TESTENV_ECHO_BASIC=%q\n' "$BIN_DIR/echo-basic"
-    printf 'export KB_TESTENV_GATEWAY_CONFORMANCE=%q\n' "$BIN_DIR/gateway-conformance.test"
-    printf 'export KB_TESTENV_GATEWAY_CRDS=%q\n' "$KEY_DIR/gateway-api/standard-crds.yaml"
-    printf 'export KB_TESTENV_GATEWAY_BASE_MANIFESTS=%q\n' "$KEY_DIR/gateway-api/base-manifests.yaml"
+    printf 'export KB_TESTENV_ECHO_BASIC=%q\n' "$GATEWAY_DIR/bin/echo-basic"
+    printf 'export KB_TESTENV_GATEWAY_CONFORMANCE=%q\n' "$GATEWAY_DIR/bin/gateway-conformance.test"
+    printf 'export KB_TESTENV_GATEWAY_CRDS=%q\n' "$GATEWAY_DIR/standard-crds.yaml"
+    printf 'export KB_TESTENV_GATEWAY_BASE_MANIFESTS=%q\n' "$GATEWAY_DIR/base-manifests.yaml"
 }
 
 case "${1:-build}" in
