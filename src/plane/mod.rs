@@ -8,6 +8,7 @@
 //! requests are carried.
 
 pub mod filters;
+pub mod fronts;
 pub mod matching;
 pub mod routes;
 
@@ -25,6 +26,7 @@ use crate::clock;
 use crate::discovery::ClusterConfig;
 use crate::tls::{self, TlsState, material::Material};
 use filters::Filters;
+use fronts::{Front, FrontConfig};
 use matching::{PathMatch, RequestMatch, RequestView};
 use routes::{Backend, ListenerRoutes, Matched, RouteEntry, RouteTable, Rule};
 
@@ -81,7 +83,10 @@ pub struct RouteConflict {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub clusters: Vec<Arc<Cluster>>,
+    /// The BalancerClusters' routes, served on `--listen` and `--listen-tls`.
     pub routes: RouteTable,
+    /// Other ports and their routes (a Gateway's listeners), by port.
+    pub fronts: Vec<Front>,
     pub conflicts: Vec<RouteConflict>,
     /// Counts publications, starting at 1 for the first.
     pub generation: u64,
@@ -94,6 +99,11 @@ impl Snapshot {
     /// names: the only one for a BalancerCluster's route.
     pub fn route(&self, host: &[u8], req: &dyn RequestView) -> Option<Matched<'_>> {
         self.routes.lookup(host, req)
+    }
+
+    /// The front serving `port`, if a source asked for one.
+    pub fn front(&self, port: u16) -> Option<&Front> {
+        self.fronts.iter().find(|f| f.port == port)
     }
 
     /// The cluster a rule's backend names.
@@ -164,6 +174,18 @@ impl DataPlane {
     /// members changed is served anew; one whose certificates alone changed is not (the listener
     /// reads them from the snapshot on each handshake).
     pub fn publish_with(&self, clusters: Vec<ClusterConfig>, material: &Material) -> Arc<Snapshot> {
+        self.publish_all(clusters, &[], material)
+    }
+
+    /// [`DataPlane::publish_with`], with fronts: ports served besides `--listen` and
+    /// `--listen-tls`, and their routes (a Gateway's listeners), whose backends name `clusters`
+    /// by key.
+    pub fn publish_all(
+        &self,
+        clusters: Vec<ClusterConfig>,
+        fronts: &[FrontConfig],
+        material: &Material,
+    ) -> Arc<Snapshot> {
         let now = clock::now_ms();
         let previous = self.snapshot.load_full();
         let tls = TlsState::build(&clusters, material, |key| {
@@ -255,6 +277,17 @@ impl DataPlane {
             routes,
         }]);
         snapshot.routes = table;
+        let index: HashMap<&str, usize> = snapshot
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.key.as_str(), i))
+            .collect();
+        // Shadowed Gateway routes are the Gateway controller's to report (it sees them first).
+        snapshot.fronts = fronts
+            .iter()
+            .map(|config| Front::build(config, &index).0)
+            .collect();
         snapshot.conflicts = shadowed
             .into_iter()
             .map(|s| RouteConflict {
