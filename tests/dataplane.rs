@@ -6,6 +6,7 @@ mod support;
 mod dataplane {
     mod abuse;
     mod admin;
+    mod architecture;
     mod binary;
     mod client_http1;
     mod health;

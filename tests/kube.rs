@@ -5,6 +5,7 @@
 mod support;
 
 mod kube {
+    mod config;
     mod controller;
     mod controller_balancing;
     mod controller_outage;
@@ -12,4 +13,5 @@ mod kube {
     mod crd;
     mod install;
     mod plugin;
+    mod tls_controller;
 }

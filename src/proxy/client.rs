@@ -32,8 +32,8 @@ impl Client {
 /// The client's address as an X-Forwarded-For entry, made once per connection.
 pub fn forwarded_for(ip: IpAddr) -> HeaderValue {
     let text = match ip {
-        // By hand: `to_string` goes through the formatting machinery, about 700 instructions,
-        // which a new connection for every request pays every time.
+        // By hand: `to_string` goes through the formatting machinery, which a new connection
+        // for every request would pay every time (docs/benchmarks.md, "New connections").
         IpAddr::V4(v4) => {
             let mut text = Vec::with_capacity(15);
             for (i, octet) in v4.octets().into_iter().enumerate() {

@@ -11,6 +11,8 @@ use super::response::ResponseBody;
 pub enum ProxyError {
     /// No cluster serves this host and path.
     NoRoute { host: String, path: String },
+    /// The route's backend cannot be served (unknown, not permitted, or no weight).
+    NoBackend { rule: String },
     /// The cluster has no usable member.
     NoMember { cluster: String },
     /// The member could not be reached or broke the exchange.
@@ -39,6 +41,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::NoBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoMember { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::MemberFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -55,6 +58,10 @@ impl ProxyError {
             ProxyError::NoRoute { host, path } => {
                 tracing::debug!(%host, %path, "no balancer serves this host and path");
                 "404 Not Found: no balancer serves this host and path\n"
+            }
+            ProxyError::NoBackend { rule } => {
+                tracing::warn!(%rule, "500 Internal Server Error: the route's backend cannot be served");
+                "500 Internal Server Error: the route's backend cannot be served\n"
             }
             ProxyError::NoMember { cluster } => {
                 tracing::warn!(%cluster, cause = "no usable member", "503 Service Unavailable");

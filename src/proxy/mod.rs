@@ -31,5 +31,8 @@ mod tunnel;
 mod upstream;
 mod worker;
 
+/// The differential checks of the fast HTTP/1 path against hyper's, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub use http1::differential;
 pub use options::{Http1Mode, ProxyOptions};
 pub use server::Server;

@@ -188,8 +188,8 @@ async fn accept_loop(
                 // Boxed, not wrapped in another future (which would store it twice). A task's
                 // cell is aligned to 128 bytes; holding the connection's future inline, its size
                 // is no power of two, and mimalloc then over-allocates every one of them by
-                // 127 bytes on a slow path (about 500 instructions). Holding a box, the cell is
-                // small and the future's own block an ordinary one.
+                // 127 bytes on a slow path. Holding a box, the cell is small and the future's own
+                // block an ordinary one (docs/benchmarks.md, "New connections").
                 let open = Open::new(tracker.clone());
                 tokio::task::spawn_local(Box::pin(downstream::serve(stream, peer, serving.clone(), open)));
             }

@@ -195,3 +195,19 @@ async fn an_idempotent_request_reset_by_its_member_goes_to_the_next() {
     assert_eq!(heads.load(std::sync::atomic::Ordering::SeqCst), 3);
     assert_eq!(b.hits(), 1);
 }
+
+/// The configuration files the fuzz target kept (fuzz/corpus/config) are refused with a
+/// message or taken, never a panic.
+#[test]
+fn the_config_fuzz_corpus_replays() {
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/config");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&folder).expect("the corpus") {
+        let bytes = std::fs::read(entry.expect("an entry").path()).expect("readable");
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            let _ = kube_balancer::standalone::parse("fuzz.yaml", text);
+        }
+        count += 1;
+    }
+    assert!(count >= 5, "{count} inputs");
+}

@@ -29,6 +29,7 @@ pub mod controlplane;
 pub mod fixtures;
 pub mod metrics;
 pub mod netns;
+pub mod podrunner;
 pub mod pods;
 pub mod process;
 pub mod proxy;

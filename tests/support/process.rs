@@ -25,6 +25,8 @@ pub struct Process {
     /// Reads stderr for the child's whole life (so it never blocks on a full pipe); ends at the
     /// end of the stream, which comes with the exit.
     reader: Option<JoinHandle<()>>,
+    /// How many lines `next_line_with` has passed.
+    passed: usize,
 }
 
 impl Process {
@@ -54,6 +56,7 @@ impl Process {
             child,
             lines,
             reader: Some(reader),
+            passed: 0,
         }
     }
 
@@ -69,11 +72,29 @@ impl Process {
     /// The first stderr line containing `needle`, waiting up to `wait::TIMEOUT` for it; fails at
     /// once when stderr ends without it.
     pub async fn line_with(&self, needle: &str) -> String {
+        self.line_from(0, needle).await.1
+    }
+
+    /// The next stderr line containing `needle` after the one this last returned (a second
+    /// "configuration loaded", say); waits as `line_with` does.
+    pub async fn next_line_with(&mut self, needle: &str) -> String {
+        let (at, line) = self.line_from(self.passed, needle).await;
+        self.passed = at + 1;
+        line
+    }
+
+    /// The first line from the `from`th on that contains `needle`, and its index.
+    async fn line_from(&self, from: usize, needle: &str) -> (usize, String) {
         let deadline = Instant::now() + wait::TIMEOUT;
         loop {
             let ended = self.reader.as_ref().is_none_or(|r| r.is_finished());
-            if let Some(line) = lock(&self.lines).iter().find(|l| l.contains(needle)) {
-                return line.clone();
+            if let Some((at, line)) = lock(&self.lines)
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, l)| l.contains(needle))
+            {
+                return (at, line.clone());
             }
             assert!(
                 !ended,
@@ -114,6 +135,24 @@ impl Process {
             assert!(Instant::now() < deadline, "{} did not exit", self.name);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// The process's peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("a VmHWM line");
+        let kib: usize = line
+            .trim_start_matches("VmHWM:")
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .expect("VmHWM in kB");
+        kib * 1024
     }
 
     /// All of stderr, once the process has exited.

@@ -98,6 +98,10 @@ pub fn framing(
         return Ok((Framing::Done, keep));
     }
     if let Some(last) = transfer_encoding {
+        if version == Version::HTTP_10 {
+            // HTTP/1.0 has no transfer codings (RFC 9112 6.1): the framing is in doubt.
+            return Err("answer head: Transfer-Encoding in an HTTP/1.0 answer".to_owned());
+        }
         if lengths > 0 {
             // Both: Transfer-Encoding wins, and the connection is not to be trusted again.
             keep = false;

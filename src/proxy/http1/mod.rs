@@ -17,6 +17,8 @@ pub mod answer;
 pub mod buffers;
 pub mod client;
 pub mod conn;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod differential;
 pub mod field;
 pub mod framing;
 pub mod io;

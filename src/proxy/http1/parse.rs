@@ -132,6 +132,7 @@ struct Seen {
     close: bool,
     keep_alive: bool,
     hosts: usize,
+    lengths: usize,
     /// Where the (last) Host value lies in the buffer.
     host: Option<std::ops::Range<usize>>,
     /// Whatever needs more than a head goes to hyper: a body, an upgrade, an expectation.
@@ -146,7 +147,11 @@ impl Seen {
             Field::HopByHop(TRANSFER_ENCODING | UPGRADE) | Field::Expect => {
                 self.more_than_a_head = true;
             }
-            Field::ContentLength => self.more_than_a_head |= h.value != b"0",
+            // A length other than a single 0 (duplicates are merged by hyper's server).
+            Field::ContentLength => {
+                self.more_than_a_head |= h.value != b"0" || self.lengths > 0;
+                self.lengths += 1;
+            }
             Field::Host => {
                 self.hosts += 1;
                 let start = h.value.as_ptr() as usize - base;
