@@ -10,6 +10,7 @@ mod dataplane {
     mod binary;
     mod client_http1;
     mod health;
+    mod layout;
     mod methods;
     mod proxy;
     mod proxy_protocol;
