@@ -35,6 +35,13 @@ pub enum ProxyError {
     ClientBody { cause: String },
     /// More than one Host field.
     DuplicateHost,
+    /// No usable host to build a redirect's Location from.
+    NoHost,
+    /// A redirect: to HTTPS (`httpsRedirect`), or a route's RequestRedirect.
+    Redirect {
+        status: StatusCode,
+        location: HeaderValue,
+    },
 }
 
 impl ProxyError {
@@ -47,7 +54,10 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::ClientBody { .. } | ProxyError::DuplicateHost => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBody { .. } | ProxyError::DuplicateHost | ProxyError::NoHost => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::Redirect { status, .. } => *status,
         }
     }
 
@@ -92,17 +102,27 @@ impl ProxyError {
                 tracing::debug!(%cause, "request refused: its body broke off or was malformed");
                 "400 Bad Request: the request body was malformed or cut short\n"
             }
+            ProxyError::NoHost => "400 Bad Request: no host to redirect to\n",
+            ProxyError::Redirect { .. } => "",
             ProxyError::DuplicateHost => {
                 tracing::debug!("request refused: more than one Host field");
                 "400 Bad Request: more than one Host field\n"
             }
         };
-        let mut response = Response::new(ResponseBody::full(body));
+        let mut response = match body.is_empty() {
+            true => Response::new(ResponseBody::empty()),
+            false => Response::new(ResponseBody::full(body)),
+        };
         *response.status_mut() = status;
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if let ProxyError::Redirect { location, .. } = self {
+            response.headers_mut().remove(header::CONTENT_TYPE);
+            response.headers_mut().insert(header::LOCATION, location);
+            return response;
+        }
         if matches!(self, ProxyError::ConnectRefused) {
             response.headers_mut().insert(
                 header::ALLOW,

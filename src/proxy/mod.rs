@@ -5,8 +5,9 @@
 //! through `ArcSwap`) and the members' atomic counters.
 //!
 //! The layout, from the outside in (docs/architecture.md draws it):
-//! - [`server`] binds, runs the workers and stops them; [`downstream`] serves one client
-//!   connection (the lean HTTP/1 server, hyper's HTTP/1 and HTTP/2 servers);
+//! - [`server`] binds and runs the workers and stops them, [`listeners`] accepts on each
+//!   worker's listeners (and opens the fronts' ports); [`downstream`] serves one client
+//!   connection (the lean HTTP/1 server, hyper's HTTP/1 and HTTP/2 servers, TLS);
 //! - the request core: [`request`] routes a request and answers it, [`forward`] tries the
 //!   members with failover, [`headers`] readies the request's fields, [`error`] is the one
 //!   place where a failure becomes an answer, [`response`] streams the answer back;
@@ -23,6 +24,7 @@ mod error;
 mod forward;
 mod headers;
 mod http1;
+mod listeners;
 mod options;
 mod request;
 mod response;

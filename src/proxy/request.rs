@@ -10,7 +10,7 @@ use futures_util::future::Either;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 
-use super::client::{Client, ClientRequest};
+use super::client::{Client, ClientRequest, Front};
 use super::error::ProxyError;
 use super::forward::{Routed, forward};
 use super::headers::{prepare_request, upgrade_protocol};
@@ -22,6 +22,7 @@ use super::worker::Worker;
 use crate::plane::Cluster;
 use crate::plane::matching::RequestView;
 use crate::plane::routes::strip_port;
+use crate::tls;
 
 /// One request of a client connection: hyper's service function, and the lean HTTP/1 server's.
 ///
@@ -49,6 +50,14 @@ pub fn handle(
                 Ok(response) => response,
                 Err(e) => e.into_response(),
             };
+            if client.entry.tls
+                && let Some(hsts) = &routed.cluster.config.tls.hsts
+            {
+                let value = tls::hsts_value(hsts);
+                response
+                    .headers_mut()
+                    .insert(header::STRICT_TRANSPORT_SECURITY, value);
+            }
             answered(&mut response, &client, logged);
             // The request's box and header map are parsed into again.
             worker.put_request(routed.req);
@@ -88,19 +97,26 @@ fn route(
     let host = host_value
         .as_ref()
         .map_or(&b""[..], |h| strip_port(h.as_bytes()));
-    let cluster = cluster_for(
-        worker,
-        host,
-        &View {
-            req,
-            lean: lean.as_ref(),
-        },
-    )?;
+    let view = View {
+        req,
+        lean: lean.as_ref(),
+    };
+    let cluster = cluster_for(worker, client, host, &view)?;
+    if !client.entry.tls && cluster.config.tls.https_redirect {
+        return Err(to_https(worker, req, host_value.as_ref()));
+    }
     let scan = scan_fields(&cluster, req, lean);
     let affinity = cluster.affinity(req.headers(), req.uri(), client.addr.ip());
     let upgrade = upgrade_protocol(req, &scan);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut *req));
-    let forwarding = prepare_request(req, &client.forwarded_for, host_value, upgrade, scan);
+    let forwarding = prepare_request(
+        req,
+        &client.forwarded_for,
+        client.entry.tls,
+        host_value,
+        upgrade,
+        scan,
+    );
     Ok(Routed {
         cluster,
         req: incoming,
@@ -147,10 +163,32 @@ fn host_of(req: &Request<RequestBody>, lean: &mut Option<LeanHead>) -> Option<He
     }
 }
 
+/// A BalancerCluster's `httpsRedirect`: a plain request is sent to HTTPS, not to members.
+fn to_https(worker: &Worker, req: &Request<RequestBody>, host: Option<&HeaderValue>) -> ProxyError {
+    let host = host.and_then(|h| h.to_str().ok()).unwrap_or("");
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    match tls::redirect_location(host, target, worker.https_port) {
+        Some(location) => ProxyError::Redirect {
+            status: tls::redirect_status(req.method()),
+            location,
+        },
+        None => ProxyError::NoHost,
+    }
+}
+
 /// The cluster that serves a request: its route's rule, then the rule's backend by weight.
-fn cluster_for(worker: &Worker, host: &[u8], view: &View<'_>) -> Result<Arc<Cluster>, ProxyError> {
+fn cluster_for(
+    worker: &Worker,
+    client: &Client,
+    host: &[u8],
+    view: &View<'_>,
+) -> Result<Arc<Cluster>, ProxyError> {
     let snapshot = worker.plane.snapshot();
-    let Some(matched) = snapshot.route(host, view) else {
+    let table = match client.entry.front {
+        Front::Own => Some(&snapshot.routes),
+        Front::Port(port) => snapshot.front(port).map(|f| &f.routes),
+    };
+    let Some(matched) = table.and_then(|t| t.lookup(host, view)) else {
         return Err(ProxyError::NoRoute {
             host: String::from_utf8_lossy(host).into_owned(),
             path: view.path().to_owned(),

@@ -36,6 +36,8 @@ pub struct Worker {
     /// The limits of a request head, as hyper's servers are configured with them.
     pub limits: Limits,
     pub http1: Http1Mode,
+    /// The HTTPS port clients know, for redirects to HTTPS.
+    pub https_port: u16,
 }
 
 impl Worker {
@@ -48,6 +50,7 @@ impl Worker {
             access_log,
             limits,
             http1,
+            https_port: 443,
         }
     }
 
