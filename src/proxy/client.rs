@@ -80,6 +80,8 @@ pub fn forwarded_for(ip: IpAddr) -> HeaderValue {
 pub struct ClientRequest {
     pub req: Request<RequestBody>,
     pub lean: Option<LeanHead>,
+    /// The client's side of an HTTP/1.1 upgrade it asked for, once routed.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 #[cfg(test)]

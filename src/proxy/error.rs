@@ -27,6 +27,8 @@ pub enum ProxyError {
         member: String,
         after: Duration,
     },
+    /// The route's limit on the whole request ran out.
+    RequestTimeout { after: Duration },
     /// CONNECT: this is not a forward proxy.
     ConnectRefused,
     /// More request headers than allowed.
@@ -37,6 +39,8 @@ pub enum ProxyError {
     DuplicateHost,
     /// No usable host to build a redirect's Location from.
     NoHost,
+    /// A CORS preflight the route's filter answers.
+    Preflight(Box<http::HeaderMap>),
     /// A redirect: to HTTPS (`httpsRedirect`), or a route's RequestRedirect.
     Redirect {
         status: StatusCode,
@@ -51,18 +55,27 @@ impl ProxyError {
             ProxyError::NoBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoMember { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::MemberFailed { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout { .. } | ProxyError::RequestTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::ClientBody { .. } | ProxyError::DuplicateHost | ProxyError::NoHost => {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::Redirect { status, .. } => *status,
+            ProxyError::Preflight(_) => StatusCode::NO_CONTENT,
         }
     }
 
     /// Logs the failure and turns it into the response the client gets.
     pub fn into_response(self) -> Response<ResponseBody> {
+        if let ProxyError::Preflight(headers) = self {
+            let mut response = Response::new(ResponseBody::empty());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            *response.headers_mut() = *headers;
+            return response;
+        }
         let status = self.status();
         let body: &'static str = match &self {
             ProxyError::NoRoute { host, path } => {
@@ -93,6 +106,10 @@ impl ProxyError {
                 tracing::warn!(%cluster, %member, cause = %format_args!("no response within {after:?}"), "504 Gateway Timeout");
                 "504 Gateway Timeout: the member did not answer in time\n"
             }
+            ProxyError::RequestTimeout { after } => {
+                tracing::warn!(cause = %format_args!("the route's request timeout ({after:?}) ran out"), "504 Gateway Timeout");
+                "504 Gateway Timeout: the request took longer than its route allows\n"
+            }
             ProxyError::ConnectRefused => "405 Method Not Allowed: CONNECT is not supported\n",
             ProxyError::TooManyHeaders { count, limit } => {
                 tracing::debug!(count, limit, "request refused: too many headers");
@@ -103,7 +120,7 @@ impl ProxyError {
                 "400 Bad Request: the request body was malformed or cut short\n"
             }
             ProxyError::NoHost => "400 Bad Request: no host to redirect to\n",
-            ProxyError::Redirect { .. } => "",
+            ProxyError::Redirect { .. } | ProxyError::Preflight(_) => "",
             ProxyError::DuplicateHost => {
                 tracing::debug!("request refused: more than one Host field");
                 "400 Bad Request: more than one Host field\n"

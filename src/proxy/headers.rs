@@ -32,6 +32,7 @@ pub fn upgrade_protocol<B>(req: &Request<B>, scan: &Scan) -> Option<HeaderValue>
 /// not put in the request's header map: the lean exchange writes them as the head goes out, and
 /// only hyper's client path inserts them into the map (see [`Forwarding::insert`]). The
 /// client's own lines of those names are taken out of the map when the request is routed.
+#[derive(Clone, Debug)]
 pub struct Forwarding {
     forwarded_for: HeaderValue,
     host: Option<HeaderValue>,
@@ -43,6 +44,15 @@ static HTTP: HeaderValue = HeaderValue::from_static("http");
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 impl Forwarding {
+    /// The fields for a request from `forwarded_for` to `host`, which came over HTTPS or not.
+    pub fn new(forwarded_for: HeaderValue, host: Option<HeaderValue>, https: bool) -> Self {
+        Forwarding {
+            forwarded_for,
+            host,
+            https,
+        }
+    }
+
     /// The fields: X-Forwarded-For, X-Forwarded-Proto, and X-Forwarded-Host when there is a host.
     pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         [

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -18,7 +19,6 @@ use super::client::{Entry, Front};
 use super::downstream::{self, Builders, Serving, Stopping};
 use super::http1::Limits;
 use super::options::ProxyOptions;
-use super::server::bind;
 use super::worker::Worker;
 use crate::plane::DataPlane;
 
@@ -163,6 +163,23 @@ async fn serve_fronts(
             return;
         }
     }
+}
+
+pub fn named(addr: SocketAddr, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+}
+
+/// A listening socket that the other workers' sockets on the same address share
+/// (`SO_REUSEPORT`); TCP_NODELAY is set on it so that accepted connections inherit it.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into()).map_err(|e| named(addr, e))?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 struct Tracker {

@@ -12,7 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 use super::client::{Entry, Front};
-use super::listeners::accept_loop;
+use super::listeners::{accept_loop, bind, named};
 use super::options::ProxyOptions;
 use crate::plane::DataPlane;
 
@@ -111,23 +111,6 @@ fn bind_all(
         listeners.push(bind(bound)?);
     }
     Ok((listeners, bound))
-}
-
-fn named(addr: SocketAddr, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-}
-
-/// A listening socket that the other workers' sockets on the same address share
-/// (`SO_REUSEPORT`); TCP_NODELAY is set on it so that accepted connections inherit it.
-pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.bind(&addr.into()).map_err(|e| named(addr, e))?;
-    socket.listen(1024)?;
-    Ok(socket.into())
 }
 
 fn run_worker(

@@ -224,6 +224,7 @@ fn hyper_service(
             Box::new(ClientRequest {
                 req: req.map(RequestBody::new),
                 lean: None,
+                upgrade: None,
             }),
         );
         async move {
