@@ -15,5 +15,6 @@ mod dataplane {
     mod proxy;
     mod proxy_protocol;
     mod sticky;
+    mod tls_proxy;
     mod upstream;
 }
