@@ -473,6 +473,10 @@ impl Replica {
                 if a.starts_with("--listen=") {
                     replaced += 1;
                     "--listen=127.0.0.1:0".to_owned()
+                } else if a.starts_with("--listen-tls=") {
+                    // Two replicas run in one network namespace: not both on the chart's port.
+                    replaced += 1;
+                    "--listen-tls=127.0.0.1:0".to_owned()
                 } else if a.starts_with("--admin=") {
                     replaced += 1;
                     format!("--admin={pod_ip}:0")
@@ -482,8 +486,8 @@ impl Replica {
             })
             .collect();
         assert_eq!(
-            replaced, 2,
-            "the chart passes --listen and --admin: {args:?}"
+            replaced, 3,
+            "the chart passes --listen, --listen-tls and --admin: {args:?}"
         );
         args.push(format!("--kubeconfig={}", kubeconfig.display()));
         let env = [
