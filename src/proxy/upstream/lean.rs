@@ -24,9 +24,9 @@ pub async fn exchange(
     fields: Option<&RawHead>,
     forwarding: &Forwarding,
     now: tokio::time::Instant,
+    timeout: std::time::Duration,
     deadline: Option<&Deadline>,
 ) -> Result<Exchanged, Failure> {
-    let timeout = config.response_timeout;
     let mut failed = None;
     if let Some(conn) = key.checkout_lean(config.idle_timeout, now) {
         let send = std::pin::pin!(conn.send(req, fields, forwarding.fields()));
