@@ -222,6 +222,7 @@ mod tests {
             lbset: 0,
             route: None,
             state,
+            protocol: Default::default(),
         }
     }
 

@@ -330,6 +330,7 @@ mod tests {
                     } else {
                         MemberState::Enabled
                     },
+                    protocol: Default::default(),
                 }
             })
             .collect();

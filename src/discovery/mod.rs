@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::api::{
     BalancerCluster, BalancerClusterSpec, HashKey, HealthCheckMethod, LbMethod, MemberOverride,
-    MemberState, RouteSpec,
+    MemberState, Protocol, RouteSpec, default_max_concurrent_streams,
 };
 
 /// A member as the data plane serves it.
@@ -24,6 +24,9 @@ pub struct MemberConfig {
     pub lbset: u32,
     pub route: Option<String>,
     pub state: MemberState,
+    /// How the member is spoken to: its own `protocol`, else the cluster's, else (for a
+    /// Service's endpoints) what the port's `appProtocol` says, else http1.
+    pub protocol: Protocol,
 }
 
 /// A cluster as the data plane serves it.
@@ -46,7 +49,8 @@ pub struct ClusterConfig {
     pub policy: Policy,
 }
 
-/// The parts of a cluster's configuration that go beyond Apache's byrequests basics.
+/// The parts of a cluster's configuration that go beyond Apache's byrequests basics, and how
+/// requests are carried beyond HTTP/1.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub sticky: Option<StickyConfig>,
@@ -56,6 +60,11 @@ pub struct Policy {
     /// Zero: no slow start.
     pub slow_start: Duration,
     pub force_recovery: bool,
+    /// Requests in flight on one HTTP/2 connection to a member, at most.
+    pub max_concurrent_streams: u32,
+    /// gRPC methods that may run twice: `/package.Service/Method`, or `/package.Service/`
+    /// for a whole service (the `*` left out).
+    pub safe_grpc_methods: Vec<String>,
 }
 
 impl Default for Policy {
@@ -67,7 +76,22 @@ impl Default for Policy {
             outlier: None,
             slow_start: Duration::ZERO,
             force_recovery: true,
+            max_concurrent_streams: default_max_concurrent_streams(),
+            safe_grpc_methods: Vec::new(),
         }
+    }
+}
+
+impl Policy {
+    /// Whether the gRPC method at `path` (`/package.Service/Method`) may run twice.
+    pub fn is_safe_grpc_method(&self, path: &str) -> bool {
+        self.safe_grpc_methods.iter().any(|m| {
+            if m.ends_with('/') {
+                path.starts_with(m.as_str()) && !path[m.len()..].contains('/')
+            } else {
+                path == m
+            }
+        })
     }
 }
 
@@ -113,6 +137,8 @@ pub struct HealthCheckConfig {
     /// Inclusive status ranges that pass.
     pub expect_status: Vec<(u16, u16)>,
     pub body_contains: Option<String>,
+    /// `method: GRPC`: the service asked about; empty for the server as a whole.
+    pub grpc_service: String,
 }
 
 impl HealthCheckConfig {
@@ -160,7 +186,22 @@ pub fn cluster_config(
 ) -> Result<ClusterConfig, MemberError> {
     let spec = &bc.spec;
     let mut members = static_members(spec)?;
-    members.extend(discovered);
+    if spec.protocol == Some(Protocol::H2) {
+        // Upstream TLS plugs in here: with it, `https://` members may speak h2.
+        return Err(MemberError {
+            field: "spec.protocol".to_owned(),
+            message: "h2 is HTTP/2 over TLS, which needs https:// members (upstream TLS); \
+                      h2c is HTTP/2 without TLS"
+                .to_owned(),
+        });
+    }
+    members.extend(discovered.into_iter().map(|mut m| {
+        // The cluster's protocol, when given, wins over what the Service port says.
+        if let Some(protocol) = spec.protocol {
+            m.protocol = protocol;
+        }
+        m
+    }));
     apply_overrides(&mut members, &spec.member_overrides);
     for m in &mut members {
         if m.route.is_none() {
@@ -224,6 +265,7 @@ fn policy(spec: &BalancerClusterSpec) -> Result<Policy, MemberError> {
                 ),
             })?,
             body_contains: h.body_contains.clone(),
+            grpc_service: h.grpc_service.clone().unwrap_or_default(),
         }),
         None => None,
     };
@@ -243,6 +285,17 @@ fn policy(spec: &BalancerClusterSpec) -> Result<Policy, MemberError> {
         outlier,
         slow_start: spec.slow_start.map_or(Duration::ZERO, Into::into),
         force_recovery: spec.failover.force_recovery,
+        max_concurrent_streams: spec
+            .http2
+            .as_ref()
+            .map_or_else(default_max_concurrent_streams, |h| h.max_concurrent_streams)
+            .max(1),
+        safe_grpc_methods: spec
+            .failover
+            .safe_grpc_methods
+            .iter()
+            .map(|m| m.strip_suffix('*').unwrap_or(m).to_owned())
+            .collect(),
     })
 }
 
@@ -289,6 +342,15 @@ fn static_members(spec: &BalancerClusterSpec) -> Result<Vec<MemberConfig>, Membe
                 field: format!("spec.members[{i}].url"),
                 message: format!("{:?} is not of the form http://HOST:PORT", m.url),
             })?;
+            let protocol = m.protocol.or(spec.protocol).unwrap_or_default();
+            if protocol == Protocol::H2 {
+                return Err(MemberError {
+                    field: format!("spec.members[{i}].protocol"),
+                    message: "h2 is HTTP/2 over TLS, which needs an https:// member (upstream \
+                              TLS); h2c is HTTP/2 without TLS"
+                        .to_owned(),
+                });
+            }
             Ok(MemberConfig {
                 url: format!("http://{authority}"),
                 authority,
@@ -297,6 +359,7 @@ fn static_members(spec: &BalancerClusterSpec) -> Result<Vec<MemberConfig>, Membe
                 lbset: m.lbset,
                 route: m.route.clone(),
                 state: m.state,
+                protocol,
             })
         })
         .collect()
@@ -407,6 +470,7 @@ mod tests {
             lbset: 0,
             route: Some("web1".into()),
             state: MemberState::Enabled,
+            protocol: None,
         });
         let pod = MemberConfig {
             url: "http://10.0.0.7:8080".into(),
@@ -416,6 +480,7 @@ mod tests {
             lbset: 0,
             route: None,
             state: MemberState::Enabled,
+            protocol: Protocol::Http1,
         };
         let c = cluster_config(&bc, vec![pod.clone()]).expect("ok");
         let routes: Vec<_> = c.members.iter().map(|m| m.route.clone()).collect();
@@ -492,6 +557,7 @@ mod tests {
             lbset: 0,
             route: None,
             state: MemberState::Enabled,
+            protocol: None,
         });
         let e = cluster_config(&bc, vec![]).expect_err("refused");
         assert_eq!(e.field, "spec.members[1].url");

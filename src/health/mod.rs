@@ -307,6 +307,7 @@ mod tests {
             fails,
             expect_status: vec![(200, 399)],
             body_contains: None,
+            grpc_service: String::new(),
         }
     }
 

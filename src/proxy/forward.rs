@@ -1,6 +1,7 @@
 //! Forwarding with failover: the members the cluster picks are tried in turn until one answers
 //! or the attempts run out (Apache's `maxattempts`), each outcome reported to the balancer.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -12,14 +13,15 @@ use tokio::time::Instant;
 use super::client::ClientRequest;
 use super::deadline::Deadline;
 use super::error::ProxyError;
+use super::grpc;
 use super::headers::{Forwarding, strip_hop_by_hop};
 use super::http1::client::idempotent;
 use super::response::ResponseBody;
 use super::tunnel::tunnel;
-use super::upstream::body::{Answer, RequestBody};
-use super::upstream::exchange::{Failure, Replay, Stage};
+use super::upstream::body::{Answer, Kept, RequestBody};
+use super::upstream::exchange::{Failure, Held, Replay, Stage};
 use super::upstream::lease::Lease;
-use super::upstream::pool::{Member, Sender};
+use super::upstream::pool::Member;
 use super::upstream::{self, Upstream};
 use super::worker::Worker;
 use crate::api::LbMethod;
@@ -62,8 +64,18 @@ pub async fn forward(
         1 + config.max_attempts as usize
     };
     let upgrade = client_upgrade.is_some();
-    let kind = Upstream::for_request(worker.http1, req.body().is_end_stream(), upgrade);
-    let replay = replay_of(cluster, kind, upgrade, req);
+    let base = Upstream::for_request(worker.http1, req.body().is_end_stream(), upgrade);
+    let mut replay = replay_of(cluster, base, upgrade, req);
+    // A gRPC call (boxed: most requests are not): its deadline, and whether it may run twice.
+    let grpc = grpc::is_grpc(req.headers()).then(|| {
+        Box::new(GrpcCall {
+            deadline: grpc::timeout(req.headers()).map(|t| Instant::now() + t),
+            safe: config.policy.is_safe_grpc_method(req.uri().path()),
+        })
+    });
+    // The request's body, kept where it may have to go again (to another member, after an
+    // HTTP/2 stream failed) or be cut off (at a gRPC call's deadline).
+    let mut kept: Option<Rc<Kept>> = None;
     let mut tried: Vec<usize> = Vec::new();
     // Boxed, as rare: a smaller request future fits the allocator's small size classes.
     let mut last_failure: Option<Box<ProxyError>> = None;
@@ -73,14 +85,33 @@ pub async fn forward(
         let started = Instant::now();
         let now = clock::ms_at(started.into_std());
         let Some(index) = cluster.balancer.pick_for(now, &tried, affinity) else {
-            return Err(last_failure.map_or_else(
+            let error = last_failure.map_or_else(
                 || ProxyError::NoMember {
                     cluster: cluster.key.clone(),
                 },
                 |failure| *failure,
-            ));
+            );
+            if grpc.is_some()
+                && let Some(&last) = tried.last()
+            {
+                let stats = &cluster.balancer.members()[last].stats;
+                stats.count_grpc_status(error.grpc_status());
+            }
+            return Err(error);
         };
         tried.push(index);
+        let kind = Upstream::for_member(base, config.members[index].protocol, upgrade);
+        if matches!(kind, Upstream::Http2 { .. }) {
+            keep_for_http2(
+                req,
+                lean,
+                &mut replay,
+                &mut kept,
+                tries,
+                grpc.is_some(),
+                upgrade,
+            );
+        }
         let stats = &cluster.balancer.members()[index].stats;
         stats.elected.fetch_add(1, Relaxed);
         let lease = Lease::new(stats.clone());
@@ -88,44 +119,119 @@ pub async fn forward(
             req.body_mut().count_for(stats.clone());
         }
         let key = worker.pool.member(&config.members[index].authority);
-        let sent = upstream::send(kind, &key, config, req, lean, forwarding, started, deadline);
+        let call_deadline = grpc.as_ref().and_then(|g| g.deadline);
+        let until = call_deadline.unwrap_or(started + config.response_timeout);
+        let sent = upstream::send(
+            kind, &key, config, req, lean, forwarding, started, until, deadline,
+        );
         match sent.await {
             Err(failure) => {
                 let stage = failure.stage;
-                let error = failed(cluster, index, failure, req)?;
-                if tried.len() >= tries || !may_go_again(cluster, stage, kind, req, &replay) {
+                let given_back = failure.unsent.is_some();
+                let client_deadline = stage == Stage::TimedOut && call_deadline.is_some();
+                let error = failed(cluster, index, failure, req, client_deadline)?;
+                let again = tried.len() < tries
+                    && may_go_again(cluster, stage, kind, req, &replay, &kept, grpc.as_deref())
+                    && (given_back
+                        || kind == Upstream::Lean
+                        || (kind == Upstream::Hyper && stage == Stage::Unsent)
+                        || rebuild(req, replay.as_deref(), kept.as_ref()));
+                if !again {
+                    if grpc.is_some() {
+                        stats.count_grpc_status(error.grpc_status());
+                    }
                     return Err(error);
-                }
-                if let (Some(again), Upstream::Hyper) = (replay.as_deref(), kind)
-                    && stage != Stage::Unsent
-                {
-                    *req = again.request();
                 }
                 last_failure = Some(Box::new(error));
             }
-            Ok((sender, response)) => {
+            Ok((held, response)) => {
                 observe(cluster, index, started, response.status());
                 if failed_on_status(cluster, index, response.status())
-                    && let Some(again) = replay.as_deref().filter(|_| tried.len() < tries)
+                    && tried.len() < tries
+                    && rebuild(req, replay.as_deref(), kept.as_ref())
                 {
-                    *req = again.request();
                     continue;
                 }
                 let answer = Answered {
                     lease,
                     key,
-                    sender,
+                    held,
                     response,
                 };
-                return Ok(deliver(cluster, index, affinity, client_upgrade, answer));
+                let mut response = deliver(cluster, index, affinity, client_upgrade, answer);
+                if let Some(call) = grpc.as_deref() {
+                    if let Some(code) = grpc::status_of(response.headers()) {
+                        stats.count_grpc_status(code);
+                    }
+                    response.body_mut().grpc(call.deadline, kept);
+                }
+                return Ok(response);
             }
         }
     }
 }
 
+/// A gRPC call's deadline (from its `grpc-timeout`), and whether its method may run twice
+/// (`failover.safeGrpcMethods`).
+struct GrpcCall {
+    deadline: Option<Instant>,
+    safe: bool,
+}
+
+/// Readies a request for an HTTP/2 member, whose client takes it: its head is kept when it
+/// may have to be sent again (a body-less idempotent request, or any request while attempts
+/// remain), and its body too, as are a gRPC call's (so that its deadline can cut it off).
+fn keep_for_http2(
+    req: &mut Request<RequestBody>,
+    lean: &mut Option<super::http1::LeanHead>,
+    replay: &mut Option<Box<Replay>>,
+    kept: &mut Option<Rc<Kept>>,
+    tries: usize,
+    grpc: bool,
+    upgrade: bool,
+) {
+    if upgrade {
+        return;
+    }
+    if let Some(head) = lean.take() {
+        head.fields.fill(req.headers_mut());
+    }
+    let bodyless = req.body().is_end_stream();
+    if replay.is_none() && (tries > 1 || (bodyless && idempotent(req.method()))) {
+        *replay = Some(Box::new(Replay::of(req)));
+    }
+    if kept.is_none() && !bodyless && (tries > 1 || grpc) {
+        *kept = req.body_mut().keep();
+    }
+}
+
+/// Builds the request again for another attempt, from its kept head and body: false when they
+/// were not kept, or part of the body that went was not.
+fn rebuild(
+    req: &mut Request<RequestBody>,
+    replay: Option<&Replay>,
+    kept: Option<&Rc<Kept>>,
+) -> bool {
+    let Some(replay) = replay else {
+        return false;
+    };
+    let body = match kept {
+        Some(kept) => match RequestBody::again(kept) {
+            Some(body) => body,
+            None => return false,
+        },
+        None if req.body().is_end_stream() => RequestBody::empty(),
+        None => return false,
+    };
+    *req = replay.request();
+    *req.body_mut() = body;
+    true
+}
+
 /// A failed exchange. The client's broken request body is the client's fault: 400, and
-/// nothing held against the member. Otherwise it is reported to the balancer and, unless the
-/// answer only came late (504), the member is put in error. Gives the error and whether the
+/// nothing held against the member. Otherwise it is reported to the balancer (unless it was a
+/// gRPC call's own deadline that passed) and, unless the answer only came late (504), the
+/// member is put in error. Gives the error and whether the
 /// request may go to another member; the request is put back when hyper's client had taken
 /// it.
 fn failed(
@@ -133,6 +239,7 @@ fn failed(
     index: usize,
     failure: Failure,
     req: &mut Request<RequestBody>,
+    client_deadline: bool,
 ) -> Result<ProxyError, ProxyError> {
     let member = &cluster.config.members[index];
     let Failure {
@@ -143,7 +250,10 @@ fn failed(
     if stage == Stage::ClientBody {
         return Err(ProxyError::ClientBody { cause });
     }
-    cluster.balancer.report(index, false, clock::now_ms());
+    // A gRPC call's own deadline passing says nothing of the member.
+    if !client_deadline {
+        cluster.balancer.report(index, false, clock::now_ms());
+    }
     if stage == Stage::TimedOut {
         return Err(ProxyError::Timeout {
             cluster: cluster.key.clone(),
@@ -170,20 +280,31 @@ fn failed(
 /// when sending it twice changes nothing (an idempotent method, no body; nothing has gone to
 /// the client yet), and while the cluster's retry budget lasts, as nginx's
 /// `proxy_next_upstream error` does.
+///
+/// A gRPC call is POST, which is not idempotent: it goes to another member only when nothing
+/// of it reached the first (a connection that did not open, a stream the member refused
+/// unprocessed), unless its method is listed in `failover.safeGrpcMethods`; then also when its
+/// stream broke before the answer began, if its body was kept whole.
 fn may_go_again(
     cluster: &Cluster,
     stage: Stage,
     kind: Upstream,
     req: &Request<RequestBody>,
     replay: &Option<Box<Replay>>,
+    kept: &Option<Rc<Kept>>,
+    grpc: Option<&GrpcCall>,
 ) -> bool {
     match stage {
-        Stage::Unsent => true,
+        Stage::Unsent | Stage::Refused => true,
         Stage::Unanswered | Stage::BadAnswer => {
             // The lean client only borrowed the request; hyper's took it, and a copy was kept.
             let intact = kind == Upstream::Lean || replay.is_some();
+            let may_repeat = match grpc {
+                Some(call) => call.safe && kept.as_ref().is_none_or(|k| k.can_again()),
+                None => idempotent(req.method()),
+            };
             intact
-                && idempotent(req.method())
+                && may_repeat
                 && cluster
                     .retry_budget
                     .try_take(clock::now_ms(), requests(cluster))
@@ -251,8 +372,8 @@ fn replay_of(
 /// A member's answer head and what goes with it until its body is read.
 struct Answered {
     lease: Lease,
-    key: std::rc::Rc<Member>,
-    sender: Option<Sender>,
+    key: Rc<Member>,
+    held: Option<Held>,
     response: Response<Answer>,
 }
 
@@ -269,7 +390,7 @@ fn deliver(
     let Answered {
         mut lease,
         key,
-        sender,
+        held,
         mut response,
     } = answer;
     let member = &cluster.config.members[index];
@@ -284,7 +405,7 @@ fn deliver(
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    lease.reuse(key, sender);
+    lease.reuse(key, held);
     Response::from_parts(parts, ResponseBody::upstream(body, lease))
 }
 

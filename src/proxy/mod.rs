@@ -21,6 +21,7 @@ mod deadline;
 mod downstream;
 mod error;
 mod forward;
+mod grpc;
 mod headers;
 mod http1;
 mod options;

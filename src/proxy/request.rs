@@ -13,6 +13,7 @@ use http::{Method, Request, Response};
 use super::client::{Client, ClientRequest};
 use super::error::ProxyError;
 use super::forward::{Routed, forward};
+use super::grpc::is_grpc;
 use super::headers::{prepare_request, upgrade_protocol};
 use super::http1::LeanHead;
 use super::http1::field::Scan;
@@ -41,12 +42,14 @@ pub fn handle(
     let logged = worker
         .access_log
         .then(|| (req.req.method().clone(), req.req.uri().path().to_owned()));
+    // A gRPC client is answered in gRPC's terms when the proxy answers for a member.
+    let grpc = is_grpc(req.req.headers());
     match route(&worker, &client, req) {
         Ok(mut routed) => Either::Left(async move {
             let mut response = match forward(&worker, &mut routed, client.deadline.as_deref()).await
             {
                 Ok(response) => response,
-                Err(e) => e.into_response(),
+                Err(e) => e.into_response_for(grpc),
             };
             answered(&mut response, &client, logged);
             // The request's box and header map are parsed into again.
@@ -54,7 +57,7 @@ pub fn handle(
             Ok(response)
         }),
         Err(e) => {
-            let mut response = e.into_response();
+            let mut response = e.into_response_for(grpc);
             answered(&mut response, &client, logged);
             Either::Right(std::future::ready(Ok(response)))
         }
