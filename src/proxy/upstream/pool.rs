@@ -290,3 +290,46 @@ pub async fn open(authority: &str, timeout: Duration) -> Result<TcpStream, Conne
     stream.set_nodelay(true)?;
     Ok(stream)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Streams fill a connection up to the limit before another is opened; the member's own
+    /// lower limit wins; a freed slot is taken again before a new connection is opened.
+    #[test]
+    fn streams_share_a_connection_up_to_the_limit() {
+        let pool = Pool::default();
+        let member = pool.member("127.0.0.1:1");
+        let now = Instant::now();
+        let idle = Duration::from_secs(90);
+        let mut held = Vec::new();
+        let mut opened = 0;
+        for _ in 0..5 {
+            let (stream, new) = member.checkout_h2(2, idle, now);
+            opened += usize::from(new);
+            held.push(stream);
+        }
+        assert_eq!((opened, member.h2_load()), (3, vec![2, 2, 1]));
+        held.remove(0);
+        let (again, new) = member.checkout_h2(2, idle, now);
+        assert!(!new, "a freed slot is taken, the newest connection's first");
+        assert_eq!(member.h2_load(), vec![1, 2, 2]);
+        held.push(again);
+        // The member allows one stream per connection: none has room under 100.
+        for conn in member.h2.borrow().iter() {
+            conn.peer_max.set(1);
+        }
+        let (_, new) = member.checkout_h2(100, idle, now);
+        assert!(new, "none has room under the member's own limit");
+        // A connection that could not be opened is dropped at the next checkout.
+        held[0].conn().failed("connect: refused".to_owned());
+        drop(held);
+        let (_kept, new) = member.checkout_h2(100, idle, now);
+        assert!(
+            !new,
+            "the newest, which the member has not limited, has room"
+        );
+        assert_eq!(member.h2_load(), vec![0, 0, 1], "the failed one is gone");
+    }
+}
