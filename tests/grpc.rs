@@ -97,7 +97,6 @@ struct Server {
     stdin: Option<ChildStdin>,
     out: Mutex<Lines>,
     addr: SocketAddr,
-    name: String,
 }
 
 impl Server {
@@ -125,7 +124,6 @@ impl Server {
             child,
             out: Mutex::new(out),
             addr,
-            name: name.to_owned(),
         }
     }
 
@@ -257,7 +255,8 @@ impl Drop for Running {
 /// The real binary in standalone mode on a file of ours, killed when dropped.
 struct Balancer {
     child: Child,
-    err: Lines,
+    /// Read for as long as the binary runs, so that its logging never blocks on a full pipe.
+    _err: Lines,
     addr: SocketAddr,
     admin: SocketAddr,
     file: PathBuf,
@@ -301,7 +300,7 @@ impl Balancer {
         let admin = address(err.wait_for("admin server listening", LIMIT));
         Balancer {
             child,
-            err,
+            _err: err,
             addr,
             admin,
             file,
