@@ -671,3 +671,203 @@ fn grpc_health_checks_take_a_not_serving_member_out_and_bring_it_back() {
     assert_eq!(backends.len(), 2, "both members serve again: {backends:?}");
     drop(b.stdin.take());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Members scripted with the h2 crate (a real HTTP/2 server, whose every step the test decides):
+// streams refused or reset, and members that never answer.
+
+mod scripted {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use h2::Reason;
+    use tokio::net::TcpListener;
+
+    /// What a scripted member does with each stream, once it has read the request's body.
+    #[derive(Clone, Copy, Debug)]
+    pub enum Then {
+        /// Resets it with this reason, answering nothing.
+        Reset(Reason),
+        /// Answers the head (200, application/grpc) and then nothing more.
+        HeadOnly,
+        /// Answers nothing at all.
+        Nothing,
+    }
+
+    /// A scripted HTTP/2 member: it counts the streams it read, the body bytes, and the
+    /// streams the proxy reset.
+    pub struct Member {
+        pub addr: SocketAddr,
+        pub streams: Arc<AtomicUsize>,
+        pub body_bytes: Arc<AtomicUsize>,
+        pub resets: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Member {
+        pub async fn start(then: Then) -> Member {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let streams = Arc::new(AtomicUsize::new(0));
+            let body_bytes = Arc::new(AtomicUsize::new(0));
+            let resets = Arc::new(AtomicUsize::new(0));
+            let counts = (streams.clone(), body_bytes.clone(), resets.clone());
+            let task = tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let counts = counts.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                            return;
+                        };
+                        while let Some(Ok((req, mut respond))) = conn.accept().await {
+                            let counts = counts.clone();
+                            tokio::spawn(async move {
+                                let mut body = req.into_body();
+                                while let Some(Ok(data)) = body.data().await {
+                                    counts.1.fetch_add(data.len(), Ordering::SeqCst);
+                                    let _ = body.flow_control().release_capacity(data.len());
+                                }
+                                counts.0.fetch_add(1, Ordering::SeqCst);
+                                match then {
+                                    Then::Reset(reason) => respond.send_reset(reason),
+                                    Then::HeadOnly | Then::Nothing => {
+                                        let mut sending = None;
+                                        if let Then::HeadOnly = then {
+                                            let head = http::Response::builder()
+                                                .header("content-type", "application/grpc")
+                                                .body(())
+                                                .expect("a head");
+                                            sending = respond.send_response(head, false).ok();
+                                        }
+                                        let reset = match sending.as_mut() {
+                                            Some(stream) => {
+                                                std::future::poll_fn(|cx| stream.poll_reset(cx))
+                                                    .await
+                                            }
+                                            None => {
+                                                std::future::poll_fn(|cx| respond.poll_reset(cx))
+                                                    .await
+                                            }
+                                        };
+                                        if reset.is_ok() {
+                                            counts.2.fetch_add(1, Ordering::SeqCst);
+                                        }
+                                        drop(sending);
+                                    }
+                                }
+                            });
+                        }
+                    });
+                }
+            });
+            Member {
+                addr,
+                streams,
+                body_bytes,
+                resets,
+                task,
+            }
+        }
+
+        pub fn url(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+    }
+
+    impl Drop for Member {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// A gRPC unary call with no deadline of the client's own: the head and body the proxy
+    /// answered (status, fields, trailers), as an h2 client sees them.
+    pub async fn raw_call(
+        proxy: SocketAddr,
+        grpc_timeout: &str,
+    ) -> (u16, http::HeaderMap, Option<http::HeaderMap>) {
+        let tcp = tokio::net::TcpStream::connect(proxy).await.expect("connect");
+        let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
+        tokio::spawn(conn);
+        let mut client = client.ready().await.expect("ready");
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{proxy}/grpc.testing.TestService/UnaryCall"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", grpc_timeout)
+            .body(())
+            .expect("a request");
+        let (response, mut body) = client.send_request(req, false).expect("send");
+        body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+            .expect("the message");
+        let response = response.await.expect("an answer");
+        let (parts, mut body) = response.into_parts();
+        while let Some(data) = body.data().await {
+            let _ = data.expect("data");
+        }
+        let trailers = body.trailers().await.expect("trailers");
+        (parts.status.as_u16(), parts.headers, trailers)
+    }
+}
+
+/// A stream the member refused unprocessed (REFUSED_STREAM) goes to the other member, body
+/// and all; a stream the member reset otherwise had reached it, and the client gets
+/// UNAVAILABLE.
+#[test]
+fn a_refused_stream_goes_to_the_other_member_with_its_body_and_a_reset_one_does_not() {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    for (reason, expected) in [(h2::Reason::REFUSED_STREAM, 0), (h2::Reason::INTERNAL_ERROR, 14)] {
+        let first = runtime.block_on(scripted::Member::start(scripted::Then::Reset(reason)));
+        let b = Server::start("b");
+        let balancer = Balancer::start(&cluster(&[first.url(), b.url()], ""));
+        let c = call(balancer.addr, &["-kind", "unary", "-size", "30000"]);
+        assert_eq!(c.code, expected, "{reason:?}: {c:?}");
+        assert_eq!(first.streams.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(
+            first.body_bytes.load(std::sync::atomic::Ordering::SeqCst) > 30000,
+            "the whole request reached the first member"
+        );
+        if expected == 0 {
+            assert_eq!(c.backend, "b", "{c:?}");
+            assert_eq!(b.events("event UnaryCall ok"), 1);
+        } else {
+            assert_eq!(b.events("UnaryCall"), 0, "not sent again");
+        }
+    }
+}
+
+/// The call's deadline is the proxy's own, whatever the client and member do: a member that
+/// never answers gets its stream reset and the client a trailers-only DEADLINE_EXCEEDED; one
+/// that answered its head and then nothing gets its stream reset and the client trailers with
+/// DEADLINE_EXCEEDED.
+#[test]
+fn a_deadline_passing_resets_the_members_stream_and_gives_deadline_exceeded() {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    for then in [scripted::Then::Nothing, scripted::Then::HeadOnly] {
+        let member = runtime.block_on(scripted::Member::start(then));
+        let balancer = Balancer::start(&cluster(&[member.url()], ""));
+        let started = Instant::now();
+        let (status, head, trailers) =
+            runtime.block_on(scripted::raw_call(balancer.addr, "300m"));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+            "{then:?}: {took:?}"
+        );
+        assert_eq!(status, 200, "{then:?}");
+        let fields = match then {
+            scripted::Then::Nothing => {
+                assert!(trailers.is_none(), "trailers-only: {trailers:?}");
+                head
+            }
+            _ => trailers.expect("trailers"),
+        };
+        assert_eq!(fields["grpc-status"], "4", "{then:?}: {fields:?}");
+        wait_until("the member's stream reset", LIMIT, || {
+            member.resets.load(std::sync::atomic::Ordering::SeqCst) == 1
+        });
+    }
+}
