@@ -871,3 +871,83 @@ fn a_deadline_passing_resets_the_members_stream_and_gives_deadline_exceeded() {
         });
     }
 }
+
+/// An HTTP/1.1 client's requests reach an h2c member as HTTP/2 streams: the Host as the
+/// `:authority`, bodies whole, the forwarding fields added; one connection carries them all.
+#[test]
+fn http1_requests_reach_an_h2c_member_as_streams_on_one_connection() {
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let member = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        |req: http::Request<hyper::body::Incoming>| async move {
+                            use http_body_util::BodyExt;
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            let text = format!(
+                                "{:?} {} {} xff={} body={}",
+                                parts.version,
+                                parts.method,
+                                parts.uri,
+                                parts.headers["x-forwarded-for"].to_str().unwrap_or("?"),
+                                body.len()
+                            );
+                            Ok::<_, hyper::Error>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(text)),
+                            ))
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+                });
+            }
+        });
+        addr
+    });
+    let balancer = Balancer::start(&cluster(&[format!("http://{member}")], ""));
+    let mut client = std::net::TcpStream::connect(balancer.addr).expect("connect");
+    client.set_read_timeout(Some(LIMIT)).expect("timeout");
+    let mut exchange = |request: &str| -> String {
+        client.write_all(request.as_bytes()).expect("send");
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("body=") {
+            let n = client.read(&mut chunk).expect("read");
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or(text)
+    };
+    let get = exchange("GET /hello?x=1 HTTP/1.1\r\nHost: shop.example\r\n\r\n");
+    assert_eq!(
+        get,
+        "HTTP/2.0 GET http://shop.example/hello?x=1 xff=127.0.0.1 body=0"
+    );
+    let post = exchange(
+        "POST /upload HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    );
+    assert_eq!(
+        post,
+        "HTTP/2.0 POST http://shop.example/upload xff=127.0.0.1 body=11"
+    );
+    let again = exchange("GET /again HTTP/1.1\r\nHost: shop.example\r\n\r\n");
+    assert!(again.starts_with("HTTP/2.0 GET http://shop.example/again"), "{again}");
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "one connection, three streams");
+}
