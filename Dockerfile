@@ -30,6 +30,10 @@ COPY bench/loadgen ./bench/loadgen
 RUN install -D -m 0755 "$(PGO=$PGO scripts/build-release.sh)" /out/kube-balancer
 
 FROM debian:${DEBIAN_RELEASE}-slim
+# The system's CA certificates: https:// members of clusters that name no CA are verified
+# against them (docs/tls.md).
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/kube-balancer /usr/local/bin/kube-balancer
 # A numeric user that exists nowhere: no home, no shell, no privileges (the chart's runAsUser).
 USER 65532:65532

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane that the end-to-end tests run against (docs/testenv.md):
 # kube-apiserver, kube-controller-manager and kubectl from k8s.io/kubernetes, etcd, and helm, all
-# from pinned Go module versions, into a version-keyed cache outside the repository.
+# from pinned Go module versions, into a version-keyed cache outside the repository. From the Gateway
+# API module at its pinned release it also builds the conformance suite's test binary and its
+# echo-basic backend, and keeps the standard channel's CRDs and the suite's base manifests.
 #
 #   scripts/testenv.sh build     build what is missing (default); a warm run takes a second
-#   scripts/testenv.sh env       build what is missing, then print shell exports (KB_TESTENV_BIN)
+#   scripts/testenv.sh env       build what is missing, then print shell exports (KB_TESTENV_BIN,
+#                                KB_TESTENV_ECHO_BASIC, KB_TESTENV_GATEWAY_CONFORMANCE, ...)
 #   scripts/testenv.sh bin-dir   print the bin directory (without building)
 #   scripts/testenv.sh versions  print the pinned versions
 #   scripts/testenv.sh run CMD... build what is missing, then run CMD inside a network namespace
-#                                made for it (and deleted after it), with KB_TESTENV_BIN and
+#                                made for it (and deleted after it), with the exports of `env` and
 #                                KB_TESTENV_NETNS set: how the Kubernetes tests run (needs root)
 #
 # Progress goes to stderr, so `eval "$(scripts/testenv.sh env)"` sees only the exports.
@@ -17,10 +20,18 @@ set -euo pipefail
 K8S_VERSION=v1.35.4   # matches k8s-openapi's v1_35 feature in Cargo.toml
 ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.20.2  # built against client-go v0.35, like the apiserver
-# Bump when the build recipe below changes, so that caches built by an older recipe are not reused.
+GATEWAY_API_VERSION=v1.6.3  # sigs.k8s.io/gateway-api: the conformance suite, echo-basic, the CRDs
+# Bump when a build recipe below changes, so that caches built by an older recipe are not reused.
+# The control plane and the Gateway API artifacts are cached apart: a change to one does not
+# rebuild the other.
 RECIPE=1
+GATEWAY_RECIPE=1
 
 BINARIES=(kube-apiserver kube-controller-manager kubectl etcd helm)
+GATEWAY_BINARIES=(echo-basic gateway-conformance.test)
+# Kept beside the Gateway API binaries, from its module: the standard channel's CRDs (in the order
+# of the module's kustomization) and the conformance suite's base manifests.
+GATEWAY_FILES=(standard-crds.yaml base-manifests.yaml)
 
 say() { echo "testenv: $*" >&2; }
 die() { echo "testenv: error: $*" >&2; exit 1; }
@@ -31,15 +42,28 @@ locate() {
     local goos_arch
     goos_arch="$(go env GOOS)-$(go env GOARCH)" || die "\`go env\` failed"
     VERSION_KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_r${RECIPE}_${goos_arch}"
+    GATEWAY_KEY="gateway-api-${GATEWAY_API_VERSION}_r${GATEWAY_RECIPE}_${goos_arch}"
     CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/kube-balancer/testenv"
     KEY_DIR="$CACHE_ROOT/$VERSION_KEY"
     BIN_DIR="$KEY_DIR/bin"
+    GATEWAY_DIR="$CACHE_ROOT/$GATEWAY_KEY"
 }
 
 complete() {
+    control_plane_complete && gateway_complete
+}
+
+control_plane_complete() {
     local b
     [[ -f "$KEY_DIR/complete" ]] || return 1
     for b in "${BINARIES[@]}"; do [[ -x "$BIN_DIR/$b" ]] || return 1; done
+}
+
+gateway_complete() {
+    local b f
+    [[ -f "$GATEWAY_DIR/complete" ]] || return 1
+    for b in "${GATEWAY_BINARIES[@]}"; do [[ -x "$GATEWAY_DIR/bin/$b" ]] || return 1; done
+    for f in "${GATEWAY_FILES[@]}"; do [[ -s "$GATEWAY_DIR/$f" ]] || return 1; done
 }
 
 # Runs one build step with its output in the log; on failure names the step and shows the log's tail.
@@ -70,6 +94,19 @@ go_mod_of() {
     fi
     path="$(sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")"
     [[ -f "$path" ]] || die "go mod download -json $1 named no go.mod"
+    echo "$path"
+}
+
+# Prints the directory of MODULE@VERSION's files in the module cache, downloading the module.
+go_dir_of() {
+    local json path
+    if ! json="$(go mod download -json "$1" 2>&1)"; then
+        echo "testenv: error: cannot download $1:" >&2
+        sed 's/^/    /' <<<"$json" >&2
+        exit 1
+    fi
+    path="$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")"
+    [[ -d "$path" ]] || die "go mod download -json $1 named no directory"
     echo "$path"
 }
 
@@ -170,6 +207,45 @@ build_helm() {
         go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
+# The conformance suite and echo-basic live in the module sigs.k8s.io/gateway-api/conformance, whose
+# go.mod replaces sigs.k8s.io/gateway-api with ../ (so `go install` is refused). A wrapper module
+# requires it and points sigs.k8s.io/gateway-api at the same published release.
+build_gateway_api() {
+    local dir="$WORK/gateway-api" files="$WORK/gateway-api-files" api_dir conformance_dir resource
+    mkdir -p "$dir" "$files"
+    cat >"$dir/go.mod" <<EOF
+module kube-balancer.test/gateway-api-wrapper
+
+go 1.26.0
+
+replace sigs.k8s.io/gateway-api => sigs.k8s.io/gateway-api $GATEWAY_API_VERSION
+EOF
+    api_dir="$(go_dir_of "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION")"
+    conformance_dir="$(go_dir_of "sigs.k8s.io/gateway-api/conformance@$GATEWAY_API_VERSION")"
+    (
+        cd "$dir"
+        step "resolving sigs.k8s.io/gateway-api/conformance $GATEWAY_API_VERSION" \
+            go get -t "sigs.k8s.io/gateway-api/conformance@$GATEWAY_API_VERSION" \
+            "sigs.k8s.io/gateway-api/conformance/echo-basic@$GATEWAY_API_VERSION"
+        step "building echo-basic $GATEWAY_API_VERSION" env CGO_ENABLED=0 go build -trimpath \
+            -ldflags "-s -w" -o "$STAGE_BIN/echo-basic" sigs.k8s.io/gateway-api/conformance/echo-basic
+        step "building the Gateway API conformance suite $GATEWAY_API_VERSION (go test -c)" \
+            env CGO_ENABLED=0 go test -c -trimpath -ldflags "-s -w" \
+            -o "$STAGE_BIN/gateway-conformance.test" sigs.k8s.io/gateway-api/conformance
+    )
+    # The standard channel in the order of the module's kustomization, as one multi-document file.
+    while read -r resource; do
+        [[ -s "$api_dir/config/crd/$resource" ]] ||
+            die "gateway-api $GATEWAY_API_VERSION has no config/crd/$resource"
+        echo "---"
+        cat "$api_dir/config/crd/$resource"
+    done < <(sed -n 's|^[[:space:]]*-[[:space:]]*\(standard/[^[:space:]]*\.yaml\)[[:space:]]*$|\1|p' \
+        "$api_dir/config/crd/kustomization.yaml") >"$files/standard-crds.yaml"
+    grep -q "gateway.networking.k8s.io/bundle-version: $GATEWAY_API_VERSION" "$files/standard-crds.yaml" ||
+        die "found no standard channel CRDs of gateway-api $GATEWAY_API_VERSION"
+    install -m 0644 "$conformance_dir/base/manifests.yaml" "$files/base-manifests.yaml"
+}
+
 build() {
     locate
     complete && return 0
@@ -177,28 +253,45 @@ build() {
     # One build at a time per cache; a second caller waits, then finds the build complete.
     exec 9>"$CACHE_ROOT/.lock"
     flock 9
-    complete && return 0
-    LOG="$CACHE_ROOT/$VERSION_KEY.build.log"
+    control_plane_complete || build_part control_plane "$VERSION_KEY" "$KEY_DIR" \
+        "the test control plane" "7 to 11"
+    gateway_complete || build_part gateway "$GATEWAY_KEY" "$GATEWAY_DIR" \
+        "the Gateway API conformance suite and echo-basic" "3 to 7"
+}
+
+# Builds one cached part (control_plane or gateway) into its key's folder.
+build_part() {
+    local part="$1" key="$2" dir="$3" what="$4" minutes="$5"
+    LOG="$CACHE_ROOT/$key.build.log"
     : >"$LOG"
     WORK="$(mktemp -d "$CACHE_ROOT/.build.XXXXXX")"
     STAGE_BIN="$WORK/bin"
     mkdir -p "$STAGE_BIN"
-    # A build cache of its own, deleted with the work folder: it holds about 3.5 GB of objects
-    # that nothing reuses once the binaries are built.
+    # A build cache of its own, deleted with the work folder: it holds gigabytes of objects that
+    # nothing reuses once the binaries are built.
     export GOCACHE="$WORK/go-build"
     trap 'rm -rf "$WORK"' EXIT
     local started=$SECONDS
-    say "building the test control plane into $BIN_DIR (the first time takes 7 to 11 minutes on 2 cores; log: $LOG)"
-    build_kubernetes
-    build_etcd
-    build_helm
+    say "building $what into $dir (the first time takes $minutes minutes on 2 cores; log: $LOG)"
+    if [[ $part == control_plane ]]; then
+        build_kubernetes
+        build_etcd
+        build_helm
+    else
+        build_gateway_api
+    fi
     # Publish only a complete set, so that an interrupted build is never mistaken for a finished one.
-    rm -rf "$KEY_DIR"
-    mkdir -p "$KEY_DIR"
-    mv "$STAGE_BIN" "$BIN_DIR"
-    cp "$WORK/kubernetes/go.mod" "$KEY_DIR/kubernetes-wrapper.go.mod"
-    cp "$WORK/etcd/go.mod" "$KEY_DIR/etcd-wrapper.go.mod"
-    echo "$VERSION_KEY built in $((SECONDS - started)) s with $(go version)" >"$KEY_DIR/complete"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    mv "$STAGE_BIN" "$dir/bin"
+    if [[ $part == control_plane ]]; then
+        cp "$WORK/kubernetes/go.mod" "$dir/kubernetes-wrapper.go.mod"
+        cp "$WORK/etcd/go.mod" "$dir/etcd-wrapper.go.mod"
+    else
+        cp "$WORK/gateway-api/go.mod" "$dir/gateway-api-wrapper.go.mod"
+        mv "$WORK/gateway-api-files"/* "$dir/"
+    fi
+    echo "$key built in $((SECONDS - started)) s with $(go version)" >"$dir/complete"
     rm -rf "$WORK"
     trap - EXIT
     say "built in $((SECONDS - started)) s"
@@ -249,8 +342,18 @@ run_in_namespace() {
         die "10.244.0.0/24 is not local in $NETNS"
     say "running in network namespace $NETNS: $*"
     local status=0
-    KB_TESTENV_BIN="$BIN_DIR" KB_TESTENV_NETNS="$NETNS" ip netns exec "$NETNS" "$@" || status=$?
+    eval "$(exports)"
+    KB_TESTENV_NETNS="$NETNS" ip netns exec "$NETNS" "$@" || status=$?
     return "$status"
+}
+
+# The paths the tests read (docs/testenv.md), as shell exports.
+exports() {
+    printf 'export KB_TESTENV_BIN=%q\n' "$BIN_DIR"
+    printf 'export KB_TESTENV_ECHO_BASIC=%q\n' "$GATEWAY_DIR/bin/echo-basic"
+    printf 'export KB_TESTENV_GATEWAY_CONFORMANCE=%q\n' "$GATEWAY_DIR/bin/gateway-conformance.test"
+    printf 'export KB_TESTENV_GATEWAY_CRDS=%q\n' "$GATEWAY_DIR/standard-crds.yaml"
+    printf 'export KB_TESTENV_GATEWAY_BASE_MANIFESTS=%q\n' "$GATEWAY_DIR/base-manifests.yaml"
 }
 
 case "${1:-build}" in
@@ -260,7 +363,7 @@ build)
     ;;
 env)
     build
-    printf 'export KB_TESTENV_BIN=%q\n' "$BIN_DIR"
+    exports
     ;;
 bin-dir)
     locate
@@ -274,6 +377,7 @@ versions)
     echo "kubernetes $K8S_VERSION"
     echo "etcd $ETCD_VERSION"
     echo "helm $HELM_VERSION"
+    echo "gateway-api $GATEWAY_API_VERSION"
     ;;
 *)
     die "unknown command '$1' (expected build, env, bin-dir, versions or run)"

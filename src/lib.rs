@@ -16,3 +16,4 @@ pub mod proxy;
 pub mod standalone;
 pub mod status;
 pub mod telemetry;
+pub mod tls;

@@ -36,10 +36,11 @@ fn the_pinned_versions_are_the_ones_testenv_builds() {
         String::from_utf8_lossy(&output.stderr)
     );
     let expected = format!(
-        "kubernetes {}\netcd {}\nhelm {}\n",
+        "kubernetes {}\netcd {}\nhelm {}\ngateway-api {}\n",
         controlplane::KUBERNETES_VERSION,
         controlplane::ETCD_VERSION,
-        controlplane::HELM_VERSION
+        controlplane::HELM_VERSION,
+        support::podrunner::GATEWAY_API_VERSION
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout), expected);
 }

@@ -788,7 +788,9 @@ mod scripted {
         proxy: SocketAddr,
         grpc_timeout: &str,
     ) -> (u16, http::HeaderMap, Option<http::HeaderMap>) {
-        let tcp = tokio::net::TcpStream::connect(proxy).await.expect("connect");
+        let tcp = tokio::net::TcpStream::connect(proxy)
+            .await
+            .expect("connect");
         let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
         tokio::spawn(conn);
         let mut client = client.ready().await.expect("ready");
@@ -819,7 +821,10 @@ mod scripted {
 #[test]
 fn a_refused_stream_goes_to_the_other_member_with_its_body_and_a_reset_one_does_not() {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    for (reason, expected) in [(h2::Reason::REFUSED_STREAM, 0), (h2::Reason::INTERNAL_ERROR, 14)] {
+    for (reason, expected) in [
+        (h2::Reason::REFUSED_STREAM, 0),
+        (h2::Reason::INTERNAL_ERROR, 14),
+    ] {
         let first = runtime.block_on(scripted::Member::start(scripted::Then::Reset(reason)));
         let b = Server::start("b");
         let balancer = Balancer::start(&cluster(&[first.url(), b.url()], ""));
@@ -850,8 +855,7 @@ fn a_deadline_passing_resets_the_members_stream_and_gives_deadline_exceeded() {
         let member = runtime.block_on(scripted::Member::start(then));
         let balancer = Balancer::start(&cluster(&[member.url()], ""));
         let started = Instant::now();
-        let (status, head, trailers) =
-            runtime.block_on(scripted::raw_call(balancer.addr, "300m"));
+        let (status, head, trailers) = runtime.block_on(scripted::raw_call(balancer.addr, "300m"));
         let took = started.elapsed();
         assert!(
             took >= Duration::from_millis(300) && took < Duration::from_secs(3),
@@ -905,9 +909,9 @@ fn http1_requests_reach_an_h2c_member_as_streams_on_one_connection() {
                                 parts.headers["x-forwarded-for"].to_str().unwrap_or("?"),
                                 body.len()
                             );
-                            Ok::<_, hyper::Error>(http::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::from(text)),
-                            ))
+                            Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(text),
+                            )))
                         },
                     );
                     let _ = hyper::server::conn::http2::Builder::new(
@@ -933,7 +937,9 @@ fn http1_requests_reach_an_h2c_member_as_streams_on_one_connection() {
             answer.extend_from_slice(&chunk[..n]);
         }
         let text = String::from_utf8_lossy(&answer).into_owned();
-        text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or(text)
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or(text)
     };
     let get = exchange("GET /hello?x=1 HTTP/1.1\r\nHost: shop.example\r\n\r\n");
     assert_eq!(
@@ -948,6 +954,67 @@ fn http1_requests_reach_an_h2c_member_as_streams_on_one_connection() {
         "HTTP/2.0 POST http://shop.example/upload xff=127.0.0.1 body=11"
     );
     let again = exchange("GET /again HTTP/1.1\r\nHost: shop.example\r\n\r\n");
-    assert!(again.starts_with("HTTP/2.0 GET http://shop.example/again"), "{again}");
-    assert_eq!(connections.load(Ordering::SeqCst), 1, "one connection, three streams");
+    assert!(
+        again.starts_with("HTTP/2.0 GET http://shop.example/again"),
+        "{again}"
+    );
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "one connection, three streams"
+    );
+}
+
+/// The configuration's rules on protocols, stream limits, safe methods and gRPC health checks
+/// refuse a bad file with a message a person understands (the same rules the API server runs).
+#[test]
+fn bad_protocol_and_grpc_settings_are_refused_with_their_reason() {
+    for (extra, member_extra, expected) in [
+        ("", "      protocol: h2\n", "protocol h2 is HTTP/2 over TLS"),
+        ("  protocol: h3\n", "", "h3"),
+        (
+            "  http2: {maxConcurrentStreams: 0}\n",
+            "",
+            "http2.maxConcurrentStreams must be between 1 and 10000",
+        ),
+        (
+            "  failover: {safeGrpcMethods: [Get]}\n",
+            "",
+            "safeGrpcMethods entries look like /package.Service/Method",
+        ),
+        (
+            "  healthCheck: {method: GET, grpcService: a.B}\n",
+            "",
+            "healthCheck.grpcService needs method: GRPC",
+        ),
+    ] {
+        let yaml = format!(
+            "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {{name: web}}\nspec:\n{extra}  members:\n    - url: http://127.0.0.1:1\n{member_extra}"
+        );
+        let refused = kube_balancer::standalone::parse("grpc.yaml", &yaml)
+            .expect_err("a bad file is refused")
+            .to_string();
+        assert!(refused.contains(expected), "{expected:?} in {refused}");
+    }
+    let good = format!(
+        "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {{name: web}}\nspec:\n  protocol: h2c\n  http2: {{maxConcurrentStreams: 8}}\n  failover: {{safeGrpcMethods: [/shop.Cart/Get, /grpc.health.v1.Health/*]}}\n  healthCheck: {{method: GRPC, grpcService: shop.Cart}}\n  members:\n    - url: http://127.0.0.1:1\n    - url: http://127.0.0.1:2\n      protocol: http1\n"
+    );
+    let clusters = kube_balancer::standalone::parse("grpc.yaml", &good).expect("a good file");
+    let c = &clusters[0];
+    assert_eq!(
+        c.members
+            .iter()
+            .map(|m| m.protocol.as_str())
+            .collect::<Vec<_>>(),
+        ["h2c", "http1"]
+    );
+    assert_eq!(c.policy.max_concurrent_streams, 8);
+    assert!(c.policy.is_safe_grpc_method("/grpc.health.v1.Health/Watch"));
+    assert_eq!(
+        c.policy
+            .health_check
+            .as_ref()
+            .map(|h| h.grpc_service.as_str()),
+        Some("shop.Cart")
+    );
 }

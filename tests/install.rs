@@ -1024,3 +1024,138 @@ async fn watch_namespaces_gives_roles_there_and_nothing_cluster_wide() {
     }
     assert_no_wildcards(&release.manifest().await);
 }
+
+#[tokio::test]
+async fn secrets_are_readable_only_with_tls_enabled_and_only_where_the_controller_watches() {
+    let client = ControlPlane::shared().client();
+    // Every namespace: a ClusterRole that reads Secrets, only with tls.enabled=true.
+    let off = Release::install(&client, "kb-tls-off", &["replicaCount=0"]).await;
+    assert!(!off.can("get", "secrets", None).await);
+    assert!(!off.can("watch", "secrets", Some(&off.namespace)).await);
+    let on = Release::install(
+        &client,
+        "kb-tls-on",
+        &["replicaCount=0", "tls.enabled=true"],
+    )
+    .await;
+    for verb in ["get", "list", "watch"] {
+        assert!(on.can(verb, "secrets", None).await, "may {verb} secrets");
+    }
+    for verb in ["create", "update", "patch", "delete"] {
+        assert!(
+            !on.can(verb, "secrets", None).await,
+            "may not {verb} secrets"
+        );
+    }
+    assert_no_wildcards(&on.manifest().await);
+
+    // watchNamespaces: Secrets in those namespaces only.
+    let app = pods::namespace(&client, "tls-app").await;
+    let other = pods::namespace(&client, "tls-other").await;
+    let watch = format!("watchNamespaces={{{app}}}");
+    let scoped = Release::install(
+        &client,
+        "kb-tls-ns",
+        &["replicaCount=0", "tls.enabled=true", &watch],
+    )
+    .await;
+    assert!(scoped.can("watch", "secrets", Some(&app)).await);
+    assert!(scoped.can("get", "secrets", Some(&app)).await);
+    assert!(!scoped.can("get", "secrets", Some(&other)).await);
+    assert!(!scoped.can("list", "secrets", None).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_the_chart_may_not_read_is_reported_and_read_once_tls_is_enabled() {
+    netns::require();
+    let client = ControlPlane::shared().client();
+    let release = Release::install(
+        &client,
+        "kb-tls-rbac",
+        &["class=tls-rbac", "statusInterval=500ms", "replicaCount=1"],
+    )
+    .await;
+    let app = pods::namespace(&client, "tls-rbac-app").await;
+    let _pods = web_app(&client, &app, "tls-rbac", &["web-a"]).await;
+    let cert = rcgen::generate_simple_self_signed(vec!["shop.example.com".to_owned()])
+        .expect("a certificate");
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "web-tls", "namespace": app},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": cert.cert.pem(), "tls.key": cert.signing_key.serialize_pem()},
+    }))
+    .expect("a Secret");
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &app)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the Secret");
+    let bc = json!({"apiVersion": "kubebalancer.io/v1alpha1", "kind": "BalancerCluster",
+        "metadata": {"name": "web", "namespace": app},
+        "spec": {"className": "tls-rbac", "service": {"name": "web", "port": "http"},
+                 "tls": [{"hosts": ["shop.example.com"], "secretName": "web-tls"}]}});
+    let clusters = Api::<BalancerCluster>::namespaced(client.clone(), &app);
+    clusters
+        .patch(
+            "web",
+            &PatchParams::apply("install-tests").force(),
+            &Patch::Apply(&bc),
+        )
+        .await
+        .expect("apply the BalancerCluster");
+
+    // The chart's ServiceAccount may not read Secrets: the replica starts and serves anyway.
+    let dir = tempfile::tempdir().expect("dir");
+    let kubeconfig = release.token_kubeconfig(dir.path()).await;
+    let args = release.args(&client).await;
+    let started = Instant::now();
+    let replica = Replica::start(&release, &args, &kubeconfig, "kb-tls-rbac-0").await;
+    replica.register(&client, &release).await;
+    until_served(replica.traffic, &["web-a"]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "an unreadable Secret must not hold the start up: {:?}",
+        started.elapsed()
+    );
+    let condition = |bc: &BalancerCluster| {
+        bc.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "TLSReady").cloned())
+    };
+    wait::until_object(clusters.clone(), "web", "TLSReady=False, forbidden", |bc| {
+        condition(bc).is_some_and(|c| {
+            c.status == "False"
+                && c.reason.as_deref() == Some("CertificateNotFound")
+                && c.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("forbidden"))
+        })
+    })
+    .await;
+
+    // Enabled: the watch's retry reads the Secret, and the certificate is served.
+    ok(
+        "helm",
+        &[
+            "upgrade",
+            &release.name,
+            CHART,
+            "--namespace",
+            &release.namespace,
+            "--reuse-values",
+            "--set",
+            "tls.enabled=true",
+        ],
+    )
+    .await;
+    let bc = wait::until_object(clusters, "web", "TLSReady=True", |bc| {
+        condition(bc).is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let shown = &bc.status.expect("status").certificates;
+    assert_eq!(shown.len(), 1);
+    assert_eq!(shown[0].hosts, ["shop.example.com"]);
+    assert!(
+        !replica.logs().contains("PRIVATE KEY"),
+        "no key material in the log"
+    );
+}

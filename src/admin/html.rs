@@ -180,7 +180,49 @@ fn write_cluster(out: &mut String, c: &ClusterView) -> fmt::Result {
     for m in &c.members {
         write_member(out, m)?;
     }
-    out.push_str("</tbody>\n</table>\n</section>\n");
+    out.push_str("</tbody>\n</table>\n");
+    write_certificates(out, c)?;
+    out.push_str("</section>\n");
+    Ok(())
+}
+
+/// The certificates table, and what keeps the TLS from being served as configured.
+fn write_certificates(out: &mut String, c: &ClusterView) -> fmt::Result {
+    for problem in &c.tls_problems {
+        writeln!(
+            out,
+            "<p class=\"warn tls-problem\">TLS: {}</p>",
+            Escaped(problem)
+        )?;
+    }
+    if c.certificates.is_empty() {
+        return Ok(());
+    }
+    out.push_str(
+        "<table class=\"certificates\">\n<thead><tr><th>Certificate</th><th>Use</th>\
+         <th>Hosts</th><th>Issuer</th><th>Serial</th><th>Not after</th><th>Days left</th>\
+         </tr></thead>\n<tbody>\n",
+    );
+    for cert in &c.certificates {
+        let role = match (cert.role.as_str(), cert.default) {
+            ("server", true) => "server (default)",
+            (role, _) => role,
+        };
+        writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td>\
+             <td class=\"num{}\">{}</td></tr>",
+            Escaped(&cert.source),
+            Escaped(role),
+            Escaped(&cert.hosts.join(", ")),
+            Escaped(&cert.issuer),
+            Escaped(&cert.serial),
+            Escaped(&cert.not_after),
+            if cert.days_left < 14 { " warn" } else { "" },
+            cert.days_left,
+        )?;
+    }
+    out.push_str("</tbody>\n</table>\n");
     Ok(())
 }
 
@@ -348,6 +390,8 @@ mod tests {
                     path_prefix: "/api".into(),
                 }],
                 route_conflicts: vec![],
+                certificates: vec![],
+                tls_problems: vec![],
                 ready_members: 1,
                 total_members: 1,
                 members: vec![MemberView {

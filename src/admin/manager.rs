@@ -51,6 +51,32 @@ pub struct ClusterView {
     pub ready_members: usize,
     pub total_members: usize,
     pub members: Vec<MemberView>,
+    /// The certificates the balancer uses: served for its names, and for its members.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateRow>,
+    /// Why part of its TLS is not served as configured (refused or missing certificates).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_problems: Vec<String>,
+}
+
+/// One certificate: what it is for, where it comes from, whom it names and when it expires.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateRow {
+    /// `server`, `client` or `ca`.
+    pub role: String,
+    pub source: String,
+    pub hosts: Vec<String>,
+    /// Served to clients that ask for a name no certificate is served for.
+    #[serde(default)]
+    pub default: bool,
+    pub issuer: String,
+    pub serial: String,
+    /// RFC 3339.
+    pub not_after: String,
+    pub days_left: i64,
+    /// Seconds until it expires; negative once it has.
+    pub expires_in_seconds: i64,
 }
 
 /// Timeouts in milliseconds.
@@ -131,11 +157,11 @@ pub fn view(plane: &DataPlane, now_ms: u64) -> ManagerView {
         generation: snapshot.generation,
         ready: plane.is_ready(),
         rejected_configs: plane.rejected_configs.load(Relaxed),
-        clusters: clusters(&snapshot, now_ms),
+        clusters: clusters(&snapshot, now_ms, crate::tls::unix_now()),
     }
 }
 
-fn clusters(snapshot: &Snapshot, now_ms: u64) -> Vec<ClusterView> {
+fn clusters(snapshot: &Snapshot, now_ms: u64, now_secs: i64) -> Vec<ClusterView> {
     snapshot
         .clusters
         .iter()
@@ -186,6 +212,7 @@ fn clusters(snapshot: &Snapshot, now_ms: u64) -> Vec<ClusterView> {
                     })
                     .collect();
             let (ready_members, total_members) = status::ready_counts(cluster, now_ms);
+            let tls = snapshot.tls.clusters.get(&cluster.key);
             ClusterView {
                 name: cluster.key.clone(),
                 lb_method: config.lb_method.as_str().to_owned(),
@@ -213,6 +240,27 @@ fn clusters(snapshot: &Snapshot, now_ms: u64) -> Vec<ClusterView> {
                 ready_members,
                 total_members,
                 members,
+                certificates: tls
+                    .map(|t| {
+                        t.certificates
+                            .iter()
+                            .map(|c| CertificateRow {
+                                role: c.role.as_str().to_owned(),
+                                source: c.source.clone(),
+                                hosts: c.hosts.clone(),
+                                default: c.default,
+                                issuer: c.info.issuer.clone(),
+                                serial: c.info.serial.clone(),
+                                not_after: crate::tls::cert::timestamp(c.info.not_after),
+                                days_left: c.info.days_left(now_secs),
+                                expires_in_seconds: c.info.seconds_left(now_secs),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                tls_problems: tls
+                    .map(|t| t.problems.iter().map(|p| p.message.clone()).collect())
+                    .unwrap_or_default(),
             }
         })
         .collect()
@@ -266,6 +314,7 @@ mod tests {
             idle_timeout: Duration::from_secs(90),
             members,
             policy: Default::default(),
+            tls: Default::default(),
         }
     }
 

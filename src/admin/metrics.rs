@@ -176,6 +176,27 @@ fn encode_view(
             gauge(figure(c)).encode(family.encode_family(&labels)?)?;
         }
     }
+    {
+        let mut family = encoder.encode_descriptor(
+            "certificate_expiry_seconds",
+            "Seconds until the certificate expires (negative once it has), per certificate a \
+             balancer uses: role is server (served to clients), client (presented to members) \
+             or ca; source is where it is read from.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &view.clusters {
+            for cert in &c.certificates {
+                let labels = [
+                    ("cluster", c.name.as_str()),
+                    ("role", cert.role.as_str()),
+                    ("source", cert.source.as_str()),
+                    ("serial", cert.serial.as_str()),
+                ];
+                ConstGauge::new(cert.expires_in_seconds).encode(family.encode_family(&labels)?)?;
+            }
+        }
+    }
     ConstCounter::new(view.rejected_configs).encode(encoder.encode_descriptor(
         "config_rejected",
         "Configuration loads refused (invalid files or resources).",
@@ -238,6 +259,7 @@ mod tests {
             idle_timeout: Duration::from_secs(90),
             members,
             policy: Default::default(),
+            tls: Default::default(),
         }
     }
 
@@ -289,5 +311,74 @@ mod tests {
         let text = encode(&registry).expect("encodes");
         assert!(!text.contains("127.0.0.1:2"), "{text}");
         assert!(text.contains("kube_balancer_snapshot_generation 2\n"));
+    }
+
+    #[test]
+    fn each_certificate_has_its_seconds_until_expiry_and_a_row_on_the_page() {
+        use crate::tls::cert::testing::{ca, leaf_with};
+        use crate::tls::material::Loader;
+        let now = crate::tls::unix_now();
+        let ca = ca("Test CA");
+        let leaf = leaf_with(
+            &ca,
+            &["shop.example.com"],
+            now - 86_400,
+            now + 10 * 86_400 + 3_600,
+            0x2a,
+            rcgen::KeyPair::generate().expect("key"),
+        );
+        let source = crate::discovery::TlsSource::Files {
+            cert: "/tls/shop.crt".into(),
+            key: Some("/tls/shop.key".into()),
+        };
+        let mut loader = Loader::default();
+        loader.offer_keypair(
+            &source,
+            Ok((leaf.chain.as_bytes(), leaf.key.as_bytes())),
+            now,
+        );
+        let mut config = cluster(vec![member(1, MemberState::Enabled)]);
+        config.tls.certificates = vec![crate::discovery::CertificateRef {
+            hosts: vec!["shop.example.com".into()],
+            source,
+            default: false,
+        }];
+        let plane = DataPlane::new();
+        plane.publish_with(vec![config], &loader.material());
+
+        let text = encode(&registry(plane.clone())).expect("encodes");
+        let prefix = r#"kube_balancer_certificate_expiry_seconds{cluster="shop/web",role="server",source="file /tls/shop.crt",serial="2a"} "#;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no expiry gauge in:\n{text}"));
+        let seconds: i64 = line[prefix.len()..].parse().expect("a number");
+        // Ten days and an hour, less the moments the test took.
+        assert!(
+            (10 * 86_400 + 3_590..=10 * 86_400 + 3_600).contains(&seconds),
+            "{seconds}"
+        );
+
+        let view = manager::view(&plane, clock::now_ms());
+        let row = &view.clusters[0].certificates[0];
+        assert_eq!(
+            (
+                row.role.as_str(),
+                row.serial.as_str(),
+                row.days_left,
+                row.issuer.as_str()
+            ),
+            ("server", "2a", 10, "CN=Test CA")
+        );
+        assert_eq!(row.hosts, ["shop.example.com"]);
+        let page = super::super::html::render(&view, None);
+        assert!(
+            page.contains("<td>file /tls/shop.crt</td><td>server</td><td>shop.example.com</td><td>CN=Test CA</td><td><code>2a</code></td>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<td class=\"num warn\">10</td>"),
+            "fewer than 14 days left is flagged"
+        );
     }
 }

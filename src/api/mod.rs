@@ -9,6 +9,8 @@ use kube::core::Duration;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+pub mod text;
+
 /// Group of the API.
 pub const GROUP: &str = "kubebalancer.io";
 /// Version of the API.
@@ -26,6 +28,18 @@ pub mod annotations {
 
 const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$')";
 const DURATION_MESSAGE: &str = "must be a duration such as 500ms, 5s or 1m30s";
+
+/// A member listed twice would take two shares of the requests under one identity (one row of
+/// counters, one health verdict): refused, naming the URL. The rule compares every pair, so its
+/// cost grows with the square of the list: `MAX_STATIC_MEMBERS` keeps it within the API
+/// server's budget for one rule (checked against the real API server, with members of the
+/// longest URL). The message maps to URLs before it filters, so that the API server's cost
+/// estimate knows the length of what it quotes.
+const UNIQUE_URLS_RULE: &str = "self.all(m, self.exists_one(n, n.url == m.url))";
+const UNIQUE_URLS_MESSAGE: &str = "'member ' + self.map(m, m.url).filter(u, !self.exists_one(n, n.url == u))[0] + ' is listed more than once: list each member once, and give it a loadFactor for a larger share'";
+
+/// The most static members a cluster may list (a Service may bring any number).
+pub const MAX_STATIC_MEMBERS: usize = 128;
 
 /// A balancer: Apache's `<Proxy balancer://NAME>` block.
 // Repeated printcolumn attributes are how kube-derive takes several columns.
@@ -54,10 +68,15 @@ const DURATION_MESSAGE: &str = "must be a duration such as 500ms, 5s or 1m30s";
     .message("a balancer needs members: give spec.service, spec.members, or both"))]
 #[x_kube(validation = Rule::new("!has(self.hash) || self.lbMethod == 'hash'")
     .message("spec.hash only applies to lbMethod: hash"))]
+#[x_kube(validation = Rule::new("!has(self.upstreamTLS) || !has(self.members) || self.members.all(m, m.url.startsWith('https://'))")
+    .message("with spec.upstreamTLS every member is reached over TLS: member urls must start with https://"))]
+#[x_kube(validation = Rule::new("!has(self.tls) || self.tls.filter(t, has(t.default) && t.default).size() <= 1")
+    .message("at most one spec.tls entry is the default certificate"))]
 #[serde(rename_all = "camelCase")]
 pub struct BalancerClusterSpec {
     /// Which installation serves this cluster (like IngressClass). Empty: the default one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub class_name: Option<String>,
 
     /// Which requests reach this balancer (Apache's ProxyPass). Default: every host, path `/`.
@@ -69,9 +88,10 @@ pub struct BalancerClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceRef>,
 
-    /// Static members: Apache's `BalancerMember` lines.
+    /// Static members: Apache's `BalancerMember` lines, each URL once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1024))]
+    #[schemars(length(max = MAX_STATIC_MEMBERS))]
+    #[x_kube(validation = Rule::new(UNIQUE_URLS_RULE).message(Message::Expression(UNIQUE_URLS_MESSAGE.into())))]
     pub members: Vec<MemberSpec>,
 
     /// How a member is chosen for each request.
@@ -123,6 +143,142 @@ pub struct BalancerClusterSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4096))]
     pub member_overrides: Vec<MemberOverride>,
+
+    /// Certificates the HTTPS listener serves for this cluster's names (TLS termination).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tls: Vec<TlsSpec>,
+
+    /// Plain HTTP requests get a redirect to HTTPS (301 for GET and HEAD, 308 for the other
+    /// methods) instead of being forwarded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https_redirect: bool,
+
+    /// `Strict-Transport-Security` on the responses sent over HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<HstsSpec>,
+
+    /// How `https://` members are reached. With it, every member is: static member URLs must
+    /// be `https://`, and members from `spec.service` are too.
+    #[serde(
+        default,
+        rename = "upstreamTLS",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub upstream_tls: Option<UpstreamTlsSpec>,
+}
+
+const HOSTS_RULE: &str = "self.all(h, h.matches('^(\\\\*\\\\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'))";
+const SECRET_NAME_RULE: &str =
+    "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
+const SECRET_NAME_MESSAGE: &str =
+    "must be the name of a Secret in the cluster's namespace: lower-case letters, digits, - and .";
+
+/// A certificate and the names it is served for, from a `kubernetes.io/tls` Secret (`tls.crt`
+/// with the chain, `tls.key`) in a cluster, or from files in standalone mode.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.secretName) != has(self.certFile)")
+    .message("a tls entry names secretName (in a cluster) or certFile and keyFile (standalone): exactly one of them"))]
+#[x_kube(validation = Rule::new("has(self.certFile) == has(self.keyFile)")
+    .message("certFile and keyFile go together"))]
+pub struct TlsSpec {
+    /// Names the certificate is served for: exact (`shop.example.com`) or wildcard
+    /// (`*.example.com`). Empty: the names the certificate carries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50), inner(length(max = 253)))]
+    #[x_kube(validation = Rule::new(HOSTS_RULE)
+        .message("tls hosts must be lower-case DNS names like shop.example.com, or wildcards like *.example.com"))]
+    pub hosts: Vec<String>,
+    /// A `kubernetes.io/tls` Secret in the cluster's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(SECRET_NAME_RULE).message(SECRET_NAME_MESSAGE))]
+    pub secret_name: Option<String>,
+    /// Standalone mode: the PEM chain, leaf first (relative paths are from the configuration
+    /// file's folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub cert_file: Option<String>,
+    /// Standalone mode: the PEM private key (PKCS#1, PKCS#8 or SEC1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub key_file: Option<String>,
+    /// Served to clients that ask for a name no certificate is served for, or for none.
+    /// Without a default certificate their handshake fails.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default: bool,
+}
+
+/// `Strict-Transport-Security` (RFC 6797).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HstsSpec {
+    /// How long browsers remember to use HTTPS only, in seconds (default one year).
+    #[serde(default = "default_hsts_max_age")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 63072000")
+        .message("hsts.maxAgeSeconds must be between 0 and 63072000 (two years)"))]
+    pub max_age_seconds: u64,
+    /// The rule covers every subdomain too.
+    #[serde(default)]
+    pub include_sub_domains: bool,
+    /// Ask to be in the browsers' preload lists.
+    #[serde(default)]
+    pub preload: bool,
+}
+
+fn default_hsts_max_age() -> u64 {
+    31_536_000
+}
+
+/// How `https://` members are reached. Their certificates are verified unless
+/// `insecureSkipVerify` says otherwise: against `caSecret`/`caFile`, or the system's CAs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.caSecret) && has(self.caFile))")
+    .message("upstreamTLS names caSecret (in a cluster) or caFile (standalone), not both"))]
+#[x_kube(validation = Rule::new("!has(self.clientCertSecret) || !(has(self.clientCertFile) || has(self.clientKeyFile))")
+    .message("upstreamTLS names clientCertSecret (in a cluster) or clientCertFile and clientKeyFile (standalone), not both"))]
+#[x_kube(validation = Rule::new("has(self.clientCertFile) == has(self.clientKeyFile)")
+    .message("upstreamTLS.clientCertFile and clientKeyFile go together"))]
+#[x_kube(validation = Rule::new("!self.insecureSkipVerify || !(has(self.caSecret) || has(self.caFile))")
+    .message("upstreamTLS.insecureSkipVerify verifies nothing, so a CA has no use with it: leave one of them out"))]
+pub struct UpstreamTlsSpec {
+    /// A Secret in the cluster's namespace whose `ca.crt` holds the CA certificates (PEM) that
+    /// members' certificates must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(SECRET_NAME_RULE).message(SECRET_NAME_MESSAGE))]
+    pub ca_secret: Option<String>,
+    /// Standalone mode: a PEM file of CA certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub ca_file: Option<String>,
+    /// The name sent in SNI and checked in the members' certificates. Default: each member's
+    /// host (for members from a Service, that is the pod's IP address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\\\\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*$') || self.matches('^[0-9a-fA-F:.]+$')")
+        .message("upstreamTLS.serverName must be a DNS name or an IP address"))]
+    pub server_name: Option<String>,
+    /// A `kubernetes.io/tls` Secret presented to members that ask for a client certificate
+    /// (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(SECRET_NAME_RULE).message(SECRET_NAME_MESSAGE))]
+    pub client_cert_secret: Option<String>,
+    /// Standalone mode: the client certificate chain (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub client_cert_file: Option<String>,
+    /// Standalone mode: the client certificate's key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub client_key_file: Option<String>,
+    /// Accept any certificate from members. For tests only: anyone on the path can then read
+    /// and change the traffic.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 fn default_routes() -> Vec<RouteSpec> {
@@ -176,12 +332,12 @@ pub struct ServiceRef {
 /// One static member: Apache's `BalancerMember URL loadfactor=N lbset=N route=ID status=...`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.protocol) || self.protocol != 'h2' || self.url.startsWith('https://')")
-    .message("protocol h2 is HTTP/2 over TLS: it needs an https:// member url (upstream TLS); h2c is HTTP/2 without TLS"))]
+#[x_kube(validation = Rule::new("!has(self.protocol) || self.protocol == 'http1' || (self.protocol == 'h2') == self.url.startsWith('https://')")
+    .message("protocol h2 is HTTP/2 over TLS, for https:// members; h2c is HTTP/2 without TLS, for http:// members"))]
 pub struct MemberSpec {
-    /// `http://HOST:PORT` of the member.
-    #[x_kube(validation = Rule::new("self.matches('^http://([A-Za-z0-9.-]+|\\\\[[0-9A-Fa-f:.]+\\\\])(:[0-9]{1,5})?/?$')")
-        .message("url must look like http://HOST:PORT (https members and paths are not supported yet)"))]
+    /// `http://HOST:PORT` or `https://HOST:PORT` of the member.
+    #[x_kube(validation = Rule::new("self.matches('^https?://([A-Za-z0-9.-]+|\\\\[[0-9A-Fa-f:.]+\\\\])(:[0-9]{1,5})?/?$')")
+        .message("url must look like http://HOST:PORT or https://HOST:PORT (paths are not supported)"))]
     #[schemars(length(max = 300))]
     pub url: String,
     /// Relative weight, 1..100 (Apache's loadfactor).
@@ -194,6 +350,7 @@ pub struct MemberSpec {
     pub lbset: u32,
     /// Sticky-session route id (Apache's route).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub route: Option<String>,
     /// Administrative state.
     #[serde(default)]
@@ -676,9 +833,11 @@ fn default_idle() -> Duration {
 pub struct MemberOverride {
     /// The pod whose endpoint this edits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub pod: Option<String>,
     /// The member's `HOST:PORT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 300))]
     pub address: Option<String>,
     /// New administrative state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -711,6 +870,28 @@ pub struct BalancerClusterStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberStatus>,
+    /// The certificates the cluster uses: served on the HTTPS listener, and for its members
+    /// (their CA, the client certificate).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// A certificate in use, as the balancer-manager shows it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// `server` (served to clients), `client` (presented to members) or `ca`.
+    pub role: String,
+    /// Where it was read from: `secret NAMESPACE/NAME` or `file PATH`.
+    pub source: String,
+    /// The names it is served for (server certificates), or that it carries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    pub issuer: String,
+    pub serial: String,
+    pub not_after: Time,
+    /// Whole days until it expires; negative once it has.
+    pub days_left: i64,
 }
 
 /// A status condition.

@@ -150,6 +150,12 @@ impl MemberStats {
         slot.fetch_add(1, Relaxed);
     }
 
+    /// Ends a request failure's error state before `retryAfterError` runs out: the member's
+    /// health checks say it is fine.
+    pub fn clear_error(&self) {
+        self.error_until_ms.store(0, Relaxed);
+    }
+
     pub fn set_last_error(&self, cause: String) {
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(cause);

@@ -4,10 +4,15 @@
 //!
 //! Watches are kube-runtime reflectors with backoff; when the API server goes away the stores
 //! keep their last contents and the data plane keeps serving the last member lists.
+//!
+//! Secrets are watched one by one, by name (a field selector), and only those a served cluster
+//! names in `spec.tls` or `spec.upstreamTLS`: the controller never lists or holds any other
+//! Secret, and logs none of their content.
 
 pub mod index;
 pub mod leader;
 pub mod peers;
+pub mod secrets;
 pub mod status;
 
 use std::collections::HashMap;
@@ -187,7 +192,32 @@ pub async fn start(
             }
         }
     }
-    let mut last = publish_if_changed(&stores, &options.scope, &plane, None);
+    let mut secrets = secrets::SecretWatches::new(client.clone());
+    // The Secrets the clusters name at start are read before the first publication, so that a
+    // start serves their certificates at once; a watch that fails (no permission) ends the wait,
+    // and a slow API server holds it up for a few seconds at most.
+    {
+        let wanted = desired(&stores, &options.scope);
+        secrets.sync(&secrets::named(&wanted.clusters), &mut events);
+        let ready = tokio::time::timeout(secrets::FIRST_READ_TIMEOUT, secrets.wait_until_settled());
+        tokio::pin!(ready);
+        loop {
+            tokio::select! {
+                _ = &mut ready => break,
+                Some(()) = events.next() => {}
+            }
+        }
+    }
+    let mut tls = secrets::Tls::default();
+    let mut last = publish_if_changed(
+        &stores,
+        &options.scope,
+        &plane,
+        None,
+        &mut tls,
+        &mut secrets,
+        &mut events,
+    );
 
     let writer_stores = (stores.clusters.clone(), stores.slices.clone());
     let scope = options.scope.clone();
@@ -197,7 +227,15 @@ pub async fn start(
         while events.next().await.is_some() {
             // Take every event that is already waiting before recomputing once.
             while let Some(Some(())) = events.next().now_or_never() {}
-            last = publish_if_changed(&stores, &scope, &loop_plane, last.take());
+            last = publish_if_changed(
+                &stores,
+                &scope,
+                &loop_plane,
+                last.take(),
+                &mut tls,
+                &mut secrets,
+                &mut events,
+            );
         }
     });
     tasks.push(watch_loop.abort_handle());
@@ -354,12 +392,7 @@ fn log_watch_error(kind: &str, event: Result<(), watcher::Error>) {
     }
 }
 
-fn publish_if_changed(
-    stores: &Stores,
-    scope: &Scope,
-    plane: &DataPlane,
-    last: Option<Vec<crate::discovery::ClusterConfig>>,
-) -> Option<Vec<crate::discovery::ClusterConfig>> {
+fn desired(stores: &Stores, scope: &Scope) -> index::Desired {
     let clusters: Vec<_> = stores.clusters.iter().flat_map(|s| s.state()).collect();
     let slices: Vec<_> = stores.slices.iter().flat_map(|s| s.state()).collect();
     let services: Vec<_> = stores.services.iter().flat_map(|s| s.state()).collect();
@@ -370,11 +403,32 @@ fn publish_if_changed(
         services: &services,
         pods: &pods,
     };
-    let desired = index::desired(&world, scope);
+    index::desired(&world, scope)
+}
+
+/// What was published last: the clusters, and the version of the TLS material.
+type Published = (Vec<crate::discovery::ClusterConfig>, u64);
+
+fn publish_if_changed(
+    stores: &Stores,
+    scope: &Scope,
+    plane: &DataPlane,
+    last: Option<Published>,
+    tls: &mut secrets::Tls,
+    secrets: &mut secrets::SecretWatches,
+    events: &mut SelectAll<BoxStream<'static, ()>>,
+) -> Option<Published> {
+    let desired = desired(stores, scope);
     for (cluster, p) in &desired.problems {
         tracing::warn!(%cluster, pod = %p.pod, annotation = p.annotation, value = %p.value, "pod annotation ignored: not a valid value");
     }
-    if last.as_ref() == Some(&desired.clusters) {
+    secrets.sync(&secrets::named(&desired.clusters), events);
+    tls.read(&desired.clusters, secrets);
+    let version = tls.loader.version();
+    if let Some((clusters, v)) = &last
+        && *clusters == desired.clusters
+        && *v == version
+    {
         return last;
     }
     let names: Vec<String> = desired
@@ -382,9 +436,9 @@ fn publish_if_changed(
         .iter()
         .map(|c| format!("{} ({} members)", c.key(), c.members.len()))
         .collect();
-    let snapshot = plane.publish(desired.clusters.clone());
-    tracing::info!(clusters = ?names, generation = snapshot.generation, "member lists published");
-    Some(desired.clusters)
+    let snapshot = plane.publish_with(desired.clusters.clone(), &tls.loader.material());
+    tracing::info!(clusters = %names.join(", "), generation = snapshot.generation, "member lists published");
+    Some((desired.clusters, version))
 }
 
 #[cfg(test)]

@@ -15,10 +15,13 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use super::leader::Leadership;
 use super::peers::{PeerSource, Traffic};
-use crate::api::{BalancerCluster, BalancerClusterStatus, Condition, MemberStatus};
+use crate::api::{
+    BalancerCluster, BalancerClusterStatus, CertificateStatus, Condition, MemberStatus,
+};
 use crate::clock;
 use crate::plane::DataPlane;
 use crate::plane::{Cluster, RouteConflict};
+use crate::tls::ClusterTls;
 
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "kube-balancer";
@@ -36,12 +39,19 @@ pub mod reasons {
     pub const NOT_SERVED: &str = "NotServed";
     pub const MEMBERS_UNAVAILABLE: &str = "MembersUnavailable";
     pub const ALL_MEMBERS_USABLE: &str = "AllMembersUsable";
+    /// Whether every certificate the cluster names is loaded and served; the reasons are
+    /// `crate::tls::reasons`.
+    pub const TLS_READY: &str = "TLSReady";
 }
+
+/// At most this many characters of problems in the `TLSReady` message.
+const MAX_TLS_MESSAGE: usize = 1000;
 
 /// The status a cluster should have now. `previous` keeps condition transition times.
 pub fn desired_status(
     bc: &BalancerCluster,
     served: Option<&Cluster>,
+    tls: Option<&ClusterTls>,
     conflicts: &[RouteConflict],
     peers: &HashMap<(String, String), Traffic>,
     now_ms: u64,
@@ -155,8 +165,65 @@ pub fn desired_status(
             )
         });
     }
+    if let Some(tls) = tls {
+        conditions.push(tls_condition(tls, condition));
+        status.certificates = tls
+            .certificates
+            .iter()
+            .map(|c| CertificateStatus {
+                role: c.role.as_str().to_owned(),
+                source: c.source.clone(),
+                hosts: c.hosts.clone(),
+                issuer: c.info.issuer.clone(),
+                serial: c.info.serial.clone(),
+                not_after: Time(
+                    Timestamp::from_second(c.info.not_after).unwrap_or(Timestamp::UNIX_EPOCH),
+                ),
+                days_left: c.info.days_left(now.as_second()),
+            })
+            .collect();
+    }
     status.conditions = conditions;
     status
+}
+
+/// `TLSReady`: true when every certificate the cluster names is loaded and served as asked;
+/// otherwise the first problem's reason, and every problem in the message.
+fn tls_condition(
+    tls: &ClusterTls,
+    condition: impl Fn(&str, bool, &str, String) -> Condition,
+) -> Condition {
+    let Some(first) = tls.problems.first() else {
+        let served = tls
+            .certificates
+            .iter()
+            .filter(|c| c.role == crate::tls::Role::Server)
+            .count();
+        return condition(
+            reasons::TLS_READY,
+            true,
+            crate::tls::reasons::LOADED,
+            format!(
+                "{served} certificate{} served; members' TLS ready",
+                if served == 1 { "" } else { "s" }
+            ),
+        );
+    };
+    let mut message = tls
+        .problems
+        .iter()
+        .map(|p| p.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if message.len() > MAX_TLS_MESSAGE {
+        let mut end = MAX_TLS_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    condition(reasons::TLS_READY, false, first.reason, message)
 }
 
 /// Keeps a condition's transition time when its status did not change.
@@ -190,6 +257,7 @@ impl Writer {
     pub async fn run(self) {
         let mut written: HashMap<String, BalancerClusterStatus> = HashMap::new();
         let mut members_seen: HashMap<String, BTreeSet<String>> = HashMap::new();
+        let mut tls_seen: HashMap<String, BTreeSet<String>> = HashMap::new();
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -214,8 +282,10 @@ impl Writer {
                         .map(|c| c.as_ref());
                     self.membership_events(&bc, served, &key, &mut members_seen)
                         .await;
+                    let tls = snapshot.tls.clusters.get(&key);
+                    self.tls_events(&bc, tls, &key, &mut tls_seen).await;
                     let mut desired =
-                        desired_status(&bc, served, &snapshot.conflicts, &peers, now_ms, now);
+                        desired_status(&bc, served, tls, &snapshot.conflicts, &peers, now_ms, now);
                     let previous = written.get(&key).or(bc.status.as_ref());
                     keep_transition_times(&mut desired, previous);
                     if previous == Some(&desired) {
@@ -242,6 +312,46 @@ impl Writer {
                         Err(e) => tracing::warn!(cluster = %key, error = %e, "cannot write status"),
                     }
                 }
+            }
+        }
+    }
+
+    /// A Warning event for each new TLS problem (a refused certificate, a missing Secret), and
+    /// a Normal one when the last problem is gone.
+    async fn tls_events(
+        &self,
+        bc: &BalancerCluster,
+        tls: Option<&ClusterTls>,
+        key: &str,
+        seen: &mut HashMap<String, BTreeSet<String>>,
+    ) {
+        let problems = tls.map(|t| t.problems.as_slice()).unwrap_or_default();
+        let now: BTreeSet<String> = problems.iter().map(|p| p.message.clone()).collect();
+        let before = seen.insert(key.to_owned(), now.clone());
+        let mut events = Vec::new();
+        for p in problems {
+            if before.as_ref().is_none_or(|b| !b.contains(&p.message)) {
+                events.push(Event {
+                    type_: EventType::Warning,
+                    reason: p.reason.to_owned(),
+                    note: Some(p.message.chars().take(1000).collect()),
+                    action: "LoadCertificate".into(),
+                    secondary: None,
+                });
+            }
+        }
+        if now.is_empty() && before.is_some_and(|b| !b.is_empty()) {
+            events.push(Event {
+                type_: EventType::Normal,
+                reason: crate::tls::reasons::LOADED.into(),
+                note: Some("every certificate the cluster names is loaded and served".into()),
+                action: "LoadCertificate".into(),
+                secondary: None,
+            });
+        }
+        for event in events {
+            if let Err(e) = self.recorder.publish(&event, &bc.object_ref(&())).await {
+                tracing::warn!(cluster = %key, error = %e, "cannot publish an event");
             }
         }
     }
@@ -343,7 +453,15 @@ mod tests {
     fn thousands_of_members_stay_far_under_the_object_size_limit() {
         let (bc, snapshot) = cluster_with(5000);
         let served = snapshot.cluster("shop", "web").map(|c| c.as_ref());
-        let status = desired_status(&bc, served, &[], &HashMap::new(), 0, Timestamp::UNIX_EPOCH);
+        let status = desired_status(
+            &bc,
+            served,
+            None,
+            &[],
+            &HashMap::new(),
+            0,
+            Timestamp::UNIX_EPOCH,
+        );
         assert_eq!((status.ready_members, status.total_members), (4500, 5000));
         assert_eq!(status.ready.as_deref(), Some("4500/5000"));
         assert_eq!(status.members.len(), MAX_MEMBERS_IN_STATUS);
@@ -369,9 +487,17 @@ mod tests {
     fn conditions_keep_their_transition_time_while_unchanged() {
         let (bc, snapshot) = cluster_with(3);
         let served = snapshot.cluster("shop", "web").map(|c| c.as_ref());
-        let first = desired_status(&bc, served, &[], &HashMap::new(), 0, Timestamp::UNIX_EPOCH);
+        let first = desired_status(
+            &bc,
+            served,
+            None,
+            &[],
+            &HashMap::new(),
+            0,
+            Timestamp::UNIX_EPOCH,
+        );
         let later = Timestamp::from_second(1_000).expect("time");
-        let mut second = desired_status(&bc, served, &[], &HashMap::new(), 0, later);
+        let mut second = desired_status(&bc, served, None, &[], &HashMap::new(), 0, later);
         assert_ne!(first, second);
         keep_transition_times(&mut second, Some(&first));
         assert_eq!(first, second, "nothing changed, so nothing to write");
@@ -390,6 +516,7 @@ mod tests {
         let status = desired_status(
             &bc,
             served,
+            None,
             &[conflict],
             &HashMap::new(),
             0,
@@ -407,6 +534,88 @@ mod tests {
         assert_eq!(
             accepted.message.as_deref(),
             Some("shop.example.com/ is already served by shop/older, which is older")
+        );
+    }
+
+    #[test]
+    fn tls_ready_says_why_not_and_certificates_show_days_left() {
+        use crate::tls::{CertInfo, CertificateView, Problem, Role};
+        let (bc, snapshot) = cluster_with(1);
+        let served = snapshot.cluster("shop", "web").map(|c| c.as_ref());
+        let now = Timestamp::from_second(1_800_000_000).expect("time");
+        let mut tls = ClusterTls {
+            certificates: vec![CertificateView {
+                role: Role::Server,
+                source: "secret shop/web-tls".into(),
+                hosts: vec!["shop.example.com".into()],
+                default: false,
+                info: CertInfo {
+                    hosts: vec!["shop.example.com".into()],
+                    subject: "CN=shop.example.com".into(),
+                    issuer: "CN=Test CA".into(),
+                    serial: "01".into(),
+                    not_before: 1_790_000_000,
+                    not_after: 1_800_000_000 + 30 * 86_400 + 5,
+                },
+            }],
+            problems: vec![],
+        };
+        let status =
+            |tls: &ClusterTls| desired_status(&bc, served, Some(tls), &[], &HashMap::new(), 0, now);
+        let ready = status(&tls);
+        let c = ready
+            .conditions
+            .iter()
+            .find(|c| c.type_ == reasons::TLS_READY)
+            .expect("TLSReady");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_deref(), c.message.as_deref()),
+            (
+                "True",
+                Some("CertificatesLoaded"),
+                Some("1 certificate served; members' TLS ready")
+            )
+        );
+        assert_eq!(ready.certificates.len(), 1);
+        let row = &ready.certificates[0];
+        assert_eq!(
+            (row.role.as_str(), row.days_left, row.serial.as_str()),
+            ("server", 30, "01")
+        );
+        assert_eq!(row.not_after.0.as_second(), 1_800_000_000 + 30 * 86_400 + 5);
+
+        tls.problems.push(Problem {
+            reason: crate::tls::reasons::CERTIFICATE_REFUSED,
+            message: "secret shop/web-tls: the certificate expired on 2027-01-01T00:00:00Z; the certificate loaded before keeps serving".into(),
+        });
+        let refused = status(&tls);
+        let c = refused
+            .conditions
+            .iter()
+            .find(|c| c.type_ == reasons::TLS_READY)
+            .expect("TLSReady");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_deref()),
+            ("False", Some("CertificateRefused"))
+        );
+        assert!(
+            c.message
+                .as_deref()
+                .unwrap_or("")
+                .contains("expired on 2027-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            refused.certificates.len(),
+            1,
+            "the served certificate is still shown"
+        );
+        // No TLS at all: no condition.
+        let plain = desired_status(&bc, served, None, &[], &HashMap::new(), 0, now);
+        assert!(
+            plain
+                .conditions
+                .iter()
+                .all(|c| c.type_ != reasons::TLS_READY)
         );
     }
 }

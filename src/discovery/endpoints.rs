@@ -346,4 +346,22 @@ mod tests {
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].state, MemberState::Enabled);
     }
+
+    #[test]
+    fn the_ports_app_protocol_picks_http2_for_grpc_and_h2c() {
+        let protocol_of = |app: Option<&str>| {
+            let mut s = slice(vec![endpoint("10.0.0.1", "web-0", true, true, false)]);
+            if let Some(ports) = s.ports.as_mut() {
+                ports[0].app_protocol = app.map(str::to_owned);
+            }
+            members_from_slices(&by_name(), None, [&s], &HashMap::new(), &mut Vec::new())[0]
+                .protocol
+        };
+        for app in ["kubernetes.io/h2c", "grpc", "http2"] {
+            assert_eq!(protocol_of(Some(app)), Protocol::H2c, "{app}");
+        }
+        for app in [None, Some("http"), Some("kubernetes.io/ws"), Some("tcp")] {
+            assert_eq!(protocol_of(app), Protocol::Http1, "{app:?}");
+        }
+    }
 }

@@ -4,8 +4,11 @@
 
 pub mod endpoints;
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::api::text::quote;
 use crate::api::{
     BalancerCluster, BalancerClusterSpec, HashKey, HealthCheckMethod, LbMethod, MemberOverride,
     MemberState, Protocol, RouteSpec, default_max_concurrent_streams,
@@ -29,6 +32,13 @@ pub struct MemberConfig {
     pub protocol: Protocol,
 }
 
+impl MemberConfig {
+    /// Whether the member is reached over TLS (an `https://` URL).
+    pub fn is_tls(&self) -> bool {
+        self.url.starts_with("https://")
+    }
+}
+
 /// A cluster as the data plane serves it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -47,6 +57,81 @@ pub struct ClusterConfig {
     /// How requests choose their member beyond the method: sticky sessions, the hash key,
     /// health checks, outlier ejection, slow start and forced recovery.
     pub policy: Policy,
+    /// Certificates served for the cluster's names, redirect and HSTS, and how `https://`
+    /// members are reached.
+    pub tls: TlsConfig,
+}
+
+/// A cluster's TLS, as named in its spec: where certificates come from, not the certificates
+/// (the sources read them; see `tls::material`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub certificates: Vec<CertificateRef>,
+    pub https_redirect: bool,
+    pub hsts: Option<HstsConfig>,
+    /// Set when some member is `https://`: `spec.upstreamTLS`, or its defaults.
+    pub upstream: Option<UpstreamTlsConfig>,
+}
+
+impl TlsConfig {
+    /// Every source named, with whether it holds a CA bundle (`ca.crt`) rather than a key pair.
+    pub fn sources(&self) -> impl Iterator<Item = (&TlsSource, bool)> {
+        let upstream = self.upstream.iter().flat_map(|u| {
+            u.ca.iter()
+                .map(|s| (s, true))
+                .chain(u.client_cert.iter().map(|s| (s, false)))
+        });
+        self.certificates
+            .iter()
+            .map(|c| (&c.source, false))
+            .chain(upstream)
+    }
+}
+
+/// One `spec.tls` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateRef {
+    /// Lower-case; empty: the certificate's own names.
+    pub hosts: Vec<String>,
+    pub source: TlsSource,
+    pub default: bool,
+}
+
+/// Where a certificate (or a CA bundle) is read from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TlsSource {
+    /// A Secret: `tls.crt` and `tls.key` for a key pair, `ca.crt` for a CA bundle.
+    Secret { namespace: String, name: String },
+    /// Files (standalone mode): a PEM chain and its key; a CA bundle has no key.
+    Files { cert: PathBuf, key: Option<PathBuf> },
+}
+
+impl std::fmt::Display for TlsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsSource::Secret { namespace, name } => write!(f, "secret {namespace}/{name}"),
+            TlsSource::Files { cert, .. } => write!(f, "file {}", cert.display()),
+        }
+    }
+}
+
+/// `Strict-Transport-Security`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HstsConfig {
+    pub max_age_seconds: u64,
+    pub include_sub_domains: bool,
+    pub preload: bool,
+}
+
+/// How `https://` members are reached.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamTlsConfig {
+    /// `None`: the system's CA certificates.
+    pub ca: Option<TlsSource>,
+    /// `None`: each member's host.
+    pub server_name: Option<String>,
+    pub client_cert: Option<TlsSource>,
+    pub insecure_skip_verify: bool,
 }
 
 /// The parts of a cluster's configuration that go beyond Apache's byrequests basics, and how
@@ -185,23 +270,38 @@ pub fn cluster_config(
     discovered: Vec<MemberConfig>,
 ) -> Result<ClusterConfig, MemberError> {
     let spec = &bc.spec;
+    let namespace = bc
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
     let mut members = static_members(spec)?;
-    if spec.protocol == Some(Protocol::H2) {
-        // Upstream TLS plugs in here: with it, `https://` members may speak h2.
-        return Err(MemberError {
-            field: "spec.protocol".to_owned(),
-            message: "h2 is HTTP/2 over TLS, which needs https:// members (upstream TLS); \
-                      h2c is HTTP/2 without TLS"
-                .to_owned(),
-        });
-    }
+    let tls_members = spec.upstream_tls.is_some();
     members.extend(discovered.into_iter().map(|mut m| {
+        // With upstreamTLS, a Service's endpoints are reached over TLS too, and an appProtocol
+        // that says HTTP/2 means HTTP/2 over TLS.
+        if tls_members && let Some(rest) = m.url.strip_prefix("http://") {
+            m.url = format!("https://{rest}");
+            if m.protocol == Protocol::H2c {
+                m.protocol = Protocol::H2;
+            }
+        }
         // The cluster's protocol, when given, wins over what the Service port says.
         if let Some(protocol) = spec.protocol {
             m.protocol = protocol;
         }
         m
     }));
+    if let Some(m) = members
+        .iter()
+        .skip(spec.members.len())
+        .find(|m| m.protocol.is_http2() && (m.protocol == Protocol::H2) != m.is_tls())
+    {
+        return Err(MemberError {
+            field: "spec.protocol".to_owned(),
+            message: protocol_mismatch(m.protocol),
+        });
+    }
     apply_overrides(&mut members, &spec.member_overrides);
     for m in &mut members {
         if m.route.is_none() {
@@ -209,12 +309,9 @@ pub fn cluster_config(
         }
     }
     let policy = policy(spec)?;
+    let tls = tls_config(spec, &namespace, members.iter().any(MemberConfig::is_tls));
     Ok(ClusterConfig {
-        namespace: bc
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned()),
+        namespace,
         name: bc.metadata.name.clone().unwrap_or_default(),
         routes: spec.routes.clone(),
         lb_method: spec.lb_method,
@@ -227,7 +324,63 @@ pub fn cluster_config(
         idle_timeout: spec.timeouts.idle.into(),
         members,
         policy,
+        tls,
     })
+}
+
+fn tls_config(spec: &BalancerClusterSpec, namespace: &str, tls_members: bool) -> TlsConfig {
+    let secret = |name: &String| TlsSource::Secret {
+        namespace: namespace.to_owned(),
+        name: name.clone(),
+    };
+    let files = |cert: &String, key: Option<&String>| TlsSource::Files {
+        cert: PathBuf::from(cert),
+        key: key.map(PathBuf::from),
+    };
+    let certificates = spec
+        .tls
+        .iter()
+        .filter_map(|t| {
+            let source = match (&t.secret_name, &t.cert_file) {
+                (Some(name), _) => secret(name),
+                (None, Some(cert)) => files(cert, t.key_file.as_ref()),
+                // The CEL rules refuse an entry with neither.
+                (None, None) => return None,
+            };
+            Some(CertificateRef {
+                hosts: t.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                source,
+                default: t.default,
+            })
+        })
+        .collect();
+    let upstream = match &spec.upstream_tls {
+        Some(u) => Some(UpstreamTlsConfig {
+            ca: u
+                .ca_secret
+                .as_ref()
+                .map(secret)
+                .or_else(|| u.ca_file.as_ref().map(|f| files(f, None))),
+            server_name: u.server_name.clone().filter(|n| !n.is_empty()),
+            client_cert: u.client_cert_secret.as_ref().map(secret).or_else(|| {
+                u.client_cert_file
+                    .as_ref()
+                    .map(|c| files(c, u.client_key_file.as_ref()))
+            }),
+            insecure_skip_verify: u.insecure_skip_verify,
+        }),
+        None => tls_members.then(UpstreamTlsConfig::default),
+    };
+    TlsConfig {
+        certificates,
+        https_redirect: spec.https_redirect,
+        hsts: spec.hsts.as_ref().map(|h| HstsConfig {
+            max_age_seconds: h.max_age_seconds,
+            include_sub_domains: h.include_sub_domains,
+            preload: h.preload,
+        }),
+        upstream,
+    }
 }
 
 fn policy(spec: &BalancerClusterSpec) -> Result<Policy, MemberError> {
@@ -260,8 +413,8 @@ fn policy(spec: &BalancerClusterSpec) -> Result<Policy, MemberError> {
             expect_status: status_ranges(&h.expect_status).ok_or_else(|| MemberError {
                 field: "spec.healthCheck.expectStatus".to_owned(),
                 message: format!(
-                    "{:?}: a range must go from the lower code to the higher, like 200-399",
-                    h.expect_status
+                    "{}: a range must go from the lower code to the higher, like 200-399",
+                    quote(&h.expect_status)
                 ),
             })?,
             body_contains: h.body_contains.clone(),
@@ -334,25 +487,31 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 fn static_members(spec: &BalancerClusterSpec) -> Result<Vec<MemberConfig>, MemberError> {
-    spec.members
+    let members = spec
+        .members
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let authority = authority_of(&m.url).ok_or_else(|| MemberError {
+            let (scheme, authority) = scheme_and_authority(&m.url).ok_or_else(|| MemberError {
                 field: format!("spec.members[{i}].url"),
-                message: format!("{:?} is not of the form http://HOST:PORT", m.url),
+                message: format!(
+                    "{} is not of the form http://HOST:PORT or https://HOST:PORT",
+                    quote(&m.url)
+                ),
             })?;
             let protocol = m.protocol.or(spec.protocol).unwrap_or_default();
-            if protocol == Protocol::H2 {
+            if protocol.is_http2() && (protocol == Protocol::H2) != (scheme == "https") {
+                let field = match m.protocol {
+                    Some(_) => format!("spec.members[{i}].protocol"),
+                    None => "spec.protocol".to_owned(),
+                };
                 return Err(MemberError {
-                    field: format!("spec.members[{i}].protocol"),
-                    message: "h2 is HTTP/2 over TLS, which needs an https:// member (upstream \
-                              TLS); h2c is HTTP/2 without TLS"
-                        .to_owned(),
+                    field,
+                    message: protocol_mismatch(protocol),
                 });
             }
             Ok(MemberConfig {
-                url: format!("http://{authority}"),
+                url: format!("{scheme}://{authority}"),
                 authority,
                 pod: None,
                 load_factor: m.load_factor,
@@ -362,12 +521,47 @@ fn static_members(spec: &BalancerClusterSpec) -> Result<Vec<MemberConfig>, Membe
                 protocol,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    // The CEL rule refuses a URL written twice the same way; this catches two spellings of one
+    // member (`http://a`, `http://a:80/`), which the rule cannot afford to compare.
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (i, m) in members.iter().enumerate() {
+        if let Some(&earlier) = first.get(m.url.as_str()) {
+            return Err(MemberError {
+                field: format!("spec.members[{i}].url"),
+                message: format!(
+                    "{} is the same member as spec.members[{earlier}].url ({}): list each member once, and give it a loadFactor for a larger share",
+                    quote(&spec.members[i].url),
+                    quote(&spec.members[earlier].url)
+                ),
+            });
+        }
+        first.insert(m.url.as_str(), i);
+    }
+    Ok(members)
 }
 
-/// `HOST:PORT` of an `http://` URL, with port 80 when none is given.
+/// Why a member's protocol does not go with its URL's scheme.
+fn protocol_mismatch(protocol: Protocol) -> String {
+    match protocol {
+        Protocol::H2 => "h2 is HTTP/2 over TLS: it needs https:// members (upstream TLS); h2c is \
+                         HTTP/2 without TLS"
+            .to_owned(),
+        _ => "h2c is HTTP/2 without TLS: https:// members (upstream TLS) speak h2".to_owned(),
+    }
+}
+
+/// `HOST:PORT` of an `http://` or `https://` URL, with port 80 or 443 when none is given.
 pub fn authority_of(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("http://")?;
+    scheme_and_authority(url).map(|(_, authority)| authority)
+}
+
+/// The scheme (`http` or `https`) and `HOST:PORT` of a member URL.
+fn scheme_and_authority(url: &str) -> Option<(&'static str, String)> {
+    let (scheme, default_port, rest) = match url.strip_prefix("https://") {
+        Some(rest) => ("https", 443, rest),
+        None => ("http", 80, url.strip_prefix("http://")?),
+    };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
         return None;
@@ -379,9 +573,9 @@ pub fn authority_of(url: &str) -> Option<String> {
     if has_port {
         let (_, port) = rest.rsplit_once(':')?;
         port.parse::<u16>().ok()?;
-        Some(rest.to_owned())
+        Some((scheme, rest.to_owned()))
     } else {
-        Some(format!("{rest}:80"))
+        Some((scheme, format!("{rest}:{default_port}")))
     }
 }
 
@@ -544,8 +738,26 @@ mod tests {
         );
         assert_eq!(authority_of("http://[::1]").as_deref(), Some("[::1]:80"));
         assert_eq!(authority_of("http://a:99999"), None);
-        assert_eq!(authority_of("https://a:1"), None);
+        assert_eq!(authority_of("https://a:1").as_deref(), Some("a:1"));
+        assert_eq!(authority_of("https://a").as_deref(), Some("a:443"));
+        assert_eq!(authority_of("ftp://a:1"), None);
         assert_eq!(authority_of("http://a/path"), None);
+    }
+
+    #[test]
+    fn two_spellings_of_one_member_are_refused() {
+        let bc = cluster(&[
+            "http://127.0.0.1:8080",
+            "http://localhost",
+            "http://localhost:80/",
+        ]);
+        assert_eq!(
+            cluster_config(&bc, vec![]).expect_err("refused"),
+            MemberError {
+                field: "spec.members[2].url".into(),
+                message: "\"http://localhost:80/\" is the same member as spec.members[1].url (\"http://localhost\"): list each member once, and give it a loadFactor for a larger share".into(),
+            }
+        );
     }
 
     #[test]
@@ -561,5 +773,154 @@ mod tests {
         });
         let e = cluster_config(&bc, vec![]).expect_err("refused");
         assert_eq!(e.field, "spec.members[1].url");
+    }
+
+    #[test]
+    fn tls_names_secrets_in_the_cluster_namespace_and_service_members_use_tls() {
+        let spec: BalancerClusterSpec = serde_json::from_value(serde_json::json!({
+            "service": {"name": "web", "port": "https"},
+            "tls": [{"hosts": ["Shop.example.com"], "secretName": "shop-tls"}],
+            "upstreamTLS": {"caSecret": "member-ca", "clientCertSecret": "client"},
+        }))
+        .expect("spec");
+        let mut bc = BalancerCluster::new("web", spec);
+        bc.metadata.namespace = Some("shop".into());
+        let pod = MemberConfig {
+            url: "http://10.0.0.7:8443".into(),
+            authority: "10.0.0.7:8443".into(),
+            pod: Some("web-0".into()),
+            load_factor: 1,
+            lbset: 0,
+            route: None,
+            state: MemberState::Enabled,
+            protocol: Protocol::Http1,
+        };
+        let c = cluster_config(&bc, vec![pod]).expect("ok");
+        assert_eq!(c.members[0].url, "https://10.0.0.7:8443");
+        assert_eq!(c.members[0].authority, "10.0.0.7:8443");
+        let secret = |name: &str| TlsSource::Secret {
+            namespace: "shop".into(),
+            name: name.into(),
+        };
+        assert_eq!(c.tls.certificates[0].source, secret("shop-tls"));
+        assert_eq!(c.tls.certificates[0].hosts, ["shop.example.com"]);
+        let sources: Vec<(String, bool)> =
+            c.tls.sources().map(|(s, ca)| (s.to_string(), ca)).collect();
+        assert_eq!(
+            sources,
+            [
+                ("secret shop/shop-tls".to_owned(), false),
+                ("secret shop/member-ca".to_owned(), true),
+                ("secret shop/client".to_owned(), false),
+            ]
+        );
+    }
+
+    fn discovered(protocol: Protocol) -> MemberConfig {
+        MemberConfig {
+            url: "http://10.0.0.7:50051".into(),
+            authority: "10.0.0.7:50051".into(),
+            pod: Some("api-0".into()),
+            load_factor: 1,
+            lbset: 0,
+            route: None,
+            state: MemberState::Enabled,
+            protocol,
+        }
+    }
+
+    #[test]
+    fn a_members_protocol_is_its_own_else_the_clusters_else_its_service_ports() {
+        let spec = |json: serde_json::Value| -> BalancerCluster {
+            BalancerCluster::new("api", serde_json::from_value(json).expect("a spec"))
+        };
+        let protocols = |bc: &BalancerCluster, found: Protocol| -> Vec<Protocol> {
+            cluster_config(bc, vec![discovered(found)])
+                .expect("ok")
+                .members
+                .iter()
+                .map(|m| m.protocol)
+                .collect()
+        };
+        let mixed = spec(serde_json::json!({
+            "service": {"name": "api", "port": "grpc"},
+            "members": [{"url": "http://10.0.0.1:1"}, {"url": "http://10.0.0.2:1", "protocol": "h2c"}],
+        }));
+        // appProtocol says h2c for the Service's endpoint; static members default to http1.
+        assert_eq!(
+            protocols(&mixed, Protocol::H2c),
+            [Protocol::Http1, Protocol::H2c, Protocol::H2c]
+        );
+        let mut cluster_wide = mixed.clone();
+        cluster_wide.spec.protocol = Some(Protocol::H2c);
+        assert_eq!(
+            protocols(&cluster_wide, Protocol::Http1),
+            [Protocol::H2c, Protocol::H2c, Protocol::H2c],
+            "spec.protocol wins over appProtocol"
+        );
+        let mut own = cluster_wide.clone();
+        own.spec.members[0].protocol = Some(Protocol::Http1);
+        assert_eq!(protocols(&own, Protocol::Http1)[0], Protocol::Http1);
+        // With upstreamTLS an appProtocol that says HTTP/2 means h2.
+        let tls = spec(serde_json::json!({
+            "service": {"name": "api", "port": "grpc"},
+            "upstreamTLS": {"insecureSkipVerify": true},
+        }));
+        assert_eq!(protocols(&tls, Protocol::H2c), [Protocol::H2]);
+        assert_eq!(protocols(&tls, Protocol::Http1), [Protocol::Http1]);
+    }
+
+    #[test]
+    fn h2_needs_https_members_and_h2c_http_ones() {
+        let refused = |json: serde_json::Value, found: Vec<MemberConfig>| -> MemberError {
+            let bc = BalancerCluster::new("api", serde_json::from_value(json).expect("a spec"));
+            cluster_config(&bc, found).expect_err("refused")
+        };
+        let e = refused(
+            serde_json::json!({"members": [{"url": "http://a:1", "protocol": "h2"}]}),
+            vec![],
+        );
+        assert_eq!(e.field, "spec.members[0].protocol");
+        assert!(e.message.contains("https://"), "{e}");
+        let e = refused(
+            serde_json::json!({"protocol": "h2", "members": [{"url": "http://a:1"}]}),
+            vec![],
+        );
+        assert_eq!(e.field, "spec.protocol");
+        let e = refused(
+            serde_json::json!({"members": [{"url": "https://a:1", "protocol": "h2c"}]}),
+            vec![],
+        );
+        assert!(e.message.contains("h2c is HTTP/2 without TLS"), "{e}");
+        let e = refused(
+            serde_json::json!({"protocol": "h2", "service": {"name": "api", "port": 50051}}),
+            vec![discovered(Protocol::Http1)],
+        );
+        assert_eq!(e.field, "spec.protocol");
+        let bc = BalancerCluster::new(
+            "api",
+            serde_json::from_value(serde_json::json!({
+                "members": [{"url": "https://a:1", "protocol": "h2"}],
+            }))
+            .expect("a spec"),
+        );
+        assert_eq!(
+            cluster_config(&bc, vec![]).expect("ok").members[0].protocol,
+            Protocol::H2
+        );
+    }
+
+    #[test]
+    fn safe_grpc_methods_match_a_method_or_a_whole_service() {
+        let policy = Policy {
+            safe_grpc_methods: vec!["/shop.Cart/Get".into(), "/grpc.health.v1.Health/".into()],
+            ..Policy::default()
+        };
+        assert!(policy.is_safe_grpc_method("/shop.Cart/Get"));
+        assert!(!policy.is_safe_grpc_method("/shop.Cart/GetAll"));
+        assert!(!policy.is_safe_grpc_method("/shop.Cart/Put"));
+        assert!(policy.is_safe_grpc_method("/grpc.health.v1.Health/Check"));
+        assert!(!policy.is_safe_grpc_method("/grpc.health.v1.Health/Check/x"));
+        assert!(!policy.is_safe_grpc_method("/grpc.health.v1.HealthX/Check"));
     }
 }

@@ -25,7 +25,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::api::HealthCheckMethod;
-use crate::balancer::MemberStats;
+use crate::api::text::quote;
+use crate::balancer::{Health, MemberStats};
 use crate::clock;
 use crate::discovery::{HealthCheckConfig, fnv1a};
 use crate::plane::DataPlane;
@@ -159,18 +160,25 @@ async fn check_member(
     let outcome = probe(&authority, &check).await;
     running.store(false, Relaxed);
     let now = clock::now_ms();
-    let Some(failed) = record(&check, &stats, outcome.is_ok(), now) else {
-        return;
-    };
-    if failed {
-        let cause = outcome.err().unwrap_or_default();
-        tracing::warn!(%cluster, member = %authority, %cause, "health check failed: member taken out");
-        stats.set_last_error(format!(
-            "health check: {cause} ({})",
-            k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ")
-        ));
-    } else {
-        tracing::info!(%cluster, member = %authority, "health check passed: member back");
+    match record(&check, &stats, outcome.is_ok(), now) {
+        None => return,
+        Some(Change::Out) => {
+            let cause = outcome.err().unwrap_or_default();
+            tracing::warn!(%cluster, member = %authority, %cause, "health check failed: member taken out");
+            stats.set_last_error(format!(
+                "health check: {cause} ({})",
+                k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ")
+            ));
+        }
+        Some(Change::Back(from)) => match stats.health(now) {
+            Health::Ok => {
+                tracing::info!(%cluster, member = %authority, from = from.describe(), "health check passed: member back");
+            }
+            // Passive ejection is not the checks' to end.
+            still => {
+                tracing::info!(%cluster, member = %authority, from = from.describe(), health = still.as_str(), "health check passed, but the member stays out");
+            }
+        },
     }
     // The verdict is in the shared counters; the snapshot serving now must rebuild its
     // schedule (loaded after the write, so a snapshot published meanwhile sees it too).
@@ -180,20 +188,52 @@ async fn check_member(
     }
 }
 
-/// Counts one check's result, Apache's way: a member that is in fails `fails` in a row to go
-/// out; one that is out passes `passes` in a row to come back. Returns `Some(true)` when the
-/// member just went out, `Some(false)` when it just came back, `None` otherwise.
+/// What a check's result changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The member failed `fails` checks in a row: it takes no requests.
+    Out,
+    /// The member passed `passes` checks in a row while it was out: what it came back from is
+    /// cleared.
+    Back(OutFrom),
+}
+
+/// Why a member was out when its checks brought it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutFrom {
+    /// It had failed its health checks.
+    pub checks: bool,
+    /// It was in error from a failed request, waiting for `retryAfterError`.
+    pub request: bool,
+}
+
+impl OutFrom {
+    pub fn describe(self) -> &'static str {
+        match (self.checks, self.request) {
+            (true, true) => "failed health checks and a failed request",
+            (true, false) => "failed health checks",
+            (false, _) => "a failed request",
+        }
+    }
+}
+
+/// Counts one check's result, Apache's way (mod_proxy_hcheck): a member that is in fails
+/// `fails` checks in a row to go out. A member that is out, because it failed its checks or
+/// because a request failed on it, passes `passes` in a row to come back, and both are
+/// cleared: a member whose checks pass is not left waiting for `retryAfterError`.
 pub fn record(
     check: &HealthCheckConfig,
     stats: &MemberStats,
     passed: bool,
     now_ms: u64,
-) -> Option<bool> {
+) -> Option<Change> {
     stats.hc_checks.fetch_add(1, Relaxed);
     let failed = stats.hc_failed.load(Relaxed);
+    let in_error = stats.error_until_ms.load(Relaxed) > now_ms;
     if passed {
         stats.hc_fails.store(0, Relaxed);
-        if !failed {
+        if !failed && !in_error {
+            stats.hc_passes.store(0, Relaxed);
             return None;
         }
         let passes = stats.hc_passes.fetch_add(1, Relaxed) + 1;
@@ -201,9 +241,13 @@ pub fn record(
             return None;
         }
         stats.hc_passes.store(0, Relaxed);
+        stats.clear_error();
         stats.ramp_from_ms.store(now_ms.max(1), Relaxed);
         stats.hc_failed.store(false, Relaxed);
-        Some(false)
+        Some(Change::Back(OutFrom {
+            checks: failed,
+            request: in_error,
+        }))
     } else {
         stats.hc_passes.store(0, Relaxed);
         if failed {
@@ -215,7 +259,7 @@ pub fn record(
         }
         stats.hc_fails.store(0, Relaxed);
         stats.hc_failed.store(true, Relaxed);
-        Some(true)
+        Some(Change::Out)
     }
 }
 
@@ -223,7 +267,10 @@ pub fn record(
 pub async fn probe(authority: &str, check: &HealthCheckConfig) -> Result<(), String> {
     match tokio::time::timeout(check.timeout, probe_inner(authority, check)).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(check.timeout)
+        )),
     }
 }
 
@@ -283,7 +330,8 @@ async fn probe_inner(authority: &str, check: &HealthCheckConfig) -> Result<(), S
             Ok(())
         } else {
             Err(format!(
-                "{what} answered {status} without {needle:?} in its body"
+                "{what} answered {status} without {} in its body",
+                quote(needle)
             ))
         }
     }
@@ -452,6 +500,11 @@ mod tests {
         }
     }
 
+    const BACK_FROM_CHECKS: Option<Change> = Some(Change::Back(OutFrom {
+        checks: true,
+        request: false,
+    }));
+
     #[test]
     fn a_member_goes_out_after_fails_in_a_row_and_back_after_passes_in_a_row() {
         let c = check(2, 3);
@@ -461,13 +514,13 @@ mod tests {
         assert_eq!(record(&c, &s, true, 3), None, "a pass resets the count");
         assert_eq!(record(&c, &s, false, 4), None);
         assert_eq!(record(&c, &s, false, 5), None);
-        assert_eq!(record(&c, &s, false, 6), Some(true));
+        assert_eq!(record(&c, &s, false, 6), Some(Change::Out));
         assert!(!s.healthy(6));
         assert_eq!(record(&c, &s, false, 7), None);
         assert_eq!(record(&c, &s, true, 8), None);
         assert_eq!(record(&c, &s, false, 9), None, "a failure resets the count");
         assert_eq!(record(&c, &s, true, 10), None);
-        assert_eq!(record(&c, &s, true, 11), Some(false));
+        assert_eq!(record(&c, &s, true, 11), BACK_FROM_CHECKS);
         assert!(s.healthy(11));
         assert_eq!(
             s.ramp_from_ms.load(Relaxed),
@@ -475,6 +528,57 @@ mod tests {
             "slow start from its return"
         );
         assert_eq!(s.hc_checks.load(Relaxed), 11);
+    }
+
+    #[test]
+    fn passing_checks_end_a_request_failure_error_too() {
+        let c = check(2, 1);
+        let s = MemberStats::default();
+        // In error from a failed request until 60 000, its checks passing.
+        s.error_until_ms.store(60_000, Relaxed);
+        assert_eq!(s.health(1), Health::Error);
+        assert_eq!(record(&c, &s, true, 1), None);
+        assert_eq!(
+            record(&c, &s, true, 2),
+            Some(Change::Back(OutFrom {
+                checks: false,
+                request: true,
+            }))
+        );
+        assert_eq!(s.health(2), Health::Ok);
+        assert_eq!(s.ramp_from_ms.load(Relaxed), 2);
+
+        // Failed checks and a failed request: both end with the passes.
+        assert_eq!(record(&c, &s, false, 3), Some(Change::Out));
+        s.error_until_ms.store(60_000, Relaxed);
+        assert_eq!(record(&c, &s, true, 4), None);
+        assert_eq!(
+            record(&c, &s, true, 5),
+            Some(Change::Back(OutFrom {
+                checks: true,
+                request: true,
+            }))
+        );
+        assert_eq!(s.health(5), Health::Ok);
+
+        // A member that is in is not counted towards coming back.
+        assert_eq!(record(&c, &s, true, 6), None);
+        s.error_until_ms.store(60_000, Relaxed);
+        assert_eq!(record(&c, &s, true, 7), None, "one pass of two");
+        // An error that ran out by itself needs no check.
+        assert_eq!(record(&c, &s, true, 60_001), None);
+        assert_eq!(s.hc_passes.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn what_a_member_came_back_from_reads_as_prose() {
+        let from = |checks, request| OutFrom { checks, request }.describe();
+        assert_eq!(from(true, false), "failed health checks");
+        assert_eq!(from(false, true), "a failed request");
+        assert_eq!(
+            from(true, true),
+            "failed health checks and a failed request"
+        );
     }
 
     #[test]

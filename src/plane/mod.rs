@@ -2,10 +2,14 @@
 //! moment (clusters, their balancers and the routing table), published as one immutable
 //! snapshot and swapped atomically, and the per-member counters that outlive snapshots.
 //!
-//! Sources (the standalone file, the controller, the demo) call [`DataPlane::publish`]; the
-//! proxy, the admin server, the health checker and the status writer read from here. Nothing
-//! here does I/O or knows how requests are carried.
+//! Sources (the standalone file, the controller, the demo) call [`DataPlane::publish`], or
+//! [`DataPlane::publish_with`] with the TLS material they resolved; the proxy, the admin server,
+//! the health checker and the status writer read from here. Nothing here does I/O or knows how
+//! requests are carried.
 
+pub mod filters;
+pub mod fronts;
+pub mod matching;
 pub mod routes;
 
 use std::collections::{HashMap, HashSet};
@@ -20,7 +24,11 @@ use crate::balancer::budget::RetryBudget;
 use crate::balancer::{Affinity, BalancedMember, Balancer, MemberStats, Settings, hash, sticky};
 use crate::clock;
 use crate::discovery::ClusterConfig;
-use routes::RouteTable;
+use crate::tls::{self, TlsState, material::Material};
+use filters::Filters;
+use fronts::{Front, FrontConfig};
+use matching::{PathMatch, RequestMatch, RequestView};
+use routes::{Backend, ListenerRoutes, Matched, RouteEntry, RouteTable, Rule};
 
 /// One served cluster.
 #[derive(Debug)]
@@ -33,6 +41,9 @@ pub struct Cluster {
     pub retry_ms: u64,
     /// Bounds the retries of requests that reached a member and failed there.
     pub retry_budget: RetryBudget,
+    /// How its `https://` members are reached; `None` when it has none, or when what its
+    /// `upstreamTLS` names could not be loaded (then they cannot be reached: see `tls`).
+    pub upstream_tls: Option<Arc<tls::Upstream>>,
 }
 
 impl Cluster {
@@ -72,18 +83,32 @@ pub struct RouteConflict {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub clusters: Vec<Arc<Cluster>>,
+    /// The BalancerClusters' routes, served on `--listen` and `--listen-tls`.
     pub routes: RouteTable,
+    /// Other ports and their routes (a Gateway's listeners), by port.
+    pub fronts: Vec<Front>,
     pub conflicts: Vec<RouteConflict>,
     /// Counts publications, starting at 1 for the first.
     pub generation: u64,
+    /// The certificates served by name, and each cluster's TLS as shown and reported.
+    pub tls: TlsState,
 }
 
 impl Snapshot {
-    /// The cluster serving a request for `host` (without port) and `path`.
-    pub fn route(&self, host: &[u8], path: &str) -> Option<&Arc<Cluster>> {
-        self.routes
-            .lookup(host, path)
-            .and_then(|i| self.clusters.get(i))
+    /// The rule serving a request for `host` (without port), and the cluster its backend
+    /// names: the only one for a BalancerCluster's route.
+    pub fn route(&self, host: &[u8], req: &dyn RequestView) -> Option<Matched<'_>> {
+        self.routes.lookup(host, req)
+    }
+
+    /// The front serving `port`, if a source asked for one.
+    pub fn front(&self, port: u16) -> Option<&Front> {
+        self.fronts.iter().find(|f| f.port == port)
+    }
+
+    /// The cluster a rule's backend names.
+    pub fn backend(&self, backend: &Backend) -> Option<&Arc<Cluster>> {
+        backend.cluster.and_then(|i| self.clusters.get(i))
     }
 
     pub fn cluster(&self, namespace: &str, name: &str) -> Option<&Arc<Cluster>> {
@@ -141,8 +166,35 @@ impl DataPlane {
     /// whose configuration did not change is served on as it was: its balancer keeps its
     /// schedule (byrequests' turns, ewma's averages, hash's table).
     pub fn publish(&self, clusters: Vec<ClusterConfig>) -> Arc<Snapshot> {
+        self.publish_with(clusters, &Material::default())
+    }
+
+    /// [`DataPlane::publish`], with the certificates and CA bundles the clusters' TLS settings
+    /// name, as the source resolved them. A cluster whose client configuration for `https://`
+    /// members changed is served anew; one whose certificates alone changed is not (the listener
+    /// reads them from the snapshot on each handshake).
+    pub fn publish_with(&self, clusters: Vec<ClusterConfig>, material: &Material) -> Arc<Snapshot> {
+        self.publish_all(clusters, &[], material)
+    }
+
+    /// [`DataPlane::publish_with`], with fronts: ports served besides `--listen` and
+    /// `--listen-tls`, and their routes (a Gateway's listeners), whose backends name `clusters`
+    /// by key.
+    pub fn publish_all(
+        &self,
+        clusters: Vec<ClusterConfig>,
+        fronts: &[FrontConfig],
+        material: &Material,
+    ) -> Arc<Snapshot> {
         let now = clock::now_ms();
         let previous = self.snapshot.load_full();
+        let tls = TlsState::build(&clusters, material, |key| {
+            previous
+                .clusters
+                .iter()
+                .find(|c| c.key == key)
+                .and_then(|c| c.upstream_tls.as_ref())
+        });
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept = HashMap::with_capacity(stats.len());
         // Clusters served before: a member new to one of them has joined (slow start).
@@ -157,30 +209,20 @@ impl DataPlane {
             generation: self.generation.fetch_add(1, Relaxed) + 1,
             ..Snapshot::default()
         };
+        let mut routes = Vec::new();
         for config in clusters {
             let key = config.key();
             let index = snapshot.clusters.len();
-            for route in &config.routes {
-                if let Err(holder) =
-                    snapshot
-                        .routes
-                        .add(route.host.as_deref(), &route.path_prefix, index)
-                {
-                    snapshot.conflicts.push(RouteConflict {
-                        cluster: key.clone(),
-                        host: route.host.clone(),
-                        path_prefix: route.path_prefix.clone(),
-                        held_by: snapshot
-                            .clusters
-                            .get(holder)
-                            .map(|c| c.key.clone())
-                            .unwrap_or_default(),
-                    });
-                }
-            }
+            routes.extend(route_entries(&config, &key, index));
+            let upstream_tls = tls.upstream(&key).cloned();
             if let Some(same) = previous
                 .cluster(&config.namespace, &config.name)
                 .filter(|c| c.config == config)
+                .filter(|c| match (&c.upstream_tls, &upstream_tls) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                })
             {
                 for m in same.balancer.members() {
                     kept.insert((key.clone(), m.url.clone()), m.stats.clone());
@@ -225,13 +267,74 @@ impl DataPlane {
                 retry_ms,
                 retry_budget: RetryBudget::default(),
                 config,
+                upstream_tls,
             }));
         }
+        snapshot.tls = tls;
         *stats = kept;
+        let (table, shadowed) = RouteTable::build(vec![ListenerRoutes {
+            hostname: None,
+            routes,
+        }]);
+        snapshot.routes = table;
+        let index: HashMap<&str, usize> = snapshot
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.key.as_str(), i))
+            .collect();
+        // Shadowed Gateway routes are the Gateway controller's to report (it sees them first).
+        snapshot.fronts = fronts
+            .iter()
+            .map(|config| Front::build(config, &index).0)
+            .collect();
+        snapshot.conflicts = shadowed
+            .into_iter()
+            .map(|s| RouteConflict {
+                cluster: s.rule,
+                host: s.host,
+                path_prefix: s.path,
+                held_by: s.by,
+            })
+            .collect();
         let snapshot = Arc::new(snapshot);
         self.snapshot.store(snapshot.clone());
         self.ready.store(true, Relaxed);
         snapshot
+    }
+}
+
+/// A BalancerCluster's routes as rows of the route table: each route's host and path prefix,
+/// one rule (named by the cluster's key) whose only backend is the cluster.
+fn route_entries(config: &ClusterConfig, key: &str, index: usize) -> Vec<RouteEntry> {
+    let backend = Backend {
+        cluster: Some(index),
+        weight: 1,
+        filters: Filters::default(),
+    };
+    let rule = Arc::new(Rule::new(key.to_owned(), Filters::default(), vec![backend]));
+    config
+        .routes
+        .iter()
+        .map(|route| RouteEntry {
+            hostnames: route.host.iter().cloned().collect(),
+            matches: vec![RequestMatch {
+                path: PathMatch::prefix(&route.path_prefix),
+                ..RequestMatch::default()
+            }],
+            rule: rule.clone(),
+        })
+        .collect()
+}
+
+/// The HTTPS listener's certificates are the ones in the snapshot served at each handshake.
+impl tls::CurrentCertificates for DataPlane {
+    fn resolve(&self, server_name: Option<&str>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.snapshot
+            .load()
+            .tls
+            .certificates
+            .resolve_key(server_name)
     }
 }
 
@@ -270,10 +373,27 @@ mod tests {
             config("a", &["http://127.0.0.1:1"]),
         ]);
         assert!(Arc::ptr_eq(&third.clusters[1], &first.clusters[0]));
-        assert_eq!(
-            third.route(b"h", "/a").map(|c| c.key.as_str()),
-            Some("default/a")
-        );
+        struct Get(&'static str);
+        impl RequestView for Get {
+            fn method(&self) -> &http::Method {
+                &http::Method::GET
+            }
+            fn path(&self) -> &str {
+                self.0
+            }
+            fn query(&self) -> Option<&str> {
+                None
+            }
+            fn any_header(&self, _: &http::HeaderName, _: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+                false
+            }
+        }
+        let routed = third
+            .route(b"h", &Get("/a"))
+            .and_then(|m| m.rule.pick())
+            .and_then(|b| third.backend(b))
+            .map(|c| c.key.clone());
+        assert_eq!(routed.as_deref(), Some("default/a"));
         // The kept cluster's members keep their counters for the next publication too.
         let stats = third.clusters[1].balancer.members()[0].stats.clone();
         let fourth = plane.publish(vec![config(
@@ -283,6 +403,48 @@ mod tests {
         assert!(Arc::ptr_eq(
             &fourth.clusters[0].balancer.members()[0].stats,
             &stats
+        ));
+    }
+
+    #[test]
+    fn a_member_client_configuration_is_kept_until_what_it_was_built_from_changes() {
+        use crate::discovery::TlsSource;
+        use crate::tls::cert::testing::{NOW, ca};
+        use crate::tls::material::Loader;
+        let yaml = "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {name: tls}\nspec:\n  members: [{url: 'https://127.0.0.1:1'}]\n  upstreamTLS: {caFile: /ca.crt}\n";
+        let bc: BalancerCluster = serde_norway::from_str(yaml).expect("a BalancerCluster");
+        let tls = crate::discovery::cluster_config(&bc, Vec::new()).expect("valid");
+        let source = TlsSource::Files {
+            cert: "/ca.crt".into(),
+            key: None,
+        };
+        let plane = DataPlane::new();
+        // Named but not loaded: no configuration, so the https member is not reached at all.
+        let first = plane.publish(vec![tls.clone(), config("plain", &["http://127.0.0.1:2"])]);
+        assert!(first.clusters[0].upstream_tls.is_none());
+        assert!(first.clusters[1].upstream_tls.is_none());
+        assert_eq!(
+            first.tls.clusters["default/tls"].problems[0].message,
+            "file /ca.crt: not loaded yet"
+        );
+        assert!(!first.tls.clusters.contains_key("default/plain"));
+
+        let mut loader = Loader::default();
+        loader.offer_ca(&source, Ok(ca("CA one").pem.as_bytes()), NOW);
+        let second = plane.publish_with(vec![tls.clone()], &loader.material());
+        let built = second.clusters[0].upstream_tls.clone().expect("built");
+        assert!(second.tls.clusters["default/tls"].problems.is_empty());
+        // Published again with the same material: the same configuration and cluster.
+        let third = plane.publish_with(vec![tls.clone()], &loader.material());
+        assert!(Arc::ptr_eq(&second.clusters[0], &third.clusters[0]));
+        // A new CA: a new configuration, in a new cluster whose members keep their counters.
+        loader.offer_ca(&source, Ok(ca("CA two").pem.as_bytes()), NOW);
+        let fourth = plane.publish_with(vec![tls], &loader.material());
+        let rebuilt = fourth.clusters[0].upstream_tls.clone().expect("built");
+        assert!(!Arc::ptr_eq(&built, &rebuilt));
+        assert!(Arc::ptr_eq(
+            &third.clusters[0].balancer.members()[0].stats,
+            &fourth.clusters[0].balancer.members()[0].stats
         ));
     }
 }

@@ -14,6 +14,8 @@ use super::response::ResponseBody;
 pub enum ProxyError {
     /// No cluster serves this host and path.
     NoRoute { host: String, path: String },
+    /// The route's backend cannot be served (unknown, not permitted, or no weight).
+    NoBackend { rule: String },
     /// The cluster has no usable member.
     NoMember { cluster: String },
     /// The member could not be reached or broke the exchange.
@@ -42,6 +44,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::NoBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoMember { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::MemberFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -52,11 +55,12 @@ impl ProxyError {
     }
 
     /// The gRPC status a gRPC client gets for this failure: gRPC's mapping of the HTTP status
-    /// (404 UNIMPLEMENTED, 502 and 503 UNAVAILABLE, 4xx INTERNAL), except that a member that
+    /// (404 UNIMPLEMENTED, 502 and 503 UNAVAILABLE, 4xx INTERNAL, 500 UNKNOWN), except that a member that
     /// did not answer in time is DEADLINE_EXCEEDED, as a call's own deadline is.
     pub fn grpc_status(&self) -> u8 {
         match self {
             ProxyError::NoRoute { .. } => grpc::UNIMPLEMENTED,
+            ProxyError::NoBackend { .. } => grpc::UNKNOWN,
             ProxyError::NoMember { .. } | ProxyError::MemberFailed { .. } => grpc::UNAVAILABLE,
             ProxyError::Timeout { .. } => grpc::DEADLINE_EXCEEDED,
             ProxyError::ConnectRefused
@@ -95,6 +99,10 @@ impl ProxyError {
             ProxyError::NoRoute { host, path } => {
                 tracing::debug!(%host, %path, "no balancer serves this host and path");
                 "404 Not Found: no balancer serves this host and path\n"
+            }
+            ProxyError::NoBackend { rule } => {
+                tracing::warn!(%rule, "500 Internal Server Error: the route's backend cannot be served");
+                "500 Internal Server Error: the route's backend cannot be served\n"
             }
             ProxyError::NoMember { cluster } => {
                 tracing::warn!(%cluster, cause = "no usable member", "503 Service Unavailable");

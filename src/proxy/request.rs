@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use futures_util::future::Either;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 
 use super::client::{Client, ClientRequest};
@@ -21,6 +21,7 @@ use super::response::ResponseBody;
 use super::upstream::body::RequestBody;
 use super::worker::Worker;
 use crate::plane::Cluster;
+use crate::plane::matching::RequestView;
 use crate::plane::routes::strip_port;
 
 /// One request of a client connection: hyper's service function, and the lean HTTP/1 server's.
@@ -90,7 +91,14 @@ fn route(
     let host = host_value
         .as_ref()
         .map_or(&b""[..], |h| strip_port(h.as_bytes()));
-    let cluster = cluster_for(worker, host, req.uri().path())?;
+    let cluster = cluster_for(
+        worker,
+        host,
+        &View {
+            req,
+            lean: lean.as_ref(),
+        },
+    )?;
     let scan = scan_fields(&cluster, req, lean);
     let affinity = cluster.affinity(req.headers(), req.uri(), client.addr.ip());
     let upgrade = upgrade_protocol(req, &scan);
@@ -142,14 +150,54 @@ fn host_of(req: &Request<RequestBody>, lean: &mut Option<LeanHead>) -> Option<He
     }
 }
 
-fn cluster_for(worker: &Worker, host: &[u8], path: &str) -> Result<Arc<Cluster>, ProxyError> {
+/// The cluster that serves a request: its route's rule, then the rule's backend by weight.
+fn cluster_for(worker: &Worker, host: &[u8], view: &View<'_>) -> Result<Arc<Cluster>, ProxyError> {
     let snapshot = worker.plane.snapshot();
-    match snapshot.route(host, path) {
-        Some(c) => Ok(c.clone()),
-        None => Err(ProxyError::NoRoute {
+    let Some(matched) = snapshot.route(host, view) else {
+        return Err(ProxyError::NoRoute {
             host: String::from_utf8_lossy(host).into_owned(),
-            path: path.to_owned(),
+            path: view.path().to_owned(),
+        });
+    };
+    let rule = matched.rule;
+    match rule.pick().and_then(|backend| snapshot.backend(backend)) {
+        Some(cluster) => Ok(cluster.clone()),
+        None => Err(ProxyError::NoBackend {
+            rule: rule.name.clone(),
         }),
+    }
+}
+
+/// A request as routing sees it: hyper's parts, and the fields as the client wrote them when
+/// the lean server read it.
+struct View<'a> {
+    req: &'a Request<RequestBody>,
+    lean: Option<&'a LeanHead>,
+}
+
+impl RequestView for View<'_> {
+    fn method(&self) -> &Method {
+        self.req.method()
+    }
+
+    fn path(&self) -> &str {
+        self.req.uri().path()
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.req.uri().query()
+    }
+
+    fn any_header(&self, name: &HeaderName, test: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        match self.lean {
+            Some(lean) => lean.fields.any_value(name.as_str().as_bytes(), test),
+            None => self
+                .req
+                .headers()
+                .get_all(name)
+                .iter()
+                .any(|v| test(v.as_bytes())),
+        }
     }
 }
 

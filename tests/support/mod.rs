@@ -16,5 +16,6 @@ pub mod backend;
 pub mod controlplane;
 pub mod fixtures;
 pub mod netns;
+pub mod podrunner;
 pub mod pods;
 pub mod wait;

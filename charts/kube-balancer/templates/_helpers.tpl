@@ -99,6 +99,11 @@ Recorder creates events.k8s.io Events and patches a repeated one).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.tls.enabled }}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
 {{- end }}
 
 {{/* The ServiceAccount that RBAC bindings grant to. */}}

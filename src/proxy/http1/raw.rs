@@ -135,6 +135,16 @@ impl RawHead {
             .map(|&[_, _, start, end]| self.head.slice(start..end))
     }
 
+    /// Whether any field named `name` (in any case) has a value satisfying `test`.
+    pub fn any_value(&self, name: &[u8], test: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.spans
+            .iter()
+            .any(|&[name_start, name_end, start, end]| {
+                self.head[name_start..name_end].eq_ignore_ascii_case(name)
+                    && test(&self.head[start..end])
+            })
+    }
+
     /// Appends the fields to `headers`, their values sharing the head. A field hyper would not
     /// accept (`httparse` lets through nothing of the kind today) is left out.
     pub fn fill(&self, headers: &mut HeaderMap) {

@@ -1,0 +1,104 @@
+//! Fronts: the ports the data plane serves besides its own `--listen` and `--listen-tls`, each
+//! with its routes: a Gateway's listeners (one front per listener port). A source gives them
+//! with cluster keys ([`FrontConfig`]); publishing resolves the keys and builds each front's
+//! route table ([`Front`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::filters::Filters;
+use super::matching::RequestMatch;
+use super::routes::{Backend, ListenerRoutes, RouteEntry, RouteTable, Rule, Shadowed};
+
+/// A port's routes, as a source gives them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FrontConfig {
+    pub port: u16,
+    /// HTTPS: the front terminates TLS (certificates from the snapshot's TLS state).
+    pub tls: bool,
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// One listener of a port: its hostname (none: any) and the routes attached to it, in the order
+/// of precedence among equals (oldest route first, then namespace/name, then rule order).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub hostname: Option<String>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One route rule: which requests (any of `matches` on any of `hostnames`), what is done to
+/// them, and where they go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// For logs, metrics and status: `httproute shop/web rule 0`.
+    pub name: String,
+    /// None: every host the listener takes.
+    pub hostnames: Vec<String>,
+    /// None: everything.
+    pub matches: Vec<RequestMatch>,
+    pub filters: Filters,
+    pub backends: Vec<BackendConfig>,
+    pub request_timeout: Option<Duration>,
+    pub backend_timeout: Option<Duration>,
+}
+
+/// A weighted backend of a route rule: a cluster by key, or `None` for one that cannot be served
+/// (its share of requests gets 500).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub cluster: Option<String>,
+    pub weight: u32,
+    pub filters: Filters,
+}
+
+/// A built front, served from a snapshot.
+#[derive(Debug)]
+pub struct Front {
+    pub port: u16,
+    pub tls: bool,
+    pub routes: RouteTable,
+}
+
+impl Front {
+    /// Builds a front, the cluster keys resolved by `index` (a key it does not know is a backend
+    /// that cannot be served). Also gives the routes wholly shadowed by earlier ones.
+    pub fn build(config: &FrontConfig, index: &HashMap<&str, usize>) -> (Front, Vec<Shadowed>) {
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| ListenerRoutes {
+                hostname: l.hostname.clone(),
+                routes: l.routes.iter().map(|r| entry(r, index)).collect(),
+            })
+            .collect();
+        let (routes, shadowed) = RouteTable::build(listeners);
+        let front = Front {
+            port: config.port,
+            tls: config.tls,
+            routes,
+        };
+        (front, shadowed)
+    }
+}
+
+fn entry(route: &RouteConfig, index: &HashMap<&str, usize>) -> RouteEntry {
+    let backends = route
+        .backends
+        .iter()
+        .map(|b| Backend {
+            cluster: b.cluster.as_deref().and_then(|key| index.get(key).copied()),
+            weight: b.weight,
+            filters: b.filters.clone(),
+        })
+        .collect();
+    let mut rule = Rule::new(route.name.clone(), route.filters.clone(), backends);
+    rule.request_timeout = route.request_timeout;
+    rule.backend_timeout = route.backend_timeout;
+    RouteEntry {
+        hostnames: route.hostnames.clone(),
+        matches: route.matches.clone(),
+        rule: Arc::new(rule),
+    }
+}
