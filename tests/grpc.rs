@@ -996,10 +996,8 @@ fn bad_protocol_and_grpc_settings_are_refused_with_their_reason() {
             .to_string();
         assert!(refused.contains(expected), "{expected:?} in {refused}");
     }
-    let good = format!(
-        "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {{name: web}}\nspec:\n  protocol: h2c\n  http2: {{maxConcurrentStreams: 8}}\n  failover: {{safeGrpcMethods: [/shop.Cart/Get, /grpc.health.v1.Health/*]}}\n  healthCheck: {{method: GRPC, grpcService: shop.Cart}}\n  members:\n    - url: http://127.0.0.1:1\n    - url: http://127.0.0.1:2\n      protocol: http1\n"
-    );
-    let clusters = kube_balancer::standalone::parse("grpc.yaml", &good).expect("a good file");
+    let good = "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {name: web}\nspec:\n  protocol: h2c\n  http2: {maxConcurrentStreams: 8}\n  failover: {safeGrpcMethods: [/shop.Cart/Get, /grpc.health.v1.Health/*]}\n  healthCheck: {method: GRPC, grpcService: shop.Cart}\n  members:\n    - url: http://127.0.0.1:1\n    - url: http://127.0.0.1:2\n      protocol: http1\n";
+    let clusters = kube_balancer::standalone::parse("grpc.yaml", good).expect("a good file");
     let c = &clusters[0];
     assert_eq!(
         c.members
