@@ -1,0 +1,167 @@
+//! gRPC members from Kubernetes, against the real control plane (docs/testenv.md): a Service
+//! port whose `appProtocol` is `grpc` makes its endpoints h2c members without a word in the
+//! BalancerCluster, and real gRPC calls (tests/grpc-peer, grpc-go) reach the pods through the
+//! data plane the controller feeds.
+//!
+//! These tests need scripts/test.sh (binaries and network namespace); elsewhere they fail, saying so.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+use kube_balancer::api::Protocol;
+use support::controlplane::ControlPlane;
+use support::fixtures::{Balancer, apply_cluster, install_crd, options};
+use support::netns;
+use support::pods::{self, FakePod};
+
+/// The grpc-peer binary, built once (scripts/test-deps.sh has fetched its modules, so this
+/// needs no network).
+fn peer_binary() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpc-peer-controller");
+        let status = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(".")
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grpc-peer"))
+            .env("GOFLAGS", "-mod=readonly")
+            .status()
+            .expect("run go build");
+        assert!(status.success(), "go build of tests/grpc-peer failed");
+        out
+    })
+}
+
+/// A gRPC server on a pod's address, killed when dropped.
+struct GrpcPod(Child, u16);
+
+impl GrpcPod {
+    fn start(name: &str, ip: std::net::Ipv4Addr) -> GrpcPod {
+        let mut child = Command::new(peer_binary())
+            .args(["serve", "-listen", &format!("{ip}:0"), "-name", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start grpc-peer serve");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        out.read_line(&mut first).expect("its address");
+        // Its later lines are read too: a closed pipe would stop it at its next line.
+        std::thread::spawn(move || for _ in out.lines().map_while(Result::ok) {});
+        let port = first
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {first:?}"));
+        GrpcPod(child, port)
+    }
+}
+
+impl Drop for GrpcPod {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_port_whose_app_protocol_is_grpc_gets_h2c_members_and_calls_go_through() {
+    netns::require();
+    let client = ControlPlane::shared().client();
+    install_crd(&client).await;
+    let ns = pods::namespace(&client, "grpc").await;
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {"selector": {"app": "web"}, "ports": [
+            {"name": "grpc", "port": 50051, "targetPort": "grpc", "appProtocol": "grpc"},
+        ]},
+    }))
+    .expect("a service");
+    Api::<Service>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("create the service");
+    let mut servers = Vec::new();
+    for name in ["api-a", "api-b"] {
+        let ip = netns::next_pod_ip();
+        let server = GrpcPod::start(name, ip);
+        FakePod::new(&ns, name, ip)
+            .label("app", "web")
+            .port("grpc", server.1)
+            .create(&client)
+            .await;
+        servers.push(server);
+    }
+    apply_cluster(
+        &client,
+        &ns,
+        json!({"service": {"name": "web", "port": "grpc"}}),
+    )
+    .await;
+    let balancer = Balancer::start(&client, options(&ns, "replica-1")).await;
+    balancer
+        .wait_members_shown(&ns, &["api-a:h2c", "api-b:h2c"], |m| {
+            format!(
+                "{}:{}",
+                m.pod.clone().unwrap_or_default(),
+                m.protocol.as_str()
+            )
+        })
+        .await;
+    assert!(
+        balancer
+            .member_configs(&ns)
+            .iter()
+            .all(|m| m.protocol == Protocol::H2c)
+    );
+    let target = balancer.addr().to_string();
+    let errors = || {
+        balancer
+            .plane
+            .snapshot()
+            .cluster(&ns, "web")
+            .map(|c| {
+                c.balancer
+                    .members()
+                    .iter()
+                    .map(|m| m.stats.last_error())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let backends = tokio::task::spawn_blocking(move || {
+        (0..4)
+            .map(|_| {
+                let output = Command::new(peer_binary())
+                    .args(["call", "-target", &target, "-kind", "unary"])
+                    .output()
+                    .expect("run a call");
+                let text = String::from_utf8_lossy(&output.stdout).into_owned();
+                let done = text
+                    .lines()
+                    .find(|l| l.starts_with("done "))
+                    .unwrap_or_else(|| panic!("the call did not end: {text}"))
+                    .to_owned();
+                assert!(done.starts_with("done code=0 "), "{done}");
+                done.split_whitespace()
+                    .find_map(|f| f.strip_prefix("backend="))
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; the members' last errors: {:?}", errors()));
+    assert_eq!(backends, ["api-a", "api-b", "api-a", "api-b"]);
+    drop(servers);
+}
