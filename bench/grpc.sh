@@ -83,13 +83,16 @@ wait_port() {
     die "nothing listens on $1"
 }
 
-# CPU time (clock ticks, user + system) of a process and its threads.
+# CPU time (clock ticks, user + system) of a process and its children (nginx's workers).
 cpu_ticks() {
-    local stat rest
-    stat=$(cat "/proc/$1/stat")
-    rest=${stat##*) }
-    read -ra f <<<"$rest"
-    echo $((f[11] + f[12]))
+    local total=0 pid stat rest
+    for pid in "$1" $(pgrep -P "$1"); do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        rest=${stat##*) }
+        read -ra f <<<"$rest"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
 }
 TICK=$(getconf CLK_TCK)
 
@@ -128,10 +131,14 @@ daemon off;
 events { worker_connections 4096; }
 http {
     access_log off;
+    # Connections are not closed after 1000 requests (both defaults), as kube-balancer's and
+    # HAProxy's are not.
+    keepalive_requests 100000000;
     upstream members {
         server 127.0.0.1:${MEMBERS[0]};
         server 127.0.0.1:${MEMBERS[1]};
         keepalive 64;
+        keepalive_requests 100000000;
     }
     server {
         listen 127.0.0.1:$NGINX_PORT http2;
