@@ -16,7 +16,8 @@
 # Each balancer runs with one worker pinned to LB_CPU; the load generators and the two members
 # (one nginx worker on two ports) share LOAD_CPU. Only loopback addresses; every load run is
 # bounded in time. Results go to bench/results/<date>.md (and latest.md, and a PNG chart).
-# docs/benchmarks.md says what each figure means and how it is measured.
+# docs/benchmarks.md says what each figure means and how it is measured. gRPC (h2c to members,
+# nginx's grpc_pass, HAProxy's proto h2) has its own driver: bench/grpc.sh.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
