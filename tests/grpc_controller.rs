@@ -165,3 +165,68 @@ async fn a_service_port_whose_app_protocol_is_grpc_gets_h2c_members_and_calls_go
     assert_eq!(backends, ["api-a", "api-b", "api-a", "api-b"]);
     drop(servers);
 }
+
+/// The API server runs the same rules on protocols and gRPC settings as standalone mode, with
+/// the same messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_refuses_bad_protocol_and_grpc_settings_with_the_cel_message() {
+    let client = ControlPlane::shared().client();
+    install_crd(&client).await;
+    let ns = pods::namespace(&client, "badgrpc").await;
+    let resource = kube::api::ApiResource::erase::<kube_balancer::api::BalancerCluster>(&());
+    let api = Api::<kube::api::DynamicObject>::namespaced_with(client, &ns, &resource);
+    for (spec, expected) in [
+        (
+            json!({"members": [{"url": "http://10.0.0.1:80", "protocol": "h2"}]}),
+            "protocol h2 is HTTP/2 over TLS, for https:// members",
+        ),
+        (
+            json!({"members": [{"url": "https://10.0.0.1:443", "protocol": "h2c"}], "upstreamTLS": {}}),
+            "h2c is HTTP/2 without TLS, for http:// members",
+        ),
+        (
+            json!({"members": [{"url": "http://10.0.0.1:80"}], "http2": {"maxConcurrentStreams": 0}}),
+            "http2.maxConcurrentStreams must be between 1 and 10000",
+        ),
+        (
+            json!({"members": [{"url": "http://10.0.0.1:80"}], "failover": {"safeGrpcMethods": ["/a.B/C/D"]}}),
+            "safeGrpcMethods entries look like /package.Service/Method",
+        ),
+        (
+            json!({"members": [{"url": "http://10.0.0.1:80"}], "healthCheck": {"grpcService": "a.B"}}),
+            "healthCheck.grpcService needs method: GRPC",
+        ),
+    ] {
+        let bc: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kubebalancer.io/v1alpha1", "kind": "BalancerCluster",
+            "metadata": {"name": "bad"}, "spec": spec,
+        }))
+        .expect("well-formed");
+        match api.create(&PostParams::default(), &bc).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 422, "{e:?}");
+                assert!(
+                    e.message.contains(expected),
+                    "{expected:?} in {}",
+                    e.message
+                );
+            }
+            other => panic!("expected a refusal of {spec}, got {other:?}"),
+        }
+    }
+    let good: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "kubebalancer.io/v1alpha1", "kind": "BalancerCluster",
+        "metadata": {"name": "good"},
+        "spec": {
+            "protocol": "h2c",
+            "members": [{"url": "http://10.0.0.1:80"}, {"url": "http://10.0.0.2:80", "protocol": "http1"}],
+            "http2": {"maxConcurrentStreams": 8},
+            "failover": {"safeGrpcMethods": ["/shop.Cart/Get", "/grpc.health.v1.Health/*"]},
+            "healthCheck": {"method": "GRPC", "grpcService": "shop.Cart"},
+        },
+    }))
+    .expect("well-formed");
+    api.create(&PostParams::default(), &good)
+        .await
+        .expect("a good resource is accepted");
+}
