@@ -6,12 +6,13 @@
 #   ROUNDS=1 DURATION=5 bench/grpc.sh      # a quick look
 #   KB_BIN=/path/to/kube-balancer bench/grpc.sh   # that build instead of this tree's release build
 #
-# The members are two real gRPC servers (grpc-go's TestService, tests/grpc-peer); the load is
+# The members are two real gRPC servers (grpc-go's TestService, tests/support/grpc-peer); the load is
 # h2load sending gRPC-like POSTs (/grpc.testing.TestService/UnaryCall, application/grpc, one
 # framed message) over CONNS h2c connections with STREAMS streams each. Before measuring, a real
 # gRPC client (grpc-peer call) checks each balancer answers a call with status OK. Each balancer
 # runs one worker pinned to LB_CPU; members and h2load share LOAD_CPU. Only loopback addresses;
-# every run is bounded in time. The table goes to stdout and bench/results/grpc-latest.md.
+# every run is bounded in time. The table goes to stdout and bench/results/grpc-latest.md (a
+# dated copy to bench/results/archive/).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -58,7 +59,7 @@ if [ -z "$KB_BIN" ]; then
     KB_BIN=$REPO/target/release/kube-balancer
 fi
 PEER=$RUN/grpc-peer
-(cd "$REPO/tests/grpc-peer" && go build -o "$PEER" .)
+(cd "$REPO/tests/support/grpc-peer" && go build -o "$PEER" .)
 
 # A free loopback port (the kernel's pick; closed again at once).
 free_port() {
@@ -222,3 +223,5 @@ mkdir -p "$RESULTS"
         echo "| $lb | $(echo "${CALLS[$lb]}" | median) | $(echo "${CPU[$lb]}" | median) | ${CPU[$lb]% } |"
     done
 } | tee "$RESULTS/grpc-latest.md"
+mkdir -p "$RESULTS/archive"
+cp "$RESULTS/grpc-latest.md" "$RESULTS/archive/grpc-$(date -u +%Y-%m-%d-%H%M).md"

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond Rust and Go, when it is missing: the Go modules of the gRPC
-# peer (tests/grpc-peer, built by tests/grpc.rs when it runs, which may be where there is no
-# network), and headless Chromium for the balancer-manager page test (tests/admin.rs), a Debian
-# package, so it needs root and apt-get.
+# peer (tests/support/grpc-peer, built by the gRPC tests when they run, which may be where there is no
+# network), and headless Chromium for the balancer-manager page test (tests/dataplane/admin.rs),
+# a Debian package, so it needs root and apt-get.
 set -euo pipefail
 
 say() { printf 'test-deps: %s\n' "$*" >&2; }
 
 # The module cache keeps them: a warm run asks nothing of the network.
-(cd "$(dirname "$0")/../tests/grpc-peer" && go mod download) || {
-    say "could not fetch the Go modules of tests/grpc-peer"
+(cd "$(dirname "$0")/../tests/support/grpc-peer" && go mod download) || {
+    say "could not fetch the Go modules of tests/support/grpc-peer"
     exit 1
 }
 

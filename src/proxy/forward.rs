@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::client::ClientRequest;
 use super::deadline::Deadline;
 use super::error::ProxyError;
+use super::filters::Applied;
 use super::grpc;
 use super::headers::{Forwarding, strip_hop_by_hop};
 use super::http1::client::idempotent;
@@ -35,8 +36,9 @@ pub struct Routed {
     pub cluster: Arc<Cluster>,
     pub req: Box<ClientRequest>,
     pub forwarding: Forwarding,
-    pub client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     pub affinity: Affinity,
+    /// The route's filters and timeouts, when it has any.
+    pub filters: Option<Box<Applied>>,
 }
 
 /// Sends the request to the members the cluster picks, in turn, until one answers or the
@@ -52,10 +54,15 @@ pub async fn forward(
         cluster,
         req,
         forwarding,
-        client_upgrade,
         affinity,
+        filters,
     } = routed;
-    let ClientRequest { req, lean } = &mut **req;
+    let backend_timeout = filters.as_ref().and_then(|f| f.backend_timeout());
+    let ClientRequest {
+        req,
+        lean,
+        upgrade: client_upgrade,
+    } = &mut **req;
     let (cluster, affinity) = (&*cluster, &*affinity);
     let config = &cluster.config;
     let tries = if config.no_failover {
@@ -95,7 +102,9 @@ pub async fn forward(
                 && let Some(&last) = tried.last()
             {
                 let stats = &cluster.balancer.members()[last].stats;
-                stats.count_grpc_status(error.grpc_status());
+                if let Some(code) = error.grpc_status() {
+                    stats.count_grpc_status(code);
+                }
             }
             return Err(error);
         };
@@ -124,11 +133,22 @@ pub async fn forward(
         let sent = upstream::send(
             kind, &key, config, req, lean, forwarding, started, until, deadline,
         );
-        match sent.await {
+        let sent = match backend_timeout {
+            // The route's own limit for each try (HTTPRoute `timeouts.backendRequest`), when it
+            // is shorter than the cluster's. Boxed: few routes have one.
+            Some(limit) if limit < config.response_timeout => {
+                Box::pin(tokio::time::timeout(limit, sent))
+                    .await
+                    .unwrap_or_else(|_| Err(Failure::timed_out()))
+            }
+            _ => sent.await,
+        };
+        match sent {
             Err(failure) => {
                 let stage = failure.stage;
                 let given_back = failure.unsent.is_some();
-                let client_deadline = stage == Stage::TimedOut && call_deadline.is_some();
+                let client_deadline = stage == Stage::TimedOut
+                    && call_deadline.is_some_and(|at| Instant::now() >= at);
                 let error = failed(cluster, index, failure, req, client_deadline)?;
                 let again = tried.len() < tries
                     && may_go_again(cluster, stage, kind, req, &replay, &kept, grpc.as_deref())
@@ -137,8 +157,10 @@ pub async fn forward(
                         || (kind == Upstream::Hyper && stage == Stage::Unsent)
                         || rebuild(req, replay.as_deref(), kept.as_ref()));
                 if !again {
-                    if grpc.is_some() {
-                        stats.count_grpc_status(error.grpc_status());
+                    if grpc.is_some()
+                        && let Some(code) = error.grpc_status()
+                    {
+                        stats.count_grpc_status(code);
                     }
                     return Err(error);
                 }
