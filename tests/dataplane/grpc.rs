@@ -485,11 +485,17 @@ fn calls_in_flight_share_connections_up_to_the_stream_limit() {
             )
         })
         .collect();
+    // Each call in flight is a stream counted busy (what bybusyness balances on).
+    wait_until("8 streams in flight", LIMIT, || {
+        balancer.member(&a.url())["busy"] == 8
+    });
     for r in running {
         let c = r.finish();
         assert_eq!((c.code, c.backend.as_str()), (0, "a"), "{c:?}");
     }
     assert_eq!(a.events("event UnaryCall ok"), 8);
+    assert_eq!(balancer.member(&a.url())["busy"], 0);
+    assert_eq!(balancer.member(&a.url())["elected"], 8);
 }
 
 /// A member killed while it streams: the client gets UNAVAILABLE (not a reset stream, and the
@@ -861,7 +867,7 @@ fn a_deadline_passing_resets_the_members_stream_and_gives_deadline_exceeded() {
         let (status, head, trailers) = runtime.block_on(scripted::raw_call(balancer.addr, "300m"));
         let took = started.elapsed();
         assert!(
-            took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+            took >= Duration::from_millis(300) && took < Duration::from_secs(4),
             "{then:?}: {took:?}"
         );
         assert_eq!(status, 200, "{then:?}");
