@@ -73,16 +73,17 @@ pub async fn forward(
     let upgrade = client_upgrade.is_some();
     let base = Upstream::for_request(worker.http1, req.body().is_end_stream(), upgrade);
     let mut replay = replay_of(cluster, base, upgrade, req);
-    // A gRPC call (boxed: most requests are not): its deadline, and whether it may run twice.
-    let grpc = grpc::is_grpc(req.headers()).then(|| {
-        Box::new(GrpcCall {
-            deadline: grpc::timeout(req.headers()).map(|t| Instant::now() + t),
-            safe: config.policy.is_safe_grpc_method(req.uri().path()),
+    // A gRPC call's deadline and safety, and the request's kept body (boxed: most requests
+    // have neither).
+    let mut call = grpc::is_grpc(req.headers()).then(|| {
+        Box::new(Call {
+            grpc: Some(GrpcCall {
+                deadline: grpc::timeout(req.headers()).map(|t| Instant::now() + t),
+                safe: config.policy.is_safe_grpc_method(req.uri().path()),
+            }),
+            kept: None,
         })
     });
-    // The request's body, kept where it may have to go again (to another member, after an
-    // HTTP/2 stream failed) or be cut off (at a gRPC call's deadline).
-    let mut kept: Option<Rc<Kept>> = None;
     let mut tried: Vec<usize> = Vec::new();
     // Boxed, as rare: a smaller request future fits the allocator's small size classes.
     let mut last_failure: Option<Box<ProxyError>> = None;
@@ -98,7 +99,7 @@ pub async fn forward(
                 },
                 |failure| *failure,
             );
-            if grpc.is_some()
+            if call.as_ref().is_some_and(|c| c.grpc.is_some())
                 && let Some(&last) = tried.last()
             {
                 let stats = &cluster.balancer.members()[last].stats;
@@ -111,15 +112,7 @@ pub async fn forward(
         tried.push(index);
         let kind = Upstream::for_member(base, config.members[index].protocol, upgrade);
         if matches!(kind, Upstream::Http2 { .. }) {
-            keep_for_http2(
-                req,
-                lean,
-                &mut replay,
-                &mut kept,
-                tries,
-                grpc.is_some(),
-                upgrade,
-            );
+            keep_for_http2(req, lean, &mut replay, &mut call, tries, upgrade);
         }
         let stats = &cluster.balancer.members()[index].stats;
         stats.elected.fetch_add(1, Relaxed);
@@ -128,8 +121,7 @@ pub async fn forward(
             req.body_mut().count_for(stats.clone());
         }
         let key = worker.pool.member(&config.members[index].authority);
-        let call_deadline = grpc.as_ref().and_then(|g| g.deadline);
-        let until = call_deadline.unwrap_or(started + config.response_timeout);
+        let until = deadline_of(&call).unwrap_or(started + config.response_timeout);
         let sent = upstream::send(
             kind, &key, config, req, lean, forwarding, started, until, deadline,
         );
@@ -148,16 +140,16 @@ pub async fn forward(
                 let stage = failure.stage;
                 let given_back = failure.unsent.is_some();
                 let client_deadline = stage == Stage::TimedOut
-                    && call_deadline.is_some_and(|at| Instant::now() >= at);
+                    && deadline_of(&call).is_some_and(|at| Instant::now() >= at);
                 let error = failed(cluster, index, failure, req, client_deadline)?;
                 let again = tried.len() < tries
-                    && may_go_again(cluster, stage, kind, req, &replay, &kept, grpc.as_deref())
+                    && may_go_again(cluster, stage, kind, req, &replay, call.as_deref())
                     && (given_back
                         || kind == Upstream::Lean
                         || (kind == Upstream::Hyper && stage == Stage::Unsent)
-                        || rebuild(req, replay.as_deref(), kept.as_ref()));
+                        || rebuild(req, replay.as_deref(), call.as_deref()));
                 if !again {
-                    if grpc.is_some()
+                    if call.as_ref().is_some_and(|c| c.grpc.is_some())
                         && let Some(code) = error.grpc_status()
                     {
                         stats.count_grpc_status(code);
@@ -170,7 +162,7 @@ pub async fn forward(
                 observe(cluster, index, started, response.status());
                 if failed_on_status(cluster, index, response.status())
                     && tried.len() < tries
-                    && rebuild(req, replay.as_deref(), kept.as_ref())
+                    && rebuild(req, replay.as_deref(), call.as_deref())
                 {
                     continue;
                 }
@@ -181,11 +173,15 @@ pub async fn forward(
                     response,
                 };
                 let mut response = deliver(cluster, index, affinity, client_upgrade, answer);
-                if let Some(call) = grpc.as_deref() {
+                if let Some(Call {
+                    grpc: Some(grpc_call),
+                    kept,
+                }) = call.map(|c| *c)
+                {
                     if let Some(code) = grpc::status_of(response.headers()) {
                         stats.count_grpc_status(code);
                     }
-                    response.body_mut().grpc(call.deadline, kept);
+                    response.body_mut().grpc(grpc_call.deadline, kept);
                 }
                 return Ok(response);
             }
@@ -200,6 +196,21 @@ struct GrpcCall {
     safe: bool,
 }
 
+/// What a request needs beyond the common case: it is a gRPC call, or its body is kept, where
+/// it may have to go again (to another member, after an HTTP/2 stream failed) or be cut off (at
+/// a gRPC call's deadline).
+struct Call {
+    grpc: Option<GrpcCall>,
+    kept: Option<Rc<Kept>>,
+}
+
+/// A gRPC call's deadline.
+fn deadline_of(call: &Option<Box<Call>>) -> Option<Instant> {
+    call.as_ref()
+        .and_then(|c| c.grpc.as_ref())
+        .and_then(|g| g.deadline)
+}
+
 /// Readies a request for an HTTP/2 member, whose client takes it: its head is kept when it
 /// may have to be sent again (a body-less idempotent request, or any request while attempts
 /// remain), and its body too, as are a gRPC call's (so that its deadline can cut it off).
@@ -207,9 +218,8 @@ fn keep_for_http2(
     req: &mut Request<RequestBody>,
     lean: &mut Option<super::http1::LeanHead>,
     replay: &mut Option<Box<Replay>>,
-    kept: &mut Option<Rc<Kept>>,
+    call: &mut Option<Box<Call>>,
     tries: usize,
-    grpc: bool,
     upgrade: bool,
 ) {
     if upgrade {
@@ -222,18 +232,23 @@ fn keep_for_http2(
     if replay.is_none() && (tries > 1 || (bodyless && idempotent(req.method()))) {
         *replay = Some(Box::new(Replay::of(req)));
     }
-    if kept.is_none() && !bodyless && (tries > 1 || grpc) {
-        *kept = req.body_mut().keep();
+    let grpc = call.as_ref().is_some_and(|c| c.grpc.is_some());
+    let kept = call.as_ref().is_some_and(|c| c.kept.is_some());
+    if !kept && !bodyless && (tries > 1 || grpc) {
+        call.get_or_insert_with(|| {
+            Box::new(Call {
+                grpc: None,
+                kept: None,
+            })
+        })
+        .kept = req.body_mut().keep();
     }
 }
 
 /// Builds the request again for another attempt, from its kept head and body: false when they
 /// were not kept, or part of the body that went was not.
-fn rebuild(
-    req: &mut Request<RequestBody>,
-    replay: Option<&Replay>,
-    kept: Option<&Rc<Kept>>,
-) -> bool {
+fn rebuild(req: &mut Request<RequestBody>, replay: Option<&Replay>, call: Option<&Call>) -> bool {
+    let kept = call.and_then(|c| c.kept.as_ref());
     let Some(replay) = replay else {
         return false;
     };
@@ -313,16 +328,16 @@ fn may_go_again(
     kind: Upstream,
     req: &Request<RequestBody>,
     replay: &Option<Box<Replay>>,
-    kept: &Option<Rc<Kept>>,
-    grpc: Option<&GrpcCall>,
+    call: Option<&Call>,
 ) -> bool {
+    let kept = call.and_then(|c| c.kept.as_ref());
     match stage {
         Stage::Unsent | Stage::Refused => true,
         Stage::Unanswered | Stage::BadAnswer => {
             // The lean client only borrowed the request; hyper's took it, and a copy was kept.
             let intact = kind == Upstream::Lean || replay.is_some();
-            let may_repeat = match grpc {
-                Some(call) => call.safe && kept.as_ref().is_none_or(|k| k.can_again()),
+            let may_repeat = match call.and_then(|c| c.grpc.as_ref()) {
+                Some(grpc) => grpc.safe && kept.is_none_or(|k| k.can_again()),
                 None => idempotent(req.method()),
             };
             intact
