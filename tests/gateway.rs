@@ -2,6 +2,11 @@
 //! control plane with the pod runner, which runs the Pods that Deployments create and so changes
 //! what the control plane does for every test beside it (docs/testenv.md). A binary of its own,
 //! with a control plane of its own, for that reason. It needs scripts/testenv.sh run, like `kube`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking: the harness may unwrap and expect too"
+)]
 
 mod support;
 
