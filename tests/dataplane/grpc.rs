@@ -281,6 +281,12 @@ impl Balancer {
                 "127.0.0.1:0",
                 "--workers",
                 "2",
+                "--http1",
+                // The tier runs under both HTTP/1 implementations (KB_TEST_HTTP1).
+                match crate::support::proxy::http1() {
+                    kube_balancer::proxy::Http1Mode::Hyper => "hyper",
+                    kube_balancer::proxy::Http1Mode::Fast => "fast",
+                },
             ])
             // KB_TEST_LOG=debug shows the binary's own log when a test needs looking into.
             .env(
@@ -449,15 +455,16 @@ fn unary_server_client_and_bidi_streaming_calls_go_through_with_exact_counts() {
 
     let ok =
         |name: &str| a.events(&format!("event {name} ok")) + b.events(&format!("event {name} ok"));
-    assert_eq!(
+    // Each member writes its line before it answers; the lines are read on a thread of their
+    // own, so they are waited for.
+    wait_until("the members' calls ended", LIMIT, || {
         (
             ok("UnaryCall"),
             ok("StreamingOutputCall"),
             ok("StreamingInputCall"),
-            ok("FullDuplexCall")
-        ),
-        (4, 1, 1, 1)
-    );
+            ok("FullDuplexCall"),
+        ) == (4, 1, 1, 1)
+    });
     // Counted per member by status: a had unary×2, server, bidi; b unary×2, client, NOT_FOUND.
     wait_until("the statuses counted", LIMIT, || {
         balancer.member(&a.url())["grpcStatus"] == serde_json::json!({"OK": 4})
@@ -497,7 +504,9 @@ fn calls_in_flight_share_connections_up_to_the_stream_limit() {
         let c = r.finish();
         assert_eq!((c.code, c.backend.as_str()), (0, "a"), "{c:?}");
     }
-    assert_eq!(a.events("event UnaryCall ok"), 8);
+    wait_until("8 calls ended at a", LIMIT, || {
+        a.events("event UnaryCall ok") == 8
+    });
     assert_eq!(balancer.member(&a.url())["busy"], 0);
     assert_eq!(balancer.member(&a.url())["elected"], 8);
 }
@@ -571,23 +580,19 @@ fn a_broken_call_goes_to_another_member_only_when_its_method_is_safe() {
             &["-kind", "unary", "-delay-ms", "800", "-size", "2000"],
         );
         // The call is at a (byrequests' first), which dies before answering.
-        wait_until("the call to reach a", LIMIT, || {
-            admin_busy(&balancer, &a.url()) == 1
-        });
+        a.wait_event("began UnaryCall", LIMIT);
         a.kill();
         let c = slow.finish();
         assert_eq!(c.code, expected, "safe: {safe}: {c:?}");
         if safe {
             assert_eq!(c.backend, "b");
-            assert_eq!(b.events("event UnaryCall ok"), 1);
+            wait_until("the call ended at b", LIMIT, || {
+                b.events("event UnaryCall ok") == 1
+            });
         } else {
             assert_eq!(b.events("UnaryCall"), 0, "not sent again");
         }
     }
-}
-
-fn admin_busy(balancer: &Balancer, url: &str) -> u64 {
-    balancer.member(url)["busy"].as_u64().unwrap_or(0)
 }
 
 /// The call's deadline is the proxy's too: a member slower than it gets the stream reset, and
@@ -850,7 +855,9 @@ fn a_refused_stream_goes_to_the_other_member_with_its_body_and_a_reset_one_does_
         );
         if expected == 0 {
             assert_eq!(c.backend, "b", "{c:?}");
-            assert_eq!(b.events("event UnaryCall ok"), 1);
+            wait_until("the call ended at b", LIMIT, || {
+                b.events("event UnaryCall ok") == 1
+            });
         } else {
             assert_eq!(b.events("UnaryCall"), 0, "not sent again");
         }

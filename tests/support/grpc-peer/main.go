@@ -2,7 +2,8 @@
 // benchmark. It serves grpc.testing.TestService and grpc.health.v1.Health, and calls them.
 //
 //	grpc-peer serve -listen 127.0.0.1:0 -name a
-//	    prints "listening ADDR", then an "event ..." line for each call the server ends, and
+//	    prints "listening ADDR", then "began UnaryCall" as a unary call's handler starts and an
+//	    "event ..." line for each call the server ends, and
 //	    reads commands from stdin: "health SERVICE SERVING|NOT_SERVING".
 //	grpc-peer call -target ADDR -kind unary|server|client|bidi [-count N] [-size B]
 //	    [-interval-ms MS] [-deadline-ms MS] [-delay-ms MS] [-code C -message TEXT]
@@ -104,6 +105,7 @@ func delay(ctx context.Context) error {
 func (s *server) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (resp *testpb.SimpleResponse, err error) {
 	defer func() { ended("UnaryCall", err) }()
 	s.begin(ctx)
+	say("began UnaryCall")
 	if err := delay(ctx); err != nil {
 		return nil, err
 	}
