@@ -440,6 +440,7 @@ mod tests {
                     } else {
                         MemberState::Enabled
                     },
+                    protocol: Default::default(),
                 }
             })
             .collect();

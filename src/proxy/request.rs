@@ -14,6 +14,7 @@ use super::client::{Client, ClientRequest, Front};
 use super::error::ProxyError;
 use super::filters::{self, Applied, Context};
 use super::forward::{Routed, forward};
+use super::grpc::is_grpc;
 use super::headers::{prepare_request, upgrade_protocol};
 use super::http1::LeanHead;
 use super::http1::field::Scan;
@@ -41,9 +42,13 @@ pub fn handle(
     if let Some(deadline) = &client.deadline {
         deadline.busy();
     }
+    // Boxed: the access log is off by default, and inline its state would make every
+    // request's future larger.
     let logged = worker
         .access_log
-        .then(|| (req.req.method().clone(), req.req.uri().path().to_owned()));
+        .then(|| Box::new((req.req.method().clone(), req.req.uri().path().to_owned())));
+    // A gRPC client is answered in gRPC's terms when the proxy answers for a member.
+    let grpc = is_grpc(req.req.headers());
     match route(&worker, &client, req) {
         Ok(mut routed) => Either::Left(async move {
             let request_timeout = routed.filters.as_ref().and_then(|f| f.request_timeout());
@@ -54,9 +59,13 @@ pub fn handle(
                 // The route's limit on the whole request, all tries (HTTPRoute
                 // `timeouts.request`). Boxed: few routes have one.
                 Some(limit) => {
-                    let limited =
-                        tokio::time::timeout(limit, forward(&worker, &mut routed, deadline));
-                    match Box::pin(limited).await {
+                    // Boxed in a statement of its own: the unboxed future, a temporary of it,
+                    // would otherwise keep room in every request's future.
+                    let limited = Box::pin(tokio::time::timeout(
+                        limit,
+                        forward(&worker, &mut routed, deadline),
+                    ));
+                    match limited.await {
                         Ok(forwarded) => forwarded,
                         Err(_) => Err(ProxyError::RequestTimeout { after: limit }),
                     }
@@ -65,7 +74,7 @@ pub fn handle(
             };
             let mut response = match forwarded {
                 Ok(response) => response,
-                Err(e) => e.into_response(),
+                Err(e) => e.into_response_for(grpc),
             };
             if let Some(applied) = &routed.filters {
                 filters::after(applied, &mut response);
@@ -84,7 +93,7 @@ pub fn handle(
             Ok(response)
         }),
         Err(e) => {
-            let mut response = e.into_response();
+            let mut response = e.into_response_for(grpc);
             answered(&mut response, &client, logged);
             Either::Right(std::future::ready(Ok(response)))
         }
@@ -95,12 +104,12 @@ pub fn handle(
 fn answered(
     response: &mut Response<ResponseBody>,
     client: &Client,
-    logged: Option<(Method, String)>,
+    logged: Option<Box<(Method, String)>>,
 ) {
     if let Some(deadline) = &client.deadline {
         response.body_mut().then_await_head(deadline.clone());
     }
-    if let Some((method, path)) = logged {
+    if let Some((method, path)) = logged.map(|l| *l) {
         tracing::info!(target: "access", client = %client.addr.ip(), %method, %path, status = response.status().as_u16());
     }
 }
@@ -315,6 +324,7 @@ mod tests {
             std::mem::size_of::<R>()
         }
         let size = returned(handle);
+        eprintln!("a request's future takes {size} bytes");
         assert!(size <= 1024, "a request's future takes {size} bytes");
     }
 }

@@ -25,9 +25,11 @@ pub async fn exchange(
     fields: Option<&RawHead>,
     forwarding: &Forwarding,
     now: tokio::time::Instant,
-    timeout: std::time::Duration,
+    until: tokio::time::Instant,
     deadline: Option<&Deadline>,
 ) -> Result<Exchanged, Failure> {
+    // A second try on a new connection gets as long again.
+    let timeout = until.saturating_duration_since(now);
     let mut failed = None;
     if let Some(conn) = key.checkout_lean(config.idle_timeout, now) {
         let send = std::pin::pin!(conn.send(req, fields, forwarding.fields()));
