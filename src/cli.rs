@@ -147,6 +147,7 @@ impl KubeArgs {
             peers_service,
             admin_port,
             lease_duration: Duration::from_secs(15),
+            gateway: None,
         })
     }
 }
