@@ -88,6 +88,19 @@ struct KubeArgs {
     /// The controller's own Service, NAMESPACE/NAME: the leader sums its replicas' figures.
     #[arg(long)]
     peers_service: Option<String>,
+    /// Serve the Gateway API too: GatewayClasses whose controllerName is
+    /// kubebalancer.io/gateway-controller, their Gateways and HTTPRoutes.
+    #[arg(long)]
+    gateway: bool,
+    /// Addresses to serve Gateways at (repeat or separate with commas; implies --gateway): each
+    /// Gateway gets one of its own while there are enough, and the data plane listens on it.
+    /// Default: every address, with the addresses of --gateway-service.
+    #[arg(long = "gateway-address", value_delimiter = ',')]
+    gateway_addresses: Vec<std::net::IpAddr>,
+    /// The Service in front of the data plane's Gateway ports, NAMESPACE/NAME: its
+    /// load-balancer addresses (else its cluster IP) are the Gateways' addresses.
+    #[arg(long)]
+    gateway_service: Option<String>,
 }
 
 impl KubeArgs {
@@ -126,6 +139,26 @@ impl KubeArgs {
             ),
             None => None,
         };
+        let gateway_service = match &self.gateway_service {
+            Some(s) => Some(
+                s.split_once('/')
+                    .map(|(ns, n)| (ns.to_owned(), n.to_owned()))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--gateway-service must be NAMESPACE/NAME, got {s:?}")
+                    })?,
+            ),
+            None => None,
+        };
+        let gateway = (self.gateway
+            || !self.gateway_addresses.is_empty()
+            || gateway_service.is_some())
+        .then(|| crate::gateway::Options {
+            addresses: self.gateway_addresses.clone(),
+            service: gateway_service,
+        });
+        if gateway.is_some() && self.sidecar {
+            anyhow::bail!("--sidecar serves one BalancerCluster; it cannot serve Gateways");
+        }
         Ok(crate::controller::Options {
             kubeconfig: self.kubeconfig.clone(),
             namespaces: match &only {
@@ -147,7 +180,7 @@ impl KubeArgs {
             peers_service,
             admin_port,
             lease_duration: Duration::from_secs(15),
-            gateway: None,
+            gateway,
         })
     }
 }
