@@ -212,6 +212,15 @@ struct Common {
     /// body, hyper's for the rest) or `hyper` (hyper's for every request).
     #[arg(long, value_enum, default_value = "fast")]
     http1: crate::proxy::Http1Mode,
+    /// Serve HTTPS here too (the BalancerClusters' `spec.tls` certificates, by SNI).
+    #[arg(long)]
+    listen_tls: Option<SocketAddr>,
+    /// The HTTPS port clients know, for redirects to HTTPS (default: the `--listen-tls` port).
+    #[arg(long)]
+    https_port: Option<u16>,
+    /// The address a Gateway's listeners are served on, each on its own port.
+    #[arg(long)]
+    gateway_address: Option<std::net::IpAddr>,
 }
 
 impl Common {
@@ -228,6 +237,9 @@ impl Common {
         options.access_log = self.access_log;
         options.header_read_timeout = self.header_read_timeout;
         options.http1 = self.http1;
+        options.listen_tls = self.listen_tls;
+        options.https_port = self.https_port;
+        options.gateway_address = self.gateway_address;
         options
     }
 }
@@ -318,6 +330,9 @@ where
         let workers = options.workers;
         let server = Server::start(plane.clone(), options)?;
         tracing::info!(address = %server.local_addr(), workers, "data plane listening");
+        if let Some(tls) = server.tls_addr() {
+            tracing::info!(address = %tls, "HTTPS listening");
+        }
         // Active health checks run next to the workers and stop with them.
         let checker = crate::health::Checker::start(plane.clone())?;
         let admin = crate::admin::start(common.admin, plane.clone()).await?;

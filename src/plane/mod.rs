@@ -136,11 +136,29 @@ pub struct DataPlane {
     draining: AtomicBool,
     /// Configuration loads refused (invalid files or resources).
     pub rejected_configs: AtomicU64,
+    /// Tells who waits for a new snapshot (the proxy's fronts) the generation just published.
+    published: Published,
+}
+
+/// A `watch` channel of generations, which needs no lock to send from `publish`.
+#[derive(Debug)]
+struct Published(tokio::sync::watch::Sender<u64>);
+
+impl Default for Published {
+    fn default() -> Self {
+        Published(tokio::sync::watch::Sender::new(0))
+    }
 }
 
 impl DataPlane {
     pub fn new() -> Arc<Self> {
         Arc::new(DataPlane::default())
+    }
+
+    /// A receiver that sees each publication's generation: for those who must act on a new
+    /// snapshot (open the ports of new fronts) rather than read it per request.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.0.subscribe()
     }
 
     /// The snapshot requests are served from now.
@@ -307,6 +325,7 @@ impl DataPlane {
         let snapshot = Arc::new(snapshot);
         self.snapshot.store(snapshot.clone());
         self.ready.store(true, Relaxed);
+        self.published.0.send_replace(snapshot.generation);
         snapshot
     }
 }

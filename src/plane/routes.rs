@@ -111,18 +111,23 @@ impl Rule {
     /// The backend for the next request: each cycle of the total weight gives each backend
     /// exactly its weight in turns, interleaved. `None` when there is no backend with weight.
     pub fn pick(&self) -> Option<&Backend> {
+        self.pick_index().and_then(|i| self.backends.get(i))
+    }
+
+    /// The same, by index.
+    pub fn pick_index(&self) -> Option<usize> {
         if self.backends.len() == 1 {
-            return self.backends.first().filter(|b| b.weight > 0);
+            return self.backends.first().filter(|b| b.weight > 0).map(|_| 0);
         }
         if self.total_weight == 0 {
             return None;
         }
         let turn = self.turn.fetch_add(1, Relaxed);
         let mut slot = turn.wrapping_mul(self.stride) % self.total_weight;
-        for backend in &self.backends {
+        for (i, backend) in self.backends.iter().enumerate() {
             let weight = u64::from(backend.weight);
             if slot < weight {
-                return Some(backend);
+                return Some(i);
             }
             slot -= weight;
         }

@@ -10,6 +10,25 @@ use super::http1::LeanHead;
 use super::http1::respond::itoa;
 use super::upstream::body::RequestBody;
 
+/// Whose routes serve a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Front {
+    /// The BalancerClusters' routes: `--listen` and `--listen-tls`.
+    Own,
+    /// A front's (a Gateway's listeners on this port).
+    Port(u16),
+}
+
+/// Where a connection came in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub front: Front,
+    /// TLS was terminated: the request came over HTTPS.
+    pub tls: bool,
+    /// The port the connection came to.
+    pub port: u16,
+}
+
 /// The client at the other end of one connection.
 pub struct Client {
     pub addr: SocketAddr,
@@ -17,14 +36,16 @@ pub struct Client {
     pub forwarded_for: HeaderValue,
     /// An HTTP/1 connection's one timer (header read and response); none for HTTP/2.
     pub deadline: Option<Rc<Deadline>>,
+    pub entry: Entry,
 }
 
 impl Client {
-    pub fn new(addr: SocketAddr, deadline: Option<Rc<Deadline>>) -> Self {
+    pub fn new(addr: SocketAddr, deadline: Option<Rc<Deadline>>, entry: Entry) -> Self {
         Client {
             addr,
             forwarded_for: forwarded_for(addr.ip()),
             deadline,
+            entry,
         }
     }
 }
@@ -59,6 +80,8 @@ pub fn forwarded_for(ip: IpAddr) -> HeaderValue {
 pub struct ClientRequest {
     pub req: Request<RequestBody>,
     pub lean: Option<LeanHead>,
+    /// The client's side of an HTTP/1.1 upgrade it asked for, once routed.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 #[cfg(test)]

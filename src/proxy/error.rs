@@ -27,6 +27,8 @@ pub enum ProxyError {
         member: String,
         after: Duration,
     },
+    /// The route's limit on the whole request ran out.
+    RequestTimeout { after: Duration },
     /// CONNECT: this is not a forward proxy.
     ConnectRefused,
     /// More request headers than allowed.
@@ -35,6 +37,15 @@ pub enum ProxyError {
     ClientBody { cause: String },
     /// More than one Host field.
     DuplicateHost,
+    /// No usable host to build a redirect's Location from.
+    NoHost,
+    /// A CORS preflight the route's filter answers.
+    Preflight(Box<http::HeaderMap>),
+    /// A redirect: to HTTPS (`httpsRedirect`), or a route's RequestRedirect.
+    Redirect {
+        status: StatusCode,
+        location: HeaderValue,
+    },
 }
 
 impl ProxyError {
@@ -44,15 +55,27 @@ impl ProxyError {
             ProxyError::NoBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoMember { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::MemberFailed { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout { .. } | ProxyError::RequestTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::ClientBody { .. } | ProxyError::DuplicateHost => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBody { .. } | ProxyError::DuplicateHost | ProxyError::NoHost => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::Redirect { status, .. } => *status,
+            ProxyError::Preflight(_) => StatusCode::NO_CONTENT,
         }
     }
 
     /// Logs the failure and turns it into the response the client gets.
     pub fn into_response(self) -> Response<ResponseBody> {
+        if let ProxyError::Preflight(headers) = self {
+            let mut response = Response::new(ResponseBody::empty());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            *response.headers_mut() = *headers;
+            return response;
+        }
         let status = self.status();
         let body: &'static str = match &self {
             ProxyError::NoRoute { host, path } => {
@@ -83,6 +106,10 @@ impl ProxyError {
                 tracing::warn!(%cluster, %member, cause = %format_args!("no response within {after:?}"), "504 Gateway Timeout");
                 "504 Gateway Timeout: the member did not answer in time\n"
             }
+            ProxyError::RequestTimeout { after } => {
+                tracing::warn!(cause = %format_args!("the route's request timeout ({after:?}) ran out"), "504 Gateway Timeout");
+                "504 Gateway Timeout: the request took longer than its route allows\n"
+            }
             ProxyError::ConnectRefused => "405 Method Not Allowed: CONNECT is not supported\n",
             ProxyError::TooManyHeaders { count, limit } => {
                 tracing::debug!(count, limit, "request refused: too many headers");
@@ -92,17 +119,27 @@ impl ProxyError {
                 tracing::debug!(%cause, "request refused: its body broke off or was malformed");
                 "400 Bad Request: the request body was malformed or cut short\n"
             }
+            ProxyError::NoHost => "400 Bad Request: no host to redirect to\n",
+            ProxyError::Redirect { .. } | ProxyError::Preflight(_) => "",
             ProxyError::DuplicateHost => {
                 tracing::debug!("request refused: more than one Host field");
                 "400 Bad Request: more than one Host field\n"
             }
         };
-        let mut response = Response::new(ResponseBody::full(body));
+        let mut response = match body.is_empty() {
+            true => Response::new(ResponseBody::empty()),
+            false => Response::new(ResponseBody::full(body)),
+        };
         *response.status_mut() = status;
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if let ProxyError::Redirect { location, .. } = self {
+            response.headers_mut().remove(header::CONTENT_TYPE);
+            response.headers_mut().insert(header::LOCATION, location);
+            return response;
+        }
         if matches!(self, ProxyError::ConnectRefused) {
             response.headers_mut().insert(
                 header::ALLOW,

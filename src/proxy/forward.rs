@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::client::ClientRequest;
 use super::deadline::Deadline;
 use super::error::ProxyError;
+use super::filters::Applied;
 use super::headers::{Forwarding, strip_hop_by_hop};
 use super::http1::client::idempotent;
 use super::response::ResponseBody;
@@ -33,8 +34,9 @@ pub struct Routed {
     pub cluster: Arc<Cluster>,
     pub req: Box<ClientRequest>,
     pub forwarding: Forwarding,
-    pub client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     pub affinity: Affinity,
+    /// The route's filters and timeouts, when it has any.
+    pub filters: Option<Box<Applied>>,
 }
 
 /// Sends the request to the members the cluster picks, in turn, until one answers or the
@@ -50,10 +52,15 @@ pub async fn forward(
         cluster,
         req,
         forwarding,
-        client_upgrade,
         affinity,
+        filters,
     } = routed;
-    let ClientRequest { req, lean } = &mut **req;
+    let backend_timeout = filters.as_ref().and_then(|f| f.backend_timeout());
+    let ClientRequest {
+        req,
+        lean,
+        upgrade: client_upgrade,
+    } = &mut **req;
     let (cluster, affinity) = (&*cluster, &*affinity);
     let config = &cluster.config;
     let tries = if config.no_failover {
@@ -89,7 +96,17 @@ pub async fn forward(
         }
         let key = worker.pool.member(&config.members[index].authority);
         let sent = upstream::send(kind, &key, config, req, lean, forwarding, started, deadline);
-        match sent.await {
+        let sent = match backend_timeout {
+            // The route's own limit for each try (HTTPRoute `timeouts.backendRequest`), when it
+            // is shorter than the cluster's. Boxed: few routes have one.
+            Some(limit) if limit < config.response_timeout => {
+                Box::pin(tokio::time::timeout(limit, sent))
+                    .await
+                    .unwrap_or_else(|_| Err(Failure::timed_out()))
+            }
+            _ => sent.await,
+        };
+        match sent {
             Err(failure) => {
                 let stage = failure.stage;
                 let error = failed(cluster, index, failure, req)?;

@@ -32,19 +32,32 @@ pub fn upgrade_protocol<B>(req: &Request<B>, scan: &Scan) -> Option<HeaderValue>
 /// not put in the request's header map: the lean exchange writes them as the head goes out, and
 /// only hyper's client path inserts them into the map (see [`Forwarding::insert`]). The
 /// client's own lines of those names are taken out of the map when the request is routed.
+#[derive(Clone, Debug)]
 pub struct Forwarding {
     forwarded_for: HeaderValue,
     host: Option<HeaderValue>,
+    /// The request came over HTTPS.
+    https: bool,
 }
 
 static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 impl Forwarding {
+    /// The fields for a request from `forwarded_for` to `host`, which came over HTTPS or not.
+    pub fn new(forwarded_for: HeaderValue, host: Option<HeaderValue>, https: bool) -> Self {
+        Forwarding {
+            forwarded_for,
+            host,
+            https,
+        }
+    }
+
     /// The fields: X-Forwarded-For, X-Forwarded-Proto, and X-Forwarded-Host when there is a host.
     pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         [
             (&X_FORWARDED_FOR, &self.forwarded_for),
-            (&X_FORWARDED_PROTO, &HTTP),
+            (&X_FORWARDED_PROTO, if self.https { &HTTPS } else { &HTTP }),
         ]
         .into_iter()
         .chain(self.host.as_ref().map(|host| (&X_FORWARDED_HOST, host)))
@@ -64,6 +77,7 @@ impl Forwarding {
 pub fn prepare_request<B>(
     req: &mut Request<B>,
     client: &HeaderValue,
+    https: bool,
     host: Option<HeaderValue>,
     upgrade: Option<HeaderValue>,
     scan: Scan,
@@ -116,6 +130,7 @@ pub fn prepare_request<B>(
     Forwarding {
         forwarded_for,
         host,
+        https,
     }
 }
 
@@ -185,7 +200,7 @@ mod tests {
         let host = Some(HeaderValue::from_static("shop.example.com"));
         let client = forwarded_for("127.0.0.1".parse().expect("ip"));
         let scan = Scan::of(req.headers());
-        let forwarding = prepare_request(&mut req, &client, host, None, scan);
+        let forwarding = prepare_request(&mut req, &client, false, host, None, scan);
         let h = req.headers();
         for gone in ["connection", "x-secret", "keep-alive", "te"] {
             assert!(!h.contains_key(gone), "{gone} must be removed");
@@ -211,8 +226,14 @@ mod tests {
         assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
         // Without a host, no X-Forwarded-Host.
         let mut bare = Request::new(());
-        let forwarding =
-            prepare_request(&mut bare, &client, None, None, Scan::of(&HeaderMap::new()));
+        let forwarding = prepare_request(
+            &mut bare,
+            &client,
+            true,
+            None,
+            None,
+            Scan::of(&HeaderMap::new()),
+        );
         assert_eq!(forwarding.fields().count(), 2);
         assert!(!bare.headers().contains_key("host"));
     }
@@ -231,7 +252,7 @@ mod tests {
             Some(&b"websocket"[..])
         );
         let client = forwarded_for("::1".parse().expect("ip"));
-        prepare_request(&mut req, &client, None, protocol, scan);
+        prepare_request(&mut req, &client, false, None, protocol, scan);
         assert_eq!(req.headers()["connection"], "upgrade");
         assert_eq!(req.headers()["upgrade"], "websocket");
     }

@@ -1,7 +1,7 @@
 //! How the data plane listens, which HTTP/1 implementation it runs, and the limits it puts on
 //! clients.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// Which HTTP/1 implementation serves clients and reaches members.
@@ -28,6 +28,14 @@ pub struct ProxyOptions {
     pub max_header_bytes: usize,
     /// Which HTTP/1 implementation to run.
     pub http1: Http1Mode,
+    /// Where HTTPS is served for the BalancerClusters' routes, if anywhere.
+    pub listen_tls: Option<SocketAddr>,
+    /// The HTTPS port clients know (left out of redirect URLs when 443); the bound one when
+    /// `None`.
+    pub https_port: Option<u16>,
+    /// The address fronts (a Gateway's listeners) are served on, each on its own port; no fronts
+    /// are served without it.
+    pub gateway_address: Option<IpAddr>,
 }
 
 impl ProxyOptions {
@@ -40,6 +48,9 @@ impl ProxyOptions {
             max_headers: 100,
             max_header_bytes: 64 * 1024,
             http1: Http1Mode::default(),
+            listen_tls: None,
+            https_port: None,
+            gateway_address: None,
         }
     }
 }

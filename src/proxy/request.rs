@@ -10,8 +10,9 @@ use futures_util::future::Either;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 
-use super::client::{Client, ClientRequest};
+use super::client::{Client, ClientRequest, Front};
 use super::error::ProxyError;
+use super::filters::{self, Applied, Context};
 use super::forward::{Routed, forward};
 use super::headers::{prepare_request, upgrade_protocol};
 use super::http1::LeanHead;
@@ -19,9 +20,10 @@ use super::http1::field::Scan;
 use super::response::ResponseBody;
 use super::upstream::body::RequestBody;
 use super::worker::Worker;
-use crate::plane::Cluster;
 use crate::plane::matching::RequestView;
 use crate::plane::routes::strip_port;
+use crate::plane::{Cluster, Snapshot};
+use crate::tls;
 
 /// One request of a client connection: hyper's service function, and the lean HTTP/1 server's.
 ///
@@ -44,11 +46,32 @@ pub fn handle(
         .then(|| (req.req.method().clone(), req.req.uri().path().to_owned()));
     match route(&worker, &client, req) {
         Ok(mut routed) => Either::Left(async move {
-            let mut response = match forward(&worker, &mut routed, client.deadline.as_deref()).await
-            {
+            let request_timeout = routed.filters.as_ref().and_then(|f| f.request_timeout());
+            let forwarded = forward(&worker, &mut routed, client.deadline.as_deref());
+            let forwarded = match request_timeout {
+                // The route's limit on the whole request, all tries (HTTPRoute
+                // `timeouts.request`). Boxed: few routes have one.
+                Some(limit) => match Box::pin(tokio::time::timeout(limit, forwarded)).await {
+                    Ok(forwarded) => forwarded,
+                    Err(_) => Err(ProxyError::RequestTimeout { after: limit }),
+                },
+                None => forwarded.await,
+            };
+            let mut response = match forwarded {
                 Ok(response) => response,
                 Err(e) => e.into_response(),
             };
+            if let Some(applied) = &routed.filters {
+                filters::after(applied, &mut response);
+            }
+            if client.entry.tls
+                && let Some(hsts) = &routed.cluster.config.tls.hsts
+            {
+                let value = tls::hsts_value(hsts);
+                response
+                    .headers_mut()
+                    .insert(header::STRICT_TRANSPORT_SECURITY, value);
+            }
             answered(&mut response, &client, logged);
             // The request's box and header map are parsed into again.
             worker.put_request(routed.req);
@@ -82,31 +105,53 @@ fn route(
     client: &Client,
     mut incoming: Box<ClientRequest>,
 ) -> Result<Routed, ProxyError> {
-    let ClientRequest { req, lean } = &mut *incoming;
+    let ClientRequest {
+        req,
+        lean,
+        upgrade: client_upgrade,
+    } = &mut *incoming;
     refuse(worker, req)?;
     let host_value = host_of(req, lean);
     let host = host_value
         .as_ref()
         .map_or(&b""[..], |h| strip_port(h.as_bytes()));
-    let cluster = cluster_for(
-        worker,
-        host,
-        &View {
-            req,
-            lean: lean.as_ref(),
-        },
-    )?;
+    let view = View {
+        req,
+        lean: lean.as_ref(),
+    };
+    let snapshot = worker.plane.snapshot();
+    let (cluster, mut filters, prefix) = choose(&snapshot, client, host, &view)?;
+    if !client.entry.tls && cluster.config.tls.https_redirect {
+        return Err(to_https(worker, req, host_value.as_ref()));
+    }
+    if let Some(applied) = filters.as_deref_mut() {
+        let cx = Context {
+            worker,
+            client,
+            host: host_value.as_ref(),
+            prefix,
+        };
+        filters::before(applied, req, lean, &cx)?;
+    }
+    drop(snapshot);
     let scan = scan_fields(&cluster, req, lean);
     let affinity = cluster.affinity(req.headers(), req.uri(), client.addr.ip());
     let upgrade = upgrade_protocol(req, &scan);
-    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut *req));
-    let forwarding = prepare_request(req, &client.forwarded_for, host_value, upgrade, scan);
+    *client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut *req));
+    let forwarding = prepare_request(
+        req,
+        &client.forwarded_for,
+        client.entry.tls,
+        host_value,
+        upgrade,
+        scan,
+    );
     Ok(Routed {
         cluster,
         req: incoming,
         forwarding,
-        client_upgrade,
         affinity,
+        filters,
     })
 }
 
@@ -147,18 +192,48 @@ fn host_of(req: &Request<RequestBody>, lean: &mut Option<LeanHead>) -> Option<He
     }
 }
 
+/// A BalancerCluster's `httpsRedirect`: a plain request is sent to HTTPS, not to members.
+fn to_https(worker: &Worker, req: &Request<RequestBody>, host: Option<&HeaderValue>) -> ProxyError {
+    let host = host.and_then(|h| h.to_str().ok()).unwrap_or("");
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    match tls::redirect_location(host, target, worker.https_port) {
+        Some(location) => ProxyError::Redirect {
+            status: tls::redirect_status(req.method()),
+            location,
+        },
+        None => ProxyError::NoHost,
+    }
+}
+
+/// What routing chose for a request: the cluster that serves it, what its rule asks beyond that,
+/// and what the rule's PathPrefix matched.
+type Chosen<'s> = (Arc<Cluster>, Option<Box<Applied>>, Option<&'s str>);
+
 /// The cluster that serves a request: its route's rule, then the rule's backend by weight.
-fn cluster_for(worker: &Worker, host: &[u8], view: &View<'_>) -> Result<Arc<Cluster>, ProxyError> {
-    let snapshot = worker.plane.snapshot();
-    let Some(matched) = snapshot.route(host, view) else {
+fn choose<'s>(
+    snapshot: &'s Snapshot,
+    client: &Client,
+    host: &[u8],
+    view: &View<'_>,
+) -> Result<Chosen<'s>, ProxyError> {
+    let table = match client.entry.front {
+        Front::Own => Some(&snapshot.routes),
+        Front::Port(port) => snapshot.front(port).map(|f| &f.routes),
+    };
+    let Some(matched) = table.and_then(|t| t.lookup(host, view)) else {
         return Err(ProxyError::NoRoute {
             host: String::from_utf8_lossy(host).into_owned(),
             path: view.path().to_owned(),
         });
     };
     let rule = matched.rule;
-    match rule.pick().and_then(|backend| snapshot.backend(backend)) {
-        Some(cluster) => Ok(cluster.clone()),
+    let picked = rule.pick_index();
+    let backend = picked.and_then(|i| rule.backends.get(i));
+    match backend.and_then(|b| snapshot.backend(b)) {
+        Some(cluster) => {
+            let filters = picked.and_then(|i| Applied::of(rule, i));
+            Ok((cluster.clone(), filters, matched.prefix))
+        }
         None => Err(ProxyError::NoBackend {
             rule: rule.name.clone(),
         }),

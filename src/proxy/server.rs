@@ -1,68 +1,64 @@
-//! Listeners and workers: one current-thread runtime per worker, each with its own
-//! `SO_REUSEPORT` listener on the same address, its own connection pool, and graceful stop.
+//! The running data plane: binding, one current-thread runtime per worker with its own
+//! `SO_REUSEPORT` listeners, and graceful stop. What each worker does with its listeners is
+//! [`listeners`](super::listeners).
 
-use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
-use super::downstream::{self, Builders, Serving, Stopping};
-use super::http1::Limits;
+use super::client::{Entry, Front};
+use super::listeners::{accept_loop, bind, named};
 use super::options::ProxyOptions;
-use super::worker::Worker;
 use crate::plane::DataPlane;
 
 /// A running data plane.
 pub struct Server {
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     stop: watch::Sender<Option<Duration>>,
     workers: Vec<JoinHandle<()>>,
 }
 
 impl Server {
-    /// Binds the listeners and starts the workers. Fails (naming the address) when the address
+    /// Binds the listeners and starts the workers. Fails (naming the address) when an address
     /// cannot be bound.
-    pub fn start(plane: Arc<DataPlane>, options: ProxyOptions) -> io::Result<Server> {
+    pub fn start(plane: Arc<DataPlane>, mut options: ProxyOptions) -> io::Result<Server> {
         let workers = options.workers.max(1);
-        if options.listen.port() != 0 {
-            // SO_REUSEPORT would let a second instance share our port silently: make sure the
-            // port is free first, so that it fails loudly instead.
-            let probe = Socket::new(
-                Domain::for_address(options.listen),
-                Type::STREAM,
-                Some(Protocol::TCP),
-            )?;
-            probe.set_reuse_address(true)?;
-            probe
-                .bind(&options.listen.into())
-                .map_err(|e| named(options.listen, e))?;
-        }
-        let first = bind(options.listen)?;
-        let local_addr = first.local_addr()?;
-        let mut listeners = vec![first];
-        for _ in 1..workers {
-            listeners.push(bind(local_addr)?);
+        let (plain, local_addr) = bind_all(options.listen, workers)?;
+        let (tls, tls_addr) = match options.listen_tls {
+            Some(addr) => {
+                let (listeners, bound) = bind_all(addr, workers)?;
+                (listeners.into_iter().map(Some).collect(), Some(bound))
+            }
+            None => ((0..workers).map(|_| None).collect::<Vec<_>>(), None),
+        };
+        // Redirects to HTTPS name the port bound, unless told the port clients know.
+        if options.https_port.is_none() {
+            options.https_port = tls_addr.map(|a| a.port());
         }
         let (stop, stop_rx) = watch::channel(None);
         let mut handles = Vec::with_capacity(workers);
-        for (i, listener) in listeners.into_iter().enumerate() {
+        for (i, (plain, tls)) in plain.into_iter().zip(tls).enumerate() {
+            let mut listeners = vec![(plain, entry(local_addr, false))];
+            if let (Some(tls), Some(addr)) = (tls, tls_addr) {
+                listeners.push((tls, entry(addr, true)));
+            }
             let plane = plane.clone();
             let options = options.clone();
             let stop_rx = stop_rx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("kb-worker-{i}"))
-                .spawn(move || run_worker(listener, plane, options, stop_rx))?;
+                .spawn(move || run_worker(listeners, plane, options, stop_rx))?;
             handles.push(handle);
         }
         Ok(Server {
             local_addr,
+            tls_addr,
             stop,
             workers: handles,
         })
@@ -70,6 +66,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where HTTPS is served, with `--listen-tls`.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Stops accepting, lets requests in flight finish for up to `grace`, then returns.
@@ -82,23 +83,38 @@ impl Server {
     }
 }
 
-fn named(addr: SocketAddr, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+/// The BalancerClusters' routes, on the address `addr` was bound to.
+fn entry(addr: SocketAddr, tls: bool) -> Entry {
+    Entry {
+        front: Front::Own,
+        tls,
+        port: addr.port(),
+    }
 }
 
-fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.bind(&addr.into()).map_err(|e| named(addr, e))?;
-    socket.listen(1024)?;
-    Ok(socket.into())
+/// One listener per worker on `addr`, and the address bound.
+fn bind_all(
+    addr: SocketAddr,
+    workers: usize,
+) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    if addr.port() != 0 {
+        // SO_REUSEPORT would let a second instance share our port silently: make sure the port
+        // is free first, so that it fails loudly instead.
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into()).map_err(|e| named(addr, e))?;
+    }
+    let first = bind(addr)?;
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(bind(bound)?);
+    }
+    Ok((listeners, bound))
 }
 
 fn run_worker(
-    listener: std::net::TcpListener,
+    listeners: Vec<(std::net::TcpListener, Entry)>,
     plane: Arc<DataPlane>,
     options: ProxyOptions,
     stop: watch::Receiver<Option<Duration>>,
@@ -117,114 +133,12 @@ fn run_worker(
     // The accept loop is a task of its own: the future `block_on` drives is polled on every
     // wake-up of the LocalSet (every request), a task only when its own events fire.
     let accepting = local.spawn_local(async move {
-        if let Err(e) = accept_loop(listener, plane, options, stop).await {
+        if let Err(e) = accept_loop(listeners, plane, options, stop).await {
             tracing::error!(error = %e, "worker stopped");
         }
     });
     if let Err(e) = local.block_on(&runtime, accepting) {
         tracing::error!(error = %e, "worker stopped");
-    }
-}
-
-struct Tracker {
-    open: Cell<usize>,
-    idle: Notify,
-}
-
-/// One open client connection, counted in its worker's [`Tracker`] while it lives.
-struct Open(Rc<Tracker>);
-
-impl Open {
-    fn new(tracker: Rc<Tracker>) -> Self {
-        tracker.open.set(tracker.open.get() + 1);
-        Open(tracker)
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        let tracker = &self.0;
-        tracker.open.set(tracker.open.get() - 1);
-        if tracker.open.get() == 0 {
-            tracker.idle.notify_waiters();
-        }
-    }
-}
-
-async fn accept_loop(
-    listener: std::net::TcpListener,
-    plane: Arc<DataPlane>,
-    options: ProxyOptions,
-    mut stop: watch::Receiver<Option<Duration>>,
-) -> io::Result<()> {
-    let listener = TcpListener::from_std(listener)?;
-    let limits = Limits {
-        max_headers: options.max_headers,
-        max_head_bytes: options.max_header_bytes,
-    };
-    let worker = Worker::new(plane, options.access_log, limits, options.http1);
-    let serving = Rc::new(Serving {
-        worker: Rc::new(worker),
-        builders: Rc::new(Builders::new(&options)),
-        stopping: Rc::new(Stopping::default()),
-        header_read_timeout: options.header_read_timeout,
-    });
-    let tracker = Rc::new(Tracker {
-        open: Cell::new(0),
-        idle: Notify::new(),
-    });
-    let grace = loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off briefly, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                // Boxed, not wrapped in another future (which would store it twice). A task's
-                // cell is aligned to 128 bytes; holding the connection's future inline, its size
-                // is no power of two, and mimalloc then over-allocates every one of them by
-                // 127 bytes on a slow path. Holding a box, the cell is small and the future's own
-                // block an ordinary one (docs/benchmarks.md, "New connections").
-                let open = Open::new(tracker.clone());
-                tokio::task::spawn_local(Box::pin(downstream::serve(stream, peer, serving.clone(), open)));
-            }
-            changed = stop.changed() => {
-                let grace = *stop.borrow();
-                match (changed, grace) {
-                    (Ok(()), Some(grace)) => break grace,
-                    (Ok(()), None) => continue,
-                    (Err(_), _) => break Duration::ZERO,
-                }
-            }
-        }
-    };
-    drop(listener);
-    serving.stopping.stop();
-    drain(&tracker, grace).await;
-    Ok(())
-}
-
-/// Waits up to `grace` for the worker's open connections to end.
-async fn drain(tracker: &Tracker, grace: Duration) {
-    let drained = async {
-        while tracker.open.get() > 0 {
-            let notified = tracker.idle.notified();
-            if tracker.open.get() == 0 {
-                break;
-            }
-            notified.await;
-        }
-    };
-    if tokio::time::timeout(grace, drained).await.is_err() {
-        tracing::warn!(
-            open = tracker.open.get(),
-            "grace period over, closing the remaining connections"
-        );
     }
 }
 

@@ -36,6 +36,10 @@ pub struct Worker {
     /// The limits of a request head, as hyper's servers are configured with them.
     pub limits: Limits,
     pub http1: Http1Mode,
+    /// The HTTPS port clients know, for redirects to HTTPS.
+    pub https_port: u16,
+    /// The state of the worker's random numbers (xorshift), for sampling mirrored requests.
+    random: std::cell::Cell<u64>,
 }
 
 impl Worker {
@@ -48,6 +52,8 @@ impl Worker {
             access_log,
             limits,
             http1,
+            https_port: 443,
+            random: std::cell::Cell::new(crate::clock::now_ms() | 1),
         }
     }
 
@@ -58,6 +64,7 @@ impl Worker {
             Box::new(ClientRequest {
                 req: Request::new(RequestBody::empty()),
                 lean: None,
+                upgrade: None,
             })
         });
         let req = &mut request.req;
@@ -84,8 +91,22 @@ impl Worker {
             *req.uri_mut() = Uri::default();
             *req.body_mut() = RequestBody::empty();
             request.lean = None;
+            request.upgrade = None;
             spare.push(request);
         }
+    }
+
+    /// True for `numerator` of every `denominator` calls, at random.
+    pub fn sample(&self, numerator: u32, denominator: u32) -> bool {
+        if numerator >= denominator {
+            return true;
+        }
+        let mut x = self.random.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random.set(x);
+        x % u64::from(denominator.max(1)) < u64::from(numerator)
     }
 
     /// How many requests are spare.
@@ -173,6 +194,7 @@ mod tests {
             worker.put_request(Box::new(ClientRequest {
                 req: Request::new(RequestBody::empty()),
                 lean: None,
+                upgrade: None,
             }));
         }
         assert_eq!(worker.spare_requests(), SPARE_REQUESTS);

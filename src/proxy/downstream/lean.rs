@@ -250,7 +250,15 @@ mod tests {
         let ended = serve(
             stream,
             worker.clone(),
-            Rc::new(Client::new(peer, None)),
+            Rc::new(Client::new(
+                peer,
+                None,
+                crate::proxy::client::Entry {
+                    front: crate::proxy::client::Front::Own,
+                    tls: false,
+                    port: 80,
+                },
+            )),
             Rc::new(Cell::new(false)),
         )
         .await

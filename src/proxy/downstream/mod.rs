@@ -20,13 +20,15 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 pub use self::drive::Stopping;
 use self::drive::drive;
 use self::lean::Ended;
-use super::client::{Client, ClientRequest};
+use super::client::{Client, ClientRequest, Entry};
 use super::deadline::Deadline;
 use super::http1::io::Prefixed;
 use super::options::ProxyOptions;
@@ -34,6 +36,7 @@ use super::request::handle;
 use super::response::ResponseBody;
 use super::upstream::body::RequestBody;
 use super::worker::Worker;
+use crate::tls::server::{Alpn, negotiated};
 
 /// What an HTTP/2 client with prior knowledge opens its connection with (RFC 9113 3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -84,16 +87,28 @@ pub struct Serving {
     pub builders: Rc<Builders>,
     pub stopping: Rc<Stopping>,
     pub header_read_timeout: Duration,
+    /// Handshakes of HTTPS listeners, with the certificates of the snapshot served at each one.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// Serves one client connection to its end; `_open` is held as long (the worker counts its
 /// open connections with it).
-pub async fn serve<G>(stream: TcpStream, peer: SocketAddr, serving: Rc<Serving>, _open: G) {
+pub async fn serve<G>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    entry: Entry,
+    serving: Rc<Serving>,
+    _open: G,
+) {
     // TCP_NODELAY is already on: Linux copies it from the listening socket, so setting it
     // again would cost a syscall per connection.
     debug_assert!(stream.nodelay().unwrap_or(true), "TCP_NODELAY is inherited");
+    if entry.tls {
+        Box::pin(serve_tls(stream, peer, entry, &serving)).await;
+        return;
+    }
     let deadline = Rc::new(Deadline::new(serving.header_read_timeout, Instant::now()));
-    let client = Rc::new(Client::new(peer, Some(deadline.clone())));
+    let client = Rc::new(Client::new(peer, Some(deadline.clone()), entry));
     let closing = Rc::new(Cell::new(false));
     // Boxed: `drive` would otherwise hold its state twice (as its argument, then pinned), in
     // every connection's task.
@@ -115,30 +130,56 @@ pub async fn serve<G>(stream: TcpStream, peer: SocketAddr, serving: Rc<Serving>,
     match ended {
         // Boxed: the rarer paths keep their state out of every connection's task.
         Some(Ended::HandOff(stream, read)) => {
-            Box::pin(serve_http1(stream, read, &serving, client, deadline)).await;
+            let io = Prefixed::new(stream, read);
+            Box::pin(serve_http1(io, &serving, client, deadline)).await;
         }
         Some(Ended::Http2(stream, read)) => {
-            Box::pin(serve_http2(stream, read, &serving, peer)).await;
+            let io = Prefixed::new(stream, read);
+            Box::pin(serve_http2(io, &serving, Client::new(peer, None, entry))).await;
         }
         Some(Ended::Closed) | None => {}
     }
 }
 
-/// hyper's HTTP/1 server for the rest of a connection, the bytes already read first.
-async fn serve_http1(
-    stream: TcpStream,
-    read: bytes::Bytes,
-    serving: &Serving,
-    client: Rc<Client>,
-    deadline: Rc<Deadline>,
-) {
+/// An HTTPS connection: the handshake under the header-read timeout (the certificate chosen by
+/// SNI from the snapshot served now), then hyper's HTTP/2 or HTTP/1 server as ALPN agreed.
+async fn serve_tls(stream: TcpStream, peer: SocketAddr, entry: Entry, serving: &Serving) {
+    let Some(acceptor) = &serving.tls else {
+        return;
+    };
+    let handshake = tokio::time::timeout(serving.header_read_timeout, acceptor.accept(stream));
+    let stream = match handshake.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %peer, "no TLS handshake within the header-read timeout");
+            return;
+        }
+    };
+    match negotiated(stream.get_ref().1) {
+        Alpn::H2 => serve_http2(stream, serving, Client::new(peer, None, entry)).await,
+        Alpn::Http1 => {
+            let deadline = Rc::new(Deadline::new(serving.header_read_timeout, Instant::now()));
+            let client = Rc::new(Client::new(peer, Some(deadline.clone()), entry));
+            serve_http1(stream, serving, client, deadline).await;
+        }
+    }
+}
+
+/// hyper's HTTP/1 server for (the rest of) a connection.
+async fn serve_http1<S>(io: S, serving: &Serving, client: Rc<Client>, deadline: Rc<Deadline>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let peer = client.addr;
-    let io = TokioIo::new(Prefixed::new(stream, read));
     let service = hyper_service(serving.worker.clone(), client);
     let conn = serving
         .builders
         .http1
-        .serve_connection(io, service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     let stopping = serving.stopping.clone();
     drive(
@@ -151,13 +192,18 @@ async fn serve_http1(
     .await;
 }
 
-/// hyper's HTTP/2 server for a connection that opened with the preface. HTTP/2 connections
-/// time each request on their own: no connection timer.
-async fn serve_http2(stream: TcpStream, read: bytes::Bytes, serving: &Serving, peer: SocketAddr) {
-    let io = TokioIo::new(Prefixed::new(stream, read));
-    let client = Rc::new(Client::new(peer, None));
-    let service = hyper_service(serving.worker.clone(), client);
-    let conn = serving.builders.http2.serve_connection(io, service);
+/// hyper's HTTP/2 server for a connection (after the preface, or ALPN's `h2`). HTTP/2
+/// connections time each request on their own: no connection timer.
+async fn serve_http2<S>(io: S, serving: &Serving, client: Client)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = client.addr;
+    let service = hyper_service(serving.worker.clone(), Rc::new(client));
+    let conn = serving
+        .builders
+        .http2
+        .serve_connection(TokioIo::new(io), service);
     let stopping = serving.stopping.clone();
     drive(conn, |c| c.graceful_shutdown(), None, stopping, peer).await;
 }
@@ -178,6 +224,7 @@ fn hyper_service(
             Box::new(ClientRequest {
                 req: req.map(RequestBody::new),
                 lean: None,
+                upgrade: None,
             }),
         );
         async move {

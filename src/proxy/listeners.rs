@@ -1,0 +1,227 @@
+//! What a worker does with its listeners: accept connections on each (the BalancerClusters'
+//! plain and HTTPS listeners, and the fronts' ports, opened and closed as snapshots come), count
+//! them, and on stop let them finish for the grace period.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use super::client::{Entry, Front};
+use super::downstream::{self, Builders, Serving, Stopping};
+use super::http1::Limits;
+use super::options::ProxyOptions;
+use super::worker::Worker;
+use crate::plane::DataPlane;
+
+/// Serves the worker's listeners until told to stop, then drains.
+pub async fn accept_loop(
+    listeners: Vec<(std::net::TcpListener, Entry)>,
+    plane: Arc<DataPlane>,
+    options: ProxyOptions,
+    mut stop: watch::Receiver<Option<Duration>>,
+) -> io::Result<()> {
+    let limits = Limits {
+        max_headers: options.max_headers,
+        max_head_bytes: options.max_header_bytes,
+    };
+    let wants_tls = options.listen_tls.is_some() || options.gateway_address.is_some();
+    let tls = match wants_tls {
+        true => Some(crate::tls::acceptor(plane.clone()).map_err(io::Error::other)?),
+        false => None,
+    };
+    let mut worker = Worker::new(plane.clone(), options.access_log, limits, options.http1);
+    worker.https_port = options
+        .https_port
+        .or(options.listen_tls.map(|a| a.port()))
+        .unwrap_or(443);
+    let serving = Rc::new(Serving {
+        worker: Rc::new(worker),
+        builders: Rc::new(Builders::new(&options)),
+        stopping: Rc::new(Stopping::default()),
+        header_read_timeout: options.header_read_timeout,
+        tls,
+    });
+    let tracker = Rc::new(Tracker {
+        open: Cell::new(0),
+        idle: Notify::new(),
+    });
+    let mut tasks = Vec::new();
+    for (listener, entry) in listeners {
+        let listener = TcpListener::from_std(listener)?;
+        tasks.push(tokio::task::spawn_local(accept(
+            listener,
+            entry,
+            serving.clone(),
+            tracker.clone(),
+        )));
+    }
+    if let Some(address) = options.gateway_address {
+        let fronts = serve_fronts(address, plane, serving.clone(), tracker.clone());
+        tasks.push(tokio::task::spawn_local(fronts));
+    }
+    let grace = loop {
+        let changed = stop.changed().await;
+        match (changed, *stop.borrow()) {
+            (Ok(()), Some(grace)) => break grace,
+            (Ok(()), None) => continue,
+            (Err(_), _) => break Duration::ZERO,
+        }
+    };
+    // Dropping the accepting tasks closes the listening sockets.
+    for task in tasks {
+        task.abort();
+    }
+    serving.stopping.stop();
+    drain(&tracker, grace).await;
+    Ok(())
+}
+
+/// Accepts connections on `listener` and serves each as a task of its own.
+async fn accept(listener: TcpListener, entry: Entry, serving: Rc<Serving>, tracker: Rc<Tracker>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Boxed, not wrapped in another future (which would store it twice). A task's cell is
+        // aligned to 128 bytes; holding the connection's future inline, its size is no power
+        // of two, and mimalloc then over-allocates every one of them by 127 bytes on a slow
+        // path. Holding a box, the cell is small and the future's own block an ordinary one
+        // (docs/benchmarks.md, "New connections").
+        let open = Open::new(tracker.clone());
+        let served = downstream::serve(stream, peer, entry, serving.clone(), open);
+        tokio::task::spawn_local(Box::pin(served));
+    }
+}
+
+/// Opens a listener on `address` for each front of the snapshot served now, and closes those
+/// of fronts that are gone, at every publication.
+async fn serve_fronts(
+    address: IpAddr,
+    plane: Arc<DataPlane>,
+    serving: Rc<Serving>,
+    tracker: Rc<Tracker>,
+) {
+    let mut published = plane.watch();
+    let mut open: HashMap<u16, (bool, JoinHandle<()>)> = HashMap::new();
+    // Ports that could not be bound, so that the same failure is logged once.
+    let mut failed: HashMap<u16, String> = HashMap::new();
+    loop {
+        let wanted: HashMap<u16, bool> = plane
+            .snapshot()
+            .fronts
+            .iter()
+            .map(|f| (f.port, f.tls))
+            .collect();
+        open.retain(|port, (tls, task)| {
+            let keep = wanted.get(port) == Some(tls);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (&port, &tls) in &wanted {
+            if open.contains_key(&port) {
+                continue;
+            }
+            let addr = SocketAddr::new(address, port);
+            match bind(addr).and_then(TcpListener::from_std) {
+                Ok(listener) => {
+                    failed.remove(&port);
+                    let entry = Entry {
+                        front: Front::Port(port),
+                        tls,
+                        port,
+                    };
+                    let task = accept(listener, entry, serving.clone(), tracker.clone());
+                    open.insert(port, (tls, tokio::task::spawn_local(task)));
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    if failed.get(&port) != Some(&message) {
+                        tracing::error!(error = %message, "cannot serve a front; retried at the next configuration");
+                        failed.insert(port, message);
+                    }
+                }
+            }
+        }
+        if published.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+pub fn named(addr: SocketAddr, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+}
+
+/// A listening socket that the other workers' sockets on the same address share
+/// (`SO_REUSEPORT`); TCP_NODELAY is set on it so that accepted connections inherit it.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into()).map_err(|e| named(addr, e))?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+struct Tracker {
+    open: Cell<usize>,
+    idle: Notify,
+}
+
+/// One open client connection, counted in its worker's [`Tracker`] while it lives.
+struct Open(Rc<Tracker>);
+
+impl Open {
+    fn new(tracker: Rc<Tracker>) -> Self {
+        tracker.open.set(tracker.open.get() + 1);
+        Open(tracker)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let tracker = &self.0;
+        tracker.open.set(tracker.open.get() - 1);
+        if tracker.open.get() == 0 {
+            tracker.idle.notify_waiters();
+        }
+    }
+}
+
+/// Waits up to `grace` for the worker's open connections to end.
+async fn drain(tracker: &Tracker, grace: Duration) {
+    let drained = async {
+        while tracker.open.get() > 0 {
+            let notified = tracker.idle.notified();
+            if tracker.open.get() == 0 {
+                break;
+            }
+            notified.await;
+        }
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!(
+            open = tracker.open.get(),
+            "grace period over, closing the remaining connections"
+        );
+    }
+}
