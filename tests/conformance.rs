@@ -35,6 +35,9 @@ const SUPPORTED_FEATURES: [&str; 3] = ["Gateway", "HTTPRoute", "ReferenceGrant"]
 /// of their own.
 const ADDRESSES: usize = 16;
 
+/// Another number of addresses, to see what passes when Gateways share them (`1`: all share one).
+const ADDRESSES_ENV: &str = "KB_CONFORMANCE_ADDRESSES";
+
 /// Where the report goes (scripts/conformance.sh sets it).
 const REPORT_ENV: &str = "KB_CONFORMANCE_REPORT";
 
@@ -74,7 +77,11 @@ async fn the_core_of_the_gateway_http_profile_passes() {
         .expect("create the GatewayClass");
 
     // Addresses of the run's namespace (10.244.0.0/24 is local on lo), one per Gateway.
-    let addresses: Vec<String> = (0..ADDRESSES)
+    let count = std::env::var(ADDRESSES_ENV)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(ADDRESSES);
+    let addresses: Vec<String> = (0..count)
         .map(|_| IpAddr::V4(netns::next_pod_ip()).to_string())
         .collect();
     let log_path = runner.dir().join("kube-balancer.log");
