@@ -478,6 +478,9 @@ impl Replica {
                 } else if a.starts_with("--admin=") {
                     replaced += 1;
                     format!("--admin={pod_ip}:0")
+                } else if a.starts_with("--listen-tls=") {
+                    // Replicas of several releases run side by side here: no fixed port.
+                    "--listen-tls=127.0.0.1:0".to_owned()
                 } else {
                     a.clone()
                 }
