@@ -511,3 +511,85 @@ async fn https_listeners_serve_their_secrets_and_say_when_they_cannot() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn only_the_replica_holding_the_lease_writes_status() {
+    let (client, ns) = setup("gwl").await;
+    let class = format!("kb-{ns}");
+    gateway_class(&client, &class).await;
+    let gateways = Api::<Gateway>::namespaced(client.clone(), &ns);
+    apply(
+        &gateways,
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": ns},
+            "spec": {"gatewayClassName": class, "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
+        }),
+    )
+    .await;
+    // Another replica holds the Lease, and renewed it just now.
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    let lease = k8s_openapi::api::coordination::v1::Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some("kube-balancer".into()),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+            holder_identity: Some("replica-0".into()),
+            lease_duration_seconds: Some(3600),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            ..Default::default()
+        }),
+    };
+    apply(&leases, serde_json::to_value(&lease).expect("a Lease")).await;
+    let address = IpAddr::V4(netns::next_pod_ip());
+    let mut opts = options(&ns, "replica-1");
+    opts.gateway = Some(gateway::Options {
+        addresses: vec![address],
+        service: None,
+    });
+    let balancer = Balancer::start(&client, opts).await;
+    until_plane(
+        &balancer.plane,
+        "the Gateway's front",
+        |p| p.snapshot().fronts.len(),
+        |n| *n == 1,
+    )
+    .await;
+    // Served, and not reported: the follower writes nothing. Its writer looks at leadership
+    // every second; three seconds of nothing is a follower, not a slow leader.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!balancer.leads());
+    let gw = gateways.get("gw").await.expect("the Gateway");
+    // Only the CRD's defaults: Accepted and Programmed Unknown, "Waiting for controller".
+    assert!(
+        gw.status.as_ref().is_none_or(|s| {
+            s.addresses.is_empty() && s.conditions.iter().all(|c| c.reason == "Pending")
+        }),
+        "a follower wrote status: {:?}",
+        gw.status
+    );
+
+    // The other replica gone, its Lease with it: this one leads and writes.
+    leases
+        .delete("kube-balancer", &DeleteParams::default())
+        .await
+        .expect("delete the Lease");
+    wait::until_object(gateways, "gw", "the new leader's status", |g| {
+        g.status.as_ref().is_some_and(|s| {
+            has(
+                &conditions(&s.conditions),
+                "Programmed",
+                "True",
+                "Programmed",
+            )
+        })
+    })
+    .await;
+    assert!(balancer.leads());
+}
