@@ -593,3 +593,142 @@ async fn only_the_replica_holding_the_lease_writes_status() {
     .await;
     assert!(balancer.leads());
 }
+
+/// `GET path` to `addr` with `Host: host` and an optional Cookie, over a new connection: the
+/// status, the body and the Set-Cookie value; `None` when the connection is refused.
+async fn get(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    cookie: Option<&str>,
+) -> Option<(u16, String, Option<String>)> {
+    use http_body_util::BodyExt;
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(connection);
+    let mut request = http::Request::get(path).header(http::header::HOST, host);
+    if let Some(c) = cookie {
+        request = request.header(http::header::COOKIE, c);
+    }
+    let request = request
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("a request");
+    let response = sender.send_request(request).await.ok()?;
+    let status = response.status().as_u16();
+    let set_cookie = response
+        .headers()
+        .get(http::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((
+        status,
+        String::from_utf8_lossy(&body).into_owned(),
+        set_cookie,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancercluster_named_as_a_backend_brings_its_sticky_sessions_to_the_route() {
+    let (client, ns) = setup("gwbc").await;
+    web_service(&client, &ns).await;
+    let _pods = web_pods(&client, &ns, &["web-a", "web-b"]).await;
+    support::fixtures::apply_cluster(
+        &client,
+        &ns,
+        json!({"routes": [], "service": {"name": "web", "port": "http"},
+               "stickySession": {"cookie": "ROUTEID", "insert": true}}),
+    )
+    .await;
+    let class = format!("kb-{ns}");
+    gateway_class(&client, &class).await;
+    apply(
+        &Api::<Gateway>::namespaced(client.clone(), &ns),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": ns},
+            "spec": {"gatewayClassName": class, "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
+        }),
+    )
+    .await;
+    apply(
+        &Api::<HTTPRoute>::namespaced(client.clone(), &ns),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "web", "namespace": ns},
+            "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["shop.example.com"], "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/sticky"}}],
+                 "backendRefs": [{"group": "kubebalancer.io", "kind": "BalancerCluster", "name": "web"}]},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/plain"}}],
+                 "backendRefs": [{"name": "web", "port": 80}]},
+            ]},
+        }),
+    )
+    .await;
+
+    let address = IpAddr::V4(netns::next_pod_ip());
+    let mut opts = options(&ns, "replica-1");
+    opts.gateway = Some(gateway::Options {
+        addresses: vec![address],
+        service: None,
+    });
+    let plane = DataPlane::new();
+    let controller = kube_balancer::controller::start(client.clone(), opts, plane.clone())
+        .await
+        .expect("the controller starts");
+    let mut proxy = kube_balancer::proxy::ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
+    proxy.workers = 1;
+    proxy.gateway_address = Some(address);
+    let server =
+        kube_balancer::proxy::Server::start(plane.clone(), proxy).expect("the proxy starts");
+    let front = std::net::SocketAddr::new(address, 80);
+
+    // Until the route is served: the front's port opens with the publication.
+    let start = Instant::now();
+    while get(front, "shop.example.com", "/plain", None)
+        .await
+        .map(|r| r.0)
+        != Some(200)
+    {
+        assert!(
+            start.elapsed() < wait::TIMEOUT,
+            "the route is never served at {front}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A Service: byrequests over its two pods, no cookie.
+    let mut plain = Vec::new();
+    for _ in 0..2 {
+        let (status, body, cookie) = get(front, "shop.example.com", "/plain", None)
+            .await
+            .expect("answered");
+        assert_eq!((status, cookie), (200, None));
+        plain.push(body);
+    }
+    plain.sort();
+    assert_eq!(plain, ["web-a", "web-b"]);
+    // The BalancerCluster: its sticky session, inserted, then followed.
+    let (status, first, cookie) = get(front, "shop.example.com", "/sticky", None)
+        .await
+        .expect("answered");
+    assert_eq!(status, 200);
+    let cookie = cookie.expect("the BalancerCluster inserts its cookie");
+    assert!(cookie.starts_with("ROUTEID="), "{cookie}");
+    let pair = cookie.split(';').next().expect("name=value").to_owned();
+    for _ in 0..4 {
+        let (status, body, _) = get(front, "shop.example.com", "/sticky", Some(&pair))
+            .await
+            .expect("answered");
+        assert_eq!((status, body.as_str()), (200, first.as_str()));
+    }
+    // Its `routes: []` keeps it off --listen.
+    let (status, _, _) = get(server.local_addr(), "shop.example.com", "/sticky", None)
+        .await
+        .expect("answered");
+    assert_eq!(status, 404);
+    controller.stop();
+    server.shutdown(Duration::from_millis(100));
+}
