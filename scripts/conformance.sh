@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the Gateway API conformance suite against kube-balancer (tests/conformance.rs: the core
+# Runs the Gateway API conformance suite against kube-balancer (tests/gateway/conformance.rs: the core
 # tests of the GATEWAY-HTTP profile at the pinned release, the real `kube-balancer run
 # --gateway-address ...` as the implementation, inside the test network namespace) and, when it
 # passes, copies the suite's report to conformance/<date>-<release>-report.yaml.
@@ -15,10 +15,10 @@ report="$PWD/target/conformance-report.yaml"
 rm -f "$report"
 
 # The namespace has no network: build outside it.
-cargo test --locked --no-run --test conformance
+cargo test --locked --no-run --test gateway
 start=$(date +%s)
 KB_CONFORMANCE_REPORT="$report" bash scripts/testenv.sh run \
-    cargo test --locked --offline --test conformance -- --nocapture
+    cargo test --locked --offline --test gateway gateway::conformance:: -- --nocapture
 echo "conformance: the suite passed in $(( $(date +%s) - start )) s" >&2
 
 if [[ -n "${KB_CONFORMANCE_RUN_TEST:-}" ]]; then

@@ -5,7 +5,7 @@
 #   charts/kube-balancer/files/gateway-api-standard-crds.yaml  <- the Gateway API's standard
 #       channel at the release the test environment pins (scripts/testenv.sh)
 #   manifests/kube-balancer.yaml  <- `helm template` of the chart (helm from scripts/testenv.sh)
-# Tests fail when any of them is stale (tests/crd.rs, tests/install.rs).
+# Tests fail when any of them is stale (tests/kube/crd.rs, tests/kube/install.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
