@@ -131,6 +131,12 @@ async fn the_chart_lints_renders_exactly_manifests_and_ships_the_crd_of_crds() {
             "metrics.serviceMonitor.enabled=true",
             "--set",
             "service.type=NodePort",
+            "--set",
+            "gatewayAPI.enabled=true",
+            "--set",
+            "gatewayAPI.installCRDs=true",
+            "--set",
+            "gatewayAPI.service.ports={80,443,8080}",
         ],
     )
     .await;
