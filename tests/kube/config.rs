@@ -250,7 +250,10 @@ fn yaml_blocks(markdown: &str) -> Vec<String> {
             None if line.trim_start().starts_with("```yaml") => current = Some(String::new()),
             Some(block) if line.trim_start().starts_with("```") => {
                 // A document of that kind (not a route naming one as its backend).
-                if block.lines().any(|l| l.trim_end() == "kind: BalancerCluster") {
+                if block
+                    .lines()
+                    .any(|l| l.trim_end() == "kind: BalancerCluster")
+                {
                     blocks.push(block.clone());
                 }
                 current = None;
