@@ -136,7 +136,10 @@ fn route(
     };
     let snapshot = worker.plane.snapshot();
     let (cluster, mut filters, prefix) = choose(&snapshot, client, host, &view)?;
-    if !client.entry.tls && cluster.config.tls.https_redirect {
+    if !client.entry.tls
+        && let Some(cluster) = &cluster
+        && cluster.config.tls.https_redirect
+    {
         return Err(to_https(worker, req, host_value.as_ref()));
     }
     if let Some(applied) = filters.as_deref_mut() {
@@ -149,6 +152,11 @@ fn route(
         filters::before(applied, req, lean, &cx)?;
     }
     drop(snapshot);
+    let Some(cluster) = cluster else {
+        // Only a rule that redirects has none, and its redirect answered above.
+        let rule = filters.map(|f| f.rule.name.clone()).unwrap_or_default();
+        return Err(ProxyError::NoBackend { rule });
+    };
     let scan = scan_fields(&cluster, req, lean);
     let affinity = cluster.affinity(req.headers(), req.uri(), client.addr.ip());
     let upgrade = upgrade_protocol(req, &scan);
@@ -220,9 +228,9 @@ fn to_https(worker: &Worker, req: &Request<RequestBody>, host: Option<&HeaderVal
     }
 }
 
-/// What routing chose for a request: the cluster that serves it, what its rule asks beyond that,
-/// and what the rule's PathPrefix matched.
-type Chosen<'s> = (Arc<Cluster>, Option<Box<Applied>>, Option<&'s str>);
+/// What routing chose for a request: the cluster that serves it (none for a rule that only
+/// redirects), what its rule asks beyond that, and what the rule's PathPrefix matched.
+type Chosen<'s> = (Option<Arc<Cluster>>, Option<Box<Applied>>, Option<&'s str>);
 
 /// The cluster that serves a request: its route's rule, then the rule's backend by weight.
 fn choose<'s>(
@@ -233,7 +241,7 @@ fn choose<'s>(
 ) -> Result<Chosen<'s>, ProxyError> {
     let table = match client.entry.front {
         Front::Own => Some(&snapshot.routes),
-        Front::Port(port) => snapshot.front(port).map(|f| &f.routes),
+        Front::At(address, port) => snapshot.front_at(address, port).map(|f| &f.routes),
     };
     let Some(matched) = table.and_then(|t| t.lookup(host, view)) else {
         return Err(ProxyError::NoRoute {
@@ -247,7 +255,12 @@ fn choose<'s>(
     match backend.and_then(|b| snapshot.backend(b)) {
         Some(cluster) => {
             let filters = picked.and_then(|i| Applied::of(rule, i));
-            Ok((cluster.clone(), filters, matched.prefix))
+            Ok((Some(cluster.clone()), filters, matched.prefix))
+        }
+        // A rule that redirects answers by itself: it needs no backend.
+        None if rule.filters.redirect.is_some() => {
+            let filters = Applied::of(rule, picked.unwrap_or(usize::MAX));
+            Ok((None, filters, matched.prefix))
         }
         None => Err(ProxyError::NoBackend {
             rule: rule.name.clone(),
