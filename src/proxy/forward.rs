@@ -18,7 +18,7 @@ use super::http1::client::idempotent;
 use super::response::ResponseBody;
 use super::tunnel::tunnel;
 use super::upstream::body::{Answer, RequestBody};
-use super::upstream::exchange::{Failure, Replay, Stage};
+use super::upstream::exchange::{Connected, Failure, Replay, Stage};
 use super::upstream::lease::Lease;
 use super::upstream::pool::{Member, Sender};
 use super::upstream::{self, Upstream};
@@ -28,6 +28,7 @@ use crate::balancer::{Affinity, ewma, sticky};
 use crate::clock;
 use crate::discovery::MemberConfig;
 use crate::plane::Cluster;
+use crate::telemetry::Observed;
 
 /// A request on its way to a cluster's members.
 pub struct Routed {
@@ -37,6 +38,8 @@ pub struct Routed {
     pub affinity: Affinity,
     /// The route's filters and timeouts, when it has any.
     pub filters: Option<Box<Applied>>,
+    /// The request's record, with the access log or tracing on.
+    pub observed: Option<Box<Observed>>,
 }
 
 /// Sends the request to the members the cluster picks, in turn, until one answers or the
@@ -54,6 +57,7 @@ pub async fn forward(
         forwarding,
         affinity,
         filters,
+        observed,
     } = routed;
     let backend_timeout = filters.as_ref().and_then(|f| f.backend_timeout());
     let ClientRequest {
@@ -84,7 +88,7 @@ pub async fn forward(
                 || ProxyError::NoMember {
                     cluster: cluster.key.clone(),
                 },
-                |failure| *failure,
+                |failure| gave_up(worker, cluster, tried.last().copied(), *failure),
             ));
         };
         tried.push(index);
@@ -93,6 +97,9 @@ pub async fn forward(
         let lease = Lease::new(stats.clone());
         if !req.body().is_end_stream() {
             req.body_mut().count_for(stats.clone());
+        }
+        if let Some(observed) = observed.as_deref_mut() {
+            trying(observed, cluster, index, forwarding, req.method());
         }
         let key = worker.pool.member(&config.members[index].authority);
         let sent = upstream::send(kind, &key, config, req, lean, forwarding, started, deadline);
@@ -109,9 +116,16 @@ pub async fn forward(
         match sent {
             Err(failure) => {
                 let stage = failure.stage;
-                let error = failed(cluster, index, failure, req)?;
+                if let Some(span) = observed.as_mut().and_then(|o| o.span.as_mut()) {
+                    span.tried(Err(&failure.cause));
+                }
+                let error = failed(cluster, index, failure, req)
+                    .map_err(|e| gave_up(worker, cluster, Some(index), e))?;
                 if tried.len() >= tries || !may_go_again(cluster, stage, kind, req, &replay) {
-                    return Err(error);
+                    return Err(gave_up(worker, cluster, Some(index), error));
+                }
+                if worker.telemetry.request_metrics {
+                    stats.traffic.failed_over();
                 }
                 if let (Some(again), Upstream::Hyper) = (replay.as_deref(), kind)
                     && stage != Stage::Unsent
@@ -121,10 +135,16 @@ pub async fn forward(
                 last_failure = Some(Box::new(error));
             }
             Ok((sender, response)) => {
+                if worker.telemetry.request_metrics || observed.is_some() {
+                    answered(worker, observed.as_deref_mut(), stats, started, &response);
+                }
                 observe(cluster, index, started, response.status());
                 if failed_on_status(cluster, index, response.status())
                     && let Some(again) = replay.as_deref().filter(|_| tried.len() < tries)
                 {
+                    if worker.telemetry.request_metrics {
+                        stats.traffic.failed_over();
+                    }
                     *req = again.request();
                     continue;
                 }
@@ -180,6 +200,77 @@ fn failed(
         cause,
     };
     Ok(error)
+}
+
+/// A try begins on member `index`: the record names it, and with tracing, the member gets a
+/// `traceparent` naming the try's span.
+fn trying(
+    observed: &mut Observed,
+    cluster: &Arc<Cluster>,
+    index: usize,
+    forwarding: &mut Forwarding,
+    method: &http::Method,
+) {
+    let record = &mut observed.record;
+    record.attempts += 1;
+    if record.cluster.is_none() {
+        record.cluster = Some(cluster.clone());
+        if let Some(span) = &observed.span {
+            span.routed(&cluster.key);
+        }
+    }
+    record.member = index;
+    record.connect = None;
+    record.upstream = None;
+    if let Some(span) = &mut observed.span {
+        let url = &cluster.config.members[index].url;
+        let traceparent = span.try_on(url, method.as_str(), record.attempts - 1);
+        forwarding.extra_mut().traceparent = Some(traceparent);
+    }
+}
+
+/// A member's answer head came: counted by status with the time it took, and the time to
+/// connect when the try opened a connection.
+fn answered(
+    worker: &Worker,
+    observed: Option<&mut Observed>,
+    stats: &crate::balancer::MemberStats,
+    started: Instant,
+    response: &Response<Answer>,
+) {
+    let took = Instant::now().saturating_duration_since(started);
+    let status = response.status().as_u16();
+    let connected = response.extensions().get::<Connected>().map(|c| c.0);
+    if worker.telemetry.request_metrics {
+        stats.traffic.answered(status, took);
+        if let Some(connect) = connected {
+            stats.traffic.connected(connect);
+        }
+    }
+    if let Some(observed) = observed {
+        observed.record.upstream = Some(took);
+        observed.record.connect = connected;
+        if let Some(span) = &mut observed.span {
+            span.tried(Ok(status));
+        }
+    }
+}
+
+/// The request ends in the proxy's own answer after a try on member `index` (a 502, a 504):
+/// counted as that member's answer, since it is the one the client got for it.
+fn gave_up(
+    worker: &Worker,
+    cluster: &Cluster,
+    index: Option<usize>,
+    error: ProxyError,
+) -> ProxyError {
+    if worker.telemetry.request_metrics
+        && !matches!(error, ProxyError::ClientBody { .. })
+        && let Some(member) = index.and_then(|i| cluster.balancer.members().get(i))
+    {
+        member.stats.traffic.answered_for(error.status().as_u16());
+    }
+    error
 }
 
 /// Whether a request that failed on a member may go to another: one that never reached it

@@ -16,6 +16,7 @@ use super::http1::RawHead;
 use super::http1::respond::AnswerFields;
 use super::upstream::body::{Answer, BoxError};
 use super::upstream::lease::Lease;
+use crate::telemetry::Observed;
 
 /// A response body on its way to the client.
 pub struct ResponseBody {
@@ -26,6 +27,8 @@ pub struct ResponseBody {
     /// When the lease ended: one reading of the clock for the idle connection and the
     /// deadline.
     released: Option<Instant>,
+    /// The request's record, with the access log or tracing on: finished with the body.
+    observed: Option<Box<Observed>>,
 }
 
 enum Kind {
@@ -40,6 +43,7 @@ impl ResponseBody {
             lease: Some(lease),
             deadline: None,
             released: None,
+            observed: None,
         }
     }
 
@@ -49,6 +53,7 @@ impl ResponseBody {
             lease: None,
             deadline: None,
             released: None,
+            observed: None,
         }
     }
 
@@ -58,6 +63,7 @@ impl ResponseBody {
             lease: None,
             deadline: None,
             released: None,
+            observed: None,
         }
     }
 
@@ -77,6 +83,11 @@ impl ResponseBody {
             Kind::Member(Answer::Lean(b)) => b.take_raw_head(),
             _ => None,
         }
+    }
+
+    /// The request's record: it counts the bytes sent and is finished when the body is.
+    pub fn observe(&mut self, observed: Box<Observed>) {
+        self.observed = Some(observed);
     }
 
     /// When this body is done with (sent, or dropped), the connection waits for its next
@@ -122,6 +133,9 @@ impl ResponseBody {
     /// answer was read whole; the client connection waits for its next head), in place.
     pub fn finish(&mut self) {
         self.release(self.ended());
+        if let Some(observed) = self.observed.take() {
+            observed.finish();
+        }
         if let Some(deadline) = self.deadline.take() {
             deadline.await_head(self.released.take().unwrap_or_else(Instant::now));
         }
@@ -145,7 +159,13 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let answer = match &mut this.kind {
-            Kind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Full(bytes) => {
+                let bytes = bytes.take();
+                if let (Some(b), Some(observed)) = (&bytes, &mut this.observed) {
+                    observed.record.bytes_out += b.len() as u64;
+                }
+                return Poll::Ready(bytes.map(|b| Ok(Frame::data(b))));
+            }
             Kind::Member(answer) => answer,
         };
         let polled = Pin::new(&mut *answer).poll_frame(cx);
@@ -156,6 +176,9 @@ impl Body for ResponseBody {
                         .stats()
                         .received_bytes
                         .fetch_add(data.len() as u64, Relaxed);
+                }
+                if let (Some(data), Some(observed)) = (frame.data_ref(), &mut this.observed) {
+                    observed.record.bytes_out += data.len() as u64;
                 }
                 // The last bytes, or the trailers that end a chunked body (after which hyper's
                 // server asks for nothing more): the connection can serve the next request now.

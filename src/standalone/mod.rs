@@ -16,7 +16,6 @@ mod yaml;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -613,7 +612,7 @@ impl Reloader {
                 );
             }
             Err(e) => {
-                self.plane.rejected_configs.fetch_add(1, Relaxed);
+                self.plane.refused_config();
                 tracing::error!(error = %e, "configuration refused; the previous one keeps serving");
             }
         }

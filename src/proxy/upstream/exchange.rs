@@ -47,6 +47,11 @@ pub struct Failure {
     pub unsent: Option<Box<Request<RequestBody>>>,
 }
 
+/// The time a try took to open its connection, in its answer's extensions (none when the try
+/// went on a pooled connection).
+#[derive(Clone, Copy, Debug)]
+pub struct Connected(pub std::time::Duration);
+
 /// A member's answer head, with hyper's client connection when it came on one.
 pub type Exchanged = (Option<Sender>, Response<Answer>);
 

@@ -4,7 +4,7 @@
 use http::Request;
 
 use super::body::{Answer, RequestBody};
-use super::exchange::{Exchanged, Failure, Stage, within};
+use super::exchange::{Connected, Exchanged, Failure, Stage, within};
 use super::pool::{self, Member};
 use crate::discovery::ClusterConfig;
 use crate::proxy::deadline::Deadline;
@@ -37,6 +37,7 @@ pub async fn exchange(
             None => return Err(Failure::timed_out()),
         }
     }
+    let connecting = tokio::time::Instant::now();
     let conn = match pool::open(key.authority(), config.connect_timeout).await {
         Ok(stream) => Conn::new(stream),
         Err(e) => return Err(Failure::new(e.to_string(), Stage::Unsent)),
@@ -44,10 +45,15 @@ pub async fn exchange(
     if let Some(cause) = failed {
         tracing::debug!(member = key.authority(), %cause, "pooled connection closed, sent again on a new one");
     }
-    let until = tokio::time::Instant::now() + timeout;
+    let connected = tokio::time::Instant::now();
+    let until = connected + timeout;
     let send = std::pin::pin!(conn.send(req, fields, forwarding.fields()));
     match within(send, until, deadline).await {
-        Some(Ok(response)) => Ok((None, response.map(Answer::Lean))),
+        Some(Ok(mut response)) => {
+            let took = connected.saturating_duration_since(connecting);
+            response.extensions_mut().insert(Connected(took));
+            Ok((None, response.map(Answer::Lean)))
+        }
         Some(Err(e)) => Err(Failure::of(e)),
         None => Err(Failure::timed_out()),
     }
