@@ -32,7 +32,7 @@ PROMETHEUS_VERSION=v0.316.0  # github.com/prometheus/prometheus: Prometheus v3.1
 # change to one does not rebuild the others.
 RECIPE=1
 GATEWAY_RECIPE=1
-OBSERVABILITY_RECIPE=1
+OBSERVABILITY_RECIPE=2
 
 BINARIES=(kube-apiserver kube-controller-manager kubectl etcd helm)
 GATEWAY_BINARIES=(echo-basic gateway-conformance.test)
@@ -282,6 +282,7 @@ import (
 	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter"
 	"go.opentelemetry.io/collector/component"
 	"go.opentelemetry.io/collector/confmap"
+	"go.opentelemetry.io/collector/confmap/provider/envprovider"
 	"go.opentelemetry.io/collector/confmap/provider/fileprovider"
 	"go.opentelemetry.io/collector/exporter"
 	"go.opentelemetry.io/collector/otelcol"
@@ -313,7 +314,8 @@ func main() {
 		Factories: components,
 		ConfigProviderSettings: otelcol.ConfigProviderSettings{
 			ResolverSettings: confmap.ResolverSettings{
-				ProviderFactories: []confmap.ProviderFactory{fileprovider.NewFactory()},
+				ProviderFactories: []confmap.ProviderFactory{envprovider.NewFactory(), fileprovider.NewFactory()},
+				DefaultScheme:     "env",
 			},
 		},
 	}

@@ -320,7 +320,8 @@ fn encode_process_wide(
             ("ok", m.last_reload_ms.load(Relaxed)),
             ("refused", m.last_refused_ms.load(Relaxed)),
         ] {
-            ConstGauge::new(ms as f64 / 1000.0).encode(family.encode_family(&[("result", result)])?)?;
+            ConstGauge::new(ms as f64 / 1000.0)
+                .encode(family.encode_family(&[("result", result)])?)?;
         }
     }
     Seconds(&m.publish_time.read()).encode(encoder.encode_descriptor(

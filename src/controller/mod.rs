@@ -333,7 +333,9 @@ where
                     seen.wakes(event, digest)
                 }
                 Err(_) => {
-                    metrics.watch_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    metrics
+                        .watch_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     true
                 }
             };

@@ -38,8 +38,6 @@ pub struct Routed {
     pub affinity: Affinity,
     /// The route's filters and timeouts, when it has any.
     pub filters: Option<Box<Applied>>,
-    /// The request's record, with the access log or tracing on.
-    pub observed: Option<Box<Observed>>,
 }
 
 /// Sends the request to the members the cluster picks, in turn, until one answers or the
@@ -57,13 +55,13 @@ pub async fn forward(
         forwarding,
         affinity,
         filters,
-        observed,
     } = routed;
     let backend_timeout = filters.as_ref().and_then(|f| f.backend_timeout());
     let ClientRequest {
         req,
         lean,
         upgrade: client_upgrade,
+        observed,
     } = &mut **req;
     let (cluster, affinity) = (&*cluster, &*affinity);
     let config = &cluster.config;
@@ -125,7 +123,10 @@ pub async fn forward(
                     return Err(gave_up(worker, cluster, Some(index), error));
                 }
                 if worker.telemetry.request_metrics {
-                    stats.traffic.failed_over();
+                    cluster.balancer.members()[index]
+                        .stats
+                        .traffic
+                        .failed_over();
                 }
                 if let (Some(again), Upstream::Hyper) = (replay.as_deref(), kind)
                     && stage != Stage::Unsent
@@ -136,6 +137,7 @@ pub async fn forward(
             }
             Ok((sender, response)) => {
                 if worker.telemetry.request_metrics || observed.is_some() {
+                    let stats = &cluster.balancer.members()[index].stats;
                     answered(worker, observed.as_deref_mut(), stats, started, &response);
                 }
                 observe(cluster, index, started, response.status());
@@ -143,7 +145,10 @@ pub async fn forward(
                     && let Some(again) = replay.as_deref().filter(|_| tried.len() < tries)
                 {
                     if worker.telemetry.request_metrics {
-                        stats.traffic.failed_over();
+                        cluster.balancer.members()[index]
+                            .stats
+                            .traffic
+                            .failed_over();
                     }
                     *req = again.request();
                     continue;

@@ -43,47 +43,49 @@ pub fn handle(
         deadline.busy();
     }
     // Boxed, and only with the access log or tracing on.
-    let observed = worker
+    let mut observed = worker
         .telemetry
         .observes()
         .then(|| observe(&worker, &client, &req));
-    match route(&worker, &client, req) {
-        Ok(mut routed) => Either::Left(async move {
-            routed.observed = observed;
-            if let Some(observed) = &mut routed.observed {
-                observe_routed(observed, &mut routed.req, &mut routed.forwarding);
+    match route(&worker, &client, req, &mut observed) {
+        Ok(mut routed) => {
+            if let Some(mut observed) = observed {
+                observe_routed(&mut observed, &mut routed.req, &mut routed.forwarding);
+                routed.req.observed = Some(observed);
             }
-            let request_timeout = routed.filters.as_ref().and_then(|f| f.request_timeout());
-            let forwarded = forward(&worker, &mut routed, client.deadline.as_deref());
-            let forwarded = match request_timeout {
-                // The route's limit on the whole request, all tries (HTTPRoute
-                // `timeouts.request`). Boxed: few routes have one.
-                Some(limit) => match Box::pin(tokio::time::timeout(limit, forwarded)).await {
-                    Ok(forwarded) => forwarded,
-                    Err(_) => Err(ProxyError::RequestTimeout { after: limit }),
-                },
-                None => forwarded.await,
-            };
-            let mut response = match forwarded {
-                Ok(response) => response,
-                Err(e) => e.into_response(),
-            };
-            if let Some(applied) = &routed.filters {
-                filters::after(applied, &mut response);
-            }
-            if client.entry.tls
-                && let Some(hsts) = &routed.cluster.config.tls.hsts
-            {
-                let value = tls::hsts_value(hsts);
-                response
-                    .headers_mut()
-                    .insert(header::STRICT_TRANSPORT_SECURITY, value);
-            }
-            answered(&mut response, &client, routed.observed.take());
-            // The request's box and header map are parsed into again.
-            worker.put_request(routed.req);
-            Ok(response)
-        }),
+            Either::Left(async move {
+                let request_timeout = routed.filters.as_ref().and_then(|f| f.request_timeout());
+                let forwarded = forward(&worker, &mut routed, client.deadline.as_deref());
+                let forwarded = match request_timeout {
+                    // The route's limit on the whole request, all tries (HTTPRoute
+                    // `timeouts.request`). Boxed: few routes have one.
+                    Some(limit) => match Box::pin(tokio::time::timeout(limit, forwarded)).await {
+                        Ok(forwarded) => forwarded,
+                        Err(_) => Err(ProxyError::RequestTimeout { after: limit }),
+                    },
+                    None => forwarded.await,
+                };
+                let mut response = match forwarded {
+                    Ok(response) => response,
+                    Err(e) => e.into_response(),
+                };
+                if let Some(applied) = &routed.filters {
+                    filters::after(applied, &mut response);
+                }
+                if client.entry.tls
+                    && let Some(hsts) = &routed.cluster.config.tls.hsts
+                {
+                    let value = tls::hsts_value(hsts);
+                    response
+                        .headers_mut()
+                        .insert(header::STRICT_TRANSPORT_SECURITY, value);
+                }
+                answered(&mut response, &client, routed.req.observed.take());
+                // The request's box and header map are parsed into again.
+                worker.put_request(routed.req);
+                Ok(response)
+            })
+        }
         Err(e) => {
             let mut response = e.into_response();
             answered(&mut response, &client, observed);
@@ -228,11 +230,13 @@ fn route(
     worker: &Worker,
     client: &Client,
     mut incoming: Box<ClientRequest>,
+    observed: &mut Option<Box<Observed>>,
 ) -> Result<Routed, ProxyError> {
     let ClientRequest {
         req,
         lean,
         upgrade: client_upgrade,
+        ..
     } = &mut *incoming;
     refuse(worker, req)?;
     let host_value = host_of(req, lean);
@@ -244,7 +248,7 @@ fn route(
         lean: lean.as_ref(),
     };
     let snapshot = worker.plane.snapshot();
-    let (cluster, mut filters, prefix) = choose(&snapshot, client, host, &view)?;
+    let (cluster, mut filters, prefix) = choose(&snapshot, client, host, &view, observed)?;
     if !client.entry.tls && cluster.config.tls.https_redirect {
         return Err(to_https(worker, req, host_value.as_ref()));
     }
@@ -276,7 +280,6 @@ fn route(
         forwarding,
         affinity,
         filters,
-        observed: None,
     })
 }
 
@@ -340,6 +343,7 @@ fn choose<'s>(
     client: &Client,
     host: &[u8],
     view: &View<'_>,
+    observed: &mut Option<Box<Observed>>,
 ) -> Result<Chosen<'s>, ProxyError> {
     let table = match client.entry.front {
         Front::Own => Some(&snapshot.routes),
@@ -352,6 +356,9 @@ fn choose<'s>(
         });
     };
     let rule = matched.rule;
+    if let Some(observed) = observed {
+        observed.record.set(Field::Route, rule.name.as_bytes());
+    }
     let picked = rule.pick_index();
     let backend = picked.and_then(|i| rule.backends.get(i));
     match backend.and_then(|b| snapshot.backend(b)) {

@@ -66,6 +66,7 @@ impl Worker {
                 req: Request::new(RequestBody::empty()),
                 lean: None,
                 upgrade: None,
+                observed: None,
             })
         });
         let req = &mut request.req;
@@ -93,6 +94,7 @@ impl Worker {
             *req.body_mut() = RequestBody::empty();
             request.lean = None;
             request.upgrade = None;
+            request.observed = None;
             spare.push(request);
         }
     }
@@ -196,6 +198,7 @@ mod tests {
                 req: Request::new(RequestBody::empty()),
                 lean: None,
                 upgrade: None,
+                observed: None,
             }));
         }
         assert_eq!(worker.spare_requests(), SPARE_REQUESTS);

@@ -238,6 +238,7 @@ fn hyper_service(
                 req: req.map(RequestBody::new),
                 lean: None,
                 upgrade: None,
+                observed: None,
             }),
         );
         async move {
