@@ -46,11 +46,14 @@ pub async fn exchange(
         tracing::debug!(member = key.authority(), %cause, "pooled connection closed, sent again on a new one");
     }
     let connected = tokio::time::Instant::now();
+    // Held across the answer's wait as microseconds: a request's future stays small.
+    let connect_us = connected.saturating_duration_since(connecting).as_micros();
+    let connect_us = u32::try_from(connect_us).unwrap_or(u32::MAX);
     let until = connected + timeout;
     let send = std::pin::pin!(conn.send(req, fields, forwarding.fields()));
     match within(send, until, deadline).await {
         Some(Ok(mut response)) => {
-            let took = connected.saturating_duration_since(connecting);
+            let took = std::time::Duration::from_micros(u64::from(connect_us));
             response.extensions_mut().insert(Connected(took));
             Ok((None, response.map(Answer::Lean)))
         }
