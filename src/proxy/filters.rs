@@ -345,6 +345,7 @@ async fn mirrored(
         &mut lean,
         &forwarding,
         started,
+        config.response_timeout,
         None,
     );
     if let Ok((_, response)) = sent.await {

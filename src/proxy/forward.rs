@@ -20,7 +20,6 @@ use super::tunnel::tunnel;
 use super::upstream::body::{Answer, RequestBody};
 use super::upstream::exchange::{Connected, Failure, Replay, Stage};
 use super::upstream::lease::Lease;
-use super::upstream::pool::{Member, Sender};
 use super::upstream::{self, Upstream};
 use super::worker::Worker;
 use crate::api::LbMethod;
@@ -92,7 +91,7 @@ pub async fn forward(
         tried.push(index);
         let stats = &cluster.balancer.members()[index].stats;
         stats.elected.fetch_add(1, Relaxed);
-        let lease = Lease::new(stats.clone());
+        let mut lease = Lease::new(stats.clone());
         if !req.body().is_end_stream() {
             req.body_mut().count_for(stats.clone());
         }
@@ -100,18 +99,11 @@ pub async fn forward(
             trying(observed, cluster, index, forwarding, req.method());
         }
         let key = worker.pool.member(&config.members[index].authority);
-        let sent = upstream::send(kind, &key, config, req, lean, forwarding, started, deadline);
-        let sent = match backend_timeout {
-            // The route's own limit for each try (HTTPRoute `timeouts.backendRequest`), when it
-            // is shorter than the cluster's. Boxed: few routes have one.
-            Some(limit) if limit < config.response_timeout => {
-                Box::pin(tokio::time::timeout(limit, sent))
-                    .await
-                    .unwrap_or_else(|_| Err(Failure::timed_out()))
-            }
-            _ => sent.await,
-        };
-        match sent {
+        let timeout = backend_timeout.unwrap_or(config.response_timeout);
+        let sent = upstream::send(
+            kind, &key, config, req, lean, forwarding, started, timeout, deadline,
+        );
+        match sent.await {
             Err(failure) => {
                 let stage = failure.stage;
                 if let Some(span) = observed.as_mut().and_then(|o| o.span.as_mut()) {
@@ -135,7 +127,7 @@ pub async fn forward(
                 }
                 last_failure = Some(Box::new(error));
             }
-            Ok((sender, response)) => {
+            Ok((sender, mut response)) => {
                 if worker.telemetry.request_metrics || observed.is_some() {
                     let stats = &cluster.balancer.members()[index].stats;
                     answered(worker, observed.as_deref_mut(), stats, started, &response);
@@ -153,13 +145,20 @@ pub async fn forward(
                     *req = again.request();
                     continue;
                 }
-                let answer = Answered {
-                    lease,
-                    key,
-                    sender,
-                    response,
-                };
-                return Ok(deliver(cluster, index, affinity, client_upgrade, answer));
+                let member = &config.members[index];
+                insert_sticky_cookie(cluster, member, affinity, response.headers_mut());
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client_upgrade) = client_upgrade.take()
+                {
+                    return Ok(tunnelled(client_upgrade, response, lease));
+                }
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                lease.reuse(key, sender);
+                return Ok(Response::from_parts(
+                    parts,
+                    ResponseBody::upstream(body, lease),
+                ));
             }
         }
     }
@@ -361,44 +360,17 @@ fn replay_of(
     (wanted && !upgrade && req.body().is_end_stream()).then(|| Box::new(Replay::of(req)))
 }
 
-/// A member's answer head and what goes with it until its body is read.
-struct Answered {
+/// A member's 101 Switching Protocols: the two upgraded connections are joined on a task of
+/// their own, and the client gets the member's answer head.
+fn tunnelled(
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    mut response: Response<Answer>,
     lease: Lease,
-    key: std::rc::Rc<Member>,
-    sender: Option<Sender>,
-    response: Response<Answer>,
-}
-
-/// The member's answer on its way to the client: a sticky cookie set when asked for, an
-/// upgrade tunnelled, hop-by-hop fields left out, and the connection given back to the pool
-/// when the body has been read.
-fn deliver(
-    cluster: &Cluster,
-    index: usize,
-    affinity: &Affinity,
-    client_upgrade: &mut Option<hyper::upgrade::OnUpgrade>,
-    answer: Answered,
 ) -> Response<ResponseBody> {
-    let Answered {
-        mut lease,
-        key,
-        sender,
-        mut response,
-    } = answer;
-    let member = &cluster.config.members[index];
-    insert_sticky_cookie(cluster, member, affinity, response.headers_mut());
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(client_upgrade) = client_upgrade.take()
-    {
-        let member_upgrade = hyper::upgrade::on(&mut response);
-        tokio::task::spawn_local(tunnel(client_upgrade, member_upgrade, lease));
-        let (parts, _) = response.into_parts();
-        return Response::from_parts(parts, ResponseBody::empty());
-    }
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    lease.reuse(key, sender);
-    Response::from_parts(parts, ResponseBody::upstream(body, lease))
+    let member_upgrade = hyper::upgrade::on(&mut response);
+    tokio::task::spawn_local(tunnel(client_upgrade, member_upgrade, lease));
+    let (parts, _) = response.into_parts();
+    Response::from_parts(parts, ResponseBody::empty())
 }
 
 /// HAProxy's `cookie insert`: when the request's sticky value does not name the member that

@@ -55,15 +55,21 @@ pub fn handle(
             }
             Either::Left(async move {
                 let request_timeout = routed.filters.as_ref().and_then(|f| f.request_timeout());
-                let forwarded = forward(&worker, &mut routed, client.deadline.as_deref());
+                let deadline = client.deadline.as_deref();
+                // Each arm makes its own future where it is awaited: one made before the match
+                // would be moved into it (a copy of the whole future on every request).
                 let forwarded = match request_timeout {
                     // The route's limit on the whole request, all tries (HTTPRoute
                     // `timeouts.request`). Boxed: few routes have one.
-                    Some(limit) => match Box::pin(tokio::time::timeout(limit, forwarded)).await {
-                        Ok(forwarded) => forwarded,
-                        Err(_) => Err(ProxyError::RequestTimeout { after: limit }),
-                    },
-                    None => forwarded.await,
+                    Some(limit) => {
+                        let limited =
+                            tokio::time::timeout(limit, forward(&worker, &mut routed, deadline));
+                        match Box::pin(limited).await {
+                            Ok(forwarded) => forwarded,
+                            Err(_) => Err(ProxyError::RequestTimeout { after: limit }),
+                        }
+                    }
+                    None => forward(&worker, &mut routed, deadline).await,
                 };
                 let mut response = match forwarded {
                     Ok(response) => response,

@@ -23,9 +23,9 @@ pub async fn exchange(
     config: &ClusterConfig,
     mut req: Request<RequestBody>,
     now: tokio::time::Instant,
+    timeout: std::time::Duration,
     deadline: Option<&Deadline>,
 ) -> Result<Exchanged, Failure> {
-    let timeout = config.response_timeout;
     if let Some(mut sender) = key.checkout(config.idle_timeout, now).await {
         // Only `--http1 hyper` sends such requests this way: the copy costs nothing otherwise.
         let copy =

@@ -10,8 +10,11 @@ mod lean;
 pub mod lease;
 pub mod pool;
 
+use std::time::Duration;
+
 use futures_util::future::Either;
 use http::Request;
+
 use tokio::time::Instant;
 
 use self::body::RequestBody;
@@ -44,7 +47,7 @@ impl Upstream {
 }
 
 /// Sends `req` to the member `key` on a client of `kind` and waits for the answer head, at most
-/// the cluster's response timeout from `now`. The lean client writes the client's field lines
+/// `timeout` from `now` (the cluster's response timeout, or the route's `backendRequest`). The lean client writes the client's field lines
 /// as they came (`lean`) and `forwarding`'s after them; hyper's takes the request (given back
 /// in the failure when it never left) with both put in its header map. Not an async function:
 /// the future is one of the two clients' own, with no state of its own around it.
@@ -57,13 +60,14 @@ pub fn send<'a>(
     lean: &'a mut Option<LeanHead>,
     forwarding: &'a Forwarding,
     now: Instant,
+    timeout: Duration,
     deadline: Option<&'a Deadline>,
 ) -> impl Future<Output = Result<Exchanged, Failure>> + 'a {
     match kind {
         Upstream::Lean => {
             let fields = lean.as_ref().map(|head| &head.fields);
             Either::Left(lean::exchange(
-                key, config, req, fields, forwarding, now, deadline,
+                key, config, req, fields, forwarding, now, timeout, deadline,
             ))
         }
         Upstream::Hyper => {
@@ -73,7 +77,9 @@ pub fn send<'a>(
             let mut owned = std::mem::replace(req, Request::new(RequestBody::empty()));
             forwarding.insert(owned.headers_mut());
             // Boxed: inline, its state would make every request's future larger.
-            Either::Right(Box::pin(hyper::exchange(key, config, owned, now, deadline)))
+            Either::Right(Box::pin(hyper::exchange(
+                key, config, owned, now, timeout, deadline,
+            )))
         }
     }
 }
