@@ -13,7 +13,7 @@ use super::client::ClientRequest;
 use super::deadline::Deadline;
 use super::error::ProxyError;
 use super::filters::Applied;
-use super::headers::{Forwarding, strip_hop_by_hop};
+use super::headers::{Forwarding, TRACEPARENT, strip_hop_by_hop};
 use super::http1::client::idempotent;
 use super::response::ResponseBody;
 use super::tunnel::tunnel;
@@ -229,7 +229,7 @@ fn trying(
     if let Some(span) = &mut observed.span {
         let url = &cluster.config.members[index].url;
         let traceparent = span.try_on(url, method.as_str(), record.attempts - 1);
-        forwarding.extra_mut().traceparent = Some(traceparent);
+        forwarding.extra_mut().set(&TRACEPARENT, traceparent);
     }
 }
 

@@ -45,13 +45,21 @@ pub struct Forwarding {
     extra: Option<Box<Extra>>,
 }
 
-/// Fields added when the access log or tracing is on.
+/// Fields added when the access log or tracing is on: X-Request-Id made for a request that came
+/// without one, the try's `traceparent` (the client's own was taken out).
 #[derive(Clone, Debug, Default)]
 pub struct Extra {
-    /// X-Request-Id, made for a request that came without one.
-    pub request_id: Option<HeaderValue>,
-    /// The try's span, for the member (the client's own was taken out).
-    pub traceparent: Option<HeaderValue>,
+    fields: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Extra {
+    /// Sets the field `name`, replacing its earlier value.
+    pub fn set(&mut self, name: &HeaderName, value: HeaderValue) {
+        match self.fields.iter_mut().find(|(n, _)| n == name) {
+            Some((_, old)) => *old = value,
+            None => self.fields.push((name.clone(), value)),
+        }
+    }
 }
 
 static HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -82,14 +90,15 @@ impl Forwarding {
         ]
         .into_iter()
         .chain(self.host.as_ref().map(|host| (&X_FORWARDED_HOST, host)))
-        .chain(self.extra.iter().flat_map(|extra| {
-            [
-                (&X_REQUEST_ID, extra.request_id.as_ref()),
-                (&TRACEPARENT, extra.traceparent.as_ref()),
-            ]
-            .into_iter()
-            .filter_map(|(name, value)| value.map(|v| (name, v)))
-        }))
+        // A slice's iterator rather than a flattened one: the iterator is held in every lean
+        // exchange's future, and a flattening one is several times larger.
+        .chain(
+            self.extra
+                .as_deref()
+                .map_or(&[][..], |e| &e.fields[..])
+                .iter()
+                .map(|(name, value)| (name, value)),
+        )
     }
 
     /// Puts the fields into `headers`, replacing the client's lines of the same names.

@@ -214,7 +214,7 @@ fn observe_routed(
     if observed.record.request_id().is_empty() {
         let id = telemetry::new_request_id();
         observed.record.set(Field::RequestId, id.as_bytes());
-        forwarding.extra_mut().request_id = Some(id);
+        forwarding.extra_mut().set(&X_REQUEST_ID, id);
     }
     if observed.span.is_some() {
         let ClientRequest { req, lean, .. } = incoming;
