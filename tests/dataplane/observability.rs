@@ -292,6 +292,10 @@ async fn the_access_log_has_one_line_per_request_in_json_and_text() {
         web.url()
     ))]);
     let dir = tempfile::tempdir().expect("temp dir");
+    let re = regex::Regex::new(
+        r#"^127\.0\.0\.1 - - \[\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} \+0000\] "GET (\S+) HTTP/1\.1" (\d{3}) (\d+|-) "([^"]*)" "((?:[^"\\]|\\.)*)" host="([^"]*)" in=(\d+|-) duration_ms=([\d.]+) connect_ms=([\d.]+|-) upstream_ms=([\d.]+|-) member="([^"]*)" cluster="([^"]*)" route="([^"]*)" attempts=(\d+) request_id="([^"]*)"$"#,
+    )
+    .expect("regex");
     for format in [Format::Json, Format::Text] {
         let path = dir.path().join(format!("{format:?}.log"));
         let file = std::fs::File::create(&path).expect("log file");
@@ -356,10 +360,6 @@ async fn the_access_log_has_one_line_per_request_in_json_and_text() {
                 assert_eq!(second["upstream_connect_ms"], serde_json::Value::Null);
             }
             Format::Text => {
-                let re = regex::Regex::new(
-                    r#"^127\.0\.0\.1 - - \[\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} \+0000\] "GET (\S+) HTTP/1\.1" (\d{3}) (\d+|-) "([^"]*)" "((?:[^"\\]|\\.)*)" host="([^"]*)" in=(\d+|-) duration_ms=([\d.]+) connect_ms=([\d.]+|-) upstream_ms=([\d.]+|-) member="([^"]*)" cluster="([^"]*)" route="([^"]*)" attempts=(\d+) request_id="([^"]*)"$"#,
-                )
-                .expect("regex");
                 let c = re
                     .captures(&lines[0])
                     .unwrap_or_else(|| panic!("not the text format: {}", lines[0]));
