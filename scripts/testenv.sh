@@ -3,7 +3,9 @@
 # kube-apiserver, kube-controller-manager and kubectl from k8s.io/kubernetes, etcd, and helm, all
 # from pinned Go module versions, into a version-keyed cache outside the repository. From the Gateway
 # API module at its pinned release it also builds the conformance suite's test binary and its
-# echo-basic backend, and keeps the standard channel's CRDs and the suite's base manifests.
+# echo-basic backend, and keeps the standard channel's CRDs and the suite's base manifests. For the
+# observability tests it builds an OpenTelemetry Collector (a distribution of its own: the OTLP
+# receiver and the file exporter) and Prometheus, each from its pinned Go modules.
 #
 #   scripts/testenv.sh build     build what is missing (default); a warm run takes a second
 #   scripts/testenv.sh env       build what is missing, then print shell exports (KB_TESTENV_BIN,
@@ -21,17 +23,23 @@ K8S_VERSION=v1.35.4   # matches k8s-openapi's v1_35 feature in Cargo.toml
 ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.20.2  # built against client-go v0.35, like the apiserver
 GATEWAY_API_VERSION=v1.6.3  # sigs.k8s.io/gateway-api: the conformance suite, echo-basic, the CRDs
+# go.opentelemetry.io/collector at one release, with the contrib repository's file exporter at the
+# same one (its newer releases do not resolve with this Go).
+OTELCOL_VERSION=v0.161.0
+PROMETHEUS_VERSION=v0.316.0  # github.com/prometheus/prometheus: Prometheus v3.16.0
 # Bump when a build recipe below changes, so that caches built by an older recipe are not reused.
-# The control plane and the Gateway API artifacts are cached apart: a change to one does not
-# rebuild the other.
+# The control plane, the Gateway API artifacts and the observability tools are cached apart: a
+# change to one does not rebuild the others.
 RECIPE=1
 GATEWAY_RECIPE=1
+OBSERVABILITY_RECIPE=2
 
 BINARIES=(kube-apiserver kube-controller-manager kubectl etcd helm)
 GATEWAY_BINARIES=(echo-basic gateway-conformance.test)
 # Kept beside the Gateway API binaries, from its module: the standard channel's CRDs (in the order
 # of the module's kustomization) and the conformance suite's base manifests.
 GATEWAY_FILES=(standard-crds.yaml base-manifests.yaml)
+OBSERVABILITY_BINARIES=(otelcol-kb prometheus)
 
 say() { echo "testenv: $*" >&2; }
 die() { echo "testenv: error: $*" >&2; exit 1; }
@@ -43,14 +51,16 @@ locate() {
     goos_arch="$(go env GOOS)-$(go env GOARCH)" || die "\`go env\` failed"
     VERSION_KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_r${RECIPE}_${goos_arch}"
     GATEWAY_KEY="gateway-api-${GATEWAY_API_VERSION}_r${GATEWAY_RECIPE}_${goos_arch}"
+    OBSERVABILITY_KEY="otelcol-${OTELCOL_VERSION}_prometheus-${PROMETHEUS_VERSION}_r${OBSERVABILITY_RECIPE}_${goos_arch}"
     CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/kube-balancer/testenv"
     KEY_DIR="$CACHE_ROOT/$VERSION_KEY"
     BIN_DIR="$KEY_DIR/bin"
     GATEWAY_DIR="$CACHE_ROOT/$GATEWAY_KEY"
+    OBSERVABILITY_DIR="$CACHE_ROOT/$OBSERVABILITY_KEY"
 }
 
 complete() {
-    control_plane_complete && gateway_complete
+    control_plane_complete && gateway_complete && observability_complete
 }
 
 control_plane_complete() {
@@ -64,6 +74,12 @@ gateway_complete() {
     [[ -f "$GATEWAY_DIR/complete" ]] || return 1
     for b in "${GATEWAY_BINARIES[@]}"; do [[ -x "$GATEWAY_DIR/bin/$b" ]] || return 1; done
     for f in "${GATEWAY_FILES[@]}"; do [[ -s "$GATEWAY_DIR/$f" ]] || return 1; done
+}
+
+observability_complete() {
+    local b
+    [[ -f "$OBSERVABILITY_DIR/complete" ]] || return 1
+    for b in "${OBSERVABILITY_BINARIES[@]}"; do [[ -x "$OBSERVABILITY_DIR/bin/$b" ]] || return 1; done
 }
 
 # Runs one build step with its output in the log; on failure names the step and shows the log's tail.
@@ -246,6 +262,104 @@ EOF
     install -m 0644 "$conformance_dir/base/manifests.yaml" "$files/base-manifests.yaml"
 }
 
+# The collector is a distribution of its own, as its builder (ocb) would write one: a main that
+# runs the collector with the OTLP receiver and the file exporter, all at OTELCOL_VERSION.
+build_otelcol() {
+    local dir="$WORK/otelcol"
+    mkdir -p "$dir"
+    cat >"$dir/go.mod" <<EOF
+module kube-balancer.test/otelcol-kb
+
+go 1.26.0
+EOF
+    cat >"$dir/main.go" <<GO
+// Command otelcol-kb is an OpenTelemetry Collector with the OTLP receiver and the file exporter.
+package main
+
+import (
+	"log"
+
+	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter"
+	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/confmap"
+	"go.opentelemetry.io/collector/confmap/provider/envprovider"
+	"go.opentelemetry.io/collector/confmap/provider/fileprovider"
+	"go.opentelemetry.io/collector/exporter"
+	"go.opentelemetry.io/collector/otelcol"
+	"go.opentelemetry.io/collector/receiver"
+	"go.opentelemetry.io/collector/receiver/otlpreceiver"
+	"go.opentelemetry.io/collector/service/telemetry/otelconftelemetry"
+)
+
+func components() (otelcol.Factories, error) {
+	var factories otelcol.Factories
+	var err error
+	if factories.Receivers, err = otelcol.MakeFactoryMap[receiver.Factory](otlpreceiver.NewFactory()); err != nil {
+		return factories, err
+	}
+	if factories.Exporters, err = otelcol.MakeFactoryMap[exporter.Factory](fileexporter.NewFactory()); err != nil {
+		return factories, err
+	}
+	factories.Telemetry = otelconftelemetry.NewFactory()
+	return factories, nil
+}
+
+func main() {
+	settings := otelcol.CollectorSettings{
+		BuildInfo: component.BuildInfo{
+			Command:     "otelcol-kb",
+			Description: "OpenTelemetry Collector: OTLP receiver, file exporter",
+			Version:     "$OTELCOL_VERSION",
+		},
+		Factories: components,
+		ConfigProviderSettings: otelcol.ConfigProviderSettings{
+			ResolverSettings: confmap.ResolverSettings{
+				ProviderFactories: []confmap.ProviderFactory{envprovider.NewFactory(), fileprovider.NewFactory()},
+				DefaultScheme:     "env",
+			},
+		},
+	}
+	if err := otelcol.NewCommand(settings).Execute(); err != nil {
+		log.Fatal(err)
+	}
+}
+GO
+    (
+        cd "$dir"
+        step "resolving the OpenTelemetry Collector $OTELCOL_VERSION" go get \
+            "go.opentelemetry.io/collector/otelcol@$OTELCOL_VERSION" \
+            "go.opentelemetry.io/collector/receiver/otlpreceiver@$OTELCOL_VERSION" \
+            "go.opentelemetry.io/collector/service@$OTELCOL_VERSION" \
+            "github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter@$OTELCOL_VERSION"
+        step "tidying the collector's module" go mod tidy
+        step "building the OpenTelemetry Collector $OTELCOL_VERSION (otelcol-kb)" \
+            env CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$STAGE_BIN/otelcol-kb" .
+    )
+}
+
+# Prometheus without its service discovery plugins (the remove_all_sd tag: the tests scrape static
+# targets) and without its web UI's assets (the tests read its API).
+build_prometheus() {
+    local dir="$WORK/prometheus" minor
+    mkdir -p "$dir"
+    cat >"$dir/go.mod" <<EOF
+module kube-balancer.test/prometheus-wrapper
+
+go 1.26.0
+EOF
+    # Module v0.316.0 is Prometheus v3.16.0.
+    minor="${PROMETHEUS_VERSION#v0.3}"
+    (
+        cd "$dir"
+        step "resolving Prometheus $PROMETHEUS_VERSION" \
+            go get "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
+        step "building Prometheus $PROMETHEUS_VERSION" env CGO_ENABLED=0 go build -trimpath \
+            -tags remove_all_sd \
+            -ldflags "-s -w -X github.com/prometheus/common/version.Version=3.$((10#${minor%%.*})).${minor#*.}" \
+            -o "$STAGE_BIN/prometheus" github.com/prometheus/prometheus/cmd/prometheus
+    )
+}
+
 build() {
     locate
     complete && return 0
@@ -257,6 +371,8 @@ build() {
         "the test control plane" "7 to 11"
     gateway_complete || build_part gateway "$GATEWAY_KEY" "$GATEWAY_DIR" \
         "the Gateway API conformance suite and echo-basic" "3 to 7"
+    observability_complete || build_part observability "$OBSERVABILITY_KEY" "$OBSERVABILITY_DIR" \
+        "the OpenTelemetry Collector and Prometheus" "5 to 10"
 }
 
 # Builds one cached part (control_plane or gateway) into its key's folder.
@@ -273,24 +389,37 @@ build_part() {
     trap 'rm -rf "$WORK"' EXIT
     local started=$SECONDS
     say "building $what into $dir (the first time takes $minutes minutes on 2 cores; log: $LOG)"
-    if [[ $part == control_plane ]]; then
+    case $part in
+    control_plane)
         build_kubernetes
         build_etcd
         build_helm
-    else
-        build_gateway_api
-    fi
+        ;;
+    gateway) build_gateway_api ;;
+    observability)
+        build_otelcol
+        build_prometheus
+        ;;
+    esac
     # Publish only a complete set, so that an interrupted build is never mistaken for a finished one.
     rm -rf "$dir"
     mkdir -p "$dir"
     mv "$STAGE_BIN" "$dir/bin"
-    if [[ $part == control_plane ]]; then
+    case $part in
+    control_plane)
         cp "$WORK/kubernetes/go.mod" "$dir/kubernetes-wrapper.go.mod"
         cp "$WORK/etcd/go.mod" "$dir/etcd-wrapper.go.mod"
-    else
+        ;;
+    gateway)
         cp "$WORK/gateway-api/go.mod" "$dir/gateway-api-wrapper.go.mod"
         mv "$WORK/gateway-api-files"/* "$dir/"
-    fi
+        ;;
+    observability)
+        cp "$WORK/otelcol/go.mod" "$dir/otelcol-kb.go.mod"
+        cp "$WORK/otelcol/main.go" "$dir/otelcol-kb.main.go"
+        cp "$WORK/prometheus/go.mod" "$dir/prometheus-wrapper.go.mod"
+        ;;
+    esac
     echo "$key built in $((SECONDS - started)) s with $(go version)" >"$dir/complete"
     rm -rf "$WORK"
     trap - EXIT
@@ -354,6 +483,8 @@ exports() {
     printf 'export KB_TESTENV_GATEWAY_CONFORMANCE=%q\n' "$GATEWAY_DIR/bin/gateway-conformance.test"
     printf 'export KB_TESTENV_GATEWAY_CRDS=%q\n' "$GATEWAY_DIR/standard-crds.yaml"
     printf 'export KB_TESTENV_GATEWAY_BASE_MANIFESTS=%q\n' "$GATEWAY_DIR/base-manifests.yaml"
+    printf 'export KB_TESTENV_OTELCOL=%q\n' "$OBSERVABILITY_DIR/bin/otelcol-kb"
+    printf 'export KB_TESTENV_PROMETHEUS=%q\n' "$OBSERVABILITY_DIR/bin/prometheus"
 }
 
 case "${1:-build}" in
@@ -378,6 +509,8 @@ versions)
     echo "etcd $ETCD_VERSION"
     echo "helm $HELM_VERSION"
     echo "gateway-api $GATEWAY_API_VERSION"
+    echo "opentelemetry-collector $OTELCOL_VERSION"
+    echo "prometheus $PROMETHEUS_VERSION"
     ;;
 *)
     die "unknown command '$1' (expected build, env, bin-dir, versions or run)"

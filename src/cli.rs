@@ -198,9 +198,30 @@ struct Common {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
-    /// Log one line per request (target `access`).
+    /// Write the access log: one line per request, to stdout (or --access-log-file).
     #[arg(long)]
     access_log: bool,
+    /// The access log's format: `text` (Apache's combined format, then key=value fields) or
+    /// `json` (one object per line).
+    #[arg(long, value_enum, default_value = "text")]
+    access_log_format: crate::telemetry::access_log::Format,
+    /// Write the access log to this file (appended to) instead of stdout.
+    #[arg(long)]
+    access_log_file: Option<PathBuf>,
+    /// Count each member's answers by status, answer and connect times, failovers (/metrics).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    request_metrics: bool,
+    /// Members of a cluster above which its members get no latency histograms or status-code
+    /// series of their own in /metrics (the cluster's totals stay).
+    #[arg(long, default_value_t = crate::plane::metrics::MEMBER_DETAIL_LIMIT)]
+    metrics_member_limit: usize,
+    /// Export traces over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318).
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// The share of traces started here that are sampled (0 to 1); a request that comes with
+    /// a traceparent keeps its caller's decision.
+    #[arg(long, default_value_t = 0.1)]
+    trace_sampling: f64,
     /// On SIGTERM, how long requests in flight may take to finish.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -236,7 +257,6 @@ impl Common {
         if let Some(n) = self.workers {
             options.workers = n.max(1);
         }
-        options.access_log = self.access_log;
         options.header_read_timeout = self.header_read_timeout;
         options.http1 = self.http1;
         options.listen_tls = self.listen_tls;
@@ -338,8 +358,13 @@ where
         // Watch SIGTERM before anything listens, so a stop right after start still drains.
         let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
         let plane = DataPlane::new();
+        plane
+            .metrics
+            .set_member_detail_limit(common.metrics_member_limit);
         source(plane.clone()).await?;
-        let options = common.proxy_options(default_listen);
+        let mut options = common.proxy_options(default_listen);
+        options.telemetry = telemetry_of(&common, &plane)?;
+        let tracer = options.telemetry.tracer.clone();
         let workers = options.workers;
         let server = Server::start(plane.clone(), options)?;
         tracing::info!(address = %server.local_addr(), workers, "data plane listening");
@@ -358,10 +383,59 @@ where
         tokio::task::spawn_blocking(move || {
             server.shutdown(grace);
             checker.stop();
+            if let Some(tracer) = tracer {
+                tracer.shutdown();
+            }
         })
         .await?;
         tracing::info!("stopped");
         Ok(())
+    })
+}
+
+/// The access log, traces and request metrics as the command line asks for them.
+fn telemetry_of(
+    common: &Common,
+    plane: &Arc<DataPlane>,
+) -> anyhow::Result<crate::telemetry::Telemetry> {
+    let access_log = match (common.access_log, &common.access_log_file) {
+        (false, None) => None,
+        (_, Some(path)) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot open the access log {}: {e}", path.display())
+                })?;
+            Some(crate::telemetry::AccessLog::start(
+                common.access_log_format,
+                Box::new(file),
+                plane.clone(),
+            )?)
+        }
+        (true, None) => Some(crate::telemetry::AccessLog::start(
+            common.access_log_format,
+            Box::new(std::io::stdout()),
+            plane.clone(),
+        )?),
+    };
+    let tracer = match &common.otlp_endpoint {
+        Some(endpoint) => {
+            let tracer = crate::telemetry::Tracer::start(
+                endpoint,
+                common.trace_sampling,
+                tokio::runtime::Handle::current(),
+            )?;
+            tracing::info!(%endpoint, sampling = common.trace_sampling, "exporting traces over OTLP");
+            Some(tracer)
+        }
+        None => None,
+    };
+    Ok(crate::telemetry::Telemetry {
+        request_metrics: common.request_metrics,
+        access_log,
+        tracer,
     })
 }
 

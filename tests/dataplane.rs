@@ -18,6 +18,7 @@ mod dataplane {
     mod health;
     mod layout;
     mod methods;
+    mod observability;
     mod proxy;
     mod proxy_protocol;
     mod sticky;

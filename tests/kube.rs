@@ -19,5 +19,6 @@ mod kube {
     mod grpc;
     mod install;
     mod plugin;
+    mod telemetry;
     mod tls_controller;
 }

@@ -410,6 +410,10 @@ mod tests {
                     },
                     load: -1,
                     errors: 0,
+                    ejections: 0,
+                    health_check_failures: 0,
+                    state_age_seconds: 90,
+                    traffic: None,
                     health: "Ok".into(),
                     health_check: Some(HealthCheckView {
                         method: "GET".into(),

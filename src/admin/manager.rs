@@ -111,6 +111,17 @@ pub struct MemberView {
     /// `HealthCheckFailed` or `Ejected` (passive health checking).
     #[serde(default)]
     pub health: String,
+    /// Times passive health checking ejected the member, and active checks it failed.
+    #[serde(default)]
+    pub ejections: u64,
+    #[serde(default)]
+    pub health_check_failures: u64,
+    /// Seconds since the member's state last changed.
+    #[serde(default)]
+    pub state_age_seconds: u64,
+    /// Its traffic: rates over the last minute, answer times, answers by status class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficView>,
     /// The active health check and where the member stands in it; none without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckView>,
@@ -141,6 +152,21 @@ pub struct HealthCheckView {
     pub body_contains: Option<String>,
     /// Checks run on this member.
     pub checks: u64,
+}
+
+/// A member's traffic as the page shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficView {
+    /// Answers per second and 5xx answers per second, over the last minute (or since the
+    /// first reading, if sooner).
+    pub requests_per_second: f64,
+    pub errors_per_second: f64,
+    /// Answer times over the same span, in milliseconds (`None` without answers).
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Answers since start by status class (`2xx`, `5xx`, ...).
+    pub by_class: std::collections::BTreeMap<String, u64>,
 }
 
 impl MemberView {
@@ -177,6 +203,12 @@ fn clusters(snapshot: &Snapshot, now_ms: u64, now_secs: i64) -> Vec<ClusterView>
                         status: row,
                         load: load.get(i).copied().unwrap_or(0),
                         errors: live.stats.errors.load(Relaxed),
+                        ejections: live.stats.ejections_total.load(Relaxed),
+                        health_check_failures: live.stats.hc_failures.load(Relaxed),
+                        state_age_seconds: now_ms
+                            .saturating_sub(live.stats.state_changed_ms(now_ms))
+                            / 1000,
+                        traffic: None,
                         health: live.stats.health(now_ms).as_str().to_owned(),
                         health_check: config.policy.health_check.as_ref().map(|hc| {
                             HealthCheckView {

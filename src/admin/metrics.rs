@@ -2,19 +2,29 @@
 //!
 //! Members come and go with every snapshot, so nothing is registered per member: one
 //! [`Collector`] walks the balancer-manager view on each scrape and writes what is there now.
+//!
+//! Bounded cardinality: the detailed per-member series (answer and connect time histograms,
+//! answers by status code) are written only for clusters of at most
+//! `--metrics-member-limit` members (100 by default); every cluster has the same figures
+//! summed as its own series, and a series is written only once it counts something. A cluster
+//! of 5,000 members thus adds about ten series per member (its basic counters and gauges), not
+//! forty-odd. The process's own figures (`process_*`) come without the prefix, as Prometheus'
+//! clients write them.
 
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::manager::{self, ClusterView, ManagerView, MemberView};
+use crate::balancer::traffic::{BUCKETS_US, HistogramRead, SLOTS, TrafficRead, slot_labels};
 use crate::clock;
 use crate::plane::DataPlane;
+use crate::plane::metrics::CONTROLLER;
 
 /// The content type of the OpenMetrics text format that prometheus-client writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -24,8 +34,11 @@ pub const PREFIX: &str = "kube_balancer";
 
 /// A registry holding the data plane's collector.
 pub fn registry(plane: Arc<DataPlane>) -> Registry {
-    let mut registry = Registry::with_prefix(PREFIX);
-    registry.register_collector(Box::new(PlaneCollector { plane }));
+    let mut registry = Registry::default();
+    registry
+        .sub_registry_with_prefix(PREFIX)
+        .register_collector(Box::new(PlaneCollector { plane }));
+    registry.register_collector(Box::new(super::process::ProcessCollector));
     registry
 }
 
@@ -45,13 +58,338 @@ struct PlaneCollector {
 impl Collector for PlaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let view = manager::view(&self.plane, clock::now_ms());
-        encode_view(&view, &mut encoder)
+        encode_view(&view, &mut encoder)?;
+        encode_traffic(&self.plane, &mut encoder)?;
+        encode_process_wide(&self.plane, &mut encoder)
     }
+}
+
+/// A histogram of times read from the counters, in seconds.
+struct Seconds<'a>(&'a HistogramRead);
+
+impl EncodeMetric for Seconds<'_> {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let bounds = BUCKETS_US
+            .iter()
+            .map(|&us| us as f64 / 1e6)
+            .chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds.zip(self.0.buckets).collect();
+        encoder.encode_histogram::<NoLabelSet>(
+            self.0.sum_us as f64 / 1e6,
+            self.0.count(),
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// One cluster's traffic: its members' figures, each member's own when the cluster is small
+/// enough, and their sum with those of members that left.
+struct ClusterTraffic {
+    key: String,
+    members: Vec<(String, TrafficRead)>,
+    total: TrafficRead,
+    detailed: bool,
+}
+
+fn traffic(plane: &DataPlane) -> Vec<ClusterTraffic> {
+    let limit = plane.metrics.member_detail_limit();
+    plane
+        .snapshot_full()
+        .clusters
+        .iter()
+        .map(|cluster| {
+            let members: Vec<(String, TrafficRead)> = cluster
+                .balancer
+                .members()
+                .iter()
+                .map(|m| (m.url.clone(), m.stats.traffic.read()))
+                .collect();
+            let mut total = plane.metrics.departed_of(&cluster.key);
+            for (_, read) in &members {
+                total.merge(read);
+            }
+            ClusterTraffic {
+                key: cluster.key.clone(),
+                detailed: members.len() <= limit,
+                members,
+                total,
+            }
+        })
+        .collect()
+}
+
+fn encode_traffic(
+    plane: &DataPlane,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    let clusters = traffic(plane);
+    let detailed = || {
+        clusters
+            .iter()
+            .filter(|c| c.detailed)
+            .flat_map(|c| c.members.iter().map(move |(url, read)| (c, url, read)))
+    };
+    {
+        let mut family = encoder.encode_descriptor(
+            "member_responses",
+            "Answers to clients by the member, by status code (code is \"other\" for codes \
+             not counted one by one) and class; a 502 or 504 of the proxy's own after the \
+             member failed counts for the member.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (c, url, read) in detailed() {
+            for slot in (0..SLOTS).filter(|&s| read.responses[s] > 0) {
+                let (code, class) = slot_labels(slot);
+                let labels = [
+                    ("cluster", c.key.as_str()),
+                    ("member", url.as_str()),
+                    ("code", code.as_str()),
+                    ("class", class),
+                ];
+                ConstCounter::new(read.responses[slot]).encode(family.encode_family(&labels)?)?;
+            }
+        }
+    }
+    for (name, help, pick) in HISTOGRAMS {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for (c, url, read) in detailed() {
+            let h = pick(read);
+            if h.count() > 0 {
+                let labels = [("cluster", c.key.as_str()), ("member", url.as_str())];
+                Seconds(h).encode(family.encode_family(&labels)?)?;
+            }
+        }
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "member_failovers",
+            "Tries that failed on the member (no answer, or a failOnStatus answer) and went on \
+             to another member.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (c, url, read) in detailed() {
+            let labels = [("cluster", c.key.as_str()), ("member", url.as_str())];
+            ConstCounter::new(read.failovers).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "cluster_responses",
+            "Answers to clients from the balancer's members, by status code and class (members \
+             that left included).",
+            None,
+            MetricType::Counter,
+        )?;
+        for c in &clusters {
+            for slot in (0..SLOTS).filter(|&s| c.total.responses[s] > 0) {
+                let (code, class) = slot_labels(slot);
+                let labels = [
+                    ("cluster", c.key.as_str()),
+                    ("code", code.as_str()),
+                    ("class", class),
+                ];
+                ConstCounter::new(c.total.responses[slot])
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+    }
+    for (name, help, pick) in CLUSTER_HISTOGRAMS {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for c in &clusters {
+            let labels = [("cluster", c.key.as_str())];
+            Seconds(pick(&c.total)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "cluster_failovers",
+        "Tries that failed on one of the balancer's members and went on to another.",
+        None,
+        MetricType::Counter,
+    )?;
+    for c in &clusters {
+        let labels = [("cluster", c.key.as_str())];
+        ConstCounter::new(c.total.failovers).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+type Pick = fn(&TrafficRead) -> &HistogramRead;
+
+const HISTOGRAMS: [(&str, &str, Pick); 2] = [
+    (
+        "member_response_seconds",
+        "From a try's start to the member's answer head (connecting included).",
+        |t| &t.response_time,
+    ),
+    (
+        "member_connect_seconds",
+        "Time to open a new connection to the member.",
+        |t| &t.connect_time,
+    ),
+];
+
+const CLUSTER_HISTOGRAMS: [(&str, &str, Pick); 2] = [
+    (
+        "cluster_response_seconds",
+        "From a try's start to a member's answer head, over the balancer's members.",
+        |t| &t.response_time,
+    ),
+    (
+        "cluster_connect_seconds",
+        "Time to open a new connection to one of the balancer's members.",
+        |t| &t.connect_time,
+    ),
+];
+
+/// Figures of the whole process: connections, TLS, configuration loads, the controller, the
+/// access log, the build.
+fn encode_process_wide(
+    plane: &DataPlane,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &plane.metrics;
+    gauge_i64(m.connections_open.load(Relaxed)).encode(encoder.encode_descriptor(
+        "connections_open",
+        "Client connections open now.",
+        None,
+        MetricType::Gauge,
+    )?)?;
+    ConstCounter::new(m.connections.load(Relaxed)).encode(encoder.encode_descriptor(
+        "connections",
+        "Client connections accepted.",
+        None,
+        MetricType::Counter,
+    )?)?;
+    let requests_active: i64 = plane
+        .snapshot_full()
+        .clusters
+        .iter()
+        .flat_map(|c| c.balancer.members())
+        .map(|m| m.stats.busy.load(Relaxed))
+        .sum();
+    gauge_i64(requests_active).encode(encoder.encode_descriptor(
+        "requests_active",
+        "Requests in flight to members now.",
+        None,
+        MetricType::Gauge,
+    )?)?;
+    {
+        let mut family = encoder.encode_descriptor(
+            "tls_handshakes",
+            "TLS handshakes with clients, by result (ok, failed).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, n) in [
+            ("ok", m.tls_handshakes.load(Relaxed)),
+            ("failed", m.tls_handshake_failures.load(Relaxed)),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&[("result", result)])?)?;
+        }
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "config_reloads",
+            "Configurations published (ok) and loads refused (refused).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, n) in [
+            ("ok", m.reloads.load(Relaxed)),
+            ("refused", plane.rejected_configs.load(Relaxed)),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&[("result", result)])?)?;
+        }
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "config_last_reload_timestamp_seconds",
+            "Unix time of the last configuration published (ok) and refused (refused); 0: never.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (result, ms) in [
+            ("ok", m.last_reload_ms.load(Relaxed)),
+            ("refused", m.last_refused_ms.load(Relaxed)),
+        ] {
+            ConstGauge::new(ms as f64 / 1000.0)
+                .encode(family.encode_family(&[("result", result)])?)?;
+        }
+    }
+    Seconds(&m.publish_time.read()).encode(encoder.encode_descriptor(
+        "snapshot_publish_seconds",
+        "Time to build and publish a snapshot.",
+        None,
+        MetricType::Histogram,
+    )?)?;
+    {
+        let mut family = encoder.encode_descriptor(
+            "controller_watch_events",
+            "Watch events the controller received, by kind of object.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, n) in CONTROLLER.events() {
+            ConstCounter::new(n).encode(family.encode_family(&[("kind", kind)])?)?;
+        }
+    }
+    ConstCounter::new(CONTROLLER.watch_errors.load(Relaxed)).encode(encoder.encode_descriptor(
+        "controller_watch_errors",
+        "Watch errors (each watch is retried with backoff).",
+        None,
+        MetricType::Counter,
+    )?)?;
+    Seconds(&CONTROLLER.reconcile_read()).encode(encoder.encode_descriptor(
+        "controller_reconcile_seconds",
+        "Time to recompute the member lists from the watched objects and publish them.",
+        None,
+        MetricType::Histogram,
+    )?)?;
+    ConstCounter::new(m.access_log_lines.load(Relaxed)).encode(encoder.encode_descriptor(
+        "access_log_lines",
+        "Access log lines written.",
+        None,
+        MetricType::Counter,
+    )?)?;
+    ConstCounter::new(m.access_log_dropped.load(Relaxed)).encode(encoder.encode_descriptor(
+        "access_log_dropped",
+        "Access log lines dropped: the queue to the writer was full, or the write failed.",
+        None,
+        MetricType::Counter,
+    )?)?;
+    let build = [
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("arch", std::env::consts::ARCH),
+        ("os", std::env::consts::OS),
+    ];
+    gauge(1).encode(
+        encoder
+            .encode_descriptor(
+                "build_info",
+                "Always 1; the labels say which build runs.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_family(&build)?,
+    )?;
+    Ok(())
+}
+
+fn gauge_i64(value: i64) -> ConstGauge<i64> {
+    ConstGauge::new(value)
 }
 
 type MemberFigure = fn(&MemberView) -> u64;
 
-const MEMBER_COUNTERS: [(&str, &str, MemberFigure); 4] = [
+const MEMBER_COUNTERS: [(&str, &str, MemberFigure); 6] = [
     (
         "member_requests",
         "Requests sent to the member (the balancer-manager's Elected).",
@@ -71,6 +409,16 @@ const MEMBER_COUNTERS: [(&str, &str, MemberFigure); 4] = [
         "member_errors",
         "Failures of the member: refused or broken connections and failOnStatus answers.",
         |m| m.errors,
+    ),
+    (
+        "member_ejections",
+        "Times passive health checking (outlierDetection) ejected the member.",
+        |m| m.ejections,
+    ),
+    (
+        "member_health_check_failures",
+        "Active health checks the member failed.",
+        |m| m.health_check_failures,
     ),
 ];
 

@@ -8,6 +8,7 @@
 pub mod html;
 pub mod manager;
 pub mod metrics;
+pub mod process;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -32,6 +32,17 @@ pub struct MemberStats {
     pub received_bytes: AtomicU64,
     /// Failures: connection errors, timeouts, `failOnStatus` answers.
     pub errors: AtomicU64,
+    /// Answers by status, answer and connect times, failovers: for `/metrics` (sharded per
+    /// worker).
+    pub traffic: super::traffic::Traffic,
+    /// Times passive health checking ejected the member, all told.
+    pub ejections_total: AtomicU64,
+    /// Active health checks the member failed, all told.
+    pub hc_failures: AtomicU64,
+    /// When the member's state last changed (joined, failed, ejected, a health check verdict,
+    /// a new configured state), on the process clock; the end of an error or an ejection is
+    /// read from their own times.
+    pub state_since_ms: AtomicU64,
     /// The member is in error until this time (milliseconds on the process clock); 0 if never.
     pub error_until_ms: AtomicU64,
     /// The last failure, with its wall-clock time, for the balancer-manager.
@@ -127,6 +138,16 @@ impl MemberStats {
         } else {
             Health::Ok
         }
+    }
+
+    /// When the member's state last changed, as far as it is known at `now_ms`: the latest of
+    /// the recorded change and the end of an error or ejection that is over.
+    pub fn state_changed_ms(&self, now_ms: u64) -> u64 {
+        let ended = |until: u64| if until <= now_ms { until } else { 0 };
+        self.state_since_ms
+            .load(Relaxed)
+            .max(ended(self.error_until_ms.load(Relaxed)))
+            .max(ended(self.ejected_until_ms.load(Relaxed)))
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -402,6 +423,7 @@ impl Balancer {
         };
         let until = now_ms.saturating_add(retry_ms.max(1));
         member.stats.errors.fetch_add(1, Relaxed);
+        member.stats.state_since_ms.store(now_ms, Relaxed);
         member.stats.error_until_ms.store(until, Relaxed);
         member.stats.ramp_from_ms.store(until, Relaxed);
         member.stats.set_last_error(cause);

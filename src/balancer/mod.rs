@@ -19,6 +19,7 @@ pub mod hash;
 pub mod outlier;
 pub mod slow_start;
 pub mod sticky;
+pub mod traffic;
 
 pub use cluster::{BalancedMember, Balancer, GRPC_STATUS_NAMES, Health, MemberStats, Settings};
 

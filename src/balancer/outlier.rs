@@ -80,6 +80,8 @@ pub fn eject(config: &OutlierConfig, stats: &MemberStats, now_ms: u64) -> u64 {
     let duration = base.saturating_mul(u64::from(in_a_row)).min(max).max(1);
     let until = now_ms.saturating_add(duration);
     stats.ejections.store(in_a_row, Relaxed);
+    stats.ejections_total.fetch_add(1, Relaxed);
+    stats.state_since_ms.store(now_ms, Relaxed);
     stats.ejected_until_ms.store(until, Relaxed);
     stats.ramp_from_ms.store(until, Relaxed);
     stats.consecutive_failures.store(0, Relaxed);

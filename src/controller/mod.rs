@@ -392,9 +392,18 @@ where
     let stream = reflector::reflector(writer, trimmed)
         .default_backoff()
         .filter_map(move |e| {
+            let metrics = &crate::plane::metrics::CONTROLLER;
             let wakes = match &e {
-                Ok(event) => seen.wakes(event, digest),
-                Err(_) => true,
+                Ok(event) => {
+                    metrics.watch_event(kind);
+                    seen.wakes(event, digest)
+                }
+                Err(_) => {
+                    metrics
+                        .watch_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    true
+                }
             };
             std::future::ready(wakes.then(|| log_watch_error(kind, e.map(|_| ()))))
         });
@@ -609,6 +618,33 @@ type Published = (
 
 #[allow(clippy::too_many_arguments)]
 fn publish_if_changed(
+    stores: &Stores,
+    scope: &Scope,
+    plane: &DataPlane,
+    last: Option<Published>,
+    tls: &mut secrets::Tls,
+    secrets: &mut secrets::SecretWatches,
+    events: &mut SelectAll<BoxStream<'static, ()>>,
+    gateway_statuses: &tokio::sync::watch::Sender<Arc<gateway::translate::Statuses>>,
+) -> Option<Published> {
+    let started = std::time::Instant::now();
+    let published = reconcile(
+        stores,
+        scope,
+        plane,
+        last,
+        tls,
+        secrets,
+        events,
+        gateway_statuses,
+    );
+    crate::plane::metrics::CONTROLLER.reconciled(started.elapsed());
+    published
+}
+
+/// Computes the member lists from the watched objects, and publishes them when they changed.
+#[allow(clippy::too_many_arguments)]
+fn reconcile(
     stores: &Stores,
     scope: &Scope,
     plane: &DataPlane,

@@ -244,11 +244,13 @@ pub fn record(
         stats.clear_error();
         stats.ramp_from_ms.store(now_ms.max(1), Relaxed);
         stats.hc_failed.store(false, Relaxed);
+        stats.state_since_ms.store(now_ms, Relaxed);
         Some(Change::Back(OutFrom {
             checks: failed,
             request: in_error,
         }))
     } else {
+        stats.hc_failures.fetch_add(1, Relaxed);
         stats.hc_passes.store(0, Relaxed);
         if failed {
             return None;
@@ -259,6 +261,7 @@ pub fn record(
         }
         stats.hc_fails.store(0, Relaxed);
         stats.hc_failed.store(true, Relaxed);
+        stats.state_since_ms.store(now_ms, Relaxed);
         Some(Change::Out)
     }
 }

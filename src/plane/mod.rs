@@ -10,6 +10,7 @@
 pub mod filters;
 pub mod fronts;
 pub mod matching;
+pub mod metrics;
 pub mod routes;
 
 use std::collections::{HashMap, HashSet};
@@ -136,6 +137,8 @@ pub struct DataPlane {
     draining: AtomicBool,
     /// Configuration loads refused (invalid files or resources).
     pub rejected_configs: AtomicU64,
+    /// What is counted besides the members' figures.
+    pub metrics: metrics::PlaneMetrics,
     /// Tells who waits for a new snapshot (the proxy's fronts) the generation just published.
     published: Published,
 }
@@ -185,6 +188,12 @@ impl DataPlane {
         self.draining.store(true, Relaxed);
     }
 
+    /// A configuration load was refused (an invalid file or resource).
+    pub fn refused_config(&self) {
+        self.rejected_configs.fetch_add(1, Relaxed);
+        self.metrics.refused();
+    }
+
     /// Builds a snapshot from `clusters` (in order of precedence for route conflicts: the first
     /// claim on a host and path keeps it) and makes it the one served. Requests in flight finish
     /// on the snapshot they started with. Counters of members that stay are kept, and a cluster
@@ -211,6 +220,7 @@ impl DataPlane {
         fronts: &[FrontConfig],
         material: &Material,
     ) -> Arc<Snapshot> {
+        let started = std::time::Instant::now();
         let now = clock::now_ms();
         let previous = self.snapshot.load_full();
         let tls = TlsState::build(&clusters, material, |key| {
@@ -255,6 +265,17 @@ impl DataPlane {
                 snapshot.clusters.push(same.clone());
                 continue;
             }
+            // Each member's configured state in the snapshot served until now.
+            let before: HashMap<&str, MemberState> = previous
+                .cluster(&config.namespace, &config.name)
+                .map(|c| {
+                    c.balancer
+                        .members()
+                        .iter()
+                        .map(|m| (m.url.as_str(), m.state))
+                        .collect()
+                })
+                .unwrap_or_default();
             let members = config
                 .members
                 .iter()
@@ -264,12 +285,19 @@ impl DataPlane {
                         Some(s) => s.clone(),
                         None => {
                             let s = Arc::new(MemberStats::default());
+                            s.state_since_ms.store(now.max(1), Relaxed);
                             if known.contains(&key) {
                                 s.ramp_from_ms.store(now.max(1), Relaxed);
                             }
                             s
                         }
                     };
+                    if before
+                        .get(m.url.as_str())
+                        .is_some_and(|&state| state != m.state)
+                    {
+                        s.state_since_ms.store(now.max(1), Relaxed);
+                    }
                     if config.policy.health_check.is_none() || m.state == MemberState::Stopped {
                         // No checks run for it: a verdict from earlier checks must not stick.
                         s.forget_health_check();
@@ -296,6 +324,9 @@ impl DataPlane {
             }));
         }
         snapshot.tls = tls;
+        for ((cluster, _), gone) in stats.iter().filter(|(id, _)| !kept.contains_key(*id)) {
+            self.metrics.departed(cluster, &gone.traffic.read());
+        }
         *stats = kept;
         let (table, shadowed) = RouteTable::build(vec![ListenerRoutes {
             hostname: None,
@@ -326,6 +357,7 @@ impl DataPlane {
         self.snapshot.store(snapshot.clone());
         self.ready.store(true, Relaxed);
         self.published.0.send_replace(snapshot.generation);
+        self.metrics.reloaded(started.elapsed());
         snapshot
     }
 }

@@ -83,6 +83,9 @@ pub struct ClientRequest {
     pub lean: Option<LeanHead>,
     /// The client's side of an HTTP/1.1 upgrade it asked for, once routed.
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The request's record, with the access log or tracing on (kept in the request's box, so
+    /// that a request's future does not grow by it).
+    pub observed: Option<Box<crate::telemetry::Observed>>,
 }
 
 #[cfg(test)]

@@ -15,12 +15,12 @@ use super::deadline::Deadline;
 use super::error::ProxyError;
 use super::filters::Applied;
 use super::grpc;
-use super::headers::{Forwarding, strip_hop_by_hop};
+use super::headers::{Forwarding, TRACEPARENT, strip_hop_by_hop};
 use super::http1::client::idempotent;
 use super::response::ResponseBody;
 use super::tunnel::tunnel;
 use super::upstream::body::{Answer, Kept, RequestBody};
-use super::upstream::exchange::{Failure, Replay, Stage};
+use super::upstream::exchange::{Connected, Failure, Replay, Stage};
 use super::upstream::lease::Lease;
 use super::upstream::{self, Upstream};
 use super::worker::Worker;
@@ -29,6 +29,7 @@ use crate::balancer::{Affinity, ewma, sticky};
 use crate::clock;
 use crate::discovery::MemberConfig;
 use crate::plane::Cluster;
+use crate::telemetry::Observed;
 
 /// A request on its way to a cluster's members.
 pub struct Routed {
@@ -49,20 +50,18 @@ pub async fn forward(
     routed: &mut Routed,
     deadline: Option<&Deadline>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let Routed {
-        cluster,
-        req,
-        forwarding,
-        affinity,
-        filters,
-    } = routed;
-    let backend_timeout = filters.as_ref().and_then(|f| f.backend_timeout());
+    // One binding each, borrowed field by field: every binding an async function keeps across
+    // an await takes room in its future, shadowed ones too.
+    let cluster = &routed.cluster;
+    let affinity = &routed.affinity;
+    let forwarding = &mut routed.forwarding;
+    let filters = &routed.filters;
     let ClientRequest {
         req,
         lean,
         upgrade: client_upgrade,
-    } = &mut **req;
-    let (cluster, affinity) = (&*cluster, &*affinity);
+        observed,
+    } = &mut *routed.req;
     let config = &cluster.config;
     let tries = if config.no_failover {
         1
@@ -106,7 +105,7 @@ pub async fn forward(
                     stats.count_grpc_status(code);
                 }
             }
-            return Err(error);
+            return Err(gave_up(worker, cluster, tried.last().copied(), error));
         };
         tried.push(index);
         let kind = Upstream::for_member(base, config.members[index].protocol, upgrade);
@@ -119,10 +118,16 @@ pub async fn forward(
         if !req.body().is_end_stream() {
             req.body_mut().count_for(stats.clone());
         }
+        if let Some(observed) = observed.as_deref_mut() {
+            trying(observed, cluster, index, forwarding, req.method());
+        }
         let key = worker.pool.member(&config.members[index].authority);
         // The route's limit for each try (HTTPRoute `timeouts.backendRequest`), or the
         // cluster's; a gRPC call's deadline when it comes sooner.
-        let timeout = backend_timeout.unwrap_or(config.response_timeout);
+        let timeout = filters
+            .as_ref()
+            .and_then(|f| f.backend_timeout())
+            .unwrap_or(config.response_timeout);
         let until = deadline_of(&call).map_or(started + timeout, |at| at.min(started + timeout));
         let sent = upstream::send(
             kind, &key, config, req, lean, forwarding, started, until, deadline,
@@ -130,10 +135,14 @@ pub async fn forward(
         match sent.await {
             Err(failure) => {
                 let stage = failure.stage;
+                if let Some(span) = observed.as_mut().and_then(|o| o.span.as_mut()) {
+                    span.tried(Err(&failure.cause));
+                }
                 let given_back = failure.unsent.is_some();
                 let client_deadline = stage == Stage::TimedOut
                     && deadline_of(&call).is_some_and(|at| Instant::now() >= at);
-                let error = failed(cluster, index, failure, req, client_deadline)?;
+                let error = failed(cluster, index, failure, req, client_deadline)
+                    .map_err(|e| gave_up(worker, cluster, Some(index), e))?;
                 let again = tried.len() < tries
                     && may_go_again(cluster, stage, kind, req, &replay, call.as_deref())
                     && (given_back
@@ -146,16 +155,25 @@ pub async fn forward(
                     {
                         stats.count_grpc_status(code);
                     }
-                    return Err(error);
+                    return Err(gave_up(worker, cluster, Some(index), error));
+                }
+                if worker.telemetry.request_metrics {
+                    stats.traffic.failed_over();
                 }
                 last_failure = Some(Box::new(error));
             }
             Ok((held, mut response)) => {
+                if worker.telemetry.request_metrics || observed.is_some() {
+                    answered(worker, observed.as_deref_mut(), stats, started, &response);
+                }
                 observe(cluster, index, started, response.status());
                 if failed_on_status(cluster, index, response.status())
                     && tried.len() < tries
                     && rebuild(req, replay.as_deref(), call.as_deref())
                 {
+                    if worker.telemetry.request_metrics {
+                        stats.traffic.failed_over();
+                    }
                     continue;
                 }
                 let member = &config.members[index];
@@ -308,6 +326,77 @@ fn failed(
         cause,
     };
     Ok(error)
+}
+
+/// A try begins on member `index`: the record names it, and with tracing, the member gets a
+/// `traceparent` naming the try's span.
+fn trying(
+    observed: &mut Observed,
+    cluster: &Arc<Cluster>,
+    index: usize,
+    forwarding: &mut Forwarding,
+    method: &http::Method,
+) {
+    let record = &mut observed.record;
+    record.attempts += 1;
+    if record.cluster.is_none() {
+        record.cluster = Some(cluster.clone());
+        if let Some(span) = &observed.span {
+            span.routed(&cluster.key);
+        }
+    }
+    record.member = index;
+    record.connect = None;
+    record.upstream = None;
+    if let Some(span) = &mut observed.span {
+        let url = &cluster.config.members[index].url;
+        let traceparent = span.try_on(url, method.as_str(), record.attempts - 1);
+        forwarding.extra_mut().set(&TRACEPARENT, traceparent);
+    }
+}
+
+/// A member's answer head came: counted by status with the time it took, and the time to
+/// connect when the try opened a connection.
+fn answered(
+    worker: &Worker,
+    observed: Option<&mut Observed>,
+    stats: &crate::balancer::MemberStats,
+    started: Instant,
+    response: &Response<Answer>,
+) {
+    let took = Instant::now().saturating_duration_since(started);
+    let status = response.status().as_u16();
+    let connected = response.extensions().get::<Connected>().map(|c| c.0);
+    if worker.telemetry.request_metrics {
+        stats.traffic.answered(status, took);
+        if let Some(connect) = connected {
+            stats.traffic.connected(connect);
+        }
+    }
+    if let Some(observed) = observed {
+        observed.record.upstream = Some(took);
+        observed.record.connect = connected;
+        if let Some(span) = &mut observed.span {
+            span.tried(Ok(status));
+        }
+    }
+}
+
+/// The request ends in the proxy's own answer after a try on member `index` (a 502, a 504):
+/// counted as that member's answer, since it is the one the client got for it.
+fn gave_up(
+    worker: &Worker,
+    cluster: &Cluster,
+    index: Option<usize>,
+    error: ProxyError,
+) -> ProxyError {
+    if worker.telemetry.request_metrics
+        && !matches!(error, ProxyError::ClientBody { .. })
+        && let Some(member) = index.and_then(|i| cluster.balancer.members().get(i))
+    {
+        member.stats.traffic.answered_for(error.status().as_u16());
+    }
+    error
 }
 
 /// Whether a request that failed on a member may go to another: one that never reached it

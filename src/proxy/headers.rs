@@ -10,6 +10,9 @@ use super::http1::field::{HOP_BY_HOP, Scan, hop_by_hop};
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The protocol a request asks to switch to, when it is an HTTP/1.1 Upgrade request.
 pub fn upgrade_protocol<B>(req: &Request<B>, scan: &Scan) -> Option<HeaderValue> {
@@ -38,6 +41,25 @@ pub struct Forwarding {
     host: Option<HeaderValue>,
     /// The request came over HTTPS.
     https: bool,
+    /// With the access log or tracing on: a request id made here, the try's `traceparent`.
+    extra: Option<Box<Extra>>,
+}
+
+/// Fields added when the access log or tracing is on: X-Request-Id made for a request that came
+/// without one, the try's `traceparent` (the client's own was taken out).
+#[derive(Clone, Debug, Default)]
+pub struct Extra {
+    fields: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Extra {
+    /// Sets the field `name`, replacing its earlier value.
+    pub fn set(&mut self, name: &HeaderName, value: HeaderValue) {
+        match self.fields.iter_mut().find(|(n, _)| n == name) {
+            Some((_, old)) => *old = value,
+            None => self.fields.push((name.clone(), value)),
+        }
+    }
 }
 
 static HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -50,10 +72,17 @@ impl Forwarding {
             forwarded_for,
             host,
             https,
+            extra: None,
         }
     }
 
-    /// The fields: X-Forwarded-For, X-Forwarded-Proto, and X-Forwarded-Host when there is a host.
+    /// The fields added when the access log or tracing is on.
+    pub fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// The fields: X-Forwarded-For, X-Forwarded-Proto, and X-Forwarded-Host when there is a host;
+    /// then X-Request-Id and traceparent when they were set.
     pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         [
             (&X_FORWARDED_FOR, &self.forwarded_for),
@@ -61,6 +90,15 @@ impl Forwarding {
         ]
         .into_iter()
         .chain(self.host.as_ref().map(|host| (&X_FORWARDED_HOST, host)))
+        // A slice's iterator rather than a flattened one: the iterator is held in every lean
+        // exchange's future, and a flattening one is several times larger.
+        .chain(
+            self.extra
+                .as_deref()
+                .map_or(&[][..], |e| &e.fields[..])
+                .iter()
+                .map(|(name, value)| (name, value)),
+        )
     }
 
     /// Puts the fields into `headers`, replacing the client's lines of the same names.
@@ -131,6 +169,7 @@ pub fn prepare_request<B>(
         forwarded_for,
         host,
         https,
+        extra: None,
     }
 }
 

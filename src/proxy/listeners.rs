@@ -8,6 +8,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -40,7 +41,8 @@ pub async fn accept_loop(
         Some(_) => Some(crate::tls::acceptor(plane.clone()).map_err(io::Error::other)?),
         None => None,
     };
-    let mut worker = Worker::new(plane.clone(), options.access_log, limits, options.http1);
+    let mut worker = Worker::new(plane.clone(), limits, options.http1);
+    worker.telemetry = Rc::new(options.telemetry.clone());
     worker.https_port = options
         .https_port
         .or(options.listen_tls.map(|a| a.port()))
@@ -52,6 +54,7 @@ pub async fn accept_loop(
         header_read_timeout: options.header_read_timeout,
     });
     let tracker = Rc::new(Tracker {
+        plane: plane.clone(),
         open: Cell::new(0),
         idle: Notify::new(),
     });
@@ -214,6 +217,8 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 struct Tracker {
+    /// Where open connections are counted for `/metrics`.
+    plane: Arc<DataPlane>,
     open: Cell<usize>,
     idle: Notify,
 }
@@ -224,6 +229,9 @@ struct Open(Rc<Tracker>);
 impl Open {
     fn new(tracker: Rc<Tracker>) -> Self {
         tracker.open.set(tracker.open.get() + 1);
+        let metrics = &tracker.plane.metrics;
+        metrics.connections_open.fetch_add(1, Relaxed);
+        metrics.connections.fetch_add(1, Relaxed);
         Open(tracker)
     }
 }
@@ -232,6 +240,7 @@ impl Drop for Open {
     fn drop(&mut self) {
         let tracker = &self.0;
         tracker.open.set(tracker.open.get() - 1);
+        tracker.plane.metrics.connections_open.fetch_sub(1, Relaxed);
         if tracker.open.get() == 0 {
             tracker.idle.notify_waiters();
         }

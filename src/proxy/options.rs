@@ -19,7 +19,6 @@ pub enum Http1Mode {
 pub struct ProxyOptions {
     pub listen: SocketAddr,
     pub workers: usize,
-    pub access_log: bool,
     /// A client must send a whole request head within this time.
     pub header_read_timeout: Duration,
     /// At most this many request headers.
@@ -36,6 +35,8 @@ pub struct ProxyOptions {
     /// The address fronts (a Gateway's listeners) are served on, each on its own port; no fronts
     /// are served without it.
     pub gateway_address: Option<IpAddr>,
+    /// What requests record: metrics, the access log, traces.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl ProxyOptions {
@@ -43,7 +44,6 @@ impl ProxyOptions {
         ProxyOptions {
             listen,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            access_log: false,
             header_read_timeout: Duration::from_secs(10),
             max_headers: 100,
             max_header_bytes: 64 * 1024,
@@ -51,6 +51,7 @@ impl ProxyOptions {
             listen_tls: None,
             https_port: None,
             gateway_address: None,
+            telemetry: crate::telemetry::Telemetry::default(),
         }
     }
 }

@@ -15,7 +15,7 @@ use super::error::ProxyError;
 use super::filters::{self, Applied, Context};
 use super::forward::{Routed, forward};
 use super::grpc::is_grpc;
-use super::headers::{prepare_request, upgrade_protocol};
+use super::headers::{TRACEPARENT, TRACESTATE, X_REQUEST_ID, prepare_request, upgrade_protocol};
 use super::http1::LeanHead;
 use super::http1::field::Scan;
 use super::response::ResponseBody;
@@ -24,6 +24,7 @@ use super::worker::Worker;
 use crate::plane::matching::RequestView;
 use crate::plane::routes::strip_port;
 use crate::plane::{Cluster, Snapshot};
+use crate::telemetry::{self, Field, Observed, Record};
 use crate::tls;
 
 /// One request of a client connection: hyper's service function, and the lean HTTP/1 server's.
@@ -42,59 +43,65 @@ pub fn handle(
     if let Some(deadline) = &client.deadline {
         deadline.busy();
     }
-    // Boxed: the access log is off by default, and inline its state would make every
-    // request's future larger.
-    let logged = worker
-        .access_log
-        .then(|| Box::new((req.req.method().clone(), req.req.uri().path().to_owned())));
     // A gRPC client is answered in gRPC's terms when the proxy answers for a member.
     let grpc = is_grpc(req.req.headers());
-    match route(&worker, &client, req) {
-        Ok(mut routed) => Either::Left(async move {
-            let request_timeout = routed.filters.as_ref().and_then(|f| f.request_timeout());
-            let deadline = client.deadline.as_deref();
-            // Each arm makes its own future where it is awaited: one made before the match
-            // would be moved into it (a copy of the whole future on every request).
-            let forwarded = match request_timeout {
-                // The route's limit on the whole request, all tries (HTTPRoute
-                // `timeouts.request`). Boxed: few routes have one.
-                Some(limit) => {
-                    // Boxed in a statement of its own: the unboxed future, a temporary of it,
-                    // would otherwise keep room in every request's future.
-                    let limited = Box::pin(tokio::time::timeout(
-                        limit,
-                        forward(&worker, &mut routed, deadline),
-                    ));
-                    match limited.await {
-                        Ok(forwarded) => forwarded,
-                        Err(_) => Err(ProxyError::RequestTimeout { after: limit }),
+    // Boxed, and only with the access log or tracing on.
+    let mut observed = worker
+        .telemetry
+        .observes()
+        .then(|| observe(&worker, &client, &req));
+    match route(&worker, &client, req, &mut observed) {
+        Ok(mut routed) => {
+            if let Some(mut observed) = observed {
+                observe_routed(&mut observed, &mut routed.req, &mut routed.forwarding);
+                routed.req.observed = Some(observed);
+            }
+            Either::Left(async move {
+                let request_timeout = routed.filters.as_ref().and_then(|f| f.request_timeout());
+                let deadline = client.deadline.as_deref();
+                // Each arm makes its own future where it is awaited: one made before the match
+                // would be moved into it (a copy of the whole future on every request).
+                let forwarded = match request_timeout {
+                    // The route's limit on the whole request, all tries (HTTPRoute
+                    // `timeouts.request`). Boxed: few routes have one.
+                    Some(limit) => {
+                        // Boxed in a statement of its own: the unboxed future, a temporary of
+                        // it, would otherwise keep room in every request's future.
+                        let limited = Box::pin(tokio::time::timeout(
+                            limit,
+                            forward(&worker, &mut routed, deadline),
+                        ));
+                        match limited.await {
+                            Ok(forwarded) => forwarded,
+                            Err(_) => Err(ProxyError::RequestTimeout { after: limit }),
+                        }
                     }
+                    None => forward(&worker, &mut routed, deadline).await,
+                };
+                let mut response = match forwarded {
+                    Ok(response) => response,
+                    Err(e) => e.into_response_for(grpc),
+                };
+                if let Some(applied) = &routed.filters {
+                    filters::after(applied, &mut response);
                 }
-                None => forward(&worker, &mut routed, deadline).await,
-            };
-            let mut response = match forwarded {
-                Ok(response) => response,
-                Err(e) => e.into_response_for(grpc),
-            };
-            if let Some(applied) = &routed.filters {
-                filters::after(applied, &mut response);
-            }
-            if client.entry.tls
-                && let Some(hsts) = &routed.cluster.config.tls.hsts
-            {
-                let value = tls::hsts_value(hsts);
-                response
-                    .headers_mut()
-                    .insert(header::STRICT_TRANSPORT_SECURITY, value);
-            }
-            answered(&mut response, &client, logged);
-            // The request's box and header map are parsed into again.
-            worker.put_request(routed.req);
-            Ok(response)
-        }),
+                if client.entry.tls
+                    && let Some(hsts) = &routed.cluster.config.tls.hsts
+                {
+                    let value = tls::hsts_value(hsts);
+                    response
+                        .headers_mut()
+                        .insert(header::STRICT_TRANSPORT_SECURITY, value);
+                }
+                answered(&mut response, &client, routed.req.observed.take());
+                // The request's box and header map are parsed into again.
+                worker.put_request(routed.req);
+                Ok(response)
+            })
+        }
         Err(e) => {
             let mut response = e.into_response_for(grpc);
-            answered(&mut response, &client, logged);
+            answered(&mut response, &client, observed);
             Either::Right(std::future::ready(Ok(response)))
         }
     }
@@ -104,13 +111,130 @@ pub fn handle(
 fn answered(
     response: &mut Response<ResponseBody>,
     client: &Client,
-    logged: Option<Box<(Method, String)>>,
+    observed: Option<Box<Observed>>,
 ) {
     if let Some(deadline) = &client.deadline {
         response.body_mut().then_await_head(deadline.clone());
     }
-    if let Some((method, path)) = logged.map(|l| *l) {
-        tracing::info!(target: "access", client = %client.addr.ip(), %method, %path, status = response.status().as_u16());
+    if let Some(mut observed) = observed {
+        observed.record.status = response.status().as_u16();
+        response.body_mut().observe(observed);
+    }
+}
+
+/// The record of a request, as it came: who sent it, what for, and its trace's server span.
+fn observe(worker: &Worker, client: &Client, incoming: &ClientRequest) -> Box<Observed> {
+    let req = &incoming.req;
+    let lean = incoming.lean.as_ref();
+    let mut record = Record::new(client.addr.ip(), req.method().clone(), req.version());
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    record.set(Field::Target, target.as_bytes());
+    let field = |record: &mut Record, name: &HeaderName, into: Field| {
+        let mut found = false;
+        let mut keep = |value: &[u8]| {
+            record.set(into, value);
+            found = true;
+            true
+        };
+        match lean {
+            Some(head) => {
+                head.fields.any_value(name.as_str().as_bytes(), &mut keep);
+            }
+            None => {
+                req.headers()
+                    .get_all(name)
+                    .iter()
+                    .any(|v| keep(v.as_bytes()));
+            }
+        }
+        found
+    };
+    match (req.uri().authority(), lean.and_then(|l| l.host.as_ref())) {
+        (Some(authority), _) => record.set(Field::Host, authority.as_str().as_bytes()),
+        (None, Some(host)) => record.set(Field::Host, host),
+        (None, None) => {
+            field(&mut record, &header::HOST, Field::Host);
+        }
+    }
+    field(&mut record, &header::USER_AGENT, Field::UserAgent);
+    field(&mut record, &header::REFERER, Field::Referer);
+    field(&mut record, &X_REQUEST_ID, Field::RequestId);
+    let declared = match lean {
+        Some(head) => {
+            let mut length = None;
+            head.fields.any_value(b"content-length", &mut |v| {
+                length = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok());
+                true
+            });
+            length
+        }
+        None => req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok()),
+    };
+    record.bytes_in = match declared {
+        Some(n) => Some(n),
+        None if http_body::Body::is_end_stream(req.body()) => Some(0),
+        None => None,
+    };
+    let span = worker.telemetry.tracer.as_ref().map(|tracer| {
+        let mut parent = None;
+        let mut state = None;
+        let take = |name: &HeaderName, into: &mut Option<Vec<u8>>| match lean {
+            Some(head) => {
+                head.fields.any_value(name.as_str().as_bytes(), &mut |v| {
+                    *into = Some(v.to_vec());
+                    true
+                });
+            }
+            None => *into = req.headers().get(name).map(|v| v.as_bytes().to_vec()),
+        };
+        take(&TRACEPARENT, &mut parent);
+        take(&TRACESTATE, &mut state);
+        tracer.request(
+            parent.as_deref(),
+            state.as_deref(),
+            req.method().as_str(),
+            target,
+        )
+    });
+    record.trace_id = span.as_ref().map(|s| s.trace_id());
+    Box::new(Observed {
+        record: Box::new(record),
+        span,
+        telemetry: worker.telemetry.clone(),
+    })
+}
+
+/// What a routed request adds to its record, and what its members get for it: the request id
+/// (the client's, or one made here), and with tracing, the try's `traceparent` in place of the
+/// client's.
+fn observe_routed(
+    observed: &mut Observed,
+    incoming: &mut ClientRequest,
+    forwarding: &mut super::headers::Forwarding,
+) {
+    if observed.record.request_id().is_empty() {
+        let id = telemetry::new_request_id();
+        observed.record.set(Field::RequestId, id.as_bytes());
+        forwarding.extra_mut().set(&X_REQUEST_ID, id);
+    }
+    if observed.span.is_some() {
+        let ClientRequest { req, lean, .. } = incoming;
+        if let Some(head) = lean.as_ref()
+            && head
+                .fields
+                .any_value(TRACEPARENT.as_str().as_bytes(), &mut |_| true)
+            && let Some(head) = lean.take()
+        {
+            // The client's traceparent gives way to the try's: the head goes as a map.
+            head.fields.fill(req.headers_mut());
+        }
+        req.headers_mut().remove(&TRACEPARENT);
     }
 }
 
@@ -119,11 +243,13 @@ fn route(
     worker: &Worker,
     client: &Client,
     mut incoming: Box<ClientRequest>,
+    observed: &mut Option<Box<Observed>>,
 ) -> Result<Routed, ProxyError> {
     let ClientRequest {
         req,
         lean,
         upgrade: client_upgrade,
+        ..
     } = &mut *incoming;
     refuse(worker, req)?;
     let host_value = host_of(req, lean);
@@ -135,7 +261,7 @@ fn route(
         lean: lean.as_ref(),
     };
     let snapshot = worker.plane.snapshot();
-    let (cluster, mut filters, prefix) = choose(&snapshot, client, host, &view)?;
+    let (cluster, mut filters, prefix) = choose(&snapshot, client, host, &view, observed)?;
     if !client.entry.tls
         && let Some(cluster) = &cluster
         && cluster.config.tls.https_redirect
@@ -238,6 +364,7 @@ fn choose<'s>(
     client: &Client,
     host: &[u8],
     view: &View<'_>,
+    observed: &mut Option<Box<Observed>>,
 ) -> Result<Chosen<'s>, ProxyError> {
     let table = match client.entry.front {
         Front::Own => Some(&snapshot.routes),
@@ -250,6 +377,9 @@ fn choose<'s>(
         });
     };
     let rule = matched.rule;
+    if let Some(observed) = observed {
+        observed.record.set(Field::Route, rule.name.as_bytes());
+    }
     let picked = rule.pick_index();
     let backend = picked.and_then(|i| rule.backends.get(i));
     match backend.and_then(|b| snapshot.backend(b)) {

@@ -17,6 +17,7 @@ use super::http1::RawHead;
 use super::http1::respond::AnswerFields;
 use super::upstream::body::{Answer, BoxError, Kept};
 use super::upstream::lease::Lease;
+use crate::telemetry::Observed;
 
 /// A response body on its way to the client.
 pub struct ResponseBody {
@@ -29,6 +30,8 @@ pub struct ResponseBody {
     released: Option<Instant>,
     /// A gRPC call's answer. Boxed: most answers are not.
     grpc: Option<Box<GrpcCall>>,
+    /// The request's record, with the access log or tracing on: finished with the body.
+    observed: Option<Box<Observed>>,
 }
 
 /// What a gRPC call's answer needs on its way: the call's deadline, and its request body, which
@@ -51,6 +54,7 @@ impl ResponseBody {
             deadline: None,
             released: None,
             grpc: None,
+            observed: None,
         }
     }
 
@@ -61,6 +65,7 @@ impl ResponseBody {
             deadline: None,
             released: None,
             grpc: None,
+            observed: None,
         }
     }
 
@@ -71,6 +76,7 @@ impl ResponseBody {
             deadline: None,
             released: None,
             grpc: None,
+            observed: None,
         }
     }
 
@@ -127,6 +133,11 @@ impl ResponseBody {
         }
     }
 
+    /// The request's record: it counts the bytes sent and is finished when the body is.
+    pub fn observe(&mut self, observed: Box<Observed>) {
+        self.observed = Some(observed);
+    }
+
     /// When this body is done with (sent, or dropped), the connection waits for its next
     /// request head.
     pub fn then_await_head(&mut self, deadline: Rc<Deadline>) {
@@ -170,6 +181,9 @@ impl ResponseBody {
     /// answer was read whole; the client connection waits for its next head), in place.
     pub fn finish(&mut self) {
         self.release(self.ended());
+        if let Some(observed) = self.observed.take() {
+            observed.finish();
+        }
         if let Some(deadline) = self.deadline.take() {
             deadline.await_head(self.released.take().unwrap_or_else(Instant::now));
         }
@@ -201,7 +215,13 @@ impl Body for ResponseBody {
             return Poll::Ready(Some(Ok(trailers)));
         }
         let answer = match &mut this.kind {
-            Kind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Full(bytes) => {
+                let bytes = bytes.take();
+                if let (Some(b), Some(observed)) = (&bytes, &mut this.observed) {
+                    observed.record.bytes_out += b.len() as u64;
+                }
+                return Poll::Ready(bytes.map(|b| Ok(Frame::data(b))));
+            }
             Kind::Member(answer) => answer,
         };
         let polled = Pin::new(&mut *answer).poll_frame(cx);
@@ -229,6 +249,9 @@ impl Body for ResponseBody {
                         .stats()
                         .received_bytes
                         .fetch_add(data.len() as u64, Relaxed);
+                }
+                if let (Some(data), Some(observed)) = (frame.data_ref(), &mut this.observed) {
+                    observed.record.bytes_out += data.len() as u64;
                 }
                 // The last bytes, or the trailers that end a chunked body (after which hyper's
                 // server asks for nothing more): the connection can serve the next request now.

@@ -32,27 +32,28 @@ pub struct Worker {
         reason = "the boxes themselves are what is kept spare"
     )]
     requests: RefCell<Vec<Box<ClientRequest>>>,
-    pub access_log: bool,
     /// The limits of a request head, as hyper's servers are configured with them.
     pub limits: Limits,
     pub http1: Http1Mode,
     /// The HTTPS port clients know, for redirects to HTTPS.
     pub https_port: u16,
+    /// What requests record: metrics, the access log, traces.
+    pub telemetry: Rc<crate::telemetry::Telemetry>,
     /// The state of the worker's random numbers (xorshift), for sampling mirrored requests.
     random: std::cell::Cell<u64>,
 }
 
 impl Worker {
-    pub fn new(plane: Arc<DataPlane>, access_log: bool, limits: Limits, http1: Http1Mode) -> Self {
+    pub fn new(plane: Arc<DataPlane>, limits: Limits, http1: Http1Mode) -> Self {
         Worker {
             plane,
             pool: Rc::default(),
             buffers: Buffers::default(),
             requests: RefCell::default(),
-            access_log,
             limits,
             http1,
             https_port: 443,
+            telemetry: Rc::default(),
             random: std::cell::Cell::new(crate::clock::now_ms() | 1),
         }
     }
@@ -65,6 +66,7 @@ impl Worker {
                 req: Request::new(RequestBody::empty()),
                 lean: None,
                 upgrade: None,
+                observed: None,
             })
         });
         let req = &mut request.req;
@@ -92,6 +94,7 @@ impl Worker {
             *req.body_mut() = RequestBody::empty();
             request.lean = None;
             request.upgrade = None;
+            request.observed = None;
             spare.push(request);
         }
     }
@@ -139,7 +142,7 @@ mod tests {
 
     #[test]
     fn a_finished_request_is_parsed_into_again_holding_nothing_of_its_head() {
-        let worker = Worker::new(DataPlane::new(), false, LIMITS, Http1Mode::Fast);
+        let worker = Worker::new(DataPlane::new(), LIMITS, Http1Mode::Fast);
         let buffers = &worker.buffers;
         let mut buf = buffers.take_read();
         buf.reserve(READ_SIZE);
@@ -195,6 +198,7 @@ mod tests {
                 req: Request::new(RequestBody::empty()),
                 lean: None,
                 upgrade: None,
+                observed: None,
             }));
         }
         assert_eq!(worker.spare_requests(), SPARE_REQUESTS);

@@ -16,7 +16,6 @@ mod yaml;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -565,11 +564,18 @@ impl Reloader {
             };
             // Let a burst of events (truncate, write, rename) settle before reading.
             tokio::time::sleep(Duration::from_millis(50)).await;
+            // The file source's work counts as the controller's does (/metrics).
+            let work = &crate::plane::metrics::CONTROLLER;
+            work.watch_event("File");
+            let started = std::time::Instant::now();
             let mut config_changed = config_changed;
             while config_events.try_recv().is_ok() {
+                work.watch_event("File");
                 config_changed = true;
             }
-            while tls_events.try_recv().is_ok() {}
+            while tls_events.try_recv().is_ok() {
+                work.watch_event("File");
+            }
             if config_changed {
                 self.reload_config();
             }
@@ -583,6 +589,7 @@ impl Reloader {
                     &format!("certificates of {file}"),
                 );
             }
+            work.reconciled(started.elapsed());
         }
     }
 
@@ -613,7 +620,7 @@ impl Reloader {
                 );
             }
             Err(e) => {
-                self.plane.rejected_configs.fetch_add(1, Relaxed);
+                self.plane.refused_config();
                 tracing::error!(error = %e, "configuration refused; the previous one keeps serving");
             }
         }

@@ -44,6 +44,16 @@ impl Samples {
         found[0]
     }
 
+    /// Whether any sample named `name` has labels that include `labels`.
+    pub fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.0.iter().any(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+
     /// The labels of the one sample named `name` whose labels include `labels`.
     pub fn labels(&self, name: &str, labels: &[(&str, &str)]) -> BTreeMap<String, String> {
         let found: Vec<_> = self

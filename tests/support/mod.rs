@@ -10,7 +10,8 @@
 //! - `process`: the `kube-balancer` binary as a process, and what it logs;
 //! - `raw`: HTTP/1 bytes on a socket, scripted members and a raw client;
 //! - `wait`: waiting on a condition, a future or a watch, with a timeout;
-//! - `metrics`, `chromium`: reading /metrics, and loading a page in headless Chromium.
+//! - `metrics`, `chromium`: reading /metrics, and loading a page in headless Chromium;
+//! - `telemetry`: a backend that shows what it got, a data plane with given telemetry.
 //!
 //! The Kubernetes tier (the run's network namespace and control plane, which scripts/testenv.sh
 //! provides):
@@ -34,4 +35,5 @@ pub mod pods;
 pub mod process;
 pub mod proxy;
 pub mod raw;
+pub mod telemetry;
 pub mod wait;

@@ -238,7 +238,7 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let plane = crate::plane::DataPlane::new();
         plane.publish(Vec::new());
-        let worker = Rc::new(Worker::new(plane, false, LIMITS, Http1Mode::Fast));
+        let worker = Rc::new(Worker::new(plane, LIMITS, Http1Mode::Fast));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

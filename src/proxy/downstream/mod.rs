@@ -13,6 +13,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::Request;
@@ -152,12 +153,24 @@ async fn serve_tls(
 ) {
     let handshake = tokio::time::timeout(serving.header_read_timeout, acceptor.accept(stream));
     let stream = match handshake.await {
-        Ok(Ok(stream)) => stream,
+        Ok(Ok(stream)) => {
+            let metrics = &serving.worker.plane.metrics;
+            metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            stream
+        }
         Ok(Err(e)) => {
+            let metrics = &serving.worker.plane.metrics;
+            metrics
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            let metrics = &serving.worker.plane.metrics;
+            metrics
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(client = %peer, "no TLS handshake within the header-read timeout");
             return;
         }
@@ -228,6 +241,7 @@ fn hyper_service(
                 req: req.map(RequestBody::new),
                 lean: None,
                 upgrade: None,
+                observed: None,
             }),
         );
         async move {

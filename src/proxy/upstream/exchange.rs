@@ -64,6 +64,11 @@ pub enum Held {
 /// connection is held by the answer's body).
 pub type Exchanged = (Option<Held>, Response<Answer>);
 
+/// The time a try took to open its connection, in its answer's extensions (none when the try
+/// went on a pooled connection).
+#[derive(Clone, Copy, Debug)]
+pub struct Connected(pub std::time::Duration);
+
 impl Failure {
     pub fn new(cause: String, stage: Stage) -> Self {
         Failure {

@@ -8,7 +8,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 use super::body::{Answer, RequestBody};
-use super::exchange::{Exchanged, Failure, Held, Replay, Stage, within};
+use super::exchange::{Connected, Exchanged, Failure, Held, Replay, Stage, within};
 use super::pool::{self, ConnectError, Member, Sender};
 use crate::discovery::ClusterConfig;
 use crate::proxy::deadline::Deadline;
@@ -52,6 +52,7 @@ pub async fn exchange(
             Err(failure) => return Err(failure),
         }
     }
+    let connecting = tokio::time::Instant::now();
     let mut sender = match connect(key.authority(), config.connect_timeout).await {
         Ok(sender) => sender,
         Err(e) => {
@@ -60,8 +61,11 @@ pub async fn exchange(
             return Err(failure);
         }
     };
-    let until = tokio::time::Instant::now() + timeout;
-    let response = await_response(&mut sender, req, until, deadline).await?;
+    let connected = tokio::time::Instant::now();
+    let until = connected + timeout;
+    let mut response = await_response(&mut sender, req, until, deadline).await?;
+    let took = connected.saturating_duration_since(connecting);
+    response.extensions_mut().insert(Connected(took));
     Ok((Some(Held::Http1(sender)), response.map(Answer::Hyper)))
 }
 

@@ -4,7 +4,7 @@
 use http::Request;
 
 use super::body::{Answer, RequestBody};
-use super::exchange::{Exchanged, Failure, Stage, within};
+use super::exchange::{Connected, Exchanged, Failure, Stage, within};
 use super::pool::{self, Member};
 use crate::discovery::ClusterConfig;
 use crate::proxy::deadline::Deadline;
@@ -28,29 +28,39 @@ pub async fn exchange(
     until: tokio::time::Instant,
     deadline: Option<&Deadline>,
 ) -> Result<Exchanged, Failure> {
-    // A second try on a new connection gets as long again.
-    let timeout = until.saturating_duration_since(now);
-    let mut failed = None;
+    // Every value kept across an await takes room in the request's future: what is only logged
+    // is logged at once, and instants are held no longer than they are needed.
     if let Some(conn) = key.checkout_lean(config.idle_timeout, now) {
         let send = std::pin::pin!(conn.send(req, fields, forwarding.fields()));
-        match within(send, now + timeout, deadline).await {
+        match within(send, until, deadline).await {
             Some(Ok(response)) => return Ok((None, response.map(Answer::Lean))),
-            Some(Err(e)) if pooled_closed(&e, req) => failed = Some(e.cause),
+            Some(Err(e)) if pooled_closed(&e, req) => {
+                tracing::debug!(member = key.authority(), cause = %e.cause, "pooled connection closed, sending again on a new one");
+            }
             Some(Err(e)) => return Err(Failure::of(e)),
             None => return Err(Failure::timed_out()),
         }
     }
+    let connecting = tokio::time::Instant::now();
     let conn = match pool::open(key.authority(), config.connect_timeout).await {
         Ok(stream) => Conn::new(stream),
         Err(e) => return Err(Failure::new(e.to_string(), Stage::Unsent)),
     };
-    if let Some(cause) = failed {
-        tracing::debug!(member = key.authority(), %cause, "pooled connection closed, sent again on a new one");
-    }
-    let until = tokio::time::Instant::now() + timeout;
+    // A try on a new connection gets as long as the first; the connect time is held as
+    // microseconds.
+    let (connect_us, until) = {
+        let connected = tokio::time::Instant::now();
+        let took = connected.saturating_duration_since(connecting).as_micros();
+        let timeout = until.saturating_duration_since(now);
+        (u32::try_from(took).unwrap_or(u32::MAX), connected + timeout)
+    };
     let send = std::pin::pin!(conn.send(req, fields, forwarding.fields()));
     match within(send, until, deadline).await {
-        Some(Ok(response)) => Ok((None, response.map(Answer::Lean))),
+        Some(Ok(mut response)) => {
+            let took = std::time::Duration::from_micros(u64::from(connect_us));
+            response.extensions_mut().insert(Connected(took));
+            Ok((None, response.map(Answer::Lean)))
+        }
         Some(Err(e)) => Err(Failure::of(e)),
         None => Err(Failure::timed_out()),
     }
