@@ -6,6 +6,7 @@ usage: report.py META RAW_TSV OUT_PREFIX "BALANCER..."
 """
 
 import os
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -19,6 +20,13 @@ NAMES = {
     "floor": "floor",
     "apache": "Apache",
 }
+
+
+def name(b):
+    """A balancer's name in the tables; NAME:N is NAME with N workers."""
+    base, _, workers = b.partition(":")
+    label = NAMES.get(base, base)
+    return f"{label}, {workers} workers" if workers else label
 
 # (key, label, unit, decimals, better): better is "lower" or "higher".
 ROWS = [
@@ -37,9 +45,20 @@ ROWS = [
     ("lat_p99_us", "latency p99 at a fixed rate", "µs", 0, "lower"),
     ("lat_p999_us", "latency p99.9 at a fixed rate", "µs", 0, "lower"),
     ("lat_max_us", "latency max at a fixed rate", "µs", 0, "lower"),
+    ("cpu_rate", "CPU per request at a fixed rate", "µs", 2, "lower"),
     ("peak_pss_mib", "peak memory under load (PSS)", "MiB", 1, "lower"),
     ("idle_pss_mib", "memory with idle keep-alive connections (PSS)", "MiB", 1, "lower"),
     ("idle_open", "idle connections held", "", 0, "higher"),
+    ("idle_kib_per_conn", "**memory per idle keep-alive connection** (PSS growth, first step to last)", "KiB", 3, "lower"),
+    ("pooled_kib_per_conn", "**memory per idle pooled member connection** (PSS growth, first step to last)", "KiB", 3, "lower"),
+]
+
+# Rows of the memory figures' steps, one per count: (key pattern, label, unit, decimals).
+STEP_ROWS = [
+    (r"idle_pss_(\d+)_mib", "PSS with {n} idle client connections", "MiB", 1),
+    (r"idle_open_(\d+)", "idle client connections held, step {n}", "", 0),
+    (r"pooled_pss_(\d+)_mib", "PSS after a burst of {n} requests held at the members", "MiB", 1),
+    (r"pooled_held_(\d+)", "idle pooled member connections held, step {n}", "", 0),
 ]
 
 CHART_TESTS = [("small", "12 B"), ("1k", "1 KiB"), ("64k", "64 KiB"), ("close", "new conn"), ("h2", "HTTP/2")]
@@ -88,19 +107,19 @@ def main():
         f"[docs/benchmarks.md]({docs}). Ratios are kube-balancer's figure divided by "
         "the peer's (below 1 is better for CPU, latency and memory; above 1 is better for throughput).\n"
     )
-    head = ["figure", "unit"] + [NAMES.get(b, b) for b in balancers]
+    head = ["figure", "unit"] + [name(b) for b in balancers]
     if me in balancers:
-        head += [f"÷ {NAMES.get(p, p)}" for p in peers]
+        head += [f"÷ {name(p)}" for p in peers]
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|")
-    for key, label, unit, dec, _better in ROWS:
+    for key, label, unit, dec, _better in ROWS + step_rows(med):
         if not any((b, key) in med for b in balancers):
             continue
         label_full = label
-        if key.startswith("lat_"):
+        if key.startswith("lat_") or key == "cpu_rate":
             label_full += f" ({meta_setting(meta, 'latency at')})"
-        if key.startswith("idle_"):
-            label_full += f" ({meta_setting(meta, 'idle connections')})"
+        if key in ("idle_pss_mib", "idle_open"):
+            label_full += f" ({meta_setting(meta, 'idle connections').split(' (')[0]})"
         cells = [label_full, unit]
         for b in balancers:
             v = med.get((b, key))
@@ -109,20 +128,21 @@ def main():
             mine = med.get((me, key))
             for p in peers:
                 theirs = med.get((p, key))
-                if mine is None or theirs is None or theirs == 0 or key == "idle_open":
+                if mine is None or theirs is None or theirs == 0 or key.startswith(("idle_open", "pooled_held")):
                     cells.append("–")
                 else:
                     cells.append(f"{mine / theirs:.2f}")
         out.append("| " + " | ".join(cells) + " |")
     out.extend(paired_ratios(by_round, me, peers))
+    out.extend(workers_table(med, balancers))
     errors = {b: sum(v for (lb, k), vs in values.items() if lb == b and k.startswith(("errors_", "lat_errors")) for v in vs) for b in balancers}
     out.append("")
-    out.append("Errors over all runs (socket errors, non-2xx answers): " + ", ".join(f"{NAMES.get(b, b)} {int(errors[b])}" for b in balancers) + ".")
+    out.append("Errors over all runs (socket errors, non-2xx answers): " + ", ".join(f"{name(b)} {int(errors[b])}" for b in balancers) + ".")
     lag = [med.get((b, "lat_max_send_lag_us")) for b in balancers]
     if any(x is not None for x in lag):
         out.append(
             "The latency generator's own worst send lag (how late it sent, already included in the "
-            "latencies): " + ", ".join(f"{NAMES.get(b, b)} {fmt(x, 0)} µs" for b, x in zip(balancers, lag) if x is not None) + "."
+            "latencies): " + ", ".join(f"{name(b)} {fmt(x, 0)} µs" for b, x in zip(balancers, lag) if x is not None) + "."
         )
     out.append("")
     out.append("Machine and versions:\n")
@@ -138,6 +158,41 @@ def main():
         f.write("\n".join(out))
 
     write_chart(prefix, balancers, med, meta)
+
+
+def step_rows(med):
+    """A row for each step of the memory figures found in the results, in order of count."""
+    rows = []
+    for pattern, label, unit, dec in STEP_ROWS:
+        counts = sorted({int(m.group(1)) for (_, k) in med for m in [re.fullmatch(pattern, k)] if m})
+        key = pattern.replace(r"(\d+)", "{n}")
+        rows += [(key.format(n=n), label.format(n=f"{n:,}"), unit, dec, "lower") for n in counts]
+    return rows
+
+
+def workers_table(med, balancers):
+    """Each balancer with N workers (NAME:N) next to itself with one: CPU per request and the
+    ratio, at the same offered rate (and under the same load generator) for both."""
+    pairs = [(b.partition(":")[0], b) for b in balancers if ":" in b and b.partition(":")[0] in balancers]
+    if not pairs:
+        return []
+    keys = [k for k in ("cpu_rate", "cpu_small", "cpu_close") if any((b, k) in med for _, b in pairs)]
+    labels = {k: next(label for kk, label, *_ in ROWS if kk == k).replace("**", "") for k in keys}
+    rows = [
+        "",
+        "More workers: each balancer with N workers beside itself with one, in the same run; "
+        "CPU per request in µs, and the ratio (N workers ÷ one).",
+        "",
+        "| balancer | figure | one worker | N workers | ratio |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for one, many in pairs:
+        for k in keys:
+            a, b = med.get((one, k)), med.get((many, k))
+            if a is None or b is None or a == 0:
+                continue
+            rows.append(f"| {name(many)} | {labels[k]} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
+    return rows
 
 
 # The figures whose per-round ratios are listed under the table.
@@ -172,7 +227,7 @@ def paired_ratios(by_round, me, peers):
         "kube-balancer's figure divided by the peer's in the same round; the median of those "
         "ratios, and in brackets the lowest and the highest.",
         "",
-        "| figure | " + " | ".join(f"÷ {NAMES.get(p, p)}" for p in peers) + " |",
+        "| figure | " + " | ".join(f"÷ {name(p)}" for p in peers) + " |",
         "|---|" + "---:|" * len(peers),
     ] + rows
 
@@ -197,7 +252,7 @@ def write_chart(prefix, balancers, med, meta):
     lines = []
     for kind in ("cpu", "rps"):
         lines.append(f"${kind} << EOD")
-        lines.append("test " + " ".join(f'"{NAMES.get(b, b)}"' for b in balancers))
+        lines.append("test " + " ".join(f'"{name(b)}"' for b in balancers))
         for t, label in tests:
             row = [f'"{label}"'] + [f"{med.get((b, f'{kind}_{t}'), float('nan')):g}" for b in balancers]
             if kind == "rps":

@@ -12,9 +12,13 @@
 #                                                 # A/B: two builds in the same run, interleaved
 #   BALANCERS="kube-balancer floor nginx" TESTS="small latency" bench/run.sh
 #                                                 # with the floor (bench/floor): keep-alive figures only
+#   TESTS="idle pooled" BALANCERS="kube-balancer nginx haproxy" bench/run.sh
+#                                                 # memory per idle connection, client and member side
+#   BALANCERS="kube-balancer kube-balancer:2 nginx nginx:2 haproxy haproxy:2" TESTS=latency bench/run.sh
+#                                                 # NAME:2 runs NAME with two workers (on LB_CPUS)
 #
-# Each balancer runs with one worker pinned to LB_CPU; the load generators and the two members
-# (one nginx worker on two ports) share LOAD_CPU. Only loopback addresses; every load run is
+# Each balancer runs with one worker pinned to LB_CPU (NAME:N: N workers on LB_CPUS); the load
+# generators and the two members (one nginx worker on two ports) share LOAD_CPU. Only loopback addresses; every load run is
 # bounded in time. Results go to bench/results/latest.md (with latest.tsv and a PNG chart), and
 # a dated copy of each to bench/results/archive/.
 # docs/benchmarks.md says what each figure means and how it is measured. gRPC (h2c to members,
@@ -29,10 +33,14 @@ DURATION=${DURATION:-10}          # seconds per load run
 WARMUP=${WARMUP:-2}               # seconds of unrecorded load after each start
 CONNS=${CONNS:-32}
 RATE=${RATE:-5000}                # offered rate of the latency run, requests/s
-IDLE_CONNS=${IDLE_CONNS:-10000}
+IDLE_CONNS=${IDLE_CONNS:-1000,5000,10000}   # idle client connections, opened in these steps
+POOLED_CONNS=${POOLED_CONNS:-1000,5000,10000} # idle pooled member connections, in these steps
+HOLD_MEMBERS=${HOLD_MEMBERS:-40}  # the pooled figure's members (kube-balancer pools 256 per member)
+SETTLE=${SETTLE:-3}               # seconds between a step of the memory figures and its reading
 H2_STREAMS=${H2_STREAMS:-10}      # concurrent streams per HTTP/2 connection
 LB_CPU=${LB_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
+LB_CPUS=${LB_CPUS:-$LB_CPU,$LOAD_CPU}   # for balancers with more than one worker (NAME:N)
 PORT_BASE=${PORT_BASE:-18000}
 BALANCERS=${BALANCERS:-"kube-balancer nginx haproxy apache"}
 TESTS=${TESTS:-"small 1k 64k close h2 latency idle"}
@@ -46,6 +54,8 @@ NGINX_PORT=$((PORT_BASE + 200))
 NGINX_H2_PORT=$((PORT_BASE + 201))
 HAPROXY_PORT=$((PORT_BASE + 300))
 APACHE_PORT=$((PORT_BASE + 400))
+HOLD_PORT_BASE=$((PORT_BASE + 600)) # the pooled figure's members: HOLD_MEMBERS ports from here
+IDLE_MAX=$(tr ',' '\n' <<<"$IDLE_CONNS" | sort -n | tail -1)
 
 say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -75,7 +85,7 @@ install_missing() {
 install_missing
 export PATH="$PATH:/usr/sbin:/sbin"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-[ "$(ulimit -n)" -ge $((IDLE_CONNS + 1000)) ] || say "warning: ulimit -n is $(ulimit -n), the idle test may fall short"
+[ "$(ulimit -n)" -ge $((IDLE_MAX + 1000)) ] || say "warning: ulimit -n is $(ulimit -n), the idle test may fall short"
 [ "$(nproc)" -ge 2 ] || say "warning: one CPU only: the balancer and the load share it"
 
 # KB_BIN=path measures that binary instead of building this tree (to compare two builds).
@@ -192,53 +202,74 @@ TICK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- configuration
 
+# render FILE [WORKERS]: fills in a configuration's @NAMES@; the member lists of the pooled
+# figure's configurations are a line per holding member.
 render() {
-    sed -e "s|@RUN@|$RUN|g" \
+    local workers=${2:-1} port i
+    local kb_members="" nginx_servers="" haproxy_servers=""
+    for i in $(seq 0 $((HOLD_MEMBERS - 1))); do
+        port=$((HOLD_PORT_BASE + i))
+        kb_members+="    - url: http://127.0.0.1:$port\n"
+        nginx_servers+="        server 127.0.0.1:$port;\n"
+        haproxy_servers+="    server h$i 127.0.0.1:$port\n"
+    done
+    sed -e "s|@RUN@|$RUN|g" -e "s|@WORKERS@|$workers|g" \
         -e "s|@BACKEND_A_PORT@|$BACKEND_A_PORT|g" -e "s|@BACKEND_B_PORT@|$BACKEND_B_PORT|g" \
         -e "s|@NGINX_PORT@|$NGINX_PORT|g" -e "s|@NGINX_H2_PORT@|$NGINX_H2_PORT|g" \
         -e "s|@HAPROXY_PORT@|$HAPROXY_PORT|g" -e "s|@APACHE_PORT@|$APACHE_PORT|g" \
-        "$HERE/conf/$1" >"$RUN/$1"
+        -e "s|^@KB_HOLD_MEMBERS@\$|${kb_members%\\n}|" \
+        -e "s|^@NGINX_HOLD_SERVERS@\$|${nginx_servers%\\n}|" \
+        -e "s|^@HAPROXY_HOLD_SERVERS@\$|${haproxy_servers%\\n}|" \
+        "$HERE/conf/$1" >"$RUN/${3:-$1}"
 }
 
 mkdir -p "$RUN/www" "$RUN/nginx-tmp" "$RUN/backends-tmp" "$RUN/apache-run"
 head -c 1024 /dev/zero | tr '\0' 'a' >"$RUN/www/1k"
 head -c 65536 /dev/zero | tr '\0' 'b' >"$RUN/www/64k"
 chmod -R a+rX "$RUN"
-for f in backends.nginx.conf nginx.conf haproxy.cfg apache.conf kube-balancer.yaml; do render "$f"; done
+for f in backends.nginx.conf apache.conf kube-balancer.yaml kube-balancer.pooled.yaml; do render "$f"; done
 [ "$(id -u)" -eq 0 ] && chown www-data: "$RUN/apache-run" 2>/dev/null || true
 
-# start_balancer NAME: sets STARTED (its PID), PORT and H2_PORT.
+# start_balancer NAME[:WORKERS] [pooled]: sets STARTED (its PID), PORT and H2_PORT. With
+# `pooled`, it forwards to the holding members instead (the pooled figure's configuration).
 start_balancer() {
-    case $1 in
+    local name=${1%%:*} workers=1 variant=${2:-}
+    [ "$name" = "$1" ] || workers=${1#*:}
+    local cpu=$LB_CPU
+    [ "$workers" = 1 ] || cpu=$LB_CPUS
+    local suffix=${variant:+.$variant}
+    case $name in
     kube-balancer | kube-balancer-before)
         PORT=$KB_PORT H2_PORT=$KB_PORT
         local bin=$KB_BIN
-        [ "$1" = kube-balancer ] || bin=${KB_BIN_BEFORE:?KB_BIN_BEFORE names the other build}
-        start "$1" "$LB_CPU" "$bin" standalone -f "$RUN/kube-balancer.yaml" --workers 1 \
+        [ "$name" = kube-balancer ] || bin=${KB_BIN_BEFORE:?KB_BIN_BEFORE names the other build}
+        start "$1" "$cpu" "$bin" standalone -f "$RUN/kube-balancer$suffix.yaml" --workers "$workers" \
             --listen "127.0.0.1:$KB_PORT" --admin "127.0.0.1:$KB_ADMIN_PORT" --shutdown-grace 1s
         ;;
     floor)
         PORT=$((PORT_BASE + 500)) H2_PORT=
-        start floor "$LB_CPU" "$FLOOR" "127.0.0.1:$PORT" "127.0.0.1:$BACKEND_A_PORT" "127.0.0.1:$BACKEND_B_PORT"
+        start floor "$cpu" "$FLOOR" "127.0.0.1:$PORT" "127.0.0.1:$BACKEND_A_PORT" "127.0.0.1:$BACKEND_B_PORT"
         ;;
     nginx)
         PORT=$NGINX_PORT H2_PORT=$NGINX_H2_PORT
-        start nginx "$LB_CPU" nginx -c "$RUN/nginx.conf" -e "$RUN/nginx-error.log"
+        render "nginx$suffix.conf" "$workers" "nginx.run.conf"
+        start "$1" "$cpu" nginx -c "$RUN/nginx.run.conf" -e "$RUN/nginx-error.log"
         ;;
     haproxy)
         PORT=$HAPROXY_PORT H2_PORT=$HAPROXY_PORT
-        start haproxy "$LB_CPU" haproxy -db -f "$RUN/haproxy.cfg"
+        render "haproxy$suffix.cfg" "$workers" "haproxy.run.cfg"
+        start "$1" "$cpu" haproxy -db -f "$RUN/haproxy.run.cfg"
         ;;
     apache)
         PORT=$APACHE_PORT H2_PORT=$APACHE_PORT
-        start apache "$LB_CPU" apache2 -f "$RUN/apache.conf" -DFOREGROUND
+        start "$1" "$cpu" apache2 -f "$RUN/apache.conf" -DFOREGROUND
         ;;
     *) die "unknown balancer $1" ;;
     esac
 }
 
 version_of() {
-    case $1 in
+    case ${1%%:*} in
     # A given binary (KB_BIN) need not be this tree's: only KB_BUILD can say what it is.
     kube-balancer) if [ -n "$GIVEN" ]; then echo "kube-balancer: $BUILD"; else
         echo "kube-balancer $(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo unknown), build: $BUILD"; fi ;;
@@ -305,6 +336,11 @@ measure() {
 
 url() { echo "http://127.0.0.1:$PORT$1"; }
 
+# Established connections to the holding members.
+held_connections() {
+    ss -Htn state established "( sport >= :$HOLD_PORT_BASE and sport < :$((HOLD_PORT_BASE + HOLD_MEMBERS)) )" | wc -l
+}
+
 run_test() {
     # The floor forwards keep-alive GETs only: no Connection: close, no HTTP/2.
     if [ "$LB" = floor ] && { [ "$1" = close ] || [ "$1" = h2 ]; }; then return; fi
@@ -319,32 +355,94 @@ run_test() {
         ;;
     latency)
         local out=$RUN/latency.$LB.$ROUND.txt
+        # CPU per request at a fixed rate: what a worker more or less costs (NAME:2 against NAME).
+        local t0 b0 t1 b1
+        t0=$(cpu_ticks "$LBPID") b0=$(cpu_busy "$LB_CPU")
         taskset -c "$LOAD_CPU" timeout $((DURATION + 60)) \
             "$LOADGEN" rate "127.0.0.1:$PORT" / "$RATE" "$DURATION" "$CONNS" >"$out" 2>&1 ||
             { say "$LB latency: generator failed"; sed 's/^/    /' "$out" >&2; return; }
+        t1=$(cpu_ticks "$LBPID") b1=$(cpu_busy "$LB_CPU")
         local key
         for key in p50_us p99_us p999_us max_us errors achieved_rate max_send_lag_us; do
             record "lat_$key" "$(awk -F= -v k="$key" '$1 == k { print $2 }' "$out")"
         done
+        local requests
+        requests=$(awk -F= '$1 == "requests" { print $2 }' "$out")
+        if [ "${requests:-0}" -gt 0 ]; then
+            record cpu_rate "$(awk -v t=$((t1 - t0)) -v n="$requests" -v hz="$TICK" 'BEGIN { printf "%.2f", t / hz / n * 1e6 }')"
+        fi
         say "$LB latency at $RATE/s: $(tr '\n' ' ' <"$out")"
         ;;
     idle)
-        local out=$RUN/idle.$LB.$ROUND.txt gen
-        local before
+        # Idle keep-alive connections, opened in steps (IDLE_CONNS); the PSS SETTLE seconds after
+        # each step, and the growth per connection from the first step to the last.
+        local out=$RUN/idle.$LB.$ROUND.txt gen before steps
         before=$(pss_kib "$LBPID")
-        taskset -c "$LOAD_CPU" timeout 300 "$LOADGEN" idle "127.0.0.1:$PORT" / "$IDLE_CONNS" 5 >"$out" 2>&1 &
+        steps=$(tr ',' ' ' <<<"$IDLE_CONNS")
+        taskset -c "$LOAD_CPU" timeout 900 "$LOADGEN" idle "127.0.0.1:$PORT" / "$IDLE_CONNS" $((SETTLE + 2)) >"$out" 2>&1 &
         gen=$!
-        for _ in $(seq 2400); do grep -q '^open=' "$out" && break; kill -0 "$gen" 2>/dev/null || break; sleep 0.1; done
-        sleep 2
-        local kib open
-        kib=$(pss_kib "$LBPID")
+        local step=0 n kib open first_kib="" first_open="" line
+        for n in $steps; do
+            step=$((step + 1))
+            for _ in $(seq 9000); do
+                [ "$(grep -c '^open=' "$out")" -ge "$step" ] && break
+                kill -0 "$gen" 2>/dev/null || break
+                sleep 0.1
+            done
+            sleep "$SETTLE"
+            kib=$(pss_kib "$LBPID")
+            line=$(grep '^open=' "$out" | sed -n "${step}p")
+            open=$(awk -F'[= ]' '{ print $2 }' <<<"$line")
+            record "idle_pss_${n}_mib" "$(awk -v k="$kib" 'BEGIN { printf "%.1f", k / 1024 }')"
+            record "idle_open_$n" "${open:-0}"
+            [ -n "$first_kib" ] || { first_kib=$kib first_open=${open:-0}; }
+            say "$LB idle: ${open:-0} connections open, PSS $((before / 1024)) MiB -> $((kib / 1024)) MiB"
+        done
         wait "$gen" || true
-        open=$(awk -F'[= ]' '/^open=/ { print $2 }' "$out")
         record idle_open "${open:-0}"
         record idle_alive "$(awk -F= '/^alive_after_hold=/ { print $2 }' "$out")"
         record idle_pss_mib "$(awk -v k="$kib" 'BEGIN { printf "%.1f", k / 1024 }')"
         record idle_pss_before_mib "$(awk -v k="$before" 'BEGIN { printf "%.1f", k / 1024 }')"
-        say "$LB idle: ${open:-0} connections open, PSS $((before / 1024)) MiB -> $((kib / 1024)) MiB"
+        if [ "${open:-0}" -gt "${first_open:-0}" ]; then
+            record idle_kib_per_conn "$(awk -v a="$first_kib" -v b="$kib" -v m="$first_open" -v n="$open" 'BEGIN { printf "%.3f", (b - a) / (n - m) }')"
+        fi
+        ;;
+    pooled)
+        # Idle pooled member connections: bursts of requests to the holding members, each burst
+        # answered only once all its requests wait at the members, from HTTP/2 clients (100
+        # streams each, so that 10,000 of them fit under the open-file limit); the clients then
+        # leave, and what stays is the member connections in the balancer's pool.
+        case ${LB%%:*} in kube-balancer | kube-balancer-before | nginx | haproxy) ;; *) return ;; esac
+        command -v h2load >/dev/null || { say "no h2load: the pooled figure is skipped"; return; }
+        stop "$LBPID"
+        start_balancer "$LB" pooled
+        LBPID=$STARTED
+        wait_port "$PORT" || die "$LB did not start for the pooled figure: $(cat "$RUN/$LB.out")"
+        sleep 1
+        local before n kib held first_kib="" first_held="" out
+        before=$(pss_kib "$LBPID")
+        for n in $(tr ',' ' ' <<<"$POOLED_CONNS"); do
+            out=$RUN/pooled.$LB.$ROUND.$n.txt
+            taskset -c "$LOAD_CPU" timeout 120 h2load -n "$n" -c $(((n + 99) / 100)) -m 100 \
+                "http://127.0.0.1:$H2_PORT/hold/$n" >"$out" 2>&1 || say "$LB pooled $n: h2load exited with $?"
+            sleep "$SETTLE"
+            kib=$(pss_kib "$LBPID")
+            held=$(held_connections)
+            record "pooled_pss_${n}_mib" "$(awk -v k="$kib" 'BEGIN { printf "%.1f", k / 1024 }')"
+            record "pooled_held_$n" "$held"
+            [ -n "$first_kib" ] || { first_kib=$kib first_held=$held; }
+            say "$LB pooled: $(awk '/^requests:/ { print $8, "answered," }' "$out") $held member connections held, PSS $((before / 1024)) MiB -> $((kib / 1024)) MiB"
+        done
+        record pooled_held "$held"
+        record pooled_pss_mib "$(awk -v k="$kib" 'BEGIN { printf "%.1f", k / 1024 }')"
+        if [ "${held:-0}" -gt "${first_held:-0}" ]; then
+            record pooled_kib_per_conn "$(awk -v a="$first_kib" -v b="$kib" -v m="$first_held" -v n="$held" 'BEGIN { printf "%.3f", (b - a) / (n - m) }')"
+        fi
+        # Back to the run's own configuration for whatever test comes next.
+        stop "$LBPID"
+        start_balancer "$LB"
+        LBPID=$STARTED
+        wait_port "$PORT" || die "$LB did not restart: $(cat "$RUN/$LB.out")"
         ;;
     *) die "unknown test $1" ;;
     esac
@@ -360,11 +458,18 @@ run_test() {
     for b in $BALANCERS; do echo "version_$b=$(version_of "$b")"; done
     echo "wrk=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')"
     echo "h2load=$(h2load --version 2>/dev/null | awk '{ print $2 }')"
-    echo "settings=rounds $ROUNDS, $DURATION s per run, $CONNS connections, latency at $RATE req/s, $IDLE_CONNS idle connections, h2 $H2_STREAMS streams per connection"
+    echo "settings=rounds $ROUNDS, $DURATION s per run, $CONNS connections, latency at $RATE req/s, $IDLE_MAX idle connections (steps $IDLE_CONNS), pooled steps $POOLED_CONNS, h2 $H2_STREAMS streams per connection"
 } >"$RUN/meta"
 
 start backends "$LOAD_CPU" nginx -c "$RUN/backends.nginx.conf" -e "$RUN/backends-error.log"
 wait_port "$BACKEND_A_PORT" && wait_port "$BACKEND_B_PORT" || die "the backends did not start: $(cat "$RUN/backends.out")"
+case " $TESTS " in
+*" pooled "*)
+    hold_addrs=$(for i in $(seq 0 $((HOLD_MEMBERS - 1))); do printf '127.0.0.1:%d,' $((HOLD_PORT_BASE + i)); done)
+    start hold "$LOAD_CPU" "$LOADGEN" hold "${hold_addrs%,}" 60
+    wait_port "$HOLD_PORT_BASE" || die "the holding members did not start: $(cat "$RUN/hold.out")"
+    ;;
+esac
 
 # Each round starts one balancer further down the list, so that none always runs right after
 # the same one (what the previous balancer leaves behind, such as 10,000 closed idle

@@ -8,6 +8,10 @@
 //! connection's driver keeps one long-lived sleep, re-armed when it fires before the deadline or
 //! when a deadline comes sooner than the sleep is armed for.
 //!
+//! A lean connection that has waited for its next head for a while is asked to park
+//! ([`Fired::Park`]): to leave its task and the runtime, and wait in the worker's lot
+//! (`downstream::park`), which holds an idle connection in about a hundred bytes.
+//!
 //! HTTP/2 connections carry concurrent requests and do not use this.
 
 use std::cell::Cell;
@@ -30,6 +34,9 @@ enum Wait {
 #[derive(Debug)]
 pub struct Deadline {
     header_read_timeout: Duration,
+    /// How long a connection waits for its next head before it is asked to park; never when
+    /// `None` (hyper's connections).
+    park_after: Cell<Option<Duration>>,
     wait: Cell<Wait>,
     /// The instant the driver's sleep is armed for.
     armed: Cell<Instant>,
@@ -46,6 +53,9 @@ pub enum Fired {
     HeadTimeout,
     /// Sleep until then.
     Rearm(Instant),
+    /// The connection has waited for its next head for `park_after`: it may park (if no part of
+    /// a head has come), and otherwise sleep until then.
+    Park(Instant),
 }
 
 impl Deadline {
@@ -54,11 +64,31 @@ impl Deadline {
         let at = now + header_read_timeout;
         Deadline {
             header_read_timeout,
+            park_after: Cell::new(None),
             wait: Cell::new(Wait::Head(at)),
             armed: Cell::new(at),
             // The driver's sleep is not registered yet.
             sooner: Cell::new(true),
             expired: Cell::new(false),
+        }
+    }
+
+    /// Asks the connection to park once it has waited `after` for a head (see [`Fired::Park`]).
+    pub fn parking_after(self, after: Duration) -> Self {
+        self.park_after.set(Some(after));
+        self
+    }
+
+    /// No parking: hyper's server takes the connection.
+    pub fn no_parking(&self) {
+        self.park_after.set(None);
+    }
+
+    /// When the next head is due, while the connection waits for one.
+    pub fn head_due(&self) -> Option<Instant> {
+        match self.wait.get() {
+            Wait::Head(at) => Some(at),
+            _ => None,
         }
     }
 
@@ -117,6 +147,17 @@ impl Deadline {
         self.sooner.set(false);
         let at = match self.wait.get() {
             Wait::Head(at) if at <= now => return Fired::HeadTimeout,
+            Wait::Head(at) if let Some(after) = self.park_after.get() => {
+                // Waiting since `at - header_read_timeout`.
+                let park = at
+                    .checked_sub(self.header_read_timeout)
+                    .map_or(now, |since| since + after);
+                if park <= now {
+                    self.armed.set(at);
+                    return Fired::Park(at);
+                }
+                park.min(at)
+            }
             Wait::Response(at) if at <= now => {
                 self.expired.set(true);
                 self.wait.set(Wait::Nothing);
@@ -164,6 +205,39 @@ mod tests {
         assert!(!d.response_expired());
         assert_eq!(d.fire(until), Fired::Rearm(until + HEAD));
         assert!(d.response_expired());
+    }
+
+    /// A connection waiting for a head is asked to park once it has waited `park_after`, and
+    /// then sleeps on until the head is due (should it not park: part of a head came).
+    #[test]
+    fn a_connection_waiting_long_enough_for_a_head_is_asked_to_park() {
+        let t0 = Instant::now();
+        let after = Duration::from_secs(1);
+        let d = Deadline::new(HEAD, t0).parking_after(after);
+        assert_eq!(d.fire(t0), Fired::Rearm(t0 + after));
+        assert_eq!(d.fire(t0 + after), Fired::Park(t0 + HEAD));
+        assert_eq!(d.armed(), t0 + HEAD);
+        assert_eq!(d.fire(t0 + HEAD), Fired::HeadTimeout);
+
+        // Busy, then idle again from t1: parked a second after t1, not after t0.
+        d.busy();
+        let t1 = t0 + HEAD * 2;
+        d.await_head(t1);
+        assert_eq!(d.head_due(), Some(t1 + HEAD));
+        assert_eq!(d.fire(t1), Fired::Rearm(t1 + after));
+        assert_eq!(d.fire(t1 + after / 2), Fired::Rearm(t1 + after));
+        assert_eq!(d.fire(t1 + after), Fired::Park(t1 + HEAD));
+
+        // Never while a request is handled, nor without parking.
+        d.busy();
+        assert_eq!(d.head_due(), None);
+        assert_eq!(d.fire(t1 + HEAD), Fired::Rearm(t1 + HEAD * 2));
+        d.await_head(t1 + HEAD * 2);
+        d.no_parking();
+        assert_eq!(
+            d.fire(t1 + HEAD * 2 + after),
+            Fired::Rearm(t1 + HEAD * 3)
+        );
     }
 
     #[test]

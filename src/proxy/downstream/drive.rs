@@ -1,5 +1,6 @@
 //! Running a client connection to its end: a graceful shutdown when the worker stops, and the
-//! HTTP/1 connection's one timer (see [`Deadline`]).
+//! HTTP/1 connection's one timer (see [`Deadline`]), which also says when an idle lean
+//! connection should park.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -31,6 +32,16 @@ impl Stopping {
             waker.wake();
         }
     }
+}
+
+/// What the driver asks of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// The worker stops: finish gracefully.
+    Stop,
+    /// It has waited for its next head for a while: leave the runtime if it can
+    /// ([`Fired::Park`]).
+    Park,
 }
 
 /// One connection's wait for the worker's stop.
@@ -93,13 +104,14 @@ impl Drop for StopWait {
     }
 }
 
-/// Runs a client connection to its end, shutting it down gracefully when the worker stops. An
-/// HTTP/1 connection also keeps its one timer (`deadline`): it closes when a request head does
-/// not arrive in time, and a request waiting too long for its member's answer learns so from
-/// `deadline`. HTTP/2 connections time each request on their own and pass `None`.
+/// Runs a client connection to its end, asking it (`ask`) to shut down gracefully when the
+/// worker stops. An HTTP/1 connection also keeps its one timer (`deadline`): it closes when a
+/// request head does not arrive in time, a request waiting too long for its member's answer
+/// learns so from `deadline`, and an idle one is asked to park. HTTP/2 connections time each
+/// request on their own and pass `None`.
 pub async fn drive<C, T, E>(
     conn: C,
-    shutdown: impl Fn(Pin<&mut C>),
+    ask: impl Fn(Pin<&mut C>, Ask),
     deadline: Option<Rc<Deadline>>,
     stopping: Rc<Stopping>,
     peer: SocketAddr,
@@ -123,7 +135,7 @@ where
             && wait.poll_stopped(cx)
         {
             stop = None;
-            shutdown(conn.as_mut());
+            ask(conn.as_mut(), Ask::Stop);
         }
         loop {
             if let (Some(deadline), Some(mut sleep)) =
@@ -134,6 +146,13 @@ where
                     Fired::HeadTimeout => return Poll::Ready(Err(None)),
                     Fired::Rearm(at) => {
                         sleep.as_mut().reset(at);
+                        if sleep.as_mut().poll(cx).is_ready() {
+                            continue;
+                        }
+                    }
+                    Fired::Park(at) => {
+                        sleep.as_mut().reset(at);
+                        ask(conn.as_mut(), Ask::Park);
                         if sleep.as_mut().poll(cx).is_ready() {
                             continue;
                         }

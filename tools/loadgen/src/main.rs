@@ -10,7 +10,12 @@
 //! `serve` and `train`: the profile-guided release build's member and training mix (train.rs).
 //!
 //! `idle`: opens N keep-alive connections, sends one request on each and reads the answer, then
-//! holds them open, idle, for a fixed time, so that the balancer's memory can be read.
+//! holds them open, idle, for a fixed time, so that the balancer's memory can be read. Given
+//! several counts (`1000,5000,10000`), it opens them in steps, holding after each.
+//!
+//! `hold`: a member (hold.rs) that keeps every request waiting until as many as its path says
+//! (`/hold/5000`) are waiting at once, then answers them all and keeps the connections: a
+//! balancer then holds that many idle pooled connections to it.
 //!
 //! Standard library only, so that it builds without fetching anything.
 
@@ -19,11 +24,13 @@ use std::net::TcpStream;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+mod hold;
 mod train;
 
 const USAGE: &str = "usage:
   kb-loadgen rate ADDR PATH RATE SECONDS CONNS
-  kb-loadgen idle ADDR PATH COUNT HOLD_SECONDS
+  kb-loadgen idle ADDR PATH COUNT[,COUNT...] HOLD_SECONDS
+  kb-loadgen hold ADDR[,ADDR...] TIMEOUT_SECONDS
   kb-loadgen serve ADDR
   kb-loadgen train ADDR SECONDS THREADS";
 
@@ -32,6 +39,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("rate") if args.len() == 6 => rate(&args[1..]),
         Some("idle") if args.len() == 5 => idle(&args[1..]),
+        Some("hold") if args.len() == 3 => hold::hold(&args[1..]),
         Some("serve") if args.len() == 2 => train::serve(&args[1..]),
         Some("train") if args.len() == 4 => train::train(&args[1..]),
         _ => Err(USAGE.to_owned()),
@@ -277,22 +285,27 @@ fn rate(args: &[String]) -> Result<(), String> {
 fn idle(args: &[String]) -> Result<(), String> {
     let addr = &args[0];
     let path = &args[1];
-    let count: usize = num(&args[2], "COUNT")?;
+    let counts = args[2]
+        .split(',')
+        .map(|c| num::<usize>(c, "COUNT"))
+        .collect::<Result<Vec<_>, _>>()?;
     let hold: f64 = num(&args[3], "HOLD_SECONDS")?;
-    let mut conns = Vec::with_capacity(count);
+    let mut conns = Vec::with_capacity(counts.iter().copied().max().unwrap_or(0));
     let mut failed = 0usize;
-    for _ in 0..count {
-        // A balancer out of connection slots may accept and never answer: give up quickly.
-        match Conn::open(addr, path, Duration::from_secs(2))
-            .and_then(|mut c| c.exchange(false).map(|_| c))
-        {
-            Ok(c) => conns.push(c),
-            Err(_) => failed += 1,
+    for count in counts {
+        while conns.len() + failed < count {
+            // A balancer out of connection slots may accept and never answer: give up quickly.
+            match Conn::open(addr, path, Duration::from_secs(2))
+                .and_then(|mut c| c.exchange(false).map(|_| c))
+            {
+                Ok(c) => conns.push(c),
+                Err(_) => failed += 1,
+            }
         }
+        println!("open={} failed={failed}", conns.len());
+        std::io::stdout().flush().map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_secs_f64(hold));
     }
-    println!("open={} failed={failed}", conns.len());
-    std::io::stdout().flush().map_err(|e| e.to_string())?;
-    std::thread::sleep(Duration::from_secs_f64(hold));
     // Still open? A balancer may close idle connections early; say how many survived.
     let mut alive = 0usize;
     for c in &conns {
