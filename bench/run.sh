@@ -244,7 +244,8 @@ start_balancer() {
         local bin=$KB_BIN
         [ "$name" = kube-balancer ] || bin=${KB_BIN_BEFORE:?KB_BIN_BEFORE names the other build}
         start "$1" "$cpu" "$bin" standalone -f "$RUN/kube-balancer$suffix.yaml" --workers "$workers" \
-            --listen "127.0.0.1:$KB_PORT" --admin "127.0.0.1:$KB_ADMIN_PORT" --shutdown-grace 1s
+            --listen "127.0.0.1:$KB_PORT" --admin "127.0.0.1:$KB_ADMIN_PORT" --shutdown-grace 1s \
+            --header-read-timeout 300s
         ;;
     floor)
         PORT=$((PORT_BASE + 500)) H2_PORT=

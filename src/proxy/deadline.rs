@@ -9,8 +9,11 @@
 //! when a deadline comes sooner than the sleep is armed for.
 //!
 //! A lean connection that has waited for its next head for a while is asked to park
-//! ([`Fired::Park`]): to leave its task and the runtime, and wait in the worker's lot
-//! (`downstream::park`), which holds an idle connection in about a hundred bytes.
+//! ([`Fired::Park`], once per wait): to drop its lean future and wait for its next bytes with
+//! no more than the connection's task (`downstream::serve`). So that it is asked soon after
+//! going idle, a parking connection's sleep never sleeps longer than `park_after` while it is
+//! busy or waits for its member (a wake-up a second, not one per request); once asked, it
+//! sleeps until the head is due.
 //!
 //! HTTP/2 connections carry concurrent requests and do not use this.
 
@@ -37,6 +40,8 @@ pub struct Deadline {
     /// How long a connection waits for its next head before it is asked to park; never when
     /// `None` (hyper's connections).
     park_after: Cell<Option<Duration>>,
+    /// The connection was asked to park during this wait for a head.
+    park_asked: Cell<bool>,
     wait: Cell<Wait>,
     /// The instant the driver's sleep is armed for.
     armed: Cell<Instant>,
@@ -65,6 +70,7 @@ impl Deadline {
         Deadline {
             header_read_timeout,
             park_after: Cell::new(None),
+            park_asked: Cell::new(false),
             wait: Cell::new(Wait::Head(at)),
             armed: Cell::new(at),
             // The driver's sleep is not registered yet.
@@ -76,20 +82,17 @@ impl Deadline {
     /// Asks the connection to park once it has waited `after` for a head (see [`Fired::Park`]).
     pub fn parking_after(self, after: Duration) -> Self {
         self.park_after.set(Some(after));
+        // Waiting since `armed - header_read_timeout`: look at it again after `after`.
+        let armed = self.armed.get();
+        if let Some(since) = armed.checked_sub(self.header_read_timeout) {
+            self.armed.set(armed.min(since + after));
+        }
         self
     }
 
     /// No parking: hyper's server takes the connection.
     pub fn no_parking(&self) {
         self.park_after.set(None);
-    }
-
-    /// When the next head is due, while the connection waits for one.
-    pub fn head_due(&self) -> Option<Instant> {
-        match self.wait.get() {
-            Wait::Head(at) => Some(at),
-            _ => None,
-        }
     }
 
     /// The instant the driver's sleep is armed for.
@@ -118,6 +121,7 @@ impl Deadline {
     /// The answer has gone out: the next request head is due within the header-read timeout.
     pub fn await_head(&self, now: Instant) {
         let at = now + self.header_read_timeout;
+        self.park_asked.set(false);
         self.wait_until(Wait::Head(at), at);
     }
 
@@ -145,27 +149,38 @@ impl Deadline {
     /// The driver's sleep fired or must move: what to do at `now`.
     pub fn fire(&self, now: Instant) -> Fired {
         self.sooner.set(false);
+        let park_after = self.park_after.get();
         let at = match self.wait.get() {
             Wait::Head(at) if at <= now => return Fired::HeadTimeout,
-            Wait::Head(at) if let Some(after) = self.park_after.get() => {
+            Wait::Head(at) if !self.park_asked.get() && park_after.is_some() => {
                 // Waiting since `at - header_read_timeout`.
                 let park = at
                     .checked_sub(self.header_read_timeout)
-                    .map_or(now, |since| since + after);
+                    .zip(park_after)
+                    .map_or(now, |(since, after)| since + after);
                 if park <= now {
+                    self.park_asked.set(true);
                     self.armed.set(at);
                     return Fired::Park(at);
                 }
                 park.min(at)
             }
+            // Asked to park already (or never): sleep until the head is due.
+            Wait::Head(at) => at,
             Wait::Response(at) if at <= now => {
                 self.expired.set(true);
                 self.wait.set(Wait::Nothing);
                 now + self.header_read_timeout
             }
-            Wait::Head(at) | Wait::Response(at) => at,
+            Wait::Response(at) => at,
             // Nothing to time: look again after a while (an answer may stream for long).
             Wait::Nothing => now + self.header_read_timeout,
+        };
+        // Busy, or waiting for the member: a parking connection looks again after
+        // `park_after`, so that it is asked to park soon after it goes idle.
+        let at = match (self.wait.get(), park_after) {
+            (Wait::Head(_), _) | (_, None) => at,
+            (_, Some(after)) => at.min(now + after),
         };
         self.armed.set(at);
         Fired::Rearm(at)
@@ -207,37 +222,43 @@ mod tests {
         assert!(d.response_expired());
     }
 
-    /// A connection waiting for a head is asked to park once it has waited `park_after`, and
-    /// then sleeps on until the head is due (should it not park: part of a head came).
+    /// A connection waiting for a head is asked to park once it has waited `park_after`, once
+    /// per wait; while busy its sleep looks again every `park_after`.
     #[test]
-    fn a_connection_waiting_long_enough_for_a_head_is_asked_to_park() {
+    fn a_connection_waiting_long_enough_for_a_head_is_asked_to_park_once() {
         let t0 = Instant::now();
         let after = Duration::from_secs(1);
         let d = Deadline::new(HEAD, t0).parking_after(after);
+        assert_eq!(d.armed(), t0 + after);
         assert_eq!(d.fire(t0), Fired::Rearm(t0 + after));
         assert_eq!(d.fire(t0 + after), Fired::Park(t0 + HEAD));
         assert_eq!(d.armed(), t0 + HEAD);
+        // Asked once: the parked connection's driver, and the one that takes it when bytes
+        // come, sleep until the head is due.
+        assert_eq!(d.fire(t0 + after * 2), Fired::Rearm(t0 + HEAD));
         assert_eq!(d.fire(t0 + HEAD), Fired::HeadTimeout);
 
-        // Busy, then idle again from t1: parked a second after t1, not after t0.
+        // Busy, then waiting for the member: it looks again every `after`.
+        let t1 = t0 + HEAD;
         d.busy();
-        let t1 = t0 + HEAD * 2;
-        d.await_head(t1);
-        assert_eq!(d.head_due(), Some(t1 + HEAD));
         assert_eq!(d.fire(t1), Fired::Rearm(t1 + after));
-        assert_eq!(d.fire(t1 + after / 2), Fired::Rearm(t1 + after));
-        assert_eq!(d.fire(t1 + after), Fired::Park(t1 + HEAD));
+        d.await_response(t1 + HEAD);
+        assert_eq!(d.fire(t1 + after), Fired::Rearm(t1 + after * 2));
 
-        // Never while a request is handled, nor without parking.
-        d.busy();
-        assert_eq!(d.head_due(), None);
-        assert_eq!(d.fire(t1 + HEAD), Fired::Rearm(t1 + HEAD * 2));
-        d.await_head(t1 + HEAD * 2);
+        // Idle again from t2: asked `after` later, not before.
+        let t2 = t1 + after * 2;
+        d.response_arrived();
+        d.await_head(t2);
+        assert_eq!(d.fire(t2), Fired::Rearm(t2 + after));
+        assert_eq!(d.fire(t2 + after / 2), Fired::Rearm(t2 + after));
+        assert_eq!(d.fire(t2 + after), Fired::Park(t2 + HEAD));
+
+        // hyper's server took the connection: never asked, and it sleeps as long as before.
         d.no_parking();
-        assert_eq!(
-            d.fire(t1 + HEAD * 2 + after),
-            Fired::Rearm(t1 + HEAD * 3)
-        );
+        d.await_head(t2 + after);
+        assert_eq!(d.fire(t2 + after * 2), Fired::Rearm(t2 + after + HEAD));
+        d.busy();
+        assert_eq!(d.fire(t2 + HEAD), Fired::Rearm(t2 + HEAD * 2));
     }
 
     #[test]

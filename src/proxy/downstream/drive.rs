@@ -22,6 +22,8 @@ pub struct Stopping {
     /// Wakers of the connections waiting, by slot; freed slots are reused.
     waiting: RefCell<Vec<Option<Waker>>>,
     free: RefCell<Vec<usize>>,
+    /// How many of the worker's connections are parked now (`downstream::Parked`).
+    parked: Cell<usize>,
 }
 
 impl Stopping {
@@ -31,6 +33,15 @@ impl Stopping {
         for waker in waiting.into_iter().flatten() {
             waker.wake();
         }
+    }
+
+    /// How many of the worker's connections are parked now.
+    pub fn parked(&self) -> usize {
+        self.parked.get()
+    }
+
+    pub(super) fn count_parked(&self, by: isize) {
+        self.parked.set(self.parked.get().saturating_add_signed(by));
     }
 }
 

@@ -5,7 +5,8 @@
 //!
 //! Between requests an idle connection holds no buffer, as with nginx (hyper keeps 16 KiB per
 //! connection): its read buffer goes back to the worker's spare ones when it is empty, and the
-//! answer's is taken from them for the time of one write.
+//! answer's is taken from them for the time of one write. An idle connection asked to park
+//! (`Ended::Parked`) leaves this loop altogether, and with it this future's kilobyte.
 
 use std::cell::Cell;
 use std::io;
@@ -30,6 +31,9 @@ use crate::proxy::worker::Worker;
 pub enum Ended {
     /// Closed: by the client, after `Connection: close`, or because the worker stops.
     Closed,
+    /// Idle, and asked to park: the connection waits for its next bytes without this future,
+    /// then a new one takes it (whether it may still open with HTTP/2's preface, second).
+    Parked(TcpStream, bool),
     /// A request it does not handle: hyper's server takes the connection, these bytes first.
     HandOff(TcpStream, Bytes),
     /// The connection opened with HTTP/2's preface (cleartext, prior knowledge): hyper's HTTP/2
@@ -37,8 +41,25 @@ pub enum Ended {
     Http2(TcpStream, Bytes),
 }
 
-/// Serves the connection's requests until it closes or needs hyper. `closing` is set when the
-/// worker stops: an idle connection closes at once, a busy one after its answer.
+/// What the driver asked of a lean connection (drive's `Ask`), as the connection reads it.
+#[derive(Default)]
+pub struct Asked {
+    /// The worker stops: an idle connection closes at once, a busy one after its answer.
+    pub stop: Cell<bool>,
+    /// It has waited long for its next head: if nothing of one has come, it parks.
+    pub park: Cell<bool>,
+}
+
+/// What an idle connection's wait for bytes ended with.
+enum Idle {
+    Stop,
+    Park,
+    /// What a read brought (0: the client closed).
+    Read(io::Result<usize>),
+}
+
+/// Serves the connection's requests until it closes, parks or needs hyper (see [`Asked`]).
+/// `sniffing`: no bytes have come yet, so it may open with HTTP/2's preface.
 ///
 /// One async function, not several: its future is boxed whole when the connection starts and
 /// must stay within the allocator's small blocks (see the test below); every awaited
@@ -48,11 +69,10 @@ pub async fn serve(
     mut stream: TcpStream,
     worker: Rc<Worker>,
     client: Rc<Client>,
-    closing: Rc<Cell<bool>>,
+    asked: Rc<Asked>,
+    mut sniffing: bool,
 ) -> io::Result<Ended> {
     let mut buf = BytesMut::new();
-    // Until the first bytes tell otherwise, the connection may be opening with HTTP/2's preface.
-    let mut sniffing = true;
     'serve: loop {
         // How much of `buf` is known to end no head: a head can only end with a line feed, so a
         // head trickling in is parsed again only when a line has ended (not once per read). The
@@ -70,28 +90,49 @@ pub async fn serve(
                     }
                     None => checked = buf.len(),
                 }
-            } else if closing.get() {
+            } else if asked.stop.get() {
                 break 'serve;
             } else {
                 // Idle: hold no buffer while waiting.
                 worker.buffers.put_read(std::mem::take(&mut buf));
             }
-            let ready = std::future::poll_fn(|cx| {
-                if buf.is_empty() && closing.get() {
-                    return Poll::Ready(None);
+            // Waits for bytes, and reads them. Readiness first: an idle connection takes a
+            // read buffer only once bytes have come.
+            let read = std::future::poll_fn(|cx| {
+                if buf.is_empty() && asked.stop.get() {
+                    return Poll::Ready(Idle::Stop);
                 }
-                stream.poll_read_ready(cx).map(Some)
+                if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
+                    if let Err(e) = ready {
+                        return Poll::Ready(Idle::Read(Err(e)));
+                    }
+                    if buf.capacity() == 0 {
+                        buf = worker.buffers.take_read();
+                    }
+                    match poll_fill(&mut stream, cx, &mut buf, READ_SIZE) {
+                        Poll::Ready(n) => return Poll::Ready(Idle::Read(n)),
+                        // Not readable after all: still idle, holding no buffer.
+                        Poll::Pending if buf.is_empty() => {
+                            worker.buffers.put_read(std::mem::take(&mut buf));
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+                // Nothing to read: park if asked (the ask is used up either way).
+                if asked.park.replace(false) && buf.is_empty() {
+                    return Poll::Ready(Idle::Park);
+                }
+                Poll::Pending
             });
-            match ready.await {
-                None => break 'serve,
-                Some(ready) => ready?,
-            }
-            if buf.capacity() == 0 {
-                buf = worker.buffers.take_read();
-            }
-            let n = std::future::poll_fn(|cx| poll_fill(&mut stream, cx, &mut buf, READ_SIZE));
-            if n.await? == 0 {
-                break 'serve;
+            match read.await {
+                Idle::Stop => break 'serve,
+                // Its read buffer is already back with the worker's spares (it was empty).
+                Idle::Park => return Ok(Ended::Parked(stream, sniffing)),
+                Idle::Read(n) => {
+                    if n? == 0 {
+                        break 'serve;
+                    }
+                }
             }
         };
         let version = request.req.version();
@@ -118,7 +159,7 @@ pub async fn serve(
             tracing::debug!(client = %client.addr, "client closed the connection before the answer; request dropped");
             break 'serve;
         };
-        let keep_alive = keep_alive && !closing.get();
+        let keep_alive = keep_alive && !asked.stop.get();
         // `respond` borrows the answer, so that its own future (part of every connection's,
         // idle or not) does not hold the answer twice, as an argument and a local.
         let kept = respond(
@@ -259,7 +300,8 @@ mod tests {
                     port: 80,
                 },
             )),
-            Rc::new(Cell::new(false)),
+            Rc::new(Asked::default()),
+            true,
         )
         .await
         .expect("served");
@@ -299,7 +341,7 @@ mod tests {
     /// change that grows it past that shows here.
     #[test]
     fn a_connections_future_fits_the_allocators_small_blocks() {
-        fn returned<A, B, C, D, R>(_: fn(A, B, C, D) -> R) -> usize {
+        fn returned<A, B, C, D, E, R>(_: fn(A, B, C, D, E) -> R) -> usize {
             std::mem::size_of::<R>()
         }
         let size = returned(serve);
