@@ -36,6 +36,7 @@ impl Stopping {
     }
 
     /// How many of the worker's connections are parked now.
+    #[cfg(test)]
     pub fn parked(&self) -> usize {
         self.parked.get()
     }
