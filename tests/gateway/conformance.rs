@@ -1,5 +1,6 @@
 //! The Gateway API conformance suite (v1.6.3, docs/testenv.md) against the real `kube-balancer
-//! run --gateway-address ...`: every core test of the GATEWAY-HTTP profile must pass. The suite
+//! run --gateway-address ...`: every core test of the GATEWAY-HTTP profile must pass, and every
+//! extended test of the features claimed (`kube_balancer::gateway::SUPPORTED_FEATURES`). The suite
 //! runs only the tests whose features are claimed (`--supported-features`), and skips nothing
 //! else; its report goes where `KB_CONFORMANCE_REPORT` says (scripts/conformance.sh copies it
 //! into conformance/), else into the run's directory.
@@ -23,14 +24,11 @@ use crate::support::podrunner::PodRunner;
 use crate::support::podrunner::conformance::{
     Suite, exclusive, install_crds, until_suite_namespaces_gone,
 };
-use kube_balancer::gateway::CONTROLLER_NAME;
+use kube_balancer::gateway::{CONTROLLER_NAME, SUPPORTED_FEATURES};
 use kube_balancer::gateway::api::GatewayClass;
 
 /// The GatewayClass the suite runs against.
 const CLASS: &str = "kube-balancer";
-
-/// The features claimed: the core of GATEWAY-HTTP, and nothing the data plane does not serve.
-const SUPPORTED_FEATURES: [&str; 3] = ["Gateway", "HTTPRoute", "ReferenceGrant"];
 
 /// The Gateways the suite has at once (its four base ones and a test's own) each get an address
 /// of their own.
@@ -56,7 +54,7 @@ impl Drop for Running {
 }
 
 #[tokio::test]
-async fn the_core_of_the_gateway_http_profile_passes() {
+async fn the_gateway_http_profile_passes_with_every_claimed_feature() {
     netns::require();
     // The suite's namespaces and the controller name are this test's alone while it runs.
     let _exclusive = exclusive().await;
@@ -165,5 +163,24 @@ async fn the_core_of_the_gateway_http_profile_passes() {
     assert_eq!(core["statistics"]["Skipped"], 0, "{report_text}");
     if suite.run_test.is_none() {
         assert_eq!(core["statistics"]["Passed"], 36, "{report_text}");
+    }
+    // The extended tests of every claimed feature: all pass, none skipped.
+    let extended = &profile["extended"];
+    let claimed_extended: Vec<&str> = SUPPORTED_FEATURES
+        .iter()
+        .copied()
+        .filter(|f| !["Gateway", "HTTPRoute", "ReferenceGrant"].contains(f))
+        .collect();
+    let reported: Vec<&str> = extended["supportedFeatures"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str())
+        .collect();
+    if !(suite.run_test.is_some() && extended.is_null()) {
+        assert_eq!(reported, claimed_extended, "{report_text}");
+        assert_eq!(extended["result"], "success", "{report_text}");
+        assert_eq!(extended["statistics"]["Failed"], 0, "{report_text}");
+        assert_eq!(extended["statistics"]["Skipped"], 0, "{report_text}");
     }
 }
