@@ -24,8 +24,8 @@ use crate::support::podrunner::PodRunner;
 use crate::support::podrunner::conformance::{
     Suite, exclusive, install_crds, until_suite_namespaces_gone,
 };
-use kube_balancer::gateway::{CONTROLLER_NAME, SUPPORTED_FEATURES};
 use kube_balancer::gateway::api::GatewayClass;
+use kube_balancer::gateway::{CONTROLLER_NAME, SUPPORTED_FEATURES};
 
 /// The GatewayClass the suite runs against.
 const CLASS: &str = "kube-balancer";

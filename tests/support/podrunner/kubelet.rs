@@ -80,8 +80,7 @@ impl Options {
                         .ok();
                 }
                 "tailLines" => {
-                    options.tail_lines =
-                        Some(value.parse().map_err(|e| format!("tailLines: {e}"))?)
+                    options.tail_lines = Some(value.parse().map_err(|e| format!("tailLines: {e}"))?)
                 }
                 "limitBytes" => {
                     options.limit_bytes =
@@ -139,7 +138,11 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(high), Some(low)) => {
                 out.push((high * 16 + low) as u8);
                 i += 3;
@@ -253,7 +256,8 @@ mod tests {
 
     #[test]
     fn logs_are_selected_as_a_kubelet_does() {
-        let log = "2026-01-01T00:00:01Z one\n2026-01-01T00:00:02.5Z two\n2026-01-01T00:00:03Z three\n";
+        let log =
+            "2026-01-01T00:00:01Z one\n2026-01-01T00:00:02.5Z two\n2026-01-01T00:00:03Z three\n";
         let all = Options::parse(None).unwrap();
         assert_eq!(all.select(log), "one\ntwo\nthree\n");
         let since = Options::parse(Some("sinceTime=2026-01-01T00%3A00%3A02Z&container=x")).unwrap();
