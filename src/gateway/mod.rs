@@ -32,6 +32,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "GatewayHTTPListenerIsolation",
     "GatewayHTTPSListenerDetectMisdirectedRequests",
     "GatewayPort8080",
+    "GatewayStaticAddresses",
     "HTTPRoute",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
@@ -82,6 +83,8 @@ pub mod reasons {
     pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
     pub const INVALID: &str = "Invalid";
     pub const ADDRESS_NOT_ASSIGNED: &str = "AddressNotAssigned";
+    pub const ADDRESS_NOT_USABLE: &str = "AddressNotUsable";
+    pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
 
     pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
     pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";

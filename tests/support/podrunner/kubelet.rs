@@ -252,20 +252,19 @@ fn read(path: &Path) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn logs_are_selected_as_a_kubelet_does() {
         let log =
             "2026-01-01T00:00:01Z one\n2026-01-01T00:00:02.5Z two\n2026-01-01T00:00:03Z three\n";
-        let all = Options::parse(None).unwrap();
+        let all = super::Options::parse(None).unwrap();
         assert_eq!(all.select(log), "one\ntwo\nthree\n");
-        let since = Options::parse(Some("sinceTime=2026-01-01T00%3A00%3A02Z&container=x")).unwrap();
+        let since =
+            super::Options::parse(Some("sinceTime=2026-01-01T00%3A00%3A02Z&container=x")).unwrap();
         assert_eq!(since.select(log), "two\nthree\n");
-        let tail = Options::parse(Some("tailLines=1&timestamps=true")).unwrap();
+        let tail = super::Options::parse(Some("tailLines=1&timestamps=true")).unwrap();
         assert_eq!(tail.select(log), "2026-01-01T00:00:03Z three\n");
-        let limit = Options::parse(Some("limitBytes=5")).unwrap();
+        let limit = super::Options::parse(Some("limitBytes=5")).unwrap();
         assert_eq!(limit.select(log), "one\nt");
-        assert!(Options::parse(Some("sinceTime=yesterday")).is_err());
+        assert!(super::Options::parse(Some("sinceTime=yesterday")).is_err());
     }
 }
