@@ -278,6 +278,8 @@ mod tests {
             namespace: "shop".into(),
             name: name.into(),
             routes: vec![RouteSpec::default()],
+            route_configs: vec![crate::discovery::routes::RouteConfig::everything()],
+            route_problems: Vec::new(),
             lb_method: LbMethod::ByRequests,
             max_attempts: 1,
             no_failover: false,

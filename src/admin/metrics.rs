@@ -229,6 +229,8 @@ mod tests {
             namespace: "shop".into(),
             name: "web".into(),
             routes: vec![RouteSpec::default()],
+            route_configs: vec![crate::discovery::routes::RouteConfig::everything()],
+            route_problems: Vec::new(),
             lb_method: LbMethod::ByRequests,
             max_attempts: 1,
             no_failover: false,

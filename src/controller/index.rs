@@ -9,7 +9,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 
-use crate::api::{BalancerCluster, RouteSpec};
+use crate::api::BalancerCluster;
 use crate::discovery::endpoints::{AnnotationProblem, SERVICE_NAME_LABEL, members_from_slices};
 use crate::discovery::{ClusterConfig, cluster_config};
 
@@ -111,7 +111,7 @@ pub fn desired(world: &World<'_>, scope: &Scope) -> Desired {
         match cluster_config(bc, discovered) {
             Ok(mut config) => {
                 if scope.only.is_some() {
-                    config.routes = vec![RouteSpec::default()];
+                    config.serve_everything();
                 }
                 out.clusters.push(config);
             }
@@ -300,6 +300,10 @@ mod tests {
             },
         );
         assert_eq!(d.clusters.len(), 1);
-        assert_eq!(d.clusters[0].routes, vec![RouteSpec::default()]);
+        assert_eq!(d.clusters[0].routes, vec![crate::api::RouteSpec::default()]);
+        assert_eq!(
+            d.clusters[0].route_configs,
+            vec![crate::discovery::routes::RouteConfig::everything()]
+        );
     }
 }
