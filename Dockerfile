@@ -13,7 +13,7 @@ ARG DEBIAN_RELEASE=trixie
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
 WORKDIR /build
 # The profile-guided build (scripts/build-release.sh) trains on loopback with h2load and the
-# training mix of bench/loadgen; it needs rustup's llvm-tools for llvm-profdata.
+# training mix of tools/loadgen; it needs rustup's llvm-tools for llvm-profdata.
 # `--build-arg PGO=0` builds without it.
 ARG PGO=1
 RUN if [ "$PGO" != 0 ]; then \
@@ -26,7 +26,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY examples ./examples
 COPY scripts/build-release.sh ./scripts/
-COPY bench/loadgen ./bench/loadgen
+COPY tools/loadgen ./tools/loadgen
 RUN install -D -m 0755 "$(PGO=$PGO scripts/build-release.sh)" /out/kube-balancer
 
 FROM debian:${DEBIAN_RELEASE}-slim

@@ -9,7 +9,8 @@
 # VIA: slices (the benchmark writes the EndpointSlices: the controller's own latency), pods (pods'
 # readiness flips and the real EndpointSlice controller writes them: end to end), or both.
 #
-# Writes bench/results/controller-DATE.md (and controller-latest.md). See docs/benchmarks.md.
+# Writes bench/results/controller-latest.md, and a dated copy to bench/results/archive/. See
+# docs/benchmarks.md.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -24,7 +25,8 @@ say "building the release binary and the bench"
 cargo build --release --quiet --bin kube-balancer
 cargo bench --no-run --quiet --bench controller
 STAMP=$(date -u +%Y-%m-%d-%H%M)
-OUT=$HERE/results/controller-$STAMP.md
+mkdir -p "$HERE/results/archive"
+OUT=$HERE/results/archive/controller-$STAMP.md
 TABLE=$(mktemp -t kb-controller-bench.XXXXXX)
 trap 'rm -f "$TABLE"' EXIT
 bash scripts/testenv.sh run cargo bench --quiet --bench controller -- \

@@ -40,7 +40,7 @@ elif [ -z "${KB_BIN:-}" ]; then
     # As bench/run.sh measures it: profile-guided, or PGO=0 for a plain release build.
     KB_BIN=$("$REPO/scripts/build-release.sh")
 fi
-(cd "$HERE/loadgen" && cargo build --release --quiet --target-dir "$REPO/target/bench")
+(cd "$REPO/tools/loadgen" && cargo build --release --locked --quiet --target-dir "$REPO/target/bench")
 LOADGEN=$REPO/target/bench/release/kb-loadgen
 
 RUN=$(mktemp -d -t kb-profile.XXXXXX)

@@ -5,9 +5,12 @@ kube-balancer's figure to each peer's), a TSV of the medians, and a gnuplot scri
 usage: report.py META RAW_TSV OUT_PREFIX "BALANCER..."
 """
 
+import os
 import statistics
 import sys
 from collections import defaultdict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NAMES = {
     "kube-balancer": "kube-balancer",
@@ -75,12 +78,14 @@ def main():
 
     me = "kube-balancer"
     peers = [b for b in balancers if b != me]
+    # Relative to where this report goes (bench/results/ or its archive/).
+    docs = os.path.relpath(os.path.join(REPO, "docs", "benchmarks.md"), os.path.dirname(os.path.abspath(prefix)))
     out = []
     out.append(f"# kube-balancer side by side: {meta.get('date', '')}\n")
     out.append(
         f"Medians of {len(rounds)} round(s). Each balancer: one worker pinned to one CPU; load generator "
         "and the two members on the other CPU; loopback only. How each figure is measured: "
-        "[docs/benchmarks.md](../../docs/benchmarks.md). Ratios are kube-balancer's figure divided by "
+        f"[docs/benchmarks.md]({docs}). Ratios are kube-balancer's figure divided by "
         "the peer's (below 1 is better for CPU, latency and memory; above 1 is better for throughput).\n"
     )
     head = ["figure", "unit"] + [NAMES.get(b, b) for b in balancers]

@@ -15,7 +15,8 @@
 #
 # Each balancer runs with one worker pinned to LB_CPU; the load generators and the two members
 # (one nginx worker on two ports) share LOAD_CPU. Only loopback addresses; every load run is
-# bounded in time. Results go to bench/results/<date>.md (and latest.md, and a PNG chart).
+# bounded in time. Results go to bench/results/latest.md (with latest.tsv and a PNG chart), and
+# a dated copy of each to bench/results/archive/.
 # docs/benchmarks.md says what each figure means and how it is measured.
 set -euo pipefail
 
@@ -88,7 +89,7 @@ if [ -z "$GIVEN" ]; then
 else
     BUILD=${KB_BUILD:-"given (KB_BIN): $(basename "$KB_BIN")"}
 fi
-(cd "$HERE/loadgen" && cargo build --release --quiet --target-dir "$REPO/target/bench")
+(cd "$REPO/tools/loadgen" && cargo build --release --locked --quiet --target-dir "$REPO/target/bench")
 LOADGEN=$REPO/target/bench/release/kb-loadgen
 case " $BALANCERS " in
 *" floor "*)
@@ -386,13 +387,14 @@ for ROUND in $(seq "$ROUNDS"); do
 done
 echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RUN/meta"
 
-mkdir -p "$RESULTS"
+mkdir -p "$RESULTS/archive"
 stamp=$(date -u +%Y-%m-%d-%H%M)
-python3 "$HERE/report.py" "$RUN/meta" "$RAW" "$RESULTS/$stamp" "$BALANCERS"
-cp "$RESULTS/$stamp.md" "$RESULTS/latest.md"
-cp "$RESULTS/$stamp.tsv" "$RESULTS/latest.tsv"
-if command -v gnuplot >/dev/null && [ -f "$RESULTS/$stamp.gp" ]; then
-    gnuplot "$RESULTS/$stamp.gp" && rm "$RESULTS/$stamp.gp" && cp "$RESULTS/$stamp.png" "$RESULTS/latest.png"
-fi
-say "results: $RESULTS/$stamp.md"
-cat "$RESULTS/$stamp.md"
+# The same report twice, each with links right for its folder: latest.* and the dated record.
+for prefix in "$RESULTS/archive/$stamp" "$RESULTS/latest"; do
+    python3 "$HERE/report.py" "$RUN/meta" "$RAW" "$prefix" "$BALANCERS"
+    if command -v gnuplot >/dev/null && [ -f "$prefix.gp" ]; then
+        gnuplot "$prefix.gp" && rm "$prefix.gp"
+    fi
+done
+say "results: $RESULTS/latest.md (kept as $RESULTS/archive/$stamp.md)"
+cat "$RESULTS/latest.md"

@@ -6,7 +6,7 @@
 #   PGO=0 scripts/build-release.sh     # a plain `cargo build --release` instead
 #
 # 1. An instrumented build counts how often each branch of the code runs.
-# 2. It serves a training mix for TRAIN_SECONDS (bench/loadgen/src/train.rs): two members, a
+# 2. It serves a training mix for TRAIN_SECONDS (tools/loadgen/src/train.rs): two members, a
 #    balancer with three clusters (round robin, sticky sessions, hashing), HTTP/1.1 clients
 #    with small, large and chunked answers, request bodies, HEAD, new connections, and HTTP/2
 #    clients from h2load.
@@ -54,7 +54,7 @@ rm -rf "$OUT/profiles"
 say "1/3 instrumented build"
 RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$OUT/profiles" \
     cargo build --release --locked --quiet --bin kube-balancer --target-dir "$OUT/instrumented" >&2
-(cd bench/loadgen && cargo build --release --quiet --target-dir "$OUT/tools" >&2)
+(cd tools/loadgen && cargo build --release --locked --quiet --target-dir "$OUT/tools" >&2)
 loadgen=$OUT/tools/release/kb-loadgen
 
 say "2/3 training for ${TRAIN_SECONDS}s"

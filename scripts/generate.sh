@@ -3,7 +3,7 @@
 #   crds/  <- `kube-balancer crd`
 #   charts/kube-balancer/crds/  <- crds/
 #   manifests/kube-balancer.yaml  <- `helm template` of the chart (helm from scripts/testenv.sh)
-# Tests fail when any of them is stale (tests/crd.rs, tests/install.rs).
+# Tests fail when any of them is stale (tests/kube/crd.rs, tests/kube/install.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond Rust and Go, when it is missing: headless Chromium for the
-# balancer-manager page test (tests/admin.rs). Debian packages, so it needs root and apt-get.
+# balancer-manager page test (tests/dataplane/admin.rs). Debian packages, so it needs root and apt-get.
 set -euo pipefail
 
 say() { printf 'test-deps: %s\n' "$*" >&2; }

@@ -1,6 +1,7 @@
 //! A real Kubernetes control plane for the tests: etcd, kube-apiserver, and kube-controller-manager
 //! running only the EndpointSlice controller, on free loopback ports, with certificates made for
-//! the run. It starts once per test binary, on first use, and is shared by every test in it.
+//! the run. It starts once per test binary, on first use, and is shared by every test in it
+//! (`shared`); a test that breaks its control plane (an outage) starts one of its own (`own`).
 //!
 //! The binaries come from scripts/testenv.sh, which `KB_TESTENV_BIN` points to. The servers die with
 //! the test process, however it ends (`PR_SET_PDEATHSIG`, plus an exit hook for a normal exit), and
@@ -17,7 +18,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, Once, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -56,6 +57,8 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     config: kube::Config,
     server: String,
+    /// Started by `own` for one test, which may break it; stopped when dropped.
+    own: bool,
 }
 
 impl ControlPlane {
@@ -66,6 +69,18 @@ impl ControlPlane {
         match SHARED.get_or_init(start_on_keeper_thread) {
             Ok(control_plane) => control_plane,
             Err(why) => panic!("the test control plane is not available: {why}"),
+        }
+    }
+
+    /// A control plane of the calling test's own, for a test that breaks it (`stop_apiserver`);
+    /// the shared one and the other tests are left alone. Its servers stop when it is dropped.
+    pub fn own() -> ControlPlane {
+        match start_on_keeper_thread() {
+            Ok(mut control_plane) => {
+                control_plane.own = true;
+                control_plane
+            }
+            Err(why) => panic!("a test control plane of its own did not start: {why}"),
         }
     }
 
@@ -85,12 +100,18 @@ impl ControlPlane {
         &self.server
     }
 
-    /// Kills the kube-apiserver for good (an outage test; the binary's other tests lose it too, so
-    /// such a test lives in a test binary of its own).
+    /// Kills the kube-apiserver for good: an outage test, on a control plane of its own (`own`),
+    /// since every other test of the binary shares the other one.
     pub fn stop_apiserver(&self) {
+        assert!(
+            self.own,
+            "stop_apiserver on the shared control plane would break the binary's other tests; \
+             start one with ControlPlane::own()"
+        );
         let mut processes = lock();
         if let Some((_, child)) = processes
-            .as_mut()
+            .iter_mut()
+            .find(|p| p.dir == self.dir)
             .and_then(|p| p.children.iter_mut().find(|(n, _)| *n == "kube-apiserver"))
         {
             let _ = child.kill();
@@ -124,6 +145,17 @@ impl ControlPlane {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8(output.stdout).expect("the tool's output is UTF-8")
+    }
+}
+
+impl Drop for ControlPlane {
+    /// Only a control plane of a test's own is ever dropped (the shared one lives in a static):
+    /// its servers stop and its directory goes, as at exit.
+    fn drop(&mut self) {
+        let mut processes = lock();
+        if let Some(at) = processes.iter().position(|p| p.dir == self.dir) {
+            processes.remove(at).stop();
+        }
     }
 }
 
@@ -298,6 +330,7 @@ async fn start() -> Result<ControlPlane, String> {
         kubeconfig,
         config,
         server,
+        own: false,
     })
 }
 
@@ -351,7 +384,7 @@ where
     loop {
         every.tick().await;
         for name in processes {
-            if let Some(status) = Processes::exited(name) {
+            if let Some(status) = Processes::exited(dir, name) {
                 return Err(format!(
                     "{name} exited ({status}) while waiting for {what}:\n{}",
                     log_tail(dir, name)
@@ -523,7 +556,7 @@ impl Pki {
     }
 }
 
-/// The servers of this test binary, for the exit hook.
+/// The servers of one control plane, for the exit hook.
 struct Processes {
     dir: PathBuf,
     children: Vec<(&'static str, Child)>,
@@ -531,7 +564,8 @@ struct Processes {
     _watchdog: ChildStdin,
 }
 
-static PROCESSES: Mutex<Option<Processes>> = Mutex::new(None);
+/// Every control plane of this test binary that is still running.
+static PROCESSES: Mutex<Vec<Processes>> = Mutex::new(Vec::new());
 
 impl Processes {
     /// Records the run's directory for removal at exit, by the exit hook or, if this process is
@@ -571,13 +605,16 @@ impl Processes {
             fs::write(dir.join("keep"), "")
                 .map_err(|e| format!("cannot mark {} to keep: {e}", dir.display()))?;
         }
-        *lock() = Some(Processes {
+        lock().push(Processes {
             dir: dir.to_owned(),
             children: Vec::new(),
             _watchdog: stdin,
         });
-        // SAFETY: registers a plain `extern "C"` function, once.
-        if unsafe { libc::atexit(stop_all) } != 0 {
+        static HOOK: Once = Once::new();
+        let mut registered = true;
+        // SAFETY: registers a plain `extern "C"` function, once per process.
+        HOOK.call_once(|| registered = unsafe { libc::atexit(stop_all) } == 0);
+        if !registered {
             return Err("cannot register the control plane's exit hook".into());
         }
         Ok(())
@@ -595,45 +632,51 @@ impl Processes {
             .spawn()
             .map_err(|e| format!("cannot start {name}: {e}"))?;
         lock()
-            .as_mut()
+            .iter_mut()
+            .find(|p| p.dir == dir)
             .expect("registered")
             .children
             .push((name, child));
         Ok(())
     }
 
-    fn exited(name: &str) -> Option<ExitStatus> {
+    fn exited(dir: &Path, name: &str) -> Option<ExitStatus> {
         let mut processes = lock();
         let (_, child) = processes
-            .as_mut()?
+            .iter_mut()
+            .find(|p| p.dir == dir)?
             .children
             .iter_mut()
             .find(|(n, _)| *n == name)?;
         child.try_wait().ok().flatten()
     }
+
+    /// Stops the servers, newest first, and removes the directory unless it is to be kept.
+    fn stop(&mut self) {
+        for (_, child) in self.children.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if self.dir.join("keep").exists() {
+            let _ = writeln!(io::stderr(), "testenv: kept {}", self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
-fn lock() -> std::sync::MutexGuard<'static, Option<Processes>> {
+fn lock() -> std::sync::MutexGuard<'static, Vec<Processes>> {
     PROCESSES.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The exit hook: stops the servers, newest first, and removes the run's directory.
 extern "C" fn stop_all() {
     // Never block an exiting process; the watchdog and PR_SET_PDEATHSIG cover a missed hook.
-    let Ok(mut guard) = PROCESSES.try_lock() else {
+    let Ok(mut processes) = PROCESSES.try_lock() else {
         return;
     };
-    let Some(processes) = guard.as_mut() else {
-        return;
-    };
-    for (_, child) in processes.children.iter_mut().rev() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    if processes.dir.join("keep").exists() {
-        let _ = writeln!(io::stderr(), "testenv: kept {}", processes.dir.display());
-    } else {
-        let _ = fs::remove_dir_all(&processes.dir);
+    for control_plane in processes.iter_mut() {
+        control_plane.stop();
     }
 }
 

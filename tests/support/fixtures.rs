@@ -16,12 +16,12 @@ use kube_balancer::api::BalancerCluster;
 use kube_balancer::controller::{self, Options, index::Scope};
 use kube_balancer::discovery::MemberConfig;
 use kube_balancer::plane::DataPlane;
-use kube_balancer::proxy::{ProxyOptions, Server};
+use kube_balancer::proxy::Server;
 
 use super::backend::Backend;
 use super::netns;
 use super::pods::FakePod;
-use super::wait;
+use super::{proxy, wait};
 
 /// Installs (or updates) the BalancerCluster CRD and waits until it is established.
 pub async fn install_crd(client: &Client) {
@@ -62,7 +62,7 @@ pub async fn web_pods(client: &Client, ns: &str, names: &[&str]) -> Vec<(FakePod
     let mut out = Vec::new();
     for name in names {
         let ip = netns::next_pod_ip();
-        let backend = Backend::start(name, ip).await;
+        let backend = Backend::start_on(name, ip).await;
         let pod = FakePod::new(ns, name, ip)
             .label("app", "web")
             .port("http", backend.addr.port());
@@ -104,7 +104,7 @@ pub fn options(ns: &str, identity: &str) -> Options {
     }
 }
 
-/// A controller and a data plane (one worker on 127.0.0.1) fed by it, as `run` starts them.
+/// A controller and a data plane (`proxy::options`) fed by it, as `run` starts them.
 /// Stopped when dropped.
 pub struct Balancer {
     pub plane: Arc<DataPlane>,
@@ -120,9 +120,7 @@ impl Balancer {
         let controller = controller::start(client.clone(), options, plane.clone())
             .await
             .expect("the controller starts");
-        let mut proxy = ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
-        proxy.workers = 1;
-        let server = Server::start(plane.clone(), proxy).expect("the data plane starts");
+        let server = Server::start(plane.clone(), proxy::options()).expect("the data plane starts");
         let _checker = kube_balancer::health::Checker::start(plane.clone()).expect("checks start");
         Balancer {
             _checker,

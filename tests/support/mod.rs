@@ -1,21 +1,37 @@
-//! Harnesses shared by the integration tests (docs/testenv.md).
+//! The harness of the integration tests, shared by both tiers (docs/testenv.md). Real parts, no
+//! mocks: real sockets on ephemeral ports, real HTTP clients, the real binary, the real control
+//! plane.
 //!
-//! - `controlplane`: a real etcd, kube-apiserver and kube-controller-manager, started once per test
-//!   binary from the binaries that scripts/testenv.sh builds.
-//! - `pods`: Nodes and Pods without a kubelet, whose status the tests write themselves, so that the
-//!   real EndpointSlice controller publishes them.
-//! - `netns`: the network namespace of the run, where pod IPs (10.244.0.0/24) are local addresses.
-//! - `backend`: a tiny HTTP server on a pod IP and a plain HTTP client.
-//! - `fixtures`: our CRD, a Service over pods with backends, a BalancerCluster, controller options.
-//! - `wait`: waiting on a condition seen through a watch, with a timeout.
+//! Any test:
+//! - `backend`: HTTP backends with knobs (delay, status, health), a custom handler, WebSocket;
+//! - `client`: a real HTTP client and the answer as tests look at it;
+//! - `proxy`: the data plane in the test process (`options`: the one place its options are
+//!   built), and the YAML of a cluster;
+//! - `process`: the `kube-balancer` binary as a process, and what it logs;
+//! - `raw`: HTTP/1 bytes on a socket, scripted members and a raw client;
+//! - `wait`: waiting on a condition, a future or a watch, with a timeout;
+//! - `metrics`, `chromium`: reading /metrics, and loading a page in headless Chromium.
 //!
-//! Each test binary compiles this module on its own and uses only part of it.
+//! The Kubernetes tier (the run's network namespace and control plane, which scripts/testenv.sh
+//! provides):
+//! - `controlplane`: etcd, kube-apiserver and kube-controller-manager, shared by a test binary;
+//! - `pods`: Nodes and Pods without a kubelet, whose status the tests write themselves;
+//! - `netns`: the network namespace of the run, where pod IPs (10.244.0.0/24) are local;
+//! - `fixtures`: our CRD, a Service over pods with backends, a BalancerCluster, the controller.
+//!
+//! Each tier uses only part of it.
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod chromium;
+pub mod client;
 pub mod controlplane;
 pub mod fixtures;
+pub mod metrics;
 pub mod netns;
 pub mod podrunner;
 pub mod pods;
+pub mod process;
+pub mod proxy;
+pub mod raw;
 pub mod wait;

@@ -1,6 +1,9 @@
-//! Waiting on what the API server shows: a watch, a condition, a timeout. No fixed sleeps.
+//! Waiting on a condition with a timeout, never a fixed sleep: a condition polled (`until`,
+//! `until_some`), a future (`within`), or what the API server shows through a watch
+//! (`until_list`, `until_object`, `until_gone`).
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::hash::Hash;
 use std::pin::pin;
 use std::sync::Arc;
@@ -16,6 +19,49 @@ use serde::de::DeserializeOwned;
 /// How long a test waits for the control plane to reach a state. Generous: a loaded 2-core CI
 /// machine runs the controllers slowly, and a passing test never waits this long.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest any single wait on loopback (an answer, a byte, a close) may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Waits for `condition` to hold, checking every 10 ms; fails the test after `limit`.
+pub async fn until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `check` every 20 ms until it gives `Some`, and returns that; fails the test after
+/// `limit`.
+pub async fn until_some<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Awaits `fut`; fails the test with `what` if it takes longer than `limit`.
+pub async fn within<T>(what: &str, limit: Duration, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
 
 /// Watches the objects that `config` selects until `done` holds for the current set, and returns
 /// that set. Panics after `TIMEOUT`, showing what was last seen.

@@ -1,0 +1,20 @@
+//! The data-plane tier: the proxy, its admin server and the binary in standalone mode, against real
+//! backends and clients on 127.0.0.1 ephemeral ports. No control plane; runs anywhere.
+
+mod support;
+
+mod dataplane {
+    mod abuse;
+    mod admin;
+    mod architecture;
+    mod binary;
+    mod client_http1;
+    mod health;
+    mod layout;
+    mod methods;
+    mod proxy;
+    mod proxy_protocol;
+    mod sticky;
+    mod tls_proxy;
+    mod upstream;
+}

@@ -1,0 +1,17 @@
+//! The Kubernetes tier: the controller, the kubectl plugin and the install against the real
+//! control plane that scripts/testenv.sh builds, inside the run's network namespace
+//! (docs/testenv.md). Elsewhere these tests fail, saying so.
+
+mod support;
+
+mod kube {
+    mod config;
+    mod controller;
+    mod controller_balancing;
+    mod controller_outage;
+    mod controlplane;
+    mod crd;
+    mod install;
+    mod plugin;
+    mod tls_controller;
+}
