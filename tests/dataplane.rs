@@ -14,6 +14,7 @@ mod dataplane {
     mod methods;
     mod proxy;
     mod proxy_protocol;
+    mod routes;
     mod sticky;
     mod tls_proxy;
     mod upstream;

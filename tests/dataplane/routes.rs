@@ -4,13 +4,10 @@
 //! `--http1 hyper`), since the lean path keeps fields as written and the filters must see and
 //! change them all the same.
 
-mod common;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -22,11 +19,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use common::{Body, Proxy, full, wait_for};
 use kube_balancer::proxy::Http1Mode;
 
+use crate::support::client::{self as http_client, Body, client, full};
+use crate::support::proxy::Proxy;
+use crate::support::wait::{WAIT as LIMIT, until as wait_for};
+
 const MODES: [Http1Mode; 2] = [Http1Mode::Fast, Http1Mode::Hyper];
-const LIMIT: Duration = Duration::from_secs(10);
 
 /// A real HTTP backend that says what it was sent. Every answer carries `x-backend: NAME`,
 /// `server: echo`, `x-remove-me: 1` and `x-set: old`. Paths:
@@ -208,7 +207,7 @@ async fn send(proxy: &Proxy, method: Method, target: &str, fields: &[(&str, &str
                 .boxed(),
         )
         .expect("a request");
-    let response = tokio::time::timeout(LIMIT, common::client().request(req))
+    let response = tokio::time::timeout(LIMIT, client().request(req))
         .await
         .expect("an answer in time")
         .expect("an answer");
@@ -592,10 +591,12 @@ async fn request_and_backend_timeouts_give_504_while_the_member_still_holds_the_
         }
         // Zero is no limit: the request waits for its member.
         let proxy_addr = proxy.url("/none/hold");
-        let waiting = tokio::spawn(async move { common::get(&proxy_addr).await });
+        let waiting = tokio::spawn(async move { http_client::get(&proxy_addr).await });
         wait_for("the request to reach the member", LIMIT, || web.held() == 1).await;
         web.release(1);
-        let (status, backend, _) = waiting.await.expect("join");
+        let http_client::Answer {
+            status, backend, ..
+        } = waiting.await.expect("join");
         assert_eq!(
             (status, backend.as_str()),
             (StatusCode::OK, "web"),
@@ -663,8 +664,13 @@ async fn a_request_with_a_body_is_filtered_too() {
                     .boxed(),
             )
             .expect("a request");
-        let response = common::client().request(req).await.expect("an answer");
-        let (status, backend, body) = common::read(response).await;
+        let response = client().request(req).await.expect("an answer");
+        let http_client::Answer {
+            status,
+            backend,
+            body,
+            ..
+        } = http_client::read(response).await;
         assert_eq!(
             (status, backend.as_str()),
             (StatusCode::OK, "web"),
