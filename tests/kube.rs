@@ -13,5 +13,6 @@ mod kube {
     mod crd;
     mod install;
     mod plugin;
+    mod routes;
     mod tls_controller;
 }

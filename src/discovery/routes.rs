@@ -533,10 +533,6 @@ mod tests {
                 "spec.routes[0].filters[0].responseHeaderModifier.remove: Host, Content-Length, Transfer-Encoding and the connection's own fields (Connection, Keep-Alive, Upgrade, TE, Trailer, Proxy-Connection) cannot be changed by a filter; urlRewrite.hostname changes the Host",
             ),
             (
-                "[{filters: [{type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: x, value: a}, {name: X, value: b}]}}]}]",
-                "spec.routes[0].filters[0].requestHeaderModifier.add: add names a field more than once (names are compared in any case)",
-            ),
-            (
                 "[{filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {remove: [x]}}, {type: ResponseHeaderModifier, responseHeaderModifier: {remove: [y]}}]}]",
                 "spec.routes[0].filters: each kind of filter may be given once per route, except RequestMirror",
             ),
