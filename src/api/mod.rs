@@ -273,8 +273,12 @@ pub struct UpstreamTlsSpec {
     pub insecure_skip_verify: bool,
 }
 
-fn default_routes() -> Vec<RouteSpec> {
-    vec![RouteSpec::default()]
+/// Every host, path `/`: written out as `pathPrefix: /`, as before routes had matches.
+pub fn default_routes() -> Vec<RouteSpec> {
+    vec![RouteSpec {
+        path_prefix: Some(default_path_prefix()),
+        ..RouteSpec::default()
+    }]
 }
 
 fn default_path_prefix() -> String {

@@ -300,7 +300,7 @@ mod tests {
             },
         );
         assert_eq!(d.clusters.len(), 1);
-        assert_eq!(d.clusters[0].routes, vec![crate::api::RouteSpec::default()]);
+        assert_eq!(d.clusters[0].routes, crate::api::default_routes());
         assert_eq!(
             d.clusters[0].route_configs,
             vec![crate::discovery::routes::RouteConfig::everything()]

@@ -237,7 +237,7 @@ impl ClusterConfig {
 
     /// Serves the cluster for every host and path, with no filter (sidecar mode).
     pub fn serve_everything(&mut self) {
-        self.routes = vec![RouteSpec::default()];
+        self.routes = crate::api::default_routes();
         self.route_configs = vec![RouteConfig::everything()];
         self.route_problems.clear();
     }
