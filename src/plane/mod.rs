@@ -453,6 +453,45 @@ mod tests {
         ));
     }
 
+    /// A cluster named `name` with `routes` (YAML flow).
+    fn routed(name: &str, routes: &str) -> ClusterConfig {
+        let yaml = format!(
+            "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {{name: {name}}}\nspec:\n  routes: {routes}\n  members: [{{url: 'http://127.0.0.1:1'}}]\n"
+        );
+        let bc: BalancerCluster = serde_norway::from_str(&yaml).expect("a BalancerCluster");
+        crate::discovery::cluster_config(&bc, Vec::new()).expect("valid")
+    }
+
+    #[test]
+    fn a_second_claim_on_the_same_host_and_match_is_a_conflict_and_another_match_is_not() {
+        let claim = "[{host: a.example, match: {path: {type: RegularExpression, value: '/v[0-9]'}, headers: [{name: x-t, value: '1'}]}}]";
+        let other = "[{host: a.example, match: {path: {type: RegularExpression, value: '/v[0-9]'}, headers: [{name: x-t, value: '2'}]}}]";
+        let plane = DataPlane::new();
+        let s = plane.publish(vec![
+            routed("older", claim),
+            routed("younger", claim),
+            routed("third", other),
+        ]);
+        assert_eq!(
+            s.conflicts,
+            [RouteConflict {
+                cluster: "default/younger".into(),
+                host: Some("a.example".into()),
+                path_prefix: "~ /v[0-9]".into(),
+                held_by: "default/older".into(),
+            }]
+        );
+        // An unchanged cluster with routes is served on as it was: its compiled routes compare
+        // equal from one publication to the next.
+        let again = plane.publish(vec![
+            routed("older", claim),
+            routed("younger", claim),
+            routed("third", other),
+        ]);
+        assert!(Arc::ptr_eq(&s.clusters[0], &again.clusters[0]));
+        assert!(Arc::ptr_eq(&s.clusters[2], &again.clusters[2]));
+    }
+
     #[test]
     fn a_member_client_configuration_is_kept_until_what_it_was_built_from_changes() {
         use crate::discovery::TlsSource;
