@@ -19,7 +19,8 @@
 # (one nginx worker on two ports) share LOAD_CPU. Only loopback addresses; every load run is
 # bounded in time. Results go to bench/results/latest.md (with latest.tsv and a PNG chart), and
 # a dated copy of each to bench/results/archive/.
-# docs/benchmarks.md says what each figure means and how it is measured.
+# docs/benchmarks.md says what each figure means and how it is measured. gRPC (h2c to members,
+# nginx's grpc_pass, HAProxy's proto h2) has its own driver: bench/grpc.sh.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)

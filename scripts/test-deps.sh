@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# Installs what the tests need beyond Rust and Go, when it is missing: headless Chromium for the
-# balancer-manager page test (tests/dataplane/admin.rs). Debian packages, so it needs root and apt-get.
+# Installs what the tests need beyond Rust and Go, when it is missing: the Go modules of the gRPC
+# peer (tests/support/grpc-peer, built by the gRPC tests when they run, which may be where there is no
+# network), and headless Chromium for the balancer-manager page test (tests/dataplane/admin.rs),
+# a Debian package, so it needs root and apt-get.
 set -euo pipefail
 
 say() { printf 'test-deps: %s\n' "$*" >&2; }
+
+# The module cache keeps them: a warm run asks nothing of the network.
+(cd "$(dirname "$0")/../tests/support/grpc-peer" && go mod download) || {
+    say "could not fetch the Go modules of tests/support/grpc-peer"
+    exit 1
+}
 
 if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [[ -n "${CHROMIUM:-}" ]]; then
     exit 0

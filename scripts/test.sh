@@ -15,3 +15,6 @@ bash scripts/testenv.sh build
 # Build outside the namespace, which has no network; then run every test inside it.
 cargo test --locked --no-run
 bash scripts/testenv.sh run cargo test --locked --offline
+# The data-plane tier again with hyper's HTTP/1 server and client for every request
+# (--http1 hyper): the fast path is an optimisation, and both must pass the same tests.
+KB_TEST_HTTP1=hyper cargo test --locked --offline --test dataplane

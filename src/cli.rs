@@ -23,6 +23,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the BalancerClusters of a YAML file, reloading it when it changes.
@@ -88,10 +90,22 @@ struct KubeArgs {
     /// The controller's own Service, NAMESPACE/NAME: the leader sums its replicas' figures.
     #[arg(long)]
     peers_service: Option<String>,
+    /// Serve the Gateway API too: GatewayClasses whose controllerName is
+    /// kubebalancer.io/gateway-controller, their Gateways and HTTPRoutes.
+    #[arg(long)]
+    gateway: bool,
+    /// The Service in front of the data plane's Gateway ports, NAMESPACE/NAME: its
+    /// load-balancer addresses (else its cluster IP) are the Gateways' addresses.
+    #[arg(long)]
+    gateway_service: Option<String>,
 }
 
 impl KubeArgs {
-    fn options(&self, admin_port: u16) -> anyhow::Result<crate::controller::Options> {
+    fn options(
+        &self,
+        admin_port: u16,
+        gateway_addresses: &[std::net::IpAddr],
+    ) -> anyhow::Result<crate::controller::Options> {
         let pod_namespace = self
             .lease_namespace
             .clone()
@@ -126,6 +140,24 @@ impl KubeArgs {
             ),
             None => None,
         };
+        let gateway_service = match &self.gateway_service {
+            Some(s) => Some(
+                s.split_once('/')
+                    .map(|(ns, n)| (ns.to_owned(), n.to_owned()))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--gateway-service must be NAMESPACE/NAME, got {s:?}")
+                    })?,
+            ),
+            None => None,
+        };
+        let gateway = (self.gateway || !gateway_addresses.is_empty() || gateway_service.is_some())
+            .then(|| crate::gateway::Options {
+                addresses: gateway_addresses.to_vec(),
+                service: gateway_service,
+            });
+        if gateway.is_some() && self.sidecar {
+            anyhow::bail!("--sidecar serves one BalancerCluster; it cannot serve Gateways");
+        }
         Ok(crate::controller::Options {
             kubeconfig: self.kubeconfig.clone(),
             namespaces: match &only {
@@ -147,6 +179,7 @@ impl KubeArgs {
             peers_service,
             admin_port,
             lease_duration: Duration::from_secs(15),
+            gateway,
         })
     }
 }
@@ -184,9 +217,12 @@ struct Common {
     /// The HTTPS port clients know, for redirects to HTTPS (default: the `--listen-tls` port).
     #[arg(long)]
     https_port: Option<u16>,
-    /// The address a Gateway's listeners are served on, each on its own port.
-    #[arg(long)]
-    gateway_address: Option<std::net::IpAddr>,
+    /// Addresses to serve Gateways at (repeat or separate with commas; `run` only, implies
+    /// --gateway): each Gateway gets one of its own while there are enough, written to its
+    /// status, and its listeners are served there. Without it, with --gateway, Gateways are served
+    /// on every address, behind --gateway-service.
+    #[arg(long = "gateway-address", value_delimiter = ',')]
+    gateway_addresses: Vec<std::net::IpAddr>,
 }
 
 impl Common {
@@ -205,7 +241,9 @@ impl Common {
         options.http1 = self.http1;
         options.listen_tls = self.listen_tls;
         options.https_port = self.https_port;
-        options.gateway_address = self.gateway_address;
+        // The proxy serves fronts at one address; a front's own address, when the controller gives
+        // one, is the first of these while the proxy binds no other.
+        options.gateway_address = self.gateway_addresses.first().copied();
         options
     }
 }
@@ -222,23 +260,32 @@ pub fn main() -> ExitCode {
                 Ok(())
             })
         }),
-        Command::Run { kube, common } => {
+        Command::Run { kube, mut common } => {
             let default_listen = if kube.sidecar {
                 "127.0.0.1:8000"
             } else {
                 "0.0.0.0:8000"
             };
-            match kube.options(common.admin.port()) {
-                Ok(options) => serve(common, default_listen, move |plane| {
-                    Box::pin(async move {
-                        let client =
-                            crate::controller::client(options.kubeconfig.as_deref()).await?;
-                        tracing::info!(scope = ?options.scope, namespaces = ?options.namespaces, "watching the Kubernetes API");
-                        // The controller's tasks live as long as the runtime.
-                        let _controller = crate::controller::start(client, options, plane).await?;
-                        Ok(())
+            match kube.options(common.admin.port(), &common.gateway_addresses) {
+                Ok(options) => {
+                    if options.gateway.is_some() && common.gateway_addresses.is_empty() {
+                        // Gateways on every address, behind the Service of --gateway-service.
+                        common
+                            .gateway_addresses
+                            .push(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+                    }
+                    serve(common, default_listen, move |plane| {
+                        Box::pin(async move {
+                            let client =
+                                crate::controller::client(options.kubeconfig.as_deref()).await?;
+                            tracing::info!(scope = ?options.scope, namespaces = ?options.namespaces, "watching the Kubernetes API");
+                            // The controller's tasks live as long as the runtime.
+                            let _controller =
+                                crate::controller::start(client, options, plane).await?;
+                            Ok(())
+                        })
                     })
-                }),
+                }
                 Err(e) => Err(e),
             }
         }

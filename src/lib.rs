@@ -9,6 +9,7 @@ pub mod clock;
 pub mod controller;
 pub mod demo;
 pub mod discovery;
+pub mod gateway;
 pub mod health;
 pub mod plane;
 pub mod plugin;

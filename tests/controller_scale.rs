@@ -25,6 +25,11 @@
 //! Memory is the binary's PSS and peak RSS; CPU is its user + system time over the changes.
 //!
 //! Not a test: a `cargo bench` target (Cargo.toml), kept in tests/ beside the harness it reuses.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking: the harness may unwrap and expect too"
+)]
 
 mod support;
 
@@ -381,7 +386,13 @@ async fn create_service(client: &Client, ns: &str, selector: Option<&str>) {
 
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+    #[allow(
+        unsafe_code,
+        reason = "a signal to, or a figure of, a process of ours: libc has no safe wrapper"
+    )]
+    unsafe {
+        libc::sysconf(libc::_SC_CLK_TCK) as f64
+    }
 }
 
 /// The real binary, `kube-balancer run`, on one namespace; its log lines reach `published` as
@@ -486,7 +497,13 @@ impl Binary {
 
     fn stop(mut self) {
         // SAFETY: kill(2) on the PID of the child this program started and has not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        #[allow(
+            unsafe_code,
+            reason = "a signal to, or a figure of, a process of ours: libc has no safe wrapper"
+        )]
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM)
+        };
         let _ = self.child.wait();
     }
 }

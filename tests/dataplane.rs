@@ -1,5 +1,10 @@
 //! The data-plane tier: the proxy, its admin server and the binary in standalone mode, against real
 //! backends and clients on 127.0.0.1 ephemeral ports. No control plane; runs anywhere.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking: the harness may unwrap and expect too"
+)]
 
 mod support;
 
@@ -9,6 +14,7 @@ mod dataplane {
     mod architecture;
     mod binary;
     mod client_http1;
+    mod grpc;
     mod health;
     mod layout;
     mod methods;

@@ -1,6 +1,11 @@
 //! The Kubernetes tier: the controller, the kubectl plugin and the install against the real
 //! control plane that scripts/testenv.sh builds, inside the run's network namespace
 //! (docs/testenv.md). Elsewhere these tests fail, saying so.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking: the harness may unwrap and expect too"
+)]
 
 mod support;
 
@@ -11,6 +16,7 @@ mod kube {
     mod controller_outage;
     mod controlplane;
     mod crd;
+    mod grpc;
     mod install;
     mod plugin;
     mod routes;

@@ -263,7 +263,7 @@ fn write_member(out: &mut String, m: &MemberView) -> fmt::Result {
             out,
             "<td class=\"hc-method\">{}</td><td class=\"hc-interval\">{}</td>\
              <td class=\"num hc-passes\">{} ({})</td><td class=\"num hc-fails\">{} ({})</td>\
-             <td class=\"hc-uri\">{}</td></tr>",
+             <td class=\"hc-uri\">{}</td>",
             Escaped(&hc.method),
             duration(hc.interval_ms),
             hc.passes,
@@ -271,13 +271,28 @@ fn write_member(out: &mut String, m: &MemberView) -> fmt::Result {
             hc.fails,
             hc.failed_in_a_row,
             Escaped(&hc.uri),
-        ),
+        )?,
         None => out.write_str(
             "<td class=\"hc-method\">-</td><td class=\"hc-interval\">-</td>\
              <td class=\"num hc-passes\">-</td><td class=\"num hc-fails\">-</td>\
-             <td class=\"hc-uri\">-</td></tr>\n",
-        ),
+             <td class=\"hc-uri\">-</td>",
+        )?,
     }
+    let grpc: Vec<String> = m
+        .grpc_status
+        .iter()
+        .map(|(code, count)| format!("{code} {count}"))
+        .collect();
+    writeln!(
+        out,
+        "<td class=\"protocol\">{}</td><td class=\"grpc-status\">{}</td></tr>",
+        Escaped(&m.protocol),
+        if grpc.is_empty() {
+            "-".to_owned()
+        } else {
+            Escaped(&grpc.join(", ")).to_string()
+        },
+    )
 }
 
 fn fail_on_status(codes: &[u16]) -> String {
@@ -411,6 +426,8 @@ mod tests {
                         body_contains: None,
                         checks: 7,
                     }),
+                    protocol: "h2c".into(),
+                    grpc_status: [("OK".to_owned(), 40), ("UNAVAILABLE".to_owned(), 2)].into(),
                 }],
             }],
         }
@@ -439,6 +456,20 @@ mod tests {
             "Route <code>/&lt;u&gt;</code> (any host) is held by <code>shop/&lt;em&gt;other&lt;/em&gt;</code>"
         ));
         assert!(!page.contains("<u>") && !page.contains("<em>"), "{page}");
+    }
+
+    #[test]
+    fn page_shows_the_members_protocol_and_grpc_statuses() {
+        let page = render(
+            &view_with("web.example.com", "http://10.0.0.1:8080", ""),
+            None,
+        );
+        assert!(
+            page.contains(
+                "<td class=\"protocol\">h2c</td><td class=\"grpc-status\">OK 40, UNAVAILABLE 2</td></tr>"
+            ),
+            "{page}"
+        );
     }
 
     #[test]

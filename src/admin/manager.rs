@@ -6,12 +6,14 @@
 //! The JSON shape is also what a leader reads from its peers to sum their traffic figures: each
 //! member carries every field of [`MemberStatus`] under the same names.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::api::{MemberStatus, RouteSpec};
+use crate::balancer::{GRPC_STATUS_NAMES, MemberStats};
 use crate::plane::{DataPlane, Snapshot};
 use crate::status;
 
@@ -112,6 +114,13 @@ pub struct MemberView {
     /// The active health check and where the member stands in it; none without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckView>,
+    /// How the member is spoken to: `http1`, `h2c` or `h2`.
+    #[serde(default)]
+    pub protocol: String,
+    /// gRPC calls the member served or failed, by the status their client got (`OK`,
+    /// `UNAVAILABLE`, ...); only the statuses seen.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub grpc_status: BTreeMap<String, u64>,
 }
 
 /// Apache's health-check columns (HC Method, Interval, Passes, Fails, URI) for one member.
@@ -194,6 +203,12 @@ fn clusters(snapshot: &Snapshot, now_ms: u64, now_secs: i64) -> Vec<ClusterView>
                                 checks: live.stats.hc_checks.load(Relaxed),
                             }
                         }),
+                        protocol: config
+                            .members
+                            .get(i)
+                            .map(|m| m.protocol.as_str().to_owned())
+                            .unwrap_or_default(),
+                        grpc_status: grpc_statuses(&live.stats),
                     })
                     .collect();
             let (ready_members, total_members) = status::ready_counts(cluster, now_ms);
@@ -251,6 +266,16 @@ fn clusters(snapshot: &Snapshot, now_ms: u64, now_secs: i64) -> Vec<ClusterView>
         .collect()
 }
 
+/// The gRPC statuses counted for a member, by name; those never seen left out.
+fn grpc_statuses(stats: &MemberStats) -> BTreeMap<String, u64> {
+    GRPC_STATUS_NAMES
+        .iter()
+        .zip(&stats.grpc_status)
+        .map(|(name, count)| ((*name).to_owned(), count.load(Relaxed)))
+        .filter(|(_, count)| *count > 0)
+        .collect()
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -270,6 +295,7 @@ mod tests {
             lbset: 0,
             route: None,
             state,
+            protocol: Default::default(),
         }
     }
 

@@ -150,6 +150,25 @@ fn encode_view(
             gauge(u64::from(m.usable())).encode(family.encode_family(&labels)?)?;
         }
     }
+    {
+        let mut family = encoder.encode_descriptor(
+            "member_grpc_responses",
+            "gRPC calls the member served or failed, by the status code their client got \
+             (OK, UNAVAILABLE, ...: gRPC's names); only codes seen.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (c, m) in members(view) {
+            for (code, count) in &m.grpc_status {
+                let labels = [
+                    ("cluster", c.name.as_str()),
+                    ("member", m.status.url.as_str()),
+                    ("code", code.as_str()),
+                ];
+                ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+    }
     for (name, help, figure) in CLUSTER_GAUGES {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
         for c in &view.clusters {
@@ -221,6 +240,7 @@ mod tests {
             lbset: 0,
             route: None,
             state,
+            protocol: Default::default(),
         }
     }
 

@@ -131,6 +131,17 @@ pub struct BalancerClusterSpec {
     #[serde(default)]
     pub timeouts: Timeouts,
 
+    /// How members are spoken to: `http1`, `h2c` (HTTP/2 without TLS, as gRPC servers speak it)
+    /// or `h2` (HTTP/2 over TLS, negotiated with ALPN). A member's own `protocol` wins. Without
+    /// either: the Service port's `appProtocol` (`kubernetes.io/h2c`, `grpc`, `http2` mean
+    /// h2c), else http1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+
+    /// HTTP/2 connections to members (`protocol: h2c` or `h2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<Http2Spec>,
+
     /// The balancer-manager's edits, kept declaratively.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4096))]
@@ -300,6 +311,8 @@ pub struct ServiceRef {
 /// One static member: Apache's `BalancerMember URL loadfactor=N lbset=N route=ID status=...`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.protocol) || self.protocol == 'http1' || (self.protocol == 'h2') == self.url.startsWith('https://')")
+    .message("protocol h2 is HTTP/2 over TLS, for https:// members; h2c is HTTP/2 without TLS, for http:// members"))]
 pub struct MemberSpec {
     /// `http://HOST:PORT` or `https://HOST:PORT` of the member.
     #[x_kube(validation = Rule::new("self.matches('^https?://([A-Za-z0-9.-]+|\\\\[[0-9A-Fa-f:.]+\\\\])(:[0-9]{1,5})?/?$')")
@@ -321,6 +334,9 @@ pub struct MemberSpec {
     /// Administrative state.
     #[serde(default)]
     pub state: MemberState,
+    /// How this member is spoken to; default: the cluster's `protocol`, else http1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
 }
 
 fn default_load_factor() -> u32 {
@@ -345,6 +361,74 @@ pub enum MemberState {
     HotStandby,
     /// Replaces an unusable member of its lbset.
     HotSpare,
+}
+
+/// The protocol a member is spoken to in.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
+)]
+pub enum Protocol {
+    /// HTTP/1.1, a connection per request in flight.
+    #[default]
+    #[serde(rename = "http1")]
+    Http1,
+    /// HTTP/2 without TLS ("prior knowledge"), many requests in flight on one connection.
+    #[serde(rename = "h2c")]
+    H2c,
+    /// HTTP/2 over TLS, chosen with ALPN: needs an `https://` member.
+    #[serde(rename = "h2")]
+    H2,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+            Protocol::H2 => "h2",
+        }
+    }
+
+    /// Whether requests go to the member as HTTP/2 streams.
+    pub fn is_http2(self) -> bool {
+        self != Protocol::Http1
+    }
+
+    /// What a Service port's `appProtocol` says about the protocol: HTTP/2 for
+    /// `kubernetes.io/h2c` (the standard name), `grpc` and `http2` (names in common use);
+    /// nothing for any other value.
+    pub fn from_app_protocol(app_protocol: &str) -> Option<Protocol> {
+        match app_protocol {
+            "kubernetes.io/h2c" | "grpc" | "http2" => Some(Protocol::H2c),
+            _ => None,
+        }
+    }
+}
+
+/// HTTP/2 connections to members.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Http2Spec {
+    /// Requests in flight at once on one connection to a member (each worker thread); beyond
+    /// it, another connection is opened. A member's own lower limit
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS) wins.
+    #[serde(default = "default_max_concurrent_streams")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 10000").message("http2.maxConcurrentStreams must be between 1 and 10000"))]
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Http2Spec {
+    fn default() -> Self {
+        Http2Spec {
+            max_concurrent_streams: default_max_concurrent_streams(),
+        }
+    }
+}
+
+/// Streams per connection to a member unless `http2.maxConcurrentStreams` says otherwise: the
+/// least that RFC 9113 asks a peer to allow.
+pub fn default_max_concurrent_streams() -> u32 {
+    100
 }
 
 /// How a member is chosen.
@@ -464,6 +548,10 @@ pub enum HealthCheckMethod {
     Get,
     #[serde(rename = "OPTIONS")]
     Options,
+    /// `grpc.health.v1.Health/Check` (for `grpcService`, or the server as a whole): passes when
+    /// the answer is SERVING.
+    #[serde(rename = "GRPC")]
+    Grpc,
 }
 
 impl HealthCheckMethod {
@@ -473,6 +561,7 @@ impl HealthCheckMethod {
             HealthCheckMethod::Head => "HEAD",
             HealthCheckMethod::Get => "GET",
             HealthCheckMethod::Options => "OPTIONS",
+            HealthCheckMethod::Grpc => "GRPC",
         }
     }
 }
@@ -483,8 +572,11 @@ impl HealthCheckMethod {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.bodyContains) || self.method == 'GET'")
     .message("healthCheck.bodyContains needs method: GET (only GET answers have a body to match)"))]
+#[x_kube(validation = Rule::new("!has(self.grpcService) || self.method == 'GRPC'")
+    .message("healthCheck.grpcService needs method: GRPC"))]
 pub struct HealthCheck {
-    /// TCP, HEAD, GET or OPTIONS (Apache's hcmethod).
+    /// TCP, HEAD, GET, OPTIONS (Apache's hcmethod) or GRPC (the standard gRPC health check,
+    /// over HTTP/2 without TLS).
     #[serde(default)]
     pub method: HealthCheckMethod,
     /// The path checked (Apache's hcuri).
@@ -524,6 +616,13 @@ pub struct HealthCheck {
     #[x_kube(validation = Rule::new("self.size() > 0").message("healthCheck.bodyContains must not be empty"))]
     #[schemars(length(max = 256))]
     pub body_contains: Option<String>,
+    /// `method: GRPC`: the service whose health is asked (`HealthCheckRequest.service`).
+    /// Empty: the server as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_.]*$')")
+        .message("healthCheck.grpcService must be a gRPC service name such as grpc.health.v1.Health or mypackage.MyService"))]
+    #[schemars(length(max = 256))]
+    pub grpc_service: Option<String>,
 }
 
 fn default_hc_interval() -> Duration {
@@ -628,6 +727,15 @@ pub struct Failover {
     /// rather than answer 503 (Apache's forcerecovery).
     #[serde(default = "default_true")]
     pub force_recovery: bool,
+    /// gRPC methods that may run twice (`/package.Service/Method`, or `/package.Service/*` for
+    /// all of a service's): a call to one is tried on another member when its stream broke
+    /// before the answer began, even though the first member may have seen it. Other gRPC
+    /// calls go to another member only when nothing of them reached the first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 256)))]
+    #[x_kube(validation = Rule::new("self.all(m, m.matches('^/[A-Za-z0-9_.]+/([A-Za-z0-9_]+|[*])$'))")
+        .message("safeGrpcMethods entries look like /package.Service/Method or /package.Service/*"))]
+    pub safe_grpc_methods: Vec<String>,
 }
 
 fn default_true() -> bool {
@@ -642,6 +750,7 @@ impl Default for Failover {
             fail_on_status: Vec::new(),
             retry_after_error: default_retry_after_error(),
             force_recovery: true,
+            safe_grpc_methods: Vec::new(),
         }
     }
 }

@@ -63,7 +63,31 @@ pub struct MemberStats {
     /// last updated (0: never).
     pub latency_ns: AtomicU64,
     pub latency_at_ms: AtomicU64,
+
+    /// gRPC calls the member served or failed, by the status code their client got (0 to 16).
+    pub grpc_status: [AtomicU64; 17],
 }
+
+/// gRPC's status codes by number, as its documents and tools name them.
+pub const GRPC_STATUS_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
 
 /// Why a member does or does not take requests, as far as its health goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +138,16 @@ impl MemberStats {
         self.hc_failed.store(false, Relaxed);
         self.hc_passes.store(0, Relaxed);
         self.hc_fails.store(0, Relaxed);
+    }
+
+    /// Counts a gRPC call that ended with `code` (a code gRPC does not define counts as
+    /// UNKNOWN, 2).
+    pub fn count_grpc_status(&self, code: u8) {
+        let slot = self
+            .grpc_status
+            .get(usize::from(code))
+            .unwrap_or(&self.grpc_status[2]);
+        slot.fetch_add(1, Relaxed);
     }
 
     /// Ends a request failure's error state before `retryAfterError` runs out: the member's

@@ -20,7 +20,7 @@ pub mod outlier;
 pub mod slow_start;
 pub mod sticky;
 
-pub use cluster::{BalancedMember, Balancer, Health, MemberStats, Settings};
+pub use cluster::{BalancedMember, Balancer, GRPC_STATUS_NAMES, Health, MemberStats, Settings};
 
 use crate::api::{LbMethod, MemberState};
 

@@ -49,6 +49,26 @@ impl Scope {
     }
 }
 
+/// The pods' annotations, by namespace then pod, for those that carry `kubebalancer.io/` ones.
+pub fn pod_annotations(
+    pods: &[Arc<PartialObjectMeta<Pod>>],
+) -> HashMap<String, HashMap<String, BTreeMap<String, String>>> {
+    let mut annotations: HashMap<String, HashMap<String, BTreeMap<String, String>>> =
+        HashMap::new();
+    for pod in pods {
+        if let Some(a) = &pod.metadata.annotations
+            && a.keys()
+                .any(|k| k.starts_with(crate::api::annotations::PREFIX))
+        {
+            annotations
+                .entry(pod.namespace().unwrap_or_default())
+                .or_default()
+                .insert(pod.name_any(), a.clone());
+        }
+    }
+    annotations
+}
+
 /// The clusters to serve, oldest first (the older keeps a contested route).
 pub fn desired(world: &World<'_>, scope: &Scope) -> Desired {
     let mut clusters: Vec<&Arc<BalancerCluster>> = world
@@ -67,19 +87,7 @@ pub fn desired(world: &World<'_>, scope: &Scope) -> Desired {
         key(a).cmp(&key(b))
     });
 
-    let mut annotations: HashMap<String, HashMap<String, BTreeMap<String, String>>> =
-        HashMap::new();
-    for pod in world.pods {
-        if let Some(a) = &pod.metadata.annotations
-            && a.keys()
-                .any(|k| k.starts_with(crate::api::annotations::PREFIX))
-        {
-            annotations
-                .entry(pod.namespace().unwrap_or_default())
-                .or_default()
-                .insert(pod.name_any(), a.clone());
-        }
-    }
+    let annotations = pod_annotations(world.pods);
     let no_annotations = HashMap::new();
 
     let mut out = Desired::default();

@@ -15,7 +15,7 @@ pub mod peers;
 pub mod secrets;
 pub mod status;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use futures_util::stream::{BoxStream, SelectAll};
 use futures_util::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
@@ -34,6 +34,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::BalancerCluster;
 use crate::discovery::endpoints::SERVICE_NAME_LABEL;
+use crate::gateway;
 use crate::plane::DataPlane;
 use index::{Scope, World};
 
@@ -73,6 +74,9 @@ pub struct Options {
     pub peers_service: Option<(String, String)>,
     /// The peers' admin port when their EndpointSlices name none `admin`.
     pub admin_port: u16,
+    /// Serve the Gateway API too (`run --gateway`): GatewayClasses of
+    /// `kubebalancer.io/gateway-controller`, their Gateways and HTTPRoutes.
+    pub gateway: Option<crate::gateway::Options>,
 }
 
 /// A client from `--kubeconfig`, or the in-cluster / default configuration.
@@ -104,6 +108,8 @@ struct Stores {
     slices: Vec<Store<EndpointSlice>>,
     services: Vec<Store<Service>>,
     pods: Vec<Store<PartialObjectMeta<Pod>>>,
+    /// With `--gateway`: the Gateway API's kinds, and what translation needs besides them.
+    gateway: Option<(gateway::watch::Stores, gateway::Options)>,
 }
 
 /// A running controller: its tasks, and whether it leads.
@@ -139,6 +145,7 @@ pub async fn start(
         slices: Vec::new(),
         services: Vec::new(),
         pods: Vec::new(),
+        gateway: None,
     };
     for ns in &namespaces {
         let cfg = watcher::Config::default().any_semantic();
@@ -167,6 +174,10 @@ pub async fn start(
             our_annotations_digest,
         ));
     }
+    if let Some(gateway_options) = &options.gateway {
+        let watched = gateway::watch::Stores::watch(&client, &namespaces, &mut events);
+        stores.gateway = Some((watched, gateway_options.clone()));
+    }
 
     // The first publication waits for every store, so that a start never serves a partial list.
     {
@@ -192,13 +203,33 @@ pub async fn start(
             }
         }
     }
+    // The Gateway API's stores too, for a while: without its CRDs, their watches keep failing.
+    if let Some((watched, _)) = &stores.gateway {
+        let ready = tokio::time::timeout(
+            gateway::watch::FIRST_LIST_TIMEOUT,
+            watched.wait_until_ready(),
+        );
+        tokio::pin!(ready);
+        loop {
+            tokio::select! {
+                result = &mut ready => {
+                    if result.is_err() {
+                        tracing::warn!("the Gateway API resources cannot be listed yet (are the Gateway API CRDs installed, and may kube-balancer read them?); serving without them until they can");
+                    }
+                    break;
+                }
+                Some(()) = events.next() => {}
+            }
+        }
+    }
     let mut secrets = secrets::SecretWatches::new(client.clone());
     // The Secrets the clusters name at start are read before the first publication, so that a
     // start serves their certificates at once; a watch that fails (no permission) ends the wait,
     // and a slow API server holds it up for a few seconds at most.
     {
         let wanted = desired(&stores, &options.scope);
-        secrets.sync(&secrets::named(&wanted.clusters), &mut events);
+        let sources = tls_sources(&stores, &wanted.clusters);
+        secrets.sync(&secrets::named(&sources), &mut events);
         let ready = tokio::time::timeout(secrets::FIRST_READ_TIMEOUT, secrets.wait_until_settled());
         tokio::pin!(ready);
         loop {
@@ -209,6 +240,8 @@ pub async fn start(
         }
     }
     let mut tls = secrets::Tls::default();
+    let (gateway_statuses, gateway_status_reader) =
+        tokio::sync::watch::channel(Arc::new(gateway::translate::Statuses::default()));
     let mut last = publish_if_changed(
         &stores,
         &options.scope,
@@ -217,6 +250,7 @@ pub async fn start(
         &mut tls,
         &mut secrets,
         &mut events,
+        &gateway_statuses,
     );
 
     let writer_stores = (stores.clusters.clone(), stores.slices.clone());
@@ -235,6 +269,7 @@ pub async fn start(
                 &mut tls,
                 &mut secrets,
                 &mut events,
+                &gateway_statuses,
             );
         }
     });
@@ -252,6 +287,14 @@ pub async fn start(
         let leads = elector.leadership();
         leadership = Some(leads.clone());
         tasks.push(tokio::spawn(elector.run()).abort_handle());
+        if options.gateway.is_some() {
+            let writer = gateway::status::Writer {
+                client: client.clone(),
+                leadership: leads.clone(),
+                statuses: gateway_status_reader,
+            };
+            tasks.push(tokio::spawn(writer.run()).abort_handle());
+        }
         let reporter = Reporter {
             controller: "kube-balancer".into(),
             instance: Some(options.identity.clone()),
@@ -274,6 +317,29 @@ pub async fn start(
         tasks.push(tokio::spawn(writer.run()).abort_handle());
     }
     Ok(Controller { leadership, tasks })
+}
+
+/// An Api of a namespaced kind in `namespace`, or in all of them.
+pub(crate) fn namespaced_api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    api(client, namespace)
+}
+
+/// Watches `api` into a store whose changes wake the watch loop through `events`.
+pub(crate) fn watch_kind<K>(
+    events: &mut SelectAll<BoxStream<'static, ()>>,
+    api: Api<K>,
+    cfg: watcher::Config,
+    kind: &'static str,
+) -> Store<K>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    watch(events, api, cfg, kind)
 }
 
 fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
@@ -406,9 +472,142 @@ fn desired(stores: &Stores, scope: &Scope) -> index::Desired {
     index::desired(&world, scope)
 }
 
-/// What was published last: the clusters, and the version of the TLS material.
-type Published = (Vec<crate::discovery::ClusterConfig>, u64);
+/// The TLS sources to read: those the clusters name, and the Secrets the Gateways' HTTPS
+/// listeners name.
+fn tls_sources(
+    stores: &Stores,
+    clusters: &[crate::discovery::ClusterConfig],
+) -> Vec<(crate::discovery::TlsSource, bool)> {
+    let mut sources = secrets::sources(clusters);
+    if let Some((watched, options)) = &stores.gateway {
+        let parts = GatewayParts::read(stores, watched);
+        let settings = gateway_settings(options, &parts.services);
+        let none = BTreeSet::new();
+        let world = parts.world(&none);
+        sources.extend(
+            gateway::translate::certificate_sources(&world, &settings)
+                .into_iter()
+                .map(|s| (s, false)),
+        );
+    }
+    sources
+}
 
+/// The stores' contents, held for one translation.
+struct GatewayParts {
+    classes: Vec<Arc<gateway::api::GatewayClass>>,
+    gateways: Vec<Arc<gateway::api::Gateway>>,
+    routes: Vec<Arc<gateway::api::HTTPRoute>>,
+    grants: Vec<Arc<gateway::api::ReferenceGrant>>,
+    namespaces: Vec<Arc<PartialObjectMeta<Namespace>>>,
+    services: Vec<Arc<Service>>,
+    slices: Vec<Arc<EndpointSlice>>,
+    pods: gateway::translate::PodAnnotations,
+}
+
+impl GatewayParts {
+    fn read(stores: &Stores, watched: &gateway::watch::Stores) -> GatewayParts {
+        let pods: Vec<_> = stores.pods.iter().flat_map(|s| s.state()).collect();
+        GatewayParts {
+            classes: watched.classes.state(),
+            gateways: watched.gateways.iter().flat_map(|s| s.state()).collect(),
+            routes: watched.routes.iter().flat_map(|s| s.state()).collect(),
+            grants: watched.grants.iter().flat_map(|s| s.state()).collect(),
+            namespaces: watched.namespaces.state(),
+            services: stores.services.iter().flat_map(|s| s.state()).collect(),
+            slices: stores.slices.iter().flat_map(|s| s.state()).collect(),
+            pods: index::pod_annotations(&pods),
+        }
+    }
+
+    fn world<'a>(
+        &'a self,
+        balancer_clusters: &'a BTreeSet<String>,
+    ) -> gateway::translate::World<'a> {
+        gateway::translate::World {
+            classes: &self.classes,
+            gateways: &self.gateways,
+            routes: &self.routes,
+            grants: &self.grants,
+            namespaces: &self.namespaces,
+            services: &self.services,
+            slices: &self.slices,
+            pods: &self.pods,
+            balancer_clusters,
+        }
+    }
+}
+
+/// What translation is told besides the resources: the controller name, and the Gateways'
+/// addresses (the pool of `--gateway-address`, or the data plane's Service's).
+fn gateway_settings(
+    options: &gateway::Options,
+    services: &[Arc<Service>],
+) -> gateway::translate::Settings {
+    let service_addresses = options
+        .service
+        .as_ref()
+        .and_then(|(ns, name)| {
+            services.iter().find(|s| {
+                s.metadata.namespace.as_deref() == Some(ns)
+                    && s.metadata.name.as_deref() == Some(name)
+            })
+        })
+        .map(|s| service_addresses(s))
+        .unwrap_or_default();
+    gateway::translate::Settings {
+        controller_name: gateway::CONTROLLER_NAME.to_owned(),
+        addresses: options.addresses.clone(),
+        service_addresses,
+    }
+}
+
+/// A Service's addresses as a Gateway reports them: its load balancer's (IPs, host names),
+/// else its cluster IPs.
+fn service_addresses(service: &Service) -> Vec<gateway::api::GatewayAddress> {
+    let address = |type_: &str, value: &str| gateway::api::GatewayAddress {
+        type_: Some(type_.to_owned()),
+        value: value.to_owned(),
+    };
+    let ingress: Vec<_> = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| match (&i.ip, &i.hostname) {
+            (Some(ip), _) => Some(address("IPAddress", ip)),
+            (None, Some(host)) => Some(address("Hostname", host)),
+            (None, None) => None,
+        })
+        .collect();
+    if !ingress.is_empty() {
+        return ingress;
+    }
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| {
+            s.cluster_ips
+                .clone()
+                .or_else(|| s.cluster_ip.clone().map(|ip| vec![ip]))
+        })
+        .unwrap_or_default()
+        .iter()
+        .filter(|ip| ip.as_str() != "None" && !ip.is_empty())
+        .map(|ip| address("IPAddress", ip))
+        .collect()
+}
+
+/// What was published last: the clusters, the fronts and the version of the TLS material.
+type Published = (
+    Vec<crate::discovery::ClusterConfig>,
+    Vec<crate::plane::fronts::FrontConfig>,
+    u64,
+);
+
+#[allow(clippy::too_many_arguments)]
 fn publish_if_changed(
     stores: &Stores,
     scope: &Scope,
@@ -417,28 +616,59 @@ fn publish_if_changed(
     tls: &mut secrets::Tls,
     secrets: &mut secrets::SecretWatches,
     events: &mut SelectAll<BoxStream<'static, ()>>,
+    gateway_statuses: &tokio::sync::watch::Sender<Arc<gateway::translate::Statuses>>,
 ) -> Option<Published> {
     let desired = desired(stores, scope);
     for (cluster, p) in &desired.problems {
         tracing::warn!(%cluster, pod = %p.pod, annotation = p.annotation, value = %p.value, "pod annotation ignored: not a valid value");
     }
-    secrets.sync(&secrets::named(&desired.clusters), events);
-    tls.read(&desired.clusters, secrets);
+    let sources = tls_sources(stores, &desired.clusters);
+    secrets.sync(&secrets::named(&sources), events);
+    tls.read(&sources, secrets);
     let version = tls.loader.version();
-    if let Some((clusters, v)) = &last
-        && *clusters == desired.clusters
+    let material = tls.loader.material();
+    let mut clusters = desired.clusters;
+    let mut fronts = Vec::new();
+    if let Some((watched, options)) = &stores.gateway {
+        let parts = GatewayParts::read(stores, watched);
+        let served: BTreeSet<String> = clusters.iter().map(|c| c.key()).collect();
+        let settings = gateway_settings(options, &parts.services);
+        let translation = gateway::translate::translate(
+            &parts.world(&served),
+            &settings,
+            &material,
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        clusters.extend(translation.clusters);
+        fronts = translation.fronts;
+        let statuses = Arc::new(translation.status);
+        gateway_statuses.send_if_modified(|current| {
+            let modified = **current != *statuses;
+            *current = statuses;
+            modified
+        });
+    }
+    if let Some((c, f, v)) = &last
+        && *c == clusters
+        && *f == fronts
         && *v == version
     {
         return last;
     }
-    let names: Vec<String> = desired
-        .clusters
+    let names: Vec<String> = clusters
         .iter()
         .map(|c| format!("{} ({} members)", c.key(), c.members.len()))
         .collect();
-    let snapshot = plane.publish_with(desired.clusters.clone(), &tls.loader.material());
-    tracing::info!(clusters = %names.join(", "), generation = snapshot.generation, "member lists published");
-    Some((desired.clusters, version))
+    let snapshot = plane.publish_all(clusters.clone(), &fronts, &material);
+    let ports: Vec<String> = fronts
+        .iter()
+        .map(|f| match f.address {
+            Some(a) => std::net::SocketAddr::new(a, f.port).to_string(),
+            None => format!("*:{}", f.port),
+        })
+        .collect();
+    tracing::info!(clusters = %names.join(", "), fronts = %ports.join(", "), generation = snapshot.generation, "member lists published");
+    Some((clusters, fronts, version))
 }
 
 #[cfg(test)]

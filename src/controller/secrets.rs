@@ -24,11 +24,20 @@ use crate::tls::material::Loader;
 /// How long a start waits for the Secrets its clusters name before serving without them.
 pub const FIRST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The `namespace/name` of every Secret `clusters` name.
-pub fn named(clusters: &[ClusterConfig]) -> BTreeSet<(String, String)> {
+/// Every TLS source `clusters` name, with whether it holds a CA bundle (`ca.crt`) rather than
+/// a key pair.
+pub fn sources(clusters: &[ClusterConfig]) -> Vec<(TlsSource, bool)> {
     clusters
         .iter()
         .flat_map(|c| c.tls.sources())
+        .map(|(s, is_ca)| (s.clone(), is_ca))
+        .collect()
+}
+
+/// The `namespace/name` of every Secret among `sources`.
+pub fn named(sources: &[(TlsSource, bool)]) -> BTreeSet<(String, String)> {
+    sources
+        .iter()
         .filter_map(|(s, _)| match s {
             TlsSource::Secret { namespace, name } => Some((namespace.clone(), name.clone())),
             TlsSource::Files { .. } => None,
@@ -179,13 +188,14 @@ pub struct Tls {
 }
 
 impl Tls {
-    /// Offers the loader the current content of every source `clusters` name, and forgets the
-    /// others.
-    pub fn read(&mut self, clusters: &[ClusterConfig], secrets: &SecretWatches) {
+    /// Offers the loader the current content of every source (with whether it is a CA bundle),
+    /// and forgets the others.
+    pub fn read(&mut self, sources: &[(TlsSource, bool)], secrets: &SecretWatches) {
         let now = crate::tls::unix_now();
         let mut keypairs = HashSet::new();
         let mut cas = HashSet::new();
-        for (source, is_ca) in clusters.iter().flat_map(|c| c.tls.sources()) {
+        for (source, is_ca) in sources {
+            let is_ca = *is_ca;
             if is_ca {
                 cas.insert(source.clone());
             } else {

@@ -523,6 +523,7 @@ mod tests {
                     } else {
                         MemberState::Enabled
                     },
+                    protocol: Default::default(),
                 }
             })
             .collect();

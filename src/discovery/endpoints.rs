@@ -11,7 +11,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::MemberConfig;
-use crate::api::{MemberState, ServiceRef, annotations};
+use crate::api::{MemberState, Protocol, ServiceRef, annotations};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -39,9 +39,14 @@ pub fn members_from_slices<'a>(
         if slice.address_type == "FQDN" {
             continue;
         }
-        let Some(port) = slice_port(slice, &service_ref.port, port_name.as_deref()) else {
+        let Some((port, app_protocol)) = slice_port(slice, &service_ref.port, port_name.as_deref())
+        else {
             continue;
         };
+        let protocol = app_protocol
+            .or_else(|| service_app_protocol(service, port_name.as_deref()))
+            .and_then(Protocol::from_app_protocol)
+            .unwrap_or_default();
         for endpoint in &slice.endpoints {
             let conditions = endpoint.conditions.as_ref();
             let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
@@ -75,6 +80,7 @@ pub fn members_from_slices<'a>(
                 lbset: 0,
                 route: None,
                 state,
+                protocol,
             };
             if let Some(pod) = &pod
                 && let Some(annotations) = pod_annotations.get(pod)
@@ -110,7 +116,12 @@ fn port_name(service_ref: &ServiceRef, service: Option<&Service>) -> Option<Stri
     }
 }
 
-fn slice_port(slice: &EndpointSlice, wanted: &IntOrString, name: Option<&str>) -> Option<i32> {
+/// The wanted port's number in a slice, and its `appProtocol` when it has one.
+fn slice_port<'a>(
+    slice: &'a EndpointSlice,
+    wanted: &IntOrString,
+    name: Option<&str>,
+) -> Option<(i32, Option<&'a str>)> {
     let ports = slice.ports.as_deref().unwrap_or_default();
     let by_name = name.and_then(|n| ports.iter().find(|p| p.name.as_deref().unwrap_or("") == n));
     let found = match (by_name, wanted) {
@@ -119,7 +130,21 @@ fn slice_port(slice: &EndpointSlice, wanted: &IntOrString, name: Option<&str>) -
         (None, IntOrString::Int(n)) if name.is_none() => ports.iter().find(|p| p.port == Some(*n)),
         _ => None,
     };
-    found.and_then(|p| p.port)
+    found.and_then(|p| Some((p.port?, p.app_protocol.as_deref())))
+}
+
+/// The Service port's `appProtocol` (EndpointSlices carry a copy, which is read first).
+fn service_app_protocol<'a>(service: Option<&'a Service>, name: Option<&str>) -> Option<&'a str> {
+    let name = name?;
+    service?
+        .spec
+        .as_ref()?
+        .ports
+        .as_ref()?
+        .iter()
+        .find(|p| p.name.as_deref().unwrap_or("") == name)?
+        .app_protocol
+        .as_deref()
 }
 
 fn apply_annotations(
@@ -320,5 +345,23 @@ mod tests {
             members_from_slices(&by_name(), None, [&a, &b], &HashMap::new(), &mut Vec::new());
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].state, MemberState::Enabled);
+    }
+
+    #[test]
+    fn the_ports_app_protocol_picks_http2_for_grpc_and_h2c() {
+        let protocol_of = |app: Option<&str>| {
+            let mut s = slice(vec![endpoint("10.0.0.1", "web-0", true, true, false)]);
+            if let Some(ports) = s.ports.as_mut() {
+                ports[0].app_protocol = app.map(str::to_owned);
+            }
+            members_from_slices(&by_name(), None, [&s], &HashMap::new(), &mut Vec::new())[0]
+                .protocol
+        };
+        for app in ["kubernetes.io/h2c", "grpc", "http2"] {
+            assert_eq!(protocol_of(Some(app)), Protocol::H2c, "{app}");
+        }
+        for app in [None, Some("http"), Some("kubernetes.io/ws"), Some("tcp")] {
+            assert_eq!(protocol_of(app), Protocol::Http1, "{app:?}");
+        }
     }
 }

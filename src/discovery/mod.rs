@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::api::text::quote;
 use crate::api::{
     BalancerCluster, BalancerClusterSpec, HashKey, HealthCheckMethod, LbMethod, MemberOverride,
-    MemberState, RouteSpec,
+    MemberState, Protocol, RouteSpec, default_max_concurrent_streams,
 };
 use routes::{RouteConfig, RouteProblem};
 
@@ -29,6 +29,9 @@ pub struct MemberConfig {
     pub lbset: u32,
     pub route: Option<String>,
     pub state: MemberState,
+    /// How the member is spoken to: its own `protocol`, else the cluster's, else (for a
+    /// Service's endpoints) what the port's `appProtocol` says, else http1.
+    pub protocol: Protocol,
 }
 
 impl MemberConfig {
@@ -138,7 +141,8 @@ pub struct UpstreamTlsConfig {
     pub insecure_skip_verify: bool,
 }
 
-/// The parts of a cluster's configuration that go beyond Apache's byrequests basics.
+/// The parts of a cluster's configuration that go beyond Apache's byrequests basics, and how
+/// requests are carried beyond HTTP/1.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub sticky: Option<StickyConfig>,
@@ -148,6 +152,11 @@ pub struct Policy {
     /// Zero: no slow start.
     pub slow_start: Duration,
     pub force_recovery: bool,
+    /// Requests in flight on one HTTP/2 connection to a member, at most.
+    pub max_concurrent_streams: u32,
+    /// gRPC methods that may run twice: `/package.Service/Method`, or `/package.Service/`
+    /// for a whole service (the `*` left out).
+    pub safe_grpc_methods: Vec<String>,
 }
 
 impl Default for Policy {
@@ -159,7 +168,22 @@ impl Default for Policy {
             outlier: None,
             slow_start: Duration::ZERO,
             force_recovery: true,
+            max_concurrent_streams: default_max_concurrent_streams(),
+            safe_grpc_methods: Vec::new(),
         }
+    }
+}
+
+impl Policy {
+    /// Whether the gRPC method at `path` (`/package.Service/Method`) may run twice.
+    pub fn is_safe_grpc_method(&self, path: &str) -> bool {
+        self.safe_grpc_methods.iter().any(|m| {
+            if m.ends_with('/') {
+                path.starts_with(m.as_str()) && !path[m.len()..].contains('/')
+            } else {
+                path == m
+            }
+        })
     }
 }
 
@@ -205,6 +229,8 @@ pub struct HealthCheckConfig {
     /// Inclusive status ranges that pass.
     pub expect_status: Vec<(u16, u16)>,
     pub body_contains: Option<String>,
+    /// `method: GRPC`: the service asked about; empty for the server as a whole.
+    pub grpc_service: String,
 }
 
 impl HealthCheckConfig {
@@ -266,12 +292,30 @@ pub fn cluster_config(
     let mut members = static_members(spec)?;
     let tls_members = spec.upstream_tls.is_some();
     members.extend(discovered.into_iter().map(|mut m| {
-        // With upstreamTLS, a Service's endpoints are reached over TLS too.
+        // With upstreamTLS, a Service's endpoints are reached over TLS too, and an appProtocol
+        // that says HTTP/2 means HTTP/2 over TLS.
         if tls_members && let Some(rest) = m.url.strip_prefix("http://") {
             m.url = format!("https://{rest}");
+            if m.protocol == Protocol::H2c {
+                m.protocol = Protocol::H2;
+            }
+        }
+        // The cluster's protocol, when given, wins over what the Service port says.
+        if let Some(protocol) = spec.protocol {
+            m.protocol = protocol;
         }
         m
     }));
+    if let Some(m) = members
+        .iter()
+        .skip(spec.members.len())
+        .find(|m| m.protocol.is_http2() && (m.protocol == Protocol::H2) != m.is_tls())
+    {
+        return Err(MemberError {
+            field: "spec.protocol".to_owned(),
+            message: protocol_mismatch(m.protocol),
+        });
+    }
     apply_overrides(&mut members, &spec.member_overrides);
     for m in &mut members {
         if m.route.is_none() {
@@ -393,6 +437,7 @@ fn policy(spec: &BalancerClusterSpec) -> Result<Policy, MemberError> {
                 ),
             })?,
             body_contains: h.body_contains.clone(),
+            grpc_service: h.grpc_service.clone().unwrap_or_default(),
         }),
         None => None,
     };
@@ -412,6 +457,17 @@ fn policy(spec: &BalancerClusterSpec) -> Result<Policy, MemberError> {
         outlier,
         slow_start: spec.slow_start.map_or(Duration::ZERO, Into::into),
         force_recovery: spec.failover.force_recovery,
+        max_concurrent_streams: spec
+            .http2
+            .as_ref()
+            .map_or_else(default_max_concurrent_streams, |h| h.max_concurrent_streams)
+            .max(1),
+        safe_grpc_methods: spec
+            .failover
+            .safe_grpc_methods
+            .iter()
+            .map(|m| m.strip_suffix('*').unwrap_or(m).to_owned())
+            .collect(),
     })
 }
 
@@ -462,6 +518,17 @@ fn static_members(spec: &BalancerClusterSpec) -> Result<Vec<MemberConfig>, Membe
                     quote(&m.url)
                 ),
             })?;
+            let protocol = m.protocol.or(spec.protocol).unwrap_or_default();
+            if protocol.is_http2() && (protocol == Protocol::H2) != (scheme == "https") {
+                let field = match m.protocol {
+                    Some(_) => format!("spec.members[{i}].protocol"),
+                    None => "spec.protocol".to_owned(),
+                };
+                return Err(MemberError {
+                    field,
+                    message: protocol_mismatch(protocol),
+                });
+            }
             Ok(MemberConfig {
                 url: format!("{scheme}://{authority}"),
                 authority,
@@ -470,6 +537,7 @@ fn static_members(spec: &BalancerClusterSpec) -> Result<Vec<MemberConfig>, Membe
                 lbset: m.lbset,
                 route: m.route.clone(),
                 state: m.state,
+                protocol,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -490,6 +558,16 @@ fn static_members(spec: &BalancerClusterSpec) -> Result<Vec<MemberConfig>, Membe
         first.insert(m.url.as_str(), i);
     }
     Ok(members)
+}
+
+/// Why a member's protocol does not go with its URL's scheme.
+fn protocol_mismatch(protocol: Protocol) -> String {
+    match protocol {
+        Protocol::H2 => "h2 is HTTP/2 over TLS: it needs https:// members (upstream TLS); h2c is \
+                         HTTP/2 without TLS"
+            .to_owned(),
+        _ => "h2c is HTTP/2 without TLS: https:// members (upstream TLS) speak h2".to_owned(),
+    }
 }
 
 /// `HOST:PORT` of an `http://` or `https://` URL, with port 80 or 443 when none is given.
@@ -605,6 +683,7 @@ mod tests {
             lbset: 0,
             route: Some("web1".into()),
             state: MemberState::Enabled,
+            protocol: None,
         });
         let pod = MemberConfig {
             url: "http://10.0.0.7:8080".into(),
@@ -614,6 +693,7 @@ mod tests {
             lbset: 0,
             route: None,
             state: MemberState::Enabled,
+            protocol: Protocol::Http1,
         };
         let c = cluster_config(&bc, vec![pod.clone()]).expect("ok");
         let routes: Vec<_> = c.members.iter().map(|m| m.route.clone()).collect();
@@ -708,6 +788,7 @@ mod tests {
             lbset: 0,
             route: None,
             state: MemberState::Enabled,
+            protocol: None,
         });
         let e = cluster_config(&bc, vec![]).expect_err("refused");
         assert_eq!(e.field, "spec.members[1].url");
@@ -731,6 +812,7 @@ mod tests {
             lbset: 0,
             route: None,
             state: MemberState::Enabled,
+            protocol: Protocol::Http1,
         };
         let c = cluster_config(&bc, vec![pod]).expect("ok");
         assert_eq!(c.members[0].url, "https://10.0.0.7:8443");
@@ -751,5 +833,113 @@ mod tests {
                 ("secret shop/client".to_owned(), false),
             ]
         );
+    }
+
+    fn discovered(protocol: Protocol) -> MemberConfig {
+        MemberConfig {
+            url: "http://10.0.0.7:50051".into(),
+            authority: "10.0.0.7:50051".into(),
+            pod: Some("api-0".into()),
+            load_factor: 1,
+            lbset: 0,
+            route: None,
+            state: MemberState::Enabled,
+            protocol,
+        }
+    }
+
+    #[test]
+    fn a_members_protocol_is_its_own_else_the_clusters_else_its_service_ports() {
+        let spec = |json: serde_json::Value| -> BalancerCluster {
+            BalancerCluster::new("api", serde_json::from_value(json).expect("a spec"))
+        };
+        let protocols = |bc: &BalancerCluster, found: Protocol| -> Vec<Protocol> {
+            cluster_config(bc, vec![discovered(found)])
+                .expect("ok")
+                .members
+                .iter()
+                .map(|m| m.protocol)
+                .collect()
+        };
+        let mixed = spec(serde_json::json!({
+            "service": {"name": "api", "port": "grpc"},
+            "members": [{"url": "http://10.0.0.1:1"}, {"url": "http://10.0.0.2:1", "protocol": "h2c"}],
+        }));
+        // appProtocol says h2c for the Service's endpoint; static members default to http1.
+        assert_eq!(
+            protocols(&mixed, Protocol::H2c),
+            [Protocol::Http1, Protocol::H2c, Protocol::H2c]
+        );
+        let mut cluster_wide = mixed.clone();
+        cluster_wide.spec.protocol = Some(Protocol::H2c);
+        assert_eq!(
+            protocols(&cluster_wide, Protocol::Http1),
+            [Protocol::H2c, Protocol::H2c, Protocol::H2c],
+            "spec.protocol wins over appProtocol"
+        );
+        let mut own = cluster_wide.clone();
+        own.spec.members[0].protocol = Some(Protocol::Http1);
+        assert_eq!(protocols(&own, Protocol::Http1)[0], Protocol::Http1);
+        // With upstreamTLS an appProtocol that says HTTP/2 means h2.
+        let tls = spec(serde_json::json!({
+            "service": {"name": "api", "port": "grpc"},
+            "upstreamTLS": {"insecureSkipVerify": true},
+        }));
+        assert_eq!(protocols(&tls, Protocol::H2c), [Protocol::H2]);
+        assert_eq!(protocols(&tls, Protocol::Http1), [Protocol::Http1]);
+    }
+
+    #[test]
+    fn h2_needs_https_members_and_h2c_http_ones() {
+        let refused = |json: serde_json::Value, found: Vec<MemberConfig>| -> MemberError {
+            let bc = BalancerCluster::new("api", serde_json::from_value(json).expect("a spec"));
+            cluster_config(&bc, found).expect_err("refused")
+        };
+        let e = refused(
+            serde_json::json!({"members": [{"url": "http://a:1", "protocol": "h2"}]}),
+            vec![],
+        );
+        assert_eq!(e.field, "spec.members[0].protocol");
+        assert!(e.message.contains("https://"), "{e}");
+        let e = refused(
+            serde_json::json!({"protocol": "h2", "members": [{"url": "http://a:1"}]}),
+            vec![],
+        );
+        assert_eq!(e.field, "spec.protocol");
+        let e = refused(
+            serde_json::json!({"members": [{"url": "https://a:1", "protocol": "h2c"}]}),
+            vec![],
+        );
+        assert!(e.message.contains("h2c is HTTP/2 without TLS"), "{e}");
+        let e = refused(
+            serde_json::json!({"protocol": "h2", "service": {"name": "api", "port": 50051}}),
+            vec![discovered(Protocol::Http1)],
+        );
+        assert_eq!(e.field, "spec.protocol");
+        let bc = BalancerCluster::new(
+            "api",
+            serde_json::from_value(serde_json::json!({
+                "members": [{"url": "https://a:1", "protocol": "h2"}],
+            }))
+            .expect("a spec"),
+        );
+        assert_eq!(
+            cluster_config(&bc, vec![]).expect("ok").members[0].protocol,
+            Protocol::H2
+        );
+    }
+
+    #[test]
+    fn safe_grpc_methods_match_a_method_or_a_whole_service() {
+        let policy = Policy {
+            safe_grpc_methods: vec!["/shop.Cart/Get".into(), "/grpc.health.v1.Health/".into()],
+            ..Policy::default()
+        };
+        assert!(policy.is_safe_grpc_method("/shop.Cart/Get"));
+        assert!(!policy.is_safe_grpc_method("/shop.Cart/GetAll"));
+        assert!(!policy.is_safe_grpc_method("/shop.Cart/Put"));
+        assert!(policy.is_safe_grpc_method("/grpc.health.v1.Health/Check"));
+        assert!(!policy.is_safe_grpc_method("/grpc.health.v1.Health/Check/x"));
+        assert!(!policy.is_safe_grpc_method("/grpc.health.v1.HealthX/Check"));
     }
 }

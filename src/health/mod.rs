@@ -1,7 +1,7 @@
 //! Active health checks, like Apache's mod_proxy_hcheck: every member of a cluster with
-//! `spec.healthCheck` is probed every `interval` (TCP connect, or a HEAD, GET or OPTIONS
-//! request), and a member that fails `fails` checks in a row is HealthCheckFailed, taking no
-//! requests, until it passes `passes` in a row.
+//! `spec.healthCheck` is probed every `interval` (TCP connect, a HEAD, GET or OPTIONS request,
+//! or gRPC's standard `grpc.health.v1.Health/Check` over h2c), and a member that fails `fails`
+//! checks in a row is HealthCheckFailed, taking no requests, until it passes `passes` in a row.
 //!
 //! The checker is one task on its own thread, fed by the data plane's current snapshot. Its
 //! schedule is keyed by member identity (cluster and URL) and the verdicts live in the members'
@@ -282,6 +282,9 @@ async fn probe_inner(authority: &str, check: &HealthCheckConfig) -> Result<(), S
         return Ok(());
     }
     let _ = stream.set_nodelay(true);
+    if check.method == HealthCheckMethod::Grpc {
+        return probe_grpc(stream, authority, &check.grpc_service).await;
+    }
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
@@ -337,6 +340,144 @@ async fn probe_inner(authority: &str, check: &HealthCheckConfig) -> Result<(), S
     result
 }
 
+/// `grpc.health.v1.Health/Check` for `service` (empty: the server as a whole), over h2c on
+/// `stream`: passes when the answer is SERVING with status OK.
+async fn probe_grpc(stream: TcpStream, authority: &str, service: &str) -> Result<(), String> {
+    let what = match service {
+        "" => "grpc.health.v1.Health/Check".to_owned(),
+        service => format!("grpc.health.v1.Health/Check {service:?}"),
+    };
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let request = Request::builder()
+        .method("POST")
+        .uri(format!("http://{authority}/grpc.health.v1.Health/Check"))
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .header(header::TE, "trailers")
+        .header(header::USER_AGENT, "kube-balancer-health-check")
+        .body(http_body_util::Full::new(Bytes::from(grpc_health_request(
+            service,
+        ))))
+        .map_err(|e| format!("request: {e}"))?;
+    let result = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+        if response.status() != http::StatusCode::OK {
+            return Err(format!("{what} answered HTTP {}", response.status()));
+        }
+        let head_status = grpc_status(response.headers());
+        let collected = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+        let status = head_status.or_else(|| collected.trailers().and_then(grpc_status));
+        match status {
+            Some((0, _)) => {}
+            Some((code, message)) => {
+                return Err(format!("{what} answered gRPC status {code} {message}"));
+            }
+            None => return Err(format!("{what} answered without a gRPC status")),
+        }
+        match serving_status(&collected.to_bytes()) {
+            Some(1) => Ok(()),
+            Some(other) => Err(format!(
+                "{what} answered {}",
+                match other {
+                    2 => "NOT_SERVING".to_owned(),
+                    3 => "SERVICE_UNKNOWN".to_owned(),
+                    n => format!("status {n}"),
+                }
+            )),
+            None => Err(format!(
+                "{what} answered a message that is no HealthCheckResponse"
+            )),
+        }
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// A `HealthCheckRequest { service }` as a gRPC message: the uncompressed flag, the length,
+/// and the protobuf encoding (field 1, a string; nothing for an empty one).
+fn grpc_health_request(service: &str) -> Vec<u8> {
+    let mut message = Vec::with_capacity(service.len() + 8);
+    if !service.is_empty() {
+        message.push(0x0a);
+        let mut len = service.len();
+        while len >= 0x80 {
+            message.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        message.push(len as u8);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut framed = Vec::with_capacity(message.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(
+        &u32::try_from(message.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    framed.extend_from_slice(&message);
+    framed
+}
+
+/// The `status` of a `HealthCheckResponse` in one uncompressed gRPC message (0, UNKNOWN,
+/// when the field is absent, as protobuf leaves defaults out).
+fn serving_status(body: &[u8]) -> Option<u64> {
+    let (&flag, rest) = body.split_first()?;
+    if flag != 0 || rest.len() < 4 {
+        return None;
+    }
+    let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let mut message = rest.get(4..4 + len)?;
+    let mut status = 0;
+    while let Some((&tag, rest)) = message.split_first() {
+        let (value, rest) = varint(rest)?;
+        match tag {
+            0x08 => status = value,
+            // Another varint field: skipped. Anything else is not expected here.
+            t if t & 0x07 == 0 => {}
+            _ => return None,
+        }
+        message = rest;
+    }
+    Some(status)
+}
+
+fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+/// `grpc-status` (and `grpc-message`) of a head or trailers.
+fn grpc_status(fields: &http::HeaderMap) -> Option<(u32, String)> {
+    let code = fields.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    let message = fields
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Some((code, message))
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -355,6 +496,7 @@ mod tests {
             fails,
             expect_status: vec![(200, 399)],
             body_contains: None,
+            grpc_service: String::new(),
         }
     }
 
@@ -450,6 +592,22 @@ mod tests {
             spread("shop/web", "http://a:1", 1000),
             spread("shop/web", "http://a:1", 1000)
         );
+    }
+
+    #[test]
+    fn grpc_health_messages_are_written_and_read_as_protobuf_does() {
+        assert_eq!(grpc_health_request(""), [0, 0, 0, 0, 0]);
+        assert_eq!(
+            grpc_health_request("a.B"),
+            [0, 0, 0, 0, 5, 0x0a, 3, b'a', b'.', b'B']
+        );
+        let long = "s".repeat(200);
+        assert_eq!(&grpc_health_request(&long)[5..8], [0x0a, 0xc8, 0x01]);
+        assert_eq!(serving_status(&[0, 0, 0, 0, 2, 0x08, 1]), Some(1));
+        assert_eq!(serving_status(&[0, 0, 0, 0, 2, 0x08, 2]), Some(2));
+        assert_eq!(serving_status(&[0, 0, 0, 0, 0]), Some(0));
+        assert_eq!(serving_status(&[1, 0, 0, 0, 0]), None, "compressed");
+        assert_eq!(serving_status(&[0, 0, 0, 0, 2, 0x08]), None, "cut short");
     }
 
     #[test]

@@ -1,19 +1,25 @@
 //! Fronts: the ports the data plane serves besides its own `--listen` and `--listen-tls`, each
-//! with its routes: a Gateway's listeners (one front per listener port). A source gives them
-//! with cluster keys ([`FrontConfig`]); publishing resolves the keys and builds each front's
-//! route table ([`Front`]).
+//! with its routes: a Gateway's listeners (one front per address and listener port). A source
+//! gives them with cluster keys ([`FrontConfig`]); publishing resolves the keys and builds each
+//! front's route table and, for HTTPS, its listeners' certificates ([`Front`]).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::filters::Filters;
 use super::matching::RequestMatch;
 use super::routes::{Backend, ListenerRoutes, RouteEntry, RouteTable, Rule, Shadowed};
+use crate::discovery::TlsSource;
+use crate::tls::ListenerCertificates;
+use crate::tls::material::Material;
 
 /// A port's routes, as a source gives them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FrontConfig {
+    /// The address it listens on (a Gateway's); `None`: every address of the host.
+    pub address: Option<IpAddr>,
     pub port: u16,
     /// HTTPS: the front terminates TLS (certificates from the snapshot's TLS state).
     pub tls: bool,
@@ -26,6 +32,9 @@ pub struct FrontConfig {
 pub struct ListenerConfig {
     pub hostname: Option<String>,
     pub routes: Vec<RouteConfig>,
+    /// HTTPS: where its certificates come from, in the order its Gateway names them (the first
+    /// one loaded is served to the handshakes whose name selects this listener).
+    pub certificates: Vec<TlsSource>,
 }
 
 /// One route rule: which requests (any of `matches` on any of `hostnames`), what is done to
@@ -56,9 +65,12 @@ pub struct BackendConfig {
 /// A built front, served from a snapshot.
 #[derive(Debug)]
 pub struct Front {
+    pub address: Option<IpAddr>,
     pub port: u16,
     pub tls: bool,
     pub routes: RouteTable,
+    /// HTTPS: the certificate each handshake gets, by the listener its name selects.
+    pub certificates: ListenerCertificates,
 }
 
 impl Front {
@@ -75,10 +87,31 @@ impl Front {
             .collect();
         let (routes, shadowed) = RouteTable::build(listeners);
         let front = Front {
+            address: config.address,
             port: config.port,
             tls: config.tls,
             routes,
+            certificates: ListenerCertificates::default(),
         };
+        (front, shadowed)
+    }
+
+    /// [`Front::build`], with the certificates of its HTTPS listeners from `material`.
+    pub fn build_with(
+        config: &FrontConfig,
+        index: &HashMap<&str, usize>,
+        material: &Material,
+    ) -> (Front, Vec<Shadowed>) {
+        let (mut front, shadowed) = Front::build(config, index);
+        if config.tls {
+            front.certificates = ListenerCertificates::build(
+                config
+                    .listeners
+                    .iter()
+                    .map(|l| (l.hostname.as_deref(), l.certificates.as_slice())),
+                material,
+            );
+        }
         (front, shadowed)
     }
 }

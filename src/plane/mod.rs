@@ -118,6 +118,13 @@ impl Snapshot {
         self.fronts.iter().find(|f| f.port == port)
     }
 
+    /// The front listening on `address` (`None`: every address) and `port`.
+    pub fn front_at(&self, address: Option<IpAddr>, port: u16) -> Option<&Front> {
+        self.fronts
+            .iter()
+            .find(|f| f.address == address && f.port == port)
+    }
+
     /// The cluster a rule's backend names.
     pub fn backend(&self, backend: &Backend) -> Option<&Arc<Cluster>> {
         backend.cluster.and_then(|i| self.clusters.get(i))
@@ -330,7 +337,7 @@ impl DataPlane {
         // Shadowed Gateway routes are the Gateway controller's to report (it sees them first).
         snapshot.fronts = fronts
             .iter()
-            .map(|config| Front::build(config, &index).0)
+            .map(|config| Front::build_with(config, &index, material).0)
             .collect();
         snapshot.conflicts = shadowed
             .into_iter()
@@ -372,6 +379,24 @@ fn route_entries(config: &ClusterConfig, key: &str, index: usize) -> Vec<RouteEn
             }
         })
         .collect()
+}
+
+/// The certificates of one HTTPS front (a Gateway's listeners on one address and port), read from
+/// the snapshot served at each handshake: `tls::acceptor(Arc::new(FrontCertificates { .. }))`.
+#[derive(Debug)]
+pub struct FrontCertificates {
+    pub plane: Arc<DataPlane>,
+    pub address: Option<IpAddr>,
+    pub port: u16,
+}
+
+impl tls::CurrentCertificates for FrontCertificates {
+    fn resolve(&self, server_name: Option<&str>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.plane
+            .snapshot()
+            .front_at(self.address, self.port)
+            .and_then(|f| f.certificates.resolve_key(server_name))
+    }
 }
 
 /// The HTTPS listener's certificates are the ones in the snapshot served at each handshake.

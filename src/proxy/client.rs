@@ -15,8 +15,9 @@ use super::upstream::body::RequestBody;
 pub enum Front {
     /// The BalancerClusters' routes: `--listen` and `--listen-tls`.
     Own,
-    /// A front's (a Gateway's listeners on this port).
-    Port(u16),
+    /// A front's: a Gateway's listeners on this port, at this address (`None`: the front has no
+    /// address of its own).
+    At(Option<IpAddr>, u16),
 }
 
 /// Where a connection came in.

@@ -1,9 +1,12 @@
-//! The one place where a failure becomes an HTTP response (and a log line).
+//! The one place where a failure becomes an HTTP response (and a log line): a text answer with
+//! the failure's status, or for a gRPC call, a trailers-only answer with its gRPC status (HTTP
+//! 200, as gRPC clients expect, and as Envoy answers).
 
 use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
 
+use super::grpc;
 use super::response::ResponseBody;
 
 /// Why the proxy answered instead of a member.
@@ -66,6 +69,49 @@ impl ProxyError {
             ProxyError::Redirect { status, .. } => *status,
             ProxyError::Preflight(_) => StatusCode::NO_CONTENT,
         }
+    }
+
+    /// The gRPC status a gRPC client gets for this failure: gRPC's mapping of the HTTP status
+    /// (404 UNIMPLEMENTED, 502 and 503 UNAVAILABLE, 4xx INTERNAL, 500 UNKNOWN), except that a
+    /// member or route that did not answer in time is DEADLINE_EXCEEDED, as a call's own
+    /// deadline is. `None` for the proxy's answers that are no failure (a redirect, a CORS
+    /// preflight): they go as they are.
+    pub fn grpc_status(&self) -> Option<u8> {
+        Some(match self {
+            ProxyError::NoRoute { .. } => grpc::UNIMPLEMENTED,
+            ProxyError::NoBackend { .. } => grpc::UNKNOWN,
+            ProxyError::NoMember { .. } | ProxyError::MemberFailed { .. } => grpc::UNAVAILABLE,
+            ProxyError::Timeout { .. } | ProxyError::RequestTimeout { .. } => {
+                grpc::DEADLINE_EXCEEDED
+            }
+            ProxyError::ConnectRefused
+            | ProxyError::TooManyHeaders { .. }
+            | ProxyError::ClientBody { .. }
+            | ProxyError::DuplicateHost
+            | ProxyError::NoHost => grpc::INTERNAL,
+            ProxyError::Redirect { .. } | ProxyError::Preflight(_) => return None,
+        })
+    }
+
+    /// Logs the failure and turns it into the response the client gets: for a gRPC call
+    /// (`grpc`), a trailers-only answer whose `grpc-message` is the text answer's first line.
+    pub fn into_response_for(self, grpc: bool) -> Response<ResponseBody> {
+        let Some(code) = self.grpc_status().filter(|_| grpc) else {
+            return self.into_response();
+        };
+        let response = self.into_response();
+        let text = match response.body().full_text() {
+            Some(text) => String::from_utf8_lossy(text).trim_end().to_owned(),
+            None => String::new(),
+        };
+        let mut answer = Response::new(ResponseBody::empty());
+        let headers = answer.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.extend(grpc::status_fields(code, &text));
+        answer
     }
 
     /// Logs the failure and turns it into the response the client gets.

@@ -408,13 +408,14 @@ async fn mirrored(
     let mut lean = None;
     let started = tokio::time::Instant::now();
     let sent = upstream::send(
-        Upstream::Hyper,
+        Upstream::for_member(Upstream::Hyper, member.protocol, false),
         &key,
         config,
         &mut req,
         &mut lean,
         &forwarding,
         started,
+        started + config.response_timeout,
         None,
     );
     if let Ok((_, response)) = sent.await {

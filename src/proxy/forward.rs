@@ -1,6 +1,7 @@
 //! Forwarding with failover: the members the cluster picks are tried in turn until one answers
 //! or the attempts run out (Apache's `maxattempts`), each outcome reported to the balancer.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -13,14 +14,14 @@ use super::client::ClientRequest;
 use super::deadline::Deadline;
 use super::error::ProxyError;
 use super::filters::Applied;
+use super::grpc;
 use super::headers::{Forwarding, strip_hop_by_hop};
 use super::http1::client::idempotent;
 use super::response::ResponseBody;
 use super::tunnel::tunnel;
-use super::upstream::body::{Answer, RequestBody};
+use super::upstream::body::{Answer, Kept, RequestBody};
 use super::upstream::exchange::{Failure, Replay, Stage};
 use super::upstream::lease::Lease;
-use super::upstream::pool::{Member, Sender};
 use super::upstream::{self, Upstream};
 use super::worker::Worker;
 use crate::api::LbMethod;
@@ -69,8 +70,19 @@ pub async fn forward(
         1 + config.max_attempts as usize
     };
     let upgrade = client_upgrade.is_some();
-    let kind = Upstream::for_request(worker.http1, req.body().is_end_stream(), upgrade);
-    let replay = replay_of(cluster, kind, upgrade, req);
+    let base = Upstream::for_request(worker.http1, req.body().is_end_stream(), upgrade);
+    let mut replay = replay_of(cluster, base, upgrade, req);
+    // A gRPC call's deadline and safety, and the request's kept body (boxed: most requests
+    // have neither).
+    let mut call = grpc::is_grpc(req.headers()).then(|| {
+        Box::new(Call {
+            grpc: Some(GrpcCall {
+                deadline: grpc::timeout(req.headers()).map(|t| Instant::now() + t),
+                safe: config.policy.is_safe_grpc_method(req.uri().path()),
+            }),
+            kept: None,
+        })
+    });
     let mut tried: Vec<usize> = Vec::new();
     // Boxed, as rare: a smaller request future fits the allocator's small size classes.
     let mut last_failure: Option<Box<ProxyError>> = None;
@@ -80,69 +92,181 @@ pub async fn forward(
         let started = Instant::now();
         let now = clock::ms_at(started.into_std());
         let Some(index) = cluster.balancer.pick_for(now, &tried, affinity) else {
-            return Err(last_failure.map_or_else(
+            let error = last_failure.map_or_else(
                 || ProxyError::NoMember {
                     cluster: cluster.key.clone(),
                 },
                 |failure| *failure,
-            ));
+            );
+            if call.as_ref().is_some_and(|c| c.grpc.is_some())
+                && let Some(&last) = tried.last()
+            {
+                let stats = &cluster.balancer.members()[last].stats;
+                if let Some(code) = error.grpc_status() {
+                    stats.count_grpc_status(code);
+                }
+            }
+            return Err(error);
         };
         tried.push(index);
+        let kind = Upstream::for_member(base, config.members[index].protocol, upgrade);
+        if matches!(kind, Upstream::Http2 { .. }) {
+            keep_for_http2(req, lean, &mut replay, &mut call, tries, upgrade);
+        }
         let stats = &cluster.balancer.members()[index].stats;
         stats.elected.fetch_add(1, Relaxed);
-        let lease = Lease::new(stats.clone());
+        let mut lease = Lease::new(stats.clone());
         if !req.body().is_end_stream() {
             req.body_mut().count_for(stats.clone());
         }
         let key = worker.pool.member(&config.members[index].authority);
-        let sent = upstream::send(kind, &key, config, req, lean, forwarding, started, deadline);
-        let sent = match backend_timeout {
-            // The route's own limit for each try (HTTPRoute `timeouts.backendRequest`), when it
-            // is shorter than the cluster's. Boxed: few routes have one.
-            Some(limit) if limit < config.response_timeout => {
-                Box::pin(tokio::time::timeout(limit, sent))
-                    .await
-                    .unwrap_or_else(|_| Err(Failure::timed_out()))
-            }
-            _ => sent.await,
-        };
-        match sent {
+        // The route's limit for each try (HTTPRoute `timeouts.backendRequest`), or the
+        // cluster's; a gRPC call's deadline when it comes sooner.
+        let timeout = backend_timeout.unwrap_or(config.response_timeout);
+        let until = deadline_of(&call).map_or(started + timeout, |at| at.min(started + timeout));
+        let sent = upstream::send(
+            kind, &key, config, req, lean, forwarding, started, until, deadline,
+        );
+        match sent.await {
             Err(failure) => {
                 let stage = failure.stage;
-                let error = failed(cluster, index, failure, req)?;
-                if tried.len() >= tries || !may_go_again(cluster, stage, kind, req, &replay) {
+                let given_back = failure.unsent.is_some();
+                let client_deadline = stage == Stage::TimedOut
+                    && deadline_of(&call).is_some_and(|at| Instant::now() >= at);
+                let error = failed(cluster, index, failure, req, client_deadline)?;
+                let again = tried.len() < tries
+                    && may_go_again(cluster, stage, kind, req, &replay, call.as_deref())
+                    && (given_back
+                        || kind == Upstream::Lean
+                        || (kind == Upstream::Hyper && stage == Stage::Unsent)
+                        || rebuild(req, replay.as_deref(), call.as_deref()));
+                if !again {
+                    if call.as_ref().is_some_and(|c| c.grpc.is_some())
+                        && let Some(code) = error.grpc_status()
+                    {
+                        stats.count_grpc_status(code);
+                    }
                     return Err(error);
-                }
-                if let (Some(again), Upstream::Hyper) = (replay.as_deref(), kind)
-                    && stage != Stage::Unsent
-                {
-                    *req = again.request();
                 }
                 last_failure = Some(Box::new(error));
             }
-            Ok((sender, response)) => {
+            Ok((held, mut response)) => {
                 observe(cluster, index, started, response.status());
                 if failed_on_status(cluster, index, response.status())
-                    && let Some(again) = replay.as_deref().filter(|_| tried.len() < tries)
+                    && tried.len() < tries
+                    && rebuild(req, replay.as_deref(), call.as_deref())
                 {
-                    *req = again.request();
                     continue;
                 }
-                let answer = Answered {
-                    lease,
-                    key,
-                    sender,
-                    response,
+                let member = &config.members[index];
+                insert_sticky_cookie(cluster, member, affinity, response.headers_mut());
+                // Delivered here rather than by a function: the answer is moved once less.
+                let mut response = if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client_upgrade) = client_upgrade.take()
+                {
+                    tunnelled(client_upgrade, response, lease)
+                } else {
+                    let (mut parts, body) = response.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    lease.reuse(key, held);
+                    Response::from_parts(parts, ResponseBody::upstream(body, lease))
                 };
-                return Ok(deliver(cluster, index, affinity, client_upgrade, answer));
+                if let Some(Call {
+                    grpc: Some(grpc_call),
+                    kept,
+                }) = call.map(|c| *c)
+                {
+                    if let Some(code) = grpc::status_of(response.headers()) {
+                        stats.count_grpc_status(code);
+                    }
+                    response.body_mut().grpc(grpc_call.deadline, kept);
+                }
+                return Ok(response);
             }
         }
     }
 }
 
+/// A gRPC call's deadline (from its `grpc-timeout`), and whether its method may run twice
+/// (`failover.safeGrpcMethods`).
+struct GrpcCall {
+    deadline: Option<Instant>,
+    safe: bool,
+}
+
+/// What a request needs beyond the common case: it is a gRPC call, or its body is kept, where
+/// it may have to go again (to another member, after an HTTP/2 stream failed) or be cut off (at
+/// a gRPC call's deadline).
+struct Call {
+    grpc: Option<GrpcCall>,
+    kept: Option<Rc<Kept>>,
+}
+
+/// A gRPC call's deadline.
+fn deadline_of(call: &Option<Box<Call>>) -> Option<Instant> {
+    call.as_ref()
+        .and_then(|c| c.grpc.as_ref())
+        .and_then(|g| g.deadline)
+}
+
+/// Readies a request for an HTTP/2 member, whose client takes it: its head is kept when it
+/// may have to be sent again (a body-less idempotent request, or any request while attempts
+/// remain), and its body too, as are a gRPC call's (so that its deadline can cut it off).
+fn keep_for_http2(
+    req: &mut Request<RequestBody>,
+    lean: &mut Option<super::http1::LeanHead>,
+    replay: &mut Option<Box<Replay>>,
+    call: &mut Option<Box<Call>>,
+    tries: usize,
+    upgrade: bool,
+) {
+    if upgrade {
+        return;
+    }
+    if let Some(head) = lean.take() {
+        head.fields.fill(req.headers_mut());
+    }
+    let bodyless = req.body().is_end_stream();
+    if replay.is_none() && (tries > 1 || (bodyless && idempotent(req.method()))) {
+        *replay = Some(Box::new(Replay::of(req)));
+    }
+    let grpc = call.as_ref().is_some_and(|c| c.grpc.is_some());
+    let kept = call.as_ref().is_some_and(|c| c.kept.is_some());
+    if !kept && !bodyless && (tries > 1 || grpc) {
+        call.get_or_insert_with(|| {
+            Box::new(Call {
+                grpc: None,
+                kept: None,
+            })
+        })
+        .kept = req.body_mut().keep();
+    }
+}
+
+/// Builds the request again for another attempt, from its kept head and body: false when they
+/// were not kept, or part of the body that went was not.
+fn rebuild(req: &mut Request<RequestBody>, replay: Option<&Replay>, call: Option<&Call>) -> bool {
+    let kept = call.and_then(|c| c.kept.as_ref());
+    let Some(replay) = replay else {
+        return false;
+    };
+    let body = match kept {
+        Some(kept) => match RequestBody::again(kept) {
+            Some(body) => body,
+            None => return false,
+        },
+        None if req.body().is_end_stream() => RequestBody::empty(),
+        None => return false,
+    };
+    *req = replay.request();
+    *req.body_mut() = body;
+    true
+}
+
 /// A failed exchange. The client's broken request body is the client's fault: 400, and
-/// nothing held against the member. Otherwise it is reported to the balancer and, unless the
-/// answer only came late (504), the member is put in error. Gives the error and whether the
+/// nothing held against the member. Otherwise it is reported to the balancer (unless it was a
+/// gRPC call's own deadline that passed) and, unless the answer only came late (504), the
+/// member is put in error. Gives the error and whether the
 /// request may go to another member; the request is put back when hyper's client had taken
 /// it.
 fn failed(
@@ -150,6 +274,7 @@ fn failed(
     index: usize,
     failure: Failure,
     req: &mut Request<RequestBody>,
+    client_deadline: bool,
 ) -> Result<ProxyError, ProxyError> {
     let member = &cluster.config.members[index];
     let Failure {
@@ -160,7 +285,10 @@ fn failed(
     if stage == Stage::ClientBody {
         return Err(ProxyError::ClientBody { cause });
     }
-    cluster.balancer.report(index, false, clock::now_ms());
+    // A gRPC call's own deadline passing says nothing of the member.
+    if !client_deadline {
+        cluster.balancer.report(index, false, clock::now_ms());
+    }
     if stage == Stage::TimedOut {
         return Err(ProxyError::Timeout {
             cluster: cluster.key.clone(),
@@ -187,20 +315,31 @@ fn failed(
 /// when sending it twice changes nothing (an idempotent method, no body; nothing has gone to
 /// the client yet), and while the cluster's retry budget lasts, as nginx's
 /// `proxy_next_upstream error` does.
+///
+/// A gRPC call is POST, which is not idempotent: it goes to another member only when nothing
+/// of it reached the first (a connection that did not open, a stream the member refused
+/// unprocessed), unless its method is listed in `failover.safeGrpcMethods`; then also when its
+/// stream broke before the answer began, if its body was kept whole.
 fn may_go_again(
     cluster: &Cluster,
     stage: Stage,
     kind: Upstream,
     req: &Request<RequestBody>,
     replay: &Option<Box<Replay>>,
+    call: Option<&Call>,
 ) -> bool {
+    let kept = call.and_then(|c| c.kept.as_ref());
     match stage {
-        Stage::Unsent => true,
+        Stage::Unsent | Stage::Refused => true,
         Stage::Unanswered | Stage::BadAnswer => {
             // The lean client only borrowed the request; hyper's took it, and a copy was kept.
             let intact = kind == Upstream::Lean || replay.is_some();
+            let may_repeat = match call.and_then(|c| c.grpc.as_ref()) {
+                Some(grpc) => grpc.safe && kept.is_none_or(|k| k.can_again()),
+                None => idempotent(req.method()),
+            };
             intact
-                && idempotent(req.method())
+                && may_repeat
                 && cluster
                     .retry_budget
                     .try_take(clock::now_ms(), requests(cluster))
@@ -265,44 +404,17 @@ fn replay_of(
     (wanted && !upgrade && req.body().is_end_stream()).then(|| Box::new(Replay::of(req)))
 }
 
-/// A member's answer head and what goes with it until its body is read.
-struct Answered {
+/// A member's 101 Switching Protocols: the two upgraded connections are joined on a task of
+/// their own, and the client gets the member's answer head.
+fn tunnelled(
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    mut response: Response<Answer>,
     lease: Lease,
-    key: std::rc::Rc<Member>,
-    sender: Option<Sender>,
-    response: Response<Answer>,
-}
-
-/// The member's answer on its way to the client: a sticky cookie set when asked for, an
-/// upgrade tunnelled, hop-by-hop fields left out, and the connection given back to the pool
-/// when the body has been read.
-fn deliver(
-    cluster: &Cluster,
-    index: usize,
-    affinity: &Affinity,
-    client_upgrade: &mut Option<hyper::upgrade::OnUpgrade>,
-    answer: Answered,
 ) -> Response<ResponseBody> {
-    let Answered {
-        mut lease,
-        key,
-        sender,
-        mut response,
-    } = answer;
-    let member = &cluster.config.members[index];
-    insert_sticky_cookie(cluster, member, affinity, response.headers_mut());
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(client_upgrade) = client_upgrade.take()
-    {
-        let member_upgrade = hyper::upgrade::on(&mut response);
-        tokio::task::spawn_local(tunnel(client_upgrade, member_upgrade, lease));
-        let (parts, _) = response.into_parts();
-        return Response::from_parts(parts, ResponseBody::empty());
-    }
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    lease.reuse(key, sender);
-    Response::from_parts(parts, ResponseBody::upstream(body, lease))
+    let member_upgrade = hyper::upgrade::on(&mut response);
+    tokio::task::spawn_local(tunnel(client_upgrade, member_upgrade, lease));
+    let (parts, _) = response.into_parts();
+    Response::from_parts(parts, ResponseBody::empty())
 }
 
 /// HAProxy's `cookie insert`: when the request's sticky value does not name the member that

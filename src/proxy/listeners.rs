@@ -14,13 +14,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use super::client::{Entry, Front};
 use super::downstream::{self, Builders, Serving, Stopping};
 use super::http1::Limits;
 use super::options::ProxyOptions;
 use super::worker::Worker;
-use crate::plane::DataPlane;
+use crate::plane::{DataPlane, FrontCertificates};
 
 /// Serves the worker's listeners until told to stop, then drains.
 pub async fn accept_loop(
@@ -33,10 +34,11 @@ pub async fn accept_loop(
         max_headers: options.max_headers,
         max_head_bytes: options.max_header_bytes,
     };
-    let wants_tls = options.listen_tls.is_some() || options.gateway_address.is_some();
-    let tls = match wants_tls {
-        true => Some(crate::tls::acceptor(plane.clone()).map_err(io::Error::other)?),
-        false => None,
+    // The BalancerClusters' HTTPS listener serves their certificates; each HTTPS front its
+    // listeners' (see serve_fronts).
+    let tls = match options.listen_tls {
+        Some(_) => Some(crate::tls::acceptor(plane.clone()).map_err(io::Error::other)?),
+        None => None,
     };
     let mut worker = Worker::new(plane.clone(), options.access_log, limits, options.http1);
     worker.https_port = options
@@ -48,7 +50,6 @@ pub async fn accept_loop(
         builders: Rc::new(Builders::new(&options)),
         stopping: Rc::new(Stopping::default()),
         header_read_timeout: options.header_read_timeout,
-        tls,
     });
     let tracker = Rc::new(Tracker {
         open: Cell::new(0),
@@ -57,12 +58,9 @@ pub async fn accept_loop(
     let mut tasks = Vec::new();
     for (listener, entry) in listeners {
         let listener = TcpListener::from_std(listener)?;
-        tasks.push(tokio::task::spawn_local(accept(
-            listener,
-            entry,
-            serving.clone(),
-            tracker.clone(),
-        )));
+        let acceptor = tls.clone().filter(|_| entry.tls);
+        let accepting = accept(listener, entry, acceptor, serving.clone(), tracker.clone());
+        tasks.push(tokio::task::spawn_local(accepting));
     }
     if let Some(address) = options.gateway_address {
         let fronts = serve_fronts(address, plane, serving.clone(), tracker.clone());
@@ -85,8 +83,14 @@ pub async fn accept_loop(
     Ok(())
 }
 
-/// Accepts connections on `listener` and serves each as a task of its own.
-async fn accept(listener: TcpListener, entry: Entry, serving: Rc<Serving>, tracker: Rc<Tracker>) {
+/// Accepts connections on `listener` and serves each as a task of its own (over TLS with `tls`).
+async fn accept(
+    listener: TcpListener,
+    entry: Entry,
+    tls: Option<TlsAcceptor>,
+    serving: Rc<Serving>,
+    tracker: Rc<Tracker>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -103,58 +107,55 @@ async fn accept(listener: TcpListener, entry: Entry, serving: Rc<Serving>, track
         // path. Holding a box, the cell is small and the future's own block an ordinary one
         // (docs/benchmarks.md, "New connections").
         let open = Open::new(tracker.clone());
-        let served = downstream::serve(stream, peer, entry, serving.clone(), open);
+        let served = downstream::serve(stream, peer, entry, tls.clone(), serving.clone(), open);
         tokio::task::spawn_local(Box::pin(served));
     }
 }
 
-/// Opens a listener on `address` for each front of the snapshot served now, and closes those
-/// of fronts that are gone, at every publication.
+/// Where a front is served, and whether over TLS.
+type FrontKey = (Option<IpAddr>, u16, bool);
+
+/// Opens a listener for each front of the snapshot served now (at its own address, or at
+/// `fallback` for a front without one), and closes those of fronts that are gone, at every
+/// publication. An HTTPS front's handshakes get the certificates of its listeners.
 async fn serve_fronts(
-    address: IpAddr,
+    fallback: IpAddr,
     plane: Arc<DataPlane>,
     serving: Rc<Serving>,
     tracker: Rc<Tracker>,
 ) {
     let mut published = plane.watch();
-    let mut open: HashMap<u16, (bool, JoinHandle<()>)> = HashMap::new();
-    // Ports that could not be bound, so that the same failure is logged once.
-    let mut failed: HashMap<u16, String> = HashMap::new();
+    let mut open: HashMap<FrontKey, JoinHandle<()>> = HashMap::new();
+    // Fronts that could not be served, so that the same failure is logged once.
+    let mut failed: HashMap<FrontKey, String> = HashMap::new();
     loop {
-        let wanted: HashMap<u16, bool> = plane
+        let wanted: Vec<FrontKey> = plane
             .snapshot()
             .fronts
             .iter()
-            .map(|f| (f.port, f.tls))
+            .map(|f| (f.address, f.port, f.tls))
             .collect();
-        open.retain(|port, (tls, task)| {
-            let keep = wanted.get(port) == Some(tls);
+        open.retain(|key, task| {
+            let keep = wanted.contains(key);
             if !keep {
                 task.abort();
             }
             keep
         });
-        for (&port, &tls) in &wanted {
-            if open.contains_key(&port) {
+        for &key in &wanted {
+            if open.contains_key(&key) {
                 continue;
             }
-            let addr = SocketAddr::new(address, port);
-            match bind(addr).and_then(TcpListener::from_std) {
-                Ok(listener) => {
-                    failed.remove(&port);
-                    let entry = Entry {
-                        front: Front::Port(port),
-                        tls,
-                        port,
-                    };
-                    let task = accept(listener, entry, serving.clone(), tracker.clone());
-                    open.insert(port, (tls, tokio::task::spawn_local(task)));
+            match open_front(key, fallback, &plane, &serving, &tracker) {
+                Ok(task) => {
+                    failed.remove(&key);
+                    open.insert(key, task);
                 }
                 Err(e) => {
                     let message = e.to_string();
-                    if failed.get(&port) != Some(&message) {
+                    if failed.get(&key) != Some(&message) {
                         tracing::error!(error = %message, "cannot serve a front; retried at the next configuration");
-                        failed.insert(port, message);
+                        failed.insert(key, message);
                     }
                 }
             }
@@ -163,6 +164,36 @@ async fn serve_fronts(
             return;
         }
     }
+}
+
+/// Binds a front's port and accepts on it.
+fn open_front(
+    (address, port, tls): FrontKey,
+    fallback: IpAddr,
+    plane: &Arc<DataPlane>,
+    serving: &Rc<Serving>,
+    tracker: &Rc<Tracker>,
+) -> io::Result<JoinHandle<()>> {
+    let listener =
+        TcpListener::from_std(bind(SocketAddr::new(address.unwrap_or(fallback), port))?)?;
+    let acceptor = match tls {
+        true => {
+            let certificates = FrontCertificates {
+                plane: plane.clone(),
+                address,
+                port,
+            };
+            Some(crate::tls::acceptor(Arc::new(certificates)).map_err(io::Error::other)?)
+        }
+        false => None,
+    };
+    let entry = Entry {
+        front: Front::At(address, port),
+        tls,
+        port,
+    };
+    let accepting = accept(listener, entry, acceptor, serving.clone(), tracker.clone());
+    Ok(tokio::task::spawn_local(accepting))
 }
 
 pub fn named(addr: SocketAddr, e: io::Error) -> io::Error {

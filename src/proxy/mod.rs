@@ -24,6 +24,7 @@ mod downstream;
 mod error;
 mod filters;
 mod forward;
+mod grpc;
 mod headers;
 mod http1;
 mod listeners;

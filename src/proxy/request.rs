@@ -14,6 +14,7 @@ use super::client::{Client, ClientRequest, Front};
 use super::error::ProxyError;
 use super::filters::{self, Applied, Context};
 use super::forward::{Routed, forward};
+use super::grpc::is_grpc;
 use super::headers::{prepare_request, upgrade_protocol};
 use super::http1::LeanHead;
 use super::http1::field::Scan;
@@ -41,25 +42,39 @@ pub fn handle(
     if let Some(deadline) = &client.deadline {
         deadline.busy();
     }
+    // Boxed: the access log is off by default, and inline its state would make every
+    // request's future larger.
     let logged = worker
         .access_log
-        .then(|| (req.req.method().clone(), req.req.uri().path().to_owned()));
+        .then(|| Box::new((req.req.method().clone(), req.req.uri().path().to_owned())));
+    // A gRPC client is answered in gRPC's terms when the proxy answers for a member.
+    let grpc = is_grpc(req.req.headers());
     match route(&worker, &client, req) {
         Ok(mut routed) => Either::Left(async move {
             let request_timeout = routed.filters.as_ref().and_then(|f| f.request_timeout());
-            let forwarded = forward(&worker, &mut routed, client.deadline.as_deref());
+            let deadline = client.deadline.as_deref();
+            // Each arm makes its own future where it is awaited: one made before the match
+            // would be moved into it (a copy of the whole future on every request).
             let forwarded = match request_timeout {
                 // The route's limit on the whole request, all tries (HTTPRoute
                 // `timeouts.request`). Boxed: few routes have one.
-                Some(limit) => match Box::pin(tokio::time::timeout(limit, forwarded)).await {
-                    Ok(forwarded) => forwarded,
-                    Err(_) => Err(ProxyError::RequestTimeout { after: limit }),
-                },
-                None => forwarded.await,
+                Some(limit) => {
+                    // Boxed in a statement of its own: the unboxed future, a temporary of it,
+                    // would otherwise keep room in every request's future.
+                    let limited = Box::pin(tokio::time::timeout(
+                        limit,
+                        forward(&worker, &mut routed, deadline),
+                    ));
+                    match limited.await {
+                        Ok(forwarded) => forwarded,
+                        Err(_) => Err(ProxyError::RequestTimeout { after: limit }),
+                    }
+                }
+                None => forward(&worker, &mut routed, deadline).await,
             };
             let mut response = match forwarded {
                 Ok(response) => response,
-                Err(e) => e.into_response(),
+                Err(e) => e.into_response_for(grpc),
             };
             if let Some(applied) = &routed.filters {
                 filters::after(applied, &mut response);
@@ -78,7 +93,7 @@ pub fn handle(
             Ok(response)
         }),
         Err(e) => {
-            let mut response = e.into_response();
+            let mut response = e.into_response_for(grpc);
             answered(&mut response, &client, logged);
             Either::Right(std::future::ready(Ok(response)))
         }
@@ -89,12 +104,12 @@ pub fn handle(
 fn answered(
     response: &mut Response<ResponseBody>,
     client: &Client,
-    logged: Option<(Method, String)>,
+    logged: Option<Box<(Method, String)>>,
 ) {
     if let Some(deadline) = &client.deadline {
         response.body_mut().then_await_head(deadline.clone());
     }
-    if let Some((method, path)) = logged {
+    if let Some((method, path)) = logged.map(|l| *l) {
         tracing::info!(target: "access", client = %client.addr.ip(), %method, %path, status = response.status().as_u16());
     }
 }
@@ -121,7 +136,10 @@ fn route(
     };
     let snapshot = worker.plane.snapshot();
     let (cluster, mut filters, prefix) = choose(&snapshot, client, host, &view)?;
-    if !client.entry.tls && cluster.config.tls.https_redirect {
+    if !client.entry.tls
+        && let Some(cluster) = &cluster
+        && cluster.config.tls.https_redirect
+    {
         return Err(to_https(worker, req, host_value.as_ref()));
     }
     if let Some(applied) = filters.as_deref_mut() {
@@ -134,6 +152,11 @@ fn route(
         filters::before(applied, req, lean, &cx)?;
     }
     drop(snapshot);
+    let Some(cluster) = cluster else {
+        // Only a rule that redirects has none, and its redirect answered above.
+        let rule = filters.map(|f| f.rule.name.clone()).unwrap_or_default();
+        return Err(ProxyError::NoBackend { rule });
+    };
     let scan = scan_fields(&cluster, req, lean);
     let affinity = cluster.affinity(req.headers(), req.uri(), client.addr.ip());
     let upgrade = upgrade_protocol(req, &scan);
@@ -205,9 +228,9 @@ fn to_https(worker: &Worker, req: &Request<RequestBody>, host: Option<&HeaderVal
     }
 }
 
-/// What routing chose for a request: the cluster that serves it, what its rule asks beyond that,
-/// and what the rule's PathPrefix matched.
-type Chosen<'s> = (Arc<Cluster>, Option<Box<Applied>>, Option<&'s str>);
+/// What routing chose for a request: the cluster that serves it (none for a rule that only
+/// redirects), what its rule asks beyond that, and what the rule's PathPrefix matched.
+type Chosen<'s> = (Option<Arc<Cluster>>, Option<Box<Applied>>, Option<&'s str>);
 
 /// The cluster that serves a request: its route's rule, then the rule's backend by weight.
 fn choose<'s>(
@@ -218,7 +241,7 @@ fn choose<'s>(
 ) -> Result<Chosen<'s>, ProxyError> {
     let table = match client.entry.front {
         Front::Own => Some(&snapshot.routes),
-        Front::Port(port) => snapshot.front(port).map(|f| &f.routes),
+        Front::At(address, port) => snapshot.front_at(address, port).map(|f| &f.routes),
     };
     let Some(matched) = table.and_then(|t| t.lookup(host, view)) else {
         return Err(ProxyError::NoRoute {
@@ -232,7 +255,12 @@ fn choose<'s>(
     match backend.and_then(|b| snapshot.backend(b)) {
         Some(cluster) => {
             let filters = picked.and_then(|i| Applied::of(rule, i));
-            Ok((cluster.clone(), filters, matched.prefix))
+            Ok((Some(cluster.clone()), filters, matched.prefix))
+        }
+        // A rule that redirects answers by itself: it needs no backend.
+        None if rule.filters.redirect.is_some() => {
+            let filters = Applied::of(rule, picked.unwrap_or(usize::MAX));
+            Ok((None, filters, matched.prefix))
         }
         None => Err(ProxyError::NoBackend {
             rule: rule.name.clone(),
@@ -309,6 +337,7 @@ mod tests {
             std::mem::size_of::<R>()
         }
         let size = returned(handle);
+        eprintln!("a request's future takes {size} bytes");
         assert!(size <= 1024, "a request's future takes {size} bytes");
     }
 }

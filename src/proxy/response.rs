@@ -12,9 +12,10 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 use super::deadline::Deadline;
+use super::grpc;
 use super::http1::RawHead;
 use super::http1::respond::AnswerFields;
-use super::upstream::body::{Answer, BoxError};
+use super::upstream::body::{Answer, BoxError, Kept};
 use super::upstream::lease::Lease;
 
 /// A response body on its way to the client.
@@ -26,6 +27,15 @@ pub struct ResponseBody {
     /// When the lease ended: one reading of the clock for the idle connection and the
     /// deadline.
     released: Option<Instant>,
+    /// A gRPC call's answer. Boxed: most answers are not.
+    grpc: Option<Box<GrpcCall>>,
+}
+
+/// What a gRPC call's answer needs on its way: the call's deadline, and its request body, which
+/// is cut off when the deadline passes.
+struct GrpcCall {
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    kept: Option<std::rc::Rc<Kept>>,
 }
 
 enum Kind {
@@ -40,6 +50,7 @@ impl ResponseBody {
             lease: Some(lease),
             deadline: None,
             released: None,
+            grpc: None,
         }
     }
 
@@ -49,6 +60,7 @@ impl ResponseBody {
             lease: None,
             deadline: None,
             released: None,
+            grpc: None,
         }
     }
 
@@ -58,6 +70,42 @@ impl ResponseBody {
             lease: None,
             deadline: None,
             released: None,
+            grpc: None,
+        }
+    }
+
+    /// The answer to a gRPC call: when the member's stream breaks, or the call's `deadline`
+    /// passes (the member's stream is then reset, and the request's body cut off), the answer
+    /// ends with trailers giving the status (UNAVAILABLE, DEADLINE_EXCEEDED) rather than with
+    /// a reset stream; every status the call ends with is counted against the member.
+    pub fn grpc(&mut self, deadline: Option<Instant>, kept: Option<std::rc::Rc<Kept>>) {
+        self.grpc = Some(Box::new(GrpcCall {
+            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            kept,
+        }));
+    }
+
+    /// Ends a gRPC call's answer with the proxy's own status: the member's stream is let go
+    /// (reset), its connection not reused.
+    fn end_grpc(&mut self, code: u8, message: &str) -> Frame<Bytes> {
+        if let Some(call) = self.grpc.take()
+            && let Some(kept) = call.kept
+        {
+            kept.cut();
+        }
+        if let Some(lease) = self.lease.take() {
+            lease.stats().count_grpc_status(code);
+            lease.broken();
+        }
+        self.kind = Kind::Full(None);
+        Frame::trailers(grpc::status_fields(code, message))
+    }
+
+    /// The whole of an answer of the proxy's own.
+    pub fn full_text(&self) -> Option<&Bytes> {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.as_ref(),
+            Kind::Member(_) => None,
         }
     }
 
@@ -144,11 +192,36 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(call) = &mut this.grpc
+            && let Some(deadline) = &mut call.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+            && matches!(this.kind, Kind::Member(_))
+        {
+            let trailers = this.end_grpc(grpc::DEADLINE_EXCEEDED, "the call's deadline passed");
+            return Poll::Ready(Some(Ok(trailers)));
+        }
         let answer = match &mut this.kind {
             Kind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Member(answer) => answer,
         };
         let polled = Pin::new(&mut *answer).poll_frame(cx);
+        if this.grpc.is_some() {
+            match &polled {
+                Poll::Ready(Some(Err(e))) => {
+                    let message = format!("the member's stream broke: {e}");
+                    let trailers = this.end_grpc(grpc::UNAVAILABLE, &message);
+                    return Poll::Ready(Some(Ok(trailers)));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let (Some(trailers), Some(lease)) = (frame.trailers_ref(), &this.lease)
+                        && let Some(code) = grpc::status_of(trailers)
+                    {
+                        lease.stats().count_grpc_status(code);
+                    }
+                }
+                _ => {}
+            }
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(lease)) = (frame.data_ref(), &this.lease) {

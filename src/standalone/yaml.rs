@@ -27,7 +27,7 @@ impl<'de> DeserializeSeed<'de> for Node {
 impl<'de> Visitor<'de> for Node {
     type Value = Value;
 
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a YAML value")
     }
 

@@ -38,6 +38,7 @@
 //!   be keyed by its URL (scheme included), not only its authority.
 
 pub mod cert;
+pub mod listeners;
 pub mod material;
 pub mod server;
 pub mod sni;
@@ -50,6 +51,7 @@ use http::{HeaderValue, Method, StatusCode};
 use rustls::crypto::CryptoProvider;
 
 pub use cert::{CertError, CertInfo, Certificate};
+pub use listeners::ListenerCertificates;
 pub use server::{CurrentCertificates, acceptor, server_config};
 pub use state::{CertificateView, ClusterTls, Role, TlsState};
 pub use upstream::{CaBundle, Upstream};

@@ -97,6 +97,25 @@ fn the_core_does_no_io_and_knows_no_front_door() {
 }
 
 #[test]
+fn gateway_translation_does_no_io() {
+    let files = sources();
+    let pure = |p: &str| p == "src/gateway/translate.rs" || p == "src/gateway/api.rs";
+    for needle in [
+        "tokio::",
+        "std::net::TcpStream",
+        "std::fs",
+        "kube::Client",
+        "kube::Api",
+        "crate::proxy",
+        "crate::controller",
+        "Timestamp::now",
+    ] {
+        let found = offenders(&files, pure, needle);
+        assert!(found.is_empty(), "{needle}: {found:#?}");
+    }
+}
+
+#[test]
 fn the_http1_wire_code_imports_nothing_above_it() {
     let files = sources();
     let found: Vec<String> = files

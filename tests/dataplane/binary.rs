@@ -91,6 +91,10 @@ async fn standalone_finishes_requests_in_flight_on_sigterm_and_exits_0() {
     .await;
 
     // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+    #[allow(
+        unsafe_code,
+        reason = "a signal to, or a figure of, a process of ours: libc has no safe wrapper"
+    )]
     let sent = unsafe { libc::kill(balancer.pid(), libc::SIGTERM) };
     assert_eq!(sent, 0, "kill(SIGTERM) failed");
 

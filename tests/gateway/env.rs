@@ -265,14 +265,10 @@ async fn tls_secret(client: &Client, namespace: &str, name: &str, host: &str) {
         .unwrap_or_else(|e| panic!("create secret {namespace}/{name}: {e}"));
 }
 
-const SUITE_NAMESPACES: [&str; 3] = [
-    "gateway-conformance-infra",
-    "gateway-conformance-app-backend",
-    "gateway-conformance-web-backend",
-];
-
 #[tokio::test]
 async fn the_suites_base_manifests_come_up_ready() {
+    let _exclusive = conformance::exclusive().await;
+    conformance::until_suite_namespaces_gone().await;
     let runner = PodRunner::shared();
     let control_plane = ControlPlane::shared();
     let client = control_plane.client();
@@ -289,12 +285,12 @@ async fn the_suites_base_manifests_come_up_ready() {
     // The Secrets that the suite's Setup creates and the TLS backends mount.
     tls_secret(
         &client,
-        SUITE_NAMESPACES[0],
+        conformance::SUITE_NAMESPACES[0],
         "tls-checks-certificate",
         "abc.example.com",
     )
     .await;
-    for namespace in SUITE_NAMESPACES[..2].iter() {
+    for namespace in conformance::SUITE_NAMESPACES[..2].iter() {
         tls_secret(
             &client,
             namespace,
@@ -306,7 +302,7 @@ async fn the_suites_base_manifests_come_up_ready() {
 
     let mut expected = 0;
     let mut deployments = 0;
-    for namespace in SUITE_NAMESPACES {
+    for namespace in conformance::SUITE_NAMESPACES {
         for deployment in Api::<Deployment>::namespaced(client.clone(), namespace)
             .list(&Default::default())
             .await
@@ -322,7 +318,9 @@ async fn the_suites_base_manifests_come_up_ready() {
     );
 
     let pod_api = Api::<Pod>::all(client.clone());
-    let in_suite = |p: &Pod| SUITE_NAMESPACES.contains(&p.namespace().unwrap_or_default().as_str());
+    let in_suite = |p: &Pod| {
+        conformance::SUITE_NAMESPACES.contains(&p.namespace().unwrap_or_default().as_str())
+    };
     let pods = wait::until_list(
         pod_api,
         watcher::Config::default(),
@@ -379,7 +377,7 @@ async fn the_suites_base_manifests_come_up_ready() {
     }
     assert_eq!(placeholders, ["registry.k8s.io/coredns/coredns:v1.12.2"]);
 
-    for namespace in SUITE_NAMESPACES {
+    for namespace in conformance::SUITE_NAMESPACES {
         Api::<Namespace>::all(client.clone())
             .delete(namespace, &DeleteParams::default())
             .await
@@ -389,6 +387,7 @@ async fn the_suites_base_manifests_come_up_ready() {
 
 #[tokio::test]
 async fn the_conformance_suite_runs_against_the_environment_and_waits_for_its_gateway_class() {
+    let _exclusive = conformance::exclusive().await;
     let runner = PodRunner::shared();
     // A GatewayClass that no controller accepts: the suite must start, find the CRDs of its own
     // release, and stop at its first wait, for the class to be accepted.

@@ -249,7 +249,11 @@ fn yaml_blocks(markdown: &str) -> Vec<String> {
         match &mut current {
             None if line.trim_start().starts_with("```yaml") => current = Some(String::new()),
             Some(block) if line.trim_start().starts_with("```") => {
-                if block.contains("kind: BalancerCluster") {
+                // A document of that kind (not a route naming one as its backend).
+                if block
+                    .lines()
+                    .any(|l| l.trim_end() == "kind: BalancerCluster")
+                {
                     blocks.push(block.clone());
                 }
                 current = None;

@@ -87,6 +87,7 @@ async fn pods_get_routes_from_their_names_and_a_draining_pod_keeps_its_sessions(
         lbset: 0,
         route: None,
         state: kube_balancer::api::MemberState::Enabled,
+        protocol: kube_balancer::api::Protocol::Http1,
     };
     assert_eq!(
         route_of("web-b"),

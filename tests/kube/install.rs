@@ -131,6 +131,12 @@ async fn the_chart_lints_renders_exactly_manifests_and_ships_the_crd_of_crds() {
             "metrics.serviceMonitor.enabled=true",
             "--set",
             "service.type=NodePort",
+            "--set",
+            "gatewayAPI.enabled=true",
+            "--set",
+            "gatewayAPI.installCRDs=true",
+            "--set",
+            "gatewayAPI.service.ports={80,443,8080}",
         ],
     )
     .await;
@@ -866,6 +872,9 @@ async fn the_chart_service_account_runs_the_controller_and_may_do_no_more() {
         ("create", "leases.coordination.k8s.io", ns),
         ("delete", "events.events.k8s.io", ns),
         ("create", "events", ns),
+        // The Gateway API only with gatewayAPI.enabled.
+        ("list", "gateways.gateway.networking.k8s.io", None),
+        ("list", "namespaces", None),
     ] {
         assert!(
             !release.can(verb, resource, namespace).await,
@@ -1104,4 +1113,297 @@ async fn a_secret_the_chart_may_not_read_is_reported_and_read_once_tls_is_enable
         !replica.process.log().contains("PRIVATE KEY"),
         "no key material in the log"
     );
+}
+
+/// gatewayAPI.enabled and installCRDs: the standard channel's CRDs (kept on uninstall), the
+/// Gateway Service, the RBAC of the Gateway API, and a pod the restricted standard admits although
+/// it may bind port 80. The real binary, with the chart's arguments and its ServiceAccount's
+/// token, serves a Gateway and writes its status, with the Gateway Service's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_api_values_bring_crds_a_service_and_the_rights_to_serve_gateways() {
+    netns::require();
+    let client = ControlPlane::shared().client();
+    let release = Release::install(
+        &client,
+        "kb-gw",
+        &[
+            "class=gw",
+            "replicaCount=1",
+            "statusInterval=500ms",
+            "gatewayAPI.enabled=true",
+            "gatewayAPI.installCRDs=true",
+        ],
+    )
+    .await;
+    let f = &release.fullname;
+    let ns = release.namespace.clone();
+    for crd in [
+        "gatewayclasses",
+        "gateways",
+        "httproutes",
+        "referencegrants",
+        "grpcroutes",
+    ] {
+        let name = format!("crd/{crd}.gateway.networking.k8s.io");
+        ok(
+            "kubectl",
+            &[
+                "wait",
+                "--for=condition=Established",
+                &name,
+                "--timeout=60s",
+            ],
+        )
+        .await;
+        let version = ok(
+            "kubectl",
+            &[
+                "get",
+                &name,
+                "-o",
+                "jsonpath={.metadata.annotations.gateway\\.networking\\.k8s\\.io/bundle-version} {.metadata.annotations.helm\\.sh/resource-policy}",
+            ],
+        )
+        .await;
+        assert_eq!(version, "v1.6.3 keep", "{crd}");
+    }
+    assert_eq!(
+        release
+            .objects("clusterroles,clusterrolebindings", None)
+            .await,
+        [
+            format!("clusterrole.rbac.authorization.k8s.io/{f}"),
+            format!("clusterrole.rbac.authorization.k8s.io/{f}-gateway-api"),
+            format!("clusterrolebinding.rbac.authorization.k8s.io/{f}"),
+            format!("clusterrolebinding.rbac.authorization.k8s.io/{f}-gateway-api"),
+        ]
+    );
+    let service = Api::<Service>::namespaced(client.clone(), &ns)
+        .get(&format!("{f}-gateway"))
+        .await
+        .expect("the Gateway Service");
+    let spec = service.spec.expect("spec");
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    let ports: Vec<(i32, String)> = spec
+        .ports
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            let target = match &p.target_port {
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s)) => {
+                    s.clone()
+                }
+                other => format!("{other:?}"),
+            };
+            (p.port, target)
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            (80, "gateway-80".to_owned()),
+            (443, "gateway-443".to_owned())
+        ]
+    );
+    let cluster_ip = spec.cluster_ip.expect("a cluster IP");
+    let args = release.args(&client).await;
+    assert!(
+        args.contains(&format!("--gateway-service={ns}/{f}-gateway")),
+        "{args:?}"
+    );
+
+    // The restricted standard admits the pod, whose one sysctl lets it bind ports below 1024.
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let label =
+        json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}});
+    namespaces
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .expect("label the namespace");
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get(f)
+        .await
+        .expect("the Deployment");
+    let template = deployment.spec.expect("spec").template;
+    let pod_spec = template.spec.clone().expect("pod spec");
+    let sysctls: Vec<(String, String)> = pod_spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.sysctls.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| (s.name, s.value))
+        .collect();
+    assert_eq!(
+        sysctls,
+        [(
+            "net.ipv4.ip_unprivileged_port_start".to_owned(),
+            "0".to_owned()
+        )]
+    );
+    let pod = Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some("from-the-chart".into()),
+            ..template.metadata.unwrap_or_default()
+        },
+        spec: Some(pod_spec),
+        status: None,
+    };
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("a restricted namespace admits the chart's pod");
+
+    // The ServiceAccount serves a Gateway: reads it, its routes and namespaces, writes status.
+    let app = pods::namespace(&client, "gw-app").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let kubeconfig = release.token_kubeconfig(dir.path()).await;
+    let _replica = Replica::start(&release, &args, &kubeconfig, "kb-gw-0").await;
+    let class = format!("kb-{app}");
+    let apply = |kind: &str, value: Value| {
+        let client = client.clone();
+        let kind = kind.to_owned();
+        async move {
+            let resource = match kind.as_str() {
+                "GatewayClass" => "gatewayclasses",
+                "Gateway" => "gateways",
+                _ => "httproutes",
+            };
+            let gvk = kube::api::ApiResource {
+                group: "gateway.networking.k8s.io".into(),
+                version: "v1".into(),
+                api_version: "gateway.networking.k8s.io/v1".into(),
+                kind: kind.clone(),
+                plural: resource.into(),
+            };
+            let api: Api<kube::api::DynamicObject> = match value["metadata"]["namespace"].as_str() {
+                Some(ns) => Api::namespaced_with(client, ns, &gvk),
+                None => Api::all_with(client, &gvk),
+            };
+            let name = value["metadata"]["name"].as_str().expect("name").to_owned();
+            api.patch(
+                &name,
+                &PatchParams::apply("install-tests").force(),
+                &Patch::Apply(&value),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+        }
+    };
+    apply(
+        "GatewayClass",
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+               "metadata": {"name": class},
+               "spec": {"controllerName": "kubebalancer.io/gateway-controller"}}),
+    )
+    .await;
+    apply(
+        "Gateway",
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "gw", "namespace": app},
+               "spec": {"gatewayClassName": class,
+                        "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+    )
+    .await;
+    apply(
+        "HTTPRoute",
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+               "metadata": {"name": "web", "namespace": app},
+               "spec": {"parentRefs": [{"name": "gw"}],
+                        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
+    )
+    .await;
+    let gateways = Api::<kube_balancer::gateway::api::Gateway>::namespaced(client.clone(), &app);
+    wait::until_object(
+        gateways,
+        "gw",
+        "the Gateway programmed at the Service's address",
+        |g| {
+            g.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Programmed" && c.status == "True")
+                    && s.addresses
+                        .iter()
+                        .map(|a| a.value.as_str())
+                        .collect::<Vec<_>>()
+                        == [cluster_ip.as_str()]
+                    && s.listeners.first().is_some_and(|l| l.attached_routes == 1)
+            })
+        },
+    )
+    .await;
+    let routes = Api::<kube_balancer::gateway::api::HTTPRoute>::namespaced(client.clone(), &app);
+    wait::until_object(routes, "web", "the route's status", |r| {
+        r.status.as_ref().is_some_and(|s| {
+            s.parents.iter().any(|p| {
+                p.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Accepted" && c.status == "True")
+                    && p.conditions
+                        .iter()
+                        .any(|c| c.type_ == "ResolvedRefs" && c.reason == "BackendNotFound")
+            })
+        })
+    })
+    .await;
+    let classes = Api::<kube_balancer::gateway::api::GatewayClass>::all(client.clone());
+    wait::until_object(classes, &class, "the class accepted", |c| {
+        c.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Accepted" && c.status == "True")
+        })
+    })
+    .await;
+
+    let home = Some(app.as_str());
+    for (verb, resource, namespace) in [
+        ("watch", "gatewayclasses.gateway.networking.k8s.io", None),
+        (
+            "patch",
+            "gatewayclasses.gateway.networking.k8s.io#status",
+            None,
+        ),
+        ("list", "gateways.gateway.networking.k8s.io", None),
+        ("patch", "gateways.gateway.networking.k8s.io#status", home),
+        ("list", "httproutes.gateway.networking.k8s.io", None),
+        ("patch", "httproutes.gateway.networking.k8s.io#status", home),
+        ("watch", "referencegrants.gateway.networking.k8s.io", None),
+        ("watch", "namespaces", None),
+    ] {
+        assert!(
+            release.can(verb, resource, namespace).await,
+            "may {verb} {resource}"
+        );
+    }
+    for (verb, resource, namespace) in [
+        ("create", "gatewayclasses.gateway.networking.k8s.io", None),
+        ("patch", "gatewayclasses.gateway.networking.k8s.io", None),
+        ("patch", "gateways.gateway.networking.k8s.io", home),
+        ("delete", "httproutes.gateway.networking.k8s.io", home),
+        (
+            "patch",
+            "referencegrants.gateway.networking.k8s.io#status",
+            home,
+        ),
+        ("create", "referencegrants.gateway.networking.k8s.io", home),
+        ("delete", "namespaces", None),
+        ("get", "secrets", home),
+    ] {
+        assert!(
+            !release.can(verb, resource, namespace).await,
+            "may not {verb} {resource}"
+        );
+    }
+    assert_no_wildcards(&release.manifest().await);
+
+    // Uninstalled: the CRDs stay, and with them the Gateways.
+    ok("helm", &["uninstall", "kb-gw", "-n", &ns]).await;
+    ok(
+        "kubectl",
+        &["get", "crd", "gateways.gateway.networking.k8s.io"],
+    )
+    .await;
+    ok("kubectl", &["get", "gateway", "gw", "-n", &app]).await;
 }

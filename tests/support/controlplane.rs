@@ -588,6 +588,10 @@ impl Processes {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         // SAFETY: setsid is async-signal-safe, and that is all the closure calls between fork and exec.
+        #[allow(
+            unsafe_code,
+            reason = "process control of the test run's children: no safe API exists"
+        )]
         unsafe {
             watchdog.pre_exec(|| {
                 libc::setsid();
@@ -613,6 +617,10 @@ impl Processes {
         static HOOK: Once = Once::new();
         let mut registered = true;
         // SAFETY: registers a plain `extern "C"` function, once per process.
+        #[allow(
+            unsafe_code,
+            reason = "process control of the test run's children: no safe API exists"
+        )]
         HOOK.call_once(|| registered = unsafe { libc::atexit(stop_all) } == 0);
         if !registered {
             return Err("cannot register the control plane's exit hook".into());
@@ -686,6 +694,10 @@ pub fn die_with_parent(command: &mut Command) {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: between fork and exec the closure only calls prctl and getppid, both
     // async-signal-safe, and builds io::Errors that do not allocate.
+    #[allow(
+        unsafe_code,
+        reason = "process control of the test run's children: no safe API exists"
+    )]
     unsafe {
         command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {

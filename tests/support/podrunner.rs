@@ -245,6 +245,10 @@ fn start_on_runner_thread() -> Result<PodRunner, String> {
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let state = STATE.get_or_init(Default::default).clone();
     // SAFETY: registers a plain `extern "C"` function, once (this runs once per process).
+    #[allow(
+        unsafe_code,
+        reason = "process control of the test run's children: no safe API exists"
+    )]
     if unsafe { libc::atexit(stop_all) } != 0 {
         return Err("cannot register the pod runner's exit hook".into());
     }
@@ -664,6 +668,10 @@ impl Runner {
         die_with_parent(&mut command);
         // SAFETY: unshare is a plain system call, async-signal-safe, and the closure allocates
         // nothing before it returns.
+        #[allow(
+            unsafe_code,
+            reason = "process control of the test run's children: no safe API exists"
+        )]
         unsafe {
             command.pre_exec(|| {
                 if libc::unshare(libc::CLONE_NEWNET) == -1 {

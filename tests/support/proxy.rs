@@ -9,13 +9,25 @@ use std::time::Duration;
 
 use kube_balancer::health::Checker;
 use kube_balancer::plane::{Cluster, DataPlane};
-use kube_balancer::proxy::{ProxyOptions, Server};
+use kube_balancer::proxy::{Http1Mode, ProxyOptions, Server};
 
-/// The options of every data plane the tests start: one worker on an ephemeral 127.0.0.1 port.
+/// The options of every data plane the tests start: one worker on an ephemeral 127.0.0.1 port,
+/// with the HTTP/1 implementation `KB_TEST_HTTP1` names (`fast`, the default, or `hyper`):
+/// scripts/test.sh runs the data-plane tier under both.
 pub fn options() -> ProxyOptions {
     let mut options = ProxyOptions::new("127.0.0.1:0".parse().expect("an address"));
     options.workers = 1;
+    options.http1 = http1();
     options
+}
+
+/// The HTTP/1 implementation the tests run under (`KB_TEST_HTTP1`).
+pub fn http1() -> Http1Mode {
+    match std::env::var("KB_TEST_HTTP1").as_deref() {
+        Ok("hyper") => Http1Mode::Hyper,
+        Ok("fast") | Err(_) => Http1Mode::Fast,
+        Ok(other) => panic!("KB_TEST_HTTP1 must be fast or hyper, not {other:?}"),
+    }
 }
 
 /// A real data plane in front of the backends, with its active health checks, as the binary

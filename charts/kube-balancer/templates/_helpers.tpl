@@ -104,6 +104,19 @@ Recorder creates events.k8s.io Events and patches a repeated one).
   resources: ["secrets"]
   verbs: ["get", "list", "watch"]
 {{- end }}
+{{- if .Values.gatewayAPI.enabled }}
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["gateways", "httproutes", "referencegrants"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["gateways/status", "httproutes/status"]
+  verbs: ["patch"]
+{{- end }}
+{{- end }}
+
+{{/* The Gateway Service: `run --gateway-service` names it. */}}
+{{- define "kube-balancer.gatewayServiceName" -}}
+{{- printf "%s-gateway" (include "kube-balancer.fullname" . | trunc 55 | trimSuffix "-") }}
 {{- end }}
 
 {{/* The ServiceAccount that RBAC bindings grant to. */}}

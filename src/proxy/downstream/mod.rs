@@ -87,24 +87,24 @@ pub struct Serving {
     pub builders: Rc<Builders>,
     pub stopping: Rc<Stopping>,
     pub header_read_timeout: Duration,
-    /// Handshakes of HTTPS listeners, with the certificates of the snapshot served at each one.
-    pub tls: Option<TlsAcceptor>,
 }
 
 /// Serves one client connection to its end; `_open` is held as long (the worker counts its
 /// open connections with it).
+/// `tls`: the handshake of an HTTPS listener, with the certificates it serves.
 pub async fn serve<G>(
     stream: TcpStream,
     peer: SocketAddr,
     entry: Entry,
+    tls: Option<TlsAcceptor>,
     serving: Rc<Serving>,
     _open: G,
 ) {
     // TCP_NODELAY is already on: Linux copies it from the listening socket, so setting it
     // again would cost a syscall per connection.
     debug_assert!(stream.nodelay().unwrap_or(true), "TCP_NODELAY is inherited");
-    if entry.tls {
-        Box::pin(serve_tls(stream, peer, entry, &serving)).await;
+    if let Some(acceptor) = tls {
+        Box::pin(serve_tls(stream, peer, entry, acceptor, &serving)).await;
         return;
     }
     let deadline = Rc::new(Deadline::new(serving.header_read_timeout, Instant::now()));
@@ -143,10 +143,13 @@ pub async fn serve<G>(
 
 /// An HTTPS connection: the handshake under the header-read timeout (the certificate chosen by
 /// SNI from the snapshot served now), then hyper's HTTP/2 or HTTP/1 server as ALPN agreed.
-async fn serve_tls(stream: TcpStream, peer: SocketAddr, entry: Entry, serving: &Serving) {
-    let Some(acceptor) = &serving.tls else {
-        return;
-    };
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    entry: Entry,
+    acceptor: TlsAcceptor,
+    serving: &Serving,
+) {
     let handshake = tokio::time::timeout(serving.header_read_timeout, acceptor.accept(stream));
     let stream = match handshake.await {
         Ok(Ok(stream)) => stream,

@@ -1,10 +1,13 @@
 //! The bodies that cross the upstream side: a request's on its way to a member, counted as bytes
-//! sent, and a member's answer, from hyper's client or the lean client.
+//! sent (and kept, where it may have to go to another member), and a member's answer, from
+//! hyper's clients or the lean client.
 
+use std::cell::{Cell, RefCell};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -20,21 +23,81 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// replayed body-less request).
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Option<Incoming>,
+    inner: Source,
     stats: Option<Arc<MemberStats>>,
+}
+
+#[derive(Debug)]
+enum Source {
+    None,
+    Incoming(Incoming),
+    /// A body that can be sent again, or cut off: the attempt it belongs to, and how many of
+    /// the kept frames this attempt has sent.
+    Kept(Rc<Kept>, u32, usize),
+}
+
+/// The most of a request body kept so that it can be sent to another member.
+pub const KEEP_LIMIT: usize = 64 * 1024;
+
+/// A request body shared by a request's attempts: the frames read from the client so far (while
+/// they fit in [`KEEP_LIMIT`]), and the rest, still to be read. Only the current attempt reads
+/// it; an earlier attempt's body, still held by its stream, fails, so that the stream it feeds
+/// is reset rather than ended as if the body were whole.
+pub struct Kept {
+    rest: RefCell<Option<Incoming>>,
+    frames: RefCell<Vec<Bytes>>,
+    kept_bytes: Cell<usize>,
+    /// Every frame read so far is kept.
+    whole: Cell<bool>,
+    /// The body's end was read.
+    ended: Cell<bool>,
+    attempt: Cell<u32>,
+    /// The request was cut off (its deadline passed): the current attempt fails too.
+    cut: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+/// Why a kept body stopped: a later attempt took over, or the request was cut off.
+#[derive(Debug, thiserror::Error)]
+#[error("request body cut off: {0}")]
+pub struct Cut(&'static str);
+
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kept")
+            .field("kept_bytes", &self.kept_bytes.get())
+            .field("whole", &self.whole.get())
+            .field("attempt", &self.attempt.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kept {
+    /// Whether the body can be sent again from its first byte.
+    pub fn can_again(&self) -> bool {
+        self.whole.get() && !self.cut.get()
+    }
+
+    /// Cuts the request off: the stream reading its body is reset.
+    pub fn cut(&self) {
+        self.cut.set(true);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming) -> Self {
         RequestBody {
-            inner: Some(inner),
+            inner: Source::Incoming(inner),
             stats: None,
         }
     }
 
     pub fn empty() -> Self {
         RequestBody {
-            inner: None,
+            inner: Source::None,
             stats: None,
         }
     }
@@ -43,21 +106,64 @@ impl RequestBody {
     pub fn count_for(&mut self, stats: Arc<MemberStats>) {
         self.stats = Some(stats);
     }
+
+    /// Makes the body one that can be sent again, or cut off; gives its shared state.
+    pub fn keep(&mut self) -> Option<Rc<Kept>> {
+        match std::mem::replace(&mut self.inner, Source::None) {
+            Source::Incoming(incoming) => {
+                let kept = Rc::new(Kept {
+                    rest: RefCell::new(Some(incoming)),
+                    frames: RefCell::new(Vec::new()),
+                    kept_bytes: Cell::new(0),
+                    whole: Cell::new(true),
+                    ended: Cell::new(false),
+                    attempt: Cell::new(0),
+                    cut: Cell::new(false),
+                    waker: Cell::new(None),
+                });
+                self.inner = Source::Kept(kept.clone(), 0, 0);
+                Some(kept)
+            }
+            Source::Kept(kept, attempt, sent) => {
+                self.inner = Source::Kept(kept.clone(), attempt, sent);
+                Some(kept)
+            }
+            Source::None => None,
+        }
+    }
+
+    /// The same body again, for another attempt, from its first byte: `None` when part of what
+    /// was sent was not kept.
+    pub fn again(kept: &Rc<Kept>) -> Option<RequestBody> {
+        if !kept.whole.get() || kept.cut.get() {
+            return None;
+        }
+        let attempt = kept.attempt.get() + 1;
+        kept.attempt.set(attempt);
+        if let Some(waker) = kept.waker.take() {
+            waker.wake();
+        }
+        Some(RequestBody {
+            inner: Source::Kept(kept.clone(), attempt, 0),
+            stats: None,
+        })
+    }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
+        let polled = match &mut this.inner {
+            Source::None => return Poll::Ready(None),
+            Source::Incoming(inner) => Pin::new(inner).poll_frame(cx).map_err(BoxError::from),
+            Source::Kept(kept, attempt, sent) => poll_kept(kept, *attempt, sent, cx),
         };
-        let polled = Pin::new(inner).poll_frame(cx);
         if let (Poll::Ready(Some(Ok(frame))), Some(stats)) = (&polled, &this.stats)
             && let Some(data) = frame.data_ref()
         {
@@ -67,13 +173,83 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        match &self.inner {
+            Source::None => true,
+            Source::Incoming(inner) => inner.is_end_stream(),
+            Source::Kept(kept, _, sent) => {
+                kept.ended.get() && *sent >= kept.frames.borrow().len()
+                    || (kept.frames.borrow().is_empty()
+                        && kept.rest.borrow().as_ref().is_some_and(Body::is_end_stream))
+            }
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        match &self.inner {
+            Source::None => SizeHint::with_exact(0),
+            Source::Incoming(inner) => inner.size_hint(),
+            Source::Kept(kept, _, _) => match &*kept.rest.borrow() {
+                Some(rest) if kept.kept_bytes.get() == 0 => rest.size_hint(),
+                _ => SizeHint::default(),
+            },
+        }
+    }
+}
+
+/// The next frame of a kept body for attempt `attempt`: a kept one again, or the next from the
+/// client (kept while it fits).
+fn poll_kept(
+    kept: &Kept,
+    attempt: u32,
+    sent: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    if kept.attempt.get() != attempt {
+        return Poll::Ready(Some(Err(Cut("the request went to another member").into())));
+    }
+    if kept.cut.get() {
+        return Poll::Ready(Some(Err(Cut("the call's deadline passed").into())));
+    }
+    if let Some(frame) = kept.frames.borrow().get(*sent) {
+        *sent += 1;
+        return Poll::Ready(Some(Ok(Frame::data(frame.clone()))));
+    }
+    if kept.ended.get() {
+        return Poll::Ready(None);
+    }
+    let mut rest = kept.rest.borrow_mut();
+    let Some(incoming) = rest.as_mut() else {
+        return Poll::Ready(None);
+    };
+    match Pin::new(incoming).poll_frame(cx) {
+        Poll::Pending => {
+            kept.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        }
+        Poll::Ready(None) => {
+            kept.ended.set(true);
+            Poll::Ready(None)
+        }
+        Poll::Ready(Some(Ok(frame))) => {
+            match frame.data_ref() {
+                Some(data) if kept.whole.get() => {
+                    let total = kept.kept_bytes.get() + data.len();
+                    if total <= KEEP_LIMIT {
+                        kept.kept_bytes.set(total);
+                        kept.frames.borrow_mut().push(data.clone());
+                        *sent += 1;
+                    } else {
+                        kept.whole.set(false);
+                        kept.frames.borrow_mut().clear();
+                    }
+                }
+                Some(_) => {}
+                // Trailers are not kept: a body with them cannot be sent again.
+                None => kept.whole.set(false),
+            }
+            Poll::Ready(Some(Ok(frame)))
+        }
+        Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
     }
 }
 

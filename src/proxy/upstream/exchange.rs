@@ -4,7 +4,7 @@
 use http::{HeaderMap, Method, Request, Response, Uri};
 
 use super::body::{Answer, RequestBody};
-use super::pool::Sender;
+use super::pool::{H2Stream, Sender};
 use crate::proxy::deadline::Deadline;
 use crate::proxy::http1::client::{ExchangeError, Stage as Http1Stage};
 
@@ -25,6 +25,10 @@ pub enum Stage {
     ClientBody,
     /// No answer within the response timeout.
     TimedOut,
+    /// The member refused the HTTP/2 stream without processing it (REFUSED_STREAM, or a stream
+    /// beyond a graceful GOAWAY's last one): like `Unsent`, but the request was taken, and only
+    /// a request that can be built again may go to another member.
+    Refused,
 }
 
 impl From<Http1Stage> for Stage {
@@ -47,8 +51,18 @@ pub struct Failure {
     pub unsent: Option<Box<Request<RequestBody>>>,
 }
 
-/// A member's answer head, with hyper's client connection when it came on one.
-pub type Exchanged = (Option<Sender>, Response<Answer>);
+/// What a request holds of its member connection until its answer is read: hyper's HTTP/1
+/// connection (given back to the pool then), or a stream slot on a shared HTTP/2 connection.
+pub enum Held {
+    Http1(Sender),
+    Http2(
+        #[expect(dead_code, reason = "held for its drop, which frees the stream's slot")] H2Stream,
+    ),
+}
+
+/// A member's answer head, with what it holds of the connection it came on (a lean
+/// connection is held by the answer's body).
+pub type Exchanged = (Option<Held>, Response<Answer>);
 
 impl Failure {
     pub fn new(cause: String, stage: Stage) -> Self {

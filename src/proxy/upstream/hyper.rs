@@ -8,7 +8,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 use super::body::{Answer, RequestBody};
-use super::exchange::{Exchanged, Failure, Replay, Stage, within};
+use super::exchange::{Exchanged, Failure, Held, Replay, Stage, within};
 use super::pool::{self, ConnectError, Member, Sender};
 use crate::discovery::ClusterConfig;
 use crate::proxy::deadline::Deadline;
@@ -23,15 +23,19 @@ pub async fn exchange(
     config: &ClusterConfig,
     mut req: Request<RequestBody>,
     now: tokio::time::Instant,
+    until: tokio::time::Instant,
     deadline: Option<&Deadline>,
 ) -> Result<Exchanged, Failure> {
-    let timeout = config.response_timeout;
+    // A second try on a new connection gets as long again.
+    let timeout = until.saturating_duration_since(now);
     if let Some(mut sender) = key.checkout(config.idle_timeout, now).await {
         // Only `--http1 hyper` sends such requests this way: the copy costs nothing otherwise.
         let copy =
             (req.body().is_end_stream() && idempotent(req.method())).then(|| Replay::of(&req));
         match await_response(&mut sender, req, now + timeout, deadline).await {
-            Ok(response) => return Ok((Some(sender), response.map(Answer::Hyper))),
+            Ok(response) => {
+                return Ok((Some(Held::Http1(sender)), response.map(Answer::Hyper)));
+            }
             Err(Failure {
                 unsent: Some(back),
                 stage: Stage::Unsent,
@@ -58,7 +62,7 @@ pub async fn exchange(
     };
     let until = tokio::time::Instant::now() + timeout;
     let response = await_response(&mut sender, req, until, deadline).await?;
-    Ok((Some(sender), response.map(Answer::Hyper)))
+    Ok((Some(Held::Http1(sender)), response.map(Answer::Hyper)))
 }
 
 /// Sends the request through hyper's client and waits for the response head until `until`.

@@ -17,6 +17,7 @@ use crate::proxy::http1::raw::RawHead;
 /// when the pool has none or the pooled one turned out closed before the answer began (the
 /// member's idle timeout struck as the request went: not the member's fault, and a request
 /// that changes nothing can be sent again).
+#[allow(clippy::too_many_arguments)]
 pub async fn exchange(
     key: &Member,
     config: &ClusterConfig,
@@ -24,9 +25,11 @@ pub async fn exchange(
     fields: Option<&RawHead>,
     forwarding: &Forwarding,
     now: tokio::time::Instant,
+    until: tokio::time::Instant,
     deadline: Option<&Deadline>,
 ) -> Result<Exchanged, Failure> {
-    let timeout = config.response_timeout;
+    // A second try on a new connection gets as long again.
+    let timeout = until.saturating_duration_since(now);
     let mut failed = None;
     if let Some(conn) = key.checkout_lean(config.idle_timeout, now) {
         let send = std::pin::pin!(conn.send(req, fields, forwarding.fields()));

@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::time::Instant;
 
-use super::pool::{Member, Sender};
+use super::exchange::Held;
+use super::pool::Member;
 use crate::balancer::MemberStats;
 use crate::proxy::http1::conn::Conn;
 
@@ -17,8 +18,9 @@ pub struct Lease {
     stats: Arc<MemberStats>,
     /// Whose idle connections the connection goes back to.
     member: Option<Rc<Member>>,
-    /// hyper's client connection; a lean one is held by its answer's body.
-    sender: Option<Sender>,
+    /// hyper's client connection, or a stream on an HTTP/2 one; a lean one is held by its
+    /// answer's body.
+    held: Option<Held>,
 }
 
 impl Lease {
@@ -27,7 +29,7 @@ impl Lease {
         Lease {
             stats,
             member: None,
-            sender: None,
+            held: None,
         }
     }
 
@@ -35,10 +37,11 @@ impl Lease {
         &self.stats
     }
 
-    /// The connection goes back to the member's idle ones when the response body ends.
-    pub fn reuse(&mut self, member: Rc<Member>, sender: Option<Sender>) {
+    /// The connection goes back to the member's idle ones when the response body ends (an
+    /// HTTP/2 stream ends then).
+    pub fn reuse(&mut self, member: Rc<Member>, held: Option<Held>) {
         self.member = Some(member);
-        self.sender = sender;
+        self.held = held;
     }
 
     /// Gives the connection back: hyper's if the exchange ended cleanly, or the lean one.
@@ -49,7 +52,7 @@ impl Lease {
         if let Some(conn) = lean {
             member.put_lean(conn, now);
         }
-        if clean && let Some(sender) = self.sender.take() {
+        if clean && let Some(Held::Http1(sender)) = self.held.take() {
             member.put(sender, now);
         }
     }

@@ -1,10 +1,11 @@
-//! How a request goes to a member: one entry ([`send`]) over two clients, the lean HTTP/1
-//! client (a request without a body, on the request's own task) and hyper's (bodies,
-//! upgrades, and everything with `--http1 hyper`), each with its own idle connections in the
-//! worker's [`pool`].
+//! How a request goes to a member: one entry ([`send`]) over three clients, the lean HTTP/1
+//! client (a request without a body, on the request's own task), hyper's HTTP/1 client
+//! (bodies, upgrades, and everything with `--http1 hyper`) and hyper's HTTP/2 client (members
+//! spoken to in h2c or h2), each with its own connections in the worker's [`pool`].
 
 pub mod body;
 pub mod exchange;
+mod h2;
 mod hyper;
 mod lean;
 pub mod lease;
@@ -21,6 +22,7 @@ use super::deadline::Deadline;
 use super::headers::Forwarding;
 use super::http1::LeanHead;
 use super::options::Http1Mode;
+use crate::api::Protocol;
 use crate::discovery::ClusterConfig;
 
 /// Which client carries a request to its member.
@@ -28,8 +30,10 @@ use crate::discovery::ClusterConfig;
 pub enum Upstream {
     /// The lean HTTP/1 client: a request with no body to stream and no upgrade.
     Lean,
-    /// hyper's client.
+    /// hyper's HTTP/1 client.
     Hyper,
+    /// hyper's HTTP/2 client: h2c, or h2 over TLS.
+    Http2 { tls: bool },
 }
 
 impl Upstream {
@@ -41,10 +45,21 @@ impl Upstream {
             Upstream::Hyper
         }
     }
+
+    /// The client for one attempt: HTTP/2 for a member spoken to in it, except for an upgrade
+    /// (HTTP/2 has none: it goes in HTTP/1.1), else `base`.
+    pub fn for_member(base: Upstream, protocol: Protocol, upgrade: bool) -> Upstream {
+        match protocol {
+            Protocol::H2c if !upgrade => Upstream::Http2 { tls: false },
+            Protocol::H2 if !upgrade => Upstream::Http2 { tls: true },
+            _ => base,
+        }
+    }
 }
 
-/// Sends `req` to the member `key` on a client of `kind` and waits for the answer head, at most
-/// the cluster's response timeout from `now`. The lean client writes the client's field lines
+/// Sends `req` to the member `key` on a client of `kind` and waits for the answer head until
+/// `until` (`now` plus the cluster's response timeout or the route's `backendRequest`, or a gRPC
+/// deadline when it comes sooner). The lean client writes the client's field lines
 /// as they came (`lean`) and `forwarding`'s after them; hyper's takes the request (given back
 /// in the failure when it never left) with both put in its header map. Not an async function:
 /// the future is one of the two clients' own, with no state of its own around it.
@@ -57,23 +72,26 @@ pub fn send<'a>(
     lean: &'a mut Option<LeanHead>,
     forwarding: &'a Forwarding,
     now: Instant,
+    until: Instant,
     deadline: Option<&'a Deadline>,
 ) -> impl Future<Output = Result<Exchanged, Failure>> + 'a {
-    match kind {
-        Upstream::Lean => {
-            let fields = lean.as_ref().map(|head| &head.fields);
-            Either::Left(lean::exchange(
-                key, config, req, fields, forwarding, now, deadline,
-            ))
-        }
-        Upstream::Hyper => {
-            if let Some(head) = lean.take() {
-                head.fields.fill(req.headers_mut());
-            }
-            let mut owned = std::mem::replace(req, Request::new(RequestBody::empty()));
-            forwarding.insert(owned.headers_mut());
-            // Boxed: inline, its state would make every request's future larger.
-            Either::Right(Box::pin(hyper::exchange(key, config, owned, now, deadline)))
-        }
+    if kind == Upstream::Lean {
+        let fields = lean.as_ref().map(|head| &head.fields);
+        return Either::Left(lean::exchange(
+            key, config, req, fields, forwarding, now, until, deadline,
+        ));
     }
+    if let Some(head) = lean.take() {
+        head.fields.fill(req.headers_mut());
+    }
+    let mut owned = std::mem::replace(req, Request::new(RequestBody::empty()));
+    forwarding.insert(owned.headers_mut());
+    // Boxed: inline, their state would make every request's future larger.
+    let exchange: std::pin::Pin<Box<dyn Future<Output = _> + 'a>> = match kind {
+        Upstream::Http2 { tls } => {
+            Box::pin(h2::exchange(key, config, tls, owned, now, until, deadline))
+        }
+        _ => Box::pin(hyper::exchange(key, config, owned, now, until, deadline)),
+    };
+    Either::Right(exchange)
 }

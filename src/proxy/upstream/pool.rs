@@ -1,13 +1,17 @@
 //! Keep-alive connections to members, one pool per worker: no lock, no sharing between threads.
+//! HTTP/1 connections carry one request at a time and wait idle between them; an HTTP/2
+//! connection is shared by the requests in flight on it, up to a limit of streams, beyond which
+//! another is opened.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
 
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::body::RequestBody;
@@ -15,6 +19,9 @@ use crate::proxy::http1::conn::Conn;
 
 /// A connection of hyper's client.
 pub type Sender = http1::SendRequest<RequestBody>;
+
+/// A connection of hyper's HTTP/2 client: cloned for each request sent on it.
+pub type H2Sender = http2::SendRequest<RequestBody>;
 
 /// Idle connections kept per member and worker.
 const MAX_IDLE_PER_MEMBER: usize = 256;
@@ -62,6 +69,97 @@ pub struct Member {
     idle: IdleList<Sender>,
     /// Connections of the lean exchange (requests without a body).
     lean: IdleList<Conn>,
+    /// HTTP/2 connections (members spoken to in h2c or h2), open or being opened.
+    h2: RefCell<Vec<Rc<H2Conn>>>,
+}
+
+/// One HTTP/2 connection to a member, shared by the requests in flight on it.
+pub struct H2Conn {
+    state: RefCell<H2State>,
+    /// Streams in flight: counted from the request's checkout to the end of its answer.
+    streams: Cell<u32>,
+    /// The member's SETTINGS_MAX_CONCURRENT_STREAMS as last seen by the connection's driver.
+    pub peer_max: Rc<Cell<usize>>,
+    /// When the last stream ended.
+    idle_since: Cell<Instant>,
+    /// Wakes the requests waiting for the connection to open.
+    opened: Notify,
+}
+
+enum H2State {
+    Opening,
+    Open(H2Sender),
+    Failed(Rc<str>),
+}
+
+/// A stream slot on an HTTP/2 connection, held from checkout to the end of the answer.
+pub struct H2Stream {
+    conn: Rc<H2Conn>,
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        let left = self.conn.streams.get().saturating_sub(1);
+        self.conn.streams.set(left);
+        if left == 0 {
+            self.conn.idle_since.set(Instant::now());
+        }
+    }
+}
+
+impl H2Stream {
+    /// The connection's sender once it is open, or why it could not be opened.
+    pub async fn sender(&self) -> Result<H2Sender, Rc<str>> {
+        loop {
+            // Registered before the state is read: an opening that ends in between still wakes
+            // this wait.
+            let opened = self.conn.opened.notified();
+            match &*self.conn.state.borrow() {
+                H2State::Open(sender) => return Ok(sender.clone()),
+                H2State::Failed(cause) => return Err(cause.clone()),
+                H2State::Opening => {}
+            }
+            opened.await;
+        }
+    }
+
+    /// The connection, to be opened by whoever checked it out new.
+    pub fn conn(&self) -> &Rc<H2Conn> {
+        &self.conn
+    }
+}
+
+impl H2Conn {
+    /// The connection opened: the requests waiting for it go on.
+    pub fn open(&self, sender: H2Sender) {
+        *self.state.borrow_mut() = H2State::Open(sender);
+        self.opened.notify_waiters();
+    }
+
+    /// The connection could not be opened: the requests waiting for it fail with `cause`.
+    pub fn failed(&self, cause: String) {
+        *self.state.borrow_mut() = H2State::Failed(Rc::from(cause));
+        self.opened.notify_waiters();
+    }
+
+    /// Whether it can take another stream: open or opening, below both limits.
+    fn has_room(&self, limit: u32) -> bool {
+        let limit = (limit as usize).min(self.peer_max.get());
+        (self.streams.get() as usize) < limit
+    }
+
+    /// Whether it is of no more use: failed or closed, or idle longer than `max_idle`.
+    fn is_spent(&self, max_idle: Duration, now: Instant) -> bool {
+        match &*self.state.borrow() {
+            H2State::Opening => false,
+            H2State::Failed(_) => true,
+            H2State::Open(sender) => {
+                sender.is_closed()
+                    || (self.streams.get() == 0
+                        && now.saturating_duration_since(self.idle_since.get()) > max_idle)
+            }
+        }
+    }
 }
 
 /// FNV-1a for the pool's keys: a few short `HOST:PORT` strings of our own members, looked up
@@ -108,6 +206,7 @@ impl Pool {
             authority: authority.clone(),
             idle: IdleList::new(),
             lean: IdleList::new(),
+            h2: RefCell::new(Vec::new()),
         });
         self.members.borrow_mut().insert(authority, member.clone());
         member
@@ -152,6 +251,35 @@ impl Member {
     pub fn put_lean(&self, conn: Conn, now: Instant) {
         self.lean.push(conn, now);
     }
+
+    /// A stream slot on an HTTP/2 connection with room for one more (at most `limit` streams,
+    /// and no more than the member allows), the most recently opened first; or on a new one,
+    /// which the caller must then open (the `bool`). Connections that failed, closed, or stayed
+    /// idle longer than `max_idle` are dropped on the way.
+    pub fn checkout_h2(&self, limit: u32, max_idle: Duration, now: Instant) -> (H2Stream, bool) {
+        let mut conns = self.h2.borrow_mut();
+        conns.retain(|c| !c.is_spent(max_idle, now));
+        if let Some(conn) = conns.iter().rev().find(|c| c.has_room(limit)) {
+            conn.streams.set(conn.streams.get() + 1);
+            return (H2Stream { conn: conn.clone() }, false);
+        }
+        let conn = Rc::new(H2Conn {
+            state: RefCell::new(H2State::Opening),
+            streams: Cell::new(1),
+            // Until the member's SETTINGS say otherwise, as RFC 9113 lets a client assume.
+            peer_max: Rc::new(Cell::new(usize::MAX)),
+            idle_since: Cell::new(now),
+            opened: Notify::new(),
+        });
+        conns.push(conn.clone());
+        (H2Stream { conn }, true)
+    }
+
+    /// HTTP/2 connections open or opening, and the streams in flight on them.
+    #[cfg(test)]
+    pub fn h2_load(&self) -> Vec<u32> {
+        self.h2.borrow().iter().map(|c| c.streams.get()).collect()
+    }
 }
 
 /// Opens a TCP connection to a member, with TCP_NODELAY.
@@ -161,4 +289,47 @@ pub async fn open(authority: &str, timeout: Duration) -> Result<TcpStream, Conne
         .map_err(|_| ConnectError::Timeout(timeout))??;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Streams fill a connection up to the limit before another is opened; the member's own
+    /// lower limit wins; a freed slot is taken again before a new connection is opened.
+    #[test]
+    fn streams_share_a_connection_up_to_the_limit() {
+        let pool = Pool::default();
+        let member = pool.member("127.0.0.1:1");
+        let now = Instant::now();
+        let idle = Duration::from_secs(90);
+        let mut held = Vec::new();
+        let mut opened = 0;
+        for _ in 0..5 {
+            let (stream, new) = member.checkout_h2(2, idle, now);
+            opened += usize::from(new);
+            held.push(stream);
+        }
+        assert_eq!((opened, member.h2_load()), (3, vec![2, 2, 1]));
+        held.remove(0);
+        let (again, new) = member.checkout_h2(2, idle, now);
+        assert!(!new, "a freed slot is taken, the newest connection's first");
+        assert_eq!(member.h2_load(), vec![1, 2, 2]);
+        held.push(again);
+        // The member allows one stream per connection: none has room under 100.
+        for conn in member.h2.borrow().iter() {
+            conn.peer_max.set(1);
+        }
+        let (_, new) = member.checkout_h2(100, idle, now);
+        assert!(new, "none has room under the member's own limit");
+        // A connection that could not be opened is dropped at the next checkout.
+        held[0].conn().failed("connect: refused".to_owned());
+        drop(held);
+        let (_kept, new) = member.checkout_h2(100, idle, now);
+        assert!(
+            !new,
+            "the newest, which the member has not limited, has room"
+        );
+        assert_eq!(member.h2_load(), vec![0, 0, 1], "the failed one is gone");
+    }
 }

@@ -18,6 +18,40 @@ use super::super::controlplane::{ControlPlane, die_with_parent};
 use super::super::wait;
 use super::{BASE_MANIFESTS_ENV, CONFORMANCE_ENV, CRDS_ENV, PodRunner, testenv_file};
 
+/// The suite's namespaces: fixed names, one set per control plane.
+pub const SUITE_NAMESPACES: [&str; 3] = [
+    "gateway-conformance-infra",
+    "gateway-conformance-app-backend",
+    "gateway-conformance-web-backend",
+];
+
+/// Held by a test that uses the suite's namespaces or runs a controller of
+/// `kubebalancer.io/gateway-controller`: both are one per control plane, so such tests of one
+/// binary take turns.
+pub type ExclusiveGuard = tokio::sync::MutexGuard<'static, ()>;
+
+/// Waits for the turn of a test that needs the suite's namespaces or the controller name alone.
+pub async fn exclusive() -> ExclusiveGuard {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
+/// Waits until none of the suite's namespaces exists (a test before deleted them; deleting a
+/// namespace takes a while), so that the suite creates them afresh.
+pub async fn until_suite_namespaces_gone() {
+    let client = ControlPlane::shared().client();
+    wait::until_list(
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client),
+        watcher::Config::default(),
+        "the suite's namespaces to be gone",
+        |all| {
+            all.iter()
+                .all(|n| !SUITE_NAMESPACES.contains(&n.metadata.name.as_deref().unwrap_or("")))
+        },
+    )
+    .await;
+}
+
 /// The placeholder for the GatewayClass's name in the suite's base manifests, which the suite
 /// replaces when it applies them.
 pub const GATEWAY_CLASS_PLACEHOLDER: &str = "{GATEWAY_CLASS_NAME}";

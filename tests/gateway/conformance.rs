@@ -1,0 +1,169 @@
+//! The Gateway API conformance suite (v1.6.3, docs/testenv.md) against the real `kube-balancer
+//! run --gateway-address ...`: every core test of the GATEWAY-HTTP profile must pass. The suite
+//! runs only the tests whose features are claimed (`--supported-features`), and skips nothing
+//! else; its report goes where `KB_CONFORMANCE_REPORT` says (scripts/conformance.sh copies it
+//! into conformance/), else into the run's directory.
+//!
+//! The suite's namespaces and GatewayClass are fixed names, and its controller serves every class
+//! of `kubebalancer.io/gateway-controller`: the test takes its turn (`exclusive`) with the other
+//! tests of the tier that use either.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+
+use crate::support::controlplane::{ControlPlane, die_with_parent};
+use crate::support::fixtures::install_crd;
+use crate::support::netns;
+use crate::support::podrunner::PodRunner;
+use crate::support::podrunner::conformance::{
+    Suite, exclusive, install_crds, until_suite_namespaces_gone,
+};
+use kube_balancer::gateway::CONTROLLER_NAME;
+use kube_balancer::gateway::api::GatewayClass;
+
+/// The GatewayClass the suite runs against.
+const CLASS: &str = "kube-balancer";
+
+/// The features claimed: the core of GATEWAY-HTTP, and nothing the data plane does not serve.
+const SUPPORTED_FEATURES: [&str; 3] = ["Gateway", "HTTPRoute", "ReferenceGrant"];
+
+/// The Gateways the suite has at once (its four base ones and a test's own) each get an address
+/// of their own.
+const ADDRESSES: usize = 16;
+
+/// Another number of addresses, to see what passes when Gateways share them (`1`: all share one).
+const ADDRESSES_ENV: &str = "KB_CONFORMANCE_ADDRESSES";
+
+/// Where the report goes (scripts/conformance.sh sets it).
+const REPORT_ENV: &str = "KB_CONFORMANCE_REPORT";
+
+/// One test of the suite instead of all, to debug it (`--run-test`); never set for a report.
+const RUN_TEST_ENV: &str = "KB_CONFORMANCE_RUN_TEST";
+
+/// The real binary, killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_core_of_the_gateway_http_profile_passes() {
+    netns::require();
+    // The suite's namespaces and the controller name are this test's alone while it runs.
+    let _exclusive = exclusive().await;
+    until_suite_namespaces_gone().await;
+    let control_plane = ControlPlane::shared();
+    let client = control_plane.client();
+    install_crd(&client).await;
+    install_crds().await;
+    let runner = PodRunner::shared();
+
+    Api::<GatewayClass>::all(client.clone())
+        .patch(
+            CLASS,
+            &PatchParams::apply("kube-balancer-tests").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                "metadata": {"name": CLASS},
+                "spec": {"controllerName": CONTROLLER_NAME},
+            })),
+        )
+        .await
+        .expect("create the GatewayClass");
+
+    // Addresses of the run's namespace (10.244.0.0/24 is local on lo), one per Gateway.
+    let count = std::env::var(ADDRESSES_ENV)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(ADDRESSES);
+    let addresses: Vec<String> = (0..count)
+        .map(|_| IpAddr::V4(netns::next_pod_ip()).to_string())
+        .collect();
+    let log_path = runner.dir().join("kube-balancer.log");
+    let log = std::fs::File::create(&log_path).expect("the log file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kube-balancer"));
+    command
+        .args(["run", "--kubeconfig"])
+        .arg(control_plane.kubeconfig())
+        .args([
+            "--gateway-address",
+            &addresses.join(","),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--identity",
+            "conformance",
+            "--lease-namespace",
+            "default",
+            "--log-format",
+            "text",
+        ])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("the log file"))
+        .stderr(log);
+    die_with_parent(&mut command);
+    let mut balancer = Running(command.spawn().expect("start kube-balancer"));
+
+    let report: PathBuf = std::env::var_os(REPORT_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| runner.dir().join("conformance-report.yaml"));
+    let mut suite = Suite::new(CLASS, &report);
+    suite.supported_features = SUPPORTED_FEATURES.iter().map(|f| (*f).to_owned()).collect();
+    suite.conformance_profiles = vec!["GATEWAY-HTTP".to_owned()];
+    // The suite refuses to write a report without a url; kube-balancer has no public home yet,
+    // so it says so rather than naming a site that is not its own.
+    suite.implementation[2] = "none (kube-balancer has no public home yet)".to_owned();
+    suite.run_test = std::env::var(RUN_TEST_ENV).ok();
+    let started = std::time::Instant::now();
+    let run = suite.run().await;
+    let took = started.elapsed();
+
+    let exited = balancer.0.try_wait().expect("poll kube-balancer");
+    let results = run.results().join("\n");
+    let failed: Vec<&str> = run
+        .results()
+        .into_iter()
+        .filter(|l| l.starts_with("--- FAIL") && l.matches('/').count() == 1)
+        .collect();
+    println!(
+        "the suite took {took:?}; its results:\n{results}\nkube-balancer's log: {}",
+        log_path.display()
+    );
+    assert_eq!(exited, None, "kube-balancer exited during the run");
+    let report_text = run
+        .report
+        .clone()
+        .unwrap_or_else(|| panic!("the suite wrote no report at {}", report.display()));
+    let parsed: serde_json::Value =
+        serde_norway::from_str(&report_text).expect("the report is YAML");
+    let profile = parsed["profiles"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "GATEWAY-HTTP"))
+        .unwrap_or_else(|| panic!("no GATEWAY-HTTP profile in the report:\n{report_text}"));
+    assert!(
+        run.status.success() && failed.is_empty(),
+        "the suite failed ({}): {} core tests failed: {failed:#?}\nthe report:\n{report_text}",
+        run.status,
+        failed.len()
+    );
+    let core = &profile["core"];
+    assert_eq!(core["result"], "success", "{report_text}");
+    assert_eq!(core["statistics"]["Failed"], 0, "{report_text}");
+    assert_eq!(core["statistics"]["Skipped"], 0, "{report_text}");
+    if suite.run_test.is_none() {
+        assert_eq!(core["statistics"]["Passed"], 36, "{report_text}");
+    }
+}
