@@ -202,10 +202,12 @@ fn try_head(
 }
 
 /// Whether a connection's first bytes are an HTTP/1 request line: a method's first character,
-/// and once the line has ended, a version that starts `HTTP/`; `None` while the line goes on.
-/// A client whose first line is not HTTP at all (h2spec's `INVALID CONNECTION PREFACE`, a
-/// TLS handshake on the plain port) cannot read an HTTP/1 answer: it is closed without one, as
-/// an invalid HTTP/2 preface is (RFC 9113 3.4). A malformed HTTP/1 request still gets its 400.
+/// and once the line has ended, a version that starts `HTTP/` or a second word that is a request
+/// target (`/path`, `*`, `scheme://...`, `host:port`); `None` while the line goes on. A client
+/// whose first line is not HTTP at all (h2spec's `INVALID CONNECTION PREFACE`, a TLS handshake
+/// on the plain port) cannot read an HTTP/1 answer: it is closed without one, as an invalid
+/// HTTP/2 preface is (RFC 9113 3.4). A malformed HTTP/1 request (`GET / HTTX/1.1`) still gets
+/// its 400.
 fn speaks_http1(buf: &[u8], max_head_bytes: usize) -> Option<bool> {
     if !buf.first().is_some_and(u8::is_ascii_alphabetic) {
         return Some(false);
@@ -216,7 +218,12 @@ fn speaks_http1(buf: &[u8], max_head_bytes: usize) -> Option<bool> {
     };
     let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
     let version = line.rsplit(|&b| b == b' ').next().unwrap_or(line);
-    Some(version.starts_with(b"HTTP/"))
+    let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
+    let is_target = target.starts_with(b"/")
+        || target == b"*"
+        || target.windows(3).any(|w| w == b"://")
+        || target.contains(&b':');
+    Some(version.starts_with(b"HTTP/") || is_target)
 }
 
 /// Reads what the client sends while its request is served, up to a head's worth;
@@ -328,7 +335,13 @@ mod tests {
             speaks_http1(b"INVALID CONNECTION PREFACE\r\n\r\n", max),
             Some(false)
         );
-        assert_eq!(speaks_http1(b"GET /\r\n", max), Some(false));
+        // Bad requests, answered 400: a wrong version, HTTP/0.9, a target without a version.
+        assert_eq!(speaks_http1(b"GET / HTTX/1.1\r\n", max), Some(true));
+        assert_eq!(speaks_http1(b"GET /\r\n", max), Some(true));
+        assert_eq!(speaks_http1(b"GET http://a/ XYZ\r\n", max), Some(true));
+        assert_eq!(speaks_http1(b"CONNECT a:443 XYZ\r\n", max), Some(true));
+        assert_eq!(speaks_http1(b"OPTIONS * XYZ\r\n", max), Some(true));
+        assert_eq!(speaks_http1(b"HELLO\r\n", max), Some(false));
         assert_eq!(speaks_http1(b"\x16\x03\x01\x02\x00\x01", max), Some(false));
         assert_eq!(speaks_http1(b" GET / HTTP/1.1\r\n", max), Some(false));
         assert_eq!(speaks_http1(&[b'G'; 70 * 1024], max), Some(true));
