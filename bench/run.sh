@@ -16,6 +16,8 @@
 #                                                 # memory per idle connection, client and member side
 #   BALANCERS="kube-balancer kube-balancer:2 nginx nginx:2 haproxy haproxy:2" TESTS=latency bench/run.sh
 #                                                 # NAME:2 runs NAME with two workers (on LB_CPUS)
+#   CONF=dir PROBE_PATH=/x PROBE_HEADER="X-A: 1" WRK_ARGS="-s dir/x.lua" bench/run.sh
+#                                                 # other configurations and requests (bench/routes.sh)
 #
 # Each balancer runs with one worker pinned to LB_CPU (NAME:N: N workers on LB_CPUS); the load
 # generators and the two members (one nginx worker on two ports) share LOAD_CPU. Only loopback addresses; every load run is
@@ -45,6 +47,10 @@ PORT_BASE=${PORT_BASE:-18000}
 BALANCERS=${BALANCERS:-"kube-balancer nginx haproxy apache"}
 TESTS=${TESTS:-"small 1k 64k close h2 latency idle"}
 RESULTS=${RESULTS:-$HERE/results}
+CONF=${CONF:-$HERE/conf}          # the configuration files' folder
+PROBE_PATH=${PROBE_PATH:-/}       # the request each balancer must answer "hello world" to
+PROBE_HEADER=${PROBE_HEADER:-}    # ... with this field, if any
+WRK_ARGS=${WRK_ARGS:-}            # more arguments for every wrk run (a Lua script: -s FILE)
 
 BACKEND_A_PORT=$((PORT_BASE + 81))
 BACKEND_B_PORT=$((PORT_BASE + 82))
@@ -220,7 +226,7 @@ render() {
         -e "s|^@KB_HOLD_MEMBERS@\$|${kb_members%\\n}|" \
         -e "s|^@NGINX_HOLD_SERVERS@\$|${nginx_servers%\\n}|" \
         -e "s|^@HAPROXY_HOLD_SERVERS@\$|${haproxy_servers%\\n}|" \
-        "$HERE/conf/$1" >"$RUN/${3:-$1}"
+        "$CONF/$1" >"$RUN/${3:-$1}"
 }
 
 mkdir -p "$RUN/www" "$RUN/nginx-tmp" "$RUN/backends-tmp" "$RUN/apache-run"
@@ -346,10 +352,10 @@ run_test() {
     # The floor forwards keep-alive GETs only: no Connection: close, no HTTP/2.
     if [ "$LB" = floor ] && { [ "$1" = close ] || [ "$1" = h2 ]; }; then return; fi
     case $1 in
-    small) measure small wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" "$(url /)" ;;
-    1k) measure 1k wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" "$(url /1k)" ;;
-    64k) measure 64k wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" "$(url /64k)" ;;
-    close) measure close wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Connection: close" "$(url /)" ;;
+    small) measure small wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" $WRK_ARGS "$(url /)" ;;
+    1k) measure 1k wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" $WRK_ARGS "$(url /1k)" ;;
+    64k) measure 64k wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" $WRK_ARGS "$(url /64k)" ;;
+    close) measure close wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Connection: close" $WRK_ARGS "$(url /)" ;;
     h2)
         command -v h2load >/dev/null || { say "no h2load: HTTP/2 skipped"; return; }
         measure h2 h2load h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D"$DURATION" "http://127.0.0.1:$H2_PORT/"
@@ -483,10 +489,10 @@ for ROUND in $(seq "$ROUNDS"); do
         start_balancer "$LB"
         LBPID=$STARTED
         wait_port "$PORT" || die "$LB did not start: $(cat "$RUN/$LB.out")"
-        body=$(curl -s --max-time 5 "$(url /)" || true)
+        body=$(curl -s --max-time 5 ${PROBE_HEADER:+-H "$PROBE_HEADER"} "$(url "$PROBE_PATH")" || true)
         [ "$body" = "hello world" ] || die "$LB does not forward: got '$body'"
         echo 0 >"$RUN/peak"
-        taskset -c "$LOAD_CPU" timeout 30 wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$(url /)" >/dev/null 2>&1 || true
+        taskset -c "$LOAD_CPU" timeout 30 wrk -t1 -c"$CONNS" -d"${WARMUP}s" $WRK_ARGS "$(url /)" >/dev/null 2>&1 || true
         for t in $TESTS; do run_test "$t"; done
         record peak_pss_mib "$(awk -v k="$(cat "$RUN/peak")" 'BEGIN { printf "%.1f", k / 1024 }')"
         stop "$LBPID"
