@@ -233,7 +233,9 @@ mkdir -p "$RUN/www" "$RUN/nginx-tmp" "$RUN/backends-tmp" "$RUN/apache-run"
 head -c 1024 /dev/zero | tr '\0' 'a' >"$RUN/www/1k"
 head -c 65536 /dev/zero | tr '\0' 'b' >"$RUN/www/64k"
 chmod -R a+rX "$RUN"
-for f in backends.nginx.conf apache.conf kube-balancer.yaml kube-balancer.pooled.yaml; do render "$f"; done
+for f in backends.nginx.conf apache.conf kube-balancer.yaml; do render "$f"; done
+# The pooled figure's configuration, where the configuration folder has one (CONF).
+[ ! -f "$CONF/kube-balancer.pooled.yaml" ] || render kube-balancer.pooled.yaml
 [ "$(id -u)" -eq 0 ] && chown www-data: "$RUN/apache-run" 2>/dev/null || true
 
 # start_balancer NAME[:WORKERS] [pooled]: sets STARTED (its PID), PORT and H2_PORT. With
