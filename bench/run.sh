@@ -426,7 +426,7 @@ run_test() {
         stop "$LBPID"
         start_balancer "$LB" pooled
         LBPID=$STARTED
-        wait_port "$PORT" || die "$LB did not start for the pooled figure: $(cat "$RUN/$LB.out")"
+        wait_port "$H2_PORT" || die "$LB did not start for the pooled figure: $(cat "$RUN/$LB.out")"
         sleep 1
         local before n kib held first_kib="" first_held="" out
         before=$(pss_kib "$LBPID")
