@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use crate::{num, read_fields};
 
-const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nServer: kb-hold\r\nContent-Length: 12\r\n\r\nhello world\n";
+const ANSWER: &[u8] =
+    b"HTTP/1.1 200 OK\r\nServer: kb-hold\r\nContent-Length: 12\r\n\r\nhello world\n";
 
 /// The requests waiting now, and how many times a full set of them was let go.
 #[derive(Default)]
