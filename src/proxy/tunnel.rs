@@ -268,7 +268,11 @@ impl Relay<'_> {
         }
     }
 
-    async fn pass<W: AsyncWrite + Unpin>(&self, write: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    async fn pass<W: AsyncWrite + Unpin>(
+        &self,
+        write: &mut W,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
         write.write_all(bytes).await?;
         self.count.set(self.count.get() + bytes.len() as u64);
         Ok(())

@@ -23,15 +23,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::backend::Backend;
 use crate::support::client::{Body, full, get};
-use crate::support::load::{Load, Plan, report, sized, thousands};
+use crate::support::load::{Load, Plan, knob, report, sized, thousands};
 use crate::support::process::Process;
 use crate::support::proxy::{Proxy, cluster, rows};
 use crate::support::wait;
 use kube_balancer::admin::manager::ManagerView;
 
-type Socket = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 // --- A member killed with SIGKILL, and started again --------------------------------------------
 
@@ -108,7 +107,7 @@ fn member_row(proxy: &Proxy, url: &str) -> (String, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_killed_and_started_again_under_keep_alive_load_fails_no_request() {
-    let cycles = sized(3, 20);
+    let cycles = knob("KILLS", 3, 20);
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let mut victim = MemberProcess::start().await;
@@ -121,7 +120,7 @@ async fn a_member_killed_and_started_again_under_keep_alive_load_fails_no_reques
     ));
     let load = Load::start(Plan::new(
         proxy.addr,
-        sized(300, 1_000),
+        knob("RATE", 300, 1_000),
         10,
         Duration::from_secs(sized(120, 900)),
     ));
@@ -185,7 +184,7 @@ async fn manager(admin: SocketAddr) -> ManagerView {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configuration_files_rewritten_under_load_fail_no_request() {
-    let reloads = sized(10, 100);
+    let reloads = knob("RELOADS", 20, 100);
     let (a, b, c) = (
         Backend::start("a").await,
         Backend::start("b").await,
@@ -214,7 +213,7 @@ async fn configuration_files_rewritten_under_load_fail_no_request() {
     let first = manager(admin).await;
     let load = Load::start(Plan::new(
         proxy,
-        sized(300, 1_000),
+        knob("RATE", 300, 1_000),
         10,
         Duration::from_secs(sized(120, 900)),
     ));
@@ -411,11 +410,7 @@ fn member_sets(i: usize, ws: &[&NamedEcho], http: &[&Backend]) -> String {
     if i % 2 == 1 {
         plain.push(format!("url: {}", http[2].url()));
     }
-    format!(
-        "{}---\n{}",
-        sockets_cluster(&sockets),
-        cluster(&plain, "")
-    )
+    format!("{}---\n{}", sockets_cluster(&sockets), cluster(&plain, ""))
 }
 
 /// A cluster `sockets` serving /ws over `members`.
@@ -433,7 +428,7 @@ fn publish(proxy: &Proxy, yaml: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_set_updates_keep_every_websocket_open_and_fail_no_request() {
     const SOCKETS: usize = 50;
-    let updates = sized(20, 100);
+    let updates = knob("UPDATES", 20, 100);
     let mut echoes = Vec::new();
     for name in ["w1", "w2", "gone", "x1", "x2", "x3"] {
         echoes.push(NamedEcho::start(name).await);
@@ -456,7 +451,7 @@ async fn member_set_updates_keep_every_websocket_open_and_fail_no_request() {
     assert_eq!(to_gone, (SOCKETS - 2) / 3);
     let load = Load::start(Plan::new(
         proxy.addr,
-        sized(300, 1_000),
+        knob("RATE", 300, 1_000),
         10,
         Duration::from_secs(sized(120, 900)),
     ));
@@ -543,8 +538,8 @@ async fn gated() -> (Backend, Arc<AtomicU64>, tokio::sync::watch::Sender<bool>) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_websockets_with_1001_and_finishes_requests_in_flight() {
-    let sockets_wanted = sized(20, 50);
-    let in_flight = sized(4, 20);
+    let sockets_wanted = knob("SOCKETS", 20, 50);
+    let in_flight = knob("IN_FLIGHT", 4, 20);
     let w1 = NamedEcho::start("w1").await;
     let w2 = NamedEcho::start("w2").await;
     let (slow, arrived, gate) = gated().await;
@@ -624,7 +619,10 @@ async fn sigterm_closes_websockets_with_1001_and_finishes_requests_in_flight() {
         let answer = wait::within("a request in flight", wait::TIMEOUT, request)
             .await
             .expect("join");
-        assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "finished"));
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "finished")
+        );
     }
     let status = balancer.exit_status().await;
     assert_eq!(status.code(), Some(0), "{status}");
@@ -637,9 +635,177 @@ async fn sigterm_closes_websockets_with_1001_and_finishes_requests_in_flight() {
         "SIGTERM with WebSockets open and requests in flight",
         &format!("{sockets_wanted} WebSockets, {in_flight} requests in flight"),
         None,
-        &format!("{sockets_wanted} opened, {sockets_wanted} closed 1001 by the proxy, the member told"),
+        &format!(
+            "{sockets_wanted} opened, {sockets_wanted} closed 1001 by the proxy, the member told"
+        ),
         &format!(
             "{in_flight} of {in_flight} requests in flight answered 200; {echoed} messages echoed; exit 0 within the grace period"
         ),
     );
+}
+
+// --- Slow clients ------------------------------------------------------------------------------------
+
+/// How a dripping connection ended.
+#[derive(Debug)]
+enum Dripped {
+    /// The proxy closed it after this long, having answered with these bytes (none, or a 408).
+    Closed(Duration, Vec<u8>),
+    /// It got a whole answer: its status and body.
+    Answered(u16, String),
+}
+
+/// A client that sends a request head a byte every `every` and never ends it (slowloris).
+async fn drip_head(addr: SocketAddr, every: Duration, limit: Duration) -> Dripped {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect a dripping client");
+    let started = tokio::time::Instant::now();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: web\r\nX-Drip: ")
+        .await
+        .expect("the head's start");
+    let mut tick = tokio::time::interval(every);
+    let mut read = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        assert!(
+            started.elapsed() < limit,
+            "a head dripped for {limit:?} and the proxy kept the connection"
+        );
+        tokio::select! {
+            n = stream.read(&mut buf) => match n {
+                Ok(0) | Err(_) => return Dripped::Closed(started.elapsed(), read),
+                Ok(n) => read.extend_from_slice(&buf[..n]),
+            },
+            _ = tick.tick() => {
+                if stream.write_all(b"a").await.is_err() {
+                    return Dripped::Closed(started.elapsed(), read);
+                }
+            }
+        }
+    }
+}
+
+/// A client that sends a whole head, then its `length`-byte body a byte every `every`.
+async fn drip_body(addr: SocketAddr, length: usize, every: Duration) -> Dripped {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect a dripping client");
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: web\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("the head");
+    let mut tick = tokio::time::interval(every);
+    for i in 0..length {
+        tick.tick().await;
+        let byte = b'a' + (i % 26) as u8;
+        stream.write_all(&[byte]).await.expect("a byte of the body");
+    }
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .await
+        .expect("the whole answer");
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an answer: {text:?}"));
+    let (_, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Dripped::Answered(status, body.to_owned())
+}
+
+/// Slow clients (slowloris): connections that drip their head a byte at a time are closed by the
+/// header-read timeout, never reaching a member; connections that drip their body are served
+/// when it is whole; the real clients meanwhile get every answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_dripping_heads_and_bodies_do_not_keep_real_clients_from_being_served() {
+    let drippers = knob("SLOW_CLIENTS", 100, 1_000);
+    let header_timeout = Duration::from_millis(knob("SLOW_HEADER_TIMEOUT_MS", 1_000, 3_000));
+    let every = Duration::from_millis(100);
+    let body_length = knob("SLOW_BODY_BYTES", 10, 30);
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let proxy = Proxy::start_with(
+        &cluster(
+            &[format!("url: {}", a.url()), format!("url: {}", b.url())],
+            "",
+        ),
+        |options| {
+            options.header_read_timeout = header_timeout;
+        },
+    );
+    let load = Load::start(Plan::new(
+        proxy.addr,
+        knob("RATE", 300, 1_000),
+        10,
+        Duration::from_secs(sized(120, 900)),
+    ));
+    load.more(50).await;
+    let limit = header_timeout * 3 + Duration::from_secs(5);
+    let heads: Vec<_> = (0..drippers / 2)
+        .map(|_| tokio::spawn(drip_head(proxy.addr, every, limit)))
+        .collect();
+    let bodies: Vec<_> = (0..drippers / 2)
+        .map(|_| tokio::spawn(drip_body(proxy.addr, body_length, every)))
+        .collect();
+    let mut closed_after = Vec::new();
+    for head in heads {
+        match head.await.expect("a head dripper") {
+            Dripped::Closed(after, bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                assert!(
+                    bytes.is_empty() || text.starts_with("HTTP/1.1 408"),
+                    "a dripped head got {text:?}"
+                );
+                closed_after.push(after);
+            }
+            other => panic!("a dripped head: {other:?}"),
+        }
+    }
+    let expected: String = (0..body_length)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let mut answered = 0;
+    for body in bodies {
+        match body.await.expect("a body dripper") {
+            Dripped::Answered(status, text) => {
+                assert_eq!((status, text.as_str()), (200, expected.as_str()));
+                answered += 1;
+            }
+            other => panic!("a dripped body: {other:?}"),
+        }
+    }
+    load.more(50).await;
+    let tally = load.stop().await;
+    tally.assert_all_ok("slow clients");
+    closed_after.sort();
+    let (first, last) = (closed_after[0], closed_after[closed_after.len() - 1]);
+    assert!(
+        first >= header_timeout.mul_f64(0.9),
+        "closed by the timer, not at once: {first:?}"
+    );
+    // Only the real clients and the whole bodies reached a member; no dripped head did.
+    assert_eq!(a.hits() + b.hits(), tally.ok + answered);
+    report(
+        "slow clients: heads and bodies dripped a byte per 100 ms (abuse)",
+        &format!(
+            "{} head drippers, {} body drippers ({body_length} bytes), header-read timeout {:?}",
+            drippers / 2,
+            drippers / 2,
+            header_timeout
+        ),
+        Some(&tally),
+        "-",
+        &format!(
+            "every dripped head closed after {:.1}-{:.1} s, none reached a member; {answered} of {} dripped bodies answered 200, echoed whole",
+            first.as_secs_f64(),
+            last.as_secs_f64(),
+            drippers / 2
+        ),
+    );
+    proxy.stop(Duration::from_secs(1)).await;
 }

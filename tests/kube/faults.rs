@@ -15,7 +15,7 @@ use crate::support::controlplane::ControlPlane;
 use crate::support::fixtures::{
     Balancer, apply_cluster, install_crd, options, web_pods, web_service,
 };
-use crate::support::load::{Load, Plan, report, sized};
+use crate::support::load::{Load, Plan, knob, report, sized};
 use crate::support::{netns, pods, wait};
 use kube_balancer::api::{BalancerCluster, MemberStatus};
 
@@ -44,8 +44,11 @@ fn shown(members: &[(String, &str)]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_under_load_drains_terminating_pods_and_fails_no_request() {
     netns::require();
-    let size = sized(3, 10);
-    let (rate, connections) = (sized(300, 2_000), sized(10, 50));
+    let size = knob("PODS", 3, 10);
+    let (rate, connections) = (
+        knob("POD_RATE", 300, 2_000),
+        knob("POD_CONNECTIONS", 10, 50),
+    );
     let client = ControlPlane::shared().client();
     install_crd(&client).await;
     let ns = pods::namespace(&client, "rollout").await;
@@ -99,15 +102,20 @@ async fn a_rolling_update_under_load_drains_terminating_pods_and_fails_no_reques
             .await;
         // Requests that chose it before it was drained finish; none comes after.
         load.more(connections as u64).await;
-        wait::until("the draining pod's requests to finish", wait::TIMEOUT, || {
-            row(&balancer, &ns, &old_pod.name).busy == 0
-        })
+        wait::until(
+            "the draining pod's requests to finish",
+            wait::TIMEOUT,
+            || row(&balancer, &ns, &old_pod.name).busy == 0,
+        )
         .await;
         let elected = row(&balancer, &ns, &old_pod.name).elected;
         let hits = old_backend.hits();
         load.more(u64::from(rate) / 10).await;
         assert_eq!(
-            (row(&balancer, &ns, &old_pod.name).elected, old_backend.hits()),
+            (
+                row(&balancer, &ns, &old_pod.name).elected,
+                old_backend.hits()
+            ),
             (elected, hits),
             "{} took new requests while draining",
             old_pod.name
@@ -144,11 +152,15 @@ async fn a_rolling_update_under_load_drains_terminating_pods_and_fails_no_reques
 /// kube-apiserver and kube-controller-manager are killed while requests flow: the data plane
 /// serves the last member list throughout. When they come back, the controller's watches
 /// resync (a pod taken out right away reaches the data plane) and status is written again.
+///
+/// Long (over a minute even at its short size, mostly the controller manager's leader election
+/// after its restart): `scripts/faults.sh` runs it; CI has `controller_outage`'s shorter outage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: scripts/faults.sh runs it"]
 async fn the_control_plane_down_under_load_then_back_resyncs_and_fails_no_request() {
     netns::require();
-    let outage = Duration::from_secs(sized(20, 300));
-    let rate = sized(100, 300);
+    let outage = Duration::from_secs(knob("OUTAGE", 20, 300));
+    let rate = knob("OUTAGE_RATE", 100, 300);
     let cp = ControlPlane::own();
     let client = cp.client();
     install_crd(&client).await;
@@ -217,7 +229,8 @@ async fn the_control_plane_down_under_load_then_back_resyncs_and_fails_no_reques
     }
     let resynced = back.elapsed();
     let clusters = Api::<BalancerCluster>::namespaced(client.clone(), &ns);
-    wait::until_object(clusters, "web", "status 2/3 after the outage", ready("2/3")).await;
+    // The pod no longer ready leaves the member list: 2 of 2.
+    wait::until_object(clusters, "web", "status 2/2 after the outage", ready("2/2")).await;
     let status_back = back.elapsed();
     load.more(50).await;
     let tally = load.stop().await;

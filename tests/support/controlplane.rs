@@ -206,9 +206,14 @@ impl ControlPlane {
                         .map(|_| ())
                         .map_err(|e| e.to_string())
                 };
-                wait_ready(&self.dir, "kube-controller-manager /healthz", &[name], healthz)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+                wait_ready(
+                    &self.dir,
+                    "kube-controller-manager /healthz",
+                    &[name],
+                    healthz,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
             }
             _ => {}
         }

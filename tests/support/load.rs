@@ -311,7 +311,9 @@ async fn connection(plan: Plan, counts: Arc<Counts>, start: Instant) {
                 sender = None;
             }
             Err(_) => {
-                counts.fail(format!("request {i}: no whole answer within {ANSWER_LIMIT:?}"));
+                counts.fail(format!(
+                    "request {i}: no whole answer within {ANSWER_LIMIT:?}"
+                ));
                 sender = None;
             }
         }
@@ -343,6 +345,22 @@ pub fn long() -> bool {
 /// `short` in CI, `long` under `scripts/faults.sh`.
 pub fn sized<T>(short: T, long_size: T) -> T {
     if long() { long_size } else { short }
+}
+
+/// A size that `scripts/faults.sh` may set (`KB_FAULTS_<NAME>`, e.g. `KB_FAULTS_KILLS=5`), or else
+/// `sized(short, long)`.
+pub fn knob<T>(name: &str, short: T, long_size: T) -> T
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Debug,
+{
+    let var = format!("KB_FAULTS_{name}");
+    match std::env::var(&var) {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|e| panic!("{var}={text:?} is not a size: {e:?}")),
+        Err(_) => sized(short, long_size),
+    }
 }
 
 /// Prints one row of the "Faults under load" table for `scripts/faults.sh` to collect: the fault,
