@@ -73,6 +73,8 @@ struct Counts {
     connects: AtomicU64,
     statuses: Mutex<BTreeMap<u16, u64>>,
     failures: Mutex<Vec<String>>,
+    /// Each answer's time from the request's due time (so a late send counts), in microseconds.
+    latencies: Mutex<Vec<u32>>,
 }
 
 impl Counts {
@@ -108,6 +110,8 @@ pub struct Tally {
     pub failures: Vec<String>,
     /// Connections opened, the first ones included.
     pub connects: u64,
+    /// Answer times (from each request's due time), sorted, in microseconds.
+    pub latencies: Vec<u32>,
     pub elapsed: Duration,
     /// What was asked for.
     pub plan: Plan,
@@ -135,13 +139,27 @@ impl Tally {
         );
     }
 
-    /// The load as the table shows it: `2,000 req/s × 20 conns`.
+    /// The answer time below which a share `q` of the answers came.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let Some(last) = self.latencies.len().checked_sub(1) else {
+            return Duration::ZERO;
+        };
+        let at = ((last as f64) * q).round() as usize;
+        Duration::from_micros(u64::from(self.latencies[at.min(last)]))
+    }
+
+    /// The load as the table shows it: `2,000 req/s × 20 conns (achieved 1,990; answer time
+    /// p50 1.2 ms, p99 4.0 ms, max 9.1 ms)`.
     pub fn shown(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         format!(
-            "{} req/s × {} conns (achieved {})",
+            "{} req/s × {} conns (achieved {}; answer time p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms)",
             thousands(u64::from(self.plan.rate)),
             self.plan.connections,
-            thousands(self.rate().round() as u64)
+            thousands(self.rate().round() as u64),
+            ms(self.quantile(0.5)),
+            ms(self.quantile(0.99)),
+            ms(self.quantile(1.0)),
         )
     }
 }
@@ -218,6 +236,15 @@ impl Load {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
             connects: counts.connects.load(SeqCst),
+            latencies: {
+                let mut all = counts
+                    .latencies
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                all.sort_unstable();
+                all
+            },
             elapsed: self.started.elapsed(),
             plan: self.plan,
         }
@@ -296,6 +323,12 @@ async fn connection(plan: Plan, counts: Arc<Counts>, start: Instant) {
         };
         match tokio::time::timeout(ANSWER_LIMIT, exchange).await {
             Ok(Ok(status)) => {
+                let took = u32::try_from(due.elapsed().as_micros()).unwrap_or(u32::MAX);
+                counts
+                    .latencies
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(took);
                 if (200..300).contains(&status) {
                     counts.ok.fetch_add(1, SeqCst);
                 }
