@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# Faults under load at the issue's sizes (docs/reliability.md, "Faults under load"): the fault tests
-# of tests/dataplane/faults.rs and tests/kube/faults.rs, which CI runs small, run here with
-# KB_FAULTS=long: a member killed with SIGKILL and started again 20 times, 100 configuration
-# rewrites, 100 member-set updates with 50 WebSockets open, SIGTERM with 50 WebSockets open and
-# 20 requests in flight, a rolling update of 10 pods at 2,000 requests/s, and the control plane
-# down for 5 minutes. Each asserts what CI asserts (every request sent gets a 2xx answer, every
-# WebSocket is kept and closed as expected) and prints its row; when all pass, the rows replace
-# the table of docs/reliability.md's section, between its markers. Nothing else of the file is
+# Faults under load, and slow clients, at the issue's sizes (docs/reliability.md, section "Faults"):
+# the tests of tests/dataplane/faults.rs and tests/kube/faults.rs, which CI runs small (the control
+# plane's outage only here), run with KB_FAULTS=long: a member killed with SIGKILL and started
+# again 20 times, 100 configuration rewrites, 100 member-set updates with 50 WebSockets open,
+# SIGTERM with 50 WebSockets open and 20 requests in flight, 1,000 slow clients (500 dripping
+# their heads, 500 their bodies), a rolling update of 10 pods at 2,000 requests/s, and the control
+# plane down for 5 minutes. Each asserts what CI asserts (every request sent gets a 2xx answer,
+# every WebSocket is kept and closed as expected) and prints its row; when all pass, the rows
+# replace the section between its markers in docs/reliability.md. Nothing else of the file is
 # touched (other sections belong to other suites).
 #
-#   scripts/faults.sh                 # about 25 minutes on 2 cores
+#   scripts/faults.sh                   # the issue's sizes: about 25 minutes on 2 cores
 #   FILTER=a_rolling scripts/faults.sh  # only the tests whose name starts so (no table written)
+#   KB_FAULTS_OUTAGE=60 KB_FAULTS_PODS=5 scripts/faults.sh   # smaller
+#
+# Sizes (each KB_FAULTS_<NAME> overrides the long size; see the tests):
+#   KILLS (20) member kills; RATE (1000) req/s of the data-plane tests' load; RELOADS (100)
+#   file rewrites; UPDATES (100) member-set updates; SOCKETS (50) and IN_FLIGHT (20) for SIGTERM;
+#   SLOW_CLIENTS (1000), SLOW_HEADER_TIMEOUT_MS (3000), SLOW_BODY_BYTES (30); PODS (10),
+#   POD_RATE (2000), POD_CONNECTIONS (50) for the rolling update; OUTAGE (300) seconds and
+#   OUTAGE_RATE (300) req/s for the control plane's outage.
 #
 # The tests are built optimised (PROFILE=release, the default: the release profile without LTO,
 # in target/faults, so that the load generator, the members and the proxy in the test process
@@ -24,8 +33,8 @@ PROFILE=${PROFILE:-release}
 FILTER=${FILTER:-}
 TIMEOUT=${TIMEOUT:-3600}
 DOC=docs/reliability.md
-BEGIN='<!-- faults-under-load:begin (scripts/faults.sh writes this section) -->'
-END='<!-- faults-under-load:end -->'
+BEGIN='<!-- faults:begin (scripts/faults.sh writes this section) -->'
+END='<!-- faults:end -->'
 say() { printf '%s faults: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 case "$PROFILE" in
@@ -51,7 +60,7 @@ set +e
 # One test at a time: each has the machine to itself.
 KB_FAULTS=long timeout "$TIMEOUT" bash scripts/testenv.sh run \
     cargo test --locked --offline "${BUILD[@]}" --test dataplane --test kube -- \
-    "faults::$FILTER" --test-threads=1 --nocapture 2>&1 | tee "$LOG" | grep --line-buffered -E 'faults-row|^test |panicked|FAILED|test result'
+    "faults::$FILTER" --include-ignored --test-threads=1 --nocapture 2>&1 | tee "$LOG" | grep --line-buffered -E 'faults-row|^test |panicked|FAILED|test result'
 status=${PIPESTATUS[0]}
 set -e
 minutes=$(( ($(date +%s) - started + 59) / 60 ))
@@ -66,23 +75,31 @@ if [[ -n "$FILTER" ]]; then
     exit 0
 fi
 count=$(printf '%s\n' "$ROWS" | grep -c '|' || true)
-if [[ $count -ne 6 ]]; then
-    say "expected 6 rows, got $count: the table is left as it was"
+if [[ $count -ne 7 ]]; then
+    say "expected 7 rows, got $count: the table is left as it was"
     exit 1
 fi
 
 SECTION=$(mktemp -t kb-faults-section.XXXXXX)
 trap 'rm -f "$LOG" "$SECTION"' EXIT
+command="$(env | grep -E '^KB_FAULTS_[A-Z_]+=' | sort | tr '\n' ' ')PROFILE=$PROFILE scripts/faults.sh"
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src tests || echo ' + uncommitted changes')
 {
     echo "$BEGIN"
     echo
-    echo "## Faults under load"
+    echo "## Faults"
     echo
-    echo "Run by \`scripts/faults.sh\` on $(date -u +%Y-%m-%d) (commit $commit, $(nproc) CPUs shared with"
-    echo "other work, tests built \`$PROFILE\`, $minutes minutes; load average at the end:"
-    echo "$(cut -d' ' -f1-3 /proc/loadavg)). Each row is one test of \`tests/dataplane/faults.rs\` or"
-    echo "\`tests/kube/faults.rs\` at the sizes below; CI runs the same tests smaller (\`scripts/test.sh\`)."
+    echo "Faults under load, and slow clients. Made by"
+    echo
+    echo '```sh'
+    echo "$command"
+    echo '```'
+    echo
+    echo "on $(date -u +%Y-%m-%d) (commit $commit, $(nproc) CPUs shared with other work, tests built"
+    echo "\`$PROFILE\`, $minutes minutes; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg))."
+    echo "Each row is one test of \`tests/dataplane/faults.rs\` or \`tests/kube/faults.rs\` at the sizes"
+    echo "it shows; CI runs the same tests smaller (\`scripts/test.sh\`), all but the control plane's"
+    echo "outage. Answer times count from the moment each request was due, so a late send counts too."
     echo "A row is only written when its test passed: every request sent got a 2xx answer (\"failed\""
     echo "counts requests without one: refused, reset, cut short, or another status), and every"
     echo "WebSocket was kept and closed as the row says. The load is keep-alive HTTP/1.1 GETs at a fixed"
@@ -124,7 +141,13 @@ How each fault is made, and what the proxy does:
   throughout (nothing is published meanwhile). When the API server is back, the controller's
   watches, backing off (from 0.8 s, doubling, up to 30 s), list again: a pod taken out of the
   Service as soon as the API server is back reaches the data plane, and the leader writes status
-  again.
+  again. Much of the time to that is the control plane's own: the controller manager, started
+  again, waits for its old leader lease to run out before it updates EndpointSlices.
+- **Slow clients** (slowloris), all connecting at once while the load runs: half send a request
+  head a byte every 100 ms and never end it; the header-read timeout (`--header-read-timeout`,
+  set short here) closes each, and none reaches a member. The other half send a whole head, then
+  their body a byte every 100 ms: each is answered once its body is whole, as a slow but honest
+  upload should be. How many such clients one proxy holds at most is the subject of "Overload".
 EOF
     echo
     echo "$END"
@@ -149,4 +172,4 @@ elif grep -qF "$BEGIN" "$DOC"; then
 else
     { echo; cat "$SECTION"; } >>"$DOC"
 fi
-say "wrote the section \"Faults under load\" of $DOC ($count rows)"
+say "wrote the section \"Faults\" of $DOC ($count rows)"
