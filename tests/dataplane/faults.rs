@@ -289,6 +289,8 @@ impl NamedEcho {
                 while connections.try_join_next().is_some() {}
                 let (counted, noted) = (counted.clone(), noted.clone());
                 connections.spawn(async move {
+                    // The callback's type is tungstenite's: its error is an HTTP response.
+                    #[allow(clippy::result_large_err)]
                     let named = |_: &Request, mut response: Response| {
                         response
                             .headers_mut()
@@ -302,17 +304,15 @@ impl NamedEcho {
                     counted.fetch_add(1, SeqCst);
                     // The answer to a Close goes out with the next read, which then ends.
                     while let Some(Ok(message)) = ws.next().await {
-                        match message {
-                            Message::Text(_) | Message::Binary(_) => {
-                                if ws.send(message).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Message::Close(frame) => noted
+                        if let Message::Close(frame) = &message {
+                            noted
                                 .lock()
                                 .expect("the closes")
-                                .push(frame.map(|f| u16::from(f.code))),
-                            _ => {}
+                                .push(frame.as_ref().map(|f| u16::from(f.code)));
+                        } else if (message.is_text() || message.is_binary())
+                            && ws.send(message).await.is_err()
+                        {
+                            return;
                         }
                     }
                 });
