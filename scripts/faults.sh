@@ -64,7 +64,8 @@ KB_FAULTS=long timeout "$TIMEOUT" bash scripts/testenv.sh run \
 status=${PIPESTATUS[0]}
 set -e
 minutes=$(( ($(date +%s) - started + 59) / 60 ))
-ROWS=$(grep '^faults-row ' "$LOG" | sed 's/^faults-row //' || true)
+# With --nocapture a row may follow the test's name on its line.
+ROWS=$(grep -o 'faults-row |.*' "$LOG" | sed 's/^faults-row //' || true)
 if [[ $status -ne 0 ]]; then
     say "a fault test failed (exit $status): the table is left as it was; see the log above"
     exit "$status"
