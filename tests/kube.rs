@@ -20,6 +20,7 @@ mod kube {
     mod grpc;
     mod install;
     mod plugin;
+    mod routes;
     mod telemetry;
     mod tls_controller;
 }
