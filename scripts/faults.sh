@@ -149,6 +149,9 @@ How each fault is made, and what the proxy does:
   set short here) closes each, and none reaches a member. The other half send a whole head, then
   their body a byte every 100 ms: each is answered once its body is whole, as a slow but honest
   upload should be. How many such clients one proxy holds at most is the subject of "Overload".
+  All of them connect at once, to the one worker of the tests' data plane: the real clients'
+  answer times rise while the drippers connect and drip (the row shows by how much, in the build
+  it names); none of their requests fails.
 EOF
     echo
     echo "$END"
