@@ -16,6 +16,7 @@ mod kube {
     mod controller_outage;
     mod controlplane;
     mod crd;
+    mod faults;
     mod grpc;
     mod install;
     mod plugin;
