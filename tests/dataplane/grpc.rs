@@ -95,11 +95,11 @@ impl Lines {
 }
 
 /// A gRPC server (grpc-peer serve), killed when dropped.
-struct Server {
+pub(super) struct Server {
     child: Child,
     stdin: Option<ChildStdin>,
     out: Mutex<Lines>,
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
 }
 
 impl Server {
@@ -107,7 +107,7 @@ impl Server {
         Server::start_with(name, &[])
     }
 
-    fn start_with(name: &str, args: &[&str]) -> Server {
+    pub(super) fn start_with(name: &str, args: &[&str]) -> Server {
         let mut child = Command::new(peer_binary())
             .args(["serve", "-listen", "127.0.0.1:0", "-name", name])
             .args(args)
@@ -146,7 +146,7 @@ impl Server {
     }
 
     /// Calls the server saw end: lines like `event UnaryCall ok`.
-    fn events(&self, needle: &str) -> usize {
+    pub(super) fn events(&self, needle: &str) -> usize {
         self.out.lock().expect("lines").count(needle)
     }
 
@@ -169,10 +169,10 @@ impl Drop for Server {
 
 /// What a call (grpc-peer call) ended with.
 #[derive(Debug)]
-struct Call {
-    code: u32,
-    messages: usize,
-    backend: String,
+pub(super) struct Call {
+    pub(super) code: u32,
+    pub(super) messages: usize,
+    pub(super) backend: String,
     trailer: String,
     message: String,
     lines: Vec<String>,
@@ -208,7 +208,7 @@ fn parse_done(lines: Vec<String>) -> Call {
 }
 
 /// Runs one call to `target` and waits for its end.
-fn call(target: SocketAddr, args: &[&str]) -> Call {
+pub(super) fn call(target: SocketAddr, args: &[&str]) -> Call {
     let output = Command::new(peer_binary())
         .args(["call", "-target", &target.to_string()])
         .args(args)

@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{Answer, RequestBody};
 use super::exchange::{Connected, Exchanged, Failure, Held, Replay, Stage, within};
-use super::pool::{self, ConnectError, Member, Sender};
+use super::pool::{self, ConnectError, Member, Opened, Sender};
 use crate::discovery::ClusterConfig;
 use crate::proxy::deadline::Deadline;
 use crate::proxy::http1::client::idempotent;
@@ -53,7 +53,7 @@ pub async fn exchange(
         }
     }
     let connecting = tokio::time::Instant::now();
-    let mut sender = match connect(key.authority(), config.connect_timeout).await {
+    let mut sender = match connect(key, config.connect_timeout).await {
         Ok(sender) => sender,
         Err(e) => {
             let mut failure = Failure::new(e.to_string(), Stage::Unsent);
@@ -107,12 +107,23 @@ fn stage_of(e: &hyper::Error) -> Stage {
     }
 }
 
-/// Opens a new connection to a member; its driver runs as a task on this worker.
-async fn connect(authority: &str, timeout: std::time::Duration) -> Result<Sender, ConnectError> {
-    let stream = pool::open(authority, timeout).await?;
+/// Opens a new connection to a member (over TLS for an `https://` one); its driver runs as a
+/// task on this worker.
+async fn connect(key: &Member, timeout: std::time::Duration) -> Result<Sender, ConnectError> {
+    match pool::open_for(key, timeout, false).await? {
+        Opened::Plain(stream) => handshake(stream, true).await,
+        // Flattened rather than vectored: rustls makes one record of each write.
+        Opened::Tls(stream) => handshake(stream, false).await,
+    }
+}
+
+async fn handshake<IO>(io: IO, writev: bool) -> Result<Sender, ConnectError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = http1::Builder::new()
-        .writev(true)
-        .handshake::<_, RequestBody>(TokioIo::new(stream))
+        .writev(writev)
+        .handshake::<_, RequestBody>(TokioIo::new(io))
         .await?;
     tokio::task::spawn_local(async move {
         if let Err(e) = conn.with_upgrades().await {

@@ -1,0 +1,911 @@
+//! `https://` members through the real data plane in standalone mode: real TLS servers as
+//! members (a rustls server in the test, which counts its handshakes and requests and says
+//! what each request came with; nginx for OpenSSL's side; grpc-go over TLS for gRPC), with
+//! certificates made with rcgen and CA and client certificate files rotated on disk.
+//! Loopback only.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use kube_balancer::plane::DataPlane;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SerialNumber,
+};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpListener;
+
+use crate::support::client::{Answer, Client, client, full, send};
+use crate::support::proxy::{Proxy, rows};
+use crate::support::wait;
+
+// ---- certificates --------------------------------------------------------------------------
+
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca(name: &str) -> Ca {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let cert = params.self_signed(&key).expect("self-signed");
+    Ca {
+        pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// A certificate for `names` (DNS names or IP addresses) with `serial`, signed by `ca`.
+struct Leaf {
+    chain: String,
+    key: String,
+}
+
+fn leaf(ca: &Ca, names: &[&str], serial: u8) -> Leaf {
+    let key = KeyPair::generate().expect("key");
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("params");
+    params.distinguished_name.push(DnType::CommonName, names[0]);
+    params.serial_number = Some(SerialNumber::from(vec![serial]));
+    let cert = params.signed_by(&key, &ca.issuer).expect("signed");
+    Leaf {
+        chain: format!("{}{}", cert.pem(), ca.pem),
+        key: key.serialize_pem(),
+    }
+}
+
+fn certified(leaf: &Leaf) -> Arc<CertifiedKey> {
+    let now = kube_balancer::tls::unix_now();
+    kube_balancer::tls::cert::load(leaf.chain.as_bytes(), leaf.key.as_bytes(), now)
+        .expect("a usable certificate")
+        .key
+}
+
+/// Writes a file at once (a new file renamed over the old one), as tools renewing
+/// certificates do.
+fn replace(path: &Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).expect("write");
+    std::fs::rename(&next, path).expect("rename");
+}
+
+// ---- a TLS member ---------------------------------------------------------------------------
+
+/// What a [`TlsMember`] counts.
+#[derive(Default)]
+struct Counts {
+    /// TLS handshakes that completed.
+    handshakes: AtomicUsize,
+    /// Connections whose handshake failed (a client that refused our certificate, or came
+    /// without the certificate we ask for, or spoke plain HTTP).
+    refused: AtomicUsize,
+    /// Requests read.
+    requests: AtomicUsize,
+}
+
+/// The certificate a [`TlsMember`] serves, swapped while it runs.
+#[derive(Debug)]
+struct Serving(Mutex<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for Serving {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.lock().expect("lock").clone())
+    }
+}
+
+/// A real HTTPS server (rustls, hyper's HTTP/1.1 and HTTP/2 server) on 127.0.0.1. It answers
+/// `NAME` (or `NAME got N bytes` for a request with a body) with fields saying what the
+/// request came with: `x-proto` (HTTP/1.1, HTTP/2.0), `x-alpn`, `x-sni`, `x-client-serial`
+/// (`none` without a client certificate) and `x-conn` (the connection's number, from 1).
+struct TlsMember {
+    addr: SocketAddr,
+    counts: Arc<Counts>,
+    serving: Arc<Serving>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsMember {
+    /// Serves `leaf`; with `client_ca`, only to clients with a certificate it signed.
+    async fn start(name: &str, leaf: &Leaf, client_ca: Option<&Ca>) -> TlsMember {
+        let provider = kube_balancer::tls::provider();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions");
+        let builder = match client_ca {
+            Some(ca) => {
+                let bundle = kube_balancer::tls::upstream::load_ca(ca.pem.as_bytes()).expect("CA");
+                builder.with_client_cert_verifier(
+                    WebPkiClientVerifier::builder_with_provider(bundle.roots, provider)
+                        .build()
+                        .expect("verifier"),
+                )
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let serving = Arc::new(Serving(Mutex::new(certified(leaf))));
+        let mut config = builder.with_cert_resolver(serving.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let counts = Arc::new(Counts::default());
+        let (name, shared) = (name.to_owned(), counts.clone());
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, name, counts) = (acceptor.clone(), name.clone(), shared.clone());
+                connections.spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        counts.refused.fetch_add(1, SeqCst);
+                        return;
+                    };
+                    let number = counts.handshakes.fetch_add(1, SeqCst) + 1;
+                    let session = tls.get_ref().1;
+                    let seen = Arc::new(Seen {
+                        alpn: session
+                            .alpn_protocol()
+                            .map(|p| String::from_utf8_lossy(p).into_owned())
+                            .unwrap_or_else(|| "none".into()),
+                        sni: session.server_name().unwrap_or("none").to_owned(),
+                        client_serial: session
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| kube_balancer::tls::cert::describe(c).ok())
+                            .map(|i| i.serial)
+                            .unwrap_or_else(|| "none".into()),
+                        number,
+                    });
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (name, counts, seen) = (name.clone(), counts.clone(), seen.clone());
+                        async move {
+                            counts.requests.fetch_add(1, SeqCst);
+                            Ok::<_, hyper::Error>(answer(&name, &seen, req).await)
+                        }
+                    });
+                    // The client's certificate is checked after the handshake in TLS 1.3:
+                    // a refusal shows as a connection that ends before its first request.
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        TlsMember {
+            addr,
+            counts,
+            serving,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    fn serve(&self, leaf: &Leaf) {
+        *self.serving.0.lock().expect("lock") = certified(leaf);
+    }
+
+    fn handshakes(&self) -> usize {
+        self.counts.handshakes.load(SeqCst)
+    }
+
+    fn refused(&self) -> usize {
+        self.counts.refused.load(SeqCst)
+    }
+
+    fn requests(&self) -> usize {
+        self.counts.requests.load(SeqCst)
+    }
+}
+
+impl Drop for TlsMember {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What a member's connection came with.
+struct Seen {
+    alpn: String,
+    sni: String,
+    client_serial: String,
+    number: usize,
+}
+
+async fn answer(
+    name: &str,
+    seen: &Seen,
+    req: Request<Incoming>,
+) -> Response<crate::support::client::Body> {
+    let version = format!("{:?}", req.version());
+    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+    let text = match body {
+        Ok(bytes) if !bytes.is_empty() => format!("{name} got {} bytes", bytes.len()),
+        _ => name.to_owned(),
+    };
+    Response::builder()
+        .header("x-backend", name)
+        .header("x-proto", version)
+        .header("x-alpn", &seen.alpn)
+        .header("x-sni", &seen.sni)
+        .header("x-client-serial", &seen.client_serial)
+        .header("x-conn", seen.number.to_string())
+        .body(full(Bytes::from(text)))
+        .expect("an answer")
+}
+
+fn field(answer: &Answer, name: &str) -> String {
+    answer
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+// ---- the data plane ----------------------------------------------------------------------
+
+/// The data plane in standalone mode on a file of ours, in a folder that also holds the
+/// certificate files the file names.
+struct Site {
+    _folder: tempfile::TempDir,
+    dir: PathBuf,
+    plane: Arc<DataPlane>,
+    proxy: Proxy,
+    client: Client,
+}
+
+impl Site {
+    /// Writes `files` (name, content) and `balancer.yaml` (`yaml`) into a new folder and serves
+    /// it.
+    async fn start(yaml: &str, files: &[(&str, &str)]) -> Site {
+        let folder = tempfile::tempdir().expect("a folder");
+        let dir = folder.path().to_path_buf();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).expect("write");
+        }
+        let file = dir.join("balancer.yaml");
+        std::fs::write(&file, yaml).expect("write");
+        let plane = DataPlane::new();
+        kube_balancer::standalone::run(Some(file), plane.clone())
+            .await
+            .expect("the file loads");
+        let proxy = Proxy::serve(plane.clone(), |_| {});
+        Site {
+            _folder: folder,
+            dir,
+            plane,
+            proxy,
+            client: client(),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.proxy.addr
+    }
+
+    async fn get(&self, host: &str, path: &str) -> Answer {
+        let url = format!("http://{}{path}", self.addr());
+        send(&self.client, "GET", &url, &[("host", host)], "").await
+    }
+
+    async fn post(&self, host: &str, path: &str, body: &[u8]) -> Answer {
+        let url = format!("http://{}{path}", self.addr());
+        send(&self.client, "POST", &url, &[("host", host)], body).await
+    }
+
+    /// The client configuration the plane serves for cluster `name` now.
+    fn upstream(&self, name: &str) -> Option<Arc<kube_balancer::tls::Upstream>> {
+        self.plane
+            .snapshot_full()
+            .cluster("default", name)
+            .and_then(|c| c.upstream_tls.clone())
+    }
+}
+
+/// A BalancerCluster `name` routed by `host` (every request when empty), with `spec` lines
+/// (the spec's body, indented by two spaces).
+fn cluster(name: &str, host: &str, spec: &str) -> String {
+    let routes = match host {
+        "" => String::new(),
+        host => format!("  routes: [{{host: {host}}}]\n"),
+    };
+    format!(
+        "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {{name: {name}}}\n\
+         spec:\n{routes}{spec}"
+    )
+}
+
+const HOST: &str = "shop.test";
+
+// ---- the tests ------------------------------------------------------------------------------
+
+/// Requests with and without a body reach an `https://` member over TLS (ALPN http/1.1),
+/// verified against the CA file, all of them on one kept-alive member connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_member_gets_every_request_over_one_verified_connection() {
+    let ca = ca("Member CA");
+    let member = TlsMember::start("tls-a", &leaf(&ca, &["127.0.0.1"], 0x11), None).await;
+    let yaml = cluster(
+        "web",
+        HOST,
+        &format!(
+            "  members: [{{url: '{}'}}]\n  upstreamTLS: {{caFile: ca.pem}}\n",
+            member.url()
+        ),
+    );
+    let site = Site::start(&yaml, &[("ca.pem", &ca.pem)]).await;
+
+    for n in 0..30 {
+        let answer = site.get(HOST, &format!("/get/{n}")).await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "tls-a"),
+            "{answer:?}"
+        );
+        assert_eq!(field(&answer, "x-proto"), "HTTP/1.1");
+        assert_eq!(field(&answer, "x-alpn"), "http/1.1");
+        // No SNI for an IP address (RFC 6066); the certificate was checked for the address.
+        assert_eq!(field(&answer, "x-sni"), "none");
+    }
+    for _ in 0..5 {
+        let answer = site.post(HOST, "/upload", &[7u8; 1000]).await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "tls-a got 1000 bytes")
+        );
+        assert_eq!(field(&answer, "x-conn"), "1");
+    }
+    assert_eq!(
+        (member.handshakes(), member.refused(), member.requests()),
+        (1, 0, 35)
+    );
+    let row = &rows(&site.plane)[0];
+    assert_eq!((row.state.as_str(), row.elected), ("Ok", 35));
+}
+
+/// A TLS connection never serves a plain member at the same address, nor a cluster with
+/// another client configuration: each request's client certificate is its own cluster's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_plain_connections_and_two_clusters_configurations_never_mix() {
+    let server_ca = ca("Member CA");
+    let client_ca = ca("Client CA");
+    let member = TlsMember::start(
+        "tls-a",
+        &leaf(&server_ca, &["127.0.0.1"], 0x11),
+        Some(&client_ca),
+    )
+    .await;
+    let (x, y) = (
+        leaf(&client_ca, &["x.internal"], 0x2a),
+        leaf(&client_ca, &["y.internal"], 0x2b),
+    );
+    let plain = format!("http://{}", member.addr);
+    let yaml = [
+        cluster(
+            "x",
+            "x.test",
+            &format!(
+                "  members: [{{url: '{}'}}]\n  upstreamTLS: {{caFile: ca.pem, clientCertFile: x.crt, clientKeyFile: x.key}}\n",
+                member.url()
+            ),
+        ),
+        cluster(
+            "y",
+            "y.test",
+            &format!(
+                "  members: [{{url: '{}'}}]\n  upstreamTLS: {{caFile: ca.pem, clientCertFile: y.crt, clientKeyFile: y.key}}\n",
+                member.url()
+            ),
+        ),
+        cluster("plain", "plain.test", &format!("  members: [{{url: '{plain}'}}]\n")),
+    ]
+    .join("---\n");
+    let site = Site::start(
+        &yaml,
+        &[
+            ("ca.pem", &server_ca.pem),
+            ("x.crt", &x.chain),
+            ("x.key", &x.key),
+            ("y.crt", &y.chain),
+            ("y.key", &y.key),
+        ],
+    )
+    .await;
+
+    let x1 = site.get("x.test", "/").await;
+    assert_eq!(x1.status, 200, "{x1:?}");
+    assert_eq!(field(&x1, "x-client-serial"), "2a");
+    // A pooled TLS connection to this address exists now: the plain member must not get it.
+    let plain = site.get("plain.test", "/").await;
+    assert_eq!(plain.status, StatusCode::BAD_GATEWAY, "{plain:?}");
+    // Nor cluster y, whose client certificate is another.
+    let y1 = site.get("y.test", "/").await;
+    assert_eq!(y1.status, 200, "{y1:?}");
+    assert_eq!(field(&y1, "x-client-serial"), "2b");
+    // Each reuses its own.
+    let x2 = site.get("x.test", "/").await;
+    let y2 = site.get("y.test", "/").await;
+    assert_eq!(
+        [x2.status, y2.status],
+        [StatusCode::OK, StatusCode::OK],
+        "{x2:?} {y2:?}"
+    );
+    assert_eq!(
+        [field(&x2, "x-conn"), field(&y2, "x-conn")],
+        [field(&x1, "x-conn"), field(&y1, "x-conn")]
+    );
+    assert_eq!(
+        [field(&x2, "x-client-serial"), field(&y2, "x-client-serial")],
+        ["2a", "2b"]
+    );
+    // Two handshakes (x's and y's), and the plain request's bytes refused as no handshake.
+    assert_eq!(
+        (member.handshakes(), member.refused(), member.requests()),
+        (2, 1, 4)
+    );
+}
+
+/// A member whose certificate the CA file did not sign is refused before any request: 502, the
+/// member in error with the reason, nothing reached it; as is a member whose certificate does
+/// not name what is checked, until `serverName` names what it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ca_or_name_is_refused_before_a_request_and_server_name_overrides() {
+    let right = ca("Member CA");
+    let wrong = ca("Other CA");
+    let by_ip = TlsMember::start("by-ip", &leaf(&right, &["127.0.0.1"], 0x11), None).await;
+    let by_name = TlsMember::start(
+        "by-name",
+        &leaf(&right, &["backend.internal"], 0x12),
+        None,
+    )
+    .await;
+    let yaml = [
+        cluster(
+            "wrong",
+            "wrong.test",
+            &format!(
+                "  members: [{{url: '{}'}}]\n  upstreamTLS: {{caFile: wrong.pem}}\n",
+                by_ip.url()
+            ),
+        ),
+        cluster(
+            "unnamed",
+            "unnamed.test",
+            &format!(
+                "  members: [{{url: '{}'}}]\n  upstreamTLS: {{caFile: right.pem}}\n",
+                by_name.url()
+            ),
+        ),
+        cluster(
+            "named",
+            "named.test",
+            &format!(
+                "  members: [{{url: '{}'}}]\n  upstreamTLS: {{caFile: right.pem, serverName: backend.internal}}\n",
+                by_name.url()
+            ),
+        ),
+    ]
+    .join("---\n");
+    let site = Site::start(&yaml, &[("wrong.pem", &wrong.pem), ("right.pem", &right.pem)]).await;
+
+    let answer = site.get("wrong.test", "/").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
+    assert_eq!(
+        (by_ip.handshakes(), by_ip.requests()),
+        (0, 0),
+        "nothing reached the member"
+    );
+    wait::until("the refused handshake counted", wait::WAIT, || {
+        by_ip.refused() == 1
+    })
+    .await;
+    let row = kube_balancer::status::member_rows(
+        site.plane
+            .snapshot_full()
+            .cluster("default", "wrong")
+            .expect("served"),
+        kube_balancer::clock::now_ms(),
+    )
+    .remove(0);
+    assert_eq!(row.state, "Error");
+    let error = row.last_error.unwrap_or_default();
+    assert!(
+        error.contains("TLS handshake") && error.contains("UnknownIssuer"),
+        "{error}"
+    );
+
+    let answer = site.get("unnamed.test", "/").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
+    let answer = site.get("named.test", "/").await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (StatusCode::OK, "by-name")
+    );
+    assert_eq!(field(&answer, "x-sni"), "backend.internal");
+    assert_eq!((by_name.handshakes(), by_name.requests()), (1, 1));
+}
+
+/// A member that asks for a client certificate gets the configured one (and its requests go
+/// through), and refuses a cluster that has none (502, and no request reaches it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_works_with_the_client_certificate_and_fails_without() {
+    let server_ca = ca("Member CA");
+    let client_ca = ca("Client CA");
+    let member = TlsMember::start(
+        "mtls",
+        &leaf(&server_ca, &["127.0.0.1"], 0x11),
+        Some(&client_ca),
+    )
+    .await;
+    let client_leaf = leaf(&client_ca, &["balancer.internal"], 0x42);
+    let yaml = [
+        cluster(
+            "with",
+            "with.test",
+            &format!(
+                "  members: [{{url: '{}'}}]\n  upstreamTLS: {{caFile: ca.pem, clientCertFile: client.crt, clientKeyFile: client.key}}\n",
+                member.url()
+            ),
+        ),
+        cluster(
+            "without",
+            "without.test",
+            &format!(
+                "  members: [{{url: '{}'}}]\n  upstreamTLS: {{caFile: ca.pem}}\n",
+                member.url()
+            ),
+        ),
+    ]
+    .join("---\n");
+    let site = Site::start(
+        &yaml,
+        &[
+            ("ca.pem", &server_ca.pem),
+            ("client.crt", &client_leaf.chain),
+            ("client.key", &client_leaf.key),
+        ],
+    )
+    .await;
+
+    for _ in 0..3 {
+        let answer = site.get("with.test", "/").await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "mtls")
+        );
+        assert_eq!(field(&answer, "x-client-serial"), "42");
+    }
+    let answer = site.get("without.test", "/").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
+    wait::until("the refusal counted", wait::WAIT, || member.refused() == 1).await;
+    assert_eq!((member.handshakes(), member.requests()), (1, 3));
+}
+
+/// `insecureSkipVerify: true` reaches a member whose certificate nobody trusts and which names
+/// something else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_skip_verify_reaches_an_unverifiable_member() {
+    let nobody = ca("Nobody's CA");
+    let member = TlsMember::start("anything", &leaf(&nobody, &["elsewhere.example"], 0x11), None)
+        .await;
+    let yaml = cluster(
+        "web",
+        HOST,
+        &format!(
+            "  members: [{{url: '{}'}}]\n  upstreamTLS: {{insecureSkipVerify: true}}\n",
+            member.url()
+        ),
+    );
+    let site = Site::start(&yaml, &[]).await;
+    let answer = site.get(HOST, "/").await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (StatusCode::OK, "anything")
+    );
+    assert_eq!((member.handshakes(), member.requests()), (1, 1));
+}
+
+/// `protocol: h2`: requests reach the member as HTTP/2 streams over TLS (ALPN h2), many at
+/// once on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_members_get_http2_streams_over_tls_on_one_connection() {
+    let ca = ca("Member CA");
+    let member = TlsMember::start("h2", &leaf(&ca, &["127.0.0.1"], 0x11), None).await;
+    let yaml = cluster(
+        "web",
+        HOST,
+        &format!(
+            "  protocol: h2\n  members: [{{url: '{}'}}]\n  upstreamTLS: {{caFile: ca.pem}}\n",
+            member.url()
+        ),
+    );
+    let site = Site::start(&yaml, &[("ca.pem", &ca.pem)]).await;
+    let answers = futures_util::future::join_all((0..20).map(|n| {
+        let url = format!("http://{}/{n}", site.addr());
+        async move { send(&client(), "GET", &url, &[("host", HOST)], "").await }
+    }))
+    .await;
+    for answer in &answers {
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "h2"),
+            "{answer:?}"
+        );
+        assert_eq!(field(answer, "x-proto"), "HTTP/2.0");
+        assert_eq!(field(answer, "x-alpn"), "h2");
+    }
+    let post = site.post(HOST, "/upload", &[1u8; 5000]).await;
+    assert_eq!(post.body, "h2 got 5000 bytes");
+    assert_eq!((member.handshakes(), member.requests()), (1, 21));
+}
+
+/// gRPC over TLS to a real grpc-go server (which insists on ALPN h2): unary and server
+/// streaming calls through the proxy, with exact message counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_reach_a_grpc_go_member_over_tls() {
+    let ca = ca("Member CA");
+    let leaf = leaf(&ca, &["127.0.0.1"], 0x11);
+    let folder = tempfile::tempdir().expect("folder");
+    let (cert, key) = (folder.path().join("peer.crt"), folder.path().join("peer.key"));
+    std::fs::write(&cert, &leaf.chain).expect("write");
+    std::fs::write(&key, &leaf.key).expect("write");
+    let peer = super::grpc::Server::start_with(
+        "grpc-tls",
+        &[
+            "-cert",
+            cert.to_str().expect("UTF-8"),
+            "-key",
+            key.to_str().expect("UTF-8"),
+        ],
+    );
+    let yaml = cluster(
+        "web",
+        "",
+        &format!(
+            "  protocol: h2\n  members: [{{url: 'https://{}'}}]\n  upstreamTLS: {{caFile: ca.pem}}\n",
+            peer.addr
+        ),
+    );
+    let site = Site::start(&yaml, &[("ca.pem", &ca.pem)]).await;
+    let to = site.addr();
+    let calls = tokio::task::spawn_blocking(move || {
+        let unary: Vec<_> = (0..3)
+            .map(|_| super::grpc::call(to, &["-kind", "unary", "-size", "100"]))
+            .collect();
+        let server = super::grpc::call(to, &["-kind", "server", "-count", "25", "-size", "1000"]);
+        (unary, server)
+    })
+    .await
+    .expect("calls");
+    for call in &calls.0 {
+        assert_eq!((call.code, call.messages), (0, 1), "{call:?}");
+        assert_eq!(call.backend, "grpc-tls");
+    }
+    assert_eq!((calls.1.code, calls.1.messages), (0, 25), "{:?}", calls.1);
+    // The member writes its lines before it answers; they are read on a thread of their own.
+    wait::until("the member's calls counted", wait::WAIT, || {
+        peer.events("event UnaryCall ok") == 3 && peer.events("event StreamingOutputCall ok") == 1
+    })
+    .await;
+}
+
+/// Standalone mode watches the CA and client certificate files: a rotated one is used by the
+/// next new connection within 2 s, without a restart, while the configuration before keeps
+/// serving until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_ca_and_client_certificate_files_are_picked_up() {
+    let (old_ca, new_ca) = (ca("Member CA 1"), ca("Member CA 2"));
+    let client_ca = ca("Client CA");
+    let member = TlsMember::start(
+        "rotating",
+        &leaf(&old_ca, &["127.0.0.1"], 0x11),
+        Some(&client_ca),
+    )
+    .await;
+    let first = leaf(&client_ca, &["balancer.internal"], 0x31);
+    let yaml = cluster(
+        "web",
+        HOST,
+        &format!(
+            "  members: [{{url: '{}'}}]\n  upstreamTLS: {{caFile: ca.pem, clientCertFile: client.crt, clientKeyFile: client.key}}\n",
+            member.url()
+        ),
+    );
+    let site = Site::start(
+        &yaml,
+        &[
+            ("ca.pem", &old_ca.pem),
+            ("client.crt", &first.chain),
+            ("client.key", &first.key),
+        ],
+    )
+    .await;
+    let answer = site.get(HOST, "/").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(field(&answer, "x-client-serial"), "31");
+
+    // The member renews its certificate with another CA; the CA file follows.
+    member.serve(&leaf(&new_ca, &["127.0.0.1"], 0x12));
+    let before = site.upstream("web").expect("configured");
+    let written = Instant::now();
+    replace(&site.dir.join("ca.pem"), &new_ca.pem);
+    wait::until("the new CA file served", wait::WAIT, || {
+        site.upstream("web")
+            .is_some_and(|now| !Arc::ptr_eq(&now, &before))
+    })
+    .await;
+    let took = written.elapsed();
+    assert!(took < Duration::from_secs(2), "the CA file took {took:?}");
+    let answer = site.get(HOST, "/").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(
+        field(&answer, "x-conn"),
+        "2",
+        "a new connection, verified with the new CA"
+    );
+
+    // The client certificate is renewed: key first, then the certificate, as a renewal tool
+    // may write them; the pair is used once it matches again.
+    let second = leaf(&client_ca, &["balancer.internal"], 0x32);
+    let before = site.upstream("web").expect("configured");
+    let written = Instant::now();
+    replace(&site.dir.join("client.key"), &second.key);
+    replace(&site.dir.join("client.crt"), &second.chain);
+    let seen = wait::until_some("the new client certificate presented", wait::WAIT, || async {
+        let now = site.upstream("web")?;
+        if Arc::ptr_eq(&now, &before) {
+            return None;
+        }
+        let answer = site.get(HOST, "/").await;
+        (field(&answer, "x-client-serial") == "32").then_some(answer)
+    })
+    .await;
+    assert!(
+        written.elapsed() < Duration::from_secs(2),
+        "the client certificate took {:?}",
+        written.elapsed()
+    );
+    assert_eq!(seen.status, 200);
+    // Every request was answered; none failed on the way.
+    assert_eq!(member.requests(), rows(&site.plane)[0].elected as usize);
+}
+
+/// OpenSSL's side: nginx (from Debian) as an HTTPS member asking for a client certificate,
+/// in HTTP/1.1 and in HTTP/2 (ALPN h2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_as_an_https_member_with_mutual_tls_in_http1_and_h2() {
+    let server_ca = ca("Member CA");
+    let client_ca = ca("Client CA");
+    let server = leaf(&server_ca, &["backend.internal"], 0x11);
+    let client_leaf = leaf(&client_ca, &["balancer.internal"], 0x42);
+    let nginx = Nginx::start(&server, &client_ca);
+    let spec = |protocol: &str, client: bool| {
+        let client = if client {
+            ", clientCertFile: client.crt, clientKeyFile: client.key"
+        } else {
+            ""
+        };
+        format!(
+            "  protocol: {protocol}\n  members: [{{url: 'https://{}'}}]\n  upstreamTLS: {{caFile: ca.pem, serverName: backend.internal{client}}}\n",
+            nginx.addr
+        )
+    };
+    let yaml = [
+        cluster("h1", "h1.test", &spec("http1", true)),
+        cluster("h2", "h2.test", &spec("h2", true)),
+        cluster("none", "none.test", &spec("http1", false)),
+    ]
+    .join("---\n");
+    let site = Site::start(
+        &yaml,
+        &[
+            ("ca.pem", &server_ca.pem),
+            ("client.crt", &client_leaf.chain),
+            ("client.key", &client_leaf.key),
+        ],
+    )
+    .await;
+    for (host, protocol) in [("h1.test", "HTTP/1.1"), ("h2.test", "HTTP/2.0")] {
+        for _ in 0..3 {
+            let answer = site.get(host, "/who").await;
+            assert_eq!(answer.status, 200, "{host}: {answer:?}");
+            assert_eq!(answer.body, format!("{protocol} 42 backend.internal\n"));
+        }
+    }
+    // nginx answers a client without a certificate 400 itself ("No required SSL certificate
+    // was sent"), as it does for browsers.
+    let answer = site.get("none.test", "/who").await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{answer:?}");
+}
+
+/// nginx serving HTTPS (HTTP/1.1 and HTTP/2) with one worker, asking for a client certificate;
+/// `/who` answers `PROTOCOL CLIENT-SERIAL SNI`. Stopped when dropped.
+struct Nginx {
+    addr: SocketAddr,
+    child: std::process::Child,
+    _folder: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(server: &Leaf, client_ca: &Ca) -> Nginx {
+        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("nginx is installed (scripts/test-deps.sh installs Debian's)");
+        let folder = tempfile::tempdir().expect("folder");
+        let dir = folder.path();
+        std::fs::write(dir.join("server.crt"), &server.chain).expect("write");
+        std::fs::write(dir.join("server.key"), &server.key).expect("write");
+        std::fs::write(dir.join("client-ca.pem"), &client_ca.pem).expect("write");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+             server {{\n    listen 127.0.0.1:{port} ssl http2;\n    \
+             ssl_certificate {d}/server.crt;\n    ssl_certificate_key {d}/server.key;\n    \
+             ssl_client_certificate {d}/client-ca.pem;\n    ssl_verify_client on;\n    \
+             location /who {{ default_type text/plain; return 200 \"$server_protocol $ssl_client_serial $ssl_server_name\\n\"; }}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("write");
+        let child = std::process::Command::new(binary)
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < wait::WAIT,
+                "nginx did not listen on {addr}: {}",
+                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Nginx {
+            addr,
+            child,
+            _folder: folder,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
