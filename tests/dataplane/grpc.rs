@@ -173,9 +173,9 @@ pub(super) struct Call {
     pub(super) code: u32,
     pub(super) messages: usize,
     pub(super) backend: String,
-    trailer: String,
-    message: String,
-    lines: Vec<String>,
+    pub(super) trailer: String,
+    pub(super) message: String,
+    pub(super) lines: Vec<String>,
 }
 
 fn parse_done(lines: Vec<String>) -> Call {

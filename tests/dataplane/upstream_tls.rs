@@ -27,6 +27,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 
 use crate::support::client::{Answer, Client, client, full, send};
+use crate::support::process::Process;
 use crate::support::proxy::{Proxy, rows};
 use crate::support::wait;
 
@@ -474,12 +475,8 @@ async fn a_wrong_ca_or_name_is_refused_before_a_request_and_server_name_override
     let right = ca("Member CA");
     let wrong = ca("Other CA");
     let by_ip = TlsMember::start("by-ip", &leaf(&right, &["127.0.0.1"], 0x11), None).await;
-    let by_name = TlsMember::start(
-        "by-name",
-        &leaf(&right, &["backend.internal"], 0x12),
-        None,
-    )
-    .await;
+    let by_name =
+        TlsMember::start("by-name", &leaf(&right, &["backend.internal"], 0x12), None).await;
     let yaml = [
         cluster(
             "wrong",
@@ -507,7 +504,11 @@ async fn a_wrong_ca_or_name_is_refused_before_a_request_and_server_name_override
         ),
     ]
     .join("---\n");
-    let site = Site::start(&yaml, &[("wrong.pem", &wrong.pem), ("right.pem", &right.pem)]).await;
+    let site = Site::start(
+        &yaml,
+        &[("wrong.pem", &wrong.pem), ("right.pem", &right.pem)],
+    )
+    .await;
 
     let answer = site.get("wrong.test", "/").await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
@@ -607,8 +608,12 @@ async fn mutual_tls_works_with_the_client_certificate_and_fails_without() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insecure_skip_verify_reaches_an_unverifiable_member() {
     let nobody = ca("Nobody's CA");
-    let member = TlsMember::start("anything", &leaf(&nobody, &["elsewhere.example"], 0x11), None)
-        .await;
+    let member = TlsMember::start(
+        "anything",
+        &leaf(&nobody, &["elsewhere.example"], 0x11),
+        None,
+    )
+    .await;
     let yaml = cluster(
         "web",
         HOST,
@@ -660,14 +665,18 @@ async fn h2_members_get_http2_streams_over_tls_on_one_connection() {
     assert_eq!((member.handshakes(), member.requests()), (1, 21));
 }
 
-/// gRPC over TLS to a real grpc-go server (which insists on ALPN h2): unary and server
-/// streaming calls through the proxy, with exact message counts.
+/// gRPC over TLS to a real grpc-go server (which insists on ALPN h2): the four kinds of call
+/// through the proxy, with exact message counts, the member's trailer, and a status the member
+/// ends a call with (in its trailers) reaching the client, message and all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_reach_a_grpc_go_member_over_tls() {
     let ca = ca("Member CA");
     let leaf = leaf(&ca, &["127.0.0.1"], 0x11);
     let folder = tempfile::tempdir().expect("folder");
-    let (cert, key) = (folder.path().join("peer.crt"), folder.path().join("peer.key"));
+    let (cert, key) = (
+        folder.path().join("peer.crt"),
+        folder.path().join("peer.key"),
+    );
     std::fs::write(&cert, &leaf.chain).expect("write");
     std::fs::write(&key, &leaf.key).expect("write");
     let peer = super::grpc::Server::start_with(
@@ -690,22 +699,44 @@ async fn grpc_calls_reach_a_grpc_go_member_over_tls() {
     let site = Site::start(&yaml, &[("ca.pem", &ca.pem)]).await;
     let to = site.addr();
     let calls = tokio::task::spawn_blocking(move || {
+        use super::grpc::call;
         let unary: Vec<_> = (0..3)
-            .map(|_| super::grpc::call(to, &["-kind", "unary", "-size", "100"]))
+            .map(|_| call(to, &["-kind", "unary", "-size", "100"]))
             .collect();
-        let server = super::grpc::call(to, &["-kind", "server", "-count", "25", "-size", "1000"]);
-        (unary, server)
+        let server = call(to, &["-kind", "server", "-count", "25", "-size", "1000"]);
+        let client = call(to, &["-kind", "client", "-count", "17", "-size", "300"]);
+        let bidi = call(to, &["-kind", "bidi", "-count", "12", "-size", "50"]);
+        let refused = call(
+            to,
+            &["-kind", "unary", "-code", "5", "-message", "no such thing"],
+        );
+        (unary, server, client, bidi, refused)
     })
     .await
     .expect("calls");
-    for call in &calls.0 {
+    let (unary, server, client, bidi, refused) = calls;
+    for call in &unary {
         assert_eq!((call.code, call.messages), (0, 1), "{call:?}");
         assert_eq!(call.backend, "grpc-tls");
+        assert_eq!(call.trailer, "grpc-tls", "the trailer came from the member");
     }
-    assert_eq!((calls.1.code, calls.1.messages), (0, 25), "{:?}", calls.1);
+    assert_eq!((server.code, server.messages), (0, 25), "{server:?}");
+    assert_eq!((client.code, client.messages), (0, 1), "{client:?}");
+    assert!(
+        client.lines.contains(&"aggregated 5100".to_owned()),
+        "17 messages of 300 bytes reached the member: {client:?}"
+    );
+    assert_eq!((bidi.code, bidi.messages), (0, 12), "{bidi:?}");
+    assert_eq!(
+        (refused.code, refused.message.as_str()),
+        (5, "no such thing")
+    );
     // The member writes its lines before it answers; they are read on a thread of their own.
     wait::until("the member's calls counted", wait::WAIT, || {
-        peer.events("event UnaryCall ok") == 3 && peer.events("event StreamingOutputCall ok") == 1
+        peer.events("event UnaryCall ok") == 3
+            && peer.events("event StreamingOutputCall ok") == 1
+            && peer.events("event StreamingInputCall ok") == 1
+            && peer.events("event FullDuplexCall ok") == 1
     })
     .await;
 }
@@ -772,14 +803,18 @@ async fn rotated_ca_and_client_certificate_files_are_picked_up() {
     let written = Instant::now();
     replace(&site.dir.join("client.key"), &second.key);
     replace(&site.dir.join("client.crt"), &second.chain);
-    let seen = wait::until_some("the new client certificate presented", wait::WAIT, || async {
-        let now = site.upstream("web")?;
-        if Arc::ptr_eq(&now, &before) {
-            return None;
-        }
-        let answer = site.get(HOST, "/").await;
-        (field(&answer, "x-client-serial") == "32").then_some(answer)
-    })
+    let seen = wait::until_some(
+        "the new client certificate presented",
+        wait::WAIT,
+        || async {
+            let now = site.upstream("web")?;
+            if Arc::ptr_eq(&now, &before) {
+                return None;
+            }
+            let answer = site.get(HOST, "/").await;
+            (field(&answer, "x-client-serial") == "32").then_some(answer)
+        },
+    )
     .await;
     assert!(
         written.elapsed() < Duration::from_secs(2),
@@ -908,4 +943,88 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The binary as an operator runs it: a member whose certificate the CA file did not sign
+/// gets the client a 502 and a warning naming the cluster, the member and the reason; it counts
+/// against the member (in error, so the next requests go to the other member, whose
+/// certificate is good, without trying it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_certificate_is_logged_with_the_member_and_the_reason() {
+    let right = ca("Member CA");
+    let wrong = ca("Other CA");
+    let bad = TlsMember::start("bad", &leaf(&wrong, &["127.0.0.1"], 0x11), None).await;
+    let good = TlsMember::start("good", &leaf(&right, &["127.0.0.1"], 0x12), None).await;
+    let folder = tempfile::tempdir().expect("folder");
+    std::fs::write(folder.path().join("ca.pem"), &right.pem).expect("write");
+    let yaml = [
+        cluster(
+            "alone",
+            "alone.test",
+            &format!(
+                "  members: [{{url: '{}'}}]\n  upstreamTLS: {{caFile: ca.pem}}\n",
+                bad.url()
+            ),
+        ),
+        cluster(
+            "pair",
+            "pair.test",
+            &format!(
+                "  lbMethod: byrequests\n  members: [{{url: '{}'}}, {{url: '{}'}}]\n  upstreamTLS: {{caFile: ca.pem}}\n",
+                bad.url(),
+                good.url()
+            ),
+        ),
+    ]
+    .join("---\n");
+    let file = folder.path().join("balancer.yaml");
+    std::fs::write(&file, yaml).expect("write");
+    let balancer = Process::start(
+        "kube-balancer",
+        &[
+            "standalone",
+            "-f",
+            file.to_str().expect("a UTF-8 path"),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ],
+        &[],
+    );
+    let proxy = balancer.address_in("data plane listening").await;
+    let client = client();
+    let url = format!("http://{proxy}/");
+
+    let answer = send(&client, "GET", &url, &[("host", "alone.test")], "").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
+    let line = balancer.line_with("502 Bad Gateway").await;
+    for needed in [
+        "default/alone",
+        &bad.addr.to_string(),
+        "TLS handshake",
+        "UnknownIssuer",
+    ] {
+        assert!(line.contains(needed), "{needed:?} in {line:?}");
+    }
+    assert_eq!((bad.handshakes(), bad.requests()), (0, 0));
+
+    // In the pair, the bad member is tried first (byrequests, first in the list), fails its
+    // handshake, and the request goes to the good one; from then on the bad one is in error
+    // and not tried.
+    for n in 0..4 {
+        let answer = send(&client, "GET", &url, &[("host", "pair.test")], "").await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "good"),
+            "request {n}: {answer:?}"
+        );
+    }
+    assert_eq!((good.requests(), bad.requests()), (4, 0));
+    wait::until("both refused handshakes counted", wait::WAIT, || {
+        bad.refused() == 2
+    })
+    .await;
 }
