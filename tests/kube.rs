@@ -21,4 +21,5 @@ mod kube {
     mod plugin;
     mod telemetry;
     mod tls_controller;
+    mod upstream_tls;
 }
