@@ -353,6 +353,17 @@ async fn mutual_tls_works_with_the_client_certificate_and_fails_without() {
     }
     let answer = site.get("without.test", "/").await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
+    let row = kube_balancer::status::member_rows(
+        site.plane
+            .snapshot_full()
+            .cluster("default", "without")
+            .expect("served"),
+        kube_balancer::clock::now_ms(),
+    )
+    .remove(0);
+    // TLS 1.3: the member refuses after the handshake, with an alert that names why.
+    let error = row.last_error.unwrap_or_default();
+    assert!(error.contains("CertificateRequired"), "{error}");
     wait::until("the refusal counted", wait::WAIT, || member.refused() == 1).await;
     assert_eq!((member.handshakes(), member.requests()), (1, 3));
 }

@@ -77,7 +77,10 @@ pub async fn exchange(
                 Some(_) => Stage::Unsent,
                 None => stage_of(e.error()),
             };
-            let mut failure = Failure::new(format!("request: {}", e.error()), stage);
+            let mut failure = Failure::new(
+                format!("request: {}", super::hyper::described(e.error())),
+                stage,
+            );
             failure.unsent = unsent;
             Err(failure)
         }

@@ -85,11 +85,21 @@ async fn await_response(
                 Some(_) => Stage::Unsent,
                 None => stage_of(e.error()),
             };
-            let mut failure = Failure::new(format!("request: {}", e.error()), stage);
+            let mut failure = Failure::new(format!("request: {}", described(e.error())), stage);
             failure.unsent = unsent.map(Box::new);
             Err(failure)
         }
         None => Err(Failure::timed_out()),
+    }
+}
+
+/// hyper's error with what caused it on the connection, when that says more: `connection
+/// error: received fatal alert: CertificateRequired` (a member refusing a connection without a
+/// client certificate, which TLS 1.3 tells after the handshake) rather than `connection error`.
+pub(super) fn described(e: &hyper::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(io) if io.is::<std::io::Error>() => format!("{e}: {io}"),
+        _ => e.to_string(),
     }
 }
 
