@@ -135,7 +135,7 @@ impl Server {
     }
 
     /// Sets what its health service answers for `service` ("-": the server as a whole).
-    fn set_health(&mut self, service: &str, status: &str) {
+    pub(super) fn set_health(&mut self, service: &str, status: &str) {
         let stdin = self.stdin.as_mut().expect("stdin");
         writeln!(stdin, "health {service} {status}").expect("tell the peer");
         stdin.flush().expect("flush");

@@ -793,3 +793,107 @@ async fn a_refused_certificate_is_logged_with_the_member_and_the_reason() {
     })
     .await;
 }
+
+/// The state and last error of member `index` of cluster `name`.
+fn member_state(site: &Site, name: &str, index: usize) -> (String, String) {
+    let row = kube_balancer::status::member_rows(
+        site.plane
+            .snapshot_full()
+            .cluster("default", name)
+            .expect("served"),
+        kube_balancer::clock::now_ms(),
+    )
+    .remove(index);
+    (row.state, row.last_error.unwrap_or_default())
+}
+
+/// Active health checks of `https://` members go over TLS, verified as requests are: a member
+/// with a good certificate passes (its checks arrive as HTTPS requests), one whose certificate
+/// the CA did not sign is taken out, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_health_checks_of_https_members_go_over_verified_tls() {
+    let right = ca("Member CA");
+    let wrong = ca("Other CA");
+    let good = TlsMember::start("good", &leaf(&right, &["127.0.0.1"], 0x11), None).await;
+    let bad = TlsMember::start("bad", &leaf(&wrong, &["127.0.0.1"], 0x12), None).await;
+    let yaml = cluster(
+        "web",
+        HOST,
+        &format!(
+            "  members: [{{url: '{}'}}, {{url: '{}'}}]\n  upstreamTLS: {{caFile: ca.pem}}\n  healthCheck: {{path: /health, interval: 100ms}}\n",
+            good.url(),
+            bad.url()
+        ),
+    );
+    let site = Site::start(&yaml, &[("ca.pem", &right.pem)]).await;
+    wait::until("the bad member taken out", wait::WAIT, || {
+        member_state(&site, "web", 1).0 == "HealthCheckFailed"
+    })
+    .await;
+    let (_, error) = member_state(&site, "web", 1);
+    assert!(
+        error.contains("health check: TLS handshake") && error.contains("UnknownIssuer"),
+        "{error}"
+    );
+    wait::until("three checks of the good member", wait::WAIT, || {
+        good.requests() >= 3
+    })
+    .await;
+    assert_eq!(member_state(&site, "web", 0).0, "Ok");
+    assert_eq!(bad.requests(), 0, "nothing reached the bad member");
+    for _ in 0..4 {
+        let answer = site.get(HOST, "/").await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "good")
+        );
+    }
+}
+
+/// `healthCheck.method: GRPC` to a grpc-go member over TLS (h2, ALPN `h2`): NOT_SERVING takes
+/// it out, SERVING brings it back (a failed handshake would take it out for good, saying so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_checks_reach_a_grpc_go_member_over_tls() {
+    let ca = ca("Member CA");
+    let leaf = leaf(&ca, &["127.0.0.1"], 0x11);
+    let folder = tempfile::tempdir().expect("folder");
+    let (cert, key) = (
+        folder.path().join("peer.crt"),
+        folder.path().join("peer.key"),
+    );
+    std::fs::write(&cert, &leaf.chain).expect("write");
+    std::fs::write(&key, &leaf.key).expect("write");
+    let mut peer = super::grpc::Server::start_with(
+        "grpc-tls",
+        &[
+            "-cert",
+            cert.to_str().expect("UTF-8"),
+            "-key",
+            key.to_str().expect("UTF-8"),
+        ],
+    );
+    let service = "grpc.testing.TestService";
+    peer.set_health(service, "SERVING");
+    let yaml = cluster(
+        "web",
+        "",
+        &format!(
+            "  protocol: h2\n  members: [{{url: 'https://{}'}}]\n  upstreamTLS: {{caFile: ca.pem}}\n  healthCheck: {{method: GRPC, grpcService: {service}, interval: 100ms, timeout: 1s}}\n",
+            peer.addr
+        ),
+    );
+    let site = Site::start(&yaml, &[("ca.pem", &ca.pem)]).await;
+    // Its answer (not a failed handshake) takes it out: the check reached it over TLS.
+    peer.set_health(service, "NOT_SERVING");
+    wait::until("taken out", wait::WAIT, || {
+        member_state(&site, "web", 0).0 == "HealthCheckFailed"
+    })
+    .await;
+    let (_, error) = member_state(&site, "web", 0);
+    assert!(error.contains("NOT_SERVING"), "{error}");
+    peer.set_health(service, "SERVING");
+    wait::until("back", wait::WAIT, || {
+        member_state(&site, "web", 0).0 == "Ok"
+    })
+    .await;
+}
