@@ -897,3 +897,41 @@ async fn grpc_health_checks_reach_a_grpc_go_member_over_tls() {
     })
     .await;
 }
+
+/// A reconnection resumes the TLS session (an abbreviated handshake): the member closed the
+/// first connection after its answer, and the next request's connection is a resumed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_to_a_member_resumes_its_tls_session() {
+    let ca = ca("Member CA");
+    let member = TlsMember::start("tls-a", &leaf(&ca, &["127.0.0.1"], 0x11), None).await;
+    let yaml = cluster(
+        "web",
+        HOST,
+        &format!(
+            "  members: [{{url: '{}'}}]\n  upstreamTLS: {{caFile: ca.pem}}\n",
+            member.url()
+        ),
+    );
+    let site = Site::start(&yaml, &[("ca.pem", &ca.pem)]).await;
+    let first = site.get(HOST, "/close").await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    assert_eq!(
+        (
+            field(&first, "x-conn").as_str(),
+            field(&first, "x-resumed").as_str()
+        ),
+        ("1", "no")
+    );
+    // The member's close reaches the pooled connection a moment after the answer; a request
+    // sent on it meanwhile is sent again on a new connection.
+    let next = site.get(HOST, "/").await;
+    assert_eq!(next.status, StatusCode::OK, "{next:?}");
+    assert_eq!(
+        (
+            field(&next, "x-conn").as_str(),
+            field(&next, "x-resumed").as_str()
+        ),
+        ("2", "yes")
+    );
+    assert_eq!(member.handshakes(), 2);
+}

@@ -106,7 +106,9 @@ impl ResolvesServerCert for Serving {
 /// A real HTTPS server (rustls, hyper's HTTP/1.1 and HTTP/2 server) on 127.0.0.1. It answers
 /// `NAME` (or `NAME got N bytes` for a request with a body) with fields saying what the
 /// request came with: `x-proto` (HTTP/1.1, HTTP/2.0), `x-alpn`, `x-sni`, `x-client-serial`
-/// (`none` without a client certificate) and `x-conn` (the connection's number, from 1).
+/// (`none` without a client certificate), `x-conn` (the connection's number, from 1) and
+/// `x-resumed` (`yes` when the connection's handshake resumed a TLS session). On `/close` it
+/// closes the connection after its answer.
 pub struct TlsMember {
     pub addr: SocketAddr,
     counts: Arc<Counts>,
@@ -167,6 +169,7 @@ impl TlsMember {
                             .map(|i| i.serial)
                             .unwrap_or_else(|| "none".into()),
                         number,
+                        resumed: session.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
                     });
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (name, counts, seen) = (name.clone(), counts.clone(), seen.clone());
@@ -224,22 +227,30 @@ struct Seen {
     pub sni: String,
     pub client_serial: String,
     pub number: usize,
+    pub resumed: bool,
 }
 
 async fn answer(name: &str, seen: &Seen, req: Request<Incoming>) -> Response<super::client::Body> {
     let version = format!("{:?}", req.version());
+    let close = req.uri().path() == "/close";
     let body = req.into_body().collect().await.map(|b| b.to_bytes());
     let text = match body {
         Ok(bytes) if !bytes.is_empty() => format!("{name} got {} bytes", bytes.len()),
         _ => name.to_owned(),
     };
-    Response::builder()
+    let builder = if close {
+        Response::builder().header("connection", "close")
+    } else {
+        Response::builder()
+    };
+    builder
         .header("x-backend", name)
         .header("x-proto", version)
         .header("x-alpn", &seen.alpn)
         .header("x-sni", &seen.sni)
         .header("x-client-serial", &seen.client_serial)
         .header("x-conn", seen.number.to_string())
+        .header("x-resumed", if seen.resumed { "yes" } else { "no" })
         .body(full(Bytes::from(text)))
         .expect("an answer")
 }
