@@ -14,8 +14,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use super::body::{Answer, RequestBody};
+use super::connect::{self, Opened};
 use super::exchange::{Exchanged, Failure, Held, Stage, within};
-use super::pool::{self, ConnectError, H2Conn, Member, Opened};
+use super::pool::{ConnectError, H2Conn, Member};
 use crate::discovery::ClusterConfig;
 use crate::proxy::deadline::Deadline;
 
@@ -44,7 +45,7 @@ pub async fn exchange(
     let policy = &config.policy;
     let (stream, new) = key.checkout_h2(policy.max_concurrent_streams, config.idle_timeout, now);
     if new {
-        let connecting = pool::open_for(key, config.connect_timeout, true);
+        let connecting = connect::open_for(key, config.connect_timeout, true);
         tokio::task::spawn_local(open(
             stream.conn().clone(),
             Rc::from(key.authority()),

@@ -8,8 +8,9 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 use super::body::{Answer, RequestBody};
+use super::connect::{Opened, open_for};
 use super::exchange::{Connected, Exchanged, Failure, Held, Replay, Stage, within};
-use super::pool::{self, ConnectError, Member, Opened, Sender};
+use super::pool::{ConnectError, Member, Sender};
 use crate::discovery::ClusterConfig;
 use crate::proxy::deadline::Deadline;
 use crate::proxy::http1::client::idempotent;
@@ -120,7 +121,7 @@ fn stage_of(e: &hyper::Error) -> Stage {
 /// Opens a new connection to a member (over TLS for an `https://` one); its driver runs as a
 /// task on this worker.
 async fn connect(key: &Member, timeout: std::time::Duration) -> Result<Sender, ConnectError> {
-    match pool::open_for(key, timeout, false).await? {
+    match open_for(key, timeout, false).await? {
         Opened::Plain(stream) => handshake(stream, true).await,
         // Flattened rather than vectored: rustls makes one record of each write.
         Opened::Tls(stream) => handshake(stream, false).await,

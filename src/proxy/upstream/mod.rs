@@ -8,6 +8,7 @@
 //! member's HTTP/1 requests go through hyper's.
 
 pub mod body;
+mod connect;
 pub mod exchange;
 mod h2;
 mod hyper;

@@ -19,7 +19,6 @@ use hyper::client::conn::{http1, http2};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_rustls::client::TlsStream;
 
 use super::body::RequestBody;
 use crate::proxy::http1::conn::Conn;
@@ -294,6 +293,11 @@ impl Member {
         &self.authority
     }
 
+    /// For an `https://` member, the client configuration its connections are made with.
+    pub fn tls(&self) -> Option<&Weak<tls::Upstream>> {
+        self.tls.as_ref()
+    }
+
     /// An idle connection that is still open and younger than `max_idle` at `now`.
     pub async fn checkout(&self, max_idle: Duration, now: Instant) -> Option<Sender> {
         loop {
@@ -364,40 +368,6 @@ pub async fn open(authority: &str, timeout: Duration) -> Result<TcpStream, Conne
         .map_err(|_| ConnectError::Timeout(timeout))??;
     stream.set_nodelay(true)?;
     Ok(stream)
-}
-
-/// A new connection to a member: plain TCP, or TLS for an `https://` member.
-pub enum Opened {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-/// Opens a connection to `member`: TCP, then for an `https://` member the TLS handshake,
-/// offering ALPN `h2` when `h2`, else `http/1.1`. Both within `timeout` (as nginx's
-/// `proxy_connect_timeout` covers its handshake). A failed handshake is the member's (or its
-/// configuration's) failure, like a refused connection.
-/// Owns what it needs, so that it can run as a task of its own (an HTTP/2 connection's).
-pub fn open_for(
-    member: &Member,
-    timeout: Duration,
-    h2: bool,
-) -> impl Future<Output = Result<Opened, ConnectError>> + 'static {
-    let authority = member.authority.clone();
-    let tls = member.tls.clone();
-    async move {
-        let Some(tls) = tls else {
-            return Ok(Opened::Plain(open(&authority, timeout).await?));
-        };
-        let upstream = tls.upgrade().ok_or(ConnectError::NoTlsConfig)?;
-        let started = Instant::now();
-        let tcp = open(&authority, timeout).await?;
-        let left = timeout.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, upstream.connect(tcp, &authority, h2)).await {
-            Ok(Ok(stream)) => Ok(Opened::Tls(Box::new(stream))),
-            Ok(Err(e)) => Err(ConnectError::Tls(e)),
-            Err(_) => Err(ConnectError::TlsTimeout(timeout)),
-        }
-    }
 }
 
 #[cfg(test)]
