@@ -21,6 +21,7 @@ mod dataplane {
     mod observability;
     mod proxy;
     mod proxy_protocol;
+    mod routes;
     mod sticky;
     mod tls_proxy;
     mod upstream;
