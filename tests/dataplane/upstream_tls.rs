@@ -935,3 +935,76 @@ async fn a_new_connection_to_a_member_resumes_its_tls_session() {
     );
     assert_eq!(member.handshakes(), 2);
 }
+
+/// A WebSocket through the proxy to an `https://` member: the Upgrade goes in HTTP/1.1 over a
+/// verified TLS connection (wss to the member), and messages go both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_reaches_an_https_member_over_tls() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let ca = ca("Member CA");
+    let served = leaf(&ca, &["127.0.0.1"], 0x11);
+    let config = rustls::ServerConfig::builder_with_provider(kube_balancer::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(One(crate::support::tls::certified(&served))));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let echo = tokio::spawn(async move {
+        // One connection: the TLS handshake, the WebSocket handshake, then echo.
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let tls = acceptor.accept(tcp).await.expect("TLS handshake");
+        let mut ws = tokio_tungstenite::accept_async(tls)
+            .await
+            .expect("WebSocket handshake");
+        let mut echoed = 0;
+        while let Some(Ok(message)) = ws.next().await {
+            if message.is_text() {
+                ws.send(message).await.expect("echo");
+                echoed += 1;
+            }
+        }
+        echoed
+    });
+    let yaml = cluster(
+        "web",
+        "",
+        &format!("  members: [{{url: 'https://{addr}'}}]\n  upstreamTLS: {{caFile: ca.pem}}\n"),
+    );
+    let site = Site::start(&yaml, &[("ca.pem", &ca.pem)]).await;
+    let (mut ws, handshake) =
+        tokio_tungstenite::connect_async(format!("ws://{}/chat", site.addr()))
+            .await
+            .expect("a WebSocket through the proxy");
+    assert_eq!(handshake.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for n in 0..5 {
+        let text = format!("message {n}");
+        ws.send(Message::text(text.clone())).await.expect("send");
+        let back = ws.next().await.expect("an echo").expect("a message");
+        assert_eq!(back, Message::text(text));
+    }
+    ws.close(None).await.expect("close");
+    let echoed = tokio::time::timeout(wait::WAIT, echo)
+        .await
+        .expect("the member's side ends")
+        .expect("join");
+    assert_eq!(echoed, 5);
+}
+
+/// Serves one certificate.
+#[derive(Debug)]
+struct One(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for One {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
