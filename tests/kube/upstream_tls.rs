@@ -2,7 +2,8 @@
 //! BalancerCluster's `upstreamTLS.caSecret` and `clientCertSecret` are real Secrets; its
 //! `https://` member is a real HTTPS server (rustls) that asks for a client certificate. A
 //! Secret named before it exists keeps the member unreached; an updated one is used by the
-//! next new connection. Certificates are made with rcgen.
+//! next new connection. A Service's endpoints (fake pods at pod IPs of the run's namespace) are
+//! reached over TLS too. Certificates are made with rcgen.
 //!
 //! These tests need scripts/test.sh (binaries and network namespace); elsewhere they fail, saying so.
 
@@ -18,7 +19,8 @@ use serde_json::json;
 
 use crate::support::client::{Answer, get_at};
 use crate::support::controlplane::ControlPlane;
-use crate::support::fixtures::{Balancer, apply_cluster, install_crd, options};
+use crate::support::fixtures::{Balancer, apply_cluster, install_crd, options, web_service};
+use crate::support::pods::FakePod;
 use crate::support::tls::{Leaf, TlsMember, ca, field, leaf};
 use crate::support::{netns, pods, wait};
 use kube_balancer::api::BalancerCluster;
@@ -178,4 +180,77 @@ async fn member_ca_and_client_certificate_come_from_secrets_and_updates_serve_ne
     let took = started.elapsed();
     assert!(took < Duration::from_secs(2), "took {took:?}");
     assert_eq!(field(&answer, "x-client-serial"), "32");
+}
+
+/// A Service's endpoints with `upstreamTLS`: pods reached over TLS at their pod IPs, verified
+/// for `serverName` (the Service's DNS name, which their certificates carry, not the pod IPs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_endpoints_are_reached_over_tls_verified_for_server_name() {
+    netns::require();
+    let client = ControlPlane::shared().client();
+    install_crd(&client).await;
+    let ns = pods::namespace(&client, "upstream-tls-svc").await;
+    web_service(&client, &ns).await;
+    let server_ca = ca("Member CA");
+    let dns = format!("web.{ns}.svc");
+    let mut members = Vec::new();
+    for (n, name) in ["tls-a", "tls-b"].into_iter().enumerate() {
+        let ip = netns::next_pod_ip();
+        let listener = tokio::net::TcpListener::from_std(netns::bind_local(ip).expect("bind"))
+            .expect("a tokio listener");
+        let member = TlsMember::serve_on(
+            listener,
+            name,
+            &leaf(&server_ca, &[&dns], 0x20 + n as u8),
+            None,
+        );
+        FakePod::new(&ns, name, ip)
+            .label("app", "web")
+            .port("http", member.addr.port())
+            .create(&client)
+            .await;
+        members.push(member);
+    }
+    put_ca(&client, &ns, &server_ca.pem).await;
+    apply_cluster(
+        &client,
+        &ns,
+        json!({
+            "service": {"name": "web", "port": "http"},
+            "upstreamTLS": {"caSecret": "member-ca", "serverName": dns},
+        }),
+    )
+    .await;
+    let balancer = Balancer::start(&client, options(&ns, "upstream-tls-svc-0")).await;
+    balancer
+        .wait_members_shown(&ns, &["tls-a:https", "tls-b:https"], |m| {
+            let scheme = m.url.split(':').next().unwrap_or_default().to_owned();
+            format!("{}:{scheme}", m.pod.clone().unwrap_or_default())
+        })
+        .await;
+    // The CA Secret reaches the data plane with the cluster, or a moment after it: the first
+    // answer is waited for, the next ones are not.
+    let first = wait::until_some("an answer over TLS", wait::WAIT, || async {
+        let answer = get_at(balancer.addr(), "/").await;
+        (answer.status == StatusCode::OK).then_some(answer)
+    })
+    .await;
+    let mut answers = vec![first];
+    for _ in 0..3 {
+        answers.push(get_at(balancer.addr(), "/").await);
+    }
+    let mut seen = Vec::new();
+    for answer in answers {
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        assert_eq!(field(&answer, "x-sni"), dns);
+        assert_eq!(field(&answer, "x-alpn"), "http/1.1");
+        seen.push(answer.body);
+    }
+    seen.sort();
+    assert_eq!(seen, ["tls-a", "tls-a", "tls-b", "tls-b"]);
+    assert_eq!(
+        [members[0].handshakes(), members[1].handshakes()],
+        [1, 1],
+        "one kept-alive connection each"
+    );
 }

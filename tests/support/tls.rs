@@ -119,6 +119,17 @@ pub struct TlsMember {
 impl TlsMember {
     /// Serves `leaf`; with `client_ca`, only to clients with a certificate it signed.
     pub async fn start(name: &str, leaf: &Leaf, client_ca: Option<&Ca>) -> TlsMember {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        TlsMember::serve_on(listener, name, leaf, client_ca)
+    }
+
+    /// As [`start`](Self::start), on `listener` (a pod IP's, say).
+    pub fn serve_on(
+        listener: TcpListener,
+        name: &str,
+        leaf: &Leaf,
+        client_ca: Option<&Ca>,
+    ) -> TlsMember {
         let provider = kube_balancer::tls::provider();
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -138,7 +149,6 @@ impl TlsMember {
         let mut config = builder.with_cert_resolver(serving.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let counts = Arc::new(Counts::default());
         let (name, shared) = (name.to_owned(), counts.clone());
