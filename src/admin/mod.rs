@@ -9,6 +9,7 @@ pub mod html;
 pub mod manager;
 pub mod metrics;
 pub mod process;
+pub mod rates;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -70,7 +71,11 @@ pub async fn serve(
     let admin = Arc::new(Admin {
         registry: metrics::registry(plane.clone()),
         plane,
+        rates: rates::Rates::default(),
     });
+    // The balancer-manager's rates compare with readings of the last minute.
+    let mut read_rates = tokio::time::interval(rates::EVERY);
+    read_rates.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (stop, stopped) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -88,6 +93,7 @@ pub async fn serve(
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = read_rates.tick() => admin.rates.sample(&admin.plane, clock::now_ms()),
         }
     }
     drop(listener);
@@ -131,6 +137,7 @@ async fn connection(stream: TcpStream, admin: Arc<Admin>, mut stopped: watch::Re
 struct Admin {
     plane: Arc<DataPlane>,
     registry: Registry,
+    rates: rates::Rates,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -188,7 +195,7 @@ impl Admin {
     }
 
     fn balancer_manager(&self, query: &str) -> Answer {
-        let view = manager::view(&self.plane, clock::now_ms());
+        let view = manager::view_with_rates(&self.plane, Some(&self.rates), clock::now_ms());
         let param = |name: &str| {
             query
                 .split('&')
@@ -248,6 +255,7 @@ mod tests {
         Admin {
             registry: metrics::registry(plane.clone()),
             plane,
+            rates: rates::Rates::default(),
         }
     }
 
