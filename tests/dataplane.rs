@@ -26,4 +26,5 @@ mod dataplane {
     mod sticky;
     mod tls_proxy;
     mod upstream;
+    mod upstream_tls;
 }

@@ -23,4 +23,5 @@ mod kube {
     mod routes;
     mod telemetry;
     mod tls_controller;
+    mod upstream_tls;
 }

@@ -108,7 +108,7 @@ pub async fn forward(
             return Err(gave_up(worker, cluster, tried.last().copied(), error));
         };
         tried.push(index);
-        let kind = Upstream::for_member(base, config.members[index].protocol, upgrade);
+        let kind = Upstream::for_member(base, &config.members[index], upgrade);
         if matches!(kind, Upstream::Http2 { .. }) {
             keep_for_http2(req, lean, &mut replay, &mut call, tries, upgrade);
         }
@@ -121,7 +121,7 @@ pub async fn forward(
         if let Some(observed) = observed.as_deref_mut() {
             trying(observed, cluster, index, forwarding, req.method());
         }
-        let key = worker.pool.member(&config.members[index].authority);
+        let key = upstream::member(&worker.pool, cluster, &config.members[index]);
         // The route's limit for each try (HTTPRoute `timeouts.backendRequest`), or the
         // cluster's; a gRPC call's deadline when it comes sooner.
         let timeout = filters
