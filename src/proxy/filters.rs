@@ -409,12 +409,12 @@ async fn mirrored(
     let stats = &cluster.balancer.members()[index].stats;
     stats.elected.fetch_add(1, Relaxed);
     let _lease = Lease::new(stats.clone());
-    let key = pool.member(&member.authority);
+    let key = upstream::member(&pool, &cluster, member);
     let mut req = copy.request();
     let mut lean = None;
     let started = tokio::time::Instant::now();
     let sent = upstream::send(
-        Upstream::for_member(Upstream::Hyper, member.protocol, false),
+        Upstream::for_member(Upstream::Hyper, member, false),
         &key,
         config,
         &mut req,

@@ -1,11 +1,10 @@
-//! hyper's HTTP/2 client, for members spoken to in h2c (and h2, once TLS is plugged in, see
-//! [`open`]): every request is a stream on a connection the member's requests share, at most
+//! hyper's HTTP/2 client, for members spoken to in h2c, and in h2 (over TLS, ALPN `h2`):
+//! every request is a stream on a connection the member's requests share, at most
 //! `http2.maxConcurrentStreams` of them at once (fewer if the member says so); beyond that,
 //! another connection is opened. Requests that come while a connection is being opened wait
 //! for it rather than open their own.
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Scheme};
@@ -15,8 +14,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use super::body::{Answer, RequestBody};
+use super::connect::{self, Opened};
 use super::exchange::{Exchanged, Failure, Held, Stage, within};
-use super::pool::{self, H2Conn, Member};
+use super::pool::{ConnectError, H2Conn, Member};
 use crate::discovery::ClusterConfig;
 use crate::proxy::deadline::Deadline;
 
@@ -45,11 +45,11 @@ pub async fn exchange(
     let policy = &config.policy;
     let (stream, new) = key.checkout_h2(policy.max_concurrent_streams, config.idle_timeout, now);
     if new {
+        let connecting = connect::open_for(key, config.connect_timeout, true);
         tokio::task::spawn_local(open(
             stream.conn().clone(),
             Rc::from(key.authority()),
-            config.connect_timeout,
-            tls,
+            connecting,
         ));
     }
     let opened = {
@@ -78,7 +78,10 @@ pub async fn exchange(
                 Some(_) => Stage::Unsent,
                 None => stage_of(e.error()),
             };
-            let mut failure = Failure::new(format!("request: {}", e.error()), stage);
+            let mut failure = Failure::new(
+                format!("request: {}", super::hyper::described(e.error())),
+                stage,
+            );
             failure.unsent = unsent;
             Err(failure)
         }
@@ -158,22 +161,30 @@ fn stage_of(e: &hyper::Error) -> Stage {
     Stage::Unanswered
 }
 
-/// Opens the connection a request checked out new; the requests waiting for it go on when it
-/// is open, or fail when it cannot be.
-async fn open(conn: Rc<H2Conn>, authority: Rc<str>, timeout: Duration, tls: bool) {
-    if tls {
-        // Where TLS plugs in: wrap the TCP stream below in the cluster's upstream TLS
-        // connector, offering ALPN "h2", and refuse a member that does not choose it.
-        conn.failed("h2 needs upstream TLS, which this data plane does not have".to_owned());
-        return;
+/// Opens the connection a request checked out new (`connecting`: TCP, and TLS for an h2
+/// member); the requests waiting for it go on when it is open, or fail when it cannot be.
+async fn open(
+    conn: Rc<H2Conn>,
+    authority: Rc<str>,
+    connecting: impl Future<Output = Result<Opened, ConnectError>>,
+) {
+    match connecting.await {
+        Ok(Opened::Plain(stream)) => drive(conn, authority, stream).await,
+        // Offered `h2` alone: a member that chose no protocol is taken at its configuration's
+        // word (`protocol: h2`).
+        Ok(Opened::Tls(stream)) => drive(conn, authority, stream).await,
+        Err(e) => conn.failed(e.to_string()),
     }
-    let stream = match pool::open(&authority, timeout).await {
-        Ok(stream) => stream,
-        Err(e) => return conn.failed(e.to_string()),
-    };
+}
+
+/// The HTTP/2 handshake on a new connection, then its driver, until it ends.
+async fn drive<IO>(conn: Rc<H2Conn>, authority: Rc<str>, io: IO)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let handshake = http2::Builder::new(LocalExec)
         .timer(TokioTimer::new())
-        .handshake::<_, RequestBody>(TokioIo::new(stream))
+        .handshake::<_, RequestBody>(TokioIo::new(io))
         .await;
     let (sender, mut connection) = match handshake {
         Ok(pair) => pair,

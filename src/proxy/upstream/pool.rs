@@ -2,11 +2,17 @@
 //! HTTP/1 connections carry one request at a time and wait idle between them; an HTTP/2
 //! connection is shared by the requests in flight on it, up to a limit of streams, beyond which
 //! another is opened.
+//!
+//! Members reached over TLS (`https://`) have entries of their own, per client configuration
+//! (`spec.upstreamTLS`): a TLS connection never serves a plain member or another cluster's
+//! configuration (its CA, its client certificate), and one made with a configuration since
+//! replaced (a rotated CA or client certificate) is not taken again.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
@@ -16,6 +22,7 @@ use tokio::time::Instant;
 
 use super::body::RequestBody;
 use crate::proxy::http1::conn::Conn;
+use crate::tls;
 
 /// A connection of hyper's client.
 pub type Sender = http1::SendRequest<RequestBody>;
@@ -55,16 +62,41 @@ impl<T> IdleList<T> {
     }
 }
 
-/// The worker's idle connections, by member `HOST:PORT`.
+type ByAuthority = HashMap<Rc<str>, Rc<Member>, BuildHasherDefault<Fnv>>;
+
+/// The worker's idle connections, by member `HOST:PORT`; those of `https://` members by client
+/// configuration first.
 #[derive(Default)]
 pub struct Pool {
-    members: RefCell<HashMap<Rc<str>, Rc<Member>, BuildHasherDefault<Fnv>>>,
+    members: RefCell<ByAuthority>,
+    tls: RefCell<Vec<TlsMembers>>,
+}
+
+/// The `https://` members reached with one client configuration. The `Weak` is its identity:
+/// it keeps the configuration's allocation (not the configuration) while the entry lives, so
+/// no other configuration can come at the same address; `Weak::new()` stands for a cluster
+/// whose configuration could not be loaded.
+struct TlsMembers {
+    upstream: Weak<tls::Upstream>,
+    members: ByAuthority,
+}
+
+impl TlsMembers {
+    fn is_for(&self, upstream: Option<&Arc<tls::Upstream>>) -> bool {
+        match upstream {
+            Some(u) => std::ptr::eq(self.upstream.as_ptr(), Arc::as_ptr(u)),
+            None => Weak::ptr_eq(&self.upstream, &Weak::new()),
+        }
+    }
 }
 
 /// One member's idle connections on this worker: looked up once per request, then checked out
 /// from and given back to without hashing its name again.
 pub struct Member {
     authority: Rc<str>,
+    /// `Some` for an `https://` member: the client configuration its connections are made
+    /// with, which is gone (or never was: `Weak::new()`) when the cluster's could not be loaded.
+    tls: Option<Weak<tls::Upstream>>,
     /// hyper's client connections (requests with a body, upgrades).
     idle: IdleList<Sender>,
     /// Connections of the lean exchange (requests without a body).
@@ -193,6 +225,14 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("handshake: {0}")]
     Handshake(#[from] hyper::Error),
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("TLS handshake: timed out after {0:?}")]
+    TlsTimeout(Duration),
+    #[error(
+        "the cluster's upstreamTLS could not be loaded (its TLSReady condition says why): an https member is never reached in plain HTTP"
+    )]
+    NoTlsConfig,
 }
 
 impl Pool {
@@ -202,21 +242,60 @@ impl Pool {
             return member.clone();
         }
         let authority: Rc<str> = Rc::from(authority);
-        let member = Rc::new(Member {
-            authority: authority.clone(),
-            idle: IdleList::new(),
-            lean: IdleList::new(),
-            h2: RefCell::new(Vec::new()),
-        });
+        let member = Rc::new(Member::new(authority.clone(), None));
         self.members.borrow_mut().insert(authority, member.clone());
+        member
+    }
+
+    /// The idle connections of the `https://` member at `authority`, reached with `upstream`,
+    /// the cluster's client configuration (`None`: it could not be loaded, and every connection
+    /// fails with [`ConnectError::NoTlsConfig`]).
+    pub fn tls_member(&self, upstream: Option<&Arc<tls::Upstream>>, authority: &str) -> Rc<Member> {
+        if let Some(entry) = self.tls.borrow().iter().find(|e| e.is_for(upstream))
+            && let Some(member) = entry.members.get(authority)
+        {
+            return member.clone();
+        }
+        let mut entries = self.tls.borrow_mut();
+        // Configurations no snapshot serves any more go, with their idle connections.
+        entries.retain(|e| e.upstream.strong_count() > 0 || e.is_for(upstream));
+        let position = match entries.iter().position(|e| e.is_for(upstream)) {
+            Some(at) => at,
+            None => {
+                entries.push(TlsMembers {
+                    upstream: upstream.map_or_else(Weak::new, Arc::downgrade),
+                    members: ByAuthority::default(),
+                });
+                entries.len() - 1
+            }
+        };
+        let entry = &mut entries[position];
+        let authority: Rc<str> = Rc::from(authority);
+        let member = Rc::new(Member::new(authority.clone(), Some(entry.upstream.clone())));
+        entry.members.insert(authority, member.clone());
         member
     }
 }
 
 impl Member {
+    fn new(authority: Rc<str>, tls: Option<Weak<tls::Upstream>>) -> Member {
+        Member {
+            authority,
+            tls,
+            idle: IdleList::new(),
+            lean: IdleList::new(),
+            h2: RefCell::new(Vec::new()),
+        }
+    }
+
     /// `HOST:PORT`.
     pub fn authority(&self) -> &str {
         &self.authority
+    }
+
+    /// For an `https://` member, the client configuration its connections are made with.
+    pub fn tls(&self) -> Option<&Weak<tls::Upstream>> {
+        self.tls.as_ref()
     }
 
     /// An idle connection that is still open and younger than `max_idle` at `now`.
