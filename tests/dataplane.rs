@@ -19,6 +19,7 @@ mod dataplane {
     mod layout;
     mod methods;
     mod observability;
+    mod overload;
     mod proxy;
     mod proxy_protocol;
     mod sticky;

@@ -1,16 +1,19 @@
 //! hyper's client: requests with a body to stream, upgrades, and every request with
 //! `--http1 hyper`.
 
+use std::rc::Rc;
+
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
-use super::body::{Answer, RequestBody};
+use super::body::{Answer, BodyTimeout, RequestBody};
 use super::exchange::{Connected, Exchanged, Failure, Held, Replay, Stage, within};
 use super::pool::{self, ConnectError, Member, Sender};
-use crate::discovery::ClusterConfig;
+use super::gate::Permit;
+use crate::discovery::{ClusterConfig, Limits};
 use crate::proxy::deadline::Deadline;
 use crate::proxy::http1::client::idempotent;
 
@@ -19,8 +22,9 @@ use crate::proxy::http1::client::idempotent;
 /// or, for a request without a body that changes nothing, before a byte of the answer), and
 /// waits for the response head.
 pub async fn exchange(
-    key: &Member,
+    key: &Rc<Member>,
     config: &ClusterConfig,
+    limits: &Limits,
     mut req: Request<RequestBody>,
     now: tokio::time::Instant,
     until: tokio::time::Instant,
@@ -52,8 +56,16 @@ pub async fn exchange(
             Err(failure) => return Err(failure),
         }
     }
+    let permit = match key.admit(limits).await {
+        Ok(permit) => permit,
+        Err(refused) => {
+            let mut failure = Failure::refused(refused);
+            failure.unsent = Some(Box::new(req));
+            return Err(failure);
+        }
+    };
     let connecting = tokio::time::Instant::now();
-    let mut sender = match connect(key.authority(), config.connect_timeout).await {
+    let mut sender = match connect(key.authority(), config.connect_timeout, permit).await {
         Ok(sender) => sender,
         Err(e) => {
             let mut failure = Failure::new(e.to_string(), Stage::Unsent);
@@ -97,8 +109,10 @@ async fn await_response(
 /// (its error is the one hyper's server gave us, inside hyper's client's) is the client's
 /// fault; a connection closed before the answer's head is an unanswered request.
 fn stage_of(e: &hyper::Error) -> Stage {
-    let from_client = std::error::Error::source(e).is_some_and(|s| s.is::<hyper::Error>());
-    if from_client {
+    let source = std::error::Error::source(e);
+    if source.is_some_and(|s| s.is::<BodyTimeout>()) {
+        Stage::ClientTimeout
+    } else if source.is_some_and(|s| s.is::<hyper::Error>()) {
         Stage::ClientBody
     } else if e.is_incomplete_message() || e.is_canceled() {
         Stage::Unanswered
@@ -107,8 +121,13 @@ fn stage_of(e: &hyper::Error) -> Stage {
     }
 }
 
-/// Opens a new connection to a member; its driver runs as a task on this worker.
-async fn connect(authority: &str, timeout: std::time::Duration) -> Result<Sender, ConnectError> {
+/// Opens a new connection to a member; its driver runs as a task on this worker, holding
+/// `permit` (its place under the member's connection limit) until the connection closes.
+async fn connect(
+    authority: &str,
+    timeout: std::time::Duration,
+    permit: Option<Permit>,
+) -> Result<Sender, ConnectError> {
     let stream = pool::open(authority, timeout).await?;
     let (sender, conn) = http1::Builder::new()
         .writev(true)
@@ -118,6 +137,7 @@ async fn connect(authority: &str, timeout: std::time::Duration) -> Result<Sender
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "member connection ended with an error");
         }
+        drop(permit);
     });
     Ok(sender)
 }

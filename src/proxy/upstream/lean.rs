@@ -1,12 +1,14 @@
 //! The lean client's exchange: a request without a body, on a pooled connection of the lean
 //! client or a new one.
 
+use std::rc::Rc;
+
 use http::Request;
 
 use super::body::{Answer, RequestBody};
 use super::exchange::{Connected, Exchanged, Failure, Stage, within};
 use super::pool::{self, Member};
-use crate::discovery::ClusterConfig;
+use crate::discovery::{ClusterConfig, Limits};
 use crate::proxy::deadline::Deadline;
 use crate::proxy::headers::Forwarding;
 use crate::proxy::http1::client::{ExchangeError, Stage as Http1Stage, idempotent};
@@ -19,8 +21,9 @@ use crate::proxy::http1::raw::RawHead;
 /// that changes nothing can be sent again).
 #[allow(clippy::too_many_arguments)]
 pub async fn exchange(
-    key: &Member,
+    key: &Rc<Member>,
     config: &ClusterConfig,
+    limits: &Limits,
     req: &Request<RequestBody>,
     fields: Option<&RawHead>,
     forwarding: &Forwarding,
@@ -41,11 +44,18 @@ pub async fn exchange(
             None => return Err(Failure::timed_out()),
         }
     }
+    let permit = match key.admit(limits).await {
+        Ok(permit) => permit,
+        Err(refused) => return Err(Failure::refused(refused)),
+    };
     let connecting = tokio::time::Instant::now();
-    let conn = match pool::open(key.authority(), config.connect_timeout).await {
+    let mut conn = match pool::open(key.authority(), config.connect_timeout).await {
         Ok(stream) => Conn::new(stream),
         Err(e) => return Err(Failure::new(e.to_string(), Stage::Unsent)),
     };
+    if let Some(permit) = permit {
+        conn.hold(Box::new(permit));
+    }
     // A try on a new connection gets as long as the first; the connect time is held as
     // microseconds.
     let (connect_us, until) = {

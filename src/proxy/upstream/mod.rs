@@ -5,11 +5,14 @@
 
 pub mod body;
 pub mod exchange;
+pub mod gate;
 mod h2;
 mod hyper;
 mod lean;
 pub mod lease;
 pub mod pool;
+
+use std::rc::Rc;
 
 use futures_util::future::Either;
 use http::Request;
@@ -23,7 +26,7 @@ use super::headers::Forwarding;
 use super::http1::LeanHead;
 use super::options::Http1Mode;
 use crate::api::Protocol;
-use crate::discovery::ClusterConfig;
+use crate::discovery::{ClusterConfig, Limits};
 
 /// Which client carries a request to its member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,8 +69,9 @@ impl Upstream {
 #[allow(clippy::too_many_arguments)]
 pub fn send<'a>(
     kind: Upstream,
-    key: &'a Member,
+    key: &'a Rc<Member>,
     config: &'a ClusterConfig,
+    limits: &'a Limits,
     req: &'a mut Request<RequestBody>,
     lean: &'a mut Option<LeanHead>,
     forwarding: &'a Forwarding,
@@ -78,7 +82,7 @@ pub fn send<'a>(
     if kind == Upstream::Lean {
         let fields = lean.as_ref().map(|head| &head.fields);
         return Either::Left(lean::exchange(
-            key, config, req, fields, forwarding, now, until, deadline,
+            key, config, limits, req, fields, forwarding, now, until, deadline,
         ));
     }
     if let Some(head) = lean.take() {
@@ -88,10 +92,12 @@ pub fn send<'a>(
     forwarding.insert(owned.headers_mut());
     // Boxed: inline, their state would make every request's future larger.
     let exchange: std::pin::Pin<Box<dyn Future<Output = _> + 'a>> = match kind {
-        Upstream::Http2 { tls } => {
-            Box::pin(h2::exchange(key, config, tls, owned, now, until, deadline))
-        }
-        _ => Box::pin(hyper::exchange(key, config, owned, now, until, deadline)),
+        Upstream::Http2 { tls } => Box::pin(h2::exchange(
+            key, config, limits, tls, owned, now, until, deadline,
+        )),
+        _ => Box::pin(hyper::exchange(
+            key, config, limits, owned, now, until, deadline,
+        )),
     };
     Either::Right(exchange)
 }
