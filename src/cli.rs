@@ -506,7 +506,9 @@ fn raise_open_files_limit() -> u64 {
         };
         match setrlimit(Resource::Nofile, raised) {
             Ok(()) => return hard,
-            Err(e) => tracing::warn!(error = %e, current, hard, "cannot raise the open-files limit"),
+            Err(e) => {
+                tracing::warn!(error = %e, current, hard, "cannot raise the open-files limit")
+            }
         }
     }
     limit.current.unwrap_or(u64::MAX)
@@ -522,9 +524,7 @@ fn open_files_limit() -> u64 {
 /// `--max-connections` when not given: half the open files, since each client connection may
 /// need a member connection too (HAProxy derives its `maxconn` from the same limit).
 fn default_max_connections(open_files: u64) -> usize {
-    usize::try_from(open_files / 2)
-        .unwrap_or(usize::MAX)
-        .max(1)
+    usize::try_from(open_files / 2).unwrap_or(usize::MAX).max(1)
 }
 
 async fn wait_for_stop(term: std::io::Result<tokio::signal::unix::Signal>) {

@@ -80,8 +80,7 @@ impl Token {
             return false;
         };
         let credentials = credentials.trim_ascii();
-        scheme.eq_ignore_ascii_case(b"bearer ")
-            && bool::from(credentials.ct_eq(self.0.as_bytes()))
+        scheme.eq_ignore_ascii_case(b"bearer ") && bool::from(credentials.ct_eq(self.0.as_bytes()))
     }
 }
 

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use crate::api::text::quote;
 use crate::api::{
-    BalancerCluster, BalancerClusterSpec, HashKey, HealthCheckMethod, LbMethod, MemberOverride,
-    DEFAULT_MAX_PENDING_REQUESTS, MemberState, Protocol, RouteSpec,
-    default_max_concurrent_streams,
+    BalancerCluster, BalancerClusterSpec, DEFAULT_MAX_PENDING_REQUESTS, HashKey, HealthCheckMethod,
+    LbMethod, MemberOverride, MemberState, Protocol, RouteSpec, default_max_concurrent_streams,
 };
 
 /// A member as the data plane serves it.

@@ -341,6 +341,7 @@ async fn mirrored(
         Upstream::for_member(Upstream::Hyper, member.protocol, false),
         &key,
         config,
+        config.policy.limits_of(index),
         &mut req,
         &mut lean,
         &forwarding,

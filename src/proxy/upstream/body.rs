@@ -107,14 +107,6 @@ impl Kept {
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming) -> Self {
-        RequestBody {
-            inner: Source::Incoming(inner),
-            stats: None,
-            idle: None,
-        }
-    }
-
     /// A client's body, which must keep coming: at most `timeout` between its bytes.
     pub fn from_client(inner: Incoming, timeout: Duration) -> Self {
         let idle = (!inner.is_end_stream()).then(|| {
@@ -259,9 +251,7 @@ impl Idle {
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         if std::mem::take(&mut self.progressed) {
-            sleep
-                .as_mut()
-                .reset(tokio::time::Instant::now() + timeout);
+            sleep.as_mut().reset(tokio::time::Instant::now() + timeout);
         }
         sleep.as_mut().poll(cx).is_ready()
     }

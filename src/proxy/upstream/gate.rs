@@ -101,6 +101,7 @@ impl Gate {
     }
 
     /// Connections open now.
+    #[cfg(test)]
     pub fn open(&self) -> u32 {
         self.open.load(Ordering::Acquire)
     }
@@ -225,7 +226,7 @@ mod tests {
                     Some(Refused::QueueFull)
                 );
                 drop(a);
-                while served.borrow().len() < 1 {
+                while served.borrow().is_empty() {
                     tokio::task::yield_now().await;
                 }
                 assert_eq!(*served.borrow(), [("w1", true)]);

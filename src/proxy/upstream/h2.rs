@@ -34,6 +34,7 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
 
 /// Sends the request as a stream on a shared connection to the member and waits for the answer
 /// head until `until`. `tls` is h2 (HTTP/2 over TLS) rather than h2c.
+#[allow(clippy::too_many_arguments)]
 pub async fn exchange(
     key: &Rc<Member>,
     config: &ClusterConfig,

@@ -11,8 +11,8 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{Answer, BodyTimeout, RequestBody};
 use super::exchange::{Connected, Exchanged, Failure, Held, Replay, Stage, within};
-use super::pool::{self, ConnectError, Member, Sender};
 use super::gate::Permit;
+use super::pool::{self, ConnectError, Member, Sender};
 use crate::discovery::{ClusterConfig, Limits};
 use crate::proxy::deadline::Deadline;
 use crate::proxy::http1::client::idempotent;
