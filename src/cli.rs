@@ -541,3 +541,48 @@ async fn wait_for_stop(term: std::io::Result<tokio::signal::unix::Signal>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn common(args: &[&str]) -> Common {
+        let mut argv = vec!["kube-balancer", "standalone"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("valid flags").command {
+            Command::Standalone { common, .. } => common,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_admin_server_is_on_localhost_unless_told_and_needs_a_token_elsewhere() {
+        let default = common(&[]);
+        assert!(default.admin.ip().is_loopback(), "{}", default.admin);
+        assert!(default.admin_token().expect("no token needed").is_none());
+        let e = common(&["--admin", "0.0.0.0:9901"])
+            .admin_token()
+            .expect_err("a token is needed");
+        assert!(e.to_string().contains("--admin-token-file"), "{e}");
+    }
+
+    #[test]
+    fn max_connections_defaults_to_half_the_open_files() {
+        assert_eq!(default_max_connections(20_000), 10_000);
+        assert_eq!(default_max_connections(1), 1);
+        assert_eq!(
+            common(&["--max-connections", "0"])
+                .proxy_options("127.0.0.1:0")
+                .max_connections,
+            None
+        );
+        assert_eq!(
+            common(&["--max-connections", "7"])
+                .proxy_options("127.0.0.1:0")
+                .max_connections,
+            Some(7)
+        );
+    }
+}
