@@ -118,6 +118,48 @@ async fn a_member_at_its_limit_serves_two_queues_three_and_refuses_five() {
     assert_eq!(states(&proxy.plane), ["Ok"], "its limit is no failure");
 }
 
+/// The same over HTTP/2 to the member (h2c): one connection allowed, one stream on it, one
+/// request allowed to wait: of three at once, two are served one after the other and one gets
+/// 503 at once; the member never holds two.
+#[tokio::test]
+async fn an_h2c_member_at_its_limit_serves_one_queues_one_and_refuses_one() {
+    let (member, peak) = slow_counting_member(Duration::from_millis(800)).await;
+    let proxy = Proxy::start(&cluster_yaml(
+        &[member.url()],
+        "  protocol: h2c\n  http2: {maxConcurrentStreams: 1}\n  memberLimits: {maxConnections: 1, maxPendingRequests: 1, queueTimeout: 60s}",
+    ));
+    let started = Instant::now();
+    let mut requests = Vec::new();
+    for _ in 0..3 {
+        let addr = proxy.addr;
+        requests.push(tokio::spawn(async move {
+            let answer = exchange_within(
+                addr,
+                b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+                Duration::from_secs(30),
+            )
+            .await;
+            (answer, started.elapsed())
+        }));
+    }
+    let mut served = 0;
+    let mut refused = 0;
+    for request in requests {
+        let (answer, took) = request.await.expect("request task");
+        if answer.starts_with("HTTP/1.1 200 ") {
+            served += 1;
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 503 "), "{answer:?}");
+            assert!(answer.contains("\r\nretry-after: 1\r\n"), "{answer:?}");
+            assert!(took < Duration::from_millis(800), "{took:?}");
+            refused += 1;
+        }
+    }
+    assert_eq!((served, refused), (2, 1));
+    assert_eq!(peak.load(SeqCst), 1, "the member held one at a time");
+    assert_eq!(states(&proxy.plane), ["Ok"]);
+}
+
 /// A request that waits the whole queue timeout gets 503 with Retry-After then; one that
 /// comes when nothing waits and a connection is free is served at once.
 #[tokio::test]
