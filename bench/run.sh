@@ -12,6 +12,8 @@
 #                                                 # A/B: two builds in the same run, interleaved
 #   BALANCERS="kube-balancer floor nginx" TESTS="small latency" bench/run.sh
 #                                                 # with the floor (bench/floor): keep-alive figures only
+#   CONF=dir PROBE_PATH=/x PROBE_HEADER="X-A: 1" WRK_ARGS="-s dir/x.lua" bench/run.sh
+#                                                 # other configurations and requests (bench/routes.sh)
 #
 # Each balancer runs with one worker pinned to LB_CPU; the load generators and the two members
 # (one nginx worker on two ports) share LOAD_CPU. Only loopback addresses; every load run is
@@ -37,6 +39,10 @@ PORT_BASE=${PORT_BASE:-18000}
 BALANCERS=${BALANCERS:-"kube-balancer nginx haproxy apache"}
 TESTS=${TESTS:-"small 1k 64k close h2 latency idle"}
 RESULTS=${RESULTS:-$HERE/results}
+CONF=${CONF:-$HERE/conf}          # the configuration files' folder
+PROBE_PATH=${PROBE_PATH:-/}       # the request each balancer must answer "hello world" to
+PROBE_HEADER=${PROBE_HEADER:-}    # ... with this field, if any
+WRK_ARGS=${WRK_ARGS:-}            # more arguments for every wrk run (a Lua script: -s FILE)
 
 BACKEND_A_PORT=$((PORT_BASE + 81))
 BACKEND_B_PORT=$((PORT_BASE + 82))
@@ -197,7 +203,7 @@ render() {
         -e "s|@BACKEND_A_PORT@|$BACKEND_A_PORT|g" -e "s|@BACKEND_B_PORT@|$BACKEND_B_PORT|g" \
         -e "s|@NGINX_PORT@|$NGINX_PORT|g" -e "s|@NGINX_H2_PORT@|$NGINX_H2_PORT|g" \
         -e "s|@HAPROXY_PORT@|$HAPROXY_PORT|g" -e "s|@APACHE_PORT@|$APACHE_PORT|g" \
-        "$HERE/conf/$1" >"$RUN/$1"
+        "$CONF/$1" >"$RUN/$1"
 }
 
 mkdir -p "$RUN/www" "$RUN/nginx-tmp" "$RUN/backends-tmp" "$RUN/apache-run"
@@ -309,10 +315,10 @@ run_test() {
     # The floor forwards keep-alive GETs only: no Connection: close, no HTTP/2.
     if [ "$LB" = floor ] && { [ "$1" = close ] || [ "$1" = h2 ]; }; then return; fi
     case $1 in
-    small) measure small wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" "$(url /)" ;;
-    1k) measure 1k wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" "$(url /1k)" ;;
-    64k) measure 64k wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" "$(url /64k)" ;;
-    close) measure close wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Connection: close" "$(url /)" ;;
+    small) measure small wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" $WRK_ARGS "$(url /)" ;;
+    1k) measure 1k wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" $WRK_ARGS "$(url /1k)" ;;
+    64k) measure 64k wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" $WRK_ARGS "$(url /64k)" ;;
+    close) measure close wrk wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Connection: close" $WRK_ARGS "$(url /)" ;;
     h2)
         command -v h2load >/dev/null || { say "no h2load: HTTP/2 skipped"; return; }
         measure h2 h2load h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D"$DURATION" "http://127.0.0.1:$H2_PORT/"
@@ -377,10 +383,10 @@ for ROUND in $(seq "$ROUNDS"); do
         start_balancer "$LB"
         LBPID=$STARTED
         wait_port "$PORT" || die "$LB did not start: $(cat "$RUN/$LB.out")"
-        body=$(curl -s --max-time 5 "$(url /)" || true)
+        body=$(curl -s --max-time 5 ${PROBE_HEADER:+-H "$PROBE_HEADER"} "$(url "$PROBE_PATH")" || true)
         [ "$body" = "hello world" ] || die "$LB does not forward: got '$body'"
         echo 0 >"$RUN/peak"
-        taskset -c "$LOAD_CPU" timeout 30 wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$(url /)" >/dev/null 2>&1 || true
+        taskset -c "$LOAD_CPU" timeout 30 wrk -t1 -c"$CONNS" -d"${WARMUP}s" $WRK_ARGS "$(url /)" >/dev/null 2>&1 || true
         for t in $TESTS; do run_test "$t"; done
         record peak_pss_mib "$(awk -v k="$(cat "$RUN/peak")" 'BEGIN { printf "%.1f", k / 1024 }')"
         stop "$LBPID"

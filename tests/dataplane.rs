@@ -22,6 +22,7 @@ mod dataplane {
     mod overload;
     mod proxy;
     mod proxy_protocol;
+    mod routes;
     mod security;
     mod sticky;
     mod tls_proxy;

@@ -19,6 +19,7 @@ mod kube {
     mod grpc;
     mod install;
     mod plugin;
+    mod routes;
     mod telemetry;
     mod tls_controller;
 }

@@ -316,16 +316,18 @@ fn routes(c: &ClusterView) -> String {
     }
     c.routes
         .iter()
-        .map(|r| route(r.host.as_deref(), &r.path_prefix))
+        .map(|r| route(r.host.as_deref(), &r.describe_path()))
         .collect::<Vec<_>>()
         .join("<br>")
 }
 
-/// `host/path`, or the path alone for a route that takes any host.
-fn route(host: Option<&str>, path_prefix: &str) -> String {
+/// `host/path` (`host = /exact`, `host ~ regex`), or the path alone for a route that takes any
+/// host.
+fn route(host: Option<&str>, path: &str) -> String {
+    let gap = if path.starts_with('/') { "" } else { " " };
     match host {
-        Some(host) => format!("<code>{}{}</code>", Escaped(host), Escaped(path_prefix)),
-        None => format!("<code>{}</code> (any host)", Escaped(path_prefix)),
+        Some(host) => format!("<code>{}{gap}{}</code>", Escaped(host), Escaped(path)),
+        None => format!("<code>{}</code> (any host)", Escaped(path)),
     }
 }
 
@@ -387,7 +389,8 @@ mod tests {
                 },
                 routes: vec![RouteSpec {
                     host: Some(host.into()),
-                    path_prefix: "/api".into(),
+                    path_prefix: Some("/api".into()),
+                    ..RouteSpec::default()
                 }],
                 route_conflicts: vec![],
                 certificates: vec![],

@@ -335,7 +335,9 @@ mod tests {
         ClusterConfig {
             namespace: "shop".into(),
             name: name.into(),
-            routes: vec![RouteSpec::default()],
+            routes: crate::api::default_routes(),
+            route_configs: vec![crate::discovery::routes::RouteConfig::everything()],
+            route_problems: Vec::new(),
             lb_method: LbMethod::ByRequests,
             max_attempts: 1,
             no_failover: false,

@@ -616,7 +616,7 @@ fn gauge(value: u64) -> ConstGauge<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{LbMethod, MemberState, RouteSpec};
+    use crate::api::{LbMethod, MemberState};
     use crate::discovery::{ClusterConfig, MemberConfig};
     use std::sync::atomic::Ordering::Relaxed;
     use std::time::Duration;
@@ -638,7 +638,9 @@ mod tests {
         ClusterConfig {
             namespace: "shop".into(),
             name: "web".into(),
-            routes: vec![RouteSpec::default()],
+            routes: crate::api::default_routes(),
+            route_configs: vec![crate::discovery::routes::RouteConfig::everything()],
+            route_problems: Vec::new(),
             lb_method: LbMethod::ByRequests,
             max_attempts: 1,
             no_failover: false,

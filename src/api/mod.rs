@@ -9,7 +9,10 @@ use kube::core::Duration;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+pub mod route;
 pub mod text;
+
+pub use route::*;
 
 /// Group of the API.
 pub const GROUP: &str = "kubebalancer.io";
@@ -26,8 +29,8 @@ pub mod annotations {
     pub const STATE: &str = "kubebalancer.io/state";
 }
 
-const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$')";
-const DURATION_MESSAGE: &str = "must be a duration such as 500ms, 5s or 1m30s";
+pub(crate) const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$')";
+pub(crate) const DURATION_MESSAGE: &str = "must be a duration such as 500ms, 5s or 1m30s";
 
 /// A member listed twice would take two shares of the requests under one identity (one row of
 /// counters, one health verdict): refused, naming the URL. The rule compares every pair, so its
@@ -287,36 +290,12 @@ pub struct UpstreamTlsSpec {
     pub insecure_skip_verify: bool,
 }
 
-fn default_routes() -> Vec<RouteSpec> {
-    vec![RouteSpec::default()]
-}
-
-/// Which requests reach a balancer: a host (exact or `*.wildcard`) and a path prefix.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct RouteSpec {
-    /// Exact host (`shop.example.com`) or wildcard (`*.example.com`). Empty: any host.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.matches('^(\\\\*\\\\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')")
-        .message("host must be a lower-case DNS name like shop.example.com, or a wildcard like *.example.com"))]
-    #[schemars(length(max = 253))]
-    pub host: Option<String>,
-
-    /// Path prefix, matched on whole segments (`/api` matches `/api` and `/api/x`, not `/apix`).
-    #[serde(default = "default_path_prefix")]
-    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('//') && !self.contains(' ')")
-        .message("pathPrefix must start with / and contain neither // nor spaces"))]
-    #[schemars(length(max = 1024))]
-    pub path_prefix: String,
-}
-
-impl Default for RouteSpec {
-    fn default() -> Self {
-        RouteSpec {
-            host: None,
-            path_prefix: default_path_prefix(),
-        }
-    }
+/// Every host, path `/`: written out as `pathPrefix: /`, as before routes had matches.
+pub fn default_routes() -> Vec<RouteSpec> {
+    vec![RouteSpec {
+        path_prefix: Some(default_path_prefix()),
+        ..RouteSpec::default()
+    }]
 }
 
 fn default_path_prefix() -> String {

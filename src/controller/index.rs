@@ -9,7 +9,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 
-use crate::api::{BalancerCluster, RouteSpec};
+use crate::api::BalancerCluster;
 use crate::discovery::endpoints::{AnnotationProblem, SERVICE_NAME_LABEL, members_from_slices};
 use crate::discovery::{ClusterConfig, cluster_config};
 
@@ -119,7 +119,7 @@ pub fn desired(world: &World<'_>, scope: &Scope) -> Desired {
         match cluster_config(bc, discovered) {
             Ok(mut config) => {
                 if scope.only.is_some() {
-                    config.routes = vec![RouteSpec::default()];
+                    config.serve_everything();
                 }
                 out.clusters.push(config);
             }
@@ -308,6 +308,10 @@ mod tests {
             },
         );
         assert_eq!(d.clusters.len(), 1);
-        assert_eq!(d.clusters[0].routes, vec![RouteSpec::default()]);
+        assert_eq!(d.clusters[0].routes, crate::api::default_routes());
+        assert_eq!(
+            d.clusters[0].route_configs,
+            vec![crate::discovery::routes::RouteConfig::everything()]
+        );
     }
 }

@@ -20,7 +20,7 @@ use crate::api::{
 };
 use crate::clock;
 use crate::plane::DataPlane;
-use crate::plane::{Cluster, RouteConflict};
+use crate::plane::{Cluster, RouteConflict, Snapshot, UnresolvedMirror};
 use crate::tls::ClusterTls;
 
 /// The field manager of every status write.
@@ -37,6 +37,11 @@ pub mod reasons {
     pub const NO_MEMBERS_AVAILABLE: &str = "NoMembersAvailable";
     pub const ROUTE_CONFLICT: &str = "RouteConflict";
     pub const NOT_SERVED: &str = "NotServed";
+    /// A route that cannot be served as written (a regular expression that does not compile,
+    /// two routes of the cluster claiming the same requests): the others are served.
+    pub const INVALID_ROUTE: &str = "InvalidRoute";
+    /// A route's mirror names a BalancerCluster that is not served here: no copies are sent.
+    pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     pub const MEMBERS_UNAVAILABLE: &str = "MembersUnavailable";
     pub const ALL_MEMBERS_USABLE: &str = "AllMembersUsable";
     /// Whether every certificate the cluster names is loaded and served; the reasons are
@@ -44,15 +49,32 @@ pub mod reasons {
     pub const TLS_READY: &str = "TLSReady";
 }
 
-/// At most this many characters of problems in the `TLSReady` message.
+/// At most this many characters of problems in the `TLSReady` and `Accepted` messages.
 const MAX_TLS_MESSAGE: usize = 1000;
+
+/// What the snapshot says of the routes beyond each cluster's own: claims lost to older
+/// clusters, mirrors naming clusters not served.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RouteReports<'a> {
+    pub conflicts: &'a [RouteConflict],
+    pub unresolved_mirrors: &'a [UnresolvedMirror],
+}
+
+impl<'a> RouteReports<'a> {
+    pub fn of(snapshot: &'a Snapshot) -> Self {
+        RouteReports {
+            conflicts: &snapshot.conflicts,
+            unresolved_mirrors: &snapshot.unresolved_mirrors,
+        }
+    }
+}
 
 /// The status a cluster should have now. `previous` keeps condition transition times.
 pub fn desired_status(
     bc: &BalancerCluster,
     served: Option<&Cluster>,
     tls: Option<&ClusterTls>,
-    conflicts: &[RouteConflict],
+    reports: RouteReports<'_>,
     peers: &HashMap<(String, String), Traffic>,
     now_ms: u64,
     now: Timestamp,
@@ -61,11 +83,7 @@ pub fn desired_status(
     let mut status = BalancerClusterStatus {
         observed_generation: bc.metadata.generation,
         lb_method: Some(bc.spec.lb_method.as_str().to_owned()),
-        routes: bc
-            .spec
-            .routes
-            .first()
-            .map(|r| format!("{}{}", r.host.as_deref().unwrap_or("*"), r.path_prefix)),
+        routes: bc.spec.routes.first().map(crate::api::RouteSpec::describe),
         ..BalancerClusterStatus::default()
     };
     let mut conditions = Vec::new();
@@ -78,26 +96,25 @@ pub fn desired_status(
         observed_generation: bc.metadata.generation,
     };
 
-    let mine: Vec<&RouteConflict> = conflicts.iter().filter(|c| c.cluster == key).collect();
-    conditions.push(match (served, mine.first()) {
-        (None, _) => condition(
+    conditions.push(match served {
+        None => condition(
             reasons::ACCEPTED,
             false,
             reasons::NOT_SERVED,
             "not served: see the controller's log".into(),
         ),
-        (Some(_), Some(c)) => condition(
-            reasons::ACCEPTED,
-            false,
-            reasons::ROUTE_CONFLICT,
-            format!(
-                "{}{} is already served by {}, which is older",
-                c.host.as_deref().unwrap_or("*"),
-                c.path_prefix,
-                c.held_by
-            ),
-        ),
-        (Some(_), None) => condition(reasons::ACCEPTED, true, reasons::ACCEPTED, "served".into()),
+        Some(cluster) => match route_problems(cluster, &key, reports).as_slice() {
+            [] => condition(reasons::ACCEPTED, true, reasons::ACCEPTED, "served".into()),
+            problems => {
+                let message: Vec<&str> = problems.iter().map(|(_, m)| m.as_str()).collect();
+                condition(
+                    reasons::ACCEPTED,
+                    false,
+                    problems[0].0,
+                    cut_message(message.join("; ")),
+                )
+            }
+        },
     });
 
     if let Some(cluster) = served {
@@ -187,6 +204,68 @@ pub fn desired_status(
     status
 }
 
+/// Why part of a served cluster's routes is not served as written, most serious first: routes
+/// that cannot be served, claims lost to older clusters, mirrors naming clusters not served.
+fn route_problems(
+    cluster: &Cluster,
+    key: &str,
+    reports: RouteReports<'_>,
+) -> Vec<(&'static str, String)> {
+    let invalid = cluster.config.route_problems.iter().map(|p| {
+        (
+            reasons::INVALID_ROUTE,
+            format!("{}: {}; the route is not served", p.field, p.message),
+        )
+    });
+    let conflicts = reports
+        .conflicts
+        .iter()
+        .filter(|c| c.cluster == key)
+        .map(|c| {
+            let gap = if c.path_prefix.starts_with('/') {
+                ""
+            } else {
+                " "
+            };
+            (
+                reasons::ROUTE_CONFLICT,
+                format!(
+                    "{}{gap}{} is already served by {}, which is older",
+                    c.host.as_deref().unwrap_or("*"),
+                    c.path_prefix,
+                    c.held_by
+                ),
+            )
+        });
+    let mirrors = reports
+        .unresolved_mirrors
+        .iter()
+        .filter(|m| m.cluster == key)
+        .map(|m| {
+            (
+                reasons::BACKEND_NOT_FOUND,
+                format!(
+                    "spec.routes[{}]: requestMirror names the BalancerCluster {}, which is not served here (missing, or of another className): no copies are sent",
+                    m.route, m.target
+                ),
+            )
+        });
+    invalid.chain(conflicts).chain(mirrors).collect()
+}
+
+/// A condition's message cut to [`MAX_TLS_MESSAGE`] bytes, on a character boundary.
+fn cut_message(mut message: String) -> String {
+    if message.len() > MAX_TLS_MESSAGE {
+        let mut end = MAX_TLS_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
+}
+
 /// `TLSReady`: true when every certificate the cluster names is loaded and served as asked;
 /// otherwise the first problem's reason, and every problem in the message.
 fn tls_condition(
@@ -209,21 +288,18 @@ fn tls_condition(
             ),
         );
     };
-    let mut message = tls
+    let message = tls
         .problems
         .iter()
         .map(|p| p.message.as_str())
         .collect::<Vec<_>>()
         .join("; ");
-    if message.len() > MAX_TLS_MESSAGE {
-        let mut end = MAX_TLS_MESSAGE;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push_str("...");
-    }
-    condition(reasons::TLS_READY, false, first.reason, message)
+    condition(
+        reasons::TLS_READY,
+        false,
+        first.reason,
+        cut_message(message),
+    )
 }
 
 /// Keeps a condition's transition time when its status did not change.
@@ -284,8 +360,15 @@ impl Writer {
                         .await;
                     let tls = snapshot.tls.clusters.get(&key);
                     self.tls_events(&bc, tls, &key, &mut tls_seen).await;
-                    let mut desired =
-                        desired_status(&bc, served, tls, &snapshot.conflicts, &peers, now_ms, now);
+                    let mut desired = desired_status(
+                        &bc,
+                        served,
+                        tls,
+                        RouteReports::of(&snapshot),
+                        &peers,
+                        now_ms,
+                        now,
+                    );
                     let previous = written.get(&key).or(bc.status.as_ref());
                     keep_transition_times(&mut desired, previous);
                     if previous == Some(&desired) {
@@ -457,7 +540,7 @@ mod tests {
             &bc,
             served,
             None,
-            &[],
+            RouteReports::default(),
             &HashMap::new(),
             0,
             Timestamp::UNIX_EPOCH,
@@ -491,16 +574,75 @@ mod tests {
             &bc,
             served,
             None,
-            &[],
+            RouteReports::default(),
             &HashMap::new(),
             0,
             Timestamp::UNIX_EPOCH,
         );
         let later = Timestamp::from_second(1_000).expect("time");
-        let mut second = desired_status(&bc, served, None, &[], &HashMap::new(), 0, later);
+        let mut second = desired_status(
+            &bc,
+            served,
+            None,
+            RouteReports::default(),
+            &HashMap::new(),
+            0,
+            later,
+        );
         assert_ne!(first, second);
         keep_transition_times(&mut second, Some(&first));
         assert_eq!(first, second, "nothing changed, so nothing to write");
+    }
+
+    #[test]
+    fn a_route_that_cannot_be_served_and_a_mirror_to_nowhere_are_reported() {
+        let spec = serde_json::json!({
+            "members": [{"url": "http://10.0.0.5:80"}],
+            "routes": [
+                {"pathPrefix": "/ok", "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "gone"}}}]},
+                {"match": {"path": {"type": "RegularExpression", "value": "/(a"}}},
+            ],
+        });
+        let mut bc = BalancerCluster::new("web", serde_json::from_value(spec).expect("spec"));
+        bc.metadata.namespace = Some("shop".into());
+        let config = crate::discovery::cluster_config(&bc, Vec::new()).expect("config");
+        // The route that can be served is; the other is reported.
+        assert_eq!(config.route_configs.len(), 1);
+        let snapshot = DataPlane::new().publish(vec![config]);
+        assert_eq!(
+            snapshot.unresolved_mirrors,
+            [UnresolvedMirror {
+                cluster: "shop/web".into(),
+                route: 0,
+                target: "shop/gone".into()
+            }]
+        );
+        let served = snapshot.cluster("shop", "web").map(|c| c.as_ref());
+        let status = desired_status(
+            &bc,
+            served,
+            None,
+            RouteReports::of(&snapshot),
+            &HashMap::new(),
+            0,
+            Timestamp::UNIX_EPOCH,
+        );
+        let accepted = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == reasons::ACCEPTED)
+            .expect("Accepted");
+        assert_eq!(
+            (accepted.status.as_str(), accepted.reason.as_deref()),
+            ("False", Some(reasons::INVALID_ROUTE))
+        );
+        assert_eq!(
+            accepted.message.as_deref(),
+            Some(
+                "spec.routes[1].match.path.value: \"/(a\" is not a regular expression this proxy can run: unclosed group; the route is not served; \
+                 spec.routes[0]: requestMirror names the BalancerCluster shop/gone, which is not served here (missing, or of another className): no copies are sent"
+            )
+        );
     }
 
     #[test]
@@ -517,7 +659,10 @@ mod tests {
             &bc,
             served,
             None,
-            &[conflict],
+            RouteReports {
+                conflicts: &[conflict],
+                ..RouteReports::default()
+            },
             &HashMap::new(),
             0,
             Timestamp::UNIX_EPOCH,
@@ -560,8 +705,17 @@ mod tests {
             }],
             problems: vec![],
         };
-        let status =
-            |tls: &ClusterTls| desired_status(&bc, served, Some(tls), &[], &HashMap::new(), 0, now);
+        let status = |tls: &ClusterTls| {
+            desired_status(
+                &bc,
+                served,
+                Some(tls),
+                RouteReports::default(),
+                &HashMap::new(),
+                0,
+                now,
+            )
+        };
         let ready = status(&tls);
         let c = ready
             .conditions
@@ -610,7 +764,15 @@ mod tests {
             "the served certificate is still shown"
         );
         // No TLS at all: no condition.
-        let plain = desired_status(&bc, served, None, &[], &HashMap::new(), 0, now);
+        let plain = desired_status(
+            &bc,
+            served,
+            None,
+            RouteReports::default(),
+            &HashMap::new(),
+            0,
+            now,
+        );
         assert!(
             plain
                 .conditions

@@ -3,6 +3,7 @@
 //! through here, so a member looks the same whichever front door it came from.
 
 pub mod endpoints;
+pub mod routes;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use crate::api::{
     BalancerCluster, BalancerClusterSpec, DEFAULT_MAX_PENDING_REQUESTS, HashKey, HealthCheckMethod,
     LbMethod, MemberOverride, MemberState, Protocol, RouteSpec, default_max_concurrent_streams,
 };
+use routes::{RouteConfig, RouteProblem};
 
 /// A member as the data plane serves it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,7 +46,12 @@ impl MemberConfig {
 pub struct ClusterConfig {
     pub namespace: String,
     pub name: String,
+    /// `spec.routes` as written, for the balancer-manager.
     pub routes: Vec<RouteSpec>,
+    /// The routes as served: compiled, in `spec.routes`' order, without those that cannot be.
+    pub route_configs: Vec<RouteConfig>,
+    /// The routes that cannot be served, and why.
+    pub route_problems: Vec<RouteProblem>,
     pub lb_method: LbMethod,
     pub max_attempts: u32,
     pub no_failover: bool,
@@ -289,6 +296,13 @@ impl ClusterConfig {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// Serves the cluster for every host and path, with no filter (sidecar mode).
+    pub fn serve_everything(&mut self) {
+        self.routes = crate::api::default_routes();
+        self.route_configs = vec![RouteConfig::everything()];
+        self.route_problems.clear();
+    }
 }
 
 /// A member URL that cannot be served.
@@ -346,10 +360,15 @@ pub fn cluster_config(
     }
     let policy = policy(spec)?;
     let tls = tls_config(spec, &namespace, members.iter().any(MemberConfig::is_tls));
+    let authorities: Vec<&str> = members.iter().map(|m| m.authority.as_str()).collect();
+    let (route_configs, route_problems) =
+        routes::route_configs(&spec.routes, &namespace, &authorities);
     Ok(ClusterConfig {
+        routes: spec.routes.clone(),
+        route_configs,
+        route_problems,
         namespace,
         name: bc.metadata.name.clone().unwrap_or_default(),
-        routes: spec.routes.clone(),
         lb_method: spec.lb_method,
         max_attempts: spec.failover.max_attempts,
         no_failover: spec.failover.no_failover,

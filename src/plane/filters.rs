@@ -198,6 +198,103 @@ fn wildcard_matches(pattern: &str, text: &str) -> bool {
     text.len() > head.len() + tail.len() && text.starts_with(head) && text.ends_with(tail)
 }
 
+/// Apache's ProxyPassReverse: URLs in a member's answer (`Location`, `Content-Location`, `URI`)
+/// that name a member are made to name the proxy as the client reached it, and the path the
+/// member saw is mapped back to the one the client asked for (when a URLRewrite replaced the
+/// route's prefix).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassReverse {
+    /// Each member's `host:port`, lower-case, sorted: an absolute URL naming one is mapped.
+    pub members: Vec<String>,
+    /// The Host a URLRewrite gives the members: a URL naming it, with any port, is theirs too
+    /// (a member builds its URLs from the Host it was sent, as Apache's backends do without
+    /// ProxyPreserveHost).
+    pub hostname: Option<String>,
+}
+
+/// What mapping back needs to know of the client's request.
+pub struct ClientSide<'a> {
+    /// `http` or `https`: how the client came.
+    pub scheme: &'a str,
+    /// The Host the client sent, with its port if it gave one.
+    pub host: &'a str,
+    /// The prefix the member saw in place of the client's, and the client's: a URLRewrite's
+    /// ReplacePrefixMatch, and what the route's PathPrefix matched.
+    pub prefix: Option<(&'a str, &'a str)>,
+}
+
+impl PassReverse {
+    /// What a member's URL becomes, or `None` when it stays as it is. An absolute URL that
+    /// names a member becomes `SCHEME://HOST` of the client's request and the path mapped back;
+    /// a path alone (`/login`) has its prefix mapped back (Apache leaves those alone; behind a
+    /// rewritten prefix they would lead nowhere). Anything else (another host, a URL with user
+    /// information, a scheme-relative `//host/...`) is left alone.
+    pub fn map(&self, value: &str, client: &ClientSide<'_>) -> Option<String> {
+        if value.starts_with('/') && !value.starts_with("//") {
+            let mapped = map_prefix(value, client.prefix);
+            return (mapped != value).then_some(mapped);
+        }
+        let (scheme, rest) = value.split_once("://")?;
+        let default_port = match scheme.to_ascii_lowercase().as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return None,
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(end);
+        if authority.contains('@') || client.host.is_empty() {
+            return None;
+        }
+        let authority = authority.to_ascii_lowercase();
+        let (host, port) = split_authority(&authority)?;
+        let member = format!("{host}:{}", port.unwrap_or(default_port));
+        let ours = self.members.binary_search(&member).is_ok()
+            || self.hostname.as_deref().is_some_and(|h| h == host);
+        if !ours {
+            return None;
+        }
+        // `http://member` and `http://member?x` name the root.
+        let path = match path.starts_with('/') {
+            true => map_prefix(path, client.prefix),
+            false => map_prefix(&format!("/{path}"), client.prefix),
+        };
+        Some(format!("{}://{}{path}", client.scheme, client.host))
+    }
+}
+
+/// `host` and `port` of `host[:port]` or `[v6][:port]`; `None` when the port is not a number.
+fn split_authority(authority: &str) -> Option<(&str, Option<u16>)> {
+    let colon = match authority.rfind(']') {
+        Some(end) => authority[end..].find(':').map(|i| end + i),
+        None => authority.rfind(':'),
+    };
+    match colon {
+        Some(at) if at + 1 < authority.len() => {
+            Some((&authority[..at], Some(authority[at + 1..].parse().ok()?)))
+        }
+        Some(at) => Some((&authority[..at], None)),
+        None => Some((authority, None)),
+    }
+}
+
+/// A path (with any query and fragment) whose prefix `from` (the member's) becomes `to` (the
+/// client's), on whole segments; unchanged when it does not start with `from`.
+fn map_prefix(target: &str, prefix: Option<(&str, &str)>) -> String {
+    let Some((from, to)) = prefix else {
+        return target.to_owned();
+    };
+    let end = target.find(['?', '#']).unwrap_or(target.len());
+    let (path, tail) = target.split_at(end);
+    let from = match from.trim_end_matches('/') {
+        "" => "/",
+        trimmed => trimmed,
+    };
+    if !crate::plane::matching::prefix_matches(from, path) {
+        return target.to_owned();
+    }
+    format!("{}{tail}", replace_prefix(path, from, to))
+}
+
 /// Everything a rule or a backend does to a request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filters {
@@ -207,6 +304,8 @@ pub struct Filters {
     pub rewrite: Option<Rewrite>,
     pub mirrors: Vec<Mirror>,
     pub cors: Option<Cors>,
+    /// Apache's ProxyPassReverse, on the answer (BalancerCluster routes only).
+    pub pass_reverse: Option<PassReverse>,
 }
 
 impl Filters {
@@ -358,6 +457,78 @@ mod tests {
         );
     }
 
+    fn reverse() -> PassReverse {
+        PassReverse {
+            members: vec!["10.0.0.5:8080".into(), "[::1]:9000".into(), "web:80".into()],
+            hostname: Some("backend.internal".into()),
+        }
+    }
+
+    fn client(prefix: Option<(&'static str, &'static str)>) -> ClientSide<'static> {
+        ClientSide {
+            scheme: "https",
+            host: "shop.example.com:8443",
+            prefix,
+        }
+    }
+
+    #[test]
+    fn a_members_url_points_back_at_the_proxy_and_the_routes_prefix() {
+        let r = reverse();
+        let plain = client(None);
+        let mapped = |value: &str, c: &ClientSide<'_>| r.map(value, c);
+        assert_eq!(
+            mapped("http://10.0.0.5:8080/a/b?q=1#f", &plain).as_deref(),
+            Some("https://shop.example.com:8443/a/b?q=1#f")
+        );
+        // A member's default port may be left out, the host written in any case.
+        assert_eq!(
+            mapped("HTTP://WEB/x", &plain).as_deref(),
+            Some("https://shop.example.com:8443/x")
+        );
+        assert_eq!(
+            mapped("http://[::1]:9000", &plain).as_deref(),
+            Some("https://shop.example.com:8443/")
+        );
+        // The Host a URLRewrite gave the members, with any port.
+        assert_eq!(
+            mapped("http://backend.internal:8080/x", &plain).as_deref(),
+            Some("https://shop.example.com:8443/x")
+        );
+        // Not a member: another host, another port, user information, another scheme.
+        for other in [
+            "http://elsewhere.example/x",
+            "http://10.0.0.5:8081/x",
+            "http://user@10.0.0.5:8080/x",
+            "ftp://10.0.0.5:8080/x",
+            "//10.0.0.5:8080/x",
+            "x/y",
+        ] {
+            assert_eq!(mapped(other, &plain), None, "{other}");
+        }
+        // Behind a prefix the URLRewrite replaced: /app on the client's side, / on the member's.
+        let stripped = client(Some(("/", "/app")));
+        assert_eq!(
+            mapped("http://10.0.0.5:8080/login?next=/", &stripped).as_deref(),
+            Some("https://shop.example.com:8443/app/login?next=/")
+        );
+        assert_eq!(
+            mapped("http://10.0.0.5:8080", &stripped).as_deref(),
+            Some("https://shop.example.com:8443/app")
+        );
+        assert_eq!(mapped("/login", &stripped).as_deref(), Some("/app/login"));
+        assert_eq!(mapped("/login", &plain), None);
+        // /v2 on the member's side, /api on the client's: paths outside /v2 keep theirs.
+        let renamed = client(Some(("/v2/", "/api")));
+        assert_eq!(mapped("/v2/x", &renamed).as_deref(), Some("/api/x"));
+        assert_eq!(mapped("/v2", &renamed).as_deref(), Some("/api"));
+        assert_eq!(mapped("/v20/x", &renamed), None);
+        assert_eq!(
+            mapped("http://web:80/other", &renamed).as_deref(),
+            Some("https://shop.example.com:8443/other")
+        );
+    }
+
     proptest! {
         /// Replacing a prefix by itself gives back the path (up to a trailing `/`), and the
         /// result always starts with the replacement's segments.
@@ -373,6 +544,33 @@ mod tests {
             prop_assert!(replaced.starts_with('/'));
             prop_assert!(replaced.ends_with(rest.trim_start_matches('/')));
             prop_assert!(!replaced.contains("//"), "{}", replaced);
+        }
+
+        /// A member's URL under the member's prefix maps to the client's host and prefix with
+        /// the same rest; a URL of any other host is left alone.
+        #[test]
+        fn mapping_back_keeps_the_rest_and_touches_only_members(
+            member_prefix in "(/[a-c]{1,3}){0,2}",
+            client_prefix in "(/[x-z]{1,3}){1,2}",
+            rest in "(/[a-e]{1,3}){0,3}",
+            query in "(\\?[a-z]=[0-9])?",
+            other in "[a-z]{1,8}\\.example",
+        ) {
+            let r = reverse();
+            let from = if member_prefix.is_empty() { "/" } else { member_prefix.as_str() };
+            let c = ClientSide {
+                scheme: "http",
+                host: "proxy:8000",
+                prefix: Some((from, &client_prefix)),
+            };
+            let location = format!("http://10.0.0.5:8080{member_prefix}{rest}{query}");
+            let mapped = r.map(&location, &c);
+            prop_assert_eq!(
+                mapped,
+                Some(format!("http://proxy:8000{client_prefix}{rest}{query}"))
+            );
+            let elsewhere = format!("http://{other}{member_prefix}{rest}");
+            prop_assert_eq!(r.map(&elsewhere, &c), None);
         }
     }
 }

@@ -25,6 +25,10 @@ pub enum PathMatch {
 pub struct Pattern {
     pub source: String,
     regex: Regex,
+    /// Text every match starts with (`/api/v` of `/api/v[0-9]+/.*`): a value without it is
+    /// turned down without running the expression. Most route expressions start with a literal
+    /// path, and a request is tried against many of them.
+    prefix: String,
 }
 
 impl Pattern {
@@ -33,11 +37,33 @@ impl Pattern {
         Ok(Pattern {
             source: source.to_owned(),
             regex: Regex::new(&format!("^(?:{source})$"))?,
+            prefix: literal_prefix(source).to_owned(),
         })
     }
 
     pub fn is_match(&self, text: &str) -> bool {
-        self.regex.is_match(text)
+        text.starts_with(self.prefix.as_str()) && self.regex.is_match(text)
+    }
+}
+
+/// The literal text a whole match of `source` must start with, conservatively: the characters
+/// before the first one with a meaning in an expression, without the last of them when a
+/// quantifier that allows none of it follows (`ab*`, `ab?`, `ab{0,2}`); nothing when the
+/// expression has an alternation anywhere (`/a|/b`), whose branches start differently.
+fn literal_prefix(source: &str) -> &str {
+    if source.contains('|') {
+        return "";
+    }
+    let end = source
+        .find(|c: char| "\\.+*?()[]{}^$#".contains(c) || c.is_whitespace())
+        .unwrap_or(source.len());
+    let run = &source[..end];
+    match source[end..].chars().next() {
+        Some('*' | '?' | '{') => match run.char_indices().last() {
+            Some((last, _)) => &run[..last],
+            None => run,
+        },
+        _ => run,
     }
 }
 
@@ -394,7 +420,39 @@ mod tests {
         assert_eq!(sorted, ordered);
     }
 
+    #[test]
+    fn an_expressions_literal_start_is_found_conservatively() {
+        for (source, prefix) in [
+            ("/api/v[0-9]+/.*", "/api/v"),
+            ("/svc07/[a-z]+", "/svc07/"),
+            ("/ab*", "/a"),
+            ("/ab?c", "/a"),
+            ("/ab{0,2}", "/a"),
+            ("/ab+", "/ab"),
+            ("/a|/b", ""),
+            ("(?i)/api", ""),
+            ("\\/x", ""),
+            ("/a.b", "/a"),
+            ("/é+x", "/é"),
+            ("/éa*", "/é"),
+            ("", ""),
+        ] {
+            assert_eq!(literal_prefix(source), prefix, "{source}");
+        }
+    }
+
     proptest! {
+        /// Turning down values without the expression's literal start never changes an answer.
+        #[test]
+        fn the_literal_start_never_changes_what_matches(
+            source in "[/ab]{0,3}([.*+?|]|\\{1,2\\}|\\[ab\\]|\\(a\\)|b){0,3}[/ab]{0,2}",
+            text in "[/ab]{0,6}",
+        ) {
+            if let Ok(pattern) = Pattern::new(&source) {
+                prop_assert_eq!(pattern.is_match(&text), pattern.regex.is_match(&text), "{} {}", source, text);
+            }
+        }
+
         /// A prefix matches exactly the paths that are it, or begin with it and a `/`.
         #[test]
         fn a_prefix_matches_whole_segments(

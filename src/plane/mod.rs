@@ -28,7 +28,7 @@ use crate::discovery::ClusterConfig;
 use crate::tls::{self, TlsState, material::Material};
 use filters::Filters;
 use fronts::{Front, FrontConfig};
-use matching::{PathMatch, RequestMatch, RequestView};
+use matching::RequestView;
 use routes::{Backend, ListenerRoutes, Matched, RouteEntry, RouteTable, Rule};
 
 /// One served cluster.
@@ -80,6 +80,17 @@ pub struct RouteConflict {
     pub held_by: String,
 }
 
+/// A route's mirror that names a cluster this snapshot does not serve: no copies are sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnresolvedMirror {
+    /// The key of the cluster whose route mirrors.
+    pub cluster: String,
+    /// The route's place in the cluster's `spec.routes`.
+    pub route: usize,
+    /// The key of the cluster it names.
+    pub target: String,
+}
+
 /// Clusters and routes, immutable once built.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -89,6 +100,7 @@ pub struct Snapshot {
     /// Other ports and their routes (a Gateway's listeners), by port.
     pub fronts: Vec<Front>,
     pub conflicts: Vec<RouteConflict>,
+    pub unresolved_mirrors: Vec<UnresolvedMirror>,
     /// Counts publications, starting at 1 for the first.
     pub generation: u64,
     /// The certificates served by name, and each cluster's TLS as shown and reported.
@@ -339,6 +351,20 @@ impl DataPlane {
             .enumerate()
             .map(|(i, c)| (c.key.as_str(), i))
             .collect();
+        snapshot.unresolved_mirrors = snapshot
+            .clusters
+            .iter()
+            .flat_map(|c| {
+                c.config.route_configs.iter().flat_map(move |r| {
+                    r.filters.mirrors.iter().map(move |m| UnresolvedMirror {
+                        cluster: c.key.clone(),
+                        route: r.index,
+                        target: m.cluster.clone(),
+                    })
+                })
+            })
+            .filter(|m| !index.contains_key(m.target.as_str()))
+            .collect();
         // Shadowed Gateway routes are the Gateway controller's to report (it sees them first).
         snapshot.fronts = fronts
             .iter()
@@ -362,25 +388,27 @@ impl DataPlane {
     }
 }
 
-/// A BalancerCluster's routes as rows of the route table: each route's host and path prefix,
-/// one rule (named by the cluster's key) whose only backend is the cluster.
+/// A BalancerCluster's routes as rows of the route table: each route's host and match, and a
+/// rule (named by the cluster's key) with the route's filters and timeouts, whose only backend
+/// is the cluster.
 fn route_entries(config: &ClusterConfig, key: &str, index: usize) -> Vec<RouteEntry> {
-    let backend = Backend {
-        cluster: Some(index),
-        weight: 1,
-        filters: Filters::default(),
-    };
-    let rule = Arc::new(Rule::new(key.to_owned(), Filters::default(), vec![backend]));
     config
-        .routes
+        .route_configs
         .iter()
-        .map(|route| RouteEntry {
-            hostnames: route.host.iter().cloned().collect(),
-            matches: vec![RequestMatch {
-                path: PathMatch::prefix(&route.path_prefix),
-                ..RequestMatch::default()
-            }],
-            rule: rule.clone(),
+        .map(|route| {
+            let backend = Backend {
+                cluster: Some(index),
+                weight: 1,
+                filters: Filters::default(),
+            };
+            let mut rule = Rule::new(key.to_owned(), route.filters.clone(), vec![backend]);
+            rule.request_timeout = route.request_timeout;
+            rule.backend_timeout = route.backend_timeout;
+            RouteEntry {
+                hostnames: route.host.iter().cloned().collect(),
+                matches: vec![route.matched.clone()],
+                rule: Arc::new(rule),
+            }
         })
         .collect()
 }
@@ -480,6 +508,45 @@ mod tests {
             &fourth.clusters[0].balancer.members()[0].stats,
             &stats
         ));
+    }
+
+    /// A cluster named `name` with `routes` (YAML flow).
+    fn routed(name: &str, routes: &str) -> ClusterConfig {
+        let yaml = format!(
+            "apiVersion: kubebalancer.io/v1alpha1\nkind: BalancerCluster\nmetadata: {{name: {name}}}\nspec:\n  routes: {routes}\n  members: [{{url: 'http://127.0.0.1:1'}}]\n"
+        );
+        let bc: BalancerCluster = serde_norway::from_str(&yaml).expect("a BalancerCluster");
+        crate::discovery::cluster_config(&bc, Vec::new()).expect("valid")
+    }
+
+    #[test]
+    fn a_second_claim_on_the_same_host_and_match_is_a_conflict_and_another_match_is_not() {
+        let claim = "[{host: a.example, match: {path: {type: RegularExpression, value: '/v[0-9]'}, headers: [{name: x-t, value: '1'}]}}]";
+        let other = "[{host: a.example, match: {path: {type: RegularExpression, value: '/v[0-9]'}, headers: [{name: x-t, value: '2'}]}}]";
+        let plane = DataPlane::new();
+        let s = plane.publish(vec![
+            routed("older", claim),
+            routed("younger", claim),
+            routed("third", other),
+        ]);
+        assert_eq!(
+            s.conflicts,
+            [RouteConflict {
+                cluster: "default/younger".into(),
+                host: Some("a.example".into()),
+                path_prefix: "~ /v[0-9]".into(),
+                held_by: "default/older".into(),
+            }]
+        );
+        // An unchanged cluster with routes is served on as it was: its compiled routes compare
+        // equal from one publication to the next.
+        let again = plane.publish(vec![
+            routed("older", claim),
+            routed("younger", claim),
+            routed("third", other),
+        ]);
+        assert!(Arc::ptr_eq(&s.clusters[0], &again.clusters[0]));
+        assert!(Arc::ptr_eq(&s.clusters[2], &again.clusters[2]));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry as HeaderEntry, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 
@@ -24,7 +24,7 @@ use super::upstream::{self, Upstream};
 use super::worker::Worker;
 use crate::clock;
 use crate::plane::Cluster;
-use crate::plane::filters::{Cors, Filters, Mirror, Origin};
+use crate::plane::filters::{ClientSide, Cors, Filters, Mirror, Origin, PathModifier};
 use crate::plane::routes::Rule;
 
 /// What a request's rule asks of the proxy beyond choosing its cluster.
@@ -34,6 +34,17 @@ pub struct Applied {
     pub backend: usize,
     /// The request's Origin, when the rule answers CORS.
     origin: Option<HeaderValue>,
+    /// How the client reached the route, when the rule maps members' URLs back
+    /// (ProxyPassReverse).
+    reverse: Option<Box<Reverse>>,
+}
+
+/// What ProxyPassReverse needs of the request, kept for its answer.
+struct Reverse {
+    tls: bool,
+    host: String,
+    /// The prefix the member saw (a URLRewrite's ReplacePrefixMatch) and the client's.
+    prefix: Option<(String, String)>,
 }
 
 impl Applied {
@@ -49,6 +60,7 @@ impl Applied {
                 rule: rule.clone(),
                 backend,
                 origin: None,
+                reverse: None,
             })
         })
     }
@@ -98,6 +110,9 @@ pub fn before(
     if let Some(redirect) = applied.filters().find_map(|f| f.redirect.as_ref()) {
         return Err(redirect_to(redirect, req, cx));
     }
+    if applied.filters().any(|f| f.pass_reverse.is_some()) {
+        applied.reverse = Some(Box::new(reverse_of(applied, cx)));
+    }
     let mirrors = applied.filters().any(|f| !f.mirrors.is_empty());
     let changes_fields = mirrors
         || applied.filters().any(|f| {
@@ -131,14 +146,15 @@ pub fn before(
     Ok(())
 }
 
-/// Applies the rule's answer filters: header modifiers and CORS fields.
+/// Applies the rule's answer filters: ProxyPassReverse, header modifiers and CORS fields (a
+/// modifier that sets `Location` has the last word).
 pub fn after(applied: &Applied, response: &mut Response<ResponseBody>) {
     let modifiers: Vec<_> = applied
         .filters()
         .filter_map(|f| f.response_headers.as_ref())
         .collect();
     let cors = applied.filters().find_map(|f| f.cors.as_ref());
-    if modifiers.is_empty() && cors.is_none() {
+    if modifiers.is_empty() && cors.is_none() && applied.reverse.is_none() {
         return;
     }
     // The member's fields as it wrote them go into the map, to be changed there.
@@ -146,11 +162,65 @@ pub fn after(applied: &Applied, response: &mut Response<ResponseBody>) {
         let added = std::mem::take(response.headers_mut());
         *response.headers_mut() = raw.into_map(added);
     }
+    if let Some(reverse) = &applied.reverse {
+        map_back(applied, reverse, response.headers_mut());
+    }
     for modifier in modifiers {
         modifier.apply(response.headers_mut());
     }
     if let (Some(cors), Some(origin)) = (cors, &applied.origin) {
         allow(cors, origin, response.headers_mut());
+    }
+}
+
+/// What ProxyPassReverse keeps of the request: how the client came, and which prefix the
+/// member sees in place of the route's.
+fn reverse_of(applied: &Applied, cx: &Context<'_>) -> Reverse {
+    let replaced = applied
+        .filters()
+        .find_map(|f| match &f.rewrite.as_ref()?.path {
+            Some(PathModifier::ReplacePrefixMatch(member_side)) => Some(member_side.clone()),
+            _ => None,
+        });
+    Reverse {
+        tls: cx.client.entry.tls,
+        host: cx
+            .host
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_owned(),
+        prefix: replaced.zip(cx.prefix.map(str::to_owned)),
+    }
+}
+
+/// Apache's ProxyPassReverse on an answer's `Location`, `Content-Location` and `URI` fields:
+/// those naming a member name the proxy instead (`plane::filters::PassReverse::map`).
+fn map_back(applied: &Applied, reverse: &Reverse, headers: &mut HeaderMap) {
+    let Some(pass) = applied.filters().find_map(|f| f.pass_reverse.as_ref()) else {
+        return;
+    };
+    let client = ClientSide {
+        scheme: if reverse.tls { "https" } else { "http" },
+        host: &reverse.host,
+        prefix: reverse
+            .prefix
+            .as_ref()
+            .map(|(member, client)| (member.as_str(), client.as_str())),
+    };
+    for name in [
+        header::LOCATION,
+        header::CONTENT_LOCATION,
+        HeaderName::from_static("uri"),
+    ] {
+        let HeaderEntry::Occupied(mut entry) = headers.entry(name) else {
+            continue;
+        };
+        for value in entry.iter_mut() {
+            let mapped = value.to_str().ok().and_then(|v| pass.map(v, &client));
+            if let Some(new) = mapped.and_then(|m| HeaderValue::from_str(&m).ok()) {
+                *value = new;
+            }
+        }
     }
 }
 
@@ -354,5 +424,61 @@ async fn mirrored(
         while let Some(Ok(_)) =
             std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
         {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plane::filters::PassReverse;
+    use crate::plane::routes::Backend;
+
+    #[test]
+    fn a_members_location_content_location_and_uri_point_back_at_the_client() {
+        let filters = Filters {
+            pass_reverse: Some(PassReverse {
+                members: vec!["10.0.0.5:8080".into()],
+                hostname: None,
+            }),
+            ..Filters::default()
+        };
+        let backend = Backend {
+            cluster: Some(0),
+            weight: 1,
+            filters: Filters::default(),
+        };
+        let rule = Arc::new(Rule::new("shop/web".into(), filters, vec![backend]));
+        let applied = Applied::of(&rule, 0).expect("a rule with a filter");
+        // The client asked for /app/..., which the member sees as /...
+        let reverse = Reverse {
+            tls: true,
+            host: "shop.example:8443".into(),
+            prefix: Some(("/".into(), "/app".into())),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::LOCATION,
+            HeaderValue::from_static("http://10.0.0.5:8080/login?next=%2F"),
+        );
+        headers.insert(
+            header::CONTENT_LOCATION,
+            HeaderValue::from_static("/docs/1"),
+        );
+        headers.append("uri", HeaderValue::from_static("http://10.0.0.5:8080/a"));
+        headers.append("uri", HeaderValue::from_static("http://elsewhere/b"));
+        headers.insert("link", HeaderValue::from_static("http://10.0.0.5:8080/x"));
+        map_back(&applied, &reverse, &mut headers);
+        assert_eq!(
+            headers[header::LOCATION],
+            "https://shop.example:8443/app/login?next=%2F"
+        );
+        assert_eq!(headers[header::CONTENT_LOCATION], "/app/docs/1");
+        let uris: Vec<_> = headers.get_all("uri").iter().collect();
+        assert_eq!(
+            uris,
+            ["https://shop.example:8443/app/a", "http://elsewhere/b"]
+        );
+        // Only those three fields.
+        assert_eq!(headers["link"], "http://10.0.0.5:8080/x");
     }
 }

@@ -125,6 +125,8 @@ fn parse_bytes(file: &str, bytes: &[u8]) -> Result<Vec<ClusterConfig>, ConfigErr
 /// Checks the BalancerCluster documents of a YAML text; `file` names it in errors.
 pub fn parse(file: &str, text: &str) -> Result<Vec<ClusterConfig>, ConfigError> {
     let mut clusters = Vec::new();
+    // Each cluster's document number (empty documents are skipped).
+    let mut numbers = Vec::new();
     let mut seen = HashSet::new();
     for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let number = i + 1;
@@ -156,6 +158,16 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<ClusterConfig>, ConfigError> 
             });
         }
         clusters.push(cluster);
+        numbers.push(number);
+    }
+    if let Some((index, key, field, message)) = unknown_mirror(&clusters) {
+        return Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            document: numbers.get(index).copied().unwrap_or(index + 1),
+            what: format!(" (BalancerCluster {})", cut(&key)),
+            field,
+            message,
+        });
     }
     // An empty file is far more often a file caught half-written than a wish to serve nothing.
     if clusters.is_empty() {
@@ -233,7 +245,39 @@ fn check_document(value: serde_json::Value) -> Result<ClusterConfig, DocumentErr
         let field = e.path().to_string();
         fail(&field, e.into_inner().to_string())
     })?;
-    discovery::cluster_config(&bc, Vec::new()).map_err(|e| fail(&e.field, e.message))
+    let config =
+        discovery::cluster_config(&bc, Vec::new()).map_err(|e| fail(&e.field, e.message))?;
+    // A route that cannot be served refuses the file, as an invalid field does: a file has
+    // no status to report it in.
+    if let Some(p) = config.route_problems.first() {
+        return Err(fail(&p.field, p.message.clone()));
+    }
+    Ok(config)
+}
+
+/// The first mirror that names a BalancerCluster the file does not hold, as the document's
+/// number, its cluster, the field and the message.
+fn unknown_mirror(clusters: &[ClusterConfig]) -> Option<(usize, String, String, String)> {
+    let keys: HashSet<String> = clusters.iter().map(ClusterConfig::key).collect();
+    clusters.iter().enumerate().find_map(|(number, c)| {
+        c.routes.iter().enumerate().find_map(|(i, route)| {
+            route.filters.iter().enumerate().find_map(|(j, f)| {
+                let name = &f.request_mirror.as_ref()?.backend_ref.name;
+                let key = format!("{}/{name}", c.namespace);
+                (!keys.contains(&key)).then(|| {
+                    (
+                        number,
+                        c.key(),
+                        format!("spec.routes[{i}].filters[{j}].requestMirror.backendRef.name"),
+                        format!(
+                            "names the BalancerCluster {}, which this file does not hold: mirrors go to a BalancerCluster of the same namespace",
+                            cut(&key)
+                        ),
+                    )
+                })
+            })
+        })
+    })
 }
 
 fn crd_schema() -> &'static serde_json::Value {
@@ -643,6 +687,7 @@ fn may_change_content(kind: &notify::EventKind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::routes::RouteConfig;
 
     #[test]
     fn the_seed_file_is_the_apache_setup() {
@@ -653,7 +698,8 @@ mod tests {
         let urls: Vec<&str> = c.members.iter().map(|m| m.url.as_str()).collect();
         assert_eq!(urls, ["http://127.0.0.1:8080", "http://127.0.0.1:8081"]);
         assert_eq!(c.routes.len(), 1);
-        assert_eq!(c.routes[0].path_prefix, "/");
+        assert_eq!(c.routes[0].describe(), "*/");
+        assert_eq!(c.route_configs, [RouteConfig::everything()]);
     }
 
     fn refusal(yaml: &str) -> String {

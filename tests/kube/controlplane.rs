@@ -35,11 +35,13 @@ fn the_pinned_versions_are_the_ones_testenv_builds() {
         String::from_utf8_lossy(&output.stderr)
     );
     let expected = format!(
-        "kubernetes {}\netcd {}\nhelm {}\ngateway-api {}\n",
+        "kubernetes {}\netcd {}\nhelm {}\ngateway-api {}\nopentelemetry-collector {}\nprometheus {}\n",
         controlplane::KUBERNETES_VERSION,
         controlplane::ETCD_VERSION,
         controlplane::HELM_VERSION,
-        crate::support::podrunner::GATEWAY_API_VERSION
+        crate::support::podrunner::GATEWAY_API_VERSION,
+        controlplane::OTELCOL_VERSION,
+        controlplane::PROMETHEUS_VERSION
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout), expected);
 }

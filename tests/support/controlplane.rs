@@ -34,6 +34,10 @@ use super::netns;
 pub const KUBERNETES_VERSION: &str = "v1.35.4";
 pub const ETCD_VERSION: &str = "v3.6.16";
 pub const HELM_VERSION: &str = "v3.20.2";
+/// The OpenTelemetry Collector and Prometheus (module v0.316.0 is Prometheus v3.16.0) that the
+/// telemetry tests run against.
+pub const OTELCOL_VERSION: &str = "v0.161.0";
+pub const PROMETHEUS_VERSION: &str = "v0.316.0";
 
 /// Points to the directory of binaries that scripts/testenv.sh built.
 pub const BIN_ENV: &str = "KB_TESTENV_BIN";

@@ -65,7 +65,7 @@ pub async fn serve(
                     Some(Next::HandOff) => return Ok(Ended::HandOff(stream, buf.freeze())),
                     Some(Next::Http2) => return Ok(Ended::Http2(stream, buf.freeze())),
                     Some(Next::InvalidPreface) => {
-                        tracing::debug!(client = %client.addr, "invalid HTTP/2 connection preface: closed");
+                        tracing::debug!(client = %client.addr, "neither HTTP/1 nor HTTP/2's preface: closed");
                         break 'serve;
                     }
                     None => checked = buf.len(),
@@ -148,7 +148,7 @@ enum Next {
     HandOff,
     /// HTTP/2's preface.
     Http2,
-    /// A preface that starts as HTTP/2's and goes wrong.
+    /// A preface that starts as HTTP/2's and goes wrong, or a first line that is not HTTP/1.
     InvalidPreface,
 }
 
@@ -167,6 +167,11 @@ fn try_head(
                 // HTTP/2's preface gone wrong, which no HTTP/1 request starts with: a
                 // connection error (RFC 9113 3.4), answered by closing, not by an HTTP/1 400.
                 return Some(Next::InvalidPreface);
+            }
+            match speaks_http1(buf, worker.limits.max_head_bytes) {
+                Some(true) => {}
+                Some(false) => return Some(Next::InvalidPreface),
+                None => return None,
             }
             *sniffing = false;
         } else if n == HTTP2_PREFACE.len() {
@@ -194,6 +199,31 @@ fn try_head(
         Parsed::Partial => None,
         Parsed::Other => Some(Next::HandOff),
     }
+}
+
+/// Whether a connection's first bytes are an HTTP/1 request line: a method's first character,
+/// and once the line has ended, a version that starts `HTTP/` or a second word that is a request
+/// target (`/path`, `*`, `scheme://...`, `host:port`); `None` while the line goes on. A client
+/// whose first line is not HTTP at all (h2spec's `INVALID CONNECTION PREFACE`, a TLS handshake
+/// on the plain port) cannot read an HTTP/1 answer: it is closed without one, as an invalid
+/// HTTP/2 preface is (RFC 9113 3.4). A malformed HTTP/1 request (`GET / HTTX/1.1`) still gets
+/// its 400.
+fn speaks_http1(buf: &[u8], max_head_bytes: usize) -> Option<bool> {
+    if !buf.first().is_some_and(u8::is_ascii_alphabetic) {
+        return Some(false);
+    }
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        // A line too long for a head is answered by the parser (414 or 431).
+        return (buf.len() >= max_head_bytes).then_some(true);
+    };
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or(line);
+    let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
+    let is_target = target.starts_with(b"/")
+        || target == b"*"
+        || target.windows(3).any(|w| w == b"://")
+        || target.contains(&b':');
+    Some(version.starts_with(b"HTTP/") || is_target)
 }
 
 /// Reads what the client sends while its request is served, up to a head's worth;
@@ -290,6 +320,37 @@ mod tests {
         .await;
         assert_eq!(answers.matches("HTTP/1.1 404").count(), 2, "{answers}");
         assert_eq!(worker.buffers.spare().0, 1);
+    }
+
+    /// A first line that is not HTTP/1 is closed without an answer; a malformed HTTP/1 one
+    /// gets its 400 (RFC 9112), and a line still arriving is waited for.
+    #[test]
+    fn a_first_line_that_is_not_http1_is_told_apart_from_a_bad_request() {
+        let max = LIMITS.max_head_bytes;
+        assert_eq!(speaks_http1(b"GET / HTTP/1.1\r\n", max), Some(true));
+        assert_eq!(speaks_http1(b"GET /a b HTTP/1.0\n", max), Some(true));
+        assert_eq!(speaks_http1(b"GET / HTTP/2.0\r\n", max), Some(true));
+        assert_eq!(speaks_http1(b"GET / HTT", max), None);
+        assert_eq!(
+            speaks_http1(b"INVALID CONNECTION PREFACE\r\n\r\n", max),
+            Some(false)
+        );
+        // Bad requests, answered 400: a wrong version, HTTP/0.9, a target without a version.
+        assert_eq!(speaks_http1(b"GET / HTTX/1.1\r\n", max), Some(true));
+        assert_eq!(speaks_http1(b"GET /\r\n", max), Some(true));
+        assert_eq!(speaks_http1(b"GET http://a/ XYZ\r\n", max), Some(true));
+        assert_eq!(speaks_http1(b"CONNECT a:443 XYZ\r\n", max), Some(true));
+        assert_eq!(speaks_http1(b"OPTIONS * XYZ\r\n", max), Some(true));
+        assert_eq!(speaks_http1(b"HELLO\r\n", max), Some(false));
+        assert_eq!(speaks_http1(b"\x16\x03\x01\x02\x00\x01", max), Some(false));
+        assert_eq!(speaks_http1(b" GET / HTTP/1.1\r\n", max), Some(false));
+        assert_eq!(speaks_http1(&[b'G'; 70 * 1024], max), Some(true));
+    }
+
+    #[tokio::test]
+    async fn h2specs_invalid_preface_is_closed_without_an_answer() {
+        let (_, answers) = served(b"INVALID CONNECTION PREFACE\r\n\r\n").await;
+        assert_eq!(answers, "");
     }
 
     /// A connection's lean future is boxed as the connection starts (`downstream::serve`). Like
