@@ -129,9 +129,17 @@ pub async fn forward(
             .and_then(|f| f.backend_timeout())
             .unwrap_or(config.response_timeout);
         let until = deadline_of(&call).map_or(started + timeout, |at| at.min(started + timeout));
-        let limits = config.policy.limits_of(index);
         let sent = upstream::send(
-            kind, &key, config, limits, req, lean, forwarding, started, until, deadline,
+            kind,
+            &key,
+            config,
+            config.policy.limits_of(index),
+            req,
+            lean,
+            forwarding,
+            started,
+            until,
+            deadline,
         );
         match sent.await {
             Err(failure) => {

@@ -56,13 +56,16 @@ pub async fn exchange(
             Err(failure) => return Err(failure),
         }
     }
-    let permit = match key.admit(limits).await {
-        Ok(permit) => permit,
-        Err(refused) => {
-            let mut failure = Failure::refused(refused);
-            failure.unsent = Some(Box::new(req));
-            return Err(failure);
-        }
+    let permit = match key.admit(limits) {
+        None => None,
+        Some(wait) => match wait.await {
+            Ok(permit) => Some(permit),
+            Err(refused) => {
+                let mut failure = Failure::refused(refused);
+                failure.unsent = Some(Box::new(req));
+                return Err(failure);
+            }
+        },
     };
     let connecting = tokio::time::Instant::now();
     let mut sender = match connect(key.authority(), config.connect_timeout, permit).await {

@@ -81,9 +81,24 @@ pub fn send<'a>(
 ) -> impl Future<Output = Result<Exchanged, Failure>> + 'a {
     if kind == Upstream::Lean {
         let fields = lean.as_ref().map(|head| &head.fields);
-        return Either::Left(lean::exchange(
+        if limits.max_connections.is_none() {
+            return Either::Left(lean::exchange(
+                key,
+                config,
+                lean::Unlimited,
+                req,
+                fields,
+                forwarding,
+                now,
+                until,
+                deadline,
+            ));
+        }
+        // Boxed, as hyper's: the wait for a connection stays out of every request's future.
+        let exchange: std::pin::Pin<Box<dyn Future<Output = _> + 'a>> = Box::pin(lean::exchange(
             key, config, limits, req, fields, forwarding, now, until, deadline,
         ));
+        return Either::Right(exchange);
     }
     if let Some(head) = lean.take() {
         head.fields.fill(req.headers_mut());

@@ -297,17 +297,16 @@ impl Member {
         })
     }
 
-    /// A permit for a new connection under the member's limit (`None` without one), at once or
-    /// after waiting in its queue.
-    pub async fn admit(self: &Rc<Self>, limits: &Limits) -> Result<Option<Permit>, Refused> {
-        let Some(max) = limits.max_connections else {
-            return Ok(None);
-        };
+    /// The wait for a permit for a new connection under the member's limit, at once or after
+    /// waiting in its queue; `None` when the member has no limit. Boxed, and only with a limit:
+    /// the wait's state stays out of every request's future.
+    pub fn admit<'a>(
+        self: &'a Rc<Self>,
+        limits: &'a Limits,
+    ) -> Option<std::pin::Pin<Box<dyn Future<Output = Result<Permit, Refused>> + 'a>>> {
+        let max = limits.max_connections?;
         let gate = self.gate();
-        // Boxed: the wait's state stays out of every request's future.
-        Box::pin(gate.admit(limits, || gate.try_open(max)))
-            .await
-            .map(Some)
+        Some(Box::pin(gate.admit(limits, move || gate.try_open(max))))
     }
 
     /// Whether requests wait for a connection to the member: a connection given back then is
