@@ -7,8 +7,7 @@ use http::Request;
 
 use super::body::{Answer, RequestBody};
 use super::exchange::{Connected, Exchanged, Failure, Stage, within};
-use super::gate::{Permit, Refused};
-use super::pool::{self, Member};
+use super::pool::{self, Admitting, Member};
 use crate::discovery::{ClusterConfig, Limits};
 use crate::proxy::deadline::Deadline;
 use crate::proxy::headers::Forwarding;
@@ -89,29 +88,20 @@ pub async fn exchange(
 /// inline in every request's: for a member without a limit ([`Unlimited`]) it takes no room
 /// there.
 pub trait Admission {
-    fn admit<'a>(
-        &'a self,
-        key: &'a Rc<Member>,
-    ) -> Option<std::pin::Pin<Box<dyn Future<Output = Result<Permit, Refused>> + 'a>>>;
+    fn admit<'a>(&'a self, key: &'a Rc<Member>) -> Option<Admitting<'a>>;
 }
 
 /// A member without a connection limit.
 pub struct Unlimited;
 
 impl Admission for Unlimited {
-    fn admit<'a>(
-        &'a self,
-        _: &'a Rc<Member>,
-    ) -> Option<std::pin::Pin<Box<dyn Future<Output = Result<Permit, Refused>> + 'a>>> {
+    fn admit<'a>(&'a self, _: &'a Rc<Member>) -> Option<Admitting<'a>> {
         None
     }
 }
 
 impl Admission for &Limits {
-    fn admit<'a>(
-        &'a self,
-        key: &'a Rc<Member>,
-    ) -> Option<std::pin::Pin<Box<dyn Future<Output = Result<Permit, Refused>> + 'a>>> {
+    fn admit<'a>(&'a self, key: &'a Rc<Member>) -> Option<Admitting<'a>> {
         key.admit(self)
     }
 }

@@ -68,6 +68,9 @@ impl<T> IdleList<T> {
     }
 }
 
+/// A request's wait for a place under its member's connection limit, boxed.
+pub type Admitting<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Permit, Refused>> + 'a>>;
+
 /// The worker's idle connections, by member `HOST:PORT`.
 #[derive(Default)]
 pub struct Pool {
@@ -300,10 +303,7 @@ impl Member {
     /// The wait for a permit for a new connection under the member's limit, at once or after
     /// waiting in its queue; `None` when the member has no limit. Boxed, and only with a limit:
     /// the wait's state stays out of every request's future.
-    pub fn admit<'a>(
-        self: &'a Rc<Self>,
-        limits: &'a Limits,
-    ) -> Option<std::pin::Pin<Box<dyn Future<Output = Result<Permit, Refused>> + 'a>>> {
+    pub fn admit<'a>(self: &'a Rc<Self>, limits: &'a Limits) -> Option<Admitting<'a>> {
         let max = limits.max_connections?;
         let gate = self.gate();
         Some(Box::pin(gate.admit(limits, move || gate.try_open(max))))
