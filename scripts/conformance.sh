@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the Gateway API conformance suite against kube-balancer (tests/gateway/conformance.rs: the core
-# tests of the GATEWAY-HTTP profile at the pinned release, the real `kube-balancer run
+# tests of the GATEWAY-HTTP profile at the pinned release and the extended tests of the features
+# claimed in src/gateway/mod.rs, SUPPORTED_FEATURES; the real `kube-balancer run
 # --gateway-address ...` as the implementation, inside the test network namespace) and, when it
 # passes, copies the suite's report to conformance/<date>-<release>-report.yaml.
 #

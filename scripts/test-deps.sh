@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond Rust and Go, when it is missing: the Go modules of the gRPC
 # peer (tests/support/grpc-peer, built by the gRPC tests when they run, which may be where there is no
-# network), and headless Chromium for the balancer-manager page test (tests/dataplane/admin.rs),
-# a Debian package, so it needs root and apt-get.
+# network), and two Debian packages, so it needs root and apt-get: headless Chromium for the
+# balancer-manager page test (tests/dataplane/admin.rs) and nginx, OpenSSL's side of the upstream
+# TLS tests (tests/dataplane/upstream_tls.rs: an HTTPS member asking for a client certificate).
 set -euo pipefail
 
 say() { printf 'test-deps: %s\n' "$*" >&2; }
@@ -13,16 +14,23 @@ say() { printf 'test-deps: %s\n' "$*" >&2; }
     exit 1
 }
 
-if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [[ -n "${CHROMIUM:-}" ]]; then
+missing=()
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && [[ -z "${CHROMIUM:-}" ]]; then
+    missing+=(chromium)
+fi
+if [[ ! -x /usr/sbin/nginx && ! -x /usr/bin/nginx ]]; then
+    missing+=(nginx)
+fi
+if [[ ${#missing[@]} -eq 0 ]]; then
     exit 0
 fi
 if [[ $EUID -ne 0 ]] || ! command -v apt-get >/dev/null; then
-    say "chromium is missing and cannot be installed here (needs root and apt-get): install the chromium package"
+    say "missing and cannot be installed here (needs root and apt-get): install ${missing[*]}"
     exit 1
 fi
-say "installing chromium (for the balancer-manager page test)"
+say "installing ${missing[*]}"
 apt-get update -qq >&2
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2 || {
-    say "could not install chromium with apt-get"
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2 || {
+    say "could not install ${missing[*]} with apt-get"
     exit 1
 }

@@ -14,6 +14,7 @@ mod dataplane {
     mod architecture;
     mod binary;
     mod client_http1;
+    mod faults;
     mod grpc;
     mod health;
     mod layout;
@@ -27,4 +28,5 @@ mod dataplane {
     mod sticky;
     mod tls_proxy;
     mod upstream;
+    mod upstream_tls;
 }

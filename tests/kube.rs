@@ -16,10 +16,12 @@ mod kube {
     mod controller_outage;
     mod controlplane;
     mod crd;
+    mod faults;
     mod grpc;
     mod install;
     mod plugin;
     mod routes;
     mod telemetry;
     mod tls_controller;
+    mod upstream_tls;
 }

@@ -80,7 +80,11 @@ code{font-size:.95em}.state-ok{color:#176b2c;font-weight:600}\
 .state-error,.state-stopped{color:#b3261e;font-weight:600}\
 .state-disabled,.state-drain{color:#8a5a00;font-weight:600}\
 .state-hotstandby,.state-hotspare{color:#3d4f9f;font-weight:600}\
-.state-healthcheckfailed,.health-healthcheckfailed,.health-error,.health-ejected{color:#b3261e;font-weight:600}";
+.state-healthcheckfailed,.health-healthcheckfailed,.health-error,.health-ejected{color:#b3261e;font-weight:600}\
+table.members{width:100%}td.url{word-break:break-all;min-width:12em}.pod{color:#555;font-size:.9em}\
+tr.more td{border-top:none;padding:0 .55em .2em;font-size:.9em}summary{cursor:pointer;color:#555}\
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.1em .8em;margin:.3em 0}dt{color:#555}\
+dd{margin:0;word-break:break-word}.class-5xx{color:#b3261e}";
 
 fn write_page(out: &mut String, view: &ManagerView, refresh: Option<u32>) -> fmt::Result {
     out.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
@@ -168,14 +172,23 @@ fn write_cluster(out: &mut String, c: &ClusterView) -> fmt::Result {
         )?;
     }
     out.push_str(
-        "<table class=\"members\">\n<thead><tr><th>Worker URL</th><th>Route</th><th>Factor</th>\
-         <th>Set</th><th>Status</th><th>Elected</th><th>Busy</th><th>Load</th><th>To</th>\
-         <th>From</th><th>Errors</th><th>Pod</th><th>Last error</th><th>Health</th>\
-         <th>HC Method</th><th>HC Interval</th><th>Passes</th><th>Fails</th><th>HC URI</th>\
+        "<table class=\"members\">\n<thead><tr><th>Member</th><th>Status</th><th>Health</th>\
+         <th title=\"Time since the member's state last changed\">For</th>\
+         <th title=\"Answers per second over the last minute\">Req/s</th>\
+         <th title=\"5xx answers per second over the last minute\">5xx/s</th>\
+         <th title=\"Answer time, median, over the last minute\">p50</th>\
+         <th title=\"Answer time, 99th percentile, over the last minute\">p99</th>\
+         <th title=\"Answers since start by status class\">Answers</th>\
+         <th title=\"Requests in flight\">Busy</th>\
+         <th title=\"Requests sent to the member since start\">Elected</th>\
+         <th title=\"Load factor\">Factor</th><th title=\"Failed requests\">Errors</th>\
          </tr></thead>\n<tbody>\n",
     );
     if c.members.is_empty() {
-        out.push_str("<tr><td colspan=\"19\">No members.</td></tr>\n");
+        writeln!(
+            out,
+            "<tr><td colspan=\"{MEMBER_COLUMNS}\">No members.</td></tr>"
+        )?;
     }
     for m in &c.members {
         write_member(out, m)?;
@@ -226,73 +239,161 @@ fn write_certificates(out: &mut String, c: &ClusterView) -> fmt::Result {
     Ok(())
 }
 
+/// Columns of a member's row: the figures that matter most, the rest under "More".
+const MEMBER_COLUMNS: usize = 13;
+
 fn write_member(out: &mut String, m: &MemberView) -> fmt::Result {
     let s = &m.status;
     let url = Escaped(&s.url);
+    let traffic = m.traffic.clone().unwrap_or_default();
     writeln!(
         out,
-        "<tr data-member=\"{url}\"><td class=\"url\">{url}</td><td class=\"route\">{}</td>\
-         <td class=\"num factor\">{}</td><td class=\"num set\">{}</td>\
-         <td class=\"status state-{}\">{}</td><td class=\"num elected\">{}</td>\
-         <td class=\"num busy\">{}</td><td class=\"num load\">{}</td>\
-         <td class=\"num to\" title=\"{} bytes\">{}</td>\
-         <td class=\"num from\" title=\"{} bytes\">{}</td><td class=\"num errors\">{}</td>\
-         <td class=\"pod\">{}</td><td class=\"last-error\">{}</td>\
-         <td class=\"health health-{}\">{}</td>",
-        Escaped(s.route.as_deref().unwrap_or("")),
-        s.load_factor,
-        s.lbset,
+        "<tr data-member=\"{url}\"><td class=\"url\">{url}{}</td>\
+         <td class=\"status state-{}\"{}>{}</td><td class=\"health health-{}\">{}</td>\
+         <td class=\"num age\">{}</td><td class=\"num rps\">{}</td>\
+         <td class=\"num eps\">{}</td><td class=\"num p50\">{}</td>\
+         <td class=\"num p99\">{}</td><td class=\"classes\">{}</td>\
+         <td class=\"num busy\">{}</td><td class=\"num elected\">{}</td>\
+         <td class=\"num factor\">{}</td><td class=\"num errors\">{}</td></tr>",
+        match &s.pod {
+            Some(pod) => format!("<div class=\"pod\">{}</div>", Escaped(pod)),
+            None => String::new(),
+        },
         Escaped(&s.state.to_ascii_lowercase()),
+        match &s.last_error {
+            Some(error) if !error.is_empty() => format!(" title=\"{}\"", Escaped(error)),
+            _ => String::new(),
+        },
         Escaped(&s.state),
-        s.elected,
+        Escaped(&m.health.to_ascii_lowercase()),
+        Escaped(&m.health),
+        age(m.state_age_seconds),
+        rate(traffic.requests_per_second),
+        rate(traffic.errors_per_second),
+        millis(traffic.p50_ms),
+        millis(traffic.p99_ms),
+        classes(&traffic.by_class),
         s.busy,
+        s.elected,
+        s.load_factor,
+        m.errors,
+    )?;
+    write_member_details(out, m)
+}
+
+/// The member's other columns (Apache's), shown on demand in a row of their own.
+fn write_member_details(out: &mut String, m: &MemberView) -> fmt::Result {
+    let s = &m.status;
+    writeln!(
+        out,
+        "<tr class=\"more\" data-member-more=\"{}\"><td colspan=\"{MEMBER_COLUMNS}\"><details>\
+         <summary>More</summary><dl>\
+         <dt>Route</dt><dd class=\"route\">{}</dd><dt>Set</dt><dd class=\"set\">{}</dd>\
+         <dt>Load</dt><dd class=\"load\">{}</dd>\
+         <dt>To</dt><dd class=\"to\" title=\"{} bytes\">{}</dd>\
+         <dt>From</dt><dd class=\"from\" title=\"{} bytes\">{}</dd>\
+         <dt>Last error</dt><dd class=\"last-error\">{}</dd>\
+         <dt>Protocol</dt><dd class=\"protocol\">{}</dd><dt>gRPC</dt><dd class=\"grpc-status\">{}</dd>",
+        Escaped(&s.url),
+        Escaped(s.route.as_deref().unwrap_or("-")),
+        s.lbset,
         m.load,
         s.sent_bytes,
         human_size(s.sent_bytes),
         s.received_bytes,
         human_size(s.received_bytes),
-        m.errors,
-        Escaped(s.pod.as_deref().unwrap_or("")),
-        Escaped(s.last_error.as_deref().unwrap_or("")),
-        Escaped(&m.health.to_ascii_lowercase()),
-        Escaped(&m.health),
+        Escaped(
+            s.last_error
+                .as_deref()
+                .filter(|e| !e.is_empty())
+                .unwrap_or("-")
+        ),
+        Escaped(&m.protocol),
+        grpc_statuses(m),
     )?;
     match &m.health_check {
         // Apache's columns: the thresholds, with the checks in a row so far in brackets.
-        Some(hc) => writeln!(
+        Some(hc) => write!(
             out,
-            "<td class=\"hc-method\">{}</td><td class=\"hc-interval\">{}</td>\
-             <td class=\"num hc-passes\">{} ({})</td><td class=\"num hc-fails\">{} ({})</td>\
-             <td class=\"hc-uri\">{}</td>",
+            "<dt>Health check</dt><dd class=\"hc\"><span class=\"hc-method\">{}</span> \
+             <span class=\"hc-uri\">{}</span> every <span class=\"hc-interval\">{}</span>; \
+             passes <span class=\"hc-passes\">{} ({})</span>, fails \
+             <span class=\"hc-fails\">{} ({})</span></dd>",
             Escaped(&hc.method),
+            Escaped(&hc.uri),
             duration(hc.interval_ms),
             hc.passes,
             hc.passed_in_a_row,
             hc.fails,
             hc.failed_in_a_row,
-            Escaped(&hc.uri),
         )?,
-        None => out.write_str(
-            "<td class=\"hc-method\">-</td><td class=\"hc-interval\">-</td>\
-             <td class=\"num hc-passes\">-</td><td class=\"num hc-fails\">-</td>\
-             <td class=\"hc-uri\">-</td>",
-        )?,
+        None => out.write_str("<dt>Health check</dt><dd class=\"hc\">-</dd>")?,
     }
-    let grpc: Vec<String> = m
+    writeln!(out, "</dl></details></td></tr>")
+}
+
+fn grpc_statuses(m: &MemberView) -> String {
+    if m.grpc_status.is_empty() {
+        return "-".to_owned();
+    }
+    let shown: Vec<String> = m
         .grpc_status
         .iter()
         .map(|(code, count)| format!("{code} {count}"))
         .collect();
-    writeln!(
-        out,
-        "<td class=\"protocol\">{}</td><td class=\"grpc-status\">{}</td></tr>",
-        Escaped(&m.protocol),
-        if grpc.is_empty() {
-            "-".to_owned()
-        } else {
-            Escaped(&grpc.join(", ")).to_string()
-        },
-    )
+    Escaped(&shown.join(", ")).to_string()
+}
+
+/// A rate per second: one decimal, `-` before there is one.
+fn rate(per_second: Option<f64>) -> String {
+    match per_second {
+        Some(r) => format!("{r:.1}"),
+        None => "-".to_owned(),
+    }
+}
+
+/// An answer time: `0.42 ms` under 10 ms, `12.3 ms` under 100, `123 ms` above; `-` without.
+fn millis(ms: Option<f64>) -> String {
+    match ms {
+        Some(ms) if ms < 10.0 => format!("{ms:.2}&nbsp;ms"),
+        Some(ms) if ms < 100.0 => format!("{ms:.1}&nbsp;ms"),
+        Some(ms) => format!("{ms:.0}&nbsp;ms"),
+        None => "-".to_owned(),
+    }
+}
+
+/// Answers by class, as `2xx 120 5xx 3` (each class in a span of its own).
+fn classes(by_class: &std::collections::BTreeMap<String, u64>) -> String {
+    if by_class.is_empty() {
+        return "-".to_owned();
+    }
+    by_class
+        .iter()
+        .map(|(class, n)| {
+            format!(
+                "<span class=\"class-{0}\">{0}&nbsp;{n}</span>",
+                Escaped(class)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A time since, to the second below a minute and coarser above (`45s`, `3m 20s`, `2h 5m`,
+/// `4d 2h`).
+fn age(seconds: u64) -> String {
+    let (d, h, m, s) = (
+        seconds / 86_400,
+        seconds / 3600 % 24,
+        seconds / 60 % 60,
+        seconds % 60,
+    );
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m&nbsp;{s}s"),
+        (0, _, _) => format!("{h}h&nbsp;{m}m"),
+        _ => format!("{d}d&nbsp;{h}h"),
+    }
 }
 
 fn fail_on_status(codes: &[u16]) -> String {
@@ -334,7 +435,7 @@ fn route(host: Option<&str>, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::manager::{ConflictView, HealthCheckView, TimeoutsView};
+    use crate::admin::manager::{ConflictView, HealthCheckView, TimeoutsView, TrafficView};
     use crate::api::{MemberStatus, RouteSpec};
 
     #[test]
@@ -470,10 +571,55 @@ mod tests {
         );
         assert!(
             page.contains(
-                "<td class=\"protocol\">h2c</td><td class=\"grpc-status\">OK 40, UNAVAILABLE 2</td></tr>"
+                "<dt>Protocol</dt><dd class=\"protocol\">h2c</dd><dt>gRPC</dt><dd class=\"grpc-status\">OK 40, UNAVAILABLE 2</dd>"
             ),
             "{page}"
         );
+    }
+
+    #[test]
+    fn page_shows_rates_answer_times_and_classes_first() {
+        let mut view = view_with("web.example.com", "http://10.0.0.1:8080", "refused");
+        view.clusters[0].members[0].traffic = Some(TrafficView {
+            window_seconds: Some(60.0),
+            requests_per_second: Some(12.25),
+            errors_per_second: Some(0.5),
+            p50_ms: Some(0.4234),
+            p99_ms: Some(123.4),
+            by_class: [("2xx".to_owned(), 700), ("5xx".to_owned(), 30)].into(),
+        });
+        let page = render(&view, None);
+        let row = "<tr data-member=\"http://10.0.0.1:8080\"><td class=\"url\">http://10.0.0.1:8080\
+            <div class=\"pod\">web-0</div></td><td class=\"status state-ok\" title=\"refused\">Ok</td>\
+            <td class=\"health health-ok\">Ok</td><td class=\"num age\">1m&nbsp;30s</td>\
+            <td class=\"num rps\">12.2</td><td class=\"num eps\">0.5</td>\
+            <td class=\"num p50\">0.42&nbsp;ms</td><td class=\"num p99\">123&nbsp;ms</td>\
+            <td class=\"classes\"><span class=\"class-2xx\">2xx&nbsp;700</span> \
+            <span class=\"class-5xx\">5xx&nbsp;30</span></td><td class=\"num busy\">0</td>\
+            <td class=\"num elected\">42</td><td class=\"num factor\">3</td>\
+            <td class=\"num errors\">0</td></tr>";
+        assert!(page.contains(row), "no row\n{row}\nin\n{page}");
+        // Without rates yet: dashes, never zeros that would look measured.
+        let page = render(&view_with("a", "http://a:1", ""), None);
+        assert!(
+            page.contains("<td class=\"num rps\">-</td><td class=\"num eps\">-</td><td class=\"num p50\">-</td><td class=\"num p99\">-</td><td class=\"classes\">-</td>"),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn ages_are_exact_below_a_minute_and_coarser_above() {
+        for (seconds, shown) in [
+            (0, "0s"),
+            (59, "59s"),
+            (60, "1m&nbsp;0s"),
+            (3599, "59m&nbsp;59s"),
+            (3600, "1h&nbsp;0m"),
+            (86_399, "23h&nbsp;59m"),
+            (90_000, "1d&nbsp;1h"),
+        ] {
+            assert_eq!(age(seconds), shown, "{seconds} s");
+        }
     }
 
     #[test]
@@ -487,17 +633,15 @@ mod tests {
             "<td>502, 503</td>",
             "<td>5s / 1m / 1m 30s</td>",
             "<code>shop.example.com/api</code>",
-            "<td class=\"url\">http://10.0.0.5:8080</td>",
+            "<td class=\"url\">http://10.0.0.5:8080<div class=\"pod\">web-0</div></td>",
             "<td class=\"num elected\">42</td>",
-            "<td class=\"num to\" title=\"1229 bytes\">1.2K</td>",
-            "<td class=\"num from\" title=\"3565158 bytes\">3.4M</td>",
+            "<dd class=\"to\" title=\"1229 bytes\">1.2K</dd>",
+            "<dd class=\"from\" title=\"3565158 bytes\">3.4M</dd>",
             "<td class=\"status state-ok\">Ok</td>",
-            "<td class=\"num load\">-1</td>",
-            "<td class=\"pod\">web-0</td>",
+            "<dd class=\"load\">-1</dd>",
             "<td class=\"health health-ok\">Ok</td>",
-            "<td class=\"hc-method\">GET</td><td class=\"hc-interval\">5s</td>",
-            "<td class=\"num hc-passes\">2 (0)</td><td class=\"num hc-fails\">3 (1)</td>",
-            "<td class=\"hc-uri\">/&lt;up&gt;</td>",
+            "<span class=\"hc-method\">GET</span> <span class=\"hc-uri\">/&lt;up&gt;</span> every <span class=\"hc-interval\">5s</span>",
+            "passes <span class=\"hc-passes\">2 (0)</span>, fails <span class=\"hc-fails\">3 (1)</span>",
             "spec.memberOverrides",
             "?refresh=5",
         ] {

@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::rates::{Counts, Rates};
 use crate::api::{MemberStatus, RouteSpec};
-use crate::balancer::{GRPC_STATUS_NAMES, MemberStats};
+use crate::balancer::traffic::{TrafficRead, slot_labels};
+use crate::balancer::{BalancedMember, GRPC_STATUS_NAMES, MemberStats};
 use crate::plane::{DataPlane, Snapshot};
 use crate::status;
 
@@ -158,15 +160,43 @@ pub struct HealthCheckView {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficView {
-    /// Answers per second and 5xx answers per second, over the last minute (or since the
-    /// first reading, if sooner).
-    pub requests_per_second: f64,
-    pub errors_per_second: f64,
-    /// Answer times over the same span, in milliseconds (`None` without answers).
+    /// The span the rates and answer times cover: the last minute, or less when the admin
+    /// server has read the member's counters for less long (`None`: not read yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_seconds: Option<f64>,
+    /// Answers per second and 5xx answers per second over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors_per_second: Option<f64>,
+    /// Answer times over the window (request sent to answer head), in milliseconds, from the
+    /// same histogram as `/metrics` (`None` without answers in the window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p50_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p99_ms: Option<f64>,
-    /// Answers since start by status class (`2xx`, `5xx`, ...).
-    pub by_class: std::collections::BTreeMap<String, u64>,
+    /// Answers since start by status class (`2xx`, `5xx`, ...), only the classes seen.
+    pub by_class: BTreeMap<String, u64>,
+}
+
+impl TrafficView {
+    fn of(read: &TrafficRead, rate: Option<super::rates::Rate>) -> TrafficView {
+        let mut by_class = BTreeMap::new();
+        for (slot, &n) in read.responses.iter().enumerate() {
+            if n > 0 {
+                *by_class.entry(slot_labels(slot).1.to_owned()).or_insert(0) += n;
+            }
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        TrafficView {
+            window_seconds: rate.as_ref().map(|r| r.seconds),
+            requests_per_second: rate.as_ref().map(|r| r.answers_per_second),
+            errors_per_second: rate.as_ref().map(|r| r.errors_per_second),
+            p50_ms: rate.as_ref().and_then(|r| r.p50).map(ms),
+            p99_ms: rate.as_ref().and_then(|r| r.p99).map(ms),
+            by_class,
+        }
+    }
 }
 
 impl MemberView {
@@ -176,18 +206,42 @@ impl MemberView {
     }
 }
 
-/// Reads the plane's current snapshot and counters at `now_ms` (process clock).
+/// Reads the plane's current snapshot and counters at `now_ms` (process clock), without rates.
 pub fn view(plane: &DataPlane, now_ms: u64) -> ManagerView {
+    view_with_rates(plane, None, now_ms)
+}
+
+/// Reads the plane's current snapshot and counters at `now_ms` (process clock); with `rates`,
+/// each member's traffic too.
+pub fn view_with_rates(plane: &DataPlane, rates: Option<&Rates>, now_ms: u64) -> ManagerView {
     let snapshot = plane.snapshot_full();
     ManagerView {
         generation: snapshot.generation,
         ready: plane.is_ready(),
         rejected_configs: plane.rejected_configs.load(Relaxed),
-        clusters: clusters(&snapshot, now_ms, crate::tls::unix_now()),
+        clusters: clusters(&snapshot, rates, now_ms, crate::tls::unix_now()),
     }
 }
 
-fn clusters(snapshot: &Snapshot, now_ms: u64, now_secs: i64) -> Vec<ClusterView> {
+/// A member's traffic figures: its totals by class, and its rates when they are kept.
+fn traffic(
+    rates: Option<&Rates>,
+    cluster: &str,
+    member: &BalancedMember,
+    now_ms: u64,
+) -> Option<TrafficView> {
+    let rates = rates?;
+    let read = member.stats.traffic.read();
+    let rate = rates.rate(cluster, &member.url, &Counts::of(&read), now_ms);
+    Some(TrafficView::of(&read, rate))
+}
+
+fn clusters(
+    snapshot: &Snapshot,
+    rates: Option<&Rates>,
+    now_ms: u64,
+    now_secs: i64,
+) -> Vec<ClusterView> {
     snapshot
         .clusters
         .iter()
@@ -208,7 +262,7 @@ fn clusters(snapshot: &Snapshot, now_ms: u64, now_secs: i64) -> Vec<ClusterView>
                         state_age_seconds: now_ms
                             .saturating_sub(live.stats.state_changed_ms(now_ms))
                             / 1000,
-                        traffic: None,
+                        traffic: traffic(rates, &cluster.key, live, now_ms),
                         health: live.stats.health(now_ms).as_str().to_owned(),
                         health_check: config.policy.health_check.as_ref().map(|hc| {
                             HealthCheckView {

@@ -13,6 +13,7 @@ pub mod html;
 pub mod manager;
 pub mod metrics;
 pub mod process;
+pub mod rates;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -94,7 +95,11 @@ pub async fn serve_with(
         registry: metrics::registry(plane.clone()),
         plane,
         token,
+        rates: rates::Rates::default(),
     });
+    // The balancer-manager's rates compare with readings of the last minute.
+    let mut read_rates = tokio::time::interval(rates::EVERY);
+    read_rates.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (stop, stopped) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -112,6 +117,7 @@ pub async fn serve_with(
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = read_rates.tick() => admin.rates.sample(&admin.plane, clock::now_ms()),
         }
     }
     drop(listener);
@@ -156,6 +162,7 @@ struct Admin {
     plane: Arc<DataPlane>,
     registry: Registry,
     token: Option<auth::Token>,
+    rates: rates::Rates,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -229,7 +236,7 @@ impl Admin {
     }
 
     fn balancer_manager(&self, query: &str) -> Answer {
-        let view = manager::view(&self.plane, clock::now_ms());
+        let view = manager::view_with_rates(&self.plane, Some(&self.rates), clock::now_ms());
         let param = |name: &str| {
             query
                 .split('&')
@@ -290,6 +297,7 @@ mod tests {
             registry: metrics::registry(plane.clone()),
             plane,
             token: None,
+            rates: rates::Rates::default(),
         }
     }
 

@@ -98,6 +98,16 @@ impl HistogramRead {
         self.sum_us += h.sum_us.load(Relaxed);
     }
 
+    /// What was recorded after `earlier` (a read of the same histogram).
+    pub fn since(&self, earlier: &HistogramRead) -> HistogramRead {
+        let mut delta = self.clone();
+        for (n, before) in delta.buckets.iter_mut().zip(&earlier.buckets) {
+            *n = n.saturating_sub(*before);
+        }
+        delta.sum_us = delta.sum_us.saturating_sub(earlier.sum_us);
+        delta
+    }
+
     fn merge(&mut self, other: &HistogramRead) {
         for (total, b) in self.buckets.iter_mut().zip(&other.buckets) {
             *total += b;

@@ -140,6 +140,8 @@ pub struct GatewayAddress {
     /// `IPAddress` (the default), `Hostname`, or an implementation's own.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
+    /// Empty in a Gateway's `spec.addresses`: any address of that type.
+    #[serde(default)]
     pub value: String,
 }
 

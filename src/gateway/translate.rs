@@ -173,6 +173,8 @@ struct GatewayState<'a> {
     gateway: &'a Gateway,
     namespace: String,
     address: Option<IpAddr>,
+    /// Its `spec.addresses` cannot be served: then nothing of it is.
+    address_problem: Option<AddressProblem>,
     listeners: Vec<ListenerState>,
 }
 
@@ -307,38 +309,124 @@ fn secret_source(
     })
 }
 
-/// Gives each Gateway (oldest first) an address of `pool`: the one its status already shows when
-/// it is in the pool and no older Gateway has it, else the first one free; when none is left,
-/// the pool's last, which the Gateways left over share. Every replica computes the same from the
-/// same resources. An empty pool gives no address: every address of the host.
-pub fn assign_addresses(gateways: &[&Arc<Gateway>], pool: &[IpAddr]) -> Vec<Option<IpAddr>> {
-    if pool.is_empty() {
-        return vec![None; gateways.len()];
-    }
-    let mut taken: BTreeSet<IpAddr> = BTreeSet::new();
-    let mut assigned: Vec<Option<IpAddr>> = gateways
-        .iter()
-        .map(|g| {
-            let kept = g
-                .status
-                .iter()
-                .flat_map(|s| &s.addresses)
-                .filter_map(|a| a.value.parse::<IpAddr>().ok())
-                .find(|ip| pool.contains(ip) && !taken.contains(ip))?;
-            taken.insert(kept);
-            Some(kept)
-        })
-        .collect();
-    for slot in &mut assigned {
-        if slot.is_none() {
-            let free = pool.iter().find(|ip| !taken.contains(ip)).copied();
-            if let Some(ip) = free {
-                taken.insert(ip);
+/// Why a Gateway's `spec.addresses` cannot be served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddressProblem {
+    /// An address of another type than `IPAddress`, or not an IP (`Accepted=False`,
+    /// `UnsupportedAddress`).
+    Unsupported(String),
+    /// An IP address this installation does not serve, or that an older Gateway asked for
+    /// (`Programmed=False`, `AddressNotUsable`).
+    NotUsable(String),
+}
+
+/// The IP addresses a Gateway's `spec.addresses` asks for (none: any one), or why not. An
+/// `IPAddress` without a value asks for nothing in particular.
+fn requested_addresses(gateway: &Gateway) -> Result<Vec<IpAddr>, AddressProblem> {
+    let mut ips = Vec::new();
+    for address in &gateway.spec.addresses {
+        if let Some(other) = address.type_.as_deref().filter(|t| *t != "IPAddress") {
+            return Err(AddressProblem::Unsupported(format!(
+                "address type {other:?} is not supported: only IPAddress"
+            )));
+        }
+        if address.value.is_empty() {
+            continue;
+        }
+        match address.value.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => {
+                return Err(AddressProblem::Unsupported(format!(
+                    "{:?} is not an IP address",
+                    address.value
+                )));
             }
-            *slot = free.or(pool.last().copied());
         }
     }
+    Ok(ips)
+}
+
+/// Gives each Gateway (oldest first) an address of `pool`. A Gateway that asks for addresses
+/// (`spec.addresses`) gets the one it asks for, when it is in the pool (without a pool: among
+/// `service`, the Gateway Service's) and no older Gateway asked for it; kube-balancer serves a
+/// Gateway at one address, so it may ask for one only. The others keep the one their status
+/// already shows when it is in the pool and not taken, else get the first one free; when none is
+/// left, the pool's last one not asked for, which the Gateways left over share. Every replica
+/// computes the same from the same resources. An empty pool gives no address: every address of
+/// the host.
+pub fn assign_addresses(
+    gateways: &[&Arc<Gateway>],
+    pool: &[IpAddr],
+    service: &[IpAddr],
+) -> Vec<Result<Option<IpAddr>, AddressProblem>> {
+    let mut taken: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut asked: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut assigned: Vec<Option<Result<Option<IpAddr>, AddressProblem>>> = gateways
+        .iter()
+        .map(|g| {
+            let requested = match requested_addresses(g) {
+                Ok(requested) if requested.is_empty() => return None,
+                Ok(requested) => requested,
+                Err(problem) => return Some(Err(problem)),
+            };
+            let served = if pool.is_empty() { service } else { pool };
+            let not_usable = |why: String| Some(Err(AddressProblem::NotUsable(why)));
+            if let [_, extra, ..] = requested.as_slice() {
+                return not_usable(format!("{extra}: a Gateway is served at one address only"));
+            }
+            let ip = requested[0];
+            if !served.contains(&ip) {
+                return not_usable(format!("{ip} is not an address this installation serves"));
+            }
+            if !asked.insert(ip) {
+                return not_usable(format!("{ip} is asked for by an older Gateway"));
+            }
+            if pool.is_empty() {
+                return Some(Ok(None));
+            }
+            taken.insert(ip);
+            Some(Ok(Some(ip)))
+        })
+        .collect();
+    if pool.is_empty() {
+        return assigned
+            .into_iter()
+            .map(|a| a.unwrap_or(Ok(None)))
+            .collect();
+    }
+    for (slot, g) in assigned.iter_mut().zip(gateways) {
+        if slot.is_some() {
+            continue;
+        }
+        let kept = g
+            .status
+            .iter()
+            .flat_map(|s| &s.addresses)
+            .filter_map(|a| a.value.parse::<IpAddr>().ok())
+            .find(|ip| pool.contains(ip) && !taken.contains(ip));
+        if let Some(ip) = kept {
+            taken.insert(ip);
+            *slot = Some(Ok(Some(ip)));
+        }
+    }
+    let shared = pool
+        .iter()
+        .rev()
+        .find(|ip| !asked.contains(ip))
+        .or(pool.last())
+        .copied();
     assigned
+        .into_iter()
+        .map(|slot| {
+            slot.unwrap_or_else(|| {
+                let free = pool.iter().find(|ip| !taken.contains(ip)).copied();
+                if let Some(ip) = free {
+                    taken.insert(ip);
+                }
+                Ok(free.or(shared))
+            })
+        })
+        .collect()
 }
 
 /// Conditions of one object, each keeping the time it last changed status.
@@ -419,12 +507,21 @@ pub fn translate(
     }
 
     let gateways = our_gateways(world, settings);
-    let addresses = assign_addresses(&gateways, &settings.addresses);
+    let service_ips: Vec<IpAddr> = settings
+        .service_addresses
+        .iter()
+        .filter_map(|a| a.value.parse().ok())
+        .collect();
+    let addresses = assign_addresses(&gateways, &settings.addresses, &service_ips);
     let mut states: Vec<GatewayState<'_>> = Vec::with_capacity(gateways.len());
     // The protocol each address and port is taken with, by the first listener to claim it.
     let mut claimed: HashMap<(Option<IpAddr>, u16), Protocol> = HashMap::new();
-    for (gateway, address) in gateways.iter().zip(addresses) {
+    for (gateway, assigned) in gateways.iter().zip(addresses) {
         let namespace = gateway.namespace().unwrap_or_default();
+        let (address, address_problem) = match assigned {
+            Ok(address) => (address, None),
+            Err(problem) => (None, Some(problem)),
+        };
         let mut listeners: Vec<ListenerState> = Vec::new();
         for listener in &gateway.spec.listeners {
             let mut state = listener_state(world, &namespace, listener, material);
@@ -442,7 +539,9 @@ pub fn translate(
                         }
                     });
             }
-            if let (Some(protocol), None) = (state.protocol, state.conflict) {
+            // A Gateway without a usable address is not served: it claims no port.
+            if let (Some(protocol), None, None) = (state.protocol, state.conflict, &address_problem)
+            {
                 match claimed.get(&(address, state.port)) {
                     Some(p) if *p != protocol => state.conflict = Some(reasons::PROTOCOL_CONFLICT),
                     Some(_) => {}
@@ -457,6 +556,7 @@ pub fn translate(
             gateway,
             namespace,
             address,
+            address_problem,
             listeners,
         });
     }
@@ -601,6 +701,9 @@ pub fn translate(
     // (gateway, listener) -> (front, listener config)
     let mut slots: HashMap<(usize, usize), (usize, usize)> = HashMap::new();
     for (g, state) in states.iter().enumerate() {
+        if state.address_problem.is_some() {
+            continue;
+        }
         for (l, listener) in state.listeners.iter().enumerate() {
             if !listener.serves() {
                 continue;
@@ -1416,12 +1519,13 @@ fn gateway_status(
     let gateway = state.gateway;
     let current = gateway.status.clone();
     let generation = gateway.metadata.generation;
-    let addresses: Vec<GatewayAddress> = match state.address {
-        Some(ip) => vec![GatewayAddress {
+    let addresses: Vec<GatewayAddress> = match (state.address, &state.address_problem) {
+        (_, Some(_)) => Vec::new(),
+        (Some(ip), None) => vec![GatewayAddress {
             type_: Some("IPAddress".to_owned()),
             value: ip.to_string(),
         }],
-        None => settings.service_addresses.clone(),
+        (None, None) => settings.service_addresses.clone(),
     };
     let accepted = state.listeners.iter().filter(|l| l.accepted()).count();
     let all = state.listeners.len();
@@ -1431,6 +1535,13 @@ fn gateway_status(
         now,
     );
     match (accepted, all) {
+        _ if let Some(AddressProblem::Unsupported(why)) = &state.address_problem => conditions
+            .push(
+                reasons::ACCEPTED,
+                false,
+                reasons::UNSUPPORTED_ADDRESS,
+                why.clone(),
+            ),
         (0, _) => conditions.push(
             reasons::ACCEPTED,
             false,
@@ -1451,6 +1562,17 @@ fn gateway_status(
         ),
     }
     match (accepted > 0, addresses.first()) {
+        _ if let Some(problem) = &state.address_problem => match problem {
+            AddressProblem::Unsupported(why) => {
+                conditions.push(reasons::PROGRAMMED, false, reasons::INVALID, why.clone())
+            }
+            AddressProblem::NotUsable(why) => conditions.push(
+                reasons::PROGRAMMED,
+                false,
+                reasons::ADDRESS_NOT_USABLE,
+                why.clone(),
+            ),
+        },
         (false, _) => conditions.push(
             reasons::PROGRAMMED,
             false,
@@ -1987,6 +2109,121 @@ mod tests {
             conditions(&t.status.gateways[0].status.conditions)[1],
             ("Programmed", "False", "AddressNotAssigned")
         );
+    }
+
+    #[test]
+    fn a_gateway_that_asks_for_an_address_gets_it_or_says_why() {
+        let mut f = Fixture::new();
+        f.addresses.push("10.244.0.12".parse().expect("ip"));
+        let asking = |name: &str, age: i64, addresses: serde_json::Value| {
+            let mut g = (*gateway("infra", name, age, json!([http("http", 8080, None)]))).clone();
+            g.spec.addresses = serde_json::from_value(addresses).expect("addresses");
+            Arc::new(g)
+        };
+        let invalid = json!({"type": "test/fake-invalid-type", "value": "fake address"});
+        let unusable = json!({"type": "IPAddress", "value": "10.244.0.99"});
+        let usable = json!({"type": "IPAddress", "value": "10.244.0.10"});
+        let plain = gateway("infra", "plain", 100, json!([http("http", 80, None)]));
+        let of = |t: &Translation, name: &str| {
+            let g = t
+                .status
+                .gateways
+                .iter()
+                .find(|g| g.name == name)
+                .expect("status");
+            let addresses: Vec<String> =
+                g.status.addresses.iter().map(|a| a.value.clone()).collect();
+            let conditions: Vec<(String, String, String)> = conditions(&g.status.conditions)
+                .into_iter()
+                .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
+                .collect();
+            (addresses, conditions[..2].to_vec())
+        };
+        let c = |t: &str, s: &str, r: &str| (t.to_owned(), s.to_owned(), r.to_owned());
+        let served = |t: &Translation| -> Vec<(Option<IpAddr>, u16)> {
+            t.fronts.iter().map(|f| (f.address, f.port)).collect()
+        };
+        let ip = |text: &str| Some(text.parse::<IpAddr>().expect("ip"));
+
+        // An address of a type it does not know: not accepted, not served.
+        f.gateways = vec![
+            plain.clone(),
+            asking("static", 50, json!([invalid, unusable, usable])),
+        ];
+        let t = f.translate();
+        assert_eq!(
+            of(&t, "static"),
+            (
+                vec![],
+                vec![
+                    c("Accepted", "False", "UnsupportedAddress"),
+                    c("Programmed", "False", "Invalid")
+                ]
+            )
+        );
+        assert_eq!(served(&t), [(ip("10.244.0.10"), 80)]);
+        // An IP outside the pool: accepted, not programmed, not served.
+        f.gateways = vec![
+            plain.clone(),
+            asking("static", 50, json!([unusable, usable])),
+        ];
+        let t = f.translate();
+        assert_eq!(
+            of(&t, "static"),
+            (
+                vec![],
+                vec![
+                    c("Accepted", "True", "Accepted"),
+                    c("Programmed", "False", "AddressNotUsable")
+                ]
+            )
+        );
+        assert_eq!(served(&t), [(ip("10.244.0.10"), 80)]);
+        // The one it asks for, although an older Gateway would have had it first.
+        f.gateways = vec![plain.clone(), asking("static", 50, json!([usable]))];
+        let t = f.translate();
+        assert_eq!(
+            of(&t, "static"),
+            (
+                vec!["10.244.0.10".to_owned()],
+                vec![
+                    c("Accepted", "True", "Accepted"),
+                    c("Programmed", "True", "Programmed")
+                ]
+            )
+        );
+        assert_eq!(of(&t, "plain").0, ["10.244.0.11"]);
+        assert_eq!(
+            served(&t),
+            [(ip("10.244.0.10"), 8080), (ip("10.244.0.11"), 80)]
+        );
+        // A younger Gateway asking for the same address does not get it.
+        f.gateways.push(asking("younger", 10, json!([usable])));
+        let t = f.translate();
+        assert_eq!(
+            of(&t, "younger").1[1],
+            c("Programmed", "False", "AddressNotUsable")
+        );
+        assert_eq!(of(&t, "static").0, ["10.244.0.10"]);
+        // Gateways left over share the last address no Gateway asked for.
+        f.addresses.truncate(2);
+        f.gateways = vec![
+            plain.clone(),
+            asking(
+                "static",
+                50,
+                json!([{"type": "IPAddress", "value": "10.244.0.11"}]),
+            ),
+            gateway("infra", "third", 20, json!([http("http", 81, None)])),
+        ];
+        let t = f.translate();
+        assert_eq!(of(&t, "static").0, ["10.244.0.11"]);
+        assert_eq!(of(&t, "plain").0, ["10.244.0.10"]);
+        assert_eq!(of(&t, "third").0, ["10.244.0.10"]);
+        // An IPAddress without a value asks for none in particular.
+        f.gateways = vec![asking("any", 50, json!([{"type": "IPAddress"}]))];
+        let t = f.translate();
+        assert_eq!(of(&t, "any").0, ["10.244.0.10"]);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! `spec.healthCheck` is probed every `interval` (TCP connect, a HEAD, GET or OPTIONS request,
 //! or gRPC's standard `grpc.health.v1.Health/Check` over h2c), and a member that fails `fails`
 //! checks in a row is HealthCheckFailed, taking no requests, until it passes `passes` in a row.
+//! An `https://` member's HTTP and gRPC checks go over TLS (gRPC's in h2, ALPN `h2`), made and
+//! verified with its cluster's client configuration as its requests are.
 //!
 //! The checker is one task on its own thread, fed by the data plane's current snapshot. Its
 //! schedule is keyed by member identity (cluster and URL) and the verdicts live in the members'
@@ -21,6 +23,7 @@ use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -30,6 +33,7 @@ use crate::balancer::{Health, MemberStats};
 use crate::clock;
 use crate::discovery::{HealthCheckConfig, fnv1a};
 use crate::plane::DataPlane;
+use crate::tls;
 
 /// How much of an answer's body `bodyContains` searches.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -111,10 +115,12 @@ pub async fn run(plane: Arc<DataPlane>, mut stop: watch::Receiver<bool>) {
                 if entry.next_ms <= now && !entry.running.swap(true, Relaxed) {
                     // Keep the member's place in the interval rather than drift.
                     entry.next_ms = (entry.next_ms + interval).max(now + 1);
+                    let tls = member.is_tls().then(|| cluster.upstream_tls.clone());
                     tokio::spawn(check_member(
                         plane.clone(),
                         cluster.key.clone(),
                         member.authority.clone(),
+                        tls,
                         check.clone(),
                         live.stats.clone(),
                         entry.running.clone(),
@@ -153,11 +159,12 @@ async fn check_member(
     plane: Arc<DataPlane>,
     cluster: String,
     authority: String,
+    tls: Option<Option<Arc<tls::Upstream>>>,
     check: HealthCheckConfig,
     stats: Arc<MemberStats>,
     running: Arc<AtomicBool>,
 ) {
-    let outcome = probe(&authority, &check).await;
+    let outcome = probe(&authority, tls.as_ref().map(Option::as_deref), &check).await;
     running.store(false, Relaxed);
     let now = clock::now_ms();
     match record(&check, &stats, outcome.is_ok(), now) {
@@ -266,9 +273,15 @@ pub fn record(
     }
 }
 
-/// One check of the member at `authority`: `Ok` when it passes, or why it did not.
-pub async fn probe(authority: &str, check: &HealthCheckConfig) -> Result<(), String> {
-    match tokio::time::timeout(check.timeout, probe_inner(authority, check)).await {
+/// One check of the member at `authority`: `Ok` when it passes, or why it did not. `tls` is
+/// `Some` for an `https://` member: its cluster's client configuration, or `None` when that
+/// could not be loaded (then the check fails: the member is never asked in plain HTTP).
+pub async fn probe(
+    authority: &str,
+    tls: Option<Option<&tls::Upstream>>,
+    check: &HealthCheckConfig,
+) -> Result<(), String> {
+    match tokio::time::timeout(check.timeout, probe_inner(authority, tls, check)).await {
         Ok(result) => result,
         Err(_) => Err(format!(
             "no answer within {}",
@@ -277,7 +290,11 @@ pub async fn probe(authority: &str, check: &HealthCheckConfig) -> Result<(), Str
     }
 }
 
-async fn probe_inner(authority: &str, check: &HealthCheckConfig) -> Result<(), String> {
+async fn probe_inner(
+    authority: &str,
+    tls: Option<Option<&tls::Upstream>>,
+    check: &HealthCheckConfig,
+) -> Result<(), String> {
     let stream = TcpStream::connect(authority)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -285,9 +302,35 @@ async fn probe_inner(authority: &str, check: &HealthCheckConfig) -> Result<(), S
         return Ok(());
     }
     let _ = stream.set_nodelay(true);
-    if check.method == HealthCheckMethod::Grpc {
-        return probe_grpc(stream, authority, &check.grpc_service).await;
+    let grpc = check.method == HealthCheckMethod::Grpc;
+    let Some(tls) = tls else {
+        return if grpc {
+            probe_grpc(stream, authority, false, &check.grpc_service).await
+        } else {
+            probe_http(stream, authority, check).await
+        };
+    };
+    let upstream = tls.ok_or("the cluster's upstreamTLS could not be loaded")?;
+    let stream = upstream
+        .connect(stream, authority, grpc)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    if grpc {
+        probe_grpc(stream, authority, true, &check.grpc_service).await
+    } else {
+        probe_http(stream, authority, check).await
     }
+}
+
+/// A HEAD, GET or OPTIONS request on `stream`, in HTTP/1.1.
+async fn probe_http<IO>(
+    stream: IO,
+    authority: &str,
+    check: &HealthCheckConfig,
+) -> Result<(), String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
@@ -344,8 +387,12 @@ async fn probe_inner(authority: &str, check: &HealthCheckConfig) -> Result<(), S
 }
 
 /// `grpc.health.v1.Health/Check` for `service` (empty: the server as a whole), over h2c on
-/// `stream`: passes when the answer is SERVING with status OK.
-async fn probe_grpc(stream: TcpStream, authority: &str, service: &str) -> Result<(), String> {
+/// `stream` (h2 when `tls`): passes when the answer is SERVING with status OK.
+async fn probe_grpc<IO>(stream: IO, authority: &str, tls: bool, service: &str) -> Result<(), String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let scheme = if tls { "https" } else { "http" };
     let what = match service {
         "" => "grpc.health.v1.Health/Check".to_owned(),
         service => format!("grpc.health.v1.Health/Check {service:?}"),
@@ -361,7 +408,9 @@ async fn probe_grpc(stream: TcpStream, authority: &str, service: &str) -> Result
     });
     let request = Request::builder()
         .method("POST")
-        .uri(format!("http://{authority}/grpc.health.v1.Health/Check"))
+        .uri(format!(
+            "{scheme}://{authority}/grpc.health.v1.Health/Check"
+        ))
         .header(header::CONTENT_TYPE, "application/grpc")
         .header(header::TE, "trailers")
         .header(header::USER_AGENT, "kube-balancer-health-check")

@@ -245,6 +245,19 @@ impl RouteTable {
         })
     }
 
+    /// Whether a request to `host` came on a TLS connection meant for another listener: the
+    /// listener its handshake's server name selects is not the one its host selects (then the
+    /// client must ask again on a connection of its own: 421, RFC 9110 15.5.20). A server name
+    /// that selects no listener decides nothing.
+    pub fn misdirected(&self, server_name: &[u8], host: &[u8]) -> bool {
+        let by_name = self
+            .listeners
+            .iter()
+            .position(|l| l.hostname.matches(server_name));
+        let by_host = || self.listeners.iter().position(|l| l.hostname.matches(host));
+        by_name.is_some_and(|named| by_host() != Some(named))
+    }
+
     /// Whether no route is in it.
     pub fn is_empty(&self) -> bool {
         self.listeners.iter().all(|l| l.entries.is_empty())
@@ -456,6 +469,45 @@ mod tests {
         // The foo listener takes foo.example.com whole: no falling back to the wildcard one.
         assert_eq!(found(&t, "foo.example.com", "/"), None);
         assert_eq!(found(&t, "other.net", "/"), None);
+    }
+
+    #[test]
+    fn a_host_of_another_listener_than_the_server_names_is_misdirected() {
+        // The listeners of the suite's HTTPS Gateway: any host, an exact one, a wildcard, and an
+        // exact one under the wildcard.
+        let (t, _) = RouteTable::build(
+            [
+                None,
+                Some("second.org"),
+                Some("*.wild.org"),
+                Some("fourth.wild.org"),
+            ]
+            .into_iter()
+            .map(|hostname| ListenerRoutes {
+                hostname: hostname.map(str::to_owned),
+                routes: vec![route(None, "/", "r")],
+            })
+            .collect(),
+        );
+        let misdirected = |name: &str, host: &str| t.misdirected(name.as_bytes(), host.as_bytes());
+        // The same listener: served (or 404), never 421.
+        assert!(!misdirected("example.org", "example.org"));
+        assert!(!misdirected("example.org", "unknown.org"));
+        assert!(!misdirected("third.wild.org", "fifth.wild.org"));
+        assert!(!misdirected("SECOND.org", "second.ORG"));
+        // Another listener, in either direction, and for the more specific one under a wildcard.
+        assert!(misdirected("example.org", "second.org"));
+        assert!(misdirected("second.org", "example.org"));
+        assert!(misdirected("second.org", "unknown.org"));
+        assert!(misdirected("third.wild.org", "fourth.wild.org"));
+        assert!(misdirected("fourth.wild.org", "fifth.wild.org"));
+        // A server name that selects no listener decides nothing.
+        let (exact, _) = RouteTable::build(vec![ListenerRoutes {
+            hostname: Some("second.org".into()),
+            routes: vec![route(None, "/", "r")],
+        }]);
+        assert!(!exact.misdirected(b"other.org", b"second.org"));
+        assert!(exact.misdirected(b"second.org", b"other.org"));
     }
 
     #[test]

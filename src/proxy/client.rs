@@ -38,6 +38,9 @@ pub struct Client {
     /// An HTTP/1 connection's one timer (header read and response); none for HTTP/2.
     pub deadline: Option<Rc<Deadline>>,
     pub entry: Entry,
+    /// HTTPS: the server name its handshake asked for (SNI), which chose the listener whose
+    /// certificate it got; a request for a host of another listener is misdirected (421).
+    pub server_name: Option<Box<str>>,
 }
 
 impl Client {
@@ -47,6 +50,7 @@ impl Client {
             forwarded_for: forwarded_for(addr.ip()),
             deadline,
             entry,
+            server_name: None,
         }
     }
 }

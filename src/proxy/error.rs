@@ -18,6 +18,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 pub enum ProxyError {
     /// No cluster serves this host and path.
     NoRoute { host: String, path: String },
+    /// An HTTPS request for a host of another listener than its connection's server name
+    /// selected (a connection reused for another host): the client must ask on a new one.
+    Misdirected { server_name: String, host: String },
     /// The route's backend cannot be served (unknown, not permitted, or no weight).
     NoBackend { rule: String },
     /// The cluster has no usable member.
@@ -68,6 +71,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoMember { .. } | ProxyError::Overloaded { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -107,6 +111,7 @@ impl ProxyError {
             | ProxyError::ClientBody { .. }
             | ProxyError::ClientTimeout { .. }
             | ProxyError::DuplicateHost
+            | ProxyError::Misdirected { .. }
             | ProxyError::NoHost => grpc::INTERNAL,
             ProxyError::Redirect { .. } | ProxyError::Preflight(_) => return None,
         })
@@ -146,6 +151,10 @@ impl ProxyError {
             ProxyError::NoRoute { host, path } => {
                 tracing::debug!(%host, %path, "no balancer serves this host and path");
                 "404 Not Found: no balancer serves this host and path\n"
+            }
+            ProxyError::Misdirected { server_name, host } => {
+                tracing::debug!(%server_name, %host, "421 Misdirected Request: the host is another listener's");
+                "421 Misdirected Request: this connection's server name is not for this host\n"
             }
             ProxyError::NoBackend { rule } => {
                 tracing::warn!(%rule, "500 Internal Server Error: the route's backend cannot be served");

@@ -242,8 +242,11 @@ fn header_of(
     }
 }
 
-/// The fields of the proxy's answer (204) to a CORS preflight from an allowed origin. One from
-/// an origin not allowed goes on to the member, as any request, and gets no CORS fields.
+/// The fields of the proxy's answer (204) to a CORS preflight (OPTIONS with Origin and
+/// Access-Control-Request-Method): the CORS fields for an allowed origin, none for another one
+/// (the browser then refuses the real request). Either way the preflight is the route's to
+/// answer, never the member's: a member that answers OPTIONS must not allow an origin the route
+/// does not.
 fn preflight(
     cors: &Cors,
     req: &Request<RequestBody>,
@@ -254,7 +257,10 @@ fn preflight(
         return None;
     }
     let method = header_of(req, lean, &header::ACCESS_CONTROL_REQUEST_METHOD)?;
-    let allowed = cors.allowed_origin(origin?.to_str().ok()?)?;
+    let origin = origin?;
+    let Some(allowed) = origin.to_str().ok().and_then(|o| cors.allowed_origin(o)) else {
+        return Some(HeaderMap::new());
+    };
     let mut fields = HeaderMap::new();
     let headers = &mut fields;
     insert(headers, header::ACCESS_CONTROL_ALLOW_ORIGIN, &allowed);
@@ -403,12 +409,12 @@ async fn mirrored(
     let stats = &cluster.balancer.members()[index].stats;
     stats.elected.fetch_add(1, Relaxed);
     let _lease = Lease::new(stats.clone());
-    let key = pool.member(&member.authority);
+    let key = upstream::member(&pool, &cluster, member);
     let mut req = copy.request();
     let mut lean = None;
     let started = tokio::time::Instant::now();
     let sent = upstream::send(
-        Upstream::for_member(Upstream::Hyper, member.protocol, false),
+        Upstream::for_member(Upstream::Hyper, member, false),
         &key,
         config,
         config.policy.limits_of(index),
@@ -480,5 +486,47 @@ mod tests {
         );
         // Only those three fields.
         assert_eq!(headers["link"], "http://10.0.0.5:8080/x");
+    }
+
+    fn options(origin: Option<&str>, method: Option<&str>) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::empty());
+        *req.method_mut() = Method::OPTIONS;
+        if let Some(origin) = origin {
+            req.headers_mut()
+                .insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+        }
+        if let Some(method) = method {
+            req.headers_mut().insert(
+                header::ACCESS_CONTROL_REQUEST_METHOD,
+                HeaderValue::from_str(method).unwrap(),
+            );
+        }
+        req
+    }
+
+    #[test]
+    fn a_preflight_is_answered_by_the_route_with_fields_only_for_an_allowed_origin() {
+        let cors = Cors {
+            allow_origins: vec!["https://www.foo.com".into()],
+            allow_methods: vec!["GET".into()],
+            ..Cors::default()
+        };
+        let answer = |req: &Request<RequestBody>| {
+            preflight(&cors, req, None, req.headers().get(header::ORIGIN))
+        };
+        let allowed = answer(&options(Some("https://www.foo.com"), Some("GET")))
+            .expect("answered by the route");
+        assert_eq!(
+            allowed[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://www.foo.com"
+        );
+        assert_eq!(allowed[header::ACCESS_CONTROL_ALLOW_METHODS], "GET");
+        // Another origin: answered too (not sent to the member), without a CORS field.
+        let refused = answer(&options(Some("https://foobar.com"), Some("GET")))
+            .expect("answered by the route");
+        assert!(refused.is_empty(), "{refused:?}");
+        // Not a preflight: an OPTIONS without Origin or without the method asked goes on.
+        assert!(answer(&options(None, Some("GET"))).is_none());
+        assert!(answer(&options(Some("https://www.foo.com"), None)).is_none());
     }
 }

@@ -108,7 +108,7 @@ pub async fn forward(
             return Err(gave_up(worker, cluster, tried.last().copied(), error));
         };
         tried.push(index);
-        let kind = Upstream::for_member(base, config.members[index].protocol, upgrade);
+        let kind = Upstream::for_member(base, &config.members[index], upgrade);
         if matches!(kind, Upstream::Http2 { .. }) {
             keep_for_http2(req, lean, &mut replay, &mut call, tries, upgrade);
         }
@@ -121,7 +121,7 @@ pub async fn forward(
         if let Some(observed) = observed.as_deref_mut() {
             trying(observed, cluster, index, forwarding, req.method());
         }
-        let key = worker.pool.member(&config.members[index].authority);
+        let key = upstream::member(&worker.pool, cluster, &config.members[index]);
         // The route's limit for each try (HTTPRoute `timeouts.backendRequest`), or the
         // cluster's; a gRPC call's deadline when it comes sooner.
         let timeout = filters
@@ -191,7 +191,7 @@ pub async fn forward(
                 let mut response = if response.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(client_upgrade) = client_upgrade.take()
                 {
-                    tunnelled(client_upgrade, response, lease)
+                    tunnelled(worker, client_upgrade, response, lease)
                 } else {
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
@@ -526,14 +526,29 @@ fn replay_of(
 }
 
 /// A member's 101 Switching Protocols: the two upgraded connections are joined on a task of
-/// their own, and the client gets the member's answer head.
+/// their own, which the worker counts (a stop lets it finish), and the client gets the member's
+/// answer head.
 fn tunnelled(
+    worker: &Worker,
     client_upgrade: hyper::upgrade::OnUpgrade,
     mut response: Response<Answer>,
     lease: Lease,
 ) -> Response<ResponseBody> {
     let member_upgrade = hyper::upgrade::on(&mut response);
-    tokio::task::spawn_local(tunnel(client_upgrade, member_upgrade, lease));
+    // The member agreed to WebSocket: the tunnel carries its frames (a stop closes them).
+    let websocket = response
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    let tunnels = worker.tunnels.clone();
+    tokio::task::spawn_local(tunnel(
+        client_upgrade,
+        member_upgrade,
+        lease,
+        websocket,
+        tunnels,
+    ));
     let (parts, _) = response.into_parts();
     Response::from_parts(parts, ResponseBody::empty())
 }

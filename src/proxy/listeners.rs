@@ -24,6 +24,7 @@ use super::client::{Entry, Front};
 use super::downstream::{self, Builders, Serving, Stopping};
 use super::http1::Limits;
 use super::options::ProxyOptions;
+use super::tunnel::Tunnels;
 use super::upstream::gate::Gates;
 use super::upstream::pool::Pool;
 use super::worker::Worker;
@@ -113,7 +114,10 @@ pub async fn accept_loop(
         task.abort();
     }
     serving.stopping.stop();
-    drain(&tracker, grace).await;
+    // Upgraded connections too: WebSockets are told the server goes away.
+    let tunnels = serving.worker.tunnels.clone();
+    tunnels.stop();
+    drain(&tracker, &tunnels, grace).await;
     Ok(())
 }
 
@@ -347,8 +351,8 @@ impl Drop for Open {
     }
 }
 
-/// Waits up to `grace` for the worker's open connections to end.
-async fn drain(tracker: &Tracker, grace: Duration) {
+/// Waits up to `grace` for the worker's open connections and tunnels to end.
+async fn drain(tracker: &Tracker, tunnels: &Tunnels, grace: Duration) {
     let drained = async {
         while tracker.open.get() > 0 {
             let notified = tracker.idle.notified();
@@ -357,10 +361,13 @@ async fn drain(tracker: &Tracker, grace: Duration) {
             }
             notified.await;
         }
+        // A request still being answered may yet open a tunnel: connections first.
+        tunnels.drained().await;
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(
             open = tracker.open.get(),
+            tunnels = tunnels.open(),
             "grace period over, closing the remaining connections"
         );
     }

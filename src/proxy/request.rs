@@ -370,6 +370,14 @@ fn choose<'s>(
         Front::Own => Some(&snapshot.routes),
         Front::At(address, port) => snapshot.front_at(address, port).map(|f| &f.routes),
     };
+    if let (Some(name), Some(table)) = (client.server_name.as_deref(), table)
+        && table.misdirected(name.as_bytes(), host)
+    {
+        return Err(ProxyError::Misdirected {
+            server_name: name.to_owned(),
+            host: String::from_utf8_lossy(host).into_owned(),
+        });
+    }
     let Some(matched) = table.and_then(|t| t.lookup(host, view)) else {
         return Err(ProxyError::NoRoute {
             host: String::from_utf8_lossy(host).into_owned(),

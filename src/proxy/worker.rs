@@ -11,6 +11,7 @@ use super::client::ClientRequest;
 use super::http1::parse::Line;
 use super::http1::{Buffers, LeanHead, Limits};
 use super::options::Http1Mode;
+use super::tunnel::Tunnels;
 use super::upstream::body::RequestBody;
 use super::upstream::pool::Pool;
 use crate::plane::DataPlane;
@@ -41,6 +42,8 @@ pub struct Worker {
     pub telemetry: Rc<crate::telemetry::Telemetry>,
     /// The state of the worker's random numbers (xorshift), for sampling mirrored requests.
     random: std::cell::Cell<u64>,
+    /// The upgraded connections (WebSockets) open, which a stop lets finish.
+    pub tunnels: Rc<Tunnels>,
 }
 
 impl Worker {
@@ -55,6 +58,7 @@ impl Worker {
             https_port: 443,
             telemetry: Rc::default(),
             random: std::cell::Cell::new(crate::clock::now_ms() | 1),
+            tunnels: Rc::default(),
         }
     }
 

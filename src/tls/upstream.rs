@@ -76,7 +76,11 @@ fn system_roots() -> Arc<RootCertStore> {
 
 /// How a cluster's `https://` members are reached.
 pub struct Upstream {
+    /// For members spoken to in HTTP/1.1: ALPN `http/1.1`.
     pub config: Arc<ClientConfig>,
+    /// For members spoken to in HTTP/2 (`protocol: h2`): ALPN `h2`. The same verification,
+    /// client certificate and session cache as `config`.
+    pub h2: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,
     /// What it was built from, so that an unchanged one is kept across snapshots (keeping its
     /// session cache, so reconnections resume their TLS sessions).
@@ -131,10 +135,14 @@ impl Upstream {
             Some(c) => builder.with_client_cert_resolver(Arc::new(ClientCert(c.key.clone()))),
             None => builder.with_no_client_auth(),
         };
-        // Members are spoken to in HTTP/1.1.
+        // One protocol offered each: the member's `protocol` says which it speaks, and a member
+        // that cannot speak it should fail the handshake rather than be spoken to in another.
+        let mut h2 = config.clone();
+        h2.alpn_protocols = vec![b"h2".to_vec()];
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Upstream {
             config: Arc::new(config),
+            h2: Arc::new(h2),
             server_name,
             settings: settings.clone(),
             ca,
@@ -183,16 +191,19 @@ impl Upstream {
         ServerName::try_from(host.to_owned()).map_err(|_| TlsError::ServerName(host.to_owned()))
     }
 
-    /// Does the TLS handshake with the member at `authority` over `tcp`.
+    /// Does the TLS handshake with the member at `authority` over `tcp`, offering ALPN `h2`
+    /// when `h2`, else `http/1.1`.
     pub async fn connect(
         &self,
         tcp: TcpStream,
         authority: &str,
+        h2: bool,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let name = self
             .server_name(authority)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        tokio_rustls::TlsConnector::from(self.config.clone())
+        let config = if h2 { &self.h2 } else { &self.config };
+        tokio_rustls::TlsConnector::from(config.clone())
             .connect(name, tcp)
             .await
     }
@@ -334,7 +345,7 @@ mod tests {
 
     async fn ask(upstream: &Upstream, authority: &str) -> std::io::Result<String> {
         let tcp = TcpStream::connect(authority).await?;
-        let mut tls = upstream.connect(tcp, authority).await?;
+        let mut tls = upstream.connect(tcp, authority, false).await?;
         let mut answer = String::new();
         tls.read_to_string(&mut answer).await?;
         Ok(answer)

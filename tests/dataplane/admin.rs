@@ -14,7 +14,7 @@ use kube_balancer::discovery::{self, ClusterConfig};
 use kube_balancer::plane::DataPlane;
 
 use crate::support::backend::{Backend, refusing_port};
-use crate::support::chromium::{chromium, dump_dom};
+use crate::support::chromium::{Browser, chromium, dump_dom, screenshot};
 use crate::support::client::{client, get, send};
 use crate::support::metrics::Samples;
 use crate::support::proxy::Proxy;
@@ -454,6 +454,52 @@ spec:
     );
     assert!(!dom.contains("id=\"injected\""), "{dom}");
     assert!(dom.contains("<td>(None)</td>"), "{dom}");
+
+    // Each member's figures of the last minute: 3 answers, all 2xx, so a rate and answer times.
+    let url = format!("http://{}/balancer-manager", admin.addr);
+    let mut page = Browser::open(&url, 1280, 900).await;
+    for backend in [&a, &b] {
+        let cell = |class: &str| {
+            format!(
+                "document.querySelector('tr[data-member=\"{}\"] td.{class}').textContent",
+                backend.url()
+            )
+        };
+        assert_eq!(page.eval(&cell("classes")).await, "2xx\u{a0}3");
+        for figure in ["rps", "p50", "p99"] {
+            let shown = page.eval(&cell(figure)).await;
+            assert_ne!(shown, "-", "{figure} of {}", backend.url());
+        }
+        assert_eq!(page.eval(&cell("eps")).await, "0.0");
+    }
+    // The page fits a 1,280-pixel window: nothing to scroll sideways, with the details of every
+    // member closed (as it loads) and open.
+    let widths = "[document.documentElement.scrollWidth, window.innerWidth]";
+    let closed = page.eval(widths).await;
+    assert_eq!(closed[1], 1280, "{closed}");
+    assert!(
+        closed[0].as_u64() <= closed[1].as_u64(),
+        "wider than the window: {closed}"
+    );
+    page.eval("document.querySelectorAll('details').forEach(d => d.open = true)")
+        .await;
+    assert_eq!(
+        page.eval("document.querySelectorAll('details[open]').length")
+            .await,
+        2
+    );
+    let open = page.eval(widths).await;
+    assert!(
+        open[0].as_u64() <= open[1].as_u64(),
+        "wider than the window, details open: {open}"
+    );
+    drop(page);
+    // KB_MANAGER_SCREENSHOT=docs/balancer-manager.png saves the page as the docs show it.
+    if let Some(to) = std::env::var_os("KB_MANAGER_SCREENSHOT") {
+        tokio::task::spawn_blocking(move || screenshot(&url, 1280, 720, std::path::Path::new(&to)))
+            .await
+            .expect("screenshot");
+    }
 
     proxy.stop(Duration::from_secs(1)).await;
     admin.stop().await;

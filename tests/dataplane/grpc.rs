@@ -95,11 +95,11 @@ impl Lines {
 }
 
 /// A gRPC server (grpc-peer serve), killed when dropped.
-struct Server {
+pub(super) struct Server {
     child: Child,
     stdin: Option<ChildStdin>,
     out: Mutex<Lines>,
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
 }
 
 impl Server {
@@ -107,7 +107,7 @@ impl Server {
         Server::start_with(name, &[])
     }
 
-    fn start_with(name: &str, args: &[&str]) -> Server {
+    pub(super) fn start_with(name: &str, args: &[&str]) -> Server {
         let mut child = Command::new(peer_binary())
             .args(["serve", "-listen", "127.0.0.1:0", "-name", name])
             .args(args)
@@ -135,7 +135,7 @@ impl Server {
     }
 
     /// Sets what its health service answers for `service` ("-": the server as a whole).
-    fn set_health(&mut self, service: &str, status: &str) {
+    pub(super) fn set_health(&mut self, service: &str, status: &str) {
         let stdin = self.stdin.as_mut().expect("stdin");
         writeln!(stdin, "health {service} {status}").expect("tell the peer");
         stdin.flush().expect("flush");
@@ -146,7 +146,7 @@ impl Server {
     }
 
     /// Calls the server saw end: lines like `event UnaryCall ok`.
-    fn events(&self, needle: &str) -> usize {
+    pub(super) fn events(&self, needle: &str) -> usize {
         self.out.lock().expect("lines").count(needle)
     }
 
@@ -169,13 +169,13 @@ impl Drop for Server {
 
 /// What a call (grpc-peer call) ended with.
 #[derive(Debug)]
-struct Call {
-    code: u32,
-    messages: usize,
-    backend: String,
-    trailer: String,
-    message: String,
-    lines: Vec<String>,
+pub(super) struct Call {
+    pub(super) code: u32,
+    pub(super) messages: usize,
+    pub(super) backend: String,
+    pub(super) trailer: String,
+    pub(super) message: String,
+    pub(super) lines: Vec<String>,
 }
 
 fn parse_done(lines: Vec<String>) -> Call {
@@ -208,7 +208,7 @@ fn parse_done(lines: Vec<String>) -> Call {
 }
 
 /// Runs one call to `target` and waits for its end.
-fn call(target: SocketAddr, args: &[&str]) -> Call {
+pub(super) fn call(target: SocketAddr, args: &[&str]) -> Call {
     let output = Command::new(peer_binary())
         .args(["call", "-target", &target.to_string()])
         .args(args)

@@ -113,8 +113,10 @@ async fn hash_keeps_each_key_on_one_member_and_moves_only_the_keys_of_a_member_t
     let used: HashSet<&String> = owner.values().collect();
     assert_eq!(used.len(), 3, "60 keys spread over all three members");
 
-    // b leaves the cluster: its keys move and stay on their new member; nobody else's key
-    // moves.
+    // b leaves the cluster: its keys move and stay on their new member. The table is built
+    // again for two members, and Maglev keeps the others' keys where they were but for a few
+    // (its "minimal disruption": which ones depends on the members' URLs, whose ports change
+    // from run to run), which then stay on their new member too.
     publish(
         &proxy,
         &cluster(
@@ -127,17 +129,27 @@ async fn hash_keeps_each_key_on_one_member_and_moves_only_the_keys_of_a_member_t
         for user in &users {
             let answer = send(&c, "GET", &proxy.url("/"), &[("x-user", user)], "").await;
             assert_eq!(answer.status, StatusCode::OK);
-            if owner[user.as_str()] == "b" {
-                assert_ne!(answer.backend, "b");
-                let first = moved_to
-                    .entry(user)
-                    .or_insert_with(|| answer.backend.clone());
-                assert_eq!(&answer.backend, first, "{user} keeps its new member");
-            } else {
-                assert_eq!(answer.backend, owner[user.as_str()], "{user} must stay");
-            }
+            assert_ne!(answer.backend, "b");
+            let first = moved_to
+                .entry(user)
+                .or_insert_with(|| answer.backend.clone());
+            assert_eq!(&answer.backend, first, "{user} keeps its new member");
         }
     }
+    let stayed: Vec<&str> = users
+        .iter()
+        .map(String::as_str)
+        .filter(|user| owner[user] != "b")
+        .collect();
+    let moved = stayed
+        .iter()
+        .filter(|user| moved_to[*user] != owner[*user])
+        .count();
+    assert!(
+        moved * 10 <= stayed.len(),
+        "{moved} of the {} keys of a and c moved when b left",
+        stayed.len()
+    );
     // A request without the key is still served.
     assert_eq!(
         send(&c, "GET", &proxy.url("/"), &[], "").await.status,

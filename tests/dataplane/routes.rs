@@ -535,7 +535,9 @@ async fn cors_preflights_are_answered_and_simple_requests_get_the_fields() {
             "{mode:?}: the proxy answers a preflight"
         );
 
-        // A preflight from an origin not allowed goes to the member, and gets no CORS field.
+        // A preflight from an origin not allowed is answered too, without a CORS field: the
+        // member never sees it (the Gateway API's HTTPRouteCORS asks this of HTTPRoutes).
+        let before = web.hits();
         let foreign = send(
             &proxy,
             Method::OPTIONS,
@@ -546,8 +548,14 @@ async fn cors_preflights_are_answered_and_simple_requests_get_the_fields() {
             ],
         )
         .await;
-        assert_eq!(foreign.backend(), "web", "{mode:?}");
+        assert_eq!(foreign.status, StatusCode::NO_CONTENT, "{mode:?}");
         assert_eq!(foreign.header("access-control-allow-origin"), None);
+        assert_eq!(foreign.header("access-control-allow-methods"), None);
+        assert_eq!(
+            web.hits(),
+            before,
+            "{mode:?}: the proxy answers any preflight"
+        );
 
         let simple = get(&proxy, "/api", &[("origin", "https://app.example")]).await;
         assert_eq!(simple.backend(), "web", "{mode:?}");

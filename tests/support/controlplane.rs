@@ -123,6 +123,106 @@ impl ControlPlane {
         }
     }
 
+    /// Kills one of this control plane's servers (`kube-apiserver`, `kube-controller-manager`)
+    /// with SIGKILL, for an outage test on a control plane of its own (`own`).
+    pub fn stop_server(&self, name: &str) {
+        assert!(
+            self.own,
+            "stopping {name} of the shared control plane would break the binary's other tests; \
+             start one with ControlPlane::own()"
+        );
+        let mut processes = lock();
+        let Some(servers) = processes.iter_mut().find(|p| p.dir == self.dir) else {
+            return;
+        };
+        if let Some(at) = servers.children.iter().position(|(n, _)| *n == name) {
+            let (_, mut child) = servers.children.remove(at);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a server that `stop_server` stopped again, exactly as it was first started (its
+    /// flags, ports, certificates and data), and waits until it is ready (`/readyz` of the API
+    /// server, `/healthz` of the controller manager).
+    pub async fn restart_server(&self, name: &'static str) {
+        let recipe = lock()
+            .iter()
+            .find(|p| p.dir == self.dir)
+            .and_then(|p| p.recipes.iter().find(|(n, _, _)| *n == name).cloned());
+        let (_, program, args) = recipe.unwrap_or_else(|| panic!("{name} was never started"));
+        let mut command = Command::new(program);
+        command.args(&args);
+        // As at start: the server dies with a thread that lives as long as the process.
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let dir = self.dir.clone();
+        std::thread::Builder::new()
+            .name(format!("{name}-keeper"))
+            .spawn(move || {
+                let _ = sender.send(Processes::spawn(&dir, name, command));
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("a keeper thread");
+        receiver
+            .recv()
+            .expect("the keeper thread answers")
+            .unwrap_or_else(|e| panic!("restart {name}: {e}"));
+        match name {
+            "kube-apiserver" => {
+                let client = self.client();
+                let readyz = || async {
+                    let request = http::Request::get("/readyz")
+                        .body(Vec::new())
+                        .expect("a valid request");
+                    client
+                        .request_text(request)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                };
+                wait_ready(&self.dir, "kube-apiserver /readyz", &[name], readyz)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            "kube-controller-manager" => {
+                let port = args
+                    .iter()
+                    .filter_map(|a| a.to_str())
+                    .find_map(|a| a.strip_prefix("--secure-port="))
+                    .expect("its --secure-port")
+                    .to_owned();
+                let mut config = kube::Config::new(
+                    format!("https://127.0.0.1:{port}")
+                        .parse()
+                        .expect("a valid URL"),
+                );
+                config.accept_invalid_certs = true;
+                let client = kube::Client::try_from(config).expect("a client");
+                let healthz = || async {
+                    let request = http::Request::get("/healthz")
+                        .body(Vec::new())
+                        .expect("a valid request");
+                    client
+                        .request_text(request)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                };
+                wait_ready(
+                    &self.dir,
+                    "kube-controller-manager /healthz",
+                    &[name],
+                    healthz,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            }
+            _ => {}
+        }
+    }
+
     /// Runs one of the built tools (`kubectl`, `helm`, ...) against this control plane, with its
     /// caches inside the run's directory, and returns its standard output. Panics, showing its
     /// standard error, when it fails.
@@ -564,6 +664,8 @@ impl Pki {
 struct Processes {
     dir: PathBuf,
     children: Vec<(&'static str, Child)>,
+    /// How each server was started (program and arguments), to start it again.
+    recipes: Vec<(&'static str, std::ffi::OsString, Vec<std::ffi::OsString>)>,
     /// Held open, never written: the watchdog reads end-of-file when this process is gone.
     _watchdog: ChildStdin,
 }
@@ -616,6 +718,7 @@ impl Processes {
         lock().push(Processes {
             dir: dir.to_owned(),
             children: Vec::new(),
+            recipes: Vec::new(),
             _watchdog: stdin,
         });
         static HOOK: Once = Once::new();
@@ -633,22 +736,34 @@ impl Processes {
     }
 
     fn spawn(dir: &Path, name: &'static str, mut command: Command) -> Result<(), String> {
-        let log = fs::File::create(log_path(dir, name))
+        // Appended to: a server started again (`restart_server`) keeps its first log.
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path(dir, name))
             .map_err(|e| format!("cannot create {name}'s log: {e}"))?;
         let log_too = log
             .try_clone()
             .map_err(|e| format!("cannot share {name}'s log: {e}"))?;
         command.stdin(Stdio::null()).stdout(log).stderr(log_too);
         die_with_parent(&mut command);
+        let recipe = (
+            name,
+            command.get_program().to_owned(),
+            command.get_args().map(ToOwned::to_owned).collect(),
+        );
         let child = command
             .spawn()
             .map_err(|e| format!("cannot start {name}: {e}"))?;
-        lock()
+        let mut processes = lock();
+        let servers = processes
             .iter_mut()
             .find(|p| p.dir == dir)
-            .expect("registered")
-            .children
-            .push((name, child));
+            .expect("registered");
+        servers.children.push((name, child));
+        if !servers.recipes.iter().any(|(n, _, _)| *n == name) {
+            servers.recipes.push(recipe);
+        }
         Ok(())
     }
 

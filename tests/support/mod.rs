@@ -9,9 +9,11 @@
 //!   built), and the YAML of a cluster;
 //! - `process`: the `kube-balancer` binary as a process, and what it logs;
 //! - `raw`: HTTP/1 bytes on a socket, scripted members and a raw client;
+//! - `load`: keep-alive load at a fixed rate with exact counts, and the fault tests' table rows;
 //! - `wait`: waiting on a condition, a future or a watch, with a timeout;
 //! - `metrics`, `chromium`: reading /metrics, and loading a page in headless Chromium;
-//! - `telemetry`: a backend that shows what it got, a data plane with given telemetry.
+//! - `telemetry`: a backend that shows what it got, a data plane with given telemetry;
+//! - `tls`: certificates made with rcgen, and an HTTPS member that says what it got.
 //!
 //! The Kubernetes tier (the run's network namespace and control plane, which scripts/testenv.sh
 //! provides):
@@ -28,6 +30,7 @@ pub mod chromium;
 pub mod client;
 pub mod controlplane;
 pub mod fixtures;
+pub mod load;
 pub mod metrics;
 pub mod netns;
 pub mod podrunner;
@@ -36,4 +39,5 @@ pub mod process;
 pub mod proxy;
 pub mod raw;
 pub mod telemetry;
+pub mod tls;
 pub mod wait;

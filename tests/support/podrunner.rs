@@ -31,6 +31,7 @@
 //! them).
 
 pub mod conformance;
+mod kubelet;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -85,6 +86,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the loop looks again without an event: processes that exited, pods waiting on a Secret.
 const RESYNC: Duration = Duration::from_secs(1);
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Each echo-basic's output, its lines stamped with their time (see `kubelet`).
+const ECHO_BASIC_LOG: &str = "echo-basic.log";
 
 /// The path that `env` names, or a panic saying what to run.
 pub fn testenv_file(env: &str) -> PathBuf {
@@ -337,7 +340,8 @@ impl Runner {
         let client = Client::try_from(config).map_err(|e| format!("cannot build a client: {e}"))?;
         self.start_controllers().await?;
         make_bridge()?;
-        create_node(&client).await?;
+        let kubelet_port = kubelet::serve(BRIDGE_IP, self.state.clone()).await?;
+        create_node(&client, kubelet_port).await?;
         let _ = writeln!(
             io::stderr(),
             "testenv: pod runner up in {:.1} s (node {NODE_NAME}, bridge {BRIDGE} {BRIDGE_IP}/{POD_PREFIX_LEN}, directory {})",
@@ -612,7 +616,7 @@ impl Runner {
                     uid.to_owned(),
                     self.state.clone(),
                 );
-                let log_path = dir.join("echo-basic.log");
+                let log_path = dir.join(ECHO_BASIC_LOG);
                 tokio::spawn(async move {
                     match probe(&state, &uid, ip, &ports).await {
                         Ok(()) => {
@@ -651,20 +655,22 @@ impl Runner {
             fs::write(&path, contents)
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
-        let log_path = dir.join("echo-basic.log");
+        let log_path = dir.join(ECHO_BASIC_LOG);
         let log = fs::File::create(&log_path)
             .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-        let log_too = log
+        let (output, log_input) = io::pipe().map_err(|e| format!("a pipe: {e}"))?;
+        let log_input_too = log_input
             .try_clone()
-            .map_err(|e| format!("cannot share the log: {e}"))?;
+            .map_err(|e| format!("cannot share the pipe: {e}"))?;
+        kubelet::stamp_lines(output, log).map_err(|e| format!("the log's thread: {e}"))?;
         let mut command = Command::new(&self.echo_basic);
         command
             .env_clear()
             .envs(env.into_iter().map(|(k, v)| (k, rebase(&v, dir))))
             .current_dir(dir)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_too);
+            .stdout(log_input)
+            .stderr(log_input_too);
         die_with_parent(&mut command);
         // SAFETY: unshare is a plain system call, async-signal-safe, and the closure allocates
         // nothing before it returns.
@@ -730,7 +736,7 @@ impl Runner {
                     let status = p.child.as_mut()?.try_wait().ok().flatten()?;
                     p.exited = true;
                     p.ready = false;
-                    let log = p.dir.as_ref().map(|d| tail(&d.join("echo-basic.log")));
+                    let log = p.dir.as_ref().map(|d| tail(&d.join(ECHO_BASIC_LOG)));
                     Some((
                         p.namespace.clone(),
                         p.name.clone(),
@@ -1186,7 +1192,7 @@ fn tail(path: &Path) -> String {
     format!("--- the end of {} ---\n{tail}", path.display())
 }
 
-async fn create_node(client: &Client) -> Result<(), String> {
+async fn create_node(client: &Client, kubelet_port: u16) -> Result<(), String> {
     let node: Node = serde_json::from_value(json!({
         "metadata": {"name": NODE_NAME, "labels": {"kubernetes.io/hostname": NODE_NAME}},
     }))
@@ -1200,6 +1206,7 @@ async fn create_node(client: &Client) -> Result<(), String> {
     let status = json!({"status": {
         "addresses": [{"type": "InternalIP", "address": BRIDGE_IP.to_string()}],
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
     }});
     nodes
         .patch_status(NODE_NAME, &PatchParams::default(), &Patch::Merge(&status))

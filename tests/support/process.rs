@@ -64,6 +64,17 @@ impl Process {
         libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t")
     }
 
+    /// Sends it `signal` (`libc::SIGTERM`, `libc::SIGKILL`, ...).
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+        #[allow(
+            unsafe_code,
+            reason = "a signal to a process of ours: libc has no safe wrapper"
+        )]
+        let sent = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(sent, 0, "kill({signal}) of {} failed", self.name);
+    }
+
     /// Its stderr so far.
     pub fn log(&self) -> String {
         lock(&self.lines).join("\n")

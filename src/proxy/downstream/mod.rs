@@ -176,12 +176,18 @@ async fn serve_tls(
             return;
         }
     };
+    let server_name: Option<Box<str>> = stream.get_ref().1.server_name().map(Into::into);
     match negotiated(stream.get_ref().1) {
-        Alpn::H2 => serve_http2(stream, serving, Client::new(peer, None, entry)).await,
+        Alpn::H2 => {
+            let mut client = Client::new(peer, None, entry);
+            client.server_name = server_name;
+            serve_http2(stream, serving, client).await
+        }
         Alpn::Http1 => {
             let deadline = Rc::new(Deadline::new(serving.header_read_timeout, Instant::now()));
-            let client = Rc::new(Client::new(peer, Some(deadline.clone()), entry));
-            serve_http1(stream, serving, client, deadline).await;
+            let mut client = Client::new(peer, Some(deadline.clone()), entry);
+            client.server_name = server_name;
+            serve_http1(stream, serving, Rc::new(client), deadline).await;
         }
     }
 }

@@ -1,11 +1,10 @@
-//! hyper's HTTP/2 client, for members spoken to in h2c (and h2, once TLS is plugged in, see
-//! [`open`]): every request is a stream on a connection the member's requests share, at most
+//! hyper's HTTP/2 client, for members spoken to in h2c, and in h2 (over TLS, ALPN `h2`):
+//! every request is a stream on a connection the member's requests share, at most
 //! `http2.maxConcurrentStreams` of them at once (fewer if the member says so); beyond that,
 //! another connection is opened. Requests that come while a connection is being opened wait
 //! for it rather than open their own.
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Scheme};
@@ -15,9 +14,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use super::body::{Answer, BodyTimeout, RequestBody};
+use super::connect::{self, Opened};
 use super::exchange::{Exchanged, Failure, Held, Stage, within};
 use super::gate::Permit;
-use super::pool::{self, H2Conn, H2Stream, Member};
+use super::pool::{ConnectError, H2Conn, H2Stream, Member};
 use crate::discovery::{ClusterConfig, Limits};
 use crate::proxy::deadline::Deadline;
 
@@ -75,7 +75,7 @@ pub async fn exchange(
     };
     // A new connection, to be opened by this request (with its permit, if limited).
     if let Some(permit) = permit {
-        open_new(&stream, key, config, tls, permit);
+        open_new(&stream, key, config, permit);
     }
     let opened = {
         let opened = std::pin::pin!(stream.sender());
@@ -103,7 +103,10 @@ pub async fn exchange(
                 Some(_) => Stage::Unsent,
                 None => stage_of(e.error()),
             };
-            let mut failure = Failure::new(format!("request: {}", e.error()), stage);
+            let mut failure = Failure::new(
+                format!("request: {}", super::hyper::described(e.error())),
+                stage,
+            );
             failure.unsent = unsent;
             Err(failure)
         }
@@ -186,19 +189,13 @@ fn stage_of(e: &hyper::Error) -> Stage {
     Stage::Unanswered
 }
 
-/// Starts opening the connection `stream` was checked out on.
-fn open_new(
-    stream: &H2Stream,
-    key: &Member,
-    config: &ClusterConfig,
-    tls: bool,
-    permit: Option<Permit>,
-) {
+/// Starts opening the connection `stream` was checked out on (TCP, and TLS for an h2 member).
+fn open_new(stream: &H2Stream, key: &Member, config: &ClusterConfig, permit: Option<Permit>) {
+    let connecting = connect::open_for(key, config.connect_timeout, true);
     tokio::task::spawn_local(open(
         stream.conn().clone(),
         Rc::from(key.authority()),
-        config.connect_timeout,
-        tls,
+        connecting,
         permit,
     ));
 }
@@ -209,23 +206,27 @@ fn open_new(
 async fn open(
     conn: Rc<H2Conn>,
     authority: Rc<str>,
-    timeout: Duration,
-    tls: bool,
+    connecting: impl Future<Output = Result<Opened, ConnectError>>,
     permit: Option<Permit>,
 ) {
-    if tls {
-        // Where TLS plugs in: wrap the TCP stream below in the cluster's upstream TLS
-        // connector, offering ALPN "h2", and refuse a member that does not choose it.
-        conn.failed("h2 needs upstream TLS, which this data plane does not have".to_owned());
-        return;
+    match connecting.await {
+        Ok(Opened::Plain(stream)) => drive(conn, authority, stream).await,
+        // Offered `h2` alone: a member that chose no protocol is taken at its configuration's
+        // word (`protocol: h2`).
+        Ok(Opened::Tls(stream)) => drive(conn, authority, stream).await,
+        Err(e) => conn.failed(e.to_string()),
     }
-    let stream = match pool::open(&authority, timeout).await {
-        Ok(stream) => stream,
-        Err(e) => return conn.failed(e.to_string()),
-    };
+    drop(permit);
+}
+
+/// The HTTP/2 handshake on a new connection, then its driver, until it ends.
+async fn drive<IO>(conn: Rc<H2Conn>, authority: Rc<str>, io: IO)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let handshake = http2::Builder::new(LocalExec)
         .timer(TokioTimer::new())
-        .handshake::<_, RequestBody>(TokioIo::new(stream))
+        .handshake::<_, RequestBody>(TokioIo::new(io))
         .await;
     let (sender, mut connection) = match handshake {
         Ok(pair) => pair,
@@ -245,5 +246,4 @@ async fn open(
     if let Err(e) = ended {
         tracing::debug!(member = %authority, error = %e, "HTTP/2 member connection ended with an error");
     }
-    drop(permit);
 }

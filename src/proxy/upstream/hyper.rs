@@ -10,9 +10,10 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 use super::body::{Answer, BodyTimeout, RequestBody};
+use super::connect::{Opened, open_for};
 use super::exchange::{Connected, Exchanged, Failure, Held, Replay, Stage, within};
 use super::gate::Permit;
-use super::pool::{self, ConnectError, Member, Sender};
+use super::pool::{ConnectError, Member, Sender};
 use crate::discovery::{ClusterConfig, Limits};
 use crate::proxy::deadline::Deadline;
 use crate::proxy::http1::client::idempotent;
@@ -68,7 +69,7 @@ pub async fn exchange(
         },
     };
     let connecting = tokio::time::Instant::now();
-    let mut sender = match connect(key.authority(), config.connect_timeout, permit).await {
+    let mut sender = match connect(key, config.connect_timeout, permit).await {
         Ok(sender) => sender,
         Err(e) => {
             let mut failure = Failure::new(e.to_string(), Stage::Unsent);
@@ -100,11 +101,21 @@ async fn await_response(
                 Some(_) => Stage::Unsent,
                 None => stage_of(e.error()),
             };
-            let mut failure = Failure::new(format!("request: {}", e.error()), stage);
+            let mut failure = Failure::new(format!("request: {}", described(e.error())), stage);
             failure.unsent = unsent.map(Box::new);
             Err(failure)
         }
         None => Err(Failure::timed_out()),
+    }
+}
+
+/// hyper's error with what caused it on the connection, when that says more: `connection
+/// error: received fatal alert: CertificateRequired` (a member refusing a connection without a
+/// client certificate, which TLS 1.3 tells after the handshake) rather than `connection error`.
+pub(super) fn described(e: &hyper::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(io) if io.is::<std::io::Error>() => format!("{e}: {io}"),
+        _ => e.to_string(),
     }
 }
 
@@ -124,17 +135,28 @@ fn stage_of(e: &hyper::Error) -> Stage {
     }
 }
 
-/// Opens a new connection to a member; its driver runs as a task on this worker, holding
-/// `permit` (its place under the member's connection limit) until the connection closes.
+/// Opens a new connection to a member (over TLS for an `https://` one); its driver runs as a
+/// task on this worker, holding `permit` (its place under the member's connection limit) until
+/// the connection closes.
 async fn connect(
-    authority: &str,
+    key: &Member,
     timeout: std::time::Duration,
     permit: Option<Permit>,
 ) -> Result<Sender, ConnectError> {
-    let stream = pool::open(authority, timeout).await?;
+    match open_for(key, timeout, false).await? {
+        Opened::Plain(stream) => handshake(stream, true, permit).await,
+        // Flattened rather than vectored: rustls makes one record of each write.
+        Opened::Tls(stream) => handshake(stream, false, permit).await,
+    }
+}
+
+async fn handshake<IO>(io: IO, writev: bool, permit: Option<Permit>) -> Result<Sender, ConnectError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = http1::Builder::new()
-        .writev(true)
-        .handshake::<_, RequestBody>(TokioIo::new(stream))
+        .writev(writev)
+        .handshake::<_, RequestBody>(TokioIo::new(io))
         .await?;
     tokio::task::spawn_local(async move {
         if let Err(e) = conn.with_upgrades().await {

@@ -2,8 +2,13 @@
 //! client (a request without a body, on the request's own task), hyper's HTTP/1 client
 //! (bodies, upgrades, and everything with `--http1 hyper`) and hyper's HTTP/2 client (members
 //! spoken to in h2c or h2), each with its own connections in the worker's [`pool`].
+//!
+//! An `https://` member's connections are made over TLS with its cluster's client
+//! configuration ([`crate::tls::Upstream`]); the lean client speaks only plain HTTP/1, so such a
+//! member's HTTP/1 requests go through hyper's.
 
 pub mod body;
+mod connect;
 pub mod exchange;
 pub mod gate;
 mod h2;
@@ -20,13 +25,14 @@ use tokio::time::Instant;
 
 use self::body::RequestBody;
 use self::exchange::{Exchanged, Failure};
-use self::pool::Member;
+use self::pool::{Member, Pool};
 use super::deadline::Deadline;
 use super::headers::Forwarding;
 use super::http1::LeanHead;
 use super::options::Http1Mode;
 use crate::api::Protocol;
-use crate::discovery::{ClusterConfig, Limits};
+use crate::discovery::{ClusterConfig, Limits, MemberConfig};
+use crate::plane::Cluster;
 
 /// Which client carries a request to its member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,13 +56,25 @@ impl Upstream {
     }
 
     /// The client for one attempt: HTTP/2 for a member spoken to in it, except for an upgrade
-    /// (HTTP/2 has none: it goes in HTTP/1.1), else `base`.
-    pub fn for_member(base: Upstream, protocol: Protocol, upgrade: bool) -> Upstream {
-        match protocol {
+    /// (HTTP/2 has none: it goes in HTTP/1.1); hyper's HTTP/1 client for an `https://` member;
+    /// else `base`.
+    pub fn for_member(base: Upstream, member: &MemberConfig, upgrade: bool) -> Upstream {
+        match member.protocol {
             Protocol::H2c if !upgrade => Upstream::Http2 { tls: false },
             Protocol::H2 if !upgrade => Upstream::Http2 { tls: true },
+            _ if base == Upstream::Lean && member.is_tls() => Upstream::Hyper,
             _ => base,
         }
+    }
+}
+
+/// The worker's connections to `member` of `cluster`: an `https://` member's are kept apart,
+/// per client configuration.
+pub fn member(pool: &Pool, cluster: &Cluster, member: &MemberConfig) -> Rc<Member> {
+    if member.is_tls() {
+        pool.tls_member(cluster.upstream_tls.as_ref(), &member.authority)
+    } else {
+        pool.member(&member.authority)
     }
 }
 

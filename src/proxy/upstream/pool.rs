@@ -2,12 +2,17 @@
 //! HTTP/1 connections carry one request at a time and wait idle between them; an HTTP/2
 //! connection is shared by the requests in flight on it, up to a limit of streams, beyond which
 //! another is opened.
+//!
+//! Members reached over TLS (`https://`) have entries of their own, per client configuration
+//! (`spec.upstreamTLS`): a TLS connection never serves a plain member or another cluster's
+//! configuration (its CA, its client certificate), and one made with a configuration since
+//! replaced (a rotated CA or client certificate) is not taken again.
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::rc::{Rc, Weak};
-use std::sync::Arc;
+use std::rc::{self, Rc};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
@@ -19,6 +24,7 @@ use super::body::RequestBody;
 use super::gate::{Gate, Gates, Permit, Refused};
 use crate::discovery::Limits;
 use crate::proxy::http1::conn::Conn;
+use crate::tls;
 
 /// A connection of hyper's client.
 pub type Sender = http1::SendRequest<RequestBody>;
@@ -71,18 +77,43 @@ impl<T> IdleList<T> {
 /// A request's wait for a place under its member's connection limit, boxed.
 pub type Admitting<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Permit, Refused>> + 'a>>;
 
-/// The worker's idle connections, by member `HOST:PORT`.
+type ByAuthority = HashMap<Rc<str>, Rc<Member>, BuildHasherDefault<Fnv>>;
+
+/// The worker's idle connections, by member `HOST:PORT`; those of `https://` members by client
+/// configuration first.
 #[derive(Default)]
 pub struct Pool {
-    members: RefCell<HashMap<Rc<str>, Rc<Member>, BuildHasherDefault<Fnv>>>,
+    members: RefCell<ByAuthority>,
+    tls: RefCell<Vec<TlsMembers>>,
     /// The members' connection limits, shared with the server's other workers.
     gates: Arc<Gates>,
+}
+
+/// The `https://` members reached with one client configuration. The `Weak` is its identity:
+/// it keeps the configuration's allocation (not the configuration) while the entry lives, so
+/// no other configuration can come at the same address; `Weak::new()` stands for a cluster
+/// whose configuration could not be loaded.
+struct TlsMembers {
+    upstream: Weak<tls::Upstream>,
+    members: ByAuthority,
+}
+
+impl TlsMembers {
+    fn is_for(&self, upstream: Option<&Arc<tls::Upstream>>) -> bool {
+        match upstream {
+            Some(u) => std::ptr::eq(self.upstream.as_ptr(), Arc::as_ptr(u)),
+            None => Weak::ptr_eq(&self.upstream, &Weak::new()),
+        }
+    }
 }
 
 /// One member's idle connections on this worker: looked up once per request, then checked out
 /// from and given back to without hashing its name again.
 pub struct Member {
     authority: Rc<str>,
+    /// `Some` for an `https://` member: the client configuration its connections are made
+    /// with, which is gone (or never was: `Weak::new()`) when the cluster's could not be loaded.
+    tls: Option<Weak<tls::Upstream>>,
     /// hyper's client connections (requests with a body, upgrades).
     idle: IdleList<Sender>,
     /// Connections of the lean exchange (requests without a body).
@@ -235,6 +266,14 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("handshake: {0}")]
     Handshake(#[from] hyper::Error),
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("TLS handshake: timed out after {0:?}")]
+    TlsTimeout(Duration),
+    #[error(
+        "the cluster's upstreamTLS could not be loaded (its TLSReady condition says why): an https member is never reached in plain HTTP"
+    )]
+    NoTlsConfig,
 }
 
 impl Pool {
@@ -243,6 +282,7 @@ impl Pool {
     pub fn new(gates: Arc<Gates>) -> Self {
         Pool {
             members: RefCell::default(),
+            tls: RefCell::default(),
             gates,
         }
     }
@@ -253,22 +293,48 @@ impl Pool {
             return member.clone();
         }
         let authority: Rc<str> = Rc::from(authority);
-        let member = Rc::new(Member {
-            authority: authority.clone(),
-            idle: IdleList::new(),
-            lean: IdleList::new(),
-            h2: RefCell::new(Vec::new()),
-            gate: OnceCell::new(),
-            gates: self.gates.clone(),
-        });
+        let member = Rc::new(Member::new(authority.clone(), None, self.gates.clone()));
         self.members.borrow_mut().insert(authority, member.clone());
+        member
+    }
+
+    /// The idle connections of the `https://` member at `authority`, reached with `upstream`,
+    /// the cluster's client configuration (`None`: it could not be loaded, and every connection
+    /// fails with [`ConnectError::NoTlsConfig`]).
+    pub fn tls_member(&self, upstream: Option<&Arc<tls::Upstream>>, authority: &str) -> Rc<Member> {
+        if let Some(entry) = self.tls.borrow().iter().find(|e| e.is_for(upstream))
+            && let Some(member) = entry.members.get(authority)
+        {
+            return member.clone();
+        }
+        let mut entries = self.tls.borrow_mut();
+        // Configurations no snapshot serves any more go, with their idle connections.
+        entries.retain(|e| e.upstream.strong_count() > 0 || e.is_for(upstream));
+        let position = match entries.iter().position(|e| e.is_for(upstream)) {
+            Some(at) => at,
+            None => {
+                entries.push(TlsMembers {
+                    upstream: upstream.map_or_else(Weak::new, Arc::downgrade),
+                    members: ByAuthority::default(),
+                });
+                entries.len() - 1
+            }
+        };
+        let entry = &mut entries[position];
+        let authority: Rc<str> = Rc::from(authority);
+        let member = Rc::new(Member::new(
+            authority.clone(),
+            Some(entry.upstream.clone()),
+            self.gates.clone(),
+        ));
+        entry.members.insert(authority, member.clone());
         member
     }
 }
 
 /// Closes a worker's idle connections to a member when requests wait for a connection to it
 /// (in any worker), as many as they ask for. Runs as long as the worker.
-async fn close_idle_for_waiting(member: Weak<Member>, gate: Arc<Gate>) {
+async fn close_idle_for_waiting(member: rc::Weak<Member>, gate: Arc<Gate>) {
     loop {
         let asked = gate.evict.notified();
         let mut asked = std::pin::pin!(asked);
@@ -285,6 +351,18 @@ async fn close_idle_for_waiting(member: Weak<Member>, gate: Arc<Gate>) {
 }
 
 impl Member {
+    fn new(authority: Rc<str>, tls: Option<Weak<tls::Upstream>>, gates: Arc<Gates>) -> Member {
+        Member {
+            authority,
+            tls,
+            idle: IdleList::new(),
+            lean: IdleList::new(),
+            h2: RefCell::new(Vec::new()),
+            gate: OnceCell::new(),
+            gates,
+        }
+    }
+
     /// `HOST:PORT`.
     pub fn authority(&self) -> &str {
         &self.authority
@@ -325,6 +403,11 @@ impl Member {
         let _ = self.lean.close_oldest()
             || self.idle.close_oldest()
             || self.h2.borrow().iter().any(|c| c.close_if_idle());
+    }
+
+    /// For an `https://` member, the client configuration its connections are made with.
+    pub fn tls(&self) -> Option<&Weak<tls::Upstream>> {
+        self.tls.as_ref()
     }
 
     /// An idle connection that is still open and younger than `max_idle` at `now`.

@@ -1,10 +1,11 @@
 // grpc-peer: a real gRPC server and client (grpc-go) for kube-balancer's gRPC tests and
 // benchmark. It serves grpc.testing.TestService and grpc.health.v1.Health, and calls them.
 //
-//	grpc-peer serve -listen 127.0.0.1:0 -name a
+//	grpc-peer serve -listen 127.0.0.1:0 -name a [-cert FILE -key FILE]
 //	    prints "listening ADDR", then "began UnaryCall" as a unary call's handler starts and an
 //	    "event ..." line for each call the server ends, and
-//	    reads commands from stdin: "health SERVICE SERVING|NOT_SERVING".
+//	    reads commands from stdin: "health SERVICE SERVING|NOT_SERVING". With -cert and -key
+//	    it serves over TLS (h2, as grpc-go does: ALPN h2 required), else h2c.
 //	grpc-peer call -target ADDR -kind unary|server|client|bidi [-count N] [-size B]
 //	    [-interval-ms MS] [-deadline-ms MS] [-delay-ms MS] [-code C -message TEXT]
 //	    prints "msg I BACKEND" for each answer message as it comes, then one line
@@ -26,6 +27,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -185,6 +187,8 @@ func serve(args []string) {
 	listen := flags.String("listen", "127.0.0.1:0", "address to listen on")
 	name := flags.String("name", "peer", "the name answers carry (x-backend)")
 	maxStreams := flags.Uint("max-streams", 0, "SETTINGS_MAX_CONCURRENT_STREAMS (0: grpc-go's default)")
+	certFile := flags.String("cert", "", "PEM certificate chain: serve over TLS (with -key)")
+	keyFile := flags.String("key", "", "PEM private key of -cert")
 	_ = flags.Parse(args)
 	lis, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -194,6 +198,14 @@ func serve(args []string) {
 	var opts []grpc.ServerOption
 	if *maxStreams > 0 {
 		opts = append(opts, grpc.MaxConcurrentStreams(uint32(*maxStreams)))
+	}
+	if *certFile != "" {
+		creds, err := credentials.NewServerTLSFromFile(*certFile, *keyFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		opts = append(opts, grpc.Creds(creds))
 	}
 	srv := grpc.NewServer(opts...)
 	testpb.RegisterTestServiceServer(srv, &server{name: *name})

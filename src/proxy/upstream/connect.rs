@@ -1,0 +1,45 @@
+//! Opening a connection to a member: TCP, then for an `https://` member the TLS handshake with
+//! its cluster's client configuration ([`crate::tls::Upstream`]).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
+
+use super::pool::{ConnectError, Member, open};
+
+/// A new connection to a member: plain TCP, or TLS for an `https://` member.
+pub enum Opened {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Opens a connection to `member`: TCP, then for an `https://` member the TLS handshake,
+/// offering ALPN `h2` when `h2`, else `http/1.1`. Both within `timeout` (as nginx's
+/// `proxy_connect_timeout` covers its handshake). A failed handshake is the member's (or its
+/// configuration's) failure, like a refused connection.
+/// Owns what it needs, so that it can run as a task of its own (an HTTP/2 connection's).
+pub fn open_for(
+    member: &Member,
+    timeout: Duration,
+    h2: bool,
+) -> impl Future<Output = Result<Opened, ConnectError>> + 'static {
+    let authority: Rc<str> = Rc::from(member.authority());
+    let tls = member.tls().cloned();
+    async move {
+        let Some(tls) = tls else {
+            return Ok(Opened::Plain(open(&authority, timeout).await?));
+        };
+        let upstream = tls.upgrade().ok_or(ConnectError::NoTlsConfig)?;
+        let started = Instant::now();
+        let tcp = open(&authority, timeout).await?;
+        let left = timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, upstream.connect(tcp, &authority, h2)).await {
+            Ok(Ok(stream)) => Ok(Opened::Tls(Box::new(stream))),
+            Ok(Err(e)) => Err(ConnectError::Tls(e)),
+            Err(_) => Err(ConnectError::TlsTimeout(timeout)),
+        }
+    }
+}
