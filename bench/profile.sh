@@ -16,6 +16,7 @@
 #   bench/profile.sh copies      # every memcpy/memmove per request, by size and calling line
 #                                # (uprobes on glibc's copy routine; bench/copies.py sums them)
 #   FLOOR=1 bench/profile.sh ... # the same for bench/floor, the least a tokio proxy can do
+#   KB_EXTRA="--flag ..." bench/profile.sh ...  # the same with more kube-balancer flags
 #   CLOSE=1 bench/profile.sh perf|syscalls  # a new connection per request (callgrind: with SATURATED=1)
 #
 # KB_BIN=path profiles that binary instead of building this tree. Every load run is bounded.
@@ -99,6 +100,12 @@ WRK_CLOSE=()
 [ -n "${CLOSE:-}" ] && WRK_CLOSE=(-H "Connection: close")
 
 KB_ARGS=(standalone -f "$RUN/kb.yaml" --workers 1 --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --shutdown-grace 1s)
+# KB_EXTRA: more kube-balancer flags, e.g. "--access-log --access-log-file /dev/null"
+# (bench/telemetry.sh measures the telemetry's cost this way).
+if [ -n "${KB_EXTRA:-}" ]; then
+    read -r -a extra <<<"$KB_EXTRA"
+    KB_ARGS+=("${extra[@]}")
+fi
 [ -n "${FLOOR:-}" ] && KB_ARGS=("127.0.0.1:$PORT" "127.0.0.1:$A" "127.0.0.1:$B")
 
 case $MODE in

@@ -178,6 +178,7 @@ impl KubeArgs {
                 .unwrap_or_else(|| format!("kube-balancer-{}", self.class)),
             peers_service,
             admin_port,
+            admin_token: None,
             lease_duration: Duration::from_secs(15),
             gateway,
         })
@@ -189,9 +190,19 @@ struct Common {
     /// Where traffic is served (default 0.0.0.0:8000; 127.0.0.1:8000 for the demo).
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// The admin server (/healthz, /readyz, /metrics, /balancer-manager).
+    /// The admin server (/healthz, /readyz, /metrics, /balancer-manager). On an address other
+    /// than loopback it needs --admin-token-file.
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin: SocketAddr,
+    /// A file holding the admin server's bearer token: every endpoint but /healthz and /readyz
+    /// then needs `Authorization: Bearer TOKEN` (at least 16 characters).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Client connections open at once, over every listener and worker; beyond them a new
+    /// connection is answered 503 (with Retry-After) and closed. Default: half the open-files
+    /// limit, each client connection may need a member connection too. 0: no limit.
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Data-plane workers, each a thread with its own listener (default: the number of CPUs).
     #[arg(long)]
     workers: Option<usize>,
@@ -228,6 +239,10 @@ struct Common {
     /// A client must send a whole request head within this time.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     header_read_timeout: Duration,
+    /// A client sending a request body must send some of it within this time of its last bytes
+    /// (else 408 and the connection closes).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    body_read_timeout: Duration,
     /// The HTTP/1 implementation: `fast` (our lean server and client for requests without a
     /// body, hyper's for the rest) or `hyper` (hyper's for every request).
     #[arg(long, value_enum, default_value = "fast")]
@@ -247,6 +262,21 @@ struct Common {
 }
 
 impl Common {
+    /// The admin token, which an admin server on an address other than loopback must have.
+    fn admin_token(&self) -> anyhow::Result<Option<crate::admin::auth::Token>> {
+        let token = match &self.admin_token_file {
+            Some(path) => Some(crate::admin::auth::Token::read(path)?),
+            None => None,
+        };
+        if token.is_none() && !self.admin.ip().is_loopback() {
+            anyhow::bail!(
+                "--admin {} is not a loopback address: the admin server shows every balancer, member and figure, so elsewhere it needs --admin-token-file FILE (a bearer token asked for on everything but /healthz and /readyz)",
+                self.admin
+            );
+        }
+        Ok(token)
+    }
+
     fn proxy_options(&self, default_listen: &str) -> ProxyOptions {
         let listen = self.listen.unwrap_or_else(|| {
             default_listen
@@ -258,6 +288,12 @@ impl Common {
             options.workers = n.max(1);
         }
         options.header_read_timeout = self.header_read_timeout;
+        options.body_read_timeout = self.body_read_timeout;
+        options.max_connections = match self.max_connections {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => Some(default_max_connections(open_files_limit())),
+        };
         options.http1 = self.http1;
         options.listen_tls = self.listen_tls;
         options.https_port = self.https_port;
@@ -286,7 +322,16 @@ pub fn main() -> ExitCode {
             } else {
                 "0.0.0.0:8000"
             };
-            match kube.options(common.admin.port(), &common.gateway_addresses) {
+            let options = kube
+                .options(common.admin.port(), &common.gateway_addresses)
+                .and_then(|mut options| {
+                    // The leader reads its peers' figures with the same token.
+                    options.admin_token = common
+                        .admin_token()?
+                        .map(|token| std::sync::Arc::from(token.value()));
+                    Ok(options)
+                });
+            match options {
                 Ok(options) => {
                     if options.gateway.is_some() && common.gateway_addresses.is_empty() {
                         // Gateways on every address, behind the Service of --gateway-service.
@@ -349,6 +394,8 @@ where
 {
     let source: Source = Box::new(source);
     telemetry::init(common.log_format);
+    let admin_token = common.admin_token()?;
+    let open_files = raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("kb-control")
@@ -364,6 +411,11 @@ where
         source(plane.clone()).await?;
         let mut options = common.proxy_options(default_listen);
         options.telemetry = telemetry_of(&common, &plane)?;
+        tracing::info!(
+            open_files,
+            max_connections = options.max_connections.unwrap_or(0),
+            "client connection limit (0: none)"
+        );
         let tracer = options.telemetry.tracer.clone();
         let workers = options.workers;
         let server = Server::start(plane.clone(), options)?;
@@ -373,7 +425,7 @@ where
         }
         // Active health checks run next to the workers and stop with them.
         let checker = crate::health::Checker::start(plane.clone())?;
-        let admin = crate::admin::start(common.admin, plane.clone()).await?;
+        let admin = crate::admin::start_with(common.admin, plane.clone(), admin_token).await?;
         tracing::info!(address = %admin, "admin server listening");
 
         wait_for_stop(term).await;
@@ -439,6 +491,42 @@ fn telemetry_of(
     })
 }
 
+/// Raises the soft limit on open files to the hard one, as nginx's `worker_rlimit_nofile` and
+/// Go's runtime do: each client connection and each member connection is a file. Gives the
+/// limit in force.
+fn raise_open_files_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(hard)) = (limit.current, limit.maximum)
+        && current < hard
+    {
+        let raised = rustix::process::Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return hard,
+            Err(e) => {
+                tracing::warn!(error = %e, current, hard, "cannot raise the open-files limit")
+            }
+        }
+    }
+    limit.current.unwrap_or(u64::MAX)
+}
+
+/// The open-files limit in force.
+fn open_files_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+}
+
+/// `--max-connections` when not given: half the open files, since each client connection may
+/// need a member connection too (HAProxy derives its `maxconn` from the same limit).
+fn default_max_connections(open_files: u64) -> usize {
+    usize::try_from(open_files / 2).unwrap_or(usize::MAX).max(1)
+}
+
 async fn wait_for_stop(term: std::io::Result<tokio::signal::unix::Signal>) {
     match term {
         Ok(mut term) => {
@@ -451,5 +539,50 @@ async fn wait_for_stop(term: std::io::Result<tokio::signal::unix::Signal>) {
             tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn common(args: &[&str]) -> Common {
+        let mut argv = vec!["kube-balancer", "standalone"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("valid flags").command {
+            Command::Standalone { common, .. } => common,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_admin_server_is_on_localhost_unless_told_and_needs_a_token_elsewhere() {
+        let default = common(&[]);
+        assert!(default.admin.ip().is_loopback(), "{}", default.admin);
+        assert!(default.admin_token().expect("no token needed").is_none());
+        let e = common(&["--admin", "0.0.0.0:9901"])
+            .admin_token()
+            .expect_err("a token is needed");
+        assert!(e.to_string().contains("--admin-token-file"), "{e}");
+    }
+
+    #[test]
+    fn max_connections_defaults_to_half_the_open_files() {
+        assert_eq!(default_max_connections(20_000), 10_000);
+        assert_eq!(default_max_connections(1), 1);
+        assert_eq!(
+            common(&["--max-connections", "0"])
+                .proxy_options("127.0.0.1:0")
+                .max_connections,
+            None
+        );
+        assert_eq!(
+            common(&["--max-connections", "7"])
+                .proxy_options("127.0.0.1:0")
+                .max_connections,
+            Some(7)
+        );
     }
 }

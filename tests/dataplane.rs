@@ -20,9 +20,11 @@ mod dataplane {
     mod layout;
     mod methods;
     mod observability;
+    mod overload;
     mod proxy;
     mod proxy_protocol;
     mod routes;
+    mod security;
     mod sticky;
     mod tls_proxy;
     mod upstream;

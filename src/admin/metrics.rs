@@ -60,6 +60,7 @@ impl Collector for PlaneCollector {
         let view = manager::view(&self.plane, clock::now_ms());
         encode_view(&view, &mut encoder)?;
         encode_traffic(&self.plane, &mut encoder)?;
+        encode_rejections(&self.plane, &mut encoder)?;
         encode_process_wide(&self.plane, &mut encoder)
     }
 }
@@ -220,6 +221,41 @@ fn encode_traffic(
     Ok(())
 }
 
+/// Requests refused under the members' connection limits (`memberLimits`), by reason; a
+/// series only for a member that refused some.
+fn encode_rejections(
+    plane: &DataPlane,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut family = encoder.encode_descriptor(
+        "member_requests_rejected",
+        "Requests answered 503 (or sent to another member) because the member was at its \
+         connection limit: its queue was full (queue_full) or the request waited the whole \
+         queue timeout (queue_timeout).",
+        None,
+        MetricType::Counter,
+    )?;
+    for cluster in &plane.snapshot_full().clusters {
+        for m in cluster.balancer.members() {
+            for (reason, n) in [
+                ("queue_full", m.stats.queue_full.load(Relaxed)),
+                ("queue_timeout", m.stats.queue_timeouts.load(Relaxed)),
+            ] {
+                if n > 0 {
+                    let labels = [
+                        ("cluster", cluster.key.as_str()),
+                        ("member", m.url.as_str()),
+                        ("reason", reason),
+                    ];
+                    ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 type Pick = fn(&TrafficRead) -> &HistogramRead;
 
 const HISTOGRAMS: [(&str, &str, Pick); 2] = [
@@ -265,6 +301,12 @@ fn encode_process_wide(
     ConstCounter::new(m.connections.load(Relaxed)).encode(encoder.encode_descriptor(
         "connections",
         "Client connections accepted.",
+        None,
+        MetricType::Counter,
+    )?)?;
+    ConstCounter::new(m.connections_refused.load(Relaxed)).encode(encoder.encode_descriptor(
+        "connections_refused",
+        "Client connections answered 503 and closed because --max-connections were open.",
         None,
         MetricType::Counter,
     )?)?;

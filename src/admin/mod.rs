@@ -4,7 +4,11 @@
 //! [`manager::view`]. It never changes the data plane (edits stay declarative, in
 //! `spec.memberOverrides`), and it runs on the caller's ordinary multi-thread runtime, apart from
 //! the data plane's workers, so a slow scrape never delays a proxied request.
+//!
+//! It listens on localhost unless told otherwise; elsewhere it needs a bearer token ([`auth`])
+//! for everything but `/healthz` and `/readyz`.
 
+pub mod auth;
 pub mod html;
 pub mod manager;
 pub mod metrics;
@@ -51,10 +55,19 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Binds `addr` and serves the admin endpoints in a background task of the current runtime until
 /// the runtime stops. Returns the address bound (useful with port 0).
 pub async fn start(addr: SocketAddr, plane: Arc<DataPlane>) -> io::Result<SocketAddr> {
+    start_with(addr, plane, None).await
+}
+
+/// [`start`], asking for `token` on every endpoint but `/healthz` and `/readyz` when given.
+pub async fn start_with(
+    addr: SocketAddr,
+    plane: Arc<DataPlane>,
+    token: Option<auth::Token>,
+) -> io::Result<SocketAddr> {
     let listener = bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(e) = serve(listener, plane, std::future::pending()).await {
+        if let Err(e) = serve_with(listener, plane, token, std::future::pending()).await {
             tracing::error!(error = %e, "admin server stopped");
         }
     });
@@ -68,9 +81,20 @@ pub async fn serve(
     plane: Arc<DataPlane>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    serve_with(listener, plane, None, shutdown).await
+}
+
+/// [`serve`], asking for `token` on every endpoint but `/healthz` and `/readyz` when given.
+pub async fn serve_with(
+    listener: TcpListener,
+    plane: Arc<DataPlane>,
+    token: Option<auth::Token>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let admin = Arc::new(Admin {
         registry: metrics::registry(plane.clone()),
         plane,
+        token,
         rates: rates::Rates::default(),
     });
     // The balancer-manager's rates compare with readings of the last minute.
@@ -137,6 +161,7 @@ async fn connection(stream: TcpStream, admin: Arc<Admin>, mut stopped: watch::Re
 struct Admin {
     plane: Arc<DataPlane>,
     registry: Registry,
+    token: Option<auth::Token>,
     rates: rates::Rates,
 }
 
@@ -146,6 +171,22 @@ const TEXT: &str = "text/plain; charset=utf-8";
 
 impl Admin {
     fn handle<B>(&self, req: &Request<B>) -> Answer {
+        // Before anything else, actions included: without the token a client learns nothing
+        // but whether the process is alive and ready.
+        if let Some(token) = &self.token
+            && !auth::OPEN_PATHS.contains(&req.uri().path())
+            && !token.accepts(req.headers().get(header::AUTHORIZATION))
+        {
+            let mut answer = text(
+                StatusCode::UNAUTHORIZED,
+                "401 Unauthorized: this endpoint needs the admin token (Authorization: Bearer TOKEN)\n",
+            );
+            answer.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"kube-balancer admin\""),
+            );
+            return answer;
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut answer = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
             answer
@@ -255,6 +296,7 @@ mod tests {
         Admin {
             registry: metrics::registry(plane.clone()),
             plane,
+            token: None,
             rates: rates::Rates::default(),
         }
     }

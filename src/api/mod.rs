@@ -142,6 +142,12 @@ pub struct BalancerClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2: Option<Http2Spec>,
 
+    /// Limits on each member's connections and on the requests waiting for one (HAProxy's
+    /// `maxconn`, `maxqueue` and `timeout queue`; Envoy's circuit breakers). None: no limit, as
+    /// with Apache. A static member's own `maxConnections` and `maxPendingRequests` win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_limits: Option<MemberLimits>,
+
     /// The balancer-manager's edits, kept declaratively.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4096))]
@@ -337,7 +343,50 @@ pub struct MemberSpec {
     /// How this member is spoken to; default: the cluster's `protocol`, else http1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
+    /// Connections open to this member at most; default: `memberLimits.maxConnections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(MAX_CONNECTIONS_RULE).message("maxConnections must be between 1 and 1000000"))]
+    pub max_connections: Option<u32>,
+    /// Requests that may wait for a connection to this member; default:
+    /// `memberLimits.maxPendingRequests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(MAX_PENDING_RULE).message("maxPendingRequests must be between 0 and 1000000"))]
+    pub max_pending_requests: Option<u32>,
 }
+
+const MAX_CONNECTIONS_RULE: &str = "self >= 1 && self <= 1000000";
+const MAX_PENDING_RULE: &str = "self >= 0 && self <= 1000000";
+
+/// Limits on each member of a cluster, counted over all of a replica's workers: connections
+/// open to it (pooled and in use), and the requests that wait for one once that many are open.
+/// A request that finds the queue full, or waits longer than `queueTimeout`, gets 503 with
+/// `Retry-After` (or goes to another member while `failover.maxAttempts` allow), and counts
+/// against no member's health.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberLimits {
+    /// Connections open to one member at most, pooled and in use (HAProxy's `maxconn`, Envoy's
+    /// `max_connections`, Apache's `max`). None: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(MAX_CONNECTIONS_RULE).message("memberLimits.maxConnections must be between 1 and 1000000"))]
+    pub max_connections: Option<u32>,
+    /// Requests that may wait for a connection to one member once `maxConnections` are open
+    /// (HAProxy's `maxqueue`, Envoy's `max_pending_requests`); beyond them, 503 at once. 0: no
+    /// waiting. Default 1024, as Envoy's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(MAX_PENDING_RULE).message("memberLimits.maxPendingRequests must be between 0 and 1000000"))]
+    pub max_pending_requests: Option<u32>,
+    /// How long a request waits for a connection (HAProxy's `timeout queue`, Apache's
+    /// `acquire`). Default: `timeouts.connect`, as HAProxy does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub queue_timeout: Option<Duration>,
+}
+
+/// Requests that may wait for a member's connection unless `maxPendingRequests` says otherwise
+/// (Envoy's default).
+pub const DEFAULT_MAX_PENDING_REQUESTS: u32 = 1024;
 
 fn default_load_factor() -> u32 {
     1

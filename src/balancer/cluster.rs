@@ -32,6 +32,10 @@ pub struct MemberStats {
     pub received_bytes: AtomicU64,
     /// Failures: connection errors, timeouts, `failOnStatus` answers.
     pub errors: AtomicU64,
+    /// Requests refused under the member's connection limit (`memberLimits`): its queue was
+    /// full, or they waited for the whole queue timeout.
+    pub queue_full: AtomicU64,
+    pub queue_timeouts: AtomicU64,
     /// Answers by status, answer and connect times, failovers: for `/metrics` (sharded per
     /// worker).
     pub traffic: super::traffic::Traffic,

@@ -74,6 +74,8 @@ pub struct Options {
     pub peers_service: Option<(String, String)>,
     /// The peers' admin port when their EndpointSlices name none `admin`.
     pub admin_port: u16,
+    /// The admin token the peers ask for (`--admin-token-file`), if any.
+    pub admin_token: Option<std::sync::Arc<str>>,
     /// Serve the Gateway API too (`run --gateway`): GatewayClasses of
     /// `kubebalancer.io/gateway-controller`, their Gateways and HTTPRoutes.
     pub gateway: Option<crate::gateway::Options>,
@@ -310,6 +312,7 @@ pub async fn start(
             peers: peers::PeerSource {
                 service: options.peers_service.clone(),
                 admin_port: options.admin_port,
+                admin_token: options.admin_token.clone(),
                 identity: options.identity.clone(),
                 slices: writer_stores.1,
             },

@@ -31,6 +31,8 @@ pub struct PeerSource {
     pub service: Option<(String, String)>,
     /// The peers' admin port, unless the Service has a port named `admin`.
     pub admin_port: u16,
+    /// The token the peers' admin servers ask for.
+    pub admin_token: Option<std::sync::Arc<str>>,
     /// This replica's pod name, to leave itself out.
     pub identity: String,
     pub slices: Vec<Store<EndpointSlice>>,
@@ -84,7 +86,8 @@ impl PeerSource {
     pub async fn traffic(&self) -> HashMap<(String, String), Traffic> {
         let mut sum: HashMap<(String, String), Traffic> = HashMap::new();
         for address in self.addresses() {
-            match tokio::time::timeout(Duration::from_secs(2), fetch(&address)).await {
+            let token = self.admin_token.as_deref();
+            match tokio::time::timeout(Duration::from_secs(2), fetch(&address, token)).await {
                 Ok(Ok(view)) => add(&mut sum, &view),
                 Ok(Err(e)) => {
                     tracing::warn!(peer = %address, error = %e, "cannot read a peer's figures")
@@ -126,13 +129,19 @@ pub fn add(sum: &mut HashMap<(String, String), Traffic>, view: &serde_json::Valu
     }
 }
 
-async fn fetch(address: &str) -> anyhow::Result<serde_json::Value> {
+async fn fetch(address: &str, token: Option<&str>) -> anyhow::Result<serde_json::Value> {
     let stream = tokio::net::TcpStream::connect(address).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = http::Request::get("/balancer-manager?format=json")
+    let mut req = http::Request::get("/balancer-manager?format=json")
         .header(http::header::HOST, address)
         .body(Empty::<Bytes>::new())?;
+    if let Some(token) = token {
+        req.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
+    }
     let response = sender.send_request(req).await?;
     anyhow::ensure!(
         response.status().is_success(),

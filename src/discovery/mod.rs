@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use crate::api::text::quote;
 use crate::api::{
-    BalancerCluster, BalancerClusterSpec, HashKey, HealthCheckMethod, LbMethod, MemberOverride,
-    MemberState, Protocol, RouteSpec, default_max_concurrent_streams,
+    BalancerCluster, BalancerClusterSpec, DEFAULT_MAX_PENDING_REQUESTS, HashKey, HealthCheckMethod,
+    LbMethod, MemberOverride, MemberState, Protocol, RouteSpec, default_max_concurrent_streams,
 };
 use routes::{RouteConfig, RouteProblem};
 
@@ -157,6 +157,32 @@ pub struct Policy {
     /// gRPC methods that may run twice: `/package.Service/Method`, or `/package.Service/`
     /// for a whole service (the `*` left out).
     pub safe_grpc_methods: Vec<String>,
+    /// Each member's connection limits (`spec.memberLimits`).
+    pub limits: Limits,
+    /// A static member's own limits, by its index in the cluster's members (static members
+    /// come first); empty when none has its own.
+    pub member_limits: Vec<Option<Limits>>,
+}
+
+/// Limits on one member's connections, counted over all of a replica's workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open to the member at most, pooled and in use; `None`: no limit.
+    pub max_connections: Option<u32>,
+    /// Requests that may wait for a connection once `max_connections` are open.
+    pub max_pending_requests: u32,
+    /// How long a request may wait for one.
+    pub queue_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: None,
+            max_pending_requests: DEFAULT_MAX_PENDING_REQUESTS,
+            queue_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for Policy {
@@ -170,11 +196,21 @@ impl Default for Policy {
             force_recovery: true,
             max_concurrent_streams: default_max_concurrent_streams(),
             safe_grpc_methods: Vec::new(),
+            limits: Limits::default(),
+            member_limits: Vec::new(),
         }
     }
 }
 
 impl Policy {
+    /// The connection limits of member `index`: its own, else the cluster's.
+    pub fn limits_of(&self, index: usize) -> &Limits {
+        match self.member_limits.get(index) {
+            Some(Some(own)) => own,
+            _ => &self.limits,
+        }
+    }
+
     /// Whether the gRPC method at `path` (`/package.Service/Method`) may run twice.
     pub fn is_safe_grpc_method(&self, path: &str) -> bool {
         self.safe_grpc_methods.iter().any(|m| {
@@ -450,6 +486,7 @@ fn policy(spec: &BalancerClusterSpec) -> Result<Policy, MemberError> {
         max_ejection: o.max_ejection_time.into(),
         max_ejection_percent: o.max_ejection_percent,
     });
+    let (limits, member_limits) = limits(spec);
     Ok(Policy {
         sticky,
         hash,
@@ -468,7 +505,38 @@ fn policy(spec: &BalancerClusterSpec) -> Result<Policy, MemberError> {
             .iter()
             .map(|m| m.strip_suffix('*').unwrap_or(m).to_owned())
             .collect(),
+        limits,
+        member_limits,
     })
+}
+
+/// `spec.memberLimits`, and each static member's own `maxConnections` and
+/// `maxPendingRequests` over it.
+fn limits(spec: &BalancerClusterSpec) -> (Limits, Vec<Option<Limits>>) {
+    let given = spec.member_limits.clone().unwrap_or_default();
+    let limits = Limits {
+        max_connections: given.max_connections,
+        max_pending_requests: given
+            .max_pending_requests
+            .unwrap_or(DEFAULT_MAX_PENDING_REQUESTS),
+        queue_timeout: given
+            .queue_timeout
+            .map_or_else(|| spec.timeouts.connect.into(), Into::into),
+    };
+    let own = |m: &crate::api::MemberSpec| {
+        (m.max_connections.is_some() || m.max_pending_requests.is_some()).then(|| Limits {
+            max_connections: m.max_connections.or(limits.max_connections),
+            max_pending_requests: m
+                .max_pending_requests
+                .unwrap_or(limits.max_pending_requests),
+            ..limits
+        })
+    };
+    let mut members: Vec<Option<Limits>> = spec.members.iter().map(own).collect();
+    if members.iter().all(Option::is_none) {
+        members.clear();
+    }
+    (limits, members)
 }
 
 /// `200-399,404` as inclusive ranges; `None` when a range runs backwards or a code is not one.
@@ -684,6 +752,8 @@ mod tests {
             route: Some("web1".into()),
             state: MemberState::Enabled,
             protocol: None,
+            max_connections: None,
+            max_pending_requests: None,
         });
         let pod = MemberConfig {
             url: "http://10.0.0.7:8080".into(),
@@ -750,6 +820,53 @@ mod tests {
     }
 
     #[test]
+    fn member_limits_are_the_clusters_unless_a_static_member_has_its_own() {
+        let bc = BalancerCluster::new(
+            "web",
+            serde_json::from_value(serde_json::json!({
+                "members": [
+                    {"url": "http://a:1"},
+                    {"url": "http://b:1", "maxConnections": 7},
+                    {"url": "http://c:1", "maxPendingRequests": 0},
+                ],
+                "timeouts": {"connect": "2s"},
+                "memberLimits": {"maxConnections": 2, "maxPendingRequests": 3},
+            }))
+            .expect("a spec"),
+        );
+        let c = cluster_config(&bc, vec![]).expect("valid");
+        let limits = |i| *c.policy.limits_of(i);
+        let wide = Limits {
+            max_connections: Some(2),
+            max_pending_requests: 3,
+            // HAProxy's `timeout queue` defaults to `timeout connect`.
+            queue_timeout: Duration::from_secs(2),
+        };
+        assert_eq!(limits(0), wide);
+        assert_eq!(
+            limits(1),
+            Limits {
+                max_connections: Some(7),
+                ..wide
+            }
+        );
+        assert_eq!(
+            limits(2),
+            Limits {
+                max_pending_requests: 0,
+                ..wide
+            }
+        );
+        // A member from a Service (after the static ones) takes the cluster's.
+        assert_eq!(limits(3), wide);
+
+        // Without memberLimits: no limit on connections, Envoy's default queue.
+        let c = cluster_config(&cluster(&["http://a:1"]), vec![]).expect("valid");
+        assert_eq!(*c.policy.limits_of(0), Limits::default());
+        assert!(c.policy.member_limits.is_empty());
+    }
+
+    #[test]
     fn authority_parsing() {
         assert_eq!(
             authority_of("http://[::1]:9000/").as_deref(),
@@ -789,6 +906,8 @@ mod tests {
             route: None,
             state: MemberState::Enabled,
             protocol: None,
+            max_connections: None,
+            max_pending_requests: None,
         });
         let e = cluster_config(&bc, vec![]).expect_err("refused");
         assert_eq!(e.field, "spec.members[1].url");

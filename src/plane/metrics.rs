@@ -17,6 +17,8 @@ pub struct PlaneMetrics {
     /// Client connections open now, and accepted all told.
     pub connections_open: AtomicI64,
     pub connections: AtomicU64,
+    /// Client connections answered 503 and closed because `--max-connections` were open.
+    pub connections_refused: AtomicU64,
     /// Requests being answered now (routed or not).
     pub requests_active: AtomicI64,
     /// TLS handshakes with clients that succeeded and that failed.

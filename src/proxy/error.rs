@@ -9,6 +9,10 @@ use http::{HeaderValue, Response, StatusCode, header};
 use super::grpc;
 use super::response::ResponseBody;
 
+/// The `Retry-After` of a 503 for a member at its connection limit, in seconds: soon, since
+/// its queue moves at the pace of its answers.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// Why the proxy answered instead of a member.
 #[derive(Debug)]
 pub enum ProxyError {
@@ -27,6 +31,13 @@ pub enum ProxyError {
         member: String,
         cause: String,
     },
+    /// The member's connection limit is reached, and its queue is full or the request waited
+    /// too long (`memberLimits`).
+    Overloaded {
+        cluster: String,
+        member: String,
+        cause: String,
+    },
     /// The member did not answer in time.
     Timeout {
         cluster: String,
@@ -41,6 +52,8 @@ pub enum ProxyError {
     TooManyHeaders { count: usize, limit: usize },
     /// The client's request body broke off or was malformed on its way to the member.
     ClientBody { cause: String },
+    /// The client sent nothing of its request body for the body read timeout.
+    ClientTimeout { cause: String },
     /// More than one Host field.
     DuplicateHost,
     /// No usable host to build a redirect's Location from.
@@ -60,7 +73,9 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::NoMember { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoMember { .. } | ProxyError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::MemberFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } | ProxyError::RequestTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -70,6 +85,7 @@ impl ProxyError {
             ProxyError::ClientBody { .. } | ProxyError::DuplicateHost | ProxyError::NoHost => {
                 StatusCode::BAD_REQUEST
             }
+            ProxyError::ClientTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Redirect { status, .. } => *status,
             ProxyError::Preflight(_) => StatusCode::NO_CONTENT,
         }
@@ -84,13 +100,16 @@ impl ProxyError {
         Some(match self {
             ProxyError::NoRoute { .. } => grpc::UNIMPLEMENTED,
             ProxyError::NoBackend { .. } => grpc::UNKNOWN,
-            ProxyError::NoMember { .. } | ProxyError::MemberFailed { .. } => grpc::UNAVAILABLE,
+            ProxyError::NoMember { .. }
+            | ProxyError::MemberFailed { .. }
+            | ProxyError::Overloaded { .. } => grpc::UNAVAILABLE,
             ProxyError::Timeout { .. } | ProxyError::RequestTimeout { .. } => {
                 grpc::DEADLINE_EXCEEDED
             }
             ProxyError::ConnectRefused
             | ProxyError::TooManyHeaders { .. }
             | ProxyError::ClientBody { .. }
+            | ProxyError::ClientTimeout { .. }
             | ProxyError::DuplicateHost
             | ProxyError::Misdirected { .. }
             | ProxyError::NoHost => grpc::INTERNAL,
@@ -153,6 +172,14 @@ impl ProxyError {
                 tracing::warn!(%cluster, %member, %cause, "502 Bad Gateway");
                 "502 Bad Gateway: the member failed to answer\n"
             }
+            ProxyError::Overloaded {
+                cluster,
+                member,
+                cause,
+            } => {
+                tracing::debug!(%cluster, %member, %cause, "503 Service Unavailable");
+                "503 Service Unavailable: the member is at its connection limit; retry later\n"
+            }
             ProxyError::Timeout {
                 cluster,
                 member,
@@ -174,6 +201,10 @@ impl ProxyError {
                 tracing::debug!(%cause, "request refused: its body broke off or was malformed");
                 "400 Bad Request: the request body was malformed or cut short\n"
             }
+            ProxyError::ClientTimeout { cause } => {
+                tracing::debug!(%cause, "request cut off: its body stopped coming");
+                "408 Request Timeout: the request body stopped coming\n"
+            }
             ProxyError::NoHost => "400 Bad Request: no host to redirect to\n",
             ProxyError::Redirect { .. } | ProxyError::Preflight(_) => "",
             ProxyError::DuplicateHost => {
@@ -194,6 +225,17 @@ impl ProxyError {
             response.headers_mut().remove(header::CONTENT_TYPE);
             response.headers_mut().insert(header::LOCATION, location);
             return response;
+        }
+        if matches!(self, ProxyError::ClientTimeout { .. }) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if matches!(self, ProxyError::Overloaded { .. }) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(RETRY_AFTER.as_secs()),
+            );
         }
         if matches!(self, ProxyError::ConnectRefused) {
             response.headers_mut().insert(

@@ -417,6 +417,7 @@ async fn mirrored(
         Upstream::for_member(Upstream::Hyper, member, false),
         &key,
         config,
+        config.policy.limits_of(index),
         &mut req,
         &mut lean,
         &forwarding,

@@ -130,7 +130,16 @@ pub async fn forward(
             .unwrap_or(config.response_timeout);
         let until = deadline_of(&call).map_or(started + timeout, |at| at.min(started + timeout));
         let sent = upstream::send(
-            kind, &key, config, req, lean, forwarding, started, until, deadline,
+            kind,
+            &key,
+            config,
+            config.policy.limits_of(index),
+            req,
+            lean,
+            forwarding,
+            started,
+            until,
+            deadline,
         );
         match sent.await {
             Err(failure) => {
@@ -303,6 +312,26 @@ fn failed(
     if stage == Stage::ClientBody {
         return Err(ProxyError::ClientBody { cause });
     }
+    if stage == Stage::ClientTimeout {
+        return Err(ProxyError::ClientTimeout { cause });
+    }
+    if let Stage::QueueFull | Stage::QueueTimeout = stage {
+        // The member's own limit: nothing reached it, and it says nothing of its health.
+        let stats = &cluster.balancer.members()[index].stats;
+        let counter = match stage {
+            Stage::QueueFull => &stats.queue_full,
+            _ => &stats.queue_timeouts,
+        };
+        counter.fetch_add(1, Relaxed);
+        if let Some(back) = unsent {
+            *req = *back;
+        }
+        return Ok(ProxyError::Overloaded {
+            cluster: cluster.key.clone(),
+            member: member.url.clone(),
+            cause,
+        });
+    }
     // A gRPC call's own deadline passing says nothing of the member.
     if !client_deadline {
         cluster.balancer.report(index, false, clock::now_ms());
@@ -391,7 +420,10 @@ fn gave_up(
     error: ProxyError,
 ) -> ProxyError {
     if worker.telemetry.request_metrics
-        && !matches!(error, ProxyError::ClientBody { .. })
+        && !matches!(
+            error,
+            ProxyError::ClientBody { .. } | ProxyError::ClientTimeout { .. }
+        )
         && let Some(member) = index.and_then(|i| cluster.balancer.members().get(i))
     {
         member.stats.traffic.answered_for(error.status().as_u16());
@@ -419,7 +451,7 @@ fn may_go_again(
 ) -> bool {
     let kept = call.and_then(|c| c.kept.as_ref());
     match stage {
-        Stage::Unsent | Stage::Refused => true,
+        Stage::Unsent | Stage::Refused | Stage::QueueFull | Stage::QueueTimeout => true,
         Stage::Unanswered | Stage::BadAnswer => {
             // The lean client only borrowed the request; hyper's took it, and a copy was kept.
             let intact = kind == Upstream::Lean || replay.is_some();
@@ -433,7 +465,7 @@ fn may_go_again(
                     .retry_budget
                     .try_take(clock::now_ms(), requests(cluster))
         }
-        Stage::ClientBody | Stage::TimedOut => false,
+        Stage::ClientBody | Stage::ClientTimeout | Stage::TimedOut => false,
     }
 }
 

@@ -1,6 +1,7 @@
 //! What a worker does with its listeners: accept connections on each (the BalancerClusters'
 //! plain and HTTPS listeners, and the fronts' ports, opened and closed as snapshots come), count
-//! them, and on stop let them finish for the grace period.
+//! them, refuse those beyond `--max-connections`, and on stop let them finish for the grace
+//! period.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -8,11 +9,13 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -22,8 +25,30 @@ use super::downstream::{self, Builders, Serving, Stopping};
 use super::http1::Limits;
 use super::options::ProxyOptions;
 use super::tunnel::Tunnels;
+use super::upstream::gate::Gates;
+use super::upstream::pool::Pool;
 use super::worker::Worker;
 use crate::plane::{DataPlane, FrontCertificates};
+
+/// What a server's workers share besides the plane: the members' connection limits, and the
+/// count of client connections open.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub gates: Arc<Gates>,
+    /// Client connections open, over every worker (counted only under `--max-connections`).
+    clients: AtomicUsize,
+}
+
+/// The answer to a client connection beyond `--max-connections`, written as it is accepted.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 59\r\n\r\n503 Service Unavailable: too many connections; retry later\n";
+
+/// Refused connections a worker keeps open at once, to read what their client sends after
+/// the answer (so that closing does not reset the connection before the answer is read);
+/// beyond them, a refused connection is closed as soon as its answer is written.
+const MAX_LINGERING: usize = 1024;
+
+/// How long a refused connection is kept for its client to read the answer and close.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Serves the worker's listeners until told to stop, then drains.
 pub async fn accept_loop(
@@ -31,6 +56,7 @@ pub async fn accept_loop(
     plane: Arc<DataPlane>,
     options: ProxyOptions,
     mut stop: watch::Receiver<Option<Duration>>,
+    shared: Arc<Shared>,
 ) -> io::Result<()> {
     let limits = Limits {
         max_headers: options.max_headers,
@@ -43,6 +69,7 @@ pub async fn accept_loop(
         None => None,
     };
     let mut worker = Worker::new(plane.clone(), limits, options.http1);
+    worker.pool = Rc::new(Pool::new(shared.gates.clone()));
     worker.telemetry = Rc::new(options.telemetry.clone());
     worker.https_port = options
         .https_port
@@ -53,11 +80,15 @@ pub async fn accept_loop(
         builders: Rc::new(Builders::new(&options)),
         stopping: Rc::new(Stopping::default()),
         header_read_timeout: options.header_read_timeout,
+        body_read_timeout: options.body_read_timeout,
     });
     let tracker = Rc::new(Tracker {
         plane: plane.clone(),
         open: Cell::new(0),
         idle: Notify::new(),
+        shared,
+        max: options.max_connections,
+        lingering: Cell::new(0),
     });
     let mut tasks = Vec::new();
     for (listener, entry) in listeners {
@@ -108,6 +139,10 @@ async fn accept(
                 continue;
             }
         };
+        if !tracker.admit() {
+            refuse(stream, entry.tls, &tracker);
+            continue;
+        }
         // Boxed, not wrapped in another future (which would store it twice). A task's cell is
         // aligned to 128 bytes; holding the connection's future inline, its size is no power
         // of two, and mimalloc then over-allocates every one of them by 127 bytes on a slow
@@ -225,6 +260,68 @@ struct Tracker {
     plane: Arc<DataPlane>,
     open: Cell<usize>,
     idle: Notify,
+    shared: Arc<Shared>,
+    /// `--max-connections`.
+    max: Option<usize>,
+    /// Refused connections kept open for their client to read the answer.
+    lingering: Cell<usize>,
+}
+
+impl Tracker {
+    /// Whether a connection just accepted may be served: fewer than `--max-connections` are
+    /// open over every worker. It is then counted until its [`Open`] is dropped.
+    fn admit(&self) -> bool {
+        let Some(max) = self.max else {
+            return true;
+        };
+        if self.shared.clients.fetch_add(1, AcqRel) < max {
+            return true;
+        }
+        self.shared.clients.fetch_sub(1, AcqRel);
+        false
+    }
+}
+
+/// A connection beyond `--max-connections`: answered 503 (over plain HTTP; an HTTPS
+/// connection is closed, since an answer would need a handshake) and closed. As with Envoy's
+/// and nginx's connection limits, it is accepted rather than left in the listen queue, so
+/// that its client learns at once, and the memory it takes is a socket for a moment.
+fn refuse(stream: TcpStream, tls: bool, tracker: &Rc<Tracker>) {
+    tracker
+        .plane
+        .metrics
+        .connections_refused
+        .fetch_add(1, Relaxed);
+    if tls {
+        return;
+    }
+    // A new connection's send buffer has room: the answer goes whole, without waiting.
+    if stream.try_write(REFUSED).is_err() || tracker.lingering.get() >= MAX_LINGERING {
+        return;
+    }
+    tracker.lingering.set(tracker.lingering.get() + 1);
+    let tracker = tracker.clone();
+    tokio::task::spawn_local(async move {
+        linger(stream).await;
+        tracker.lingering.set(tracker.lingering.get() - 1);
+    });
+}
+
+/// Ends a refused connection gracefully: no more to send, and what the client sends meanwhile
+/// (its request) read and dropped, until it closes or [`LINGER`] passes.
+async fn linger(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut buf = [0u8; 1024];
+    let mut left: usize = 64 * 1024;
+    let drained = async {
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drained).await;
 }
 
 /// One open client connection, counted in its worker's [`Tracker`] while it lives.
@@ -243,6 +340,9 @@ impl Open {
 impl Drop for Open {
     fn drop(&mut self) {
         let tracker = &self.0;
+        if tracker.max.is_some() {
+            tracker.shared.clients.fetch_sub(1, AcqRel);
+        }
         tracker.open.set(tracker.open.get() - 1);
         tracker.plane.metrics.connections_open.fetch_sub(1, Relaxed);
         if tracker.open.get() == 0 {

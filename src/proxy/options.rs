@@ -21,6 +21,12 @@ pub struct ProxyOptions {
     pub workers: usize,
     /// A client must send a whole request head within this time.
     pub header_read_timeout: Duration,
+    /// A client sending a request body must send some of it within this time of its last
+    /// bytes (nginx's `client_body_timeout`).
+    pub body_read_timeout: Duration,
+    /// Client connections open at once, over every listener and worker; a connection beyond
+    /// them is answered 503 and closed. `None`: no limit.
+    pub max_connections: Option<usize>,
     /// At most this many request headers.
     pub max_headers: usize,
     /// At most this many bytes of request head.
@@ -45,6 +51,8 @@ impl ProxyOptions {
             listen,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            max_connections: None,
             max_headers: 100,
             max_header_bytes: 64 * 1024,
             http1: Http1Mode::default(),

@@ -12,7 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 use super::client::{Entry, Front};
-use super::listeners::{accept_loop, bind, named};
+use super::listeners::{Shared, accept_loop, bind, named};
 use super::options::ProxyOptions;
 use crate::plane::DataPlane;
 
@@ -42,6 +42,7 @@ impl Server {
             options.https_port = tls_addr.map(|a| a.port());
         }
         let (stop, stop_rx) = watch::channel(None);
+        let shared = Arc::new(Shared::default());
         let mut handles = Vec::with_capacity(workers);
         for (i, (plain, tls)) in plain.into_iter().zip(tls).enumerate() {
             let mut listeners = vec![(plain, entry(local_addr, false))];
@@ -51,9 +52,10 @@ impl Server {
             let plane = plane.clone();
             let options = options.clone();
             let stop_rx = stop_rx.clone();
+            let shared = shared.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("kb-worker-{i}"))
-                .spawn(move || run_worker(listeners, plane, options, stop_rx))?;
+                .spawn(move || run_worker(listeners, plane, options, stop_rx, shared))?;
             handles.push(handle);
         }
         Ok(Server {
@@ -118,6 +120,7 @@ fn run_worker(
     plane: Arc<DataPlane>,
     options: ProxyOptions,
     stop: watch::Receiver<Option<Duration>>,
+    shared: Arc<Shared>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -133,7 +136,7 @@ fn run_worker(
     // The accept loop is a task of its own: the future `block_on` drives is polled on every
     // wake-up of the LocalSet (every request), a task only when its own events fire.
     let accepting = local.spawn_local(async move {
-        if let Err(e) = accept_loop(listeners, plane, options, stop).await {
+        if let Err(e) = accept_loop(listeners, plane, options, stop, shared).await {
             tracing::error!(error = %e, "worker stopped");
         }
     });

@@ -43,13 +43,15 @@ const CHART_CRD: &str = concat!(
     "/charts/kube-balancer/crds/balancerclusters.kubebalancer.io.yaml"
 );
 /// How manifests/kube-balancer.yaml is made (docs/install.md says the same).
-const RENDER: [&str; 6] = [
+const RENDER: [&str; 8] = [
     "template",
     "kube-balancer",
     "charts/kube-balancer",
     "--namespace",
     "kube-balancer",
     "--include-crds",
+    "--set",
+    "admin.tokenSecret=kube-balancer-admin-token",
 ];
 
 /// Runs a built tool (`helm`, `kubectl`) against the test control plane and returns its output,
@@ -486,14 +488,21 @@ impl Replica {
                 } else if a.starts_with("--admin=") {
                     replaced += 1;
                     format!("--admin={pod_ip}:0")
+                } else if a.starts_with("--admin-token-file=") {
+                    // The Secret the chart mounts there: one token for the release's replicas.
+                    replaced += 1;
+                    let token = kubeconfig.with_file_name("admin-token");
+                    std::fs::write(&token, "chart-made-token-for-these-replicas\n")
+                        .expect("write the admin token");
+                    format!("--admin-token-file={}", token.display())
                 } else {
                     a.clone()
                 }
             })
             .collect();
         assert_eq!(
-            replaced, 3,
-            "the chart passes --listen, --listen-tls and --admin: {args:?}"
+            replaced, 4,
+            "the chart passes --listen, --listen-tls, --admin and --admin-token-file: {args:?}"
         );
         args.push(format!("--kubeconfig={}", kubeconfig.display()));
         let env = [
@@ -664,6 +673,13 @@ async fn helm_install_creates_every_object_and_the_pod_meets_the_restricted_stan
             format!("clusterrolebinding.rbac.authorization.k8s.io/{f}"),
         ]
     );
+    // The admin server's token, random, in a Secret the pods mount.
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns)
+        .get(&format!("{f}-admin-token"))
+        .await
+        .expect("the admin token's Secret");
+    let token = secret.data.expect("data").remove("token").expect("a token");
+    assert_eq!(token.0.len(), 40, "the chart's token is 40 characters");
     let services = Api::<Service>::namespaced(client.clone(), &ns);
     let traffic = services.get(f).await.expect("the traffic Service");
     let spec = traffic.spec.expect("spec");

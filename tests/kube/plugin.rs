@@ -115,6 +115,7 @@ impl Shop {
             lease_duration: Duration::from_secs(3),
             peers_service: None,
             admin_port: 9901,
+            admin_token: None,
             gateway: None,
         };
         let controller = controller::start(client.clone(), options, plane.clone())

@@ -101,6 +101,7 @@ pub fn options(ns: &str, identity: &str) -> Options {
         lease_duration: Duration::from_secs(3),
         peers_service: None,
         admin_port: 9901,
+        admin_token: None,
         gateway: None,
     }
 }

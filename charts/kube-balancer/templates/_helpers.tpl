@@ -125,3 +125,10 @@ Recorder creates events.k8s.io Events and patches a repeated one).
   name: {{ include "kube-balancer.serviceAccountName" . }}
   namespace: {{ .Release.Namespace }}
 {{- end }}
+
+{{/*
+The Secret holding the admin server's bearer token (key `token`).
+*/}}
+{{- define "kube-balancer.adminTokenSecret" -}}
+{{- .Values.admin.tokenSecret | default (printf "%s-admin-token" (include "kube-balancer.fullname" . | trunc 51 | trimSuffix "-")) }}
+{{- end }}

@@ -89,6 +89,7 @@ pub struct Serving {
     pub builders: Rc<Builders>,
     pub stopping: Rc<Stopping>,
     pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
 }
 
 /// Serves one client connection to its end; `_open` is held as long (the worker counts its
@@ -264,7 +265,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = client.addr;
-    let service = hyper_service(serving.worker.clone(), client);
+    let service = hyper_service(serving.worker.clone(), client, serving.body_read_timeout);
     let conn = serving
         .builders
         .http1
@@ -292,7 +293,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = client.addr;
-    let service = hyper_service(serving.worker.clone(), Rc::new(client));
+    let service = hyper_service(
+        serving.worker.clone(),
+        Rc::new(client),
+        serving.body_read_timeout,
+    );
     let conn = serving
         .builders
         .http2
@@ -310,6 +315,7 @@ where
 fn hyper_service(
     worker: Rc<Worker>,
     client: Rc<Client>,
+    body_read_timeout: Duration,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = http::Response<ResponseBody>,
@@ -320,7 +326,7 @@ fn hyper_service(
             worker.clone(),
             client.clone(),
             Box::new(ClientRequest {
-                req: req.map(RequestBody::new),
+                req: req.map(|body| RequestBody::from_client(body, body_read_timeout)),
                 lean: None,
                 upgrade: None,
                 observed: None,

@@ -47,6 +47,9 @@ pub struct State {
     read_size: usize,
     /// An exchange has completed on this connection before.
     pub(super) reused: bool,
+    /// Whatever must live as long as the connection (its place under its member's connection
+    /// limit): dropped when the connection closes.
+    held: Option<Box<dyn std::any::Any>>,
 }
 
 impl Conn {
@@ -57,7 +60,13 @@ impl Conn {
             out: Vec::new(),
             read_size: FIRST_READ,
             reused: false,
+            held: None,
         }))
+    }
+
+    /// Keeps `held` for as long as the connection lives.
+    pub fn hold(&mut self, held: Box<dyn std::any::Any>) {
+        self.0.held = Some(held);
     }
 
     /// True when nothing has arrived on this idle connection: not closed by the member, no

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -25,7 +26,25 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct RequestBody {
     inner: Source,
     stats: Option<Arc<MemberStats>>,
+    /// The client's idle limit while its body is read (boxed: most requests have no body).
+    idle: Option<Box<Idle>>,
 }
+
+/// nginx's `client_body_timeout`: the client must send some of its body within `timeout` of
+/// the last bytes, while the body is being read. The timer runs only while the body is waited
+/// for, so a member that reads slowly never makes the client late.
+#[derive(Debug)]
+struct Idle {
+    timeout: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes came since the sleep was last armed.
+    progressed: bool,
+}
+
+/// The client sent nothing of its request body for the body read timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no request body bytes from the client for {0:?}")]
+pub struct BodyTimeout(pub Duration);
 
 #[derive(Debug)]
 enum Source {
@@ -88,10 +107,19 @@ impl Kept {
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming) -> Self {
+    /// A client's body, which must keep coming: at most `timeout` between its bytes.
+    pub fn from_client(inner: Incoming, timeout: Duration) -> Self {
+        let idle = (!inner.is_end_stream()).then(|| {
+            Box::new(Idle {
+                timeout,
+                sleep: None,
+                progressed: false,
+            })
+        });
         RequestBody {
             inner: Source::Incoming(inner),
             stats: None,
+            idle,
         }
     }
 
@@ -99,6 +127,7 @@ impl RequestBody {
         RequestBody {
             inner: Source::None,
             stats: None,
+            idle: None,
         }
     }
 
@@ -143,9 +172,12 @@ impl RequestBody {
         if let Some(waker) = kept.waker.take() {
             waker.wake();
         }
+        // Without the client's idle limit: the kept frames come at once, and the rest, if
+        // any, within the member's response timeout.
         Some(RequestBody {
             inner: Source::Kept(kept.clone(), attempt, 0),
             stats: None,
+            idle: None,
         })
     }
 }
@@ -168,6 +200,19 @@ impl Body for RequestBody {
             && let Some(data) = frame.data_ref()
         {
             stats.sent_bytes.fetch_add(data.len() as u64, Relaxed);
+        }
+        if let Some(idle) = &mut this.idle {
+            match polled {
+                Poll::Pending => {
+                    if idle.expired(cx) {
+                        let timeout = idle.timeout;
+                        this.idle = None;
+                        return Poll::Ready(Some(Err(Box::new(BodyTimeout(timeout)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(_))) => idle.progressed = true,
+                Poll::Ready(_) => this.idle = None,
+            }
         }
         polled
     }
@@ -193,6 +238,22 @@ impl Body for RequestBody {
                 _ => SizeHint::default(),
             },
         }
+    }
+}
+
+impl Idle {
+    /// The body is waited for: true once the client has sent nothing for the timeout. The
+    /// sleep is armed at the first wait and moved only when bytes came since (one clock read
+    /// per wait, none per frame).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let timeout = self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if std::mem::take(&mut self.progressed) {
+            sleep.as_mut().reset(tokio::time::Instant::now() + timeout);
+        }
+        sleep.as_mut().poll(cx).is_ready()
     }
 }
 

@@ -4,6 +4,7 @@
 use http::{HeaderMap, Method, Request, Response, Uri};
 
 use super::body::{Answer, RequestBody};
+use super::gate::Refused;
 use super::pool::{H2Stream, Sender};
 use crate::proxy::deadline::Deadline;
 use crate::proxy::http1::client::{ExchangeError, Stage as Http1Stage};
@@ -23,12 +24,19 @@ pub enum Stage {
     /// The client's request body broke off or was malformed (an invalid chunk size, a reset
     /// stream): the client's fault, never the member's.
     ClientBody,
+    /// The client sent nothing of its request body for the body read timeout.
+    ClientTimeout,
     /// No answer within the response timeout.
     TimedOut,
     /// The member refused the HTTP/2 stream without processing it (REFUSED_STREAM, or a stream
     /// beyond a graceful GOAWAY's last one): like `Unsent`, but the request was taken, and only
     /// a request that can be built again may go to another member.
     Refused,
+    /// The member's connection limit is reached and its queue is full (`memberLimits`): the
+    /// request never reached it, and it says nothing of the member's health.
+    QueueFull,
+    /// The request waited for a connection to the member for the whole queue timeout.
+    QueueTimeout,
 }
 
 impl From<Http1Stage> for Stage {
@@ -85,6 +93,20 @@ impl Failure {
 
     pub fn timed_out() -> Self {
         Failure::new(String::new(), Stage::TimedOut)
+    }
+
+    /// No connection to the member within its limit.
+    pub fn refused(refused: Refused) -> Self {
+        match refused {
+            Refused::QueueFull => Failure::new(
+                "connection limit reached and queue full".to_owned(),
+                Stage::QueueFull,
+            ),
+            Refused::QueueTimeout => Failure::new(
+                "no connection free within the queue timeout".to_owned(),
+                Stage::QueueTimeout,
+            ),
+        }
     }
 }
 

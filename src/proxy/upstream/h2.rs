@@ -13,11 +13,12 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
 
-use super::body::{Answer, RequestBody};
+use super::body::{Answer, BodyTimeout, RequestBody};
 use super::connect::{self, Opened};
 use super::exchange::{Exchanged, Failure, Held, Stage, within};
-use super::pool::{ConnectError, H2Conn, Member};
-use crate::discovery::ClusterConfig;
+use super::gate::Permit;
+use super::pool::{ConnectError, H2Conn, H2Stream, Member};
+use crate::discovery::{ClusterConfig, Limits};
 use crate::proxy::deadline::Deadline;
 
 /// Runs hyper's HTTP/2 client tasks (the connection, each request body's pipe) on the worker's
@@ -33,24 +34,48 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
 
 /// Sends the request as a stream on a shared connection to the member and waits for the answer
 /// head until `until`. `tls` is h2 (HTTP/2 over TLS) rather than h2c.
+#[allow(clippy::too_many_arguments)]
 pub async fn exchange(
-    key: &Member,
+    key: &Rc<Member>,
     config: &ClusterConfig,
+    limits: &Limits,
     tls: bool,
     mut req: Request<RequestBody>,
     now: Instant,
     until: Instant,
     deadline: Option<&Deadline>,
 ) -> Result<Exchanged, Failure> {
-    let policy = &config.policy;
-    let (stream, new) = key.checkout_h2(policy.max_concurrent_streams, config.idle_timeout, now);
-    if new {
-        let connecting = connect::open_for(key, config.connect_timeout, true);
-        tokio::task::spawn_local(open(
-            stream.conn().clone(),
-            Rc::from(key.authority()),
-            connecting,
-        ));
+    let streams = config.policy.max_concurrent_streams;
+    let (stream, permit) = match limits.max_connections {
+        None => match key.checkout_h2(streams, config.idle_timeout, now) {
+            (stream, true) => (stream, Some(None)),
+            (stream, false) => (stream, None),
+        },
+        Some(max) => {
+            // Room on an open connection, or a new one under the member's limit.
+            let gate = key.gate();
+            let room = || {
+                let now = Instant::now();
+                match key.checkout_h2_open(streams, config.idle_timeout, now) {
+                    Some(stream) => Some((stream, None)),
+                    None => gate
+                        .try_open(max)
+                        .map(|permit| (key.new_h2(now), Some(Some(permit)))),
+                }
+            };
+            match Box::pin(gate.admit(limits, room)).await {
+                Ok(taken) => taken,
+                Err(refused) => {
+                    let mut failure = Failure::refused(refused);
+                    failure.unsent = Some(Box::new(req));
+                    return Err(failure);
+                }
+            }
+        }
+    };
+    // A new connection, to be opened by this request (with its permit, if limited).
+    if let Some(permit) = permit {
+        open_new(&stream, key, config, permit);
     }
     let opened = {
         let opened = std::pin::pin!(stream.sender());
@@ -152,6 +177,9 @@ fn stage_of(e: &hyper::Error) -> Stage {
                 Stage::Unanswered
             };
         }
+        if cause.is::<BodyTimeout>() {
+            return Stage::ClientTimeout;
+        }
         if cause.is::<hyper::Error>() {
             // The client's own body failed (its error is the one hyper's server gave us).
             return Stage::ClientBody;
@@ -161,12 +189,25 @@ fn stage_of(e: &hyper::Error) -> Stage {
     Stage::Unanswered
 }
 
-/// Opens the connection a request checked out new (`connecting`: TCP, and TLS for an h2
-/// member); the requests waiting for it go on when it is open, or fail when it cannot be.
+/// Starts opening the connection `stream` was checked out on (TCP, and TLS for an h2 member).
+fn open_new(stream: &H2Stream, key: &Member, config: &ClusterConfig, permit: Option<Permit>) {
+    let connecting = connect::open_for(key, config.connect_timeout, true);
+    tokio::task::spawn_local(open(
+        stream.conn().clone(),
+        Rc::from(key.authority()),
+        connecting,
+        permit,
+    ));
+}
+
+/// Opens the connection a request checked out new; the requests waiting for it go on when it
+/// is open, or fail when it cannot be. `permit`, its place under the member's connection limit,
+/// is held until it closes.
 async fn open(
     conn: Rc<H2Conn>,
     authority: Rc<str>,
     connecting: impl Future<Output = Result<Opened, ConnectError>>,
+    permit: Option<Permit>,
 ) {
     match connecting.await {
         Ok(Opened::Plain(stream)) => drive(conn, authority, stream).await,
@@ -175,6 +216,7 @@ async fn open(
         Ok(Opened::Tls(stream)) => drive(conn, authority, stream).await,
         Err(e) => conn.failed(e.to_string()),
     }
+    drop(permit);
 }
 
 /// The HTTP/2 handshake on a new connection, then its driver, until it ends.

@@ -1,17 +1,20 @@
 //! hyper's client: requests with a body to stream, upgrades, and every request with
 //! `--http1 hyper`.
 
+use std::rc::Rc;
+
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
-use super::body::{Answer, RequestBody};
+use super::body::{Answer, BodyTimeout, RequestBody};
 use super::connect::{Opened, open_for};
 use super::exchange::{Connected, Exchanged, Failure, Held, Replay, Stage, within};
+use super::gate::Permit;
 use super::pool::{ConnectError, Member, Sender};
-use crate::discovery::ClusterConfig;
+use crate::discovery::{ClusterConfig, Limits};
 use crate::proxy::deadline::Deadline;
 use crate::proxy::http1::client::idempotent;
 
@@ -20,8 +23,9 @@ use crate::proxy::http1::client::idempotent;
 /// or, for a request without a body that changes nothing, before a byte of the answer), and
 /// waits for the response head.
 pub async fn exchange(
-    key: &Member,
+    key: &Rc<Member>,
     config: &ClusterConfig,
+    limits: &Limits,
     mut req: Request<RequestBody>,
     now: tokio::time::Instant,
     until: tokio::time::Instant,
@@ -53,8 +57,19 @@ pub async fn exchange(
             Err(failure) => return Err(failure),
         }
     }
+    let permit = match key.admit(limits) {
+        None => None,
+        Some(wait) => match wait.await {
+            Ok(permit) => Some(permit),
+            Err(refused) => {
+                let mut failure = Failure::refused(refused);
+                failure.unsent = Some(Box::new(req));
+                return Err(failure);
+            }
+        },
+    };
     let connecting = tokio::time::Instant::now();
-    let mut sender = match connect(key, config.connect_timeout).await {
+    let mut sender = match connect(key, config.connect_timeout, permit).await {
         Ok(sender) => sender,
         Err(e) => {
             let mut failure = Failure::new(e.to_string(), Stage::Unsent);
@@ -108,8 +123,10 @@ pub(super) fn described(e: &hyper::Error) -> String {
 /// (its error is the one hyper's server gave us, inside hyper's client's) is the client's
 /// fault; a connection closed before the answer's head is an unanswered request.
 fn stage_of(e: &hyper::Error) -> Stage {
-    let from_client = std::error::Error::source(e).is_some_and(|s| s.is::<hyper::Error>());
-    if from_client {
+    let source = std::error::Error::source(e);
+    if source.is_some_and(|s| s.is::<BodyTimeout>()) {
+        Stage::ClientTimeout
+    } else if source.is_some_and(|s| s.is::<hyper::Error>()) {
         Stage::ClientBody
     } else if e.is_incomplete_message() || e.is_canceled() {
         Stage::Unanswered
@@ -119,16 +136,21 @@ fn stage_of(e: &hyper::Error) -> Stage {
 }
 
 /// Opens a new connection to a member (over TLS for an `https://` one); its driver runs as a
-/// task on this worker.
-async fn connect(key: &Member, timeout: std::time::Duration) -> Result<Sender, ConnectError> {
+/// task on this worker, holding `permit` (its place under the member's connection limit) until
+/// the connection closes.
+async fn connect(
+    key: &Member,
+    timeout: std::time::Duration,
+    permit: Option<Permit>,
+) -> Result<Sender, ConnectError> {
     match open_for(key, timeout, false).await? {
-        Opened::Plain(stream) => handshake(stream, true).await,
+        Opened::Plain(stream) => handshake(stream, true, permit).await,
         // Flattened rather than vectored: rustls makes one record of each write.
-        Opened::Tls(stream) => handshake(stream, false).await,
+        Opened::Tls(stream) => handshake(stream, false, permit).await,
     }
 }
 
-async fn handshake<IO>(io: IO, writev: bool) -> Result<Sender, ConnectError>
+async fn handshake<IO>(io: IO, writev: bool, permit: Option<Permit>) -> Result<Sender, ConnectError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -140,6 +162,7 @@ where
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "member connection ended with an error");
         }
+        drop(permit);
     });
     Ok(sender)
 }

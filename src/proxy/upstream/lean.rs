@@ -1,12 +1,14 @@
 //! The lean client's exchange: a request without a body, on a pooled connection of the lean
 //! client or a new one.
 
+use std::rc::Rc;
+
 use http::Request;
 
 use super::body::{Answer, RequestBody};
 use super::exchange::{Connected, Exchanged, Failure, Stage, within};
-use super::pool::{self, Member};
-use crate::discovery::ClusterConfig;
+use super::pool::{self, Admitting, Member};
+use crate::discovery::{ClusterConfig, Limits};
 use crate::proxy::deadline::Deadline;
 use crate::proxy::headers::Forwarding;
 use crate::proxy::http1::client::{ExchangeError, Stage as Http1Stage, idempotent};
@@ -19,8 +21,9 @@ use crate::proxy::http1::raw::RawHead;
 /// that changes nothing can be sent again).
 #[allow(clippy::too_many_arguments)]
 pub async fn exchange(
-    key: &Member,
+    key: &Rc<Member>,
     config: &ClusterConfig,
+    limits: impl Admission,
     req: &Request<RequestBody>,
     fields: Option<&RawHead>,
     forwarding: &Forwarding,
@@ -41,18 +44,33 @@ pub async fn exchange(
             None => return Err(Failure::timed_out()),
         }
     }
-    let connecting = tokio::time::Instant::now();
-    let conn = match pool::open(key.authority(), config.connect_timeout).await {
-        Ok(stream) => Conn::new(stream),
-        Err(e) => return Err(Failure::new(e.to_string(), Stage::Unsent)),
-    };
-    // A try on a new connection gets as long as the first; the connect time is held as
-    // microseconds.
-    let (connect_us, until) = {
+    // In a block of its own, so that its values take no room while the answer is awaited.
+    let (conn, connect_us, until) = {
+        let permit = match limits.admit(key) {
+            None => None,
+            Some(wait) => match wait.await {
+                Ok(permit) => Some(permit),
+                Err(refused) => return Err(Failure::refused(refused)),
+            },
+        };
+        let connecting = tokio::time::Instant::now();
+        let mut conn = match pool::open(key.authority(), config.connect_timeout).await {
+            Ok(stream) => Conn::new(stream),
+            Err(e) => return Err(Failure::new(e.to_string(), Stage::Unsent)),
+        };
+        if let Some(permit) = permit {
+            conn.hold(Box::new(permit));
+        }
+        // A try on a new connection gets as long as the first; the connect time is held as
+        // microseconds.
         let connected = tokio::time::Instant::now();
         let took = connected.saturating_duration_since(connecting).as_micros();
         let timeout = until.saturating_duration_since(now);
-        (u32::try_from(took).unwrap_or(u32::MAX), connected + timeout)
+        (
+            conn,
+            u32::try_from(took).unwrap_or(u32::MAX),
+            connected + timeout,
+        )
     };
     let send = std::pin::pin!(conn.send(req, fields, forwarding.fields()));
     match within(send, until, deadline).await {
@@ -63,6 +81,28 @@ pub async fn exchange(
         }
         Some(Err(e)) => Err(Failure::of(e)),
         None => Err(Failure::timed_out()),
+    }
+}
+
+/// The wait for a place under a member's connection limit. The lean exchange's future is held
+/// inline in every request's: for a member without a limit ([`Unlimited`]) it takes no room
+/// there.
+pub trait Admission {
+    fn admit<'a>(&'a self, key: &'a Rc<Member>) -> Option<Admitting<'a>>;
+}
+
+/// A member without a connection limit.
+pub struct Unlimited;
+
+impl Admission for Unlimited {
+    fn admit<'a>(&'a self, _: &'a Rc<Member>) -> Option<Admitting<'a>> {
+        None
+    }
+}
+
+impl Admission for &Limits {
+    fn admit<'a>(&'a self, key: &'a Rc<Member>) -> Option<Admitting<'a>> {
+        key.admit(self)
     }
 }
 

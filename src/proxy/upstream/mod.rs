@@ -10,6 +10,7 @@
 pub mod body;
 mod connect;
 pub mod exchange;
+pub mod gate;
 mod h2;
 mod hyper;
 mod lean;
@@ -30,7 +31,7 @@ use super::headers::Forwarding;
 use super::http1::LeanHead;
 use super::options::Http1Mode;
 use crate::api::Protocol;
-use crate::discovery::{ClusterConfig, MemberConfig};
+use crate::discovery::{ClusterConfig, Limits, MemberConfig};
 use crate::plane::Cluster;
 
 /// Which client carries a request to its member.
@@ -86,8 +87,9 @@ pub fn member(pool: &Pool, cluster: &Cluster, member: &MemberConfig) -> Rc<Membe
 #[allow(clippy::too_many_arguments)]
 pub fn send<'a>(
     kind: Upstream,
-    key: &'a Member,
+    key: &'a Rc<Member>,
     config: &'a ClusterConfig,
+    limits: &'a Limits,
     req: &'a mut Request<RequestBody>,
     lean: &'a mut Option<LeanHead>,
     forwarding: &'a Forwarding,
@@ -97,9 +99,24 @@ pub fn send<'a>(
 ) -> impl Future<Output = Result<Exchanged, Failure>> + 'a {
     if kind == Upstream::Lean {
         let fields = lean.as_ref().map(|head| &head.fields);
-        return Either::Left(lean::exchange(
-            key, config, req, fields, forwarding, now, until, deadline,
+        if limits.max_connections.is_none() {
+            return Either::Left(lean::exchange(
+                key,
+                config,
+                lean::Unlimited,
+                req,
+                fields,
+                forwarding,
+                now,
+                until,
+                deadline,
+            ));
+        }
+        // Boxed, as hyper's: the wait for a connection stays out of every request's future.
+        let exchange: std::pin::Pin<Box<dyn Future<Output = _> + 'a>> = Box::pin(lean::exchange(
+            key, config, limits, req, fields, forwarding, now, until, deadline,
         ));
+        return Either::Right(exchange);
     }
     if let Some(head) = lean.take() {
         head.fields.fill(req.headers_mut());
@@ -108,10 +125,12 @@ pub fn send<'a>(
     forwarding.insert(owned.headers_mut());
     // Boxed: inline, their state would make every request's future larger.
     let exchange: std::pin::Pin<Box<dyn Future<Output = _> + 'a>> = match kind {
-        Upstream::Http2 { tls } => {
-            Box::pin(h2::exchange(key, config, tls, owned, now, until, deadline))
-        }
-        _ => Box::pin(hyper::exchange(key, config, owned, now, until, deadline)),
+        Upstream::Http2 { tls } => Box::pin(h2::exchange(
+            key, config, limits, tls, owned, now, until, deadline,
+        )),
+        _ => Box::pin(hyper::exchange(
+            key, config, limits, owned, now, until, deadline,
+        )),
     };
     Either::Right(exchange)
 }

@@ -8,10 +8,10 @@
 //! configuration (its CA, its client certificate), and one made with a configuration since
 //! replaced (a rotated CA or client certificate) is not taken again.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::rc::Rc;
+use std::rc::{self, Rc};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::body::RequestBody;
+use super::gate::{Gate, Gates, Permit, Refused};
+use crate::discovery::Limits;
 use crate::proxy::http1::conn::Conn;
 use crate::tls;
 
@@ -60,7 +62,20 @@ impl<T> IdleList<T> {
             list.push((conn, now));
         }
     }
+
+    /// Closes the connection idle the longest; false when there is none.
+    fn close_oldest(&self) -> bool {
+        let mut list = self.0.borrow_mut();
+        if list.is_empty() {
+            return false;
+        }
+        drop(list.remove(0));
+        true
+    }
 }
+
+/// A request's wait for a place under its member's connection limit, boxed.
+pub type Admitting<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Permit, Refused>> + 'a>>;
 
 type ByAuthority = HashMap<Rc<str>, Rc<Member>, BuildHasherDefault<Fnv>>;
 
@@ -70,6 +85,8 @@ type ByAuthority = HashMap<Rc<str>, Rc<Member>, BuildHasherDefault<Fnv>>;
 pub struct Pool {
     members: RefCell<ByAuthority>,
     tls: RefCell<Vec<TlsMembers>>,
+    /// The members' connection limits, shared with the server's other workers.
+    gates: Arc<Gates>,
 }
 
 /// The `https://` members reached with one client configuration. The `Weak` is its identity:
@@ -103,6 +120,9 @@ pub struct Member {
     lean: IdleList<Conn>,
     /// HTTP/2 connections (members spoken to in h2c or h2), open or being opened.
     h2: RefCell<Vec<Rc<H2Conn>>>,
+    /// The member's connection limit, from the first request that had one.
+    gate: OnceCell<Arc<Gate>>,
+    gates: Arc<Gates>,
 }
 
 /// One HTTP/2 connection to a member, shared by the requests in flight on it.
@@ -116,6 +136,8 @@ pub struct H2Conn {
     idle_since: Cell<Instant>,
     /// Wakes the requests waiting for the connection to open.
     opened: Notify,
+    /// The member's connection limit, whose waiting requests a freed stream may serve.
+    gate: Option<Arc<Gate>>,
 }
 
 enum H2State {
@@ -135,6 +157,9 @@ impl Drop for H2Stream {
         self.conn.streams.set(left);
         if left == 0 {
             self.conn.idle_since.set(Instant::now());
+        }
+        if let Some(gate) = &self.conn.gate {
+            gate.wake_all();
         }
     }
 }
@@ -172,6 +197,22 @@ impl H2Conn {
     pub fn failed(&self, cause: String) {
         *self.state.borrow_mut() = H2State::Failed(Rc::from(cause));
         self.opened.notify_waiters();
+    }
+
+    /// Closes it if no stream is in flight on it (for requests waiting under the member's
+    /// connection limit); false if it is busy or already closed.
+    fn close_if_idle(&self) -> bool {
+        if !self.is_idle_open() {
+            return false;
+        }
+        // Dropping the sender closes the connection; its driver then gives back its permit.
+        *self.state.borrow_mut() = H2State::Failed(Rc::from("closed for requests waiting"));
+        true
+    }
+
+    /// Open, with no stream in flight.
+    fn is_idle_open(&self) -> bool {
+        self.streams.get() == 0 && matches!(&*self.state.borrow(), H2State::Open(_))
     }
 
     /// Whether it can take another stream: open or opening, below both limits.
@@ -236,13 +277,23 @@ pub enum ConnectError {
 }
 
 impl Pool {
+    /// A worker's pool, whose members' connection limits are counted in `gates` (shared with
+    /// the server's other workers).
+    pub fn new(gates: Arc<Gates>) -> Self {
+        Pool {
+            members: RefCell::default(),
+            tls: RefCell::default(),
+            gates,
+        }
+    }
+
     /// The idle connections of the member at `authority`.
     pub fn member(&self, authority: &str) -> Rc<Member> {
         if let Some(member) = self.members.borrow().get(authority) {
             return member.clone();
         }
         let authority: Rc<str> = Rc::from(authority);
-        let member = Rc::new(Member::new(authority.clone(), None));
+        let member = Rc::new(Member::new(authority.clone(), None, self.gates.clone()));
         self.members.borrow_mut().insert(authority, member.clone());
         member
     }
@@ -271,26 +322,87 @@ impl Pool {
         };
         let entry = &mut entries[position];
         let authority: Rc<str> = Rc::from(authority);
-        let member = Rc::new(Member::new(authority.clone(), Some(entry.upstream.clone())));
+        let member = Rc::new(Member::new(
+            authority.clone(),
+            Some(entry.upstream.clone()),
+            self.gates.clone(),
+        ));
         entry.members.insert(authority, member.clone());
         member
     }
 }
 
+/// Closes a worker's idle connections to a member when requests wait for a connection to it
+/// (in any worker), as many as they ask for. Runs as long as the worker.
+async fn close_idle_for_waiting(member: rc::Weak<Member>, gate: Arc<Gate>) {
+    loop {
+        let asked = gate.evict.notified();
+        let mut asked = std::pin::pin!(asked);
+        asked.as_mut().enable();
+        let Some(member) = member.upgrade() else {
+            return;
+        };
+        while member.has_idle() && gate.take_eviction() {
+            member.close_one_idle();
+        }
+        drop(member);
+        asked.await;
+    }
+}
+
 impl Member {
-    fn new(authority: Rc<str>, tls: Option<Weak<tls::Upstream>>) -> Member {
+    fn new(authority: Rc<str>, tls: Option<Weak<tls::Upstream>>, gates: Arc<Gates>) -> Member {
         Member {
             authority,
             tls,
             idle: IdleList::new(),
             lean: IdleList::new(),
             h2: RefCell::new(Vec::new()),
+            gate: OnceCell::new(),
+            gates,
         }
     }
 
     /// `HOST:PORT`.
     pub fn authority(&self) -> &str {
         &self.authority
+    }
+
+    /// The member's connection limit, counted with the server's other workers; the first call
+    /// on a worker starts the task that closes its idle connections for waiting requests.
+    pub fn gate(self: &Rc<Self>) -> &Arc<Gate> {
+        self.gate.get_or_init(|| {
+            let gate = self.gates.of(&self.authority);
+            tokio::task::spawn_local(close_idle_for_waiting(Rc::downgrade(self), gate.clone()));
+            gate
+        })
+    }
+
+    /// The wait for a permit for a new connection under the member's limit, at once or after
+    /// waiting in its queue; `None` when the member has no limit. Boxed, and only with a limit:
+    /// the wait's state stays out of every request's future.
+    pub fn admit<'a>(self: &'a Rc<Self>, limits: &'a Limits) -> Option<Admitting<'a>> {
+        let max = limits.max_connections?;
+        let gate = self.gate();
+        Some(Box::pin(gate.admit(limits, move || gate.try_open(max))))
+    }
+
+    /// Whether requests wait for a connection to the member: a connection given back then is
+    /// closed, so that one of them may open its own (in whichever worker it waits).
+    fn wanted_elsewhere(&self) -> bool {
+        self.gate.get().is_some_and(|gate| gate.waiting() > 0)
+    }
+
+    fn has_idle(&self) -> bool {
+        !self.lean.0.borrow().is_empty()
+            || !self.idle.0.borrow().is_empty()
+            || self.h2.borrow().iter().any(|c| c.is_idle_open())
+    }
+
+    fn close_one_idle(&self) {
+        let _ = self.lean.close_oldest()
+            || self.idle.close_oldest()
+            || self.h2.borrow().iter().any(|c| c.close_if_idle());
     }
 
     /// For an `https://` member, the client configuration its connections are made with.
@@ -310,7 +422,7 @@ impl Member {
 
     /// Files a connection whose last exchange ended cleanly.
     pub fn put(&self, sender: Sender, now: Instant) {
-        if !sender.is_closed() {
+        if !sender.is_closed() && !self.wanted_elsewhere() {
             self.idle.push(sender, now);
         }
     }
@@ -328,7 +440,9 @@ impl Member {
 
     /// Files a lean connection whose last answer was read whole.
     pub fn put_lean(&self, conn: Conn, now: Instant) {
-        self.lean.push(conn, now);
+        if !self.wanted_elsewhere() {
+            self.lean.push(conn, now);
+        }
     }
 
     /// A stream slot on an HTTP/2 connection with room for one more (at most `limit` streams,
@@ -336,12 +450,28 @@ impl Member {
     /// which the caller must then open (the `bool`). Connections that failed, closed, or stayed
     /// idle longer than `max_idle` are dropped on the way.
     pub fn checkout_h2(&self, limit: u32, max_idle: Duration, now: Instant) -> (H2Stream, bool) {
+        match self.checkout_h2_open(limit, max_idle, now) {
+            Some(stream) => (stream, false),
+            None => (self.new_h2(now), true),
+        }
+    }
+
+    /// A stream slot on an HTTP/2 connection open or opening with room for one more, if any.
+    pub fn checkout_h2_open(
+        &self,
+        limit: u32,
+        max_idle: Duration,
+        now: Instant,
+    ) -> Option<H2Stream> {
         let mut conns = self.h2.borrow_mut();
         conns.retain(|c| !c.is_spent(max_idle, now));
-        if let Some(conn) = conns.iter().rev().find(|c| c.has_room(limit)) {
-            conn.streams.set(conn.streams.get() + 1);
-            return (H2Stream { conn: conn.clone() }, false);
-        }
+        let conn = conns.iter().rev().find(|c| c.has_room(limit))?;
+        conn.streams.set(conn.streams.get() + 1);
+        Some(H2Stream { conn: conn.clone() })
+    }
+
+    /// A stream slot on a new HTTP/2 connection, which the caller must open.
+    pub fn new_h2(&self, now: Instant) -> H2Stream {
         let conn = Rc::new(H2Conn {
             state: RefCell::new(H2State::Opening),
             streams: Cell::new(1),
@@ -349,9 +479,10 @@ impl Member {
             peer_max: Rc::new(Cell::new(usize::MAX)),
             idle_since: Cell::new(now),
             opened: Notify::new(),
+            gate: self.gate.get().cloned(),
         });
-        conns.push(conn.clone());
-        (H2Stream { conn }, true)
+        self.h2.borrow_mut().push(conn.clone());
+        H2Stream { conn }
     }
 
     /// HTTP/2 connections open or opening, and the streams in flight on them.
