@@ -417,6 +417,7 @@ mod tests {
                     stopping: Rc::new(Stopping::default()),
                     // Parks after 100 ms of waiting, closes after 800 ms.
                     header_read_timeout: Duration::from_millis(800),
+                    body_read_timeout: options.body_read_timeout,
                 });
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
@@ -474,6 +475,7 @@ mod tests {
                     stopping: Rc::new(Stopping::default()),
                     // Parks after 1 s (a quarter is more), closes only after a minute.
                     header_read_timeout: Duration::from_secs(60),
+                    body_read_timeout: options.body_read_timeout,
                 });
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
