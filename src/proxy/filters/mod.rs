@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, Entry as HeaderEntry, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri};
 
 use self::cors::{allow, header_of, preflight};
 use self::mirror::mirror;
@@ -21,7 +21,7 @@ use super::http1::LeanHead;
 use super::response::ResponseBody;
 use super::upstream::body::RequestBody;
 use super::worker::Worker;
-use crate::plane::filters::{ClientSide, Cors, Filters, Mirror, Origin, PathModifier};
+use crate::plane::filters::{ClientSide, Filters, Mirror, Origin, PathModifier};
 use crate::plane::routes::Rule;
 
 /// What a request's rule asks of the proxy beyond choosing its cluster.
@@ -260,7 +260,10 @@ fn rewrite_path(req: &mut Request<RequestBody>, path: &str) {
 
 #[cfg(test)]
 mod tests {
+    use http::Method;
+
     use super::*;
+    use crate::plane::filters::Cors;
     use crate::plane::filters::PassReverse;
     use crate::plane::routes::Backend;
 

@@ -100,6 +100,7 @@ impl H2Conn {
     }
 
     /// Streams in flight on it.
+    #[cfg(test)]
     pub fn streams(&self) -> u32 {
         self.streams.get()
     }
