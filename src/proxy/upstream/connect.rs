@@ -1,5 +1,6 @@
-//! Opening a connection to a member: TCP, then for an `https://` member the TLS handshake with
-//! its cluster's client configuration ([`crate::tls::Upstream`]).
+//! Opening a connection to a member: TCP (with TCP_NODELAY), then for an `https://` member the
+//! TLS handshake with its cluster's client configuration ([`crate::tls::Upstream`]); why one
+//! could not be opened.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 
-use super::pool::{ConnectError, Member, open};
+use super::pool::Member;
 
 /// A new connection to a member: plain TCP, or TLS for an `https://` member.
 pub enum Opened {
@@ -42,4 +43,32 @@ pub fn open_for(
             Err(_) => Err(ConnectError::TlsTimeout(timeout)),
         }
     }
+}
+
+/// Opens a TCP connection to a member, with TCP_NODELAY.
+pub async fn open(authority: &str, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(authority))
+        .await
+        .map_err(|_| ConnectError::Timeout(timeout))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Why a new connection to a member could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connect: timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("handshake: {0}")]
+    Handshake(#[from] hyper::Error),
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("TLS handshake: timed out after {0:?}")]
+    TlsTimeout(Duration),
+    #[error(
+        "the cluster's upstreamTLS could not be loaded (its TLSReady condition says why): an https member is never reached in plain HTTP"
+    )]
+    NoTlsConfig,
 }

@@ -5,7 +5,8 @@ use http::{HeaderMap, Method, Request, Response, Uri};
 
 use super::body::{Answer, RequestBody};
 use super::gate::Refused;
-use super::pool::{H2Stream, Sender};
+use super::h2_conn::H2Stream;
+use super::pool::Sender;
 use crate::proxy::deadline::Deadline;
 use crate::proxy::http1::client::{ExchangeError, Stage as Http1Stage};
 

@@ -14,10 +14,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use super::body::{Answer, BodyTimeout, RequestBody};
+use super::connect::ConnectError;
 use super::connect::{self, Opened};
 use super::exchange::{Exchanged, Failure, Held, Stage, within};
 use super::gate::Permit;
-use super::pool::{ConnectError, H2Conn, H2Stream, Member};
+use super::h2_conn::{H2Conn, H2Stream};
+use super::pool::Member;
 use crate::discovery::{ClusterConfig, Limits};
 use crate::proxy::deadline::Deadline;
 

@@ -10,10 +10,11 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 use super::body::{Answer, BodyTimeout, RequestBody};
+use super::connect::ConnectError;
 use super::connect::{Opened, open_for};
 use super::exchange::{Connected, Exchanged, Failure, Held, Replay, Stage, within};
 use super::gate::Permit;
-use super::pool::{ConnectError, Member, Sender};
+use super::pool::{Member, Sender};
 use crate::discovery::{ClusterConfig, Limits};
 use crate::proxy::deadline::Deadline;
 use crate::proxy::http1::client::idempotent;

@@ -6,8 +6,9 @@ use std::rc::Rc;
 use http::Request;
 
 use super::body::{Answer, RequestBody};
+use super::connect;
 use super::exchange::{Connected, Exchanged, Failure, Stage, within};
-use super::pool::{self, Admitting, Member};
+use super::pool::{Admitting, Member};
 use crate::discovery::{ClusterConfig, Limits};
 use crate::proxy::deadline::Deadline;
 use crate::proxy::headers::Forwarding;
@@ -54,7 +55,7 @@ pub async fn exchange(
             },
         };
         let connecting = tokio::time::Instant::now();
-        let mut conn = match pool::open(key.authority(), config.connect_timeout).await {
+        let mut conn = match connect::open(key.authority(), config.connect_timeout).await {
             Ok(stream) => Conn::new(stream),
             Err(e) => return Err(Failure::new(e.to_string(), Stage::Unsent)),
         };

@@ -12,6 +12,7 @@ mod connect;
 pub mod exchange;
 pub mod gate;
 mod h2;
+pub mod h2_conn;
 mod hyper;
 mod lean;
 pub mod lease;

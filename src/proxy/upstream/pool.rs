@@ -1,36 +1,32 @@
 //! Keep-alive connections to members, one pool per worker: no lock, no sharing between threads.
 //! HTTP/1 connections carry one request at a time and wait idle between them; an HTTP/2
 //! connection is shared by the requests in flight on it, up to a limit of streams, beyond which
-//! another is opened.
+//! another is opened (each such connection's books: `h2_conn.rs`).
 //!
 //! Members reached over TLS (`https://`) have entries of their own, per client configuration
 //! (`spec.upstreamTLS`): a TLS connection never serves a plain member or another cluster's
 //! configuration (its CA, its client certificate), and one made with a configuration since
 //! replaced (a rotated CA or client certificate) is not taken again.
 
-use std::cell::{Cell, OnceCell, RefCell};
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::{self, Rc};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use hyper::client::conn::{http1, http2};
-use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use hyper::client::conn::http1;
 use tokio::time::Instant;
 
 use super::body::RequestBody;
 use super::gate::{Gate, Gates, Permit, Refused};
+use super::h2_conn::{H2Conn, H2Stream};
 use crate::discovery::Limits;
 use crate::proxy::http1::conn::Conn;
 use crate::tls;
 
 /// A connection of hyper's client.
 pub type Sender = http1::SendRequest<RequestBody>;
-
-/// A connection of hyper's HTTP/2 client: cloned for each request sent on it.
-pub type H2Sender = http2::SendRequest<RequestBody>;
 
 /// Idle connections kept per member and worker.
 const MAX_IDLE_PER_MEMBER: usize = 256;
@@ -125,116 +121,6 @@ pub struct Member {
     gates: Arc<Gates>,
 }
 
-/// One HTTP/2 connection to a member, shared by the requests in flight on it.
-pub struct H2Conn {
-    state: RefCell<H2State>,
-    /// Streams in flight: counted from the request's checkout to the end of its answer.
-    streams: Cell<u32>,
-    /// The member's SETTINGS_MAX_CONCURRENT_STREAMS as last seen by the connection's driver.
-    pub peer_max: Rc<Cell<usize>>,
-    /// When the last stream ended.
-    idle_since: Cell<Instant>,
-    /// Wakes the requests waiting for the connection to open.
-    opened: Notify,
-    /// The member's connection limit, whose waiting requests a freed stream may serve.
-    gate: Option<Arc<Gate>>,
-}
-
-enum H2State {
-    Opening,
-    Open(H2Sender),
-    Failed(Rc<str>),
-}
-
-/// A stream slot on an HTTP/2 connection, held from checkout to the end of the answer.
-pub struct H2Stream {
-    conn: Rc<H2Conn>,
-}
-
-impl Drop for H2Stream {
-    fn drop(&mut self) {
-        let left = self.conn.streams.get().saturating_sub(1);
-        self.conn.streams.set(left);
-        if left == 0 {
-            self.conn.idle_since.set(Instant::now());
-        }
-        if let Some(gate) = &self.conn.gate {
-            gate.wake_all();
-        }
-    }
-}
-
-impl H2Stream {
-    /// The connection's sender once it is open, or why it could not be opened.
-    pub async fn sender(&self) -> Result<H2Sender, Rc<str>> {
-        loop {
-            // Registered before the state is read: an opening that ends in between still wakes
-            // this wait.
-            let opened = self.conn.opened.notified();
-            match &*self.conn.state.borrow() {
-                H2State::Open(sender) => return Ok(sender.clone()),
-                H2State::Failed(cause) => return Err(cause.clone()),
-                H2State::Opening => {}
-            }
-            opened.await;
-        }
-    }
-
-    /// The connection, to be opened by whoever checked it out new.
-    pub fn conn(&self) -> &Rc<H2Conn> {
-        &self.conn
-    }
-}
-
-impl H2Conn {
-    /// The connection opened: the requests waiting for it go on.
-    pub fn open(&self, sender: H2Sender) {
-        *self.state.borrow_mut() = H2State::Open(sender);
-        self.opened.notify_waiters();
-    }
-
-    /// The connection could not be opened: the requests waiting for it fail with `cause`.
-    pub fn failed(&self, cause: String) {
-        *self.state.borrow_mut() = H2State::Failed(Rc::from(cause));
-        self.opened.notify_waiters();
-    }
-
-    /// Closes it if no stream is in flight on it (for requests waiting under the member's
-    /// connection limit); false if it is busy or already closed.
-    fn close_if_idle(&self) -> bool {
-        if !self.is_idle_open() {
-            return false;
-        }
-        // Dropping the sender closes the connection; its driver then gives back its permit.
-        *self.state.borrow_mut() = H2State::Failed(Rc::from("closed for requests waiting"));
-        true
-    }
-
-    /// Open, with no stream in flight.
-    fn is_idle_open(&self) -> bool {
-        self.streams.get() == 0 && matches!(&*self.state.borrow(), H2State::Open(_))
-    }
-
-    /// Whether it can take another stream: open or opening, below both limits.
-    fn has_room(&self, limit: u32) -> bool {
-        let limit = (limit as usize).min(self.peer_max.get());
-        (self.streams.get() as usize) < limit
-    }
-
-    /// Whether it is of no more use: failed or closed, or idle longer than `max_idle`.
-    fn is_spent(&self, max_idle: Duration, now: Instant) -> bool {
-        match &*self.state.borrow() {
-            H2State::Opening => false,
-            H2State::Failed(_) => true,
-            H2State::Open(sender) => {
-                sender.is_closed()
-                    || (self.streams.get() == 0
-                        && now.saturating_duration_since(self.idle_since.get()) > max_idle)
-            }
-        }
-    }
-}
-
 /// FNV-1a for the pool's keys: a few short `HOST:PORT` strings of our own members, looked up
 /// once per request, where SipHash's protection against chosen keys buys nothing.
 struct Fnv(u64);
@@ -255,25 +141,6 @@ impl Hasher for Fnv {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
     }
-}
-
-/// Why a new connection to a member could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("connect: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("connect: timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("handshake: {0}")]
-    Handshake(#[from] hyper::Error),
-    #[error("TLS handshake: {0}")]
-    Tls(std::io::Error),
-    #[error("TLS handshake: timed out after {0:?}")]
-    TlsTimeout(Duration),
-    #[error(
-        "the cluster's upstreamTLS could not be loaded (its TLSReady condition says why): an https member is never reached in plain HTTP"
-    )]
-    NoTlsConfig,
 }
 
 impl Pool {
@@ -466,39 +333,21 @@ impl Member {
         let mut conns = self.h2.borrow_mut();
         conns.retain(|c| !c.is_spent(max_idle, now));
         let conn = conns.iter().rev().find(|c| c.has_room(limit))?;
-        conn.streams.set(conn.streams.get() + 1);
-        Some(H2Stream { conn: conn.clone() })
+        Some(H2Conn::stream(conn))
     }
 
     /// A stream slot on a new HTTP/2 connection, which the caller must open.
     pub fn new_h2(&self, now: Instant) -> H2Stream {
-        let conn = Rc::new(H2Conn {
-            state: RefCell::new(H2State::Opening),
-            streams: Cell::new(1),
-            // Until the member's SETTINGS say otherwise, as RFC 9113 lets a client assume.
-            peer_max: Rc::new(Cell::new(usize::MAX)),
-            idle_since: Cell::new(now),
-            opened: Notify::new(),
-            gate: self.gate.get().cloned(),
-        });
+        let conn = H2Conn::opening(now, self.gate.get().cloned());
         self.h2.borrow_mut().push(conn.clone());
-        H2Stream { conn }
+        H2Conn::stream(&conn)
     }
 
     /// HTTP/2 connections open or opening, and the streams in flight on them.
     #[cfg(test)]
     pub fn h2_load(&self) -> Vec<u32> {
-        self.h2.borrow().iter().map(|c| c.streams.get()).collect()
+        self.h2.borrow().iter().map(|c| c.streams()).collect()
     }
-}
-
-/// Opens a TCP connection to a member, with TCP_NODELAY.
-pub async fn open(authority: &str, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(authority))
-        .await
-        .map_err(|_| ConnectError::Timeout(timeout))??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }
 
 #[cfg(test)]

@@ -1,30 +1,27 @@
 //! A route's filters applied to a request and its answer: CORS, redirects, URL rewrites, header
 //! modifiers, mirrors and timeouts (the Gateway API's HTTPRoute filters; the data and the pure
 //! parts are `plane::filters`). A rule without filters costs nothing here: the request core
-//! only comes here when [`Applied`] exists.
+//! only comes here when [`Applied`] exists. CORS is in [`cors`], mirrors in [`mirror`].
 
-use std::rc::Rc;
+mod cors;
+mod mirror;
+
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use http::header::{self, Entry as HeaderEntry, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
-use http_body::Body;
+use http::{Request, Response, StatusCode, Uri};
 
+use self::cors::{allow, header_of, preflight};
+use self::mirror::mirror;
 use super::client::Client;
 use super::error::ProxyError;
 use super::headers::Forwarding;
 use super::http1::LeanHead;
 use super::response::ResponseBody;
 use super::upstream::body::RequestBody;
-use super::upstream::exchange::Replay;
-use super::upstream::lease::Lease;
-use super::upstream::{self, Upstream};
 use super::worker::Worker;
-use crate::clock;
-use crate::plane::Cluster;
-use crate::plane::filters::{ClientSide, Cors, Filters, Mirror, Origin, PathModifier};
+use crate::plane::filters::{ClientSide, Filters, Mirror, Origin, PathModifier};
 use crate::plane::routes::Rule;
 
 /// What a request's rule asks of the proxy beyond choosing its cluster.
@@ -224,108 +221,6 @@ fn map_back(applied: &Applied, reverse: &Reverse, headers: &mut HeaderMap) {
     }
 }
 
-fn header_of(
-    req: &Request<RequestBody>,
-    lean: Option<&LeanHead>,
-    name: &HeaderName,
-) -> Option<HeaderValue> {
-    match lean {
-        Some(head) => {
-            let mut found = None;
-            head.fields.any_value(name.as_str().as_bytes(), &mut |v| {
-                found = HeaderValue::from_bytes(v).ok();
-                true
-            });
-            found
-        }
-        None => req.headers().get(name).cloned(),
-    }
-}
-
-/// The fields of the proxy's answer (204) to a CORS preflight (OPTIONS with Origin and
-/// Access-Control-Request-Method): the CORS fields for an allowed origin, none for another one
-/// (the browser then refuses the real request). Either way the preflight is the route's to
-/// answer, never the member's: a member that answers OPTIONS must not allow an origin the route
-/// does not.
-fn preflight(
-    cors: &Cors,
-    req: &Request<RequestBody>,
-    lean: Option<&LeanHead>,
-    origin: Option<&HeaderValue>,
-) -> Option<HeaderMap> {
-    if req.method() != Method::OPTIONS {
-        return None;
-    }
-    let method = header_of(req, lean, &header::ACCESS_CONTROL_REQUEST_METHOD)?;
-    let origin = origin?;
-    let Some(allowed) = origin.to_str().ok().and_then(|o| cors.allowed_origin(o)) else {
-        return Some(HeaderMap::new());
-    };
-    let mut fields = HeaderMap::new();
-    let headers = &mut fields;
-    insert(headers, header::ACCESS_CONTROL_ALLOW_ORIGIN, &allowed);
-    let methods = match cors.allow_methods.iter().any(|m| m == "*") {
-        true => method.to_str().unwrap_or("*").to_owned(),
-        false => cors.allow_methods.join(", "),
-    };
-    insert(headers, header::ACCESS_CONTROL_ALLOW_METHODS, &methods);
-    let requested = header_of(req, lean, &header::ACCESS_CONTROL_REQUEST_HEADERS);
-    let allow_headers = match cors.allow_headers.iter().any(|h| h == "*") {
-        true => requested.and_then(|h| h.to_str().ok().map(str::to_owned)),
-        false => (!cors.allow_headers.is_empty()).then(|| cors.allow_headers.join(", ")),
-    };
-    if let Some(allow_headers) = allow_headers {
-        insert(
-            headers,
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            &allow_headers,
-        );
-    }
-    if !cors.expose_headers.is_empty() {
-        insert(
-            headers,
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            &cors.expose_headers.join(", "),
-        );
-    }
-    if let Some(max_age) = cors.max_age {
-        insert(
-            headers,
-            header::ACCESS_CONTROL_MAX_AGE,
-            &max_age.to_string(),
-        );
-    }
-    if cors.allow_credentials {
-        insert(headers, header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true");
-    }
-    Some(fields)
-}
-
-/// The CORS fields of an answer to a request from an allowed origin.
-fn allow(cors: &Cors, origin: &HeaderValue, headers: &mut HeaderMap) {
-    let Some(allowed) = origin.to_str().ok().and_then(|o| cors.allowed_origin(o)) else {
-        return;
-    };
-    insert(headers, header::ACCESS_CONTROL_ALLOW_ORIGIN, &allowed);
-    if cors.allow_credentials {
-        insert(headers, header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true");
-    }
-    if !cors.expose_headers.is_empty() {
-        insert(
-            headers,
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            &cors.expose_headers.join(", "),
-        );
-    }
-    headers.append(header::VARY, HeaderValue::from_static("origin"));
-}
-
-fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
-    }
-}
-
 /// A route's RequestRedirect, answered by the proxy.
 fn redirect_to(
     redirect: &crate::plane::filters::Redirect,
@@ -363,79 +258,12 @@ fn rewrite_path(req: &mut Request<RequestBody>, path: &str) {
     }
 }
 
-/// Sends copies of a body-less request to the mirrors, each for its share of requests; their
-/// answers are read and dropped on tasks of their own, never holding up the request. A request
-/// with a body is not mirrored (the body streams to its member once; docs/gateway.md).
-fn mirror(
-    mirrors: &[&Mirror],
-    req: &Request<RequestBody>,
-    forwarding: Forwarding,
-    worker: &Worker,
-) {
-    if !req.body().is_end_stream() {
-        return;
-    }
-    let snapshot = worker.plane.snapshot_full();
-    for m in mirrors {
-        if !worker.sample(m.numerator, m.denominator) {
-            continue;
-        }
-        let Some(cluster) = snapshot
-            .clusters
-            .iter()
-            .find(|c| c.key == m.cluster)
-            .cloned()
-        else {
-            continue;
-        };
-        let copy = Replay::of(req);
-        let forwarding = forwarding.clone();
-        tokio::task::spawn_local(mirrored(worker.pool.clone(), cluster, copy, forwarding));
-    }
-}
-
-async fn mirrored(
-    pool: Rc<upstream::pool::Pool>,
-    cluster: Arc<Cluster>,
-    copy: Replay,
-    forwarding: Forwarding,
-) {
-    let now = clock::now_ms();
-    let Some(index) = cluster.balancer.pick_for(now, &[], &Default::default()) else {
-        return;
-    };
-    let config = &cluster.config;
-    let member = &config.members[index];
-    let stats = &cluster.balancer.members()[index].stats;
-    stats.elected.fetch_add(1, Relaxed);
-    let _lease = Lease::new(stats.clone());
-    let key = upstream::member(&pool, &cluster, member);
-    let mut req = copy.request();
-    let mut lean = None;
-    let started = tokio::time::Instant::now();
-    let sent = upstream::send(
-        Upstream::for_member(Upstream::Hyper, member, false),
-        &key,
-        config,
-        config.policy.limits_of(index),
-        &mut req,
-        &mut lean,
-        &forwarding,
-        started,
-        started + config.response_timeout,
-        None,
-    );
-    if let Ok((_, response)) = sent.await {
-        let mut body = response.into_body();
-        while let Some(Ok(_)) =
-            std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
-        {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use http::Method;
+
     use super::*;
+    use crate::plane::filters::Cors;
     use crate::plane::filters::PassReverse;
     use crate::plane::routes::Backend;
 

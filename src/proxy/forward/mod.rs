@@ -1,0 +1,223 @@
+//! Forwarding with failover: the members the cluster picks are tried in turn until one answers
+//! or the attempts run out (Apache's `maxattempts`), each outcome reported to the balancer.
+//!
+//! This file is the loop; [`again`] keeps what a request needs to go to another member,
+//! [`outcome`] weighs each try's outcome (goes on or not) and tells the balancer and the
+//! telemetry, and [`answer`] readies a member's answer for the client.
+
+mod again;
+mod answer;
+mod outcome;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use http::Response;
+use http_body::Body;
+use tokio::time::Instant;
+
+use self::again::{Call, deadline_of, keep_for_http2, replay_of};
+use self::answer::deliver;
+use self::outcome::{Try, fails_over, gave_up, go_again, trying};
+use super::client::ClientRequest;
+use super::deadline::Deadline;
+use super::error::ProxyError;
+use super::filters::Applied;
+use super::headers::Forwarding;
+use super::response::ResponseBody;
+use super::upstream::body::RequestBody;
+use super::upstream::lease::Lease;
+use super::upstream::{self, Upstream};
+use super::worker::Worker;
+use crate::balancer::Affinity;
+use crate::clock;
+use crate::discovery::ClusterConfig;
+use crate::plane::Cluster;
+use crate::telemetry::Observed;
+
+/// A request on its way to a cluster's members.
+pub struct Routed {
+    pub cluster: Arc<Cluster>,
+    pub req: Box<ClientRequest>,
+    pub forwarding: Forwarding,
+    pub affinity: Affinity,
+    /// The route's filters and timeouts, when it has any.
+    pub filters: Option<Box<Applied>>,
+}
+
+/// Sends the request to the members the cluster picks, in turn, until one answers or the
+/// attempts run out. `routed` is borrowed, not moved: every value an async function takes is
+/// stored twice in its future (as an argument, then as a local), and this future is copied
+/// whole when the request starts (see docs/benchmarks.md, "Copies").
+pub async fn forward(
+    worker: &Worker,
+    routed: &mut Routed,
+    deadline: Option<&Deadline>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    // One binding each, borrowed field by field: every binding an async function keeps across
+    // an await takes room in its future, shadowed ones too.
+    let cluster = &routed.cluster;
+    let affinity = &routed.affinity;
+    let forwarding = &mut routed.forwarding;
+    let ClientRequest {
+        req,
+        lean,
+        upgrade: client_upgrade,
+        observed,
+    } = &mut *routed.req;
+    let config = &cluster.config;
+    let tries = tries(config);
+    let upgrade = client_upgrade.is_some();
+    let base = Upstream::for_request(worker.http1, req.body().is_end_stream(), upgrade);
+    let mut replay = replay_of(cluster, base, upgrade, req);
+    let mut call = Call::of(config, req);
+    let mut tried: Vec<usize> = Vec::new();
+    // Boxed, as rare: a smaller request future fits the allocator's small size classes.
+    let mut last_failure: Option<Box<ProxyError>> = None;
+    loop {
+        let Some((started, index)) = pick(cluster, &mut tried, affinity) else {
+            let error = none_left(worker, cluster, &tried, last_failure, call.as_deref());
+            return Err(error);
+        };
+        let kind = Upstream::for_member(base, &config.members[index], upgrade);
+        keep_for_http2(kind, req, lean, &mut replay, &mut call, tries, upgrade);
+        let lease = elected(cluster, index, req, observed.as_deref_mut(), forwarding);
+        let key = upstream::member(&worker.pool, cluster, &config.members[index]);
+        let until = try_until(routed.filters.as_deref(), config, call.as_deref(), started);
+        let limits = config.policy.limits_of(index);
+        let outcome = upstream::send(
+            kind, &key, config, limits, req, lean, forwarding, started, until, deadline,
+        )
+        .await;
+        let at = Try::new(worker, cluster, index, kind, started, tried.len() < tries);
+        let (replay, call_ref) = (replay.as_deref(), call.as_deref());
+        match outcome {
+            Err(failure) => {
+                let error = go_again(&at, failure, req, replay, call_ref, observed)?;
+                last_failure = Some(Box::new(error));
+            }
+            Ok((held, response)) => {
+                if fails_over(&at, observed, &response, req, replay, call_ref) {
+                    continue;
+                }
+                let conn = (key, held);
+                let answer = deliver(&at, affinity, client_upgrade, response, lease, conn, call);
+                return Ok(answer);
+            }
+        }
+    }
+}
+
+/// How many members a request may try: one, or one more than the cluster's `maxAttempts`.
+fn tries(config: &ClusterConfig) -> usize {
+    if config.no_failover {
+        1
+    } else {
+        1 + config.max_attempts as usize
+    }
+}
+
+/// The next member to try, and when the try starts: one clock reading serves the pick, the
+/// pooled connection's age, the response deadline and the latency sample.
+fn pick(
+    cluster: &Cluster,
+    tried: &mut Vec<usize>,
+    affinity: &Affinity,
+) -> Option<(Instant, usize)> {
+    let started = Instant::now();
+    let now = clock::ms_at(started.into_std());
+    let index = cluster.balancer.pick_for(now, tried, affinity)?;
+    tried.push(index);
+    Some((started, index))
+}
+
+/// Member `index` was picked: counted as elected, its lease taken (the request's body counted
+/// against it as it goes), and the try named in the request's record and trace.
+fn elected(
+    cluster: &Arc<Cluster>,
+    index: usize,
+    req: &mut http::Request<RequestBody>,
+    observed: Option<&mut Observed>,
+    forwarding: &mut Forwarding,
+) -> Lease {
+    let stats = &cluster.balancer.members()[index].stats;
+    stats.elected.fetch_add(1, Relaxed);
+    let lease = Lease::new(stats.clone());
+    if !req.body().is_end_stream() {
+        req.body_mut().count_for(stats.clone());
+    }
+    if let Some(observed) = observed {
+        trying(observed, cluster, index, forwarding, req.method());
+    }
+    lease
+}
+
+/// When a try gives up waiting: the route's limit for each try (HTTPRoute
+/// `timeouts.backendRequest`), or the cluster's; a gRPC call's deadline when it comes sooner.
+fn try_until(
+    filters: Option<&Applied>,
+    config: &ClusterConfig,
+    call: Option<&Call>,
+    started: Instant,
+) -> Instant {
+    let timeout = filters
+        .and_then(|f| f.backend_timeout())
+        .unwrap_or(config.response_timeout);
+    deadline_of(call).map_or(started + timeout, |at| at.min(started + timeout))
+}
+
+/// The picks ran out: the last failure (or, when no member could be picked, that there was
+/// none) is the answer, counted as the last member's.
+fn none_left(
+    worker: &Worker,
+    cluster: &Cluster,
+    tried: &[usize],
+    last_failure: Option<Box<ProxyError>>,
+    call: Option<&Call>,
+) -> ProxyError {
+    let error = last_failure.map_or_else(
+        || ProxyError::NoMember {
+            cluster: cluster.key.clone(),
+        },
+        |failure| *failure,
+    );
+    if Call::is_grpc(call)
+        && let Some(&last) = tried.last()
+    {
+        let stats = &cluster.balancer.members()[last].stats;
+        if let Some(code) = error.grpc_status() {
+            stats.count_grpc_status(code);
+        }
+    }
+    gave_up(worker, cluster, tried.last().copied(), error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::upstream::exchange::{Exchanged, Failure};
+
+    /// What is moved from hand to hand on every request stays small: the request and the
+    /// member connection go as pointers, and a failed exchange's result does not carry the
+    /// request inline (each move of a value over about 128 bytes is a call to memcpy).
+    #[test]
+    fn what_moves_on_every_request_stays_small() {
+        use std::mem::size_of;
+        assert_eq!(
+            size_of::<crate::proxy::http1::conn::Conn>(),
+            size_of::<usize>()
+        );
+        assert!(
+            size_of::<Routed>() <= 160,
+            "Routed: {}",
+            size_of::<Routed>()
+        );
+        assert!(
+            size_of::<Failure>() <= 64,
+            "Failure: {}",
+            size_of::<Failure>()
+        );
+        let exchanged = size_of::<Result<Exchanged, Failure>>();
+        assert!(exchanged <= 256, "an exchange's result: {exchanged}");
+    }
+}
