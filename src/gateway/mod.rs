@@ -29,6 +29,8 @@ pub const CONTROLLER_NAME: &str = "kubebalancer.io/gateway-controller";
 /// the core of the GATEWAY-HTTP conformance profile and the extended features that pass
 /// (docs/gateway.md, "Conformance", names those left out and why).
 pub const SUPPORTED_FEATURES: &[&str] = &[
+    "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
     "Gateway",
     "GatewayAddressEmpty",
     "GatewayHTTPListenerIsolation",
