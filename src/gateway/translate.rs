@@ -2033,6 +2033,120 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_tls_policy_makes_its_service_tls_or_unservable_and_is_reported_per_gateway() {
+        let mut f = Fixture::new();
+        f.gateways
+            .push(gateway("infra", "gw", 100, json!([http("http", 80, None)])));
+        f.routes.push(route(
+            "infra",
+            "r",
+            10,
+            json!({
+                "parentRefs": [{"name": "gw"}],
+                "rules": [
+                    {"matches": [{"path": {"type": "Exact", "value": "/web"}}],
+                     "backendRefs": [{"name": "web", "port": 8080}]},
+                    {"matches": [{"path": {"type": "Exact", "value": "/api"}}],
+                     "backendRefs": [{"name": "api", "port": 8080}]},
+                ],
+            }),
+        ));
+        let policy = |name: &str, service: &str, config_map: &str| -> Arc<BackendTLSPolicy> {
+            object(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+                "metadata": {"name": name, "namespace": "infra", "generation": 2, "creationTimestamp": at(5)},
+                "spec": {
+                    "targetRefs": [{"group": "", "kind": "Service", "name": service, "sectionName": "http"}],
+                    "validation": {
+                        "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": config_map}],
+                        "hostname": "abc.example.com",
+                    },
+                },
+            }))
+        };
+        f.policies = vec![policy("web", "web", "ca"), policy("api", "api", "missing")];
+        let source = |name: &str| TlsSource::ConfigMap {
+            namespace: "infra".into(),
+            name: name.into(),
+        };
+        let mut loader = crate::tls::material::Loader::default();
+        loader.offer_ca(
+            &source("ca"),
+            Ok(crate::tls::cert::testing::ca("Backend CA").pem.as_bytes()),
+            0,
+        );
+        loader.offer_ca(&source("missing"), Err("no such ConfigMap".into()), 0);
+        f.material = loader.material();
+        let t = f.translate();
+
+        // web: its endpoints over TLS, verified for the policy's hostname against its CA.
+        let web = t
+            .clusters
+            .iter()
+            .find(|c| c.name == "web:8080")
+            .expect("web's cluster");
+        assert!(web.members.iter().all(|m| m.url.starts_with("https://")));
+        let upstream = web.tls.upstream.as_ref().expect("upstream TLS");
+        assert_eq!(upstream.ca, Some(source("ca")));
+        assert_eq!(upstream.server_name.as_deref(), Some("abc.example.com"));
+        // api: no usable CA, so no cluster (its share answers 500), the route still resolved.
+        assert!(t.clusters.iter().all(|c| c.name != "api:8080"));
+        assert!(
+            conditions(&route_status(&t, "r").parents[0].conditions).contains(&(
+                "ResolvedRefs",
+                "True",
+                "ResolvedRefs"
+            ))
+        );
+        let reported = |name: &str| {
+            let d = t
+                .status
+                .policies
+                .iter()
+                .find(|d| d.name == name)
+                .expect("a status");
+            let [ancestor] = d.status.ancestors.as_slice() else {
+                panic!("one ancestor: {:?}", d.status.ancestors)
+            };
+            assert_eq!(
+                (
+                    ancestor.ancestor_ref.name.as_str(),
+                    ancestor.ancestor_ref.namespace.as_deref()
+                ),
+                ("gw", Some("infra"))
+            );
+            assert!(
+                ancestor
+                    .conditions
+                    .iter()
+                    .all(|c| c.observed_generation == Some(2))
+            );
+            conditions(&ancestor.conditions)
+                .into_iter()
+                .map(|(t, s, r)| (t.to_owned(), s.to_owned(), r.to_owned()))
+                .collect::<Vec<_>>()
+        };
+        let owned = |c: [(&str, &str, &str); 2]| {
+            c.map(|(t, s, r)| (t.to_owned(), s.to_owned(), r.to_owned()))
+                .to_vec()
+        };
+        assert_eq!(
+            reported("web"),
+            owned([
+                ("Accepted", "True", "Accepted"),
+                ("ResolvedRefs", "True", "ResolvedRefs")
+            ])
+        );
+        assert_eq!(
+            reported("api"),
+            owned([
+                ("Accepted", "False", "NoValidCACertificate"),
+                ("ResolvedRefs", "False", "InvalidCACertificateRef")
+            ])
+        );
+    }
+
+    #[test]
     fn a_route_on_a_gateway_is_served_at_the_gateways_address_and_reported() {
         let mut f = Fixture::new();
         f.gateways
