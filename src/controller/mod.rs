@@ -484,8 +484,8 @@ fn desired(stores: &Stores, scope: &Scope) -> index::Desired {
     index::desired(&world, scope)
 }
 
-/// The TLS sources to read: those the clusters name, and the Secrets the Gateways' HTTPS
-/// listeners name.
+/// The TLS sources to read: those the clusters name, the Secrets the Gateways' HTTPS listeners
+/// name, and the ConfigMaps of BackendTLSPolicies.
 fn tls_sources(
     stores: &Stores,
     clusters: &[crate::discovery::ClusterConfig],
@@ -501,6 +501,11 @@ fn tls_sources(
                 .into_iter()
                 .map(|s| (s, false)),
         );
+        sources.extend(
+            gateway::backend_tls::ca_sources(&parts.policies)
+                .into_iter()
+                .map(|s| (s, true)),
+        );
     }
     sources
 }
@@ -511,6 +516,7 @@ struct GatewayParts {
     gateways: Vec<Arc<gateway::api::Gateway>>,
     routes: Vec<Arc<gateway::api::HTTPRoute>>,
     grants: Vec<Arc<gateway::api::ReferenceGrant>>,
+    policies: Vec<Arc<gateway::api::BackendTLSPolicy>>,
     namespaces: Vec<Arc<PartialObjectMeta<Namespace>>>,
     services: Vec<Arc<Service>>,
     slices: Vec<Arc<EndpointSlice>>,
@@ -525,6 +531,7 @@ impl GatewayParts {
             gateways: watched.gateways.iter().flat_map(|s| s.state()).collect(),
             routes: watched.routes.iter().flat_map(|s| s.state()).collect(),
             grants: watched.grants.iter().flat_map(|s| s.state()).collect(),
+            policies: watched.policies.iter().flat_map(|s| s.state()).collect(),
             namespaces: watched.namespaces.state(),
             services: stores.services.iter().flat_map(|s| s.state()).collect(),
             slices: stores.slices.iter().flat_map(|s| s.state()).collect(),
@@ -546,6 +553,7 @@ impl GatewayParts {
             slices: &self.slices,
             pods: &self.pods,
             balancer_clusters,
+            policies: &self.policies,
         }
     }
 }

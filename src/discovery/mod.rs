@@ -109,6 +109,8 @@ pub struct CertificateRef {
 pub enum TlsSource {
     /// A Secret: `tls.crt` and `tls.key` for a key pair, `ca.crt` for a CA bundle.
     Secret { namespace: String, name: String },
+    /// A ConfigMap's `ca.crt`: a CA bundle only (a BackendTLSPolicy's `caCertificateRefs`).
+    ConfigMap { namespace: String, name: String },
     /// Files (standalone mode): a PEM chain and its key; a CA bundle has no key.
     Files { cert: PathBuf, key: Option<PathBuf> },
 }
@@ -117,6 +119,7 @@ impl std::fmt::Display for TlsSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TlsSource::Secret { namespace, name } => write!(f, "secret {namespace}/{name}"),
+            TlsSource::ConfigMap { namespace, name } => write!(f, "configmap {namespace}/{name}"),
             TlsSource::Files { cert, .. } => write!(f, "file {}", cert.display()),
         }
     }
@@ -139,6 +142,18 @@ pub struct UpstreamTlsConfig {
     pub server_name: Option<String>,
     pub client_cert: Option<TlsSource>,
     pub insecure_skip_verify: bool,
+    /// When not empty, the member's certificate must carry one of these names, and the server
+    /// name is sent (SNI) but not verified (a BackendTLSPolicy's `subjectAltNames`).
+    pub subject_alt_names: Vec<SubjectAltName>,
+}
+
+/// A name a member's certificate must carry in its subject alternative names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubjectAltName {
+    /// A DNS name (`*.` allowed, as in certificates).
+    Dns(String),
+    /// A URI, compared exactly (a SPIFFE ID, for one).
+    Uri(String),
 }
 
 /// The parts of a cluster's configuration that go beyond Apache's byrequests basics, and how
@@ -423,6 +438,7 @@ fn tls_config(spec: &BalancerClusterSpec, namespace: &str, tls_members: bool) ->
                     .map(|c| files(c, u.client_key_file.as_ref()))
             }),
             insecure_skip_verify: u.insecure_skip_verify,
+            subject_alt_names: Vec::new(),
         }),
         None => tls_members.then(UpstreamTlsConfig::default),
     };

@@ -1,6 +1,6 @@
 //! The Gateway API resources kube-balancer reads and writes the status of: GatewayClass,
-//! Gateway and HTTPRoute (`gateway.networking.k8s.io/v1`) and ReferenceGrant (`v1beta1`, served
-//! by every release since v0.6).
+//! Gateway, HTTPRoute and BackendTLSPolicy (`gateway.networking.k8s.io/v1`) and ReferenceGrant
+//! (`v1beta1`, served by every release since v0.6).
 //!
 //! Only the fields kube-balancer uses are here; the others are ignored when reading (serde's
 //! default), and status is written as a merge patch of the fields modelled here, so the fields a
@@ -448,6 +448,87 @@ pub struct ReferenceGrantTo {
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// How a Gateway reaches a backend (a Service, or one port of it) over TLS.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "BackendTLSPolicy",
+    plural = "backendtlspolicies",
+    namespaced,
+    status = "PolicyStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTLSPolicySpec {
+    #[serde(default)]
+    pub target_refs: Vec<PolicyTargetReference>,
+    #[serde(default)]
+    pub validation: BackendTLSPolicyValidation,
+}
+
+/// A policy's target in its own namespace; `sectionName` is a Service port's name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyTargetReference {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTLSPolicyValidation {
+    #[serde(default)]
+    pub ca_certificate_refs: Vec<LocalObjectReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub well_known_ca_certificates: Option<String>,
+    /// The SNI, and the name the certificate must carry unless `subjectAltNames` is given.
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub subject_alt_names: Vec<SubjectAltName>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct LocalObjectReference {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+}
+
+/// `type: Hostname` with `hostname`, or `type: URI` with `uri`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct SubjectAltName {
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+}
+
+/// A policy's status: one entry per ancestor (Gateway) and controller.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    #[serde(default)]
+    pub ancestors: Vec<PolicyAncestorStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAncestorStatus {
+    pub ancestor_ref: ParentReference,
+    pub controller_name: String,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
 }
 
 /// Whether `labels` satisfy `selector` (matchLabels and matchExpressions, as Kubernetes reads

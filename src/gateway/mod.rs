@@ -3,6 +3,7 @@
 //! that allow references across namespaces, served by the same data plane as BalancerClusters.
 //!
 //! - [`api`]: the resources' types (the fields kube-balancer reads and the status it writes).
+//! - [`backend_tls`]: which Service ports BackendTLSPolicies make TLS, and their status.
 //! - [`translate`]: from what the API server holds to the fronts (a Gateway's listeners, one per
 //!   address and port) and clusters (one per Service port a route sends to) the data plane
 //!   serves, and to the status each resource should have. Pure: no I/O, no clock.
@@ -13,6 +14,7 @@
 //! clusters and the Gateways' fronts together, in one snapshot.
 
 pub mod api;
+pub mod backend_tls;
 pub mod status;
 pub mod translate;
 pub mod watch;
@@ -27,6 +29,8 @@ pub const CONTROLLER_NAME: &str = "kubebalancer.io/gateway-controller";
 /// the core of the GATEWAY-HTTP conformance profile and the extended features that pass
 /// (docs/gateway.md, "Conformance", names those left out and why).
 pub const SUPPORTED_FEATURES: &[&str] = &[
+    "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
     "Gateway",
     "GatewayAddressEmpty",
     "GatewayHTTPListenerIsolation",
@@ -100,4 +104,8 @@ pub mod reasons {
     pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
     pub const INVALID_KIND: &str = "InvalidKind";
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
+
+    /// BackendTLSPolicy.
+    pub const INVALID_CA_CERTIFICATE_REF: &str = "InvalidCACertificateRef";
+    pub const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
 }

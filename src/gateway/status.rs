@@ -1,9 +1,9 @@
-//! Writes the status translation computed (GatewayClasses, Gateways, HTTPRoutes), while this
-//! replica holds the leader Lease, and only what changed.
+//! Writes the status translation computed (GatewayClasses, Gateways, HTTPRoutes,
+//! BackendTLSPolicies), while this replica holds the leader Lease, and only what changed.
 //!
 //! Status is written as a JSON merge patch of the status subresource. A GatewayClass's and a
-//! Gateway's status are wholly kube-balancer's. An HTTPRoute's `status.parents` is one list
-//! shared with the controllers of its other parents, so the patch carries the resourceVersion
+//! Gateway's status are wholly kube-balancer's. An HTTPRoute's `status.parents` (a
+//! BackendTLSPolicy's `status.ancestors`) is one list shared with other controllers, so the patch carries the resourceVersion
 //! it was computed from (the API server refuses it when another writer came first, and the next
 //! translation, from the newer object, writes again) and the other controllers' entries as
 //! they were.
@@ -17,7 +17,7 @@ use kube::{Api, Client};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::api::{Gateway, GatewayClass, HTTPRoute};
+use super::api::{BackendTLSPolicy, Gateway, GatewayClass, HTTPRoute};
 use super::translate::{Desired, Statuses};
 use crate::controller::leader::Leadership;
 
@@ -52,6 +52,10 @@ impl Writer {
                 }
                 for d in &statuses.routes {
                     let api: Api<HTTPRoute> = self.namespaced(d);
+                    failed |= !write(&api, d, true, &mut written).await;
+                }
+                for d in &statuses.policies {
+                    let api: Api<BackendTLSPolicy> = self.namespaced(d);
                     failed |= !write(&api, d, true, &mut written).await;
                 }
                 if !failed {

@@ -27,15 +27,16 @@ use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 
 use super::api::{
-    self, GROUP, Gateway, GatewayAddress, GatewayClass, GatewayClassStatus, GatewayStatus,
-    HTTPRoute, HTTPRouteFilter, HTTPRouteMatch, HTTPRouteRule, HTTPRouteStatus, Listener,
-    ListenerStatus, ParentReference, ReferenceGrant, RouteGroupKind, RouteParentStatus,
-    SupportedFeature,
+    self, BackendTLSPolicy, GROUP, Gateway, GatewayAddress, GatewayClass, GatewayClassStatus,
+    GatewayStatus, HTTPRoute, HTTPRouteFilter, HTTPRouteMatch, HTTPRouteRule, HTTPRouteStatus,
+    Listener, ListenerStatus, ParentReference, PolicyAncestorStatus, PolicyStatus, ReferenceGrant,
+    RouteGroupKind, RouteParentStatus, SupportedFeature,
 };
+use super::backend_tls::{self, Policies};
 use super::{SUPPORTED_FEATURES, reasons};
 use crate::api::{BalancerCluster, ServiceRef};
 use crate::discovery::endpoints::{SERVICE_NAME_LABEL, members_from_slices};
-use crate::discovery::{ClusterConfig, TlsSource, cluster_config};
+use crate::discovery::{ClusterConfig, TlsSource, UpstreamTlsConfig, cluster_config};
 use crate::plane::filters::{
     Cors, Filters, HeaderModifier, Mirror, PathModifier, Redirect, Rewrite,
 };
@@ -69,6 +70,7 @@ pub struct World<'a> {
     /// The keys (`namespace/name`) of the BalancerClusters this installation serves: a route
     /// may name one of them as a backend.
     pub balancer_clusters: &'a BTreeSet<String>,
+    pub policies: &'a [Arc<BackendTLSPolicy>],
 }
 
 /// What translation needs besides the resources.
@@ -98,6 +100,7 @@ pub struct Statuses {
     pub classes: Vec<Desired<GatewayClassStatus>>,
     pub gateways: Vec<Desired<GatewayStatus>>,
     pub routes: Vec<Desired<HTTPRouteStatus>>,
+    pub policies: Vec<Desired<PolicyStatus>>,
 }
 
 /// One resource's status: what it should be, and what it was when translated.
@@ -566,6 +569,8 @@ pub fn translate(
     // Where each route attaches: (gateway, listener, hostnames), in route order.
     let mut attachments: Vec<(usize, Vec<Attachment>)> = Vec::new();
     let mut clusters: BTreeSet<(String, String, i32)> = BTreeSet::new();
+    // The Gateways (by index) each Service (namespace, name) is reached from.
+    let mut reached_from: BTreeMap<(String, String), BTreeSet<usize>> = BTreeMap::new();
     let mut route_configs: Vec<Option<Vec<RouteConfig>>> = Vec::new();
     for (index, route) in routes.iter().enumerate() {
         let namespace = route.namespace().unwrap_or_default();
@@ -671,6 +676,14 @@ pub fn translate(
             status: HTTPRouteStatus { parents },
         });
         if !attached_here.is_empty() {
+            let gateways: BTreeSet<usize> = attached_here.iter().map(|(g, _, _)| *g).collect();
+            let mut reached = |namespace: &String, name: &String, port: i32| {
+                clusters.insert((namespace.clone(), name.clone(), port));
+                reached_from
+                    .entry((namespace.clone(), name.clone()))
+                    .or_default()
+                    .extend(gateways.iter().copied());
+            };
             for backend in backends.iter().flatten().flatten() {
                 if let Backend::Service {
                     namespace,
@@ -678,7 +691,7 @@ pub fn translate(
                     port,
                 } = backend
                 {
-                    clusters.insert((namespace.clone(), name.clone(), *port));
+                    reached(namespace, name, *port);
                 }
             }
             for mirror in mirrors(route, &namespace, world) {
@@ -688,7 +701,7 @@ pub fn translate(
                     port,
                 }) = mirror
                 {
-                    clusters.insert((namespace, name, port));
+                    reached(&namespace, &name, port);
                 }
             }
         }
@@ -766,11 +779,26 @@ pub fn translate(
     fronts.sort_by_key(|f| (f.address, f.port));
     out.fronts = fronts;
 
+    let policies = backend_tls::evaluate(world.policies, material);
     for (namespace, name, port) in clusters {
-        if let Some(cluster) = service_cluster(world, &namespace, &name, port) {
+        let service = world
+            .services
+            .iter()
+            .find(|s| s.namespace().as_deref() == Some(namespace.as_str()) && s.name_any() == name);
+        let tls = match service.and_then(|s| policies.for_port(s, port)) {
+            None => None,
+            Some((_, evaluated)) => match &evaluated.upstream {
+                Some(upstream) => Some(upstream),
+                // A policy applies but cannot be served: no cluster, so requests get 500 (its
+                // status says why), never a connection verified otherwise.
+                None => continue,
+            },
+        };
+        if let Some(cluster) = service_cluster(world, &namespace, &name, port, tls) {
             out.clusters.push(cluster);
         }
     }
+    out.status.policies = policy_statuses(world, settings, &states, &reached_from, &policies, now);
 
     for state in &states {
         out.status
@@ -1468,11 +1496,16 @@ fn service_cluster(
     namespace: &str,
     name: &str,
     port: i32,
+    tls: Option<&UpstreamTlsConfig>,
 ) -> Option<ClusterConfig> {
-    let spec = serde_json::json!({
+    let mut spec = serde_json::json!({
         "routes": [],
         "service": {"name": name, "port": port},
     });
+    if tls.is_some() {
+        // The endpoints become https:// members; the settings themselves are set below.
+        spec["upstreamTLS"] = serde_json::json!({});
+    }
     let spec = match serde_json::from_value(spec) {
         Ok(spec) => spec,
         Err(e) => {
@@ -1503,12 +1536,103 @@ fn service_cluster(
         tracing::warn!(pod = %p.pod, annotation = p.annotation, value = %p.value, "pod annotation ignored: not a valid value");
     }
     match cluster_config(&bc, members) {
-        Ok(config) => Some(config),
+        Ok(mut config) => {
+            if let Some(tls) = tls {
+                config.tls.upstream = Some(tls.clone());
+            }
+            Some(config)
+        }
         Err(e) => {
             tracing::warn!(service = %format!("{namespace}/{name}"), error = %e, "cannot build the cluster of a Service port");
             None
         }
     }
+}
+
+/// Each BackendTLSPolicy's status: one entry per served Gateway that a route reaches one of its
+/// Services from (at most 16, as the API allows), the entries of other controllers kept.
+fn policy_statuses(
+    world: &World<'_>,
+    settings: &Settings,
+    states: &[GatewayState<'_>],
+    reached_from: &BTreeMap<(String, String), BTreeSet<usize>>,
+    policies: &Policies,
+    now: Timestamp,
+) -> Vec<Desired<PolicyStatus>> {
+    let mut out = Vec::new();
+    for policy in world.policies {
+        let namespace = policy.namespace().unwrap_or_default();
+        let key = format!("{namespace}/{}", policy.name_any());
+        let Some(evaluated) = policies.evaluated.get(&key) else {
+            continue;
+        };
+        let gateways: BTreeSet<usize> = reached_from
+            .iter()
+            .filter(|((ns, name), _)| Policies::targets(policy, ns, name))
+            .flat_map(|(_, g)| g.iter().copied())
+            .collect();
+        let current = policy.status.clone();
+        let ours = |a: &PolicyAncestorStatus| a.controller_name == settings.controller_name;
+        if gateways.is_empty() && !current.iter().flat_map(|s| &s.ancestors).any(ours) {
+            continue;
+        }
+        let mut ancestors: Vec<PolicyAncestorStatus> = current
+            .iter()
+            .flat_map(|s| &s.ancestors)
+            .filter(|a| !ours(a))
+            .cloned()
+            .collect();
+        for g in gateways {
+            let gateway = states[g].gateway;
+            let ancestor_ref = ParentReference {
+                group: Some(GROUP.to_owned()),
+                kind: Some("Gateway".to_owned()),
+                namespace: gateway.namespace(),
+                name: gateway.name_any(),
+                section_name: None,
+                port: None,
+            };
+            let previous = current
+                .iter()
+                .flat_map(|s| &s.ancestors)
+                .find(|a| ours(a) && a.ancestor_ref == ancestor_ref)
+                .map_or(&[][..], |a| a.conditions.as_slice());
+            let mut conditions = Conditions::new(policy.metadata.generation, previous, now);
+            match &evaluated.accepted {
+                Ok(message) => {
+                    conditions.push(reasons::ACCEPTED, true, reasons::ACCEPTED, message.clone())
+                }
+                Err((reason, message)) => {
+                    conditions.push(reasons::ACCEPTED, false, reason, message.clone())
+                }
+            }
+            match &evaluated.resolved {
+                Ok(message) => conditions.push(
+                    reasons::RESOLVED_REFS,
+                    true,
+                    reasons::RESOLVED_REFS,
+                    message.clone(),
+                ),
+                Err((reason, message)) => {
+                    conditions.push(reasons::RESOLVED_REFS, false, reason, message.clone())
+                }
+            }
+            ancestors.push(PolicyAncestorStatus {
+                ancestor_ref,
+                controller_name: settings.controller_name.clone(),
+                conditions: conditions.out,
+            });
+        }
+        ancestors.truncate(16);
+        out.push(Desired {
+            namespace: policy.namespace(),
+            name: policy.name_any(),
+            resource_version: policy.resource_version(),
+            current,
+            status: PolicyStatus { ancestors },
+        });
+    }
+    out
 }
 
 fn gateway_status(
@@ -1778,6 +1902,7 @@ mod tests {
         services: Vec<Arc<Service>>,
         slices: Vec<Arc<EndpointSlice>>,
         balancer_clusters: BTreeSet<String>,
+        policies: Vec<Arc<BackendTLSPolicy>>,
         addresses: Vec<IpAddr>,
         material: Material,
     }
@@ -1811,6 +1936,7 @@ mod tests {
                 slices: &self.slices,
                 pods: &pods,
                 balancer_clusters: &self.balancer_clusters,
+                policies: &self.policies,
             };
             let settings = Settings {
                 controller_name: CONTROLLER.to_owned(),
@@ -1904,6 +2030,120 @@ mod tests {
                 .and_then(|b| snapshot.backend(b))
                 .map(|c| c.key.clone()),
         )
+    }
+
+    #[test]
+    fn a_backend_tls_policy_makes_its_service_tls_or_unservable_and_is_reported_per_gateway() {
+        let mut f = Fixture::new();
+        f.gateways
+            .push(gateway("infra", "gw", 100, json!([http("http", 80, None)])));
+        f.routes.push(route(
+            "infra",
+            "r",
+            10,
+            json!({
+                "parentRefs": [{"name": "gw"}],
+                "rules": [
+                    {"matches": [{"path": {"type": "Exact", "value": "/web"}}],
+                     "backendRefs": [{"name": "web", "port": 8080}]},
+                    {"matches": [{"path": {"type": "Exact", "value": "/api"}}],
+                     "backendRefs": [{"name": "api", "port": 8080}]},
+                ],
+            }),
+        ));
+        let policy = |name: &str, service: &str, config_map: &str| -> Arc<BackendTLSPolicy> {
+            object(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+                "metadata": {"name": name, "namespace": "infra", "generation": 2, "creationTimestamp": at(5)},
+                "spec": {
+                    "targetRefs": [{"group": "", "kind": "Service", "name": service, "sectionName": "http"}],
+                    "validation": {
+                        "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": config_map}],
+                        "hostname": "abc.example.com",
+                    },
+                },
+            }))
+        };
+        f.policies = vec![policy("web", "web", "ca"), policy("api", "api", "missing")];
+        let source = |name: &str| TlsSource::ConfigMap {
+            namespace: "infra".into(),
+            name: name.into(),
+        };
+        let mut loader = crate::tls::material::Loader::default();
+        loader.offer_ca(
+            &source("ca"),
+            Ok(crate::tls::cert::testing::ca("Backend CA").pem.as_bytes()),
+            0,
+        );
+        loader.offer_ca(&source("missing"), Err("no such ConfigMap".into()), 0);
+        f.material = loader.material();
+        let t = f.translate();
+
+        // web: its endpoints over TLS, verified for the policy's hostname against its CA.
+        let web = t
+            .clusters
+            .iter()
+            .find(|c| c.name == "web:8080")
+            .expect("web's cluster");
+        assert!(web.members.iter().all(|m| m.url.starts_with("https://")));
+        let upstream = web.tls.upstream.as_ref().expect("upstream TLS");
+        assert_eq!(upstream.ca, Some(source("ca")));
+        assert_eq!(upstream.server_name.as_deref(), Some("abc.example.com"));
+        // api: no usable CA, so no cluster (its share answers 500), the route still resolved.
+        assert!(t.clusters.iter().all(|c| c.name != "api:8080"));
+        assert!(
+            conditions(&route_status(&t, "r").parents[0].conditions).contains(&(
+                "ResolvedRefs",
+                "True",
+                "ResolvedRefs"
+            ))
+        );
+        let reported = |name: &str| {
+            let d = t
+                .status
+                .policies
+                .iter()
+                .find(|d| d.name == name)
+                .expect("a status");
+            let [ancestor] = d.status.ancestors.as_slice() else {
+                panic!("one ancestor: {:?}", d.status.ancestors)
+            };
+            assert_eq!(
+                (
+                    ancestor.ancestor_ref.name.as_str(),
+                    ancestor.ancestor_ref.namespace.as_deref()
+                ),
+                ("gw", Some("infra"))
+            );
+            assert!(
+                ancestor
+                    .conditions
+                    .iter()
+                    .all(|c| c.observed_generation == Some(2))
+            );
+            conditions(&ancestor.conditions)
+                .into_iter()
+                .map(|(t, s, r)| (t.to_owned(), s.to_owned(), r.to_owned()))
+                .collect::<Vec<_>>()
+        };
+        let owned = |c: [(&str, &str, &str); 2]| {
+            c.map(|(t, s, r)| (t.to_owned(), s.to_owned(), r.to_owned()))
+                .to_vec()
+        };
+        assert_eq!(
+            reported("web"),
+            owned([
+                ("Accepted", "True", "Accepted"),
+                ("ResolvedRefs", "True", "ResolvedRefs")
+            ])
+        );
+        assert_eq!(
+            reported("api"),
+            owned([
+                ("Accepted", "False", "NoValidCACertificate"),
+                ("ResolvedRefs", "False", "InvalidCACertificateRef")
+            ])
+        );
     }
 
     #[test]
@@ -2554,6 +2794,7 @@ mod tests {
             slices: &f.slices,
             pods: &pods,
             balancer_clusters: &f.balancer_clusters,
+            policies: &f.policies,
         };
         let settings = Settings {
             controller_name: CONTROLLER.into(),

@@ -1,6 +1,7 @@
 //! The reflectors over the Gateway API kinds and over Namespaces (whose labels a listener's
 //! `allowedRoutes.namespaces.selector` reads). Services, EndpointSlices and pods come from the
-//! controller's own stores.
+//! controller's own stores; the ConfigMaps that BackendTLSPolicies name are watched one by one,
+//! by name, with the Secrets (`crate::controller::secrets`).
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 
-use super::api::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
+use super::api::{BackendTLSPolicy, Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use crate::controller::{namespaced_api, watch_kind};
 
 /// How long a start waits for the Gateway API stores before serving without them (when the
@@ -26,6 +27,7 @@ pub struct Stores {
     pub gateways: Vec<Store<Gateway>>,
     pub routes: Vec<Store<HTTPRoute>>,
     pub grants: Vec<Store<ReferenceGrant>>,
+    pub policies: Vec<Store<BackendTLSPolicy>>,
 }
 
 impl Stores {
@@ -47,6 +49,7 @@ impl Stores {
             gateways: Vec::new(),
             routes: Vec::new(),
             grants: Vec::new(),
+            policies: Vec::new(),
         };
         for ns in namespaces {
             stores.gateways.push(watch_kind(
@@ -67,6 +70,12 @@ impl Stores {
                 cfg.clone(),
                 "ReferenceGrant",
             ));
+            stores.policies.push(watch_kind(
+                events,
+                namespaced_api(client, ns),
+                cfg.clone(),
+                "BackendTLSPolicy",
+            ));
         }
         stores
     }
@@ -82,6 +91,9 @@ impl Stores {
             let _ = s.wait_until_ready().await;
         }
         for s in &self.grants {
+            let _ = s.wait_until_ready().await;
+        }
+        for s in &self.policies {
             let _ = s.wait_until_ready().await;
         }
     }

@@ -401,7 +401,7 @@ impl TlsFiles {
                         })
                         .collect::<Vec<_>>(),
                 ),
-                TlsSource::Secret { .. } => None,
+                TlsSource::Secret { .. } | TlsSource::ConfigMap { .. } => None,
             })
             .flatten()
             .collect();
@@ -420,7 +420,7 @@ impl TlsFiles {
         let mut cas = HashSet::new();
         for (source, is_ca) in clusters.iter().flat_map(|c| c.tls.sources()) {
             match source {
-                TlsSource::Secret { .. } => {
+                TlsSource::Secret { .. } | TlsSource::ConfigMap { .. } => {
                     let why = "Secrets are read in a cluster only; standalone mode reads certFile and keyFile".to_owned();
                     if is_ca {
                         self.loader.offer_ca(source, Err(why), now);

@@ -254,7 +254,8 @@ pub(crate) mod testing {
         time::OffsetDateTime::from_unix_timestamp(secs).expect("time")
     }
 
-    /// A leaf for `names`, valid from `from` to `until` (Unix seconds), with serial `serial`.
+    /// A leaf for `names` (a name with `://` is a URI), valid from `from` to `until` (Unix
+    /// seconds), with serial `serial`.
     pub fn leaf_with(
         ca: &Ca,
         names: &[&str],
@@ -266,6 +267,13 @@ pub(crate) mod testing {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .expect("params");
+        for san in &mut params.subject_alt_names {
+            if let rcgen::SanType::DnsName(name) = san
+                && name.as_str().contains("://")
+            {
+                *san = rcgen::SanType::URI(name.clone());
+            }
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));

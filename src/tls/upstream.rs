@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 
 use super::cert::{self, CertError, CertInfo};
 use super::{Certificate, TlsError, provider};
-use crate::discovery::UpstreamTlsConfig;
+use crate::discovery::{SubjectAltName, UpstreamTlsConfig};
 
 /// Trusted CA certificates, from a `caSecret`'s `ca.crt` or a `caFile`.
 pub struct CaBundle {
@@ -122,9 +122,18 @@ impl Upstream {
                 .as_ref()
                 .map(|c| c.roots.clone())
                 .unwrap_or_else(system_roots);
-            WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?
+            let webpki: Arc<dyn ServerCertVerifier> =
+                WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::Config(e.to_string()))?;
+            if settings.subject_alt_names.is_empty() {
+                webpki
+            } else {
+                Arc::new(AltNames {
+                    chain: webpki,
+                    names: settings.subject_alt_names.clone(),
+                })
+            }
         };
         let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -229,6 +238,106 @@ impl ResolvesClientCert for ClientCert {
     fn has_certs(&self) -> bool {
         true
     }
+}
+
+/// `subjectAltNames`: the chain is verified as usual, and the certificate must carry one of the
+/// names given, whatever name was sent (the SNI is then not verified).
+#[derive(Debug)]
+struct AltNames {
+    chain: Arc<dyn ServerCertVerifier>,
+    names: Vec<SubjectAltName>,
+}
+
+impl ServerCertVerifier for AltNames {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError;
+        // webpki verifies the chain (and validity, and OCSP) before the name: a name error
+        // means everything but the name passed.
+        match self.chain.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(_)
+            | Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => {}
+            Err(e) => return Err(e),
+        }
+        let (_, cert) = x509_parser::parse_x509_certificate(end_entity.as_ref())
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let carried = carries_one_of(&cert, &self.names);
+        if carried {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+/// Whether the certificate's subject alternative names include one of `names`: a DNS name
+/// equal (without regard to case) or matched by the certificate's wildcard (one label), a
+/// URI equal.
+fn carries_one_of(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    names: &[SubjectAltName],
+) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    let dns_matches = |carried: &str, wanted: &str| {
+        let (carried, wanted) = (carried.to_ascii_lowercase(), wanted.to_ascii_lowercase());
+        if carried == wanted {
+            return true;
+        }
+        match (carried.strip_prefix("*."), wanted.split_once('.')) {
+            (Some(domain), Some((label, rest))) => {
+                !label.is_empty() && label != "*" && rest == domain
+            }
+            _ => false,
+        }
+    };
+    san.value.general_names.iter().any(|carried| {
+        names.iter().any(|wanted| match (carried, wanted) {
+            (GeneralName::DNSName(c), SubjectAltName::Dns(w)) => dns_matches(c, w),
+            (GeneralName::URI(c), SubjectAltName::Uri(w)) => c == w,
+            _ => false,
+        })
+    })
 }
 
 /// `insecureSkipVerify`: any certificate is accepted; the handshake's signatures are still
@@ -357,6 +466,7 @@ mod tests {
             server_name: server_name.map(str::to_owned),
             client_cert: None,
             insecure_skip_verify: insecure,
+            subject_alt_names: Vec::new(),
         }
     }
 
@@ -438,6 +548,57 @@ mod tests {
         assert_eq!(ask(&with, &addr).await.expect("mTLS"), "ok 42");
         assert!(with.is_built_from(&settings(None, false), Some(&bundle), Some(&client)));
         assert!(!with.is_built_from(&settings(None, false), Some(&bundle), None));
+    }
+
+    #[tokio::test]
+    async fn subject_alt_names_replace_the_server_name_in_verification() {
+        let ca = ca("Member CA");
+        let addr = member(
+            &leaf_now(
+                &ca,
+                &["abc.example.com", "spiffe://abc.example.com/test-identity"],
+                1,
+            ),
+            None,
+        )
+        .await;
+        let bundle = Arc::new(load_ca(ca.pem.as_bytes()).expect("ca"));
+        let with = |names: Vec<SubjectAltName>| {
+            let mut settings = settings(Some("sni.example.com"), false);
+            settings.subject_alt_names = names;
+            Upstream::build(&settings, Some(bundle.clone()), None).expect("config")
+        };
+        let dns = |n: &str| SubjectAltName::Dns(n.to_owned());
+        let uri = |n: &str| SubjectAltName::Uri(n.to_owned());
+        // The SNI (not in the certificate) is not verified; one of the names is.
+        for names in [
+            vec![dns("abc.example.com")],
+            vec![uri("spiffe://abc.example.com/test-identity")],
+            vec![uri("spiffe://def.example.com/x"), dns("ABC.example.com")],
+        ] {
+            assert_eq!(
+                ask(&with(names.clone()), &addr).await.expect("verified"),
+                "ok none",
+                "{names:?}"
+            );
+        }
+        for names in [
+            vec![dns("dce.example.com")],
+            vec![uri("spiffe://def.example.com/test-identity")],
+            vec![uri("spiffe://def.example.com/x"), dns("def.example.com")],
+        ] {
+            let e = ask(&with(names.clone()), &addr)
+                .await
+                .expect_err("no name matches");
+            assert!(e.to_string().contains("NotValidForName"), "{names:?}: {e}");
+        }
+        // The chain is still verified.
+        let other = Arc::new(load_ca(self::ca("Other CA").pem.as_bytes()).expect("ca"));
+        let mut settings = settings(Some("abc.example.com"), false);
+        settings.subject_alt_names = vec![dns("abc.example.com")];
+        let wrong = Upstream::build(&settings, Some(other), None).expect("config");
+        let e = ask(&wrong, &addr).await.expect_err("a wrong CA");
+        assert!(e.to_string().contains("UnknownIssuer"), "{e}");
     }
 
     #[test]

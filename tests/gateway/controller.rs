@@ -23,7 +23,9 @@ use crate::support::controlplane::ControlPlane;
 use crate::support::fixtures::{Balancer, install_crd, options, web_pods, web_service};
 use crate::support::podrunner::conformance::{ExclusiveGuard, exclusive, install_crds};
 use crate::support::{netns, pods, wait};
-use kube_balancer::gateway::api::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
+use kube_balancer::gateway::api::{
+    BackendTLSPolicy, Gateway, GatewayClass, HTTPRoute, ReferenceGrant,
+};
 use kube_balancer::gateway::{self, CONTROLLER_NAME};
 use kube_balancer::plane::matching::RequestView;
 use kube_balancer::plane::{DataPlane, FrontCertificates};
@@ -241,7 +243,7 @@ async fn a_route_on_a_gateway_is_published_at_its_address_and_reported() {
     // The features claimed (those the conformance suite passes with), sorted as the API asks.
     assert_eq!(features, gateway::SUPPORTED_FEATURES);
     assert!(features.is_sorted(), "{features:?}");
-    assert_eq!(features.len(), 31, "3 core features and 28 extended ones");
+    assert_eq!(features.len(), 33, "3 core features and 30 extended ones");
     let gw = wait::until_object(
         gateways.clone(),
         "gw",
@@ -734,4 +736,201 @@ async fn a_balancercluster_named_as_a_backend_brings_its_sticky_sessions_to_the_
     assert_eq!(status, 404);
     controller.stop();
     server.shutdown(Duration::from_millis(100));
+}
+
+/// (type, status, reason) triples, and the conditions' messages.
+type Reported = (Vec<(String, String, String)>, Vec<String>);
+
+/// The status entry kube-balancer wrote on a BackendTLSPolicy for its Gateway, once its
+/// conditions carry the policy's generation.
+fn our_ancestor(policy: &BackendTLSPolicy) -> Option<Reported> {
+    let ancestor = policy
+        .status
+        .as_ref()?
+        .ancestors
+        .iter()
+        .find(|a| a.controller_name == CONTROLLER_NAME)?;
+    ancestor
+        .conditions
+        .iter()
+        .all(|c| c.observed_generation == policy.metadata.generation)
+        .then(|| {
+            (
+                conditions(&ancestor.conditions),
+                ancestor
+                    .conditions
+                    .iter()
+                    .map(|c| c.message.clone())
+                    .collect(),
+            )
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_tls_policy_with_a_wrong_ca_is_refused_and_says_why() {
+    use crate::support::client::{client as http_client, send};
+    use crate::support::pods::FakePod;
+    use crate::support::tls::{TlsMember, ca, field, leaf};
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    let (client, ns, _exclusive) = setup("gwbt").await;
+    // A pod whose endpoint serves TLS with a certificate for abc.example.com, signed by
+    // "Backend CA", behind a Service port that says nothing of TLS.
+    let backend_ca = ca("Backend CA");
+    let ip = netns::next_pod_ip();
+    let listener = TcpListener::bind((ip, 0))
+        .await
+        .expect("bind on the pod IP");
+    let member = TlsMember::serve_on(
+        listener,
+        "tls-a",
+        &leaf(&backend_ca, &["abc.example.com"], 1),
+        None,
+    );
+    let pod = FakePod::new(&ns, "tls-a", ip)
+        .label("app", "tls")
+        .port("https", member.addr.port());
+    pod.create(&client).await;
+    apply(
+        &Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &ns),
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "tls", "namespace": ns},
+            "spec": {"selector": {"app": "tls"},
+                     "ports": [{"name": "btls", "port": 443, "targetPort": "https"}]},
+        }),
+    )
+    .await;
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let ca_map = |pem: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "backend-ca", "namespace": ns},
+               "data": {"ca.crt": pem}})
+    };
+    apply(&config_maps, ca_map("Hello world")).await;
+    let class = format!("kb-{ns}");
+    gateway_class(&client, &class).await;
+    apply(
+        &Api::<Gateway>::namespaced(client.clone(), &ns),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": ns},
+            "spec": {"gatewayClassName": class, "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
+        }),
+    )
+    .await;
+    apply(
+        &Api::<HTTPRoute>::namespaced(client.clone(), &ns),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "tls", "namespace": ns},
+            "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["shop.example.com"],
+                     "rules": [{"backendRefs": [{"name": "tls", "port": 443}]}]},
+        }),
+    )
+    .await;
+    let policies = Api::<BackendTLSPolicy>::namespaced(client.clone(), &ns);
+    apply(
+        &policies,
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+            "metadata": {"name": "tls", "namespace": ns},
+            "spec": {
+                "targetRefs": [{"group": "", "kind": "Service", "name": "tls", "sectionName": "btls"}],
+                "validation": {
+                    "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "backend-ca"}],
+                    "hostname": "abc.example.com",
+                },
+            },
+        }),
+    )
+    .await;
+
+    let address = IpAddr::V4(netns::next_pod_ip());
+    let mut opts = options(&ns, "replica-1");
+    opts.gateway = Some(gateway::Options {
+        addresses: vec![address],
+        service: None,
+    });
+    let plane = DataPlane::new();
+    let controller = kube_balancer::controller::start(client.clone(), opts, plane.clone())
+        .await
+        .expect("the controller starts");
+    let mut proxy = kube_balancer::proxy::ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
+    proxy.workers = 1;
+    proxy.gateway_address = Some(address);
+    let server =
+        kube_balancer::proxy::Server::start(plane.clone(), proxy).expect("the proxy starts");
+    let url = format!("http://{}/", std::net::SocketAddr::new(address, 80));
+    let http = http_client();
+    let ask = || send(&http, "GET", &url, &[("host", "shop.example.com")], "");
+    let until_status = |status: u16, what: &'static str| {
+        let ask = &ask;
+        async move {
+            let start = Instant::now();
+            loop {
+                // The front's port opens with the first publication: until then, no answer.
+                let answered = TcpStream::connect(std::net::SocketAddr::new(address, 80))
+                    .await
+                    .is_ok();
+                if answered {
+                    let answer = ask().await;
+                    if answer.status.as_u16() == status {
+                        return answer;
+                    }
+                }
+                assert!(start.elapsed() < wait::TIMEOUT, "never {status}: {what}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // A ca.crt that is no certificate: refused, the policy says why, and requests get 500
+    // without the member ever being dialled.
+    let (_, messages) = our_ancestor(
+        &wait::until_object(policies.clone(), "tls", "NoValidCACertificate", |p| {
+            our_ancestor(p).is_some_and(|(c, _)| {
+                has(&c, "Accepted", "False", "NoValidCACertificate")
+                    && has(&c, "ResolvedRefs", "False", "InvalidCACertificateRef")
+            })
+        })
+        .await,
+    )
+    .expect("our entry");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains(&format!("configmap {ns}/backend-ca"))),
+        "the message names the ConfigMap: {messages:?}"
+    );
+    until_status(500, "a policy without a usable CA").await;
+    assert_eq!(member.handshakes() + member.refused(), 0);
+
+    // A usable CA that did not sign the member's certificate: accepted (nothing says it is the
+    // wrong one until a handshake), and each handshake is refused: 502.
+    let other_ca = ca("Other CA");
+    apply(&config_maps, ca_map(&other_ca.pem)).await;
+    wait::until_object(policies.clone(), "tls", "Accepted", |p| {
+        our_ancestor(p).is_some_and(|(c, _)| {
+            has(&c, "Accepted", "True", "Accepted")
+                && has(&c, "ResolvedRefs", "True", "ResolvedRefs")
+        })
+    })
+    .await;
+    until_status(502, "a CA that did not sign the member's certificate").await;
+    assert!(member.refused() > 0, "the handshake was tried, and refused");
+    assert_eq!(
+        member.requests(),
+        0,
+        "nothing was sent to an unverified member"
+    );
+
+    // The right CA: served, with the policy's hostname as SNI.
+    apply(&config_maps, ca_map(&backend_ca.pem)).await;
+    let answer = until_status(200, "the CA that signed it").await;
+    assert_eq!(answer.body, "tls-a");
+    assert_eq!(field(&answer, "x-sni"), "abc.example.com");
+    controller.stop();
+    server.shutdown(Duration::from_millis(100));
+    drop(pod);
 }

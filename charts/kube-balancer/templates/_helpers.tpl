@@ -106,11 +106,15 @@ Recorder creates events.k8s.io Events and patches a repeated one).
 {{- end }}
 {{- if .Values.gatewayAPI.enabled }}
 - apiGroups: ["gateway.networking.k8s.io"]
-  resources: ["gateways", "httproutes", "referencegrants"]
+  resources: ["gateways", "httproutes", "referencegrants", "backendtlspolicies"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["gateway.networking.k8s.io"]
-  resources: ["gateways/status", "httproutes/status"]
+  resources: ["gateways/status", "httproutes/status", "backendtlspolicies/status"]
   verbs: ["patch"]
+# The ConfigMaps BackendTLSPolicies name (their ca.crt), each watched by name.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch"]
 {{- end }}
 {{- end }}
 
