@@ -10,6 +10,8 @@
 #                                          # (KB_BUILD="..." says what it is in the table)
 #   PGO=0 bench/tls.sh                     # this tree without profile-guided optimization
 #   BALANCERS="kube-balancer nginx" TESTS=handshake bench/tls.sh
+#   KB_BIN_BEFORE=/path/to/other BALANCERS="kube-balancer kube-balancer-before nginx" bench/tls.sh
+#                                          # A/B: two builds in the same run, interleaved
 #
 # TLS 1.3 only, an ECDSA P-256 certificate made for the run (openssl), the key exchange group
 # X25519 and the cipher suite TLS_AES_128_GCM_SHA256 for all three: the clients offer only those
@@ -287,9 +289,11 @@ EOF
 # start_balancer NAME: sets STARTED (its PID) and PORT (its TLS port).
 start_balancer() {
     case $1 in
-    kube-balancer)
+    kube-balancer | kube-balancer-before)
         PORT=$KB_TLS_PORT
-        start kube-balancer "$LB_CPU" "$KB_BIN" standalone -f "$RUN/kube-balancer.yaml" --workers 1 \
+        local bin=$KB_BIN
+        [ "$1" = kube-balancer ] || bin=${KB_BIN_BEFORE:?KB_BIN_BEFORE names the other build}
+        start "$1" "$LB_CPU" "$bin" standalone -f "$RUN/kube-balancer.yaml" --workers 1 \
             --listen "127.0.0.1:$KB_PORT" --listen-tls "127.0.0.1:$KB_TLS_PORT" \
             --admin "127.0.0.1:$KB_ADMIN_PORT" --shutdown-grace 1s
         ;;
@@ -308,7 +312,7 @@ start_balancer() {
 # The balancer's own count of handshakes (nginx: of accepted connections, on any port).
 handshakes_seen() {
     case $1 in
-    kube-balancer)
+    kube-balancer | kube-balancer-before)
         curl -s --max-time 5 "http://127.0.0.1:$KB_ADMIN_PORT/metrics" |
             awk '/^kube_balancer_tls_handshakes_total\{result="ok"\}/ { print $2 }'
         ;;
@@ -325,6 +329,7 @@ version_of() {
     case $1 in
     kube-balancer) if [ -n "$GIVEN" ]; then echo "kube-balancer: $BUILD"; else
         echo "kube-balancer $(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo unknown), build: $BUILD"; fi ;;
+    kube-balancer-before) echo "kube-balancer-before: ${KB_BUILD_BEFORE:-$(basename "$KB_BIN_BEFORE")}" ;;
     nginx) nginx -V 2>&1 | awk '/^nginx version/ { sub(/.*\//, ""); v = $0 } /running with/ { sub(/.*running with /, ""); sub(/\)$/, ""); o = $0 } END { print "nginx " v ", " (o ? o : "OpenSSL") }' ;;
     haproxy) haproxy -vv | awk 'NR == 1 { v = $3 } /^Running on OpenSSL version/ { sub(/.*: /, ""); o = $0 } END { print "HAProxy " v ", " o }' ;;
     esac
