@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Turns bench/run.sh's raw figures into a markdown table (medians over rounds, and the ratio of
+"""Turns bench/run.sh's (and bench/tls.sh's) raw figures into a markdown table (medians over rounds, and the ratio of
 kube-balancer's figure to each peer's), a TSV of the medians, and a gnuplot script for the chart.
 
 usage: report.py META RAW_TSV OUT_PREFIX "BALANCER..."
@@ -41,6 +41,12 @@ ROWS = [
     ("rps_64k", "throughput, 64 KiB body", "req/s", 0, "higher"),
     ("rps_close", "throughput, new connection each", "req/s", 0, "higher"),
     ("rps_h2", "throughput, HTTP/2 clients", "req/s", 0, "higher"),
+    ("cpu_hs", "**CPU per full TLS handshake**, a new connection per request", "µs", 2, "lower"),
+    ("cpu_tls", "**CPU per request**, TLS keep-alive, 12 B body", "µs", 2, "lower"),
+    ("rps_hs", "full TLS handshakes per second", "1/s", 0, "higher"),
+    ("rps_tls", "throughput, TLS keep-alive, 12 B body", "req/s", 0, "higher"),
+    ("hs_seen", "handshakes the balancer counted per request answered", "", 3, "none"),
+    ("hs_resumed", "resumed handshakes (the client's count)", "", 0, "none"),
     ("lat_p50_us", "latency p50 at a fixed rate", "µs", 0, "lower"),
     ("lat_p99_us", "latency p99 at a fixed rate", "µs", 0, "lower"),
     ("lat_p999_us", "latency p99.9 at a fixed rate", "µs", 0, "lower"),
@@ -100,7 +106,7 @@ def main():
     # Relative to where this report goes (bench/results/ or its archive/).
     docs = os.path.relpath(os.path.join(REPO, "docs", "benchmarks.md"), os.path.dirname(os.path.abspath(prefix)))
     out = []
-    out.append(f"# kube-balancer side by side: {meta.get('date', '')}\n")
+    out.append(f"# {meta.get('title', 'kube-balancer side by side')}: {meta.get('date', '')}\n")
     out.append(
         f"Medians of {len(rounds)} round(s). Each balancer: one worker pinned to one CPU; load generator "
         "and the two members on the other CPU; loopback only. How each figure is measured: "
@@ -128,7 +134,7 @@ def main():
             mine = med.get((me, key))
             for p in peers:
                 theirs = med.get((p, key))
-                if mine is None or theirs is None or theirs == 0 or key.startswith(("idle_open", "pooled_held")):
+                if mine is None or theirs is None or theirs == 0 or key.startswith(("idle_open", "pooled_held", "hs_")):
                     cells.append("–")
                 else:
                     cells.append(f"{mine / theirs:.2f}")
@@ -146,18 +152,19 @@ def main():
         )
     out.append("")
     out.append("Machine and versions:\n")
-    for k in ["cpu", "kernel", "load_before", "load_after", "settings", "wrk", "h2load"]:
+    for k in ["cpu", "kernel", "load_before", "load_after", "settings", "wrk", "h2load", "tls"]:
         if k in meta:
             out.append(f"- {k.replace('_', ' ')}: {meta[k]}")
     for b in balancers:
         if f"version_{b}" in meta:
             out.append(f"- {meta[f'version_{b}']}")
-    png = prefix.rsplit("/", 1)[-1] + ".png"
-    out.append(f"\n![CPU per request and throughput]({png})\n")
+    if write_chart(prefix, balancers, med, meta):
+        png = prefix.rsplit("/", 1)[-1] + ".png"
+        out.append(f"\n![CPU per request and throughput]({png})\n")
+    else:
+        out.append("")
     with open(prefix + ".md", "w") as f:
         f.write("\n".join(out))
-
-    write_chart(prefix, balancers, med, meta)
 
 
 def step_rows(med):
@@ -248,7 +255,7 @@ def fmt(v, dec):
 def write_chart(prefix, balancers, med, meta):
     tests = [(t, label) for t, label in CHART_TESTS if any((b, f"cpu_{t}") in med for b in balancers)]
     if not tests:
-        return
+        return False
     lines = []
     for kind in ("cpu", "rps"):
         lines.append(f"${kind} << EOD")
@@ -283,6 +290,7 @@ unset multiplot
 """
     with open(prefix + ".gp", "w") as f:
         f.write(script)
+    return True
 
 
 if __name__ == "__main__":
