@@ -1247,6 +1247,11 @@ fn plug(pid: u32, host: u8, ip_addr: Ipv4Addr) -> Result<String, String> {
         "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pid,
     ])?;
     ip(&["link", "set", &veth, "master", BRIDGE, "up"])?;
+    // The address may have been a deleted pod's a moment ago: the bridge's neighbour entry for
+    // it still names that pod's MAC and, while "reachable" (up to 45 s), is used unchecked, so
+    // every packet to the new pod would go to a MAC that no longer exists.
+    let addr = ip_addr.to_string();
+    ip(&["neigh", "flush", "to", &addr, "dev", BRIDGE])?;
     let inside = format!(
         "link set lo up\naddr add {ip_addr}/{POD_PREFIX_LEN} dev eth0\nlink set eth0 up\n\
          route add default via {BRIDGE_IP}\n"
