@@ -147,71 +147,8 @@ impl ProxyError {
             return response;
         }
         let status = self.status();
-        let body: &'static str = match &self {
-            ProxyError::NoRoute { host, path } => {
-                tracing::debug!(%host, %path, "no balancer serves this host and path");
-                "404 Not Found: no balancer serves this host and path\n"
-            }
-            ProxyError::Misdirected { server_name, host } => {
-                tracing::debug!(%server_name, %host, "421 Misdirected Request: the host is another listener's");
-                "421 Misdirected Request: this connection's server name is not for this host\n"
-            }
-            ProxyError::NoBackend { rule } => {
-                tracing::warn!(%rule, "500 Internal Server Error: the route's backend cannot be served");
-                "500 Internal Server Error: the route's backend cannot be served\n"
-            }
-            ProxyError::NoMember { cluster } => {
-                tracing::warn!(%cluster, cause = "no usable member", "503 Service Unavailable");
-                "503 Service Unavailable: no member of this balancer is available\n"
-            }
-            ProxyError::MemberFailed {
-                cluster,
-                member,
-                cause,
-            } => {
-                tracing::warn!(%cluster, %member, %cause, "502 Bad Gateway");
-                "502 Bad Gateway: the member failed to answer\n"
-            }
-            ProxyError::Overloaded {
-                cluster,
-                member,
-                cause,
-            } => {
-                tracing::debug!(%cluster, %member, %cause, "503 Service Unavailable");
-                "503 Service Unavailable: the member is at its connection limit; retry later\n"
-            }
-            ProxyError::Timeout {
-                cluster,
-                member,
-                after,
-            } => {
-                tracing::warn!(%cluster, %member, cause = %format_args!("no response within {after:?}"), "504 Gateway Timeout");
-                "504 Gateway Timeout: the member did not answer in time\n"
-            }
-            ProxyError::RequestTimeout { after } => {
-                tracing::warn!(cause = %format_args!("the route's request timeout ({after:?}) ran out"), "504 Gateway Timeout");
-                "504 Gateway Timeout: the request took longer than its route allows\n"
-            }
-            ProxyError::ConnectRefused => "405 Method Not Allowed: CONNECT is not supported\n",
-            ProxyError::TooManyHeaders { count, limit } => {
-                tracing::debug!(count, limit, "request refused: too many headers");
-                "431 Request Header Fields Too Large: too many headers\n"
-            }
-            ProxyError::ClientBody { cause } => {
-                tracing::debug!(%cause, "request refused: its body broke off or was malformed");
-                "400 Bad Request: the request body was malformed or cut short\n"
-            }
-            ProxyError::ClientTimeout { cause } => {
-                tracing::debug!(%cause, "request cut off: its body stopped coming");
-                "408 Request Timeout: the request body stopped coming\n"
-            }
-            ProxyError::NoHost => "400 Bad Request: no host to redirect to\n",
-            ProxyError::Redirect { .. } | ProxyError::Preflight(_) => "",
-            ProxyError::DuplicateHost => {
-                tracing::debug!("request refused: more than one Host field");
-                "400 Bad Request: more than one Host field\n"
-            }
-        };
+        self.log();
+        let body = self.text();
         let mut response = match body.is_empty() {
             true => Response::new(ResponseBody::empty()),
             false => Response::new(ResponseBody::full(body)),
@@ -226,23 +163,129 @@ impl ProxyError {
             response.headers_mut().insert(header::LOCATION, location);
             return response;
         }
-        if matches!(self, ProxyError::ClientTimeout { .. }) {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        if matches!(self, ProxyError::Overloaded { .. }) {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(RETRY_AFTER.as_secs()),
-            );
-        }
-        if matches!(self, ProxyError::ConnectRefused) {
-            response.headers_mut().insert(
-                header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-            );
-        }
+        self.add_fields(response.headers_mut());
         response
+    }
+
+    /// The log line of a failure: a warning for what an operator should look at (the member's
+    /// failures, a route's backend), a debug line for what the client did or asked.
+    fn log(&self) {
+        match self {
+            ProxyError::NoRoute { host, path } => {
+                tracing::debug!(%host, %path, "no balancer serves this host and path");
+            }
+            ProxyError::Misdirected { server_name, host } => {
+                tracing::debug!(%server_name, %host, "421 Misdirected Request: the host is another listener's");
+            }
+            ProxyError::NoBackend { rule } => {
+                tracing::warn!(%rule, "500 Internal Server Error: the route's backend cannot be served");
+            }
+            ProxyError::NoMember { cluster } => {
+                tracing::warn!(%cluster, cause = "no usable member", "503 Service Unavailable");
+            }
+            ProxyError::MemberFailed {
+                cluster,
+                member,
+                cause,
+            } => {
+                tracing::warn!(%cluster, %member, %cause, "502 Bad Gateway");
+            }
+            ProxyError::Overloaded {
+                cluster,
+                member,
+                cause,
+            } => {
+                tracing::debug!(%cluster, %member, %cause, "503 Service Unavailable");
+            }
+            ProxyError::Timeout {
+                cluster,
+                member,
+                after,
+            } => {
+                tracing::warn!(%cluster, %member, cause = %format_args!("no response within {after:?}"), "504 Gateway Timeout");
+            }
+            ProxyError::RequestTimeout { after } => {
+                tracing::warn!(cause = %format_args!("the route's request timeout ({after:?}) ran out"), "504 Gateway Timeout");
+            }
+            ProxyError::TooManyHeaders { count, limit } => {
+                tracing::debug!(count, limit, "request refused: too many headers");
+            }
+            ProxyError::ClientBody { cause } => {
+                tracing::debug!(%cause, "request refused: its body broke off or was malformed");
+            }
+            ProxyError::ClientTimeout { cause } => {
+                tracing::debug!(%cause, "request cut off: its body stopped coming");
+            }
+            ProxyError::DuplicateHost => {
+                tracing::debug!("request refused: more than one Host field");
+            }
+            ProxyError::ConnectRefused
+            | ProxyError::NoHost
+            | ProxyError::Redirect { .. }
+            | ProxyError::Preflight(_) => {}
+        }
+    }
+
+    /// The text answer's body: its first line is also a gRPC client's `grpc-message`. Empty for
+    /// the answers that are no failure.
+    fn text(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } => "404 Not Found: no balancer serves this host and path\n",
+            ProxyError::Misdirected { .. } => {
+                "421 Misdirected Request: this connection's server name is not for this host\n"
+            }
+            ProxyError::NoBackend { .. } => {
+                "500 Internal Server Error: the route's backend cannot be served\n"
+            }
+            ProxyError::NoMember { .. } => {
+                "503 Service Unavailable: no member of this balancer is available\n"
+            }
+            ProxyError::MemberFailed { .. } => "502 Bad Gateway: the member failed to answer\n",
+            ProxyError::Overloaded { .. } => {
+                "503 Service Unavailable: the member is at its connection limit; retry later\n"
+            }
+            ProxyError::Timeout { .. } => {
+                "504 Gateway Timeout: the member did not answer in time\n"
+            }
+            ProxyError::RequestTimeout { .. } => {
+                "504 Gateway Timeout: the request took longer than its route allows\n"
+            }
+            ProxyError::ConnectRefused => "405 Method Not Allowed: CONNECT is not supported\n",
+            ProxyError::TooManyHeaders { .. } => {
+                "431 Request Header Fields Too Large: too many headers\n"
+            }
+            ProxyError::ClientBody { .. } => {
+                "400 Bad Request: the request body was malformed or cut short\n"
+            }
+            ProxyError::ClientTimeout { .. } => {
+                "408 Request Timeout: the request body stopped coming\n"
+            }
+            ProxyError::NoHost => "400 Bad Request: no host to redirect to\n",
+            ProxyError::Redirect { .. } | ProxyError::Preflight(_) => "",
+            ProxyError::DuplicateHost => "400 Bad Request: more than one Host field\n",
+        }
+    }
+
+    /// The fields some failures add: the connection closes after a body that stopped coming,
+    /// an overloaded member's client is told when to come back, CONNECT's what it may ask.
+    fn add_fields(&self, headers: &mut http::HeaderMap) {
+        match self {
+            ProxyError::ClientTimeout { .. } => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ProxyError::Overloaded { .. } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(RETRY_AFTER.as_secs()),
+                );
+            }
+            ProxyError::ConnectRefused => {
+                headers.insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                );
+            }
+            _ => {}
+        }
     }
 }

@@ -58,25 +58,14 @@ pub async fn accept_loop(
     mut stop: watch::Receiver<Option<Duration>>,
     shared: Arc<Shared>,
 ) -> io::Result<()> {
-    let limits = Limits {
-        max_headers: options.max_headers,
-        max_head_bytes: options.max_header_bytes,
-    };
     // The BalancerClusters' HTTPS listener serves their certificates; each HTTPS front its
     // listeners' (see serve_fronts).
     let tls = match options.listen_tls {
         Some(_) => Some(crate::tls::acceptor(plane.clone()).map_err(io::Error::other)?),
         None => None,
     };
-    let mut worker = Worker::new(plane.clone(), limits, options.http1);
-    worker.pool = Rc::new(Pool::new(shared.gates.clone()));
-    worker.telemetry = Rc::new(options.telemetry.clone());
-    worker.https_port = options
-        .https_port
-        .or(options.listen_tls.map(|a| a.port()))
-        .unwrap_or(443);
     let serving = Rc::new(Serving {
-        worker: Rc::new(worker),
+        worker: Rc::new(new_worker(&plane, &options, &shared)),
         builders: Rc::new(Builders::new(&options)),
         stopping: Rc::new(Stopping::default()),
         header_read_timeout: options.header_read_timeout,
@@ -119,6 +108,23 @@ pub async fn accept_loop(
     tunnels.stop();
     drain(&tracker, &tunnels, grace).await;
     Ok(())
+}
+
+/// What the worker's connections share: the plane, the limits on a head, its own pool (the
+/// members' connection limits shared with the other workers), the telemetry.
+fn new_worker(plane: &Arc<DataPlane>, options: &ProxyOptions, shared: &Shared) -> Worker {
+    let limits = Limits {
+        max_headers: options.max_headers,
+        max_head_bytes: options.max_header_bytes,
+    };
+    let mut worker = Worker::new(plane.clone(), limits, options.http1);
+    worker.pool = Rc::new(Pool::new(shared.gates.clone()));
+    worker.telemetry = Rc::new(options.telemetry.clone());
+    worker.https_port = options
+        .https_port
+        .or(options.listen_tls.map(|a| a.port()))
+        .unwrap_or(443);
+    worker
 }
 
 /// Accepts connections on `listener` and serves each as a task of its own (over TLS with `tls`).

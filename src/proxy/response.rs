@@ -166,6 +166,65 @@ impl ResponseBody {
     }
 }
 
+/// What a poll for a body's next frame gives.
+type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
+impl ResponseBody {
+    /// A member's frame in a gRPC call: a broken stream ends the call with trailers of the
+    /// proxy's own (returned: the client gets a status, not a cut), the member's own status is
+    /// counted.
+    #[inline]
+    fn grpc_frame(&mut self, polled: &Polled) -> Option<Frame<Bytes>> {
+        match polled {
+            Poll::Ready(Some(Err(e))) => {
+                let message = format!("the member's stream broke: {e}");
+                return Some(self.end_grpc(grpc::UNAVAILABLE, &message));
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(trailers), Some(lease)) = (frame.trailers_ref(), &self.lease)
+                    && let Some(code) = grpc::status_of(trailers)
+                {
+                    lease.stats().count_grpc_status(code);
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// Counts a member's frame, for the member and for the request's record, and gives the
+    /// connection back as soon as the answer has ended.
+    #[inline]
+    fn count(&mut self, polled: &Polled) {
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(lease)) = (frame.data_ref(), &self.lease) {
+                    lease
+                        .stats()
+                        .received_bytes
+                        .fetch_add(data.len() as u64, Relaxed);
+                }
+                if let (Some(data), Some(observed)) = (frame.data_ref(), &mut self.observed) {
+                    observed.record.bytes_out += data.len() as u64;
+                }
+                // The last bytes, or the trailers that end a chunked body (after which hyper's
+                // server asks for nothing more): the connection can serve the next request now.
+                if frame.is_trailers() || self.ended() {
+                    self.release(true);
+                }
+            }
+            Poll::Ready(None) => self.release(true),
+            // A broken exchange: the connection is not reused (a lean one is already dropped).
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(lease) = self.lease.take() {
+                    lease.broken();
+                }
+            }
+            Poll::Pending => {}
+        }
+    }
+}
+
 impl AnswerFields for ResponseBody {
     fn raw_head(&self) -> Option<&RawHead> {
         ResponseBody::raw_head(self)
@@ -225,49 +284,12 @@ impl Body for ResponseBody {
             Kind::Member(answer) => answer,
         };
         let polled = Pin::new(&mut *answer).poll_frame(cx);
-        if this.grpc.is_some() {
-            match &polled {
-                Poll::Ready(Some(Err(e))) => {
-                    let message = format!("the member's stream broke: {e}");
-                    let trailers = this.end_grpc(grpc::UNAVAILABLE, &message);
-                    return Poll::Ready(Some(Ok(trailers)));
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let (Some(trailers), Some(lease)) = (frame.trailers_ref(), &this.lease)
-                        && let Some(code) = grpc::status_of(trailers)
-                    {
-                        lease.stats().count_grpc_status(code);
-                    }
-                }
-                _ => {}
-            }
+        if this.grpc.is_some()
+            && let Some(trailers) = this.grpc_frame(&polled)
+        {
+            return Poll::Ready(Some(Ok(trailers)));
         }
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(lease)) = (frame.data_ref(), &this.lease) {
-                    lease
-                        .stats()
-                        .received_bytes
-                        .fetch_add(data.len() as u64, Relaxed);
-                }
-                if let (Some(data), Some(observed)) = (frame.data_ref(), &mut this.observed) {
-                    observed.record.bytes_out += data.len() as u64;
-                }
-                // The last bytes, or the trailers that end a chunked body (after which hyper's
-                // server asks for nothing more): the connection can serve the next request now.
-                if frame.is_trailers() || answer.is_end_stream() {
-                    this.release(true);
-                }
-            }
-            Poll::Ready(None) => this.release(true),
-            // A broken exchange: the connection is not reused (a lean one is already dropped).
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(lease) = this.lease.take() {
-                    lease.broken();
-                }
-            }
-            Poll::Pending => {}
-        }
+        this.count(&polled);
         polled
     }
 

@@ -214,10 +214,7 @@ impl Relay<'_> {
         loop {
             let stopping = self.tunnels.stopping.get();
             if speaks && stopping && !said && frames.at_boundary() {
-                if !self.ends.closing() {
-                    write.write_all(GOING_AWAY).await?;
-                    write.flush().await?;
-                }
+                self.going_away(write).await?;
                 said = true;
             }
             self.ends.check(self.tunnels);
@@ -230,10 +227,7 @@ impl Relay<'_> {
                 read.read(&mut buf).await?
             };
             if n == 0 {
-                self.ends.closed_by(self.from);
-                self.ends.check(self.tunnels);
-                write.shutdown().await?;
-                return Ok(());
+                return self.closed(write).await;
             }
             let mut chunk = &buf[..n];
             if !self.websocket {
@@ -252,10 +246,7 @@ impl Relay<'_> {
                 if !frames.at_boundary() {
                     continue;
                 }
-                if !self.ends.closing() {
-                    write.write_all(GOING_AWAY).await?;
-                    write.flush().await?;
-                }
+                self.going_away(write).await?;
                 said = true;
             }
             let (_, closed) = frames.take(chunk, false);
@@ -266,6 +257,23 @@ impl Relay<'_> {
                 self.ends.closed_by(self.from);
             }
         }
+    }
+
+    /// The member's side of a WebSocket as the worker stops: the client is told Close 1001,
+    /// unless the closing handshake is under way already.
+    async fn going_away<W: AsyncWrite + Unpin>(&self, write: &mut W) -> std::io::Result<()> {
+        if !self.ends.closing() {
+            write.write_all(GOING_AWAY).await?;
+            write.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// This side closed: the other side's writing half is shut down, so that it sees the end.
+    async fn closed<W: AsyncWrite + Unpin>(&self, write: &mut W) -> std::io::Result<()> {
+        self.ends.closed_by(self.from);
+        self.ends.check(self.tunnels);
+        write.shutdown().await
     }
 
     async fn pass<W: AsyncWrite + Unpin>(

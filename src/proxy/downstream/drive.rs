@@ -154,21 +154,12 @@ where
                 (deadline.as_deref(), sleep.as_mut().as_pin_mut())
                 && deadline.due(sleep.is_elapsed())
             {
-                match deadline.fire(Instant::now()) {
-                    Fired::HeadTimeout => return Poll::Ready(Err(None)),
-                    Fired::Rearm(at) => {
-                        sleep.as_mut().reset(at);
-                        if sleep.as_mut().poll(cx).is_ready() {
-                            continue;
-                        }
-                    }
-                    Fired::Park(at) => {
-                        sleep.as_mut().reset(at);
-                        ask(conn.as_mut(), Ask::Park);
-                        if sleep.as_mut().poll(cx).is_ready() {
-                            continue;
-                        }
-                    }
+                match fire(deadline, sleep.as_mut(), cx, || {
+                    ask(conn.as_mut(), Ask::Park)
+                }) {
+                    Timer::HeadTimeout => return Poll::Ready(Err(None)),
+                    Timer::Due => continue,
+                    Timer::Armed => {}
                 }
             }
             match conn.as_mut().poll(cx) {
@@ -180,6 +171,43 @@ where
         }
     })
     .await;
+    ended(result, peer)
+}
+
+/// What the timer's firing means: the head came too late, the sleep is due again already, or
+/// it is armed for the next time.
+enum Timer {
+    HeadTimeout,
+    Due,
+    Armed,
+}
+
+/// Fires the deadline that is due: re-arms the sleep for its next time, and asks an idle
+/// connection to park (`park`) when that is what it came for.
+#[inline]
+fn fire(
+    deadline: &Deadline,
+    mut sleep: Pin<&mut tokio::time::Sleep>,
+    cx: &mut Context<'_>,
+    park: impl FnOnce(),
+) -> Timer {
+    match deadline.fire(Instant::now()) {
+        Fired::HeadTimeout => return Timer::HeadTimeout,
+        Fired::Rearm(at) => sleep.as_mut().reset(at),
+        Fired::Park(at) => {
+            sleep.as_mut().reset(at);
+            park();
+        }
+    }
+    if sleep.poll(cx).is_ready() {
+        Timer::Due
+    } else {
+        Timer::Armed
+    }
+}
+
+/// How the connection ended, logged when it was not by its own end.
+fn ended<T, E: std::fmt::Display>(result: Result<T, Option<E>>, peer: SocketAddr) -> Option<T> {
     match result {
         Ok(ended) => Some(ended),
         Err(None) => {

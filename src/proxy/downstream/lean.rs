@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::Method;
+use http::{Method, Response};
 use tokio::net::TcpStream;
 
 use super::{HTTP2_PREFACE, HTTP2_REQUEST_LINE};
@@ -25,6 +25,7 @@ use crate::proxy::http1::parse::{Parsed, parse};
 use crate::proxy::http1::respond::respond;
 use crate::proxy::options::Http1Mode;
 use crate::proxy::request::handle;
+use crate::proxy::response::ResponseBody;
 use crate::proxy::worker::Worker;
 
 /// How the lean server left a connection.
@@ -52,19 +53,21 @@ pub struct Asked {
 
 /// What an idle connection's wait for bytes ended with.
 enum Idle {
-    Stop,
+    /// The worker stops (while nothing has come), or the client closed.
+    Closed,
     Park,
-    /// What a read brought (0: the client closed).
-    Read(io::Result<usize>),
+    Failed(io::Error),
+    /// Bytes came.
+    Read,
 }
 
 /// Serves the connection's requests until it closes, parks or needs hyper (see [`Asked`]).
 /// `sniffing`: no bytes have come yet, so it may open with HTTP/2's preface.
 ///
-/// One async function, not several: its future is boxed whole when the connection starts and
-/// must stay within the allocator's small blocks (see the test below); every awaited
-/// sub-function would add its own arguments and temporaries to it. The steps that do not await
-/// are functions of their own ([`try_head`], [`poll_watch`]).
+/// Its future is boxed whole when the connection starts and must stay within the allocator's
+/// small blocks (see the test below). The awaited steps ([`next_head`], [`served`], `respond`)
+/// borrow what lives here, so that no value is held twice, and only one of them is under way at
+/// a time: their futures share one place in this one.
 pub async fn serve(
     mut stream: TcpStream,
     worker: Rc<Worker>,
@@ -74,87 +77,32 @@ pub async fn serve(
 ) -> io::Result<Ended> {
     let mut buf = BytesMut::new();
     'serve: loop {
-        // How much of `buf` is known to end no head: a head can only end with a line feed, so a
-        // head trickling in is parsed again only when a line has ended (not once per read). The
-        // first bytes are parsed at once: they are usually the whole head.
-        let mut checked = 0;
-        let (request, keep_alive) = loop {
-            if !buf.is_empty() {
-                match try_head(&mut buf, &mut sniffing, checked, &worker) {
-                    Some(Next::Request(request, keep_alive)) => break (request, keep_alive),
-                    Some(Next::HandOff) => return Ok(Ended::HandOff(stream, buf.freeze())),
-                    Some(Next::Http2) => return Ok(Ended::Http2(stream, buf.freeze())),
-                    Some(Next::InvalidPreface) => {
-                        tracing::debug!(client = %client.addr, "neither HTTP/1 nor HTTP/2's preface: closed");
-                        break 'serve;
-                    }
-                    None => checked = buf.len(),
-                }
-            } else if asked.stop.get() {
+        let next = next_head(&mut stream, &mut buf, &mut sniffing, &worker, &asked);
+        let (request, keep_alive) = match next.await {
+            Ok(Next::Request(request, keep_alive)) => (request, keep_alive),
+            Ok(Next::HandOff) => return Ok(Ended::HandOff(stream, buf.freeze())),
+            Ok(Next::Http2) => return Ok(Ended::Http2(stream, buf.freeze())),
+            // Its read buffer is already back with the worker's spares (it was empty).
+            Ok(Next::Park) => return Ok(Ended::Parked(stream, sniffing)),
+            Ok(Next::InvalidPreface) => {
+                tracing::debug!(client = %client.addr, "neither HTTP/1 nor HTTP/2's preface: closed");
                 break 'serve;
-            } else {
-                // Idle: hold no buffer while waiting.
-                worker.buffers.put_read(std::mem::take(&mut buf));
             }
-            // Waits for bytes, and reads them. Readiness first: an idle connection takes a
-            // read buffer only once bytes have come.
-            let read = std::future::poll_fn(|cx| {
-                if buf.is_empty() && asked.stop.get() {
-                    return Poll::Ready(Idle::Stop);
-                }
-                if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
-                    if let Err(e) = ready {
-                        return Poll::Ready(Idle::Read(Err(e)));
-                    }
-                    if buf.capacity() == 0 {
-                        buf = worker.buffers.take_read();
-                    }
-                    match poll_fill(&mut stream, cx, &mut buf, READ_SIZE) {
-                        Poll::Ready(n) => return Poll::Ready(Idle::Read(n)),
-                        // Not readable after all: still idle, holding no buffer.
-                        Poll::Pending if buf.is_empty() => {
-                            worker.buffers.put_read(std::mem::take(&mut buf));
-                        }
-                        Poll::Pending => {}
-                    }
-                }
-                // Nothing to read: park if asked (the ask is used up either way).
-                if asked.park.replace(false) && buf.is_empty() {
-                    return Poll::Ready(Idle::Park);
-                }
-                Poll::Pending
-            });
-            match read.await {
-                Idle::Stop => break 'serve,
-                // Its read buffer is already back with the worker's spares (it was empty).
-                Idle::Park => return Ok(Ended::Parked(stream, sniffing)),
-                Idle::Read(n) => {
-                    if n? == 0 {
-                        break 'serve;
-                    }
-                }
-            }
+            Ok(Next::Closed | Next::Wait) => break 'serve,
+            Err(e) => return Err(e),
         };
         let version = request.req.version();
         let head_request = request.req.method() == Method::HEAD;
-        // Boxed: inline, the request's future (about 1 KiB) would stay part of every idle
-        // connection's task.
-        let mut handled = Box::pin(handle(worker.clone(), client.clone(), request));
-        // While the member works, the client is watched: if it closes, the request is dropped
-        // (and with it the member connection), as nginx does by default and hyper's server
-        // does; bytes it sends meanwhile are the next request, kept.
-        let mut watching = true;
-        // The answer is written into `answer` where it will stay: every move of it is a copy.
         let mut answer = None;
-        let open = std::future::poll_fn(|cx| {
-            if let Poll::Ready(Ok(response)) = handled.as_mut().poll(cx) {
-                answer = Some(response);
-                return Poll::Ready(true);
-            }
-            poll_watch(&mut stream, &mut buf, &worker, cx, &mut watching)
-        })
+        let open = served(
+            request,
+            &mut stream,
+            &mut buf,
+            &worker,
+            &client,
+            &mut answer,
+        )
         .await;
-        drop(handled);
         let Some(response) = answer.as_mut().filter(|_| open) else {
             tracing::debug!(client = %client.addr, "client closed the connection before the answer; request dropped");
             break 'serve;
@@ -181,7 +129,123 @@ pub async fn serve(
     Ok(Ended::Closed)
 }
 
-/// What the bytes read so far hold.
+/// Reads until a request head has come, or the connection is to end, park, or go to hyper
+/// ([`Next`]; never [`Next::Wait`]).
+async fn next_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    sniffing: &mut bool,
+    worker: &Worker,
+    asked: &Asked,
+) -> io::Result<Next> {
+    // How much of `buf` is known to end no head: a head can only end with a line feed, so a
+    // head trickling in is parsed again only when a line has ended (not once per read). The
+    // first bytes are parsed at once: they are usually the whole head.
+    let mut checked = 0;
+    loop {
+        match look(buf, sniffing, &mut checked, worker, asked) {
+            Next::Wait => {}
+            next => return Ok(next),
+        }
+        match std::future::poll_fn(|cx| poll_idle(stream, buf, worker, asked, cx)).await {
+            Idle::Closed => return Ok(Next::Closed),
+            Idle::Park => return Ok(Next::Park),
+            Idle::Failed(e) => return Err(e),
+            Idle::Read => {}
+        }
+    }
+}
+
+/// Serves the request while the client is watched ([`poll_watch`]): if it closes, the request
+/// is dropped (and with it the member connection), as nginx does by default and hyper's server
+/// does; bytes it sends meanwhile are the next request, kept. The answer is written into
+/// `answer` where it will stay: every move of it is a copy. False when the client closed first.
+async fn served(
+    request: Box<ClientRequest>,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    worker: &Rc<Worker>,
+    client: &Rc<Client>,
+    answer: &mut Option<Response<ResponseBody>>,
+) -> bool {
+    // Boxed: inline, the request's future (about 1 KiB) would stay part of every idle
+    // connection's task.
+    let mut handled = Box::pin(handle(worker.clone(), client.clone(), request));
+    let mut watching = true;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(Ok(response)) = handled.as_mut().poll(cx) {
+            *answer = Some(response);
+            return Poll::Ready(true);
+        }
+        poll_watch(stream, buf, worker, cx, &mut watching)
+    })
+    .await
+}
+
+/// Waits for bytes, and reads them. Readiness first: an idle connection takes a read buffer
+/// only once bytes have come.
+#[inline]
+fn poll_idle(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    worker: &Worker,
+    asked: &Asked,
+    cx: &mut Context<'_>,
+) -> Poll<Idle> {
+    if buf.is_empty() && asked.stop.get() {
+        return Poll::Ready(Idle::Closed);
+    }
+    if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
+        if let Err(e) = ready {
+            return Poll::Ready(Idle::Failed(e));
+        }
+        if buf.capacity() == 0 {
+            *buf = worker.buffers.take_read();
+        }
+        match poll_fill(stream, cx, buf, READ_SIZE) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Idle::Closed),
+            Poll::Ready(Ok(_)) => return Poll::Ready(Idle::Read),
+            Poll::Ready(Err(e)) => return Poll::Ready(Idle::Failed(e)),
+            // Not readable after all: still idle, holding no buffer.
+            Poll::Pending if buf.is_empty() => {
+                worker.buffers.put_read(std::mem::take(buf));
+            }
+            Poll::Pending => {}
+        }
+    }
+    // Nothing to read: park if asked (the ask is used up either way).
+    if asked.park.replace(false) && buf.is_empty() {
+        return Poll::Ready(Idle::Park);
+    }
+    Poll::Pending
+}
+
+/// What to do before waiting for more bytes: see what has arrived ([`try_head`]), or while
+/// nothing has, close if the worker stops, and hold no buffer.
+#[inline]
+fn look(
+    buf: &mut BytesMut,
+    sniffing: &mut bool,
+    checked: &mut usize,
+    worker: &Worker,
+    asked: &Asked,
+) -> Next {
+    if !buf.is_empty() {
+        let next = try_head(buf, sniffing, *checked, worker);
+        if matches!(next, Next::Wait) {
+            *checked = buf.len();
+        }
+        next
+    } else if asked.stop.get() {
+        Next::Closed
+    } else {
+        // Idle: hold no buffer while waiting.
+        worker.buffers.put_read(std::mem::take(buf));
+        Next::Wait
+    }
+}
+
+/// What the bytes read so far hold, or what the wait for more ended with.
 enum Next {
     /// A whole request head, and whether the client wants the connection kept.
     Request(Box<ClientRequest>, bool),
@@ -191,54 +255,55 @@ enum Next {
     Http2,
     /// A preface that starts as HTTP/2's and goes wrong, or a first line that is not HTTP/1.
     InvalidPreface,
+    /// Nothing yet, or not enough: more bytes are needed.
+    Wait,
+    /// The worker stops, or the client closed.
+    Closed,
+    /// Idle, and asked to park.
+    Park,
 }
 
-/// Looks at what has arrived: HTTP/2's preface, a whole head, or something for hyper; `None`
-/// while more bytes are needed. `checked` bytes are known to end no head.
-fn try_head(
-    buf: &mut BytesMut,
-    sniffing: &mut bool,
-    checked: usize,
-    worker: &Worker,
-) -> Option<Next> {
+/// Looks at what has arrived: HTTP/2's preface, a whole head, or something for hyper;
+/// [`Next::Wait`] while more bytes are needed. `checked` bytes are known to end no head.
+fn try_head(buf: &mut BytesMut, sniffing: &mut bool, checked: usize, worker: &Worker) -> Next {
     if *sniffing {
         let n = buf.len().min(HTTP2_PREFACE.len());
         if buf[..n] != HTTP2_PREFACE[..n] {
             if buf[..n].starts_with(HTTP2_REQUEST_LINE) {
                 // HTTP/2's preface gone wrong, which no HTTP/1 request starts with: a
                 // connection error (RFC 9113 3.4), answered by closing, not by an HTTP/1 400.
-                return Some(Next::InvalidPreface);
+                return Next::InvalidPreface;
             }
             match speaks_http1(buf, worker.limits.max_head_bytes) {
                 Some(true) => {}
-                Some(false) => return Some(Next::InvalidPreface),
-                None => return None,
+                Some(false) => return Next::InvalidPreface,
+                None => return Next::Wait,
             }
             *sniffing = false;
         } else if n == HTTP2_PREFACE.len() {
-            return Some(Next::Http2);
+            return Next::Http2;
         } else {
             // Part of the preface: wait for the rest, under the head timer.
-            return None;
+            return Next::Wait;
         }
     }
     if worker.http1 == Http1Mode::Hyper {
         // Not HTTP/2: hyper's HTTP/1 server reads every request.
-        return Some(Next::HandOff);
+        return Next::HandOff;
     }
     let limits = worker.limits;
     let line_ended = checked == 0 || buf[checked..].contains(&b'\n');
     if !line_ended && buf.len() < limits.max_head_bytes {
-        return None;
+        return Next::Wait;
     }
     let parsed = parse(buf, limits, |line, lean| {
         let keep_alive = line.keep_alive;
         (worker.request(line, lean), keep_alive)
     });
     match parsed {
-        Parsed::Request((request, keep_alive)) => Some(Next::Request(request, keep_alive)),
-        Parsed::Partial => None,
-        Parsed::Other => Some(Next::HandOff),
+        Parsed::Request((request, keep_alive)) => Next::Request(request, keep_alive),
+        Parsed::Partial => Next::Wait,
+        Parsed::Other => Next::HandOff,
     }
 }
 

@@ -145,16 +145,29 @@ pub async fn serve<G>(
             ended => break ended,
         }
     };
+    hand_over(ended, &serving, client, deadline, entry).await;
+}
+
+/// A connection the lean server leaves to hyper: its HTTP/1 server (with the bytes read so far
+/// put back in front of it, and the lean connection's timer), or its HTTP/2 server.
+async fn hand_over(
+    ended: Option<Ended>,
+    serving: &Serving,
+    client: Rc<Client>,
+    deadline: Rc<Deadline>,
+    entry: Entry,
+) {
     match ended {
         // Boxed: the rarer paths keep their state out of every connection's task.
         Some(Ended::HandOff(stream, read)) => {
             let io = Prefixed::new(stream, read);
             deadline.no_parking();
-            Box::pin(serve_http1(io, &serving, client, deadline)).await;
+            Box::pin(serve_http1(io, serving, client, deadline)).await;
         }
         Some(Ended::Http2(stream, read)) => {
             let io = Prefixed::new(stream, read);
-            Box::pin(serve_http2(io, &serving, Client::new(peer, None, entry))).await;
+            let client = Client::new(client.addr, None, entry);
+            Box::pin(serve_http2(io, serving, client)).await;
         }
         Some(Ended::Closed | Ended::Parked(..)) | None => {}
     }

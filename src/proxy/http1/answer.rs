@@ -5,7 +5,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 
@@ -15,6 +15,9 @@ use super::raw::RawHead;
 
 /// The most header lines in a trailer section.
 const MAX_TRAILERS: usize = 100;
+
+/// What a poll for the body's next frame gives.
+type Polled = Poll<Option<Result<Frame<Bytes>, io::Error>>>;
 
 /// An answer's body, read from the member connection it came on. Once the body has been
 /// read to its end, [`AnswerBody::take_idle`] gives the connection back for the next exchange.
@@ -58,7 +61,28 @@ impl AnswerBody {
         Some(conn)
     }
 
-    fn fail(&mut self, cause: &str) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    /// What a read for more bytes ended with, when it ends the body: the member closing ends
+    /// one read until then, and breaks any other.
+    #[inline]
+    fn filled(&mut self, read: io::Result<usize>) -> Option<Polled> {
+        match read {
+            Ok(0) if self.framing == Framing::Close => {
+                self.framing = Framing::Done;
+                self.keep = false;
+                Some(Poll::Ready(None))
+            }
+            Ok(0) => Some(self.fail("answer body: the member closed the connection early")),
+            Ok(_) => None,
+            Err(e) => {
+                self.conn = None;
+                self.framing = Framing::Done;
+                self.keep = false;
+                Some(Poll::Ready(Some(Err(e))))
+            }
+        }
+    }
+
+    fn fail(&mut self, cause: &str) -> Polled {
         self.conn = None;
         self.framing = Framing::Done;
         self.keep = false;
@@ -87,38 +111,20 @@ impl Body for AnswerBody {
                 Framing::Length(left) | Framing::Chunked(Chunk::Data(left))
                     if !conn.buf.is_empty() =>
                 {
-                    let n = usize::try_from(left)
-                        .unwrap_or(usize::MAX)
-                        .min(conn.buf.len());
-                    let data = conn.buf.split_to(n).freeze();
-                    let left = left - n as u64;
-                    this.framing = match this.framing {
-                        Framing::Length(_) if left == 0 => Framing::Done,
-                        Framing::Length(_) => Framing::Length(left),
-                        _ if left == 0 => Framing::Chunked(Chunk::DataEnd),
-                        _ => Framing::Chunked(Chunk::Data(left)),
-                    };
+                    let data = take_data(&mut this.framing, &mut conn.buf, left);
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Framing::Close if !conn.buf.is_empty() => {
                     let data = conn.buf.split().freeze();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&conn.buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        conn.buf.advance(used);
-                        this.framing = Framing::Chunked(if size == 0 {
-                            Chunk::Trailers
-                        } else {
-                            Chunk::Data(size)
-                        });
+                Framing::Chunked(Chunk::Size) => match chunk_size(&mut conn.buf) {
+                    Ok(Some(next)) => {
+                        this.framing = next;
                         continue;
                     }
-                    Ok(httparse::Status::Partial) if conn.buf.len() > MAX_HEAD => {
-                        return this.fail("answer body: chunk size line too long");
-                    }
-                    Ok(httparse::Status::Partial) => {}
-                    Err(_) => return this.fail("answer body: invalid chunk size"),
+                    Ok(None) => {}
+                    Err(cause) => return this.fail(cause),
                 },
                 Framing::Chunked(Chunk::DataEnd) if conn.buf.len() >= 2 => {
                     if &conn.buf[..2] != b"\r\n" {
@@ -129,19 +135,10 @@ impl Body for AnswerBody {
                     continue;
                 }
                 Framing::Chunked(Chunk::Trailers) if !conn.buf.is_empty() => {
-                    if conn.buf.starts_with(b"\r\n") {
-                        conn.buf.advance(2);
-                        this.framing = Framing::Done;
-                        return Poll::Ready(None);
-                    }
-                    match trailers(&conn.buf) {
-                        Ok(Some((used, fields))) => {
-                            conn.buf.advance(used);
+                    match chunks_end(&mut conn.buf) {
+                        Ok(Some(fields)) => {
                             this.framing = Framing::Done;
-                            return Poll::Ready(Some(Ok(Frame::trailers(fields))));
-                        }
-                        Ok(None) if conn.buf.len() > MAX_HEAD => {
-                            return this.fail("answer body: trailer section too large");
+                            return Poll::Ready(fields.map(|fields| Ok(Frame::trailers(fields))));
                         }
                         Ok(None) => {}
                         Err(cause) => return this.fail(cause),
@@ -150,20 +147,9 @@ impl Body for AnswerBody {
                 _ => {}
             }
             // More bytes are needed.
-            match ready!(conn.poll_fill(cx)) {
-                Ok(0) if this.framing == Framing::Close => {
-                    this.framing = Framing::Done;
-                    this.keep = false;
-                    return Poll::Ready(None);
-                }
-                Ok(0) => return this.fail("answer body: the member closed the connection early"),
-                Ok(_) => {}
-                Err(e) => {
-                    this.conn = None;
-                    this.framing = Framing::Done;
-                    this.keep = false;
-                    return Poll::Ready(Some(Err(e)));
-                }
+            let read = ready!(conn.poll_fill(cx));
+            if let Some(end) = this.filled(read) {
+                return end;
             }
         }
     }
@@ -178,6 +164,60 @@ impl Body for AnswerBody {
             Framing::Length(left) => SizeHint::with_exact(left),
             _ => SizeHint::default(),
         }
+    }
+}
+
+/// Data from the buffer, at most what the framing has left, which counts it.
+#[inline]
+fn take_data(framing: &mut Framing, buf: &mut BytesMut, left: u64) -> Bytes {
+    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+    let data = buf.split_to(n).freeze();
+    let left = left - n as u64;
+    *framing = match *framing {
+        Framing::Length(_) if left == 0 => Framing::Done,
+        Framing::Length(_) => Framing::Length(left),
+        _ if left == 0 => Framing::Chunked(Chunk::DataEnd),
+        _ => Framing::Chunked(Chunk::Data(left)),
+    };
+    data
+}
+
+/// A chunk's size line, once it is all in the buffer: the framing after it (the last chunk,
+/// of size 0, leads to the trailers).
+#[inline]
+fn chunk_size(buf: &mut BytesMut) -> Result<Option<Framing>, &'static str> {
+    match httparse::parse_chunk_size(buf) {
+        Ok(httparse::Status::Complete((used, size))) => {
+            buf.advance(used);
+            Ok(Some(Framing::Chunked(if size == 0 {
+                Chunk::Trailers
+            } else {
+                Chunk::Data(size)
+            })))
+        }
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            Err("answer body: chunk size line too long")
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err("answer body: invalid chunk size"),
+    }
+}
+
+/// The end of a chunked body, once it is all in the buffer: a blank line, or a trailer section
+/// and its fields (the outer `None` while more bytes are needed).
+#[inline]
+fn chunks_end(buf: &mut BytesMut) -> Result<Option<Option<HeaderMap>>, &'static str> {
+    if buf.starts_with(b"\r\n") {
+        buf.advance(2);
+        return Ok(Some(None));
+    }
+    match trailers(buf)? {
+        Some((used, fields)) => {
+            buf.advance(used);
+            Ok(Some(Some(fields)))
+        }
+        None if buf.len() > MAX_HEAD => Err("answer body: trailer section too large"),
+        None => Ok(None),
     }
 }
 

@@ -133,33 +133,12 @@ impl Conn {
         let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
             [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
-        let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut parsed,
-            &self.buf,
-            &mut slots,
-        ) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
-                return Err(ExchangeError::new(
-                    format!("answer: head larger than {MAX_HEAD} bytes"),
-                    Stage::BadAnswer,
-                ));
-            }
-            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-            Err(e) => {
-                return Err(ExchangeError::new(
-                    format!("answer head: {e}"),
-                    Stage::BadAnswer,
-                ));
-            }
+        let parser = httparse::ParserConfig::default();
+        let result = parser.parse_response_with_uninit_headers(&mut parsed, &self.buf, &mut slots);
+        let Some(head_len) = head_length(result, self.buf.len())? else {
+            return Ok(Parsed::Partial);
         };
-        let code = parsed.code.unwrap_or(0);
-        let status = StatusCode::from_u16(code).map_err(|_| {
-            ExchangeError::new(
-                format!("answer head: invalid status {code}"),
-                Stage::BadAnswer,
-            )
-        })?;
+        let status = status_of(parsed.code)?;
         if status.is_informational() {
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(ExchangeError::new(
@@ -195,6 +174,37 @@ impl Conn {
         }
         Ok(Parsed::Final(response, keep))
     }
+}
+
+/// The answer head's length once it is all in the buffer (`buffered` bytes); `None` while it
+/// may still come whole.
+fn head_length(
+    result: httparse::Result<usize>,
+    buffered: usize,
+) -> Result<Option<usize>, ExchangeError> {
+    match result {
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if buffered > MAX_HEAD => Err(ExchangeError::new(
+            format!("answer: head larger than {MAX_HEAD} bytes"),
+            Stage::BadAnswer,
+        )),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(ExchangeError::new(
+            format!("answer head: {e}"),
+            Stage::BadAnswer,
+        )),
+    }
+}
+
+/// The answer's status, which httparse reads as any three digits.
+fn status_of(code: Option<u16>) -> Result<StatusCode, ExchangeError> {
+    let code = code.unwrap_or(0);
+    StatusCode::from_u16(code).map_err(|_| {
+        ExchangeError::new(
+            format!("answer head: invalid status {code}"),
+            Stage::BadAnswer,
+        )
+    })
 }
 
 enum Parsed {

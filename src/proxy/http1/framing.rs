@@ -114,6 +114,21 @@ pub fn framing(
             _ => (Framing::Close, false),
         });
     }
+    let length = content_length(first_length, lengths, fields)?;
+    Ok(match length {
+        Some(0) => (Framing::Done, keep),
+        Some(n) => (Framing::Length(n), keep),
+        None => (Framing::Close, false),
+    })
+}
+
+/// The Content-Length, from its values (`lengths` of them, the first `first_length`): each may
+/// be a list, and all must agree (RFC 9110 8.6), or the answer's framing is in doubt.
+fn content_length(
+    first_length: Option<&[u8]>,
+    lengths: usize,
+    fields: &[httparse::Header<'_>],
+) -> Result<Option<u64>, String> {
     let mut length = None;
     // Usually one value; more are looked for again only when there are more.
     let more = fields
@@ -135,11 +150,7 @@ pub fn framing(
             length = Some(n);
         }
     }
-    Ok(match length {
-        Some(0) => (Framing::Done, keep),
-        Some(n) => (Framing::Length(n), keep),
-        None => (Framing::Close, false),
-    })
+    Ok(length)
 }
 
 fn parse_length(digits: &[u8]) -> Option<u64> {

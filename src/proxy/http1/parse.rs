@@ -81,20 +81,9 @@ pub fn parse<R>(
         }
         _ => return Parsed::Other,
     };
-    let version = match parsed.version {
-        Some(1) => Version::HTTP_11,
-        Some(0) => Version::HTTP_10,
-        _ => return Parsed::Other,
-    };
-    let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
+    let (Some((method, version)), Some(path)) = (line_of(&parsed), parsed.path) else {
         return Parsed::Other;
     };
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-        return Parsed::Other;
-    };
-    if method == Method::CONNECT {
-        return Parsed::Other;
-    }
     let path_start = path.as_ptr() as usize - buf.as_ptr() as usize;
     let path_span = path_start..path_start + path.len();
     let mut seen = Seen::default();
@@ -107,9 +96,7 @@ pub fn parse<R>(
     let head = buf.split_to(head_len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path_span)) else {
         // A target hyper answers with 400: give it back the whole head.
-        let mut whole = BytesMut::from(&head[..]);
-        whole.extend_from_slice(buf);
-        *buf = whole;
+        give_back(buf, &head);
         return Parsed::Other;
     };
     let line = Line {
@@ -124,6 +111,27 @@ pub fn parse<R>(
         scan: seen.scan,
     };
     Parsed::Request(place(line, lean))
+}
+
+/// The request line's method and version, when the lean server serves them: HTTP/1.0 or 1.1,
+/// a method `http` knows, and not CONNECT (hyper's server refuses it).
+#[inline]
+fn line_of(parsed: &httparse::Request<'_, '_>) -> Option<(Method, Version)> {
+    let version = match parsed.version? {
+        1 => Version::HTTP_11,
+        0 => Version::HTTP_10,
+        _ => return None,
+    };
+    let method = Method::from_bytes(parsed.method?.as_bytes()).ok()?;
+    (method != Method::CONNECT).then_some((method, version))
+}
+
+/// Puts a head split off the buffer back in front of what follows it, for hyper's server to
+/// read.
+fn give_back(buf: &mut BytesMut, head: &[u8]) {
+    let mut whole = BytesMut::from(head);
+    whole.extend_from_slice(buf);
+    *buf = whole;
 }
 
 /// What the pass over a request's fields finds beyond the fields passed on.

@@ -9,9 +9,8 @@ use std::task::Poll;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header;
-use http::{Response, StatusCode, Version};
-use http_body::Body;
+use http::{HeaderMap, Response, StatusCode, Version, header};
+use http_body::{Body, Frame};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::buffers::Buffers;
@@ -54,135 +53,38 @@ where
     B: Body<Data = Bytes> + AnswerFields + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let status = response.status();
     // The head, and a small body behind it: one write, into a spare buffer.
     let mut out = buffers.take_write();
-    out.extend_from_slice(if version == Version::HTTP_10 {
-        b"HTTP/1.0 "
-    } else {
-        b"HTTP/1.1 "
-    });
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    match response.extensions().get::<hyper::ext::ReasonPhrase>() {
-        Some(reason) => out.extend_from_slice(reason.as_bytes()),
-        None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
-    }
-    out.extend_from_slice(b"\r\n");
-    // The member's fields as it sent them (see `RawHead`), then what the proxy added.
-    let (mut has_length, mut has_date) = (false, false);
-    let headers = response.headers();
-    if let Some(raw) = response.body().raw_head() {
-        raw.write_fields(&mut out);
-        (has_length, has_date) = (raw.length, raw.date);
-    }
-    if !headers.is_empty() {
-        for (name, value) in headers {
-            push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
-        }
-        has_length |= headers.contains_key(header::CONTENT_LENGTH);
-        has_date |= headers.contains_key(header::DATE);
-    }
+    push_status_line(&mut out, response, version);
+    let (has_length, has_date) = push_fields(&mut out, response);
+    let mut framing = push_framing(&mut out, response, head_request, has_length, version);
     let body = response.body_mut();
-    let bodyless = head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let framing = if bodyless {
-        Framing::None
-    } else if let Some(length) = body.size_hint().exact() {
-        if !has_length {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa(length, &mut [0u8; 20]));
-            out.extend_from_slice(b"\r\n");
-        }
-        Framing::Length
-    } else if version == Version::HTTP_11 {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        Framing::Chunked
-    } else {
-        keep_alive = false;
-        Framing::Close
-    };
-    if !keep_alive {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if version == Version::HTTP_10 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-    if !has_date {
-        out.extend_from_slice(b"date: ");
-        push_date(&mut out);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if framing == Framing::None {
-        body.finish();
-        stream.write_all(&out).await?;
-        buffers.put_write(out);
-        return Ok(keep_alive);
-    }
-    loop {
-        if body.is_end_stream() {
+    keep_alive &= framing != Framing::Close;
+    end_head(&mut out, keep_alive, version, has_date);
+    // `Framing::None` too once the trailers have ended a chunked body.
+    while framing != Framing::None && !body.is_end_stream() {
+        let Some(frame) = next_frame(stream, body, &mut out).await? else {
             break;
-        }
-        // The next frame if it is there; if not, what is written so far goes out first.
-        let frame =
-            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await
-            {
-                Poll::Ready(frame) => frame,
-                Poll::Pending => {
-                    if !out.is_empty() {
-                        stream.write_all(&out).await?;
-                        out.clear();
-                    }
-                    std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
-                }
-            };
-        let frame = match frame {
-            None => break,
-            Some(Ok(frame)) => frame,
-            // The member broke off: so does this answer, which the client sees as cut short.
-            Some(Err(e)) => {
-                if !out.is_empty() {
-                    let _ = stream.write_all(&out).await;
-                }
-                return Err(io::Error::other(e));
-            }
         };
-        let frame = match frame.into_data() {
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
             Ok(data) => {
-                if data.is_empty() {
-                    continue;
-                }
-                if framing == Framing::Chunked {
-                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                }
-                if data.len() <= COPY_LIMIT {
-                    out.extend_from_slice(&data);
-                } else {
-                    // What is pending and the frame in one system call, the frame not copied.
+                if !push_data(&mut out, &data, framing) {
                     write_both(stream, &out, &data).await?;
                     out.clear();
                 }
                 if framing == Framing::Chunked {
                     out.extend_from_slice(b"\r\n");
                 }
-                continue;
             }
-            Err(frame) => frame,
-        };
-        if let (Ok(trailers), Framing::Chunked) = (frame.into_trailers(), framing) {
-            out.extend_from_slice(b"0\r\n");
-            for (name, value) in &trailers {
-                push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
-            }
-            out.extend_from_slice(b"\r\n");
-            body.finish();
-            stream.write_all(&out).await?;
-            buffers.put_write(out);
-            return Ok(keep_alive);
+            Err(frame) => match (frame.into_trailers(), framing) {
+                (Ok(trailers), Framing::Chunked) => {
+                    push_trailers(&mut out, &trailers);
+                    framing = Framing::None;
+                }
+                _ => break,
+            },
         }
-        break;
     }
     if framing == Framing::Chunked {
         out.extend_from_slice(b"0\r\n\r\n");
@@ -197,6 +99,154 @@ where
         let _ = stream.shutdown().await;
     }
     Ok(keep_alive)
+}
+
+/// The body's next frame if it is there; if not, what is written so far goes out first, so
+/// that the client does not wait on the proxy's buffer while the member works. A member that
+/// broke off breaks off this answer too, which the client sees as cut short.
+async fn next_frame<B>(
+    stream: &mut (impl AsyncWrite + Unpin),
+    body: &mut B,
+    out: &mut Vec<u8>,
+) -> io::Result<Option<Frame<B::Data>>>
+where
+    B: Body + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let frame =
+        match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    stream.write_all(out).await?;
+                    out.clear();
+                }
+                std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+            }
+        };
+    match frame {
+        None => Ok(None),
+        Some(Ok(frame)) => Ok(Some(frame)),
+        Some(Err(e)) => {
+            if !out.is_empty() {
+                let _ = stream.write_all(out).await;
+            }
+            Err(io::Error::other(e))
+        }
+    }
+}
+
+/// The status line, with the member's own reason phrase when it sent one of its own: a client
+/// may show it.
+#[inline]
+fn push_status_line<B>(out: &mut Vec<u8>, response: &Response<B>, version: Version) {
+    let status = response.status();
+    out.extend_from_slice(if version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    match response.extensions().get::<hyper::ext::ReasonPhrase>() {
+        Some(reason) => out.extend_from_slice(reason.as_bytes()),
+        None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The member's fields as it sent them (see `RawHead`), then what the proxy added; whether a
+/// length and a date were among them, so that the proxy does not add its own.
+#[inline]
+fn push_fields<B: AnswerFields>(out: &mut Vec<u8>, response: &Response<B>) -> (bool, bool) {
+    let (mut has_length, mut has_date) = (false, false);
+    let headers = response.headers();
+    if let Some(raw) = response.body().raw_head() {
+        raw.write_fields(out);
+        (has_length, has_date) = (raw.length, raw.date);
+    }
+    if !headers.is_empty() {
+        for (name, value) in headers {
+            push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        has_length |= headers.contains_key(header::CONTENT_LENGTH);
+        has_date |= headers.contains_key(header::DATE);
+    }
+    (has_length, has_date)
+}
+
+/// How the body goes to the client, announced in the head: an HTTP/1.0 client cannot read
+/// chunks, so an answer of unknown length goes until the connection closes.
+#[inline]
+fn push_framing<B: Body>(
+    out: &mut Vec<u8>,
+    response: &Response<B>,
+    head_request: bool,
+    has_length: bool,
+    version: Version,
+) -> Framing {
+    let status = response.status();
+    let bodyless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    if bodyless {
+        Framing::None
+    } else if let Some(length) = response.body().size_hint().exact() {
+        if !has_length {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(length, &mut [0u8; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Length
+    } else if version == Version::HTTP_11 {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Framing::Chunked
+    } else {
+        Framing::Close
+    }
+}
+
+/// The connection's fate and the date, which the client reads from the proxy when the member
+/// gave none; then the blank line.
+#[inline]
+fn end_head(out: &mut Vec<u8>, keep_alive: bool, version: Version, has_date: bool) {
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        push_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A data frame's chunk size line and, if it is small, the frame itself, gathered behind what
+/// is pending; false when the frame is too large to copy: it goes with what is pending in one
+/// system call, not copied.
+#[inline]
+fn push_data(out: &mut Vec<u8>, data: &[u8], framing: Framing) -> bool {
+    if framing == Framing::Chunked {
+        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    }
+    let small = data.len() <= COPY_LIMIT;
+    if small {
+        out.extend_from_slice(data);
+    }
+    small
+}
+
+/// The last chunk and the member's trailers, which only a chunked body can carry.
+#[inline]
+fn push_trailers(out: &mut Vec<u8>, trailers: &HeaderMap) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers {
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `n` in decimal, written into the end of `digits`.

@@ -92,6 +92,12 @@ impl Failure {
         Failure::new(e.cause, e.stage.into())
     }
 
+    /// The failure with the request it did not send: another try may send it.
+    pub fn with_unsent(mut self, req: Request<RequestBody>) -> Self {
+        self.unsent = Some(Box::new(req));
+        self
+    }
+
     pub fn timed_out() -> Self {
         Failure::new(String::new(), Stage::TimedOut)
     }

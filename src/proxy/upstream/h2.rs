@@ -9,7 +9,7 @@ use std::rc::Rc;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Uri};
-use hyper::client::conn::http2;
+use hyper::client::conn::{TrySendError, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::time::Instant;
 
@@ -67,11 +67,7 @@ pub async fn exchange(
             };
             match Box::pin(gate.admit(limits, room)).await {
                 Ok(taken) => taken,
-                Err(refused) => {
-                    let mut failure = Failure::refused(refused);
-                    failure.unsent = Some(Box::new(req));
-                    return Err(failure);
-                }
+                Err(refused) => return Err(Failure::refused(refused).with_unsent(req)),
             }
         }
     };
@@ -86,9 +82,7 @@ pub async fn exchange(
     let mut sender = match opened {
         Some(Ok(sender)) => sender,
         Some(Err(cause)) => {
-            let mut failure = Failure::new(cause.to_string(), Stage::Unsent);
-            failure.unsent = Some(Box::new(req));
-            return Err(failure);
+            return Err(Failure::new(cause.to_string(), Stage::Unsent).with_unsent(req));
         }
         None => return Err(Failure::timed_out()),
     };
@@ -96,24 +90,28 @@ pub async fn exchange(
     let send = std::pin::pin!(sender.try_send_request(req));
     match within(send, until, deadline).await {
         Some(Ok(response)) => Ok((Some(Held::Http2(stream)), response.map(Answer::Hyper))),
-        Some(Err(mut e)) => {
-            let unsent = e.take_message().map(|mut req| {
-                back_to_http1_form(&mut req);
-                Box::new(req)
-            });
-            let stage = match &unsent {
-                Some(_) => Stage::Unsent,
-                None => stage_of(e.error()),
-            };
-            let mut failure = Failure::new(
-                format!("request: {}", super::hyper::described(e.error())),
-                stage,
-            );
-            failure.unsent = unsent;
-            Err(failure)
-        }
+        Some(Err(e)) => Err(send_failed(e)),
         None => Err(Failure::timed_out()),
     }
+}
+
+/// What a failed send says: the request hyper gives back unsent goes back to its HTTP/1 form,
+/// so that a try on another member may send it however that member speaks.
+fn send_failed(mut e: TrySendError<Request<RequestBody>>) -> Failure {
+    let unsent = e.take_message().map(|mut req| {
+        back_to_http1_form(&mut req);
+        Box::new(req)
+    });
+    let stage = match &unsent {
+        Some(_) => Stage::Unsent,
+        None => stage_of(e.error()),
+    };
+    let mut failure = Failure::new(
+        format!("request: {}", super::hyper::described(e.error())),
+        stage,
+    );
+    failure.unsent = unsent;
+    failure
 }
 
 /// The request as HTTP/2 carries it: the target absolute (`:scheme` and `:authority` come

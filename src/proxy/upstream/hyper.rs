@@ -62,21 +62,13 @@ pub async fn exchange(
         None => None,
         Some(wait) => match wait.await {
             Ok(permit) => Some(permit),
-            Err(refused) => {
-                let mut failure = Failure::refused(refused);
-                failure.unsent = Some(Box::new(req));
-                return Err(failure);
-            }
+            Err(refused) => return Err(Failure::refused(refused).with_unsent(req)),
         },
     };
     let connecting = tokio::time::Instant::now();
     let mut sender = match connect(key, config.connect_timeout, permit).await {
         Ok(sender) => sender,
-        Err(e) => {
-            let mut failure = Failure::new(e.to_string(), Stage::Unsent);
-            failure.unsent = Some(Box::new(req));
-            return Err(failure);
-        }
+        Err(e) => return Err(Failure::new(e.to_string(), Stage::Unsent).with_unsent(req)),
     };
     let connected = tokio::time::Instant::now();
     let until = connected + timeout;

@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use http::Request;
+use http::{Request, Response};
 
 use super::body::{Answer, RequestBody};
 use super::connect;
@@ -12,6 +12,7 @@ use super::pool::{Admitting, Member};
 use crate::discovery::{ClusterConfig, Limits};
 use crate::proxy::deadline::Deadline;
 use crate::proxy::headers::Forwarding;
+use crate::proxy::http1::answer::AnswerBody;
 use crate::proxy::http1::client::{ExchangeError, Stage as Http1Stage, idempotent};
 use crate::proxy::http1::conn::Conn;
 use crate::proxy::http1::raw::RawHead;
@@ -74,7 +75,15 @@ pub async fn exchange(
         )
     };
     let send = std::pin::pin!(conn.send(req, fields, forwarding.fields()));
-    match within(send, until, deadline).await {
+    answered(within(send, until, deadline).await, connect_us)
+}
+
+/// The answer on a new connection, which carries the time the connection took to open.
+fn answered(
+    sent: Option<Result<Response<AnswerBody>, ExchangeError>>,
+    connect_us: u32,
+) -> Result<Exchanged, Failure> {
+    match sent {
         Some(Ok(mut response)) => {
             let took = std::time::Duration::from_micros(u64::from(connect_us));
             response.extensions_mut().insert(Connected(took));
