@@ -310,8 +310,24 @@ pub struct Filters {
 
 impl Filters {
     /// Whether there is nothing to do (most routes): the request path skips every filter.
+    /// Field by field, so that no `Filters::default()` is built and dropped per request.
     pub fn is_empty(&self) -> bool {
-        self == &Filters::default()
+        let Filters {
+            request_headers,
+            response_headers,
+            redirect,
+            rewrite,
+            mirrors,
+            cors,
+            pass_reverse,
+        } = self;
+        request_headers.is_none()
+            && response_headers.is_none()
+            && redirect.is_none()
+            && rewrite.is_none()
+            && mirrors.is_empty()
+            && cors.is_none()
+            && pass_reverse.is_none()
     }
 }
 
