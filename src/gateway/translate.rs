@@ -179,6 +179,8 @@ struct GatewayState<'a> {
     /// Its `spec.addresses` cannot be served: then nothing of it is.
     address_problem: Option<AddressProblem>,
     listeners: Vec<ListenerState>,
+    /// `tls.backend.clientCertificateRef`: the Secret presented to TLS backends, or why not.
+    client_cert: Option<Result<TlsSource, Problem>>,
 }
 
 /// Resources are taken oldest first, then by namespace and name.
@@ -262,8 +264,67 @@ pub fn certificate_sources(world: &World<'_>, settings: &Settings) -> BTreeSet<T
                 }
             }
         }
+        if let Some(Ok(source)) = client_certificate_source(world, &namespace, gateway) {
+            sources.insert(source);
+        }
     }
     sources
+}
+
+/// The Secret a Gateway's `tls.backend.clientCertificateRef` names, if it names one it may read.
+fn client_certificate_source(
+    world: &World<'_>,
+    gateway_namespace: &str,
+    gateway: &Gateway,
+) -> Option<Result<TlsSource, Problem>> {
+    let reference = gateway
+        .spec
+        .tls
+        .as_ref()?
+        .backend
+        .as_ref()?
+        .client_certificate_ref
+        .as_ref()?;
+    Some(
+        secret_source(world, gateway_namespace, reference).map_err(|(reason, message)| {
+            let reason = match reason {
+                reasons::REF_NOT_PERMITTED => reasons::REF_NOT_PERMITTED,
+                _ => reasons::INVALID_CLIENT_CERTIFICATE_REF,
+            };
+            (
+                reason,
+                format!("tls.backend.clientCertificateRef: {message}"),
+            )
+        }),
+    )
+}
+
+/// [`client_certificate_source`], and whether its Secret is loaded.
+fn client_certificate(
+    world: &World<'_>,
+    gateway_namespace: &str,
+    gateway: &Gateway,
+    material: &Material,
+) -> Option<Result<TlsSource, Problem>> {
+    let source = match client_certificate_source(world, gateway_namespace, gateway)? {
+        Ok(source) => source,
+        Err(problem) => return Some(Err(problem)),
+    };
+    let why = match material.keypairs.get(&source) {
+        // As a listener's: a renewal refused leaves the certificate loaded before in use.
+        Some(loaded) if loaded.current.is_some() => {
+            return Some(Ok(source));
+        }
+        Some(loaded) => loaded
+            .problem
+            .as_ref()
+            .map_or_else(|| format!("{source}: not loaded"), |p| p.message.clone()),
+        None => format!("{source}: not read yet"),
+    };
+    Some(Err((
+        reasons::INVALID_CLIENT_CERTIFICATE_REF,
+        format!("tls.backend.clientCertificateRef: {why}"),
+    )))
 }
 
 /// The Secret a certificateRef names, if it is one the Gateway may read.
@@ -555,20 +616,27 @@ pub fn translate(
             }
             listeners.push(state);
         }
+        let client_cert = client_certificate(world, &namespace, gateway, material);
         states.push(GatewayState {
             gateway,
             namespace,
             address,
             address_problem,
             listeners,
+            client_cert,
         });
     }
 
+    let policies = backend_tls::evaluate(world.policies, material);
     let mut routes: Vec<&Arc<HTTPRoute>> = world.routes.iter().collect();
     age_order(&mut routes);
     // Where each route attaches: (gateway, listener, hostnames), in route order.
     let mut attachments: Vec<(usize, Vec<Attachment>)> = Vec::new();
-    let mut clusters: BTreeSet<(String, String, i32)> = BTreeSet::new();
+    // Service ports, each with the client certificate of the Gateways that reach it over TLS.
+    let mut clusters: BTreeSet<(String, String, i32, Option<TlsSource>)> = BTreeSet::new();
+    // A Gateway's own cluster keys: (gateway, the Service port's key) -> the key with its client
+    // certificate, or none when that certificate cannot be loaded.
+    let mut with_client: HashMap<(usize, String), Option<String>> = HashMap::new();
     // The Gateways (by index) each Service (namespace, name) is reached from.
     let mut reached_from: BTreeMap<(String, String), BTreeSet<usize>> = BTreeMap::new();
     let mut route_configs: Vec<Option<Vec<RouteConfig>>> = Vec::new();
@@ -678,7 +746,37 @@ pub fn translate(
         if !attached_here.is_empty() {
             let gateways: BTreeSet<usize> = attached_here.iter().map(|(g, _, _)| *g).collect();
             let mut reached = |namespace: &String, name: &String, port: i32| {
-                clusters.insert((namespace.clone(), name.clone(), port));
+                let tls = world
+                    .services
+                    .iter()
+                    .find(|s| {
+                        s.namespace().as_deref() == Some(namespace.as_str())
+                            && s.name_any() == *name
+                    })
+                    .is_some_and(|s| policies.for_port(s, port).is_some());
+                for &g in &gateways {
+                    let plain = format!("{namespace}/{}", service_cluster_name(name, port));
+                    match (&states[g].client_cert, tls) {
+                        (Some(Ok(source)), true) => {
+                            let key =
+                                format!("{namespace}/{}", client_cluster_name(name, port, source));
+                            with_client.insert((g, plain), Some(key));
+                            clusters.insert((
+                                namespace.clone(),
+                                name.clone(),
+                                port,
+                                Some(source.clone()),
+                            ));
+                        }
+                        // Refused rather than reached without the certificate asked for.
+                        (Some(Err(_)), true) => {
+                            with_client.insert((g, plain), None);
+                        }
+                        _ => {
+                            clusters.insert((namespace.clone(), name.clone(), port, None));
+                        }
+                    }
+                }
                 reached_from
                     .entry((namespace.clone(), name.clone()))
                     .or_default()
@@ -769,18 +867,19 @@ pub fn translate(
                 continue;
             }
             for rule in rules {
-                fronts[f].listeners[c].routes.push(RouteConfig {
+                let mut rule = RouteConfig {
                     hostnames: hostnames.clone(),
                     ..rule.clone()
-                });
+                };
+                use_client_clusters(&mut rule, *g, &with_client);
+                fronts[f].listeners[c].routes.push(rule);
             }
         }
     }
     fronts.sort_by_key(|f| (f.address, f.port));
     out.fronts = fronts;
 
-    let policies = backend_tls::evaluate(world.policies, material);
-    for (namespace, name, port) in clusters {
+    for (namespace, name, port, client) in clusters {
         let service = world
             .services
             .iter()
@@ -794,7 +893,11 @@ pub fn translate(
                 None => continue,
             },
         };
-        if let Some(cluster) = service_cluster(world, &namespace, &name, port, tls) {
+        let tls = tls.map(|t| UpstreamTlsConfig {
+            client_cert: client.clone(),
+            ..t.clone()
+        });
+        if let Some(cluster) = service_cluster(world, &namespace, &name, port, tls.as_ref()) {
             out.clusters.push(cluster);
         }
     }
@@ -1083,6 +1186,49 @@ impl Backend {
 /// The name of the cluster of a Service port: `web:8080`, which no BalancerCluster can have.
 pub fn service_cluster_name(service: &str, port: i32) -> String {
     format!("{service}:{port}")
+}
+
+/// The name of the cluster of a Service port reached over TLS by Gateways that present the
+/// client certificate of `source`: `web:443+infra/client-cert`. Gateways presenting the same
+/// certificate share it; a connection never carries one Gateway's certificate for another.
+pub fn client_cluster_name(service: &str, port: i32, source: &TlsSource) -> String {
+    let secret = match source {
+        TlsSource::Secret { namespace, name } => format!("{namespace}/{name}"),
+        other => other.to_string(),
+    };
+    format!("{}+{secret}", service_cluster_name(service, port))
+}
+
+/// Points a rule of Gateway `g` (its backends and mirrors) at that Gateway's own clusters where it
+/// has them (`with_client`: those that present its client certificate).
+fn use_client_clusters(
+    rule: &mut RouteConfig,
+    g: usize,
+    with_client: &HashMap<(usize, String), Option<String>>,
+) {
+    if with_client.is_empty() {
+        return;
+    }
+    // `None`: its certificate cannot be loaded: a backend that cannot be served (500), a mirror
+    // not made.
+    let own = |key: &String| with_client.get(&(g, key.clone())).cloned();
+    let mirrors = |mirrors: &mut Vec<crate::plane::filters::Mirror>| {
+        mirrors.retain_mut(|m| match own(&m.cluster) {
+            None => true,
+            Some(Some(key)) => {
+                m.cluster = key;
+                true
+            }
+            Some(None) => false,
+        });
+    };
+    mirrors(&mut rule.filters.mirrors);
+    for backend in &mut rule.backends {
+        if let Some(Some(key)) = backend.cluster.as_ref().map(own) {
+            backend.cluster = key;
+        }
+        mirrors(&mut backend.filters.mirrors);
+    }
 }
 
 type Resolved = Result<Backend, Problem>;
@@ -1513,7 +1659,11 @@ fn service_cluster(
             return None;
         }
     };
-    let mut bc = BalancerCluster::new(&service_cluster_name(name, port), spec);
+    let cluster_name = match tls.and_then(|t| t.client_cert.as_ref()) {
+        Some(source) => client_cluster_name(name, port, source),
+        None => service_cluster_name(name, port),
+    };
+    let mut bc = BalancerCluster::new(&cluster_name, spec);
     bc.metadata.namespace = Some(namespace.to_owned());
     let service_ref = ServiceRef {
         name: name.to_owned(),
@@ -1714,6 +1864,25 @@ fn gateway_status(
             true,
             reasons::PROGRAMMED,
             format!("served at {}", a.value),
+        ),
+    }
+    // The references of the Gateway itself, then a summary of its listeners'.
+    let unresolved = state.listeners.iter().filter(|l| !l.resolved()).count();
+    match (&state.client_cert, unresolved) {
+        (Some(Err((reason, message))), _) => {
+            conditions.push(reasons::RESOLVED_REFS, false, reason, message.clone())
+        }
+        (_, 0) => conditions.push(
+            reasons::RESOLVED_REFS,
+            true,
+            reasons::RESOLVED_REFS,
+            "every reference is resolved",
+        ),
+        (_, n) => conditions.push(
+            reasons::RESOLVED_REFS,
+            false,
+            reasons::LISTENERS_NOT_RESOLVED,
+            format!("{n} listeners have references that are not resolved"),
         ),
     }
     let listeners = state
@@ -2147,6 +2316,166 @@ mod tests {
     }
 
     #[test]
+    fn a_gateways_client_certificate_goes_to_its_own_tls_clusters_or_says_why_not() {
+        let mut f = Fixture::new();
+        let with_client = |name: &str, age: i64, secret: serde_json::Value| -> Arc<Gateway> {
+            let mut g = (*gateway("infra", name, age, json!([http("http", 80, None)]))).clone();
+            g.spec.tls = Some(
+                serde_json::from_value(json!({"backend": {"clientCertificateRef": secret}}))
+                    .expect("tls"),
+            );
+            Arc::new(g)
+        };
+        f.addresses.push("10.244.0.12".parse().expect("ip"));
+        f.gateways = vec![
+            with_client(
+                "mtls",
+                300,
+                json!({"group": "", "kind": "Secret", "name": "client"}),
+            ),
+            gateway("infra", "plain", 200, json!([http("http", 80, None)])),
+            with_client(
+                "elsewhere",
+                100,
+                json!({"name": "client", "namespace": "other"}),
+            ),
+        ];
+        for gw in ["mtls", "plain"] {
+            f.routes.push(route(
+                "infra",
+                gw,
+                10,
+                json!({
+                    "parentRefs": [{"name": gw}],
+                    "rules": [
+                        {"matches": [{"path": {"type": "Exact", "value": "/web"}}],
+                         "backendRefs": [{"name": "web", "port": 8080}]},
+                        {"matches": [{"path": {"type": "Exact", "value": "/api"}}],
+                         "backendRefs": [{"name": "api", "port": 8080}]},
+                    ],
+                }),
+            ));
+        }
+        f.policies = vec![object(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+            "metadata": {"name": "web", "namespace": "infra", "creationTimestamp": at(5)},
+            "spec": {
+                "targetRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                "validation": {
+                    "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "ca"}],
+                    "hostname": "abc.example.com",
+                },
+            },
+        }))];
+        let ca = crate::tls::cert::testing::ca("Backend CA");
+        let leaf = leaf(&ca, &["gateway.example.com"], 5);
+        let mut loader = crate::tls::material::Loader::default();
+        let client = TlsSource::Secret {
+            namespace: "infra".into(),
+            name: "client".into(),
+        };
+        loader.offer_ca(
+            &TlsSource::ConfigMap {
+                namespace: "infra".into(),
+                name: "ca".into(),
+            },
+            Ok(ca.pem.as_bytes()),
+            0,
+        );
+        loader.offer_keypair(
+            &client,
+            Ok((leaf.chain.as_bytes(), leaf.key.as_bytes())),
+            NOW,
+        );
+        f.material = loader.material();
+        let t = f.translate();
+
+        // The TLS Service port has a cluster per client certificate; the plain one is shared.
+        let mut names: Vec<&str> = t.clusters.iter().map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["api:8080", "web:8080", "web:8080+infra/client"]);
+        let upstream = |name: &str| {
+            t.clusters
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.tls.upstream.clone())
+        };
+        assert_eq!(
+            upstream("web:8080+infra/client").and_then(|u| u.client_cert),
+            Some(client.clone())
+        );
+        assert_eq!(upstream("web:8080").map(|u| u.client_cert), Some(None));
+        let reach = |address: &str, path: &str| {
+            routed(&t, address, 80, "example.com", path, Vec::new()).flatten()
+        };
+        // mtls is the oldest (10.244.0.10), then plain.
+        assert_eq!(
+            reach("10.244.0.10", "/web").as_deref(),
+            Some("infra/web:8080+infra/client")
+        );
+        assert_eq!(
+            reach("10.244.0.10", "/api").as_deref(),
+            Some("infra/api:8080")
+        );
+        assert_eq!(
+            reach("10.244.0.11", "/web").as_deref(),
+            Some("infra/web:8080")
+        );
+
+        let resolved = |name: &str| {
+            let d = t
+                .status
+                .gateways
+                .iter()
+                .find(|d| d.name == name)
+                .expect("a status");
+            conditions(&d.status.conditions)
+                .into_iter()
+                .find(|(t, _, _)| *t == "ResolvedRefs")
+                .map(|(_, s, r)| (s.to_owned(), r.to_owned()))
+        };
+        let is = |s: &str, r: &str| Some((s.to_owned(), r.to_owned()));
+        assert_eq!(resolved("mtls"), is("True", "ResolvedRefs"));
+        assert_eq!(resolved("elsewhere"), is("False", "RefNotPermitted"));
+
+        // A Secret that was never loaded (missing, or without tls.crt and tls.key): the Gateway
+        // says so, and none of its clusters is made without the certificate.
+        let mut loader = crate::tls::material::Loader::default();
+        loader.offer_ca(
+            &TlsSource::ConfigMap {
+                namespace: "infra".into(),
+                name: "ca".into(),
+            },
+            Ok(ca.pem.as_bytes()),
+            0,
+        );
+        loader.offer_keypair(&client, Err("the Secret has no tls.crt".into()), NOW);
+        f.material = loader.material();
+        let t = f.translate();
+        let d = t
+            .status
+            .gateways
+            .iter()
+            .find(|d| d.name == "mtls")
+            .expect("mtls");
+        assert!(
+            conditions(&d.status.conditions).contains(&(
+                "ResolvedRefs",
+                "False",
+                "InvalidClientCertificateRef"
+            )),
+            "{:?}",
+            d.status.conditions
+        );
+        assert!(t.clusters.iter().all(|c| c.name != "web:8080+infra/client"));
+        assert_eq!(
+            routed(&t, "10.244.0.10", 80, "example.com", "/web", Vec::new()),
+            Some(None),
+            "500 rather than a connection without the client certificate"
+        );
+    }
+
+    #[test]
     fn a_route_on_a_gateway_is_served_at_the_gateways_address_and_reported() {
         let mut f = Fixture::new();
         f.gateways
@@ -2202,7 +2531,8 @@ mod tests {
             conditions(&gw.conditions),
             [
                 ("Accepted", "True", "Accepted"),
-                ("Programmed", "True", "Programmed")
+                ("Programmed", "True", "Programmed"),
+                ("ResolvedRefs", "True", "ResolvedRefs")
             ]
         );
         assert!(
