@@ -40,7 +40,9 @@ use crate::discovery::{ClusterConfig, TlsSource, UpstreamTlsConfig, cluster_conf
 use crate::plane::filters::{
     Cors, Filters, HeaderModifier, Mirror, PathModifier, Redirect, Rewrite,
 };
-use crate::plane::fronts::{BackendConfig, FrontConfig, ListenerConfig, RouteConfig};
+use crate::plane::fronts::{
+    BackendConfig, ClientValidationConfig, FrontConfig, ListenerConfig, RouteConfig,
+};
 use crate::plane::matching::{
     HeaderMatch, PathMatch, Pattern, QueryMatch, RequestMatch, ValueMatch,
 };
@@ -140,15 +142,38 @@ struct ListenerState {
     certificates: Result<Vec<TlsSource>, Problem>,
     conflict: Option<&'static str>,
     attached: i32,
+    /// HTTPS with `tls.frontend` validation for its port: how its clients' certificates are
+    /// validated.
+    validation: Option<ClientValidation>,
+}
+
+/// A listener's validation of clients' certificates, as evaluated.
+#[derive(Debug)]
+struct ClientValidation {
+    /// The usable CA bundles; none: the listener is not accepted (`NoValidCACertificate`).
+    cas: Vec<TlsSource>,
+    /// Each caCertificateRef that cannot be used, and why.
+    problems: Vec<Problem>,
+    insecure_fallback: bool,
 }
 
 impl ListenerState {
     fn accepted(&self) -> bool {
-        self.protocol.is_some() && self.conflict.is_none()
+        self.protocol.is_some() && self.conflict.is_none() && !self.no_valid_ca()
+    }
+
+    /// It validates clients' certificates and no CA certificate it names is usable.
+    fn no_valid_ca(&self) -> bool {
+        self.validation.as_ref().is_some_and(|v| v.cas.is_empty())
     }
 
     fn resolved(&self) -> bool {
-        !self.invalid_kinds && self.certificates.is_ok()
+        !self.invalid_kinds
+            && self.certificates.is_ok()
+            && self
+                .validation
+                .as_ref()
+                .is_none_or(|v| v.problems.is_empty())
     }
 
     fn takes_http_routes(&self) -> bool {
@@ -589,6 +614,10 @@ pub fn translate(
         let mut listeners: Vec<ListenerState> = Vec::new();
         for listener in &gateway.spec.listeners {
             let mut state = listener_state(world, &namespace, listener, material);
+            if state.protocol == Some(Protocol::Https) {
+                state.validation = frontend_validation(gateway, listener.port)
+                    .map(|v| client_validation(world, &namespace, v, material));
+            }
             if state.protocol.is_some() {
                 state.conflict = listeners
                     .iter()
@@ -826,11 +855,21 @@ pub fn translate(
             {
                 Some(f) => f,
                 None => {
+                    // Shared by the Gateways on this address and port: the first one's.
+                    let client_validation =
+                        listener
+                            .validation
+                            .as_ref()
+                            .map(|v| ClientValidationConfig {
+                                cas: v.cas.clone(),
+                                insecure_fallback: v.insecure_fallback,
+                            });
                     fronts.push(FrontConfig {
                         address: state.address,
                         port: listener.port,
                         tls,
                         listeners: Vec::new(),
+                        client_validation,
                     });
                     fronts.len() - 1
                 }
@@ -972,7 +1011,135 @@ fn listener_state(
         certificates,
         conflict: None,
         attached: 0,
+        validation: None,
     }
+}
+
+/// The `tls.frontend` validation that applies to a Gateway's HTTPS listeners on `port`: its
+/// `perPort` entry (which may have none), else the default.
+fn frontend_validation(gateway: &Gateway, port: i32) -> Option<&api::FrontendValidation> {
+    let frontend = gateway.spec.tls.as_ref()?.frontend.as_ref()?;
+    match frontend.per_port.iter().find(|p| p.port == port) {
+        Some(per_port) => per_port.tls.validation.as_ref(),
+        None => frontend.default.as_ref()?.validation.as_ref(),
+    }
+}
+
+/// The ConfigMap a frontend caCertificateRef names, if the Gateway may read it.
+fn frontend_ca_source(
+    world: &World<'_>,
+    gateway_namespace: &str,
+    reference: &api::ObjectReference,
+) -> Result<TlsSource, Problem> {
+    if !reference.group.is_empty() || reference.kind != "ConfigMap" {
+        return Err((
+            reasons::INVALID_CA_CERTIFICATE_KIND,
+            format!(
+                "caCertificateRef {}: kind {:?} of group {:?} is not supported (ConfigMap of the core group is)",
+                reference.name, reference.kind, reference.group
+            ),
+        ));
+    }
+    let namespace = reference
+        .namespace
+        .clone()
+        .unwrap_or_else(|| gateway_namespace.to_owned());
+    if namespace != gateway_namespace
+        && !permitted(
+            world.grants,
+            "Gateway",
+            gateway_namespace,
+            "",
+            "ConfigMap",
+            &namespace,
+            &reference.name,
+        )
+    {
+        return Err((
+            reasons::REF_NOT_PERMITTED,
+            format!(
+                "caCertificateRef ConfigMap {namespace}/{}: no ReferenceGrant in {namespace} allows Gateways of {gateway_namespace} to use it",
+                reference.name
+            ),
+        ));
+    }
+    Ok(TlsSource::ConfigMap {
+        namespace,
+        name: reference.name.clone(),
+    })
+}
+
+/// A listener's validation: which CA bundles are usable, and why the others are not.
+fn client_validation(
+    world: &World<'_>,
+    gateway_namespace: &str,
+    validation: &api::FrontendValidation,
+    material: &Material,
+) -> ClientValidation {
+    let mut cas = Vec::new();
+    let mut problems = Vec::new();
+    for reference in &validation.ca_certificate_refs {
+        let source = match frontend_ca_source(world, gateway_namespace, reference) {
+            Ok(source) => source,
+            Err(problem) => {
+                problems.push(problem);
+                continue;
+            }
+        };
+        // As a BackendTLSPolicy's: a newer content refused (or gone) is not trusted in place of
+        // the old one.
+        let why = match material.cas.get(&source) {
+            None => Some(format!("{source}: not read yet")),
+            Some(loaded) => match (&loaded.problem, &loaded.current) {
+                (Some(p), _) => Some(
+                    p.message
+                        .split("; the certificate loaded before")
+                        .next()
+                        .unwrap_or(&p.message)
+                        .to_owned(),
+                ),
+                (None, None) => Some(format!("{source}: no usable CA certificate")),
+                (None, Some(_)) => None,
+            },
+        };
+        match why {
+            Some(why) => problems.push((
+                reasons::INVALID_CA_CERTIFICATE_REF,
+                format!("caCertificateRef {}: {why}", reference.name),
+            )),
+            None => cas.push(source),
+        }
+    }
+    ClientValidation {
+        cas,
+        problems,
+        insecure_fallback: validation.mode.as_deref() == Some("AllowInsecureFallback"),
+    }
+}
+
+/// The ConfigMaps the served Gateways' `tls.frontend` validation names and may read: the CA
+/// bundles the controller watches and loads.
+pub fn frontend_ca_sources(world: &World<'_>, settings: &Settings) -> BTreeSet<TlsSource> {
+    let mut sources = BTreeSet::new();
+    for gateway in our_gateways(world, settings) {
+        let namespace = gateway.namespace().unwrap_or_default();
+        let Some(frontend) = gateway.spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) else {
+            continue;
+        };
+        let validations = frontend
+            .default
+            .iter()
+            .chain(frontend.per_port.iter().map(|p| &p.tls))
+            .filter_map(|t| t.validation.as_ref());
+        for validation in validations {
+            for reference in &validation.ca_certificate_refs {
+                if let Ok(source) = frontend_ca_source(world, &namespace, reference) {
+                    sources.insert(source);
+                }
+            }
+        }
+    }
+    sources
 }
 
 fn listener_certificates(
@@ -1866,6 +2033,27 @@ fn gateway_status(
             format!("served at {}", a.value),
         ),
     }
+    // Any port whose clients are let through without a valid certificate.
+    let insecure = gateway
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.frontend.as_ref())
+        .is_some_and(|f| {
+            f.default
+                .iter()
+                .chain(f.per_port.iter().map(|p| &p.tls))
+                .filter_map(|t| t.validation.as_ref())
+                .any(|v| v.mode.as_deref() == Some("AllowInsecureFallback"))
+        });
+    if insecure {
+        conditions.push(
+            reasons::INSECURE_FRONTEND_VALIDATION_MODE,
+            true,
+            reasons::CONFIGURATION_CHANGED,
+            "tls.frontend lets clients without a valid certificate through (AllowInsecureFallback)",
+        );
+    }
     // The references of the Gateway itself, then a summary of its listeners'.
     let unresolved = state.listeners.iter().filter(|l| !l.resolved()).count();
     match (&state.client_cert, unresolved) {
@@ -1907,12 +2095,32 @@ fn gateway_status(
                     conflict,
                     "an earlier listener takes this port",
                 ),
+                (Some(_), None) if l.no_valid_ca() => c.push(
+                    reasons::ACCEPTED,
+                    false,
+                    reasons::NO_VALID_CA_CERTIFICATE,
+                    "no caCertificateRef of tls.frontend for its port gives a usable CA certificate: not served",
+                ),
                 (Some(_), None) => c.push(reasons::ACCEPTED, true, reasons::ACCEPTED, "valid"),
             }
+            let ca_problem = l
+                .validation
+                .as_ref()
+                .and_then(|v| v.problems.first().map(|(reason, _)| (*reason, &v.problems)));
             match (&l.certificates, l.invalid_kinds) {
                 (Err((reason, message)), _) => {
                     c.push(reasons::RESOLVED_REFS, false, reason, message.clone())
                 }
+                _ if let Some((reason, problems)) = ca_problem => c.push(
+                    reasons::RESOLVED_REFS,
+                    false,
+                    reason,
+                    problems
+                        .iter()
+                        .map(|(_, m)| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
                 (Ok(_), true) => c.push(
                     reasons::RESOLVED_REFS,
                     false,

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
 use rustls::sign::CertifiedKey;
 
@@ -21,6 +22,11 @@ pub trait CurrentCertificates: Send + Sync + fmt::Debug {
     /// name's certificate, else a wildcard's, else the default one, else `None` (the handshake
     /// fails).
     fn resolve(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>>;
+
+    /// How clients' certificates are verified now; `None` (the default): none is asked for.
+    fn client_verifier(&self) -> Option<Arc<dyn ClientCertVerifier>> {
+        None
+    }
 }
 
 #[derive(Debug)]
@@ -38,15 +44,16 @@ impl ResolvesServerCert for Resolver {
 }
 
 /// The server configuration of an HTTPS listener: TLS 1.3 and 1.2, ALPN `h2` then `http/1.1`,
-/// session resumption by tickets (TLS 1.3) and by session id (TLS 1.2), and certificates from
-/// `certificates` on every handshake.
+/// session resumption by tickets (TLS 1.3) and by session id (TLS 1.2), and certificates (and
+/// the verification of clients' certificates, when there is one) from `certificates` on every
+/// handshake.
 pub fn server_config(
     certificates: Arc<dyn CurrentCertificates>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(Arc::new(super::client_auth::Current(certificates.clone())))
         .with_cert_resolver(Arc::new(Resolver(certificates)));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     match rustls::crypto::ring::Ticketer::new() {
