@@ -2684,6 +2684,140 @@ mod tests {
     }
 
     #[test]
+    fn frontend_validation_applies_per_port_to_https_listeners_and_says_which_refs_fail() {
+        let mut f = Fixture::new();
+        let https = |name: &str, port: u16| {
+            json!({"name": name, "port": port, "protocol": "HTTPS", "hostname": format!("{name}.example.org"),
+                   "tls": {"certificateRefs": [{"name": "cert"}]}})
+        };
+        let cm = |name: &str| json!({"group": "", "kind": "ConfigMap", "name": name});
+        let mut g = (*gateway(
+            "infra",
+            "gw",
+            100,
+            json!([
+                https("default", 443),
+                https("partial", 7443),
+                https("none", 8443),
+                https("off", 9443),
+                http("http", 80, None),
+            ]),
+        ))
+        .clone();
+        g.spec.tls = Some(
+            serde_json::from_value(json!({"frontend": {
+                "default": {"validation": {"caCertificateRefs": [cm("ca")]}},
+                "perPort": [
+                    {"port": 7443, "tls": {"validation": {"mode": "AllowInsecureFallback",
+                        "caCertificateRefs": [cm("ca"), cm("missing")]}}},
+                    {"port": 8443, "tls": {"validation": {"caCertificateRefs": [
+                        {"group": "", "kind": "Service", "name": "web"},
+                        {"group": "", "kind": "ConfigMap", "name": "ca", "namespace": "other"},
+                    ]}}},
+                    {"port": 9443, "tls": {}},
+                    {"port": 80, "tls": {"validation": {"caCertificateRefs": [cm("missing")]}}},
+                ],
+            }}))
+            .expect("tls"),
+        );
+        f.gateways.push(Arc::new(g));
+        let ca = crate::tls::cert::testing::ca("Clients CA");
+        let served = leaf(&ca, &["*.example.org"], 1);
+        let mut loader = crate::tls::material::Loader::default();
+        let source = |name: &str| TlsSource::ConfigMap {
+            namespace: "infra".into(),
+            name: name.into(),
+        };
+        loader.offer_ca(&source("ca"), Ok(ca.pem.as_bytes()), 0);
+        loader.offer_ca(&source("missing"), Err("no such ConfigMap".into()), 0);
+        loader.offer_keypair(
+            &TlsSource::Secret {
+                namespace: "infra".into(),
+                name: "cert".into(),
+            },
+            Ok((served.chain.as_bytes(), served.key.as_bytes())),
+            NOW,
+        );
+        f.material = loader.material();
+        let t = f.translate();
+
+        let c = |name: &str| {
+            conditions(&listener(&t, "gw", name).conditions)
+                .into_iter()
+                .filter(|(t, _, _)| *t != "Conflicted")
+                .map(|(t, s, r)| format!("{t}={s}/{r}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let fine =
+            "Accepted=True/Accepted ResolvedRefs=True/ResolvedRefs Programmed=True/Programmed";
+        assert_eq!(c("default"), fine);
+        assert_eq!(c("off"), fine);
+        assert_eq!(c("http"), fine, "HTTP listeners are not validated");
+        assert_eq!(
+            c("partial"),
+            "Accepted=True/Accepted ResolvedRefs=False/InvalidCACertificateRef Programmed=False/Invalid"
+        );
+        assert_eq!(
+            c("none"),
+            "Accepted=False/NoValidCACertificate ResolvedRefs=False/InvalidCACertificateKind Programmed=False/Invalid"
+        );
+        // Served: each port with its validation (or none); not served: the one without a CA.
+        let validation = |port: u16| {
+            t.fronts
+                .iter()
+                .find(|f| f.port == port)
+                .map(|f| f.client_validation.clone())
+        };
+        let with = |insecure_fallback: bool| {
+            Some(Some(ClientValidationConfig {
+                cas: vec![source("ca")],
+                insecure_fallback,
+            }))
+        };
+        assert_eq!(validation(443), with(false));
+        assert_eq!(validation(7443), with(true));
+        assert_eq!(validation(8443), None);
+        assert_eq!(validation(9443), Some(None));
+        assert_eq!(validation(80), Some(None));
+        let gw = &t.status.gateways[0].status.conditions;
+        assert!(
+            conditions(gw).contains(&(
+                "InsecureFrontendValidationMode",
+                "True",
+                "ConfigurationChanged"
+            )),
+            "{gw:?}"
+        );
+        assert!(conditions(gw).contains(&("ResolvedRefs", "False", "ListenersNotResolved")));
+        let world_sources = {
+            let pods = PodAnnotations::new();
+            let world = World {
+                classes: &f.classes,
+                gateways: &f.gateways,
+                routes: &f.routes,
+                grants: &f.grants,
+                namespaces: &f.namespaces,
+                services: &f.services,
+                slices: &f.slices,
+                pods: &pods,
+                balancer_clusters: &f.balancer_clusters,
+                policies: &f.policies,
+            };
+            let settings = Settings {
+                controller_name: CONTROLLER.to_owned(),
+                ..Settings::default()
+            };
+            frontend_ca_sources(&world, &settings)
+        };
+        // Only what it may read: not the other namespace's, which no ReferenceGrant allows.
+        assert_eq!(
+            world_sources,
+            [source("ca"), source("missing")].into_iter().collect()
+        );
+    }
+
+    #[test]
     fn a_route_on_a_gateway_is_served_at_the_gateways_address_and_reported() {
         let mut f = Fixture::new();
         f.gateways
