@@ -30,9 +30,11 @@ use kube_balancer::gateway::{CONTROLLER_NAME, SUPPORTED_FEATURES};
 /// The GatewayClass the suite runs against.
 const CLASS: &str = "kube-balancer";
 
-/// The Gateways the suite has at once (its four base ones and a test's own) each get an address
-/// of their own.
-const ADDRESSES: usize = 16;
+/// The Gateways the suite has at once (its four base ones and those of the tests running in
+/// parallel: the five of GatewayInvalidTLSBackendConfiguration among them) each get an address
+/// of their own. Had they to share the last one, listener isolation would break where they meet
+/// (GatewayHTTPListenerIsolation failed so, with 16).
+const ADDRESSES: usize = 32;
 
 /// Another number of addresses, to see what passes when Gateways share them (`1`: all share one).
 const ADDRESSES_ENV: &str = "KB_CONFORMANCE_ADDRESSES";
