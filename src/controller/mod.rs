@@ -485,7 +485,7 @@ fn desired(stores: &Stores, scope: &Scope) -> index::Desired {
 }
 
 /// The TLS sources to read: those the clusters name, the Secrets the Gateways' HTTPS listeners
-/// name, and the ConfigMaps of BackendTLSPolicies.
+/// and `tls.backend` name, the ConfigMaps of their `tls.frontend` and of BackendTLSPolicies.
 fn tls_sources(
     stores: &Stores,
     clusters: &[crate::discovery::ClusterConfig],
@@ -500,6 +500,11 @@ fn tls_sources(
             gateway::translate::certificate_sources(&world, &settings)
                 .into_iter()
                 .map(|s| (s, false)),
+        );
+        sources.extend(
+            gateway::translate::frontend_ca_sources(&world, &settings)
+                .into_iter()
+                .map(|s| (s, true)),
         );
         sources.extend(
             gateway::backend_tls::ca_sources(&parts.policies)

@@ -33,6 +33,9 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "BackendTLSPolicySANValidation",
     "Gateway",
     "GatewayAddressEmpty",
+    "GatewayBackendClientCertificate",
+    "GatewayFrontendClientCertificateValidation",
+    "GatewayFrontendClientCertificateValidationInsecureFallback",
     "GatewayHTTPListenerIsolation",
     "GatewayHTTPSListenerDetectMisdirectedRequests",
     "GatewayPort8080",
@@ -108,4 +111,11 @@ pub mod reasons {
     /// BackendTLSPolicy.
     pub const INVALID_CA_CERTIFICATE_REF: &str = "InvalidCACertificateRef";
     pub const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
+
+    /// A Gateway's `tls.backend` and `tls.frontend`.
+    pub const INVALID_CLIENT_CERTIFICATE_REF: &str = "InvalidClientCertificateRef";
+    pub const LISTENERS_NOT_RESOLVED: &str = "ListenersNotResolved";
+    pub const INVALID_CA_CERTIFICATE_KIND: &str = "InvalidCACertificateKind";
+    pub const INSECURE_FRONTEND_VALIDATION_MODE: &str = "InsecureFrontendValidationMode";
+    pub const CONFIGURATION_CHANGED: &str = "ConfigurationChanged";
 }

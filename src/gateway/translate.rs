@@ -40,7 +40,9 @@ use crate::discovery::{ClusterConfig, TlsSource, UpstreamTlsConfig, cluster_conf
 use crate::plane::filters::{
     Cors, Filters, HeaderModifier, Mirror, PathModifier, Redirect, Rewrite,
 };
-use crate::plane::fronts::{BackendConfig, FrontConfig, ListenerConfig, RouteConfig};
+use crate::plane::fronts::{
+    BackendConfig, ClientValidationConfig, FrontConfig, ListenerConfig, RouteConfig,
+};
 use crate::plane::matching::{
     HeaderMatch, PathMatch, Pattern, QueryMatch, RequestMatch, ValueMatch,
 };
@@ -140,15 +142,38 @@ struct ListenerState {
     certificates: Result<Vec<TlsSource>, Problem>,
     conflict: Option<&'static str>,
     attached: i32,
+    /// HTTPS with `tls.frontend` validation for its port: how its clients' certificates are
+    /// validated.
+    validation: Option<ClientValidation>,
+}
+
+/// A listener's validation of clients' certificates, as evaluated.
+#[derive(Debug)]
+struct ClientValidation {
+    /// The usable CA bundles; none: the listener is not accepted (`NoValidCACertificate`).
+    cas: Vec<TlsSource>,
+    /// Each caCertificateRef that cannot be used, and why.
+    problems: Vec<Problem>,
+    insecure_fallback: bool,
 }
 
 impl ListenerState {
     fn accepted(&self) -> bool {
-        self.protocol.is_some() && self.conflict.is_none()
+        self.protocol.is_some() && self.conflict.is_none() && !self.no_valid_ca()
+    }
+
+    /// It validates clients' certificates and no CA certificate it names is usable.
+    fn no_valid_ca(&self) -> bool {
+        self.validation.as_ref().is_some_and(|v| v.cas.is_empty())
     }
 
     fn resolved(&self) -> bool {
-        !self.invalid_kinds && self.certificates.is_ok()
+        !self.invalid_kinds
+            && self.certificates.is_ok()
+            && self
+                .validation
+                .as_ref()
+                .is_none_or(|v| v.problems.is_empty())
     }
 
     fn takes_http_routes(&self) -> bool {
@@ -179,6 +204,8 @@ struct GatewayState<'a> {
     /// Its `spec.addresses` cannot be served: then nothing of it is.
     address_problem: Option<AddressProblem>,
     listeners: Vec<ListenerState>,
+    /// `tls.backend.clientCertificateRef`: the Secret presented to TLS backends, or why not.
+    client_cert: Option<Result<TlsSource, Problem>>,
 }
 
 /// Resources are taken oldest first, then by namespace and name.
@@ -262,8 +289,67 @@ pub fn certificate_sources(world: &World<'_>, settings: &Settings) -> BTreeSet<T
                 }
             }
         }
+        if let Some(Ok(source)) = client_certificate_source(world, &namespace, gateway) {
+            sources.insert(source);
+        }
     }
     sources
+}
+
+/// The Secret a Gateway's `tls.backend.clientCertificateRef` names, if it names one it may read.
+fn client_certificate_source(
+    world: &World<'_>,
+    gateway_namespace: &str,
+    gateway: &Gateway,
+) -> Option<Result<TlsSource, Problem>> {
+    let reference = gateway
+        .spec
+        .tls
+        .as_ref()?
+        .backend
+        .as_ref()?
+        .client_certificate_ref
+        .as_ref()?;
+    Some(
+        secret_source(world, gateway_namespace, reference).map_err(|(reason, message)| {
+            let reason = match reason {
+                reasons::REF_NOT_PERMITTED => reasons::REF_NOT_PERMITTED,
+                _ => reasons::INVALID_CLIENT_CERTIFICATE_REF,
+            };
+            (
+                reason,
+                format!("tls.backend.clientCertificateRef: {message}"),
+            )
+        }),
+    )
+}
+
+/// [`client_certificate_source`], and whether its Secret is loaded.
+fn client_certificate(
+    world: &World<'_>,
+    gateway_namespace: &str,
+    gateway: &Gateway,
+    material: &Material,
+) -> Option<Result<TlsSource, Problem>> {
+    let source = match client_certificate_source(world, gateway_namespace, gateway)? {
+        Ok(source) => source,
+        Err(problem) => return Some(Err(problem)),
+    };
+    let why = match material.keypairs.get(&source) {
+        // As a listener's: a renewal refused leaves the certificate loaded before in use.
+        Some(loaded) if loaded.current.is_some() => {
+            return Some(Ok(source));
+        }
+        Some(loaded) => loaded
+            .problem
+            .as_ref()
+            .map_or_else(|| format!("{source}: not loaded"), |p| p.message.clone()),
+        None => format!("{source}: not read yet"),
+    };
+    Some(Err((
+        reasons::INVALID_CLIENT_CERTIFICATE_REF,
+        format!("tls.backend.clientCertificateRef: {why}"),
+    )))
 }
 
 /// The Secret a certificateRef names, if it is one the Gateway may read.
@@ -528,6 +614,10 @@ pub fn translate(
         let mut listeners: Vec<ListenerState> = Vec::new();
         for listener in &gateway.spec.listeners {
             let mut state = listener_state(world, &namespace, listener, material);
+            if state.protocol == Some(Protocol::Https) {
+                state.validation = frontend_validation(gateway, listener.port)
+                    .map(|v| client_validation(world, &namespace, v, material));
+            }
             if state.protocol.is_some() {
                 state.conflict = listeners
                     .iter()
@@ -555,20 +645,27 @@ pub fn translate(
             }
             listeners.push(state);
         }
+        let client_cert = client_certificate(world, &namespace, gateway, material);
         states.push(GatewayState {
             gateway,
             namespace,
             address,
             address_problem,
             listeners,
+            client_cert,
         });
     }
 
+    let policies = backend_tls::evaluate(world.policies, material);
     let mut routes: Vec<&Arc<HTTPRoute>> = world.routes.iter().collect();
     age_order(&mut routes);
     // Where each route attaches: (gateway, listener, hostnames), in route order.
     let mut attachments: Vec<(usize, Vec<Attachment>)> = Vec::new();
-    let mut clusters: BTreeSet<(String, String, i32)> = BTreeSet::new();
+    // Service ports, each with the client certificate of the Gateways that reach it over TLS.
+    let mut clusters: BTreeSet<(String, String, i32, Option<TlsSource>)> = BTreeSet::new();
+    // A Gateway's own cluster keys: (gateway, the Service port's key) -> the key with its client
+    // certificate, or none when that certificate cannot be loaded.
+    let mut with_client: HashMap<(usize, String), Option<String>> = HashMap::new();
     // The Gateways (by index) each Service (namespace, name) is reached from.
     let mut reached_from: BTreeMap<(String, String), BTreeSet<usize>> = BTreeMap::new();
     let mut route_configs: Vec<Option<Vec<RouteConfig>>> = Vec::new();
@@ -678,7 +775,37 @@ pub fn translate(
         if !attached_here.is_empty() {
             let gateways: BTreeSet<usize> = attached_here.iter().map(|(g, _, _)| *g).collect();
             let mut reached = |namespace: &String, name: &String, port: i32| {
-                clusters.insert((namespace.clone(), name.clone(), port));
+                let tls = world
+                    .services
+                    .iter()
+                    .find(|s| {
+                        s.namespace().as_deref() == Some(namespace.as_str())
+                            && s.name_any() == *name
+                    })
+                    .is_some_and(|s| policies.for_port(s, port).is_some());
+                for &g in &gateways {
+                    let plain = format!("{namespace}/{}", service_cluster_name(name, port));
+                    match (&states[g].client_cert, tls) {
+                        (Some(Ok(source)), true) => {
+                            let key =
+                                format!("{namespace}/{}", client_cluster_name(name, port, source));
+                            with_client.insert((g, plain), Some(key));
+                            clusters.insert((
+                                namespace.clone(),
+                                name.clone(),
+                                port,
+                                Some(source.clone()),
+                            ));
+                        }
+                        // Refused rather than reached without the certificate asked for.
+                        (Some(Err(_)), true) => {
+                            with_client.insert((g, plain), None);
+                        }
+                        _ => {
+                            clusters.insert((namespace.clone(), name.clone(), port, None));
+                        }
+                    }
+                }
                 reached_from
                     .entry((namespace.clone(), name.clone()))
                     .or_default()
@@ -728,11 +855,21 @@ pub fn translate(
             {
                 Some(f) => f,
                 None => {
+                    // Shared by the Gateways on this address and port: the first one's.
+                    let client_validation =
+                        listener
+                            .validation
+                            .as_ref()
+                            .map(|v| ClientValidationConfig {
+                                cas: v.cas.clone(),
+                                insecure_fallback: v.insecure_fallback,
+                            });
                     fronts.push(FrontConfig {
                         address: state.address,
                         port: listener.port,
                         tls,
                         listeners: Vec::new(),
+                        client_validation,
                     });
                     fronts.len() - 1
                 }
@@ -769,18 +906,19 @@ pub fn translate(
                 continue;
             }
             for rule in rules {
-                fronts[f].listeners[c].routes.push(RouteConfig {
+                let mut rule = RouteConfig {
                     hostnames: hostnames.clone(),
                     ..rule.clone()
-                });
+                };
+                use_client_clusters(&mut rule, *g, &with_client);
+                fronts[f].listeners[c].routes.push(rule);
             }
         }
     }
     fronts.sort_by_key(|f| (f.address, f.port));
     out.fronts = fronts;
 
-    let policies = backend_tls::evaluate(world.policies, material);
-    for (namespace, name, port) in clusters {
+    for (namespace, name, port, client) in clusters {
         let service = world
             .services
             .iter()
@@ -794,7 +932,11 @@ pub fn translate(
                 None => continue,
             },
         };
-        if let Some(cluster) = service_cluster(world, &namespace, &name, port, tls) {
+        let tls = tls.map(|t| UpstreamTlsConfig {
+            client_cert: client.clone(),
+            ..t.clone()
+        });
+        if let Some(cluster) = service_cluster(world, &namespace, &name, port, tls.as_ref()) {
             out.clusters.push(cluster);
         }
     }
@@ -869,7 +1011,135 @@ fn listener_state(
         certificates,
         conflict: None,
         attached: 0,
+        validation: None,
     }
+}
+
+/// The `tls.frontend` validation that applies to a Gateway's HTTPS listeners on `port`: its
+/// `perPort` entry (which may have none), else the default.
+fn frontend_validation(gateway: &Gateway, port: i32) -> Option<&api::FrontendValidation> {
+    let frontend = gateway.spec.tls.as_ref()?.frontend.as_ref()?;
+    match frontend.per_port.iter().find(|p| p.port == port) {
+        Some(per_port) => per_port.tls.validation.as_ref(),
+        None => frontend.default.as_ref()?.validation.as_ref(),
+    }
+}
+
+/// The ConfigMap a frontend caCertificateRef names, if the Gateway may read it.
+fn frontend_ca_source(
+    world: &World<'_>,
+    gateway_namespace: &str,
+    reference: &api::ObjectReference,
+) -> Result<TlsSource, Problem> {
+    if !reference.group.is_empty() || reference.kind != "ConfigMap" {
+        return Err((
+            reasons::INVALID_CA_CERTIFICATE_KIND,
+            format!(
+                "caCertificateRef {}: kind {:?} of group {:?} is not supported (ConfigMap of the core group is)",
+                reference.name, reference.kind, reference.group
+            ),
+        ));
+    }
+    let namespace = reference
+        .namespace
+        .clone()
+        .unwrap_or_else(|| gateway_namespace.to_owned());
+    if namespace != gateway_namespace
+        && !permitted(
+            world.grants,
+            "Gateway",
+            gateway_namespace,
+            "",
+            "ConfigMap",
+            &namespace,
+            &reference.name,
+        )
+    {
+        return Err((
+            reasons::REF_NOT_PERMITTED,
+            format!(
+                "caCertificateRef ConfigMap {namespace}/{}: no ReferenceGrant in {namespace} allows Gateways of {gateway_namespace} to use it",
+                reference.name
+            ),
+        ));
+    }
+    Ok(TlsSource::ConfigMap {
+        namespace,
+        name: reference.name.clone(),
+    })
+}
+
+/// A listener's validation: which CA bundles are usable, and why the others are not.
+fn client_validation(
+    world: &World<'_>,
+    gateway_namespace: &str,
+    validation: &api::FrontendValidation,
+    material: &Material,
+) -> ClientValidation {
+    let mut cas = Vec::new();
+    let mut problems = Vec::new();
+    for reference in &validation.ca_certificate_refs {
+        let source = match frontend_ca_source(world, gateway_namespace, reference) {
+            Ok(source) => source,
+            Err(problem) => {
+                problems.push(problem);
+                continue;
+            }
+        };
+        // As a BackendTLSPolicy's: a newer content refused (or gone) is not trusted in place of
+        // the old one.
+        let why = match material.cas.get(&source) {
+            None => Some(format!("{source}: not read yet")),
+            Some(loaded) => match (&loaded.problem, &loaded.current) {
+                (Some(p), _) => Some(
+                    p.message
+                        .split("; the certificate loaded before")
+                        .next()
+                        .unwrap_or(&p.message)
+                        .to_owned(),
+                ),
+                (None, None) => Some(format!("{source}: no usable CA certificate")),
+                (None, Some(_)) => None,
+            },
+        };
+        match why {
+            Some(why) => problems.push((
+                reasons::INVALID_CA_CERTIFICATE_REF,
+                format!("caCertificateRef {}: {why}", reference.name),
+            )),
+            None => cas.push(source),
+        }
+    }
+    ClientValidation {
+        cas,
+        problems,
+        insecure_fallback: validation.mode.as_deref() == Some("AllowInsecureFallback"),
+    }
+}
+
+/// The ConfigMaps the served Gateways' `tls.frontend` validation names and may read: the CA
+/// bundles the controller watches and loads.
+pub fn frontend_ca_sources(world: &World<'_>, settings: &Settings) -> BTreeSet<TlsSource> {
+    let mut sources = BTreeSet::new();
+    for gateway in our_gateways(world, settings) {
+        let namespace = gateway.namespace().unwrap_or_default();
+        let Some(frontend) = gateway.spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) else {
+            continue;
+        };
+        let validations = frontend
+            .default
+            .iter()
+            .chain(frontend.per_port.iter().map(|p| &p.tls))
+            .filter_map(|t| t.validation.as_ref());
+        for validation in validations {
+            for reference in &validation.ca_certificate_refs {
+                if let Ok(source) = frontend_ca_source(world, &namespace, reference) {
+                    sources.insert(source);
+                }
+            }
+        }
+    }
+    sources
 }
 
 fn listener_certificates(
@@ -1083,6 +1353,49 @@ impl Backend {
 /// The name of the cluster of a Service port: `web:8080`, which no BalancerCluster can have.
 pub fn service_cluster_name(service: &str, port: i32) -> String {
     format!("{service}:{port}")
+}
+
+/// The name of the cluster of a Service port reached over TLS by Gateways that present the
+/// client certificate of `source`: `web:443+infra/client-cert`. Gateways presenting the same
+/// certificate share it; a connection never carries one Gateway's certificate for another.
+pub fn client_cluster_name(service: &str, port: i32, source: &TlsSource) -> String {
+    let secret = match source {
+        TlsSource::Secret { namespace, name } => format!("{namespace}/{name}"),
+        other => other.to_string(),
+    };
+    format!("{}+{secret}", service_cluster_name(service, port))
+}
+
+/// Points a rule of Gateway `g` (its backends and mirrors) at that Gateway's own clusters where it
+/// has them (`with_client`: those that present its client certificate).
+fn use_client_clusters(
+    rule: &mut RouteConfig,
+    g: usize,
+    with_client: &HashMap<(usize, String), Option<String>>,
+) {
+    if with_client.is_empty() {
+        return;
+    }
+    // `None`: its certificate cannot be loaded: a backend that cannot be served (500), a mirror
+    // not made.
+    let own = |key: &String| with_client.get(&(g, key.clone())).cloned();
+    let mirrors = |mirrors: &mut Vec<crate::plane::filters::Mirror>| {
+        mirrors.retain_mut(|m| match own(&m.cluster) {
+            None => true,
+            Some(Some(key)) => {
+                m.cluster = key;
+                true
+            }
+            Some(None) => false,
+        });
+    };
+    mirrors(&mut rule.filters.mirrors);
+    for backend in &mut rule.backends {
+        if let Some(Some(key)) = backend.cluster.as_ref().map(own) {
+            backend.cluster = key;
+        }
+        mirrors(&mut backend.filters.mirrors);
+    }
 }
 
 type Resolved = Result<Backend, Problem>;
@@ -1513,7 +1826,11 @@ fn service_cluster(
             return None;
         }
     };
-    let mut bc = BalancerCluster::new(&service_cluster_name(name, port), spec);
+    let cluster_name = match tls.and_then(|t| t.client_cert.as_ref()) {
+        Some(source) => client_cluster_name(name, port, source),
+        None => service_cluster_name(name, port),
+    };
+    let mut bc = BalancerCluster::new(&cluster_name, spec);
     bc.metadata.namespace = Some(namespace.to_owned());
     let service_ref = ServiceRef {
         name: name.to_owned(),
@@ -1716,6 +2033,46 @@ fn gateway_status(
             format!("served at {}", a.value),
         ),
     }
+    // Any port whose clients are let through without a valid certificate.
+    let insecure = gateway
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.frontend.as_ref())
+        .is_some_and(|f| {
+            f.default
+                .iter()
+                .chain(f.per_port.iter().map(|p| &p.tls))
+                .filter_map(|t| t.validation.as_ref())
+                .any(|v| v.mode.as_deref() == Some("AllowInsecureFallback"))
+        });
+    if insecure {
+        conditions.push(
+            reasons::INSECURE_FRONTEND_VALIDATION_MODE,
+            true,
+            reasons::CONFIGURATION_CHANGED,
+            "tls.frontend lets clients without a valid certificate through (AllowInsecureFallback)",
+        );
+    }
+    // The references of the Gateway itself, then a summary of its listeners'.
+    let unresolved = state.listeners.iter().filter(|l| !l.resolved()).count();
+    match (&state.client_cert, unresolved) {
+        (Some(Err((reason, message))), _) => {
+            conditions.push(reasons::RESOLVED_REFS, false, reason, message.clone())
+        }
+        (_, 0) => conditions.push(
+            reasons::RESOLVED_REFS,
+            true,
+            reasons::RESOLVED_REFS,
+            "every reference is resolved",
+        ),
+        (_, n) => conditions.push(
+            reasons::RESOLVED_REFS,
+            false,
+            reasons::LISTENERS_NOT_RESOLVED,
+            format!("{n} listeners have references that are not resolved"),
+        ),
+    }
     let listeners = state
         .listeners
         .iter()
@@ -1738,12 +2095,32 @@ fn gateway_status(
                     conflict,
                     "an earlier listener takes this port",
                 ),
+                (Some(_), None) if l.no_valid_ca() => c.push(
+                    reasons::ACCEPTED,
+                    false,
+                    reasons::NO_VALID_CA_CERTIFICATE,
+                    "no caCertificateRef of tls.frontend for its port gives a usable CA certificate: not served",
+                ),
                 (Some(_), None) => c.push(reasons::ACCEPTED, true, reasons::ACCEPTED, "valid"),
             }
+            let ca_problem = l
+                .validation
+                .as_ref()
+                .and_then(|v| v.problems.first().map(|(reason, _)| (*reason, &v.problems)));
             match (&l.certificates, l.invalid_kinds) {
                 (Err((reason, message)), _) => {
                     c.push(reasons::RESOLVED_REFS, false, reason, message.clone())
                 }
+                _ if let Some((reason, problems)) = ca_problem => c.push(
+                    reasons::RESOLVED_REFS,
+                    false,
+                    reason,
+                    problems
+                        .iter()
+                        .map(|(_, m)| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
                 (Ok(_), true) => c.push(
                     reasons::RESOLVED_REFS,
                     false,
@@ -2147,6 +2524,300 @@ mod tests {
     }
 
     #[test]
+    fn a_gateways_client_certificate_goes_to_its_own_tls_clusters_or_says_why_not() {
+        let mut f = Fixture::new();
+        let with_client = |name: &str, age: i64, secret: serde_json::Value| -> Arc<Gateway> {
+            let mut g = (*gateway("infra", name, age, json!([http("http", 80, None)]))).clone();
+            g.spec.tls = Some(
+                serde_json::from_value(json!({"backend": {"clientCertificateRef": secret}}))
+                    .expect("tls"),
+            );
+            Arc::new(g)
+        };
+        f.addresses.push("10.244.0.12".parse().expect("ip"));
+        f.gateways = vec![
+            with_client(
+                "mtls",
+                300,
+                json!({"group": "", "kind": "Secret", "name": "client"}),
+            ),
+            gateway("infra", "plain", 200, json!([http("http", 80, None)])),
+            with_client(
+                "elsewhere",
+                100,
+                json!({"name": "client", "namespace": "other"}),
+            ),
+        ];
+        for gw in ["mtls", "plain"] {
+            f.routes.push(route(
+                "infra",
+                gw,
+                10,
+                json!({
+                    "parentRefs": [{"name": gw}],
+                    "rules": [
+                        {"matches": [{"path": {"type": "Exact", "value": "/web"}}],
+                         "backendRefs": [{"name": "web", "port": 8080}]},
+                        {"matches": [{"path": {"type": "Exact", "value": "/api"}}],
+                         "backendRefs": [{"name": "api", "port": 8080}]},
+                    ],
+                }),
+            ));
+        }
+        f.policies = vec![object(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+            "metadata": {"name": "web", "namespace": "infra", "creationTimestamp": at(5)},
+            "spec": {
+                "targetRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                "validation": {
+                    "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "ca"}],
+                    "hostname": "abc.example.com",
+                },
+            },
+        }))];
+        let ca = crate::tls::cert::testing::ca("Backend CA");
+        let leaf = leaf(&ca, &["gateway.example.com"], 5);
+        let mut loader = crate::tls::material::Loader::default();
+        let client = TlsSource::Secret {
+            namespace: "infra".into(),
+            name: "client".into(),
+        };
+        loader.offer_ca(
+            &TlsSource::ConfigMap {
+                namespace: "infra".into(),
+                name: "ca".into(),
+            },
+            Ok(ca.pem.as_bytes()),
+            0,
+        );
+        loader.offer_keypair(
+            &client,
+            Ok((leaf.chain.as_bytes(), leaf.key.as_bytes())),
+            NOW,
+        );
+        f.material = loader.material();
+        let t = f.translate();
+
+        // The TLS Service port has a cluster per client certificate; the plain one is shared.
+        let mut names: Vec<&str> = t.clusters.iter().map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["api:8080", "web:8080", "web:8080+infra/client"]);
+        let upstream = |name: &str| {
+            t.clusters
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.tls.upstream.clone())
+        };
+        assert_eq!(
+            upstream("web:8080+infra/client").and_then(|u| u.client_cert),
+            Some(client.clone())
+        );
+        assert_eq!(upstream("web:8080").map(|u| u.client_cert), Some(None));
+        let reach = |address: &str, path: &str| {
+            routed(&t, address, 80, "example.com", path, Vec::new()).flatten()
+        };
+        // mtls is the oldest (10.244.0.10), then plain.
+        assert_eq!(
+            reach("10.244.0.10", "/web").as_deref(),
+            Some("infra/web:8080+infra/client")
+        );
+        assert_eq!(
+            reach("10.244.0.10", "/api").as_deref(),
+            Some("infra/api:8080")
+        );
+        assert_eq!(
+            reach("10.244.0.11", "/web").as_deref(),
+            Some("infra/web:8080")
+        );
+
+        let resolved = |name: &str| {
+            let d = t
+                .status
+                .gateways
+                .iter()
+                .find(|d| d.name == name)
+                .expect("a status");
+            conditions(&d.status.conditions)
+                .into_iter()
+                .find(|(t, _, _)| *t == "ResolvedRefs")
+                .map(|(_, s, r)| (s.to_owned(), r.to_owned()))
+        };
+        let is = |s: &str, r: &str| Some((s.to_owned(), r.to_owned()));
+        assert_eq!(resolved("mtls"), is("True", "ResolvedRefs"));
+        assert_eq!(resolved("elsewhere"), is("False", "RefNotPermitted"));
+
+        // A Secret that was never loaded (missing, or without tls.crt and tls.key): the Gateway
+        // says so, and none of its clusters is made without the certificate.
+        let mut loader = crate::tls::material::Loader::default();
+        loader.offer_ca(
+            &TlsSource::ConfigMap {
+                namespace: "infra".into(),
+                name: "ca".into(),
+            },
+            Ok(ca.pem.as_bytes()),
+            0,
+        );
+        loader.offer_keypair(&client, Err("the Secret has no tls.crt".into()), NOW);
+        f.material = loader.material();
+        let t = f.translate();
+        let d = t
+            .status
+            .gateways
+            .iter()
+            .find(|d| d.name == "mtls")
+            .expect("mtls");
+        assert!(
+            conditions(&d.status.conditions).contains(&(
+                "ResolvedRefs",
+                "False",
+                "InvalidClientCertificateRef"
+            )),
+            "{:?}",
+            d.status.conditions
+        );
+        assert!(t.clusters.iter().all(|c| c.name != "web:8080+infra/client"));
+        assert_eq!(
+            routed(&t, "10.244.0.10", 80, "example.com", "/web", Vec::new()),
+            Some(None),
+            "500 rather than a connection without the client certificate"
+        );
+    }
+
+    #[test]
+    fn frontend_validation_applies_per_port_to_https_listeners_and_says_which_refs_fail() {
+        let mut f = Fixture::new();
+        let https = |name: &str, port: u16| {
+            json!({"name": name, "port": port, "protocol": "HTTPS", "hostname": format!("{name}.example.org"),
+                   "tls": {"certificateRefs": [{"name": "cert"}]}})
+        };
+        let cm = |name: &str| json!({"group": "", "kind": "ConfigMap", "name": name});
+        let mut g = (*gateway(
+            "infra",
+            "gw",
+            100,
+            json!([
+                https("default", 443),
+                https("partial", 7443),
+                https("none", 8443),
+                https("off", 9443),
+                http("http", 80, None),
+            ]),
+        ))
+        .clone();
+        g.spec.tls = Some(
+            serde_json::from_value(json!({"frontend": {
+                "default": {"validation": {"caCertificateRefs": [cm("ca")]}},
+                "perPort": [
+                    {"port": 7443, "tls": {"validation": {"mode": "AllowInsecureFallback",
+                        "caCertificateRefs": [cm("ca"), cm("missing")]}}},
+                    {"port": 8443, "tls": {"validation": {"caCertificateRefs": [
+                        {"group": "", "kind": "Service", "name": "web"},
+                        {"group": "", "kind": "ConfigMap", "name": "ca", "namespace": "other"},
+                    ]}}},
+                    {"port": 9443, "tls": {}},
+                    {"port": 80, "tls": {"validation": {"caCertificateRefs": [cm("missing")]}}},
+                ],
+            }}))
+            .expect("tls"),
+        );
+        f.gateways.push(Arc::new(g));
+        let ca = crate::tls::cert::testing::ca("Clients CA");
+        let served = leaf(&ca, &["*.example.org"], 1);
+        let mut loader = crate::tls::material::Loader::default();
+        let source = |name: &str| TlsSource::ConfigMap {
+            namespace: "infra".into(),
+            name: name.into(),
+        };
+        loader.offer_ca(&source("ca"), Ok(ca.pem.as_bytes()), 0);
+        loader.offer_ca(&source("missing"), Err("no such ConfigMap".into()), 0);
+        loader.offer_keypair(
+            &TlsSource::Secret {
+                namespace: "infra".into(),
+                name: "cert".into(),
+            },
+            Ok((served.chain.as_bytes(), served.key.as_bytes())),
+            NOW,
+        );
+        f.material = loader.material();
+        let t = f.translate();
+
+        let c = |name: &str| {
+            conditions(&listener(&t, "gw", name).conditions)
+                .into_iter()
+                .filter(|(t, _, _)| *t != "Conflicted")
+                .map(|(t, s, r)| format!("{t}={s}/{r}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let fine =
+            "Accepted=True/Accepted ResolvedRefs=True/ResolvedRefs Programmed=True/Programmed";
+        assert_eq!(c("default"), fine);
+        assert_eq!(c("off"), fine);
+        assert_eq!(c("http"), fine, "HTTP listeners are not validated");
+        assert_eq!(
+            c("partial"),
+            "Accepted=True/Accepted ResolvedRefs=False/InvalidCACertificateRef Programmed=False/Invalid"
+        );
+        assert_eq!(
+            c("none"),
+            "Accepted=False/NoValidCACertificate ResolvedRefs=False/InvalidCACertificateKind Programmed=False/Invalid"
+        );
+        // Served: each port with its validation (or none); not served: the one without a CA.
+        let validation = |port: u16| {
+            t.fronts
+                .iter()
+                .find(|f| f.port == port)
+                .map(|f| f.client_validation.clone())
+        };
+        let with = |insecure_fallback: bool| {
+            Some(Some(ClientValidationConfig {
+                cas: vec![source("ca")],
+                insecure_fallback,
+            }))
+        };
+        assert_eq!(validation(443), with(false));
+        assert_eq!(validation(7443), with(true));
+        assert_eq!(validation(8443), None);
+        assert_eq!(validation(9443), Some(None));
+        assert_eq!(validation(80), Some(None));
+        let gw = &t.status.gateways[0].status.conditions;
+        assert!(
+            conditions(gw).contains(&(
+                "InsecureFrontendValidationMode",
+                "True",
+                "ConfigurationChanged"
+            )),
+            "{gw:?}"
+        );
+        assert!(conditions(gw).contains(&("ResolvedRefs", "False", "ListenersNotResolved")));
+        let world_sources = {
+            let pods = PodAnnotations::new();
+            let world = World {
+                classes: &f.classes,
+                gateways: &f.gateways,
+                routes: &f.routes,
+                grants: &f.grants,
+                namespaces: &f.namespaces,
+                services: &f.services,
+                slices: &f.slices,
+                pods: &pods,
+                balancer_clusters: &f.balancer_clusters,
+                policies: &f.policies,
+            };
+            let settings = Settings {
+                controller_name: CONTROLLER.to_owned(),
+                ..Settings::default()
+            };
+            frontend_ca_sources(&world, &settings)
+        };
+        // Only what it may read: not the other namespace's, which no ReferenceGrant allows.
+        assert_eq!(
+            world_sources,
+            [source("ca"), source("missing")].into_iter().collect()
+        );
+    }
+
+    #[test]
     fn a_route_on_a_gateway_is_served_at_the_gateways_address_and_reported() {
         let mut f = Fixture::new();
         f.gateways
@@ -2202,7 +2873,8 @@ mod tests {
             conditions(&gw.conditions),
             [
                 ("Accepted", "True", "Accepted"),
-                ("Programmed", "True", "Programmed")
+                ("Programmed", "True", "Programmed"),
+                ("ResolvedRefs", "True", "ResolvedRefs")
             ]
         );
         assert!(

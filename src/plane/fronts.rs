@@ -14,6 +14,7 @@ use super::routes::{Backend, ListenerRoutes, RouteEntry, RouteTable, Rule, Shado
 use crate::discovery::TlsSource;
 use crate::tls::ListenerCertificates;
 use crate::tls::material::Material;
+use rustls::server::danger::ClientCertVerifier;
 
 /// A port's routes, as a source gives them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,6 +25,17 @@ pub struct FrontConfig {
     /// HTTPS: the front terminates TLS (certificates from the snapshot's TLS state).
     pub tls: bool,
     pub listeners: Vec<ListenerConfig>,
+    /// HTTPS: how clients' certificates are validated (none: no certificate is asked for).
+    pub client_validation: Option<ClientValidationConfig>,
+}
+
+/// A front's validation of clients' certificates (a Gateway's `tls.frontend`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientValidationConfig {
+    /// CA bundles (`ca.crt`) a client's certificate must chain to (any of them).
+    pub cas: Vec<TlsSource>,
+    /// `AllowInsecureFallback`: clients without a valid certificate are let through.
+    pub insecure_fallback: bool,
 }
 
 /// One listener of a port: its hostname (none: any) and the routes attached to it, in the order
@@ -71,6 +83,8 @@ pub struct Front {
     pub routes: RouteTable,
     /// HTTPS: the certificate each handshake gets, by the listener its name selects.
     pub certificates: ListenerCertificates,
+    /// HTTPS: how clients' certificates are verified (none: no certificate is asked for).
+    pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 impl Front {
@@ -92,6 +106,7 @@ impl Front {
             tls: config.tls,
             routes,
             certificates: ListenerCertificates::default(),
+            client_verifier: None,
         };
         (front, shadowed)
     }
@@ -111,8 +126,33 @@ impl Front {
                     .map(|l| (l.hostname.as_deref(), l.certificates.as_slice())),
                 material,
             );
+            front.client_verifier = config
+                .client_validation
+                .as_ref()
+                .map(|v| client_verifier(v, material));
         }
         (front, shadowed)
+    }
+}
+
+/// The verifier of a front's clients: the CA bundles of `validation` loaded in `material`. One
+/// that cannot be built (no CA loaded) refuses every client rather than asking none.
+fn client_verifier(
+    validation: &ClientValidationConfig,
+    material: &Material,
+) -> Arc<dyn ClientCertVerifier> {
+    let mut roots = rustls::RootCertStore::empty();
+    for source in &validation.cas {
+        if let Some(bundle) = material.cas.get(source).and_then(|l| l.current.as_ref()) {
+            roots.roots.extend(bundle.roots.roots.iter().cloned());
+        }
+    }
+    match crate::tls::client_auth::client_verifier(roots, validation.insecure_fallback) {
+        Ok(verifier) => verifier,
+        Err(e) => {
+            tracing::warn!(error = %e, "no CA certificate to validate clients with: every client is refused");
+            Arc::new(crate::tls::client_auth::Refuse)
+        }
     }
 }
 

@@ -429,6 +429,13 @@ impl tls::CurrentCertificates for FrontCertificates {
             .front_at(self.address, self.port)
             .and_then(|f| f.certificates.resolve_key(server_name))
     }
+
+    fn client_verifier(&self) -> Option<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+        self.plane
+            .snapshot()
+            .front_at(self.address, self.port)
+            .and_then(|f| f.client_verifier.clone())
+    }
 }
 
 /// The HTTPS listener's certificates are the ones in the snapshot served at each handshake.

@@ -38,6 +38,7 @@
 //!   be keyed by its URL (scheme included), not only its authority.
 
 pub mod cert;
+pub mod client_auth;
 pub mod listeners;
 pub mod material;
 pub mod server;

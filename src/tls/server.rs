@@ -6,7 +6,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{
+    ClientHello, ProducesTickets, ResolvesServerCert, ServerConfig, StoresServerSessions,
+};
 use rustls::sign::CertifiedKey;
 
 use super::{TlsError, provider};
@@ -21,6 +24,11 @@ pub trait CurrentCertificates: Send + Sync + fmt::Debug {
     /// name's certificate, else a wildcard's, else the default one, else `None` (the handshake
     /// fails).
     fn resolve(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>>;
+
+    /// How clients' certificates are verified now; `None` (the default): none is asked for.
+    fn client_verifier(&self) -> Option<Arc<dyn ClientCertVerifier>> {
+        None
+    }
 }
 
 #[derive(Debug)]
@@ -38,24 +46,100 @@ impl ResolvesServerCert for Resolver {
 }
 
 /// The server configuration of an HTTPS listener: TLS 1.3 and 1.2, ALPN `h2` then `http/1.1`,
-/// session resumption by tickets (TLS 1.3) and by session id (TLS 1.2), and certificates from
-/// `certificates` on every handshake.
+/// session resumption by tickets (TLS 1.3) and by session id (TLS 1.2), and certificates (and
+/// the verification of clients' certificates, when there is one) from `certificates` on every
+/// handshake.
 pub fn server_config(
     certificates: Arc<dyn CurrentCertificates>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(Resolver(certificates)));
+        .with_client_cert_verifier(Arc::new(super::client_auth::Current(certificates.clone())))
+        .with_cert_resolver(Arc::new(Resolver(certificates.clone())));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     match rustls::crypto::ring::Ticketer::new() {
-        Ok(ticketer) => config.ticketer = ticketer,
+        Ok(ticketer) => {
+            config.ticketer = Arc::new(NotWhileValidating {
+                inner: ticketer,
+                certificates: certificates.clone(),
+            })
+        }
         Err(e) => {
             tracing::warn!(error = %e, "TLS session tickets are off; clients resume by session id only")
         }
     }
+    config.session_storage = Arc::new(NotWhileValidating {
+        inner: config.session_storage.clone(),
+        certificates,
+    });
     Ok(Arc::new(config))
+}
+
+/// No session is resumed while clients' certificates are validated: a resumed session skips the
+/// validation, so a CA taken away, or validation turned on, would not reach the clients that
+/// hold a ticket or session id. Sessions are still stored and tickets issued, for the time
+/// validation is off.
+struct NotWhileValidating<T: ?Sized> {
+    inner: Arc<T>,
+    certificates: Arc<dyn CurrentCertificates>,
+}
+
+impl<T: ?Sized> NotWhileValidating<T> {
+    fn validating(&self) -> bool {
+        self.certificates.client_verifier().is_some()
+    }
+}
+
+impl<T: ?Sized> fmt::Debug for NotWhileValidating<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotWhileValidating").finish_non_exhaustive()
+    }
+}
+
+impl ProducesTickets for NotWhileValidating<dyn ProducesTickets> {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.inner.encrypt(plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        if self.validating() {
+            return None;
+        }
+        self.inner.decrypt(cipher)
+    }
+}
+
+impl StoresServerSessions for NotWhileValidating<dyn StoresServerSessions> {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.inner.put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        if self.validating() {
+            return None;
+        }
+        self.inner.get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        if self.validating() {
+            return None;
+        }
+        self.inner.take(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        self.inner.can_cache()
+    }
 }
 
 /// A tokio acceptor over [`server_config`]: `acceptor.accept(tcp).await` does the handshake.
@@ -301,5 +385,102 @@ mod tests {
         // An address carries no SNI: the default certificate too.
         let bare = unverified(addr, None).await;
         assert_eq!(bare.serial(), "07");
+    }
+
+    /// Fixed certificates, and a verifier of clients that can be switched on.
+    #[derive(Debug)]
+    struct Validating {
+        key: Arc<CertifiedKey>,
+        verifier: std::sync::Mutex<Option<Arc<dyn ClientCertVerifier>>>,
+    }
+
+    impl CurrentCertificates for Validating {
+        fn resolve(&self, _: Option<&str>) -> Option<Arc<CertifiedKey>> {
+            Some(self.key.clone())
+        }
+
+        fn client_verifier(&self) -> Option<Arc<dyn ClientCertVerifier>> {
+            self.verifier.lock().expect("lock").clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn sessions_are_not_resumed_while_clients_are_validated() {
+        use rustls::HandshakeKind;
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+
+        let server_ca = ca("Server CA");
+        let clients = ca("Clients CA");
+        let served = leaf_now(&server_ca, &["secure.example.com"], 1);
+        let client = leaf_now(&clients, &["client.example.com"], 2);
+        let key = super::super::cert::load(
+            served.chain.as_bytes(),
+            served.key.as_bytes(),
+            crate::tls::unix_now(),
+        )
+        .expect("served")
+        .key;
+        let current = Arc::new(Validating {
+            key,
+            verifier: std::sync::Mutex::new(None),
+        });
+        let acceptor = acceptor(current.clone()).expect("acceptor");
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = tcp.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(stream).await {
+                        let _ = tls.write_all(b"hello\n").await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        for der in super::super::cert::read_chain(server_ca.pem.as_bytes()).expect("ca") {
+            roots.add(der).expect("root");
+        }
+        // One client configuration: its session cache lets it resume.
+        let config = Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_client_auth_cert(
+                    super::super::cert::read_chain(client.chain.as_bytes()).expect("chain"),
+                    PrivateKeyDer::from_pem_slice(client.key.as_bytes()).expect("key"),
+                )
+                .expect("client certificate"),
+        );
+        let connect = || async {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(
+                    ServerName::try_from("secure.example.com").expect("name"),
+                    tcp,
+                )
+                .await
+                .expect("handshake");
+            // Reading takes the tickets sent after the handshake.
+            let mut text = String::new();
+            let _ = tls.read_to_string(&mut text).await;
+            assert_eq!(text, "hello\n");
+            tls.get_ref().1.handshake_kind()
+        };
+        assert_eq!(connect().await, Some(HandshakeKind::Full));
+        assert_eq!(connect().await, Some(HandshakeKind::Resumed));
+        let mut verifier_roots = rustls::RootCertStore::empty();
+        for der in super::super::cert::read_chain(clients.pem.as_bytes()).expect("ca") {
+            verifier_roots.add(der).expect("root");
+        }
+        *current.verifier.lock().expect("lock") = Some(
+            super::super::client_auth::client_verifier(verifier_roots, false).expect("verifier"),
+        );
+        // Validating: every handshake is a full one, its certificate checked.
+        assert_eq!(connect().await, Some(HandshakeKind::Full));
+        assert_eq!(connect().await, Some(HandshakeKind::Full));
     }
 }

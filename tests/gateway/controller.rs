@@ -243,7 +243,7 @@ async fn a_route_on_a_gateway_is_published_at_its_address_and_reported() {
     // The features claimed (those the conformance suite passes with), sorted as the API asks.
     assert_eq!(features, gateway::SUPPORTED_FEATURES);
     assert!(features.is_sorted(), "{features:?}");
-    assert_eq!(features.len(), 33, "3 core features and 30 extended ones");
+    assert_eq!(features.len(), 36, "3 core features and 33 extended ones");
     let gw = wait::until_object(
         gateways.clone(),
         "gw",
@@ -933,4 +933,173 @@ async fn a_backend_tls_policy_with_a_wrong_ca_is_refused_and_says_why() {
     controller.stop();
     server.shutdown(Duration::from_millis(100));
     drop(pod);
+}
+
+/// Whether a front's listener completes a handshake with a client that trusts `server_ca` and
+/// presents `client` (none: no certificate). In TLS 1.3 the client is done before the listener
+/// has judged its certificate: the listener's side says.
+async fn accepts_client(
+    plane: Arc<DataPlane>,
+    address: IpAddr,
+    host: &str,
+    server_ca: &str,
+    client: Option<&crate::support::tls::Leaf>,
+) -> bool {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let acceptor = kube_balancer::tls::acceptor(Arc::new(FrontCertificates {
+        plane,
+        address: Some(address),
+        port: 443,
+    }))
+    .expect("acceptor");
+    let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let (stream, _) = tcp.accept().await.ok()?;
+        let mut tls = acceptor.accept(stream).await.ok()?;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+        Some(())
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    for der in kube_balancer::tls::cert::read_chain(server_ca.as_bytes()).expect("CA") {
+        roots.add(der).expect("root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(kube_balancer::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match client {
+        Some(leaf) => builder
+            .with_client_auth_cert(
+                kube_balancer::tls::cert::read_chain(leaf.chain.as_bytes()).expect("chain"),
+                PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).expect("key"),
+            )
+            .expect("a client certificate"),
+        None => builder.with_no_client_auth(),
+    };
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let connected = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(host.to_owned()).expect("name"), stream)
+        .await;
+    let accepted = server.await.expect("the listener's task").is_some();
+    drop(connected);
+    accepted
+}
+
+#[tokio::test]
+async fn frontend_validation_refuses_clients_without_a_valid_certificate_and_follows_its_ca() {
+    use crate::support::tls::{ca, leaf};
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    let (client, ns, _exclusive) = setup("gwfv").await;
+    let server_ca = ca("Server CA");
+    let served = leaf(&server_ca, &["secure.example.com"], 1);
+    put_secret(&client, &ns, "secure", &served.chain, &served.key).await;
+    let (clients, partners) = (ca("Clients CA"), ca("Partners CA"));
+    let (a_client, a_partner) = (
+        leaf(&clients, &["client.example.com"], 2),
+        leaf(&partners, &["partner.example.com"], 3),
+    );
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let ca_map = |pem: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "clients-ca", "namespace": ns},
+               "data": {"ca.crt": pem}})
+    };
+    apply(&config_maps, ca_map(&clients.pem)).await;
+    let class = format!("kb-{ns}");
+    gateway_class(&client, &class).await;
+    let gateways = Api::<Gateway>::namespaced(client.clone(), &ns);
+    apply(
+        &gateways,
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": ns},
+            "spec": {
+                "gatewayClassName": class,
+                "tls": {"frontend": {"default": {"validation": {
+                    "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "clients-ca"}],
+                }}}},
+                "listeners": [{"name": "https", "port": 443, "protocol": "HTTPS",
+                               "hostname": "secure.example.com",
+                               "tls": {"certificateRefs": [{"name": "secure"}]}}],
+            },
+        }),
+    )
+    .await;
+    let address = IpAddr::V4(netns::next_pod_ip());
+    let mut opts = options(&ns, "replica-1");
+    opts.gateway = Some(gateway::Options {
+        addresses: vec![address],
+        service: None,
+    });
+    let balancer = Balancer::start(&client, opts).await;
+    let plane = balancer.plane.clone();
+    until_plane(
+        &plane,
+        "the HTTPS front validating its clients",
+        |p| {
+            p.snapshot()
+                .front_at(Some(address), 443)
+                .map(|f| f.client_verifier.is_some())
+        },
+        |validating| *validating == Some(true),
+    )
+    .await;
+    let host = "secure.example.com";
+    let pem = server_ca.pem.as_str();
+    // AllowValidOnly: a certificate of the CA is required; none, or another CA's, is refused.
+    assert!(
+        accepts_client(plane.clone(), address, host, pem, Some(&a_client)).await,
+        "a client of the CA"
+    );
+    assert!(
+        !accepts_client(plane.clone(), address, host, pem, None).await,
+        "a client without a certificate"
+    );
+    assert!(
+        !accepts_client(plane.clone(), address, host, pem, Some(&a_partner)).await,
+        "a client of another CA"
+    );
+
+    // A new CA in the ConfigMap reaches the next handshake, with no new listener.
+    apply(&config_maps, ca_map(&partners.pem)).await;
+    let start = Instant::now();
+    while !accepts_client(plane.clone(), address, host, pem, Some(&a_partner)).await {
+        assert!(start.elapsed() < wait::TIMEOUT, "the new CA is never used");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !accepts_client(plane.clone(), address, host, pem, Some(&a_client)).await,
+        "the CA taken away"
+    );
+
+    // A CA that cannot be read: the listener is not served rather than served without
+    // validation, and says why.
+    apply(&config_maps, ca_map("Hello world")).await;
+    wait::until_object(gateways, "gw", "NoValidCACertificate", |g| {
+        g.status.as_ref().is_some_and(|s| {
+            s.listeners.iter().any(|l| {
+                l.conditions.iter().any(|c| {
+                    c.type_ == "Accepted"
+                        && c.status == "False"
+                        && c.reason == "NoValidCACertificate"
+                }) && l.conditions.iter().any(|c| {
+                    c.type_ == "ResolvedRefs"
+                        && c.status == "False"
+                        && c.reason == "InvalidCACertificateRef"
+                })
+            })
+        })
+    })
+    .await;
+    until_plane(
+        &plane,
+        "the front to go",
+        |p| p.snapshot().front_at(Some(address), 443).map(|f| f.tls),
+        |front| front.is_none(),
+    )
+    .await;
 }
