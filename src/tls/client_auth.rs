@@ -63,12 +63,7 @@ impl ClientCertVerifier for Refuse {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
+        signature::tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -77,18 +72,11 @@ impl ClientCertVerifier for Refuse {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
+        signature::tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        signature::schemes()
     }
 }
 
@@ -193,12 +181,7 @@ impl ClientCertVerifier for Current {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
+        signature::tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -207,15 +190,42 @@ impl ClientCertVerifier for Current {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
+        signature::tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        signature::schemes()
+    }
+}
+
+/// The handshake signature's checks of the two verifiers above that have no verifier of their
+/// own to ask, with the provider's algorithms.
+mod signature {
+    use rustls::client::danger::HandshakeSignatureValid;
+    use rustls::pki_types::CertificateDer;
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    use super::provider;
+
+    pub fn tls12(
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    pub fn tls13(
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    pub fn schemes() -> Vec<SignatureScheme> {
         provider()
             .signature_verification_algorithms
             .supported_schemes()
