@@ -79,6 +79,26 @@ pub fn ca_sources(policies: &[Arc<BackendTLSPolicy>]) -> BTreeSet<TlsSource> {
         .collect()
 }
 
+/// Why the CA bundle `source` cannot be trusted now, if it cannot: not read yet, holding no CA
+/// certificate, or refused. A newer content that was refused (or is gone) is not trusted in
+/// place of the old one, which the loader keeps for others: whoever names it is refused.
+pub fn ca_unusable(material: &Material, source: &TlsSource) -> Option<String> {
+    let Some(loaded) = material.cas.get(source) else {
+        return Some(format!("{source}: not read yet"));
+    };
+    match (&loaded.problem, &loaded.current) {
+        (Some(p), _) => Some(
+            p.message
+                .split("; the certificate loaded before")
+                .next()
+                .unwrap_or(&p.message)
+                .to_owned(),
+        ),
+        (None, None) => Some(format!("{source}: no usable CA certificate")),
+        (None, Some(_)) => None,
+    }
+}
+
 /// Evaluates every policy against the CA bundles loaded (`material`).
 pub fn evaluate(policies: &[Arc<BackendTLSPolicy>], material: &Material) -> Policies {
     let mut ordered: Vec<&Arc<BackendTLSPolicy>> = policies.iter().collect();
@@ -156,22 +176,7 @@ fn validation(policy: &BackendTLSPolicy, namespace: &str, material: &Material) -
             namespace: namespace.to_owned(),
             name: reference.name.clone(),
         };
-        let why = match material.cas.get(&source) {
-            None => Some(format!("{source}: not read yet")),
-            // A newer content that was refused (or is gone) is not trusted in place of the old
-            // one, which the loader keeps for others: the policy is refused.
-            Some(loaded) => match (&loaded.problem, &loaded.current) {
-                (Some(p), _) => Some(
-                    p.message
-                        .split("; the certificate loaded before")
-                        .next()
-                        .unwrap_or(&p.message)
-                        .to_owned(),
-                ),
-                (None, None) => Some(format!("{source}: no usable CA certificate")),
-                (None, Some(_)) => None,
-            },
-        };
+        let why = ca_unusable(material, &source);
         match why {
             Some(why) => problems.push((
                 reasons::INVALID_CA_CERTIFICATE_REF,

@@ -1086,22 +1086,7 @@ fn client_validation(
                 continue;
             }
         };
-        // As a BackendTLSPolicy's: a newer content refused (or gone) is not trusted in place of
-        // the old one.
-        let why = match material.cas.get(&source) {
-            None => Some(format!("{source}: not read yet")),
-            Some(loaded) => match (&loaded.problem, &loaded.current) {
-                (Some(p), _) => Some(
-                    p.message
-                        .split("; the certificate loaded before")
-                        .next()
-                        .unwrap_or(&p.message)
-                        .to_owned(),
-                ),
-                (None, None) => Some(format!("{source}: no usable CA certificate")),
-                (None, Some(_)) => None,
-            },
-        };
+        let why = backend_tls::ca_unusable(material, &source);
         match why {
             Some(why) => problems.push((
                 reasons::INVALID_CA_CERTIFICATE_REF,
