@@ -28,7 +28,7 @@ LOAD_CPU=${LOAD_CPU:-0}
 BALANCERS=${BALANCERS:-"kube-balancer nginx haproxy"}
 RESULTS=${RESULTS:-$HERE/results}
 
-say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+. "$HERE/lib.sh"
 die() { say "error: $*"; exit 1; }
 
 need=()
@@ -83,19 +83,6 @@ wait_port() {
     done
     die "nothing listens on $1"
 }
-
-# CPU time (clock ticks, user + system) of a process and its children (nginx's workers).
-cpu_ticks() {
-    local total=0 pid stat rest
-    for pid in "$1" $(pgrep -P "$1"); do
-        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-        rest=${stat##*) }
-        read -ra f <<<"$rest"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
-TICK=$(getconf CLK_TCK)
 
 # The two members.
 MEMBERS=()

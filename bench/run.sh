@@ -63,7 +63,7 @@ APACHE_PORT=$((PORT_BASE + 400))
 HOLD_PORT_BASE=$((PORT_BASE + 600)) # the pooled figure's members: HOLD_MEMBERS ports from here
 IDLE_MAX=$(tr ',' '\n' <<<"$IDLE_CONNS" | sort -n | tail -1)
 
-say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+. "$HERE/lib.sh"
 die() { say "error: $*"; exit 1; }
 
 # ---------------------------------------------------------------- tools
@@ -146,54 +146,6 @@ start() {
     echo "$STARTED" >"$RUN/$name.pid"
 }
 
-stop() {
-    local pid=$1
-    kill "$pid" 2>/dev/null || return 0
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-wait_port() {
-    local port=$1
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
-
-# The PID and all its descendants.
-tree() {
-    local root=$1
-    ps -e -o pid=,ppid= | awk -v root="$root" '
-        { parent[$1] = $2; pids[NR] = $1 }
-        END {
-            in_tree[root] = 1; print root
-            do { added = 0
-                for (i in pids) { p = pids[i]
-                    if (!(p in in_tree) && (parent[p] in in_tree)) { in_tree[p] = 1; print p; added = 1 } }
-            } while (added)
-        }'
-}
-
-# CPU time (clock ticks, user + system) of a process tree.
-cpu_ticks() {
-    local total=0 pid stat rest
-    for pid in $(tree "$1"); do
-        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-        rest=${stat##*) }
-        read -ra f <<<"$rest"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
-
-# Busy time of one CPU (clock ticks), from /proc/stat.
-cpu_busy() {
-    awk -v cpu="cpu$1" '$1 == cpu { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
-}
-
 # Proportional set size of a process tree, KiB (shared pages split between its processes).
 pss_kib() {
     local total=0 pid kib
@@ -203,8 +155,6 @@ pss_kib() {
     done
     echo "$total"
 }
-
-TICK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- configuration
 

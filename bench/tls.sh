@@ -60,7 +60,7 @@ NGINX_STATUS_PORT=$((PORT_BASE + 209))
 HAPROXY_PORT=$((PORT_BASE + 300))
 HAPROXY_STATS_PORT=$((PORT_BASE + 309))
 
-say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+. "$HERE/lib.sh"
 die() { say "error: $*"; exit 1; }
 
 # ---------------------------------------------------------------- tools
@@ -127,48 +127,6 @@ start() {
     STARTED=$!
     PIDS+=("$STARTED")
 }
-
-stop() {
-    local pid=$1
-    kill "$pid" 2>/dev/null || return 0
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-# The PID and all its descendants (nginx's worker).
-tree() {
-    ps -e -o pid=,ppid= | awk -v root="$1" '
-        { parent[$1] = $2; pids[NR] = $1 }
-        END {
-            in_tree[root] = 1; print root
-            do { added = 0
-                for (i in pids) { p = pids[i]
-                    if (!(p in in_tree) && (parent[p] in in_tree)) { in_tree[p] = 1; print p; added = 1 } }
-            } while (added)
-        }'
-}
-
-# CPU time (clock ticks, user + system) of a process tree.
-cpu_ticks() {
-    local total=0 pid stat rest
-    for pid in $(tree "$1"); do
-        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-        rest=${stat##*) }
-        read -ra f <<<"$rest"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
-TICK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- certificate and configuration
 
