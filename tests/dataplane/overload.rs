@@ -60,6 +60,41 @@ async fn slow_counting_member(delay: Duration) -> (Backend, Arc<AtomicUsize>) {
     (backend, peak)
 }
 
+/// `GET /` for `web` on a connection of its own, closed after the answer: the answer as read.
+async fn get(addr: std::net::SocketAddr) -> String {
+    exchange_within(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(30),
+    )
+    .await
+}
+
+/// `n` such requests at once: each answer, and how long after they were all sent it came.
+async fn at_once(addr: std::net::SocketAddr, n: usize) -> Vec<(String, Duration)> {
+    let started = Instant::now();
+    let requests: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(async move { (get(addr).await, started.elapsed()) }))
+        .collect();
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.expect("request task"));
+    }
+    answers
+}
+
+/// Until the cluster's first member has one request in flight.
+async fn until_first_member_busy(proxy: &Proxy, what: &str) {
+    wait::until(what, wait::TIMEOUT, || {
+        proxy.plane.snapshot().clusters[0].balancer.members()[0]
+            .stats
+            .busy
+            .load(SeqCst)
+            == 1
+    })
+    .await;
+}
+
 /// HAProxy's maxconn and maxqueue, Envoy's max_connections and max_pending_requests: with two
 /// connections allowed and three requests allowed to wait, ten requests at once to a slow
 /// member are five served (two at once, then the three that waited) and five answered 503 with
@@ -71,24 +106,9 @@ async fn a_member_at_its_limit_serves_two_queues_three_and_refuses_five() {
         &[member.url()],
         "  memberLimits: {maxConnections: 2, maxPendingRequests: 3, queueTimeout: 60s}",
     ));
-    let started = Instant::now();
-    let mut requests = Vec::new();
-    for _ in 0..10 {
-        let addr = proxy.addr;
-        requests.push(tokio::spawn(async move {
-            let answer = exchange_within(
-                addr,
-                b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
-                Duration::from_secs(30),
-            )
-            .await;
-            (answer, started.elapsed())
-        }));
-    }
     let mut served = 0;
     let mut refused = 0;
-    for request in requests {
-        let (answer, took) = request.await.expect("request task");
+    for (answer, took) in at_once(proxy.addr, 10).await {
         if answer.starts_with("HTTP/1.1 200 ") {
             assert!(answer.ends_with("slow"), "{answer:?}");
             served += 1;
@@ -128,24 +148,9 @@ async fn an_h2c_member_at_its_limit_serves_one_queues_one_and_refuses_one() {
         &[member.url()],
         "  protocol: h2c\n  http2: {maxConcurrentStreams: 1}\n  memberLimits: {maxConnections: 1, maxPendingRequests: 1, queueTimeout: 60s}",
     ));
-    let started = Instant::now();
-    let mut requests = Vec::new();
-    for _ in 0..3 {
-        let addr = proxy.addr;
-        requests.push(tokio::spawn(async move {
-            let answer = exchange_within(
-                addr,
-                b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
-                Duration::from_secs(30),
-            )
-            .await;
-            (answer, started.elapsed())
-        }));
-    }
     let mut served = 0;
     let mut refused = 0;
-    for request in requests {
-        let (answer, took) = request.await.expect("request task");
+    for (answer, took) in at_once(proxy.addr, 3).await {
         if answer.starts_with("HTTP/1.1 200 ") {
             served += 1;
         } else {
@@ -170,33 +175,12 @@ async fn a_request_waiting_longer_than_the_queue_timeout_gets_503() {
         "  memberLimits: {maxConnections: 1, maxPendingRequests: 5, queueTimeout: 300ms}",
     ));
     let addr = proxy.addr;
-    let first = tokio::spawn(async move {
-        exchange_within(
-            addr,
-            b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
-            Duration::from_secs(30),
-        )
-        .await
-    });
-    wait::until("the member to hold the first", wait::TIMEOUT, || {
-        proxy.plane.snapshot().clusters[0].balancer.members()[0]
-            .stats
-            .busy
-            .load(SeqCst)
-            == 1
-    })
-    .await;
+    let first = tokio::spawn(get(addr));
+    until_first_member_busy(&proxy, "the member to hold the first").await;
     let waited = Instant::now();
     let mut late = Vec::new();
     for _ in 0..2 {
-        late.push(tokio::spawn(async move {
-            exchange_within(
-                addr,
-                b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
-                Duration::from_secs(30),
-            )
-            .await
-        }));
+        late.push(tokio::spawn(get(addr)));
     }
     for request in late {
         let answer = request.await.expect("request task");
@@ -235,22 +219,8 @@ async fn a_request_refused_by_a_full_member_goes_to_the_next() {
     // Two requests at once: bybusyness sends one to each; a third finds the slow member full
     // when its turn comes, and goes to b.
     let addr = proxy.addr;
-    let hold = tokio::spawn(async move {
-        exchange_within(
-            addr,
-            b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
-            Duration::from_secs(30),
-        )
-        .await
-    });
-    wait::until("the slow member to hold one", wait::TIMEOUT, || {
-        proxy.plane.snapshot().clusters[0].balancer.members()[0]
-            .stats
-            .busy
-            .load(SeqCst)
-            == 1
-    })
-    .await;
+    let hold = tokio::spawn(get(addr));
+    until_first_member_busy(&proxy, "the slow member to hold one").await;
     let statuses = load(&proxy.url("/"), 6, 1).await;
     assert!(statuses.iter().all(|s| s.as_u16() == 200), "{statuses:?}");
     assert_eq!(other.hits(), 6);
