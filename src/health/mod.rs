@@ -167,15 +167,16 @@ async fn check_member(
     let outcome = probe(&authority, tls.as_ref().map(Option::as_deref), &check).await;
     running.store(false, Relaxed);
     let now = clock::now_ms();
-    match record(&check, &stats, outcome.is_ok(), now) {
+    match record(
+        &check,
+        &stats,
+        outcome.as_ref().map(|_| ()).map_err(String::as_str),
+        now,
+    ) {
         None => return,
         Some(Change::Out) => {
             let cause = outcome.err().unwrap_or_default();
             tracing::warn!(%cluster, member = %authority, %cause, "health check failed: member taken out");
-            stats.set_last_error(format!(
-                "health check: {cause} ({})",
-                k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ")
-            ));
         }
         Some(Change::Back(from)) => match stats.health(now) {
             Health::Ok => {
@@ -231,46 +232,62 @@ impl OutFrom {
 pub fn record(
     check: &HealthCheckConfig,
     stats: &MemberStats,
-    passed: bool,
+    outcome: Result<(), &str>,
     now_ms: u64,
 ) -> Option<Change> {
     stats.hc_checks.fetch_add(1, Relaxed);
     let failed = stats.hc_failed.load(Relaxed);
     let in_error = stats.error_until_ms.load(Relaxed) > now_ms;
-    if passed {
-        stats.hc_fails.store(0, Relaxed);
-        if !failed && !in_error {
-            stats.hc_passes.store(0, Relaxed);
-            return None;
-        }
-        let passes = stats.hc_passes.fetch_add(1, Relaxed) + 1;
-        if passes < check.passes {
-            return None;
-        }
-        stats.hc_passes.store(0, Relaxed);
-        stats.clear_error();
-        stats.ramp_from_ms.store(now_ms.max(1), Relaxed);
-        stats.hc_failed.store(false, Relaxed);
-        stats.state_since_ms.store(now_ms, Relaxed);
-        Some(Change::Back(OutFrom {
-            checks: failed,
-            request: in_error,
-        }))
-    } else {
-        stats.hc_failures.fetch_add(1, Relaxed);
-        stats.hc_passes.store(0, Relaxed);
-        if failed {
-            return None;
-        }
-        let fails = stats.hc_fails.fetch_add(1, Relaxed) + 1;
-        if fails < check.fails {
-            return None;
-        }
-        stats.hc_fails.store(0, Relaxed);
-        stats.hc_failed.store(true, Relaxed);
-        stats.state_since_ms.store(now_ms, Relaxed);
-        Some(Change::Out)
+    let cause = match outcome {
+        Err(cause) => cause,
+        Ok(()) => return passed(check, stats, failed, in_error, now_ms),
+    };
+    stats.hc_failures.fetch_add(1, Relaxed);
+    stats.hc_passes.store(0, Relaxed);
+    if failed {
+        return None;
     }
+    let fails = stats.hc_fails.fetch_add(1, Relaxed) + 1;
+    if fails < check.fails {
+        return None;
+    }
+    stats.hc_fails.store(0, Relaxed);
+    // The reason first, so whoever sees the member out also sees why.
+    stats.set_last_error(format!(
+        "health check: {cause} ({})",
+        k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    ));
+    stats.hc_failed.store(true, Relaxed);
+    stats.state_since_ms.store(now_ms, Relaxed);
+    Some(Change::Out)
+}
+
+/// A passed check: brings the member back once it has passed `passes` in a row.
+fn passed(
+    check: &HealthCheckConfig,
+    stats: &MemberStats,
+    failed: bool,
+    in_error: bool,
+    now_ms: u64,
+) -> Option<Change> {
+    stats.hc_fails.store(0, Relaxed);
+    if !failed && !in_error {
+        stats.hc_passes.store(0, Relaxed);
+        return None;
+    }
+    let passes = stats.hc_passes.fetch_add(1, Relaxed) + 1;
+    if passes < check.passes {
+        return None;
+    }
+    stats.hc_passes.store(0, Relaxed);
+    stats.clear_error();
+    stats.ramp_from_ms.store(now_ms.max(1), Relaxed);
+    stats.hc_failed.store(false, Relaxed);
+    stats.state_since_ms.store(now_ms, Relaxed);
+    Some(Change::Back(OutFrom {
+        checks: failed,
+        request: in_error,
+    }))
 }
 
 /// One check of the member at `authority`: `Ok` when it passes, or why it did not. `tls` is
@@ -561,18 +578,25 @@ mod tests {
     fn a_member_goes_out_after_fails_in_a_row_and_back_after_passes_in_a_row() {
         let c = check(2, 3);
         let s = MemberStats::default();
-        assert_eq!(record(&c, &s, false, 1), None);
-        assert_eq!(record(&c, &s, false, 2), None);
-        assert_eq!(record(&c, &s, true, 3), None, "a pass resets the count");
-        assert_eq!(record(&c, &s, false, 4), None);
-        assert_eq!(record(&c, &s, false, 5), None);
-        assert_eq!(record(&c, &s, false, 6), Some(Change::Out));
+        assert_eq!(record(&c, &s, Err("down"), 1), None);
+        assert_eq!(record(&c, &s, Err("down"), 2), None);
+        assert_eq!(record(&c, &s, Ok(()), 3), None, "a pass resets the count");
+        assert_eq!(record(&c, &s, Err("down"), 4), None);
+        assert_eq!(record(&c, &s, Err("down"), 5), None);
+        assert_eq!(s.last_error(), None, "no reason before it goes out");
+        assert_eq!(record(&c, &s, Err("down"), 6), Some(Change::Out));
         assert!(!s.healthy(6));
-        assert_eq!(record(&c, &s, false, 7), None);
-        assert_eq!(record(&c, &s, true, 8), None);
-        assert_eq!(record(&c, &s, false, 9), None, "a failure resets the count");
-        assert_eq!(record(&c, &s, true, 10), None);
-        assert_eq!(record(&c, &s, true, 11), BACK_FROM_CHECKS);
+        let reason = s.last_error().unwrap_or_default();
+        assert!(reason.starts_with("health check: down ("), "{reason}");
+        assert_eq!(record(&c, &s, Err("down"), 7), None);
+        assert_eq!(record(&c, &s, Ok(()), 8), None);
+        assert_eq!(
+            record(&c, &s, Err("down"), 9),
+            None,
+            "a failure resets the count"
+        );
+        assert_eq!(record(&c, &s, Ok(()), 10), None);
+        assert_eq!(record(&c, &s, Ok(()), 11), BACK_FROM_CHECKS);
         assert!(s.healthy(11));
         assert_eq!(
             s.ramp_from_ms.load(Relaxed),
@@ -589,9 +613,9 @@ mod tests {
         // In error from a failed request until 60 000, its checks passing.
         s.error_until_ms.store(60_000, Relaxed);
         assert_eq!(s.health(1), Health::Error);
-        assert_eq!(record(&c, &s, true, 1), None);
+        assert_eq!(record(&c, &s, Ok(()), 1), None);
         assert_eq!(
-            record(&c, &s, true, 2),
+            record(&c, &s, Ok(()), 2),
             Some(Change::Back(OutFrom {
                 checks: false,
                 request: true,
@@ -601,11 +625,11 @@ mod tests {
         assert_eq!(s.ramp_from_ms.load(Relaxed), 2);
 
         // Failed checks and a failed request: both end with the passes.
-        assert_eq!(record(&c, &s, false, 3), Some(Change::Out));
+        assert_eq!(record(&c, &s, Err("down"), 3), Some(Change::Out));
         s.error_until_ms.store(60_000, Relaxed);
-        assert_eq!(record(&c, &s, true, 4), None);
+        assert_eq!(record(&c, &s, Ok(()), 4), None);
         assert_eq!(
-            record(&c, &s, true, 5),
+            record(&c, &s, Ok(()), 5),
             Some(Change::Back(OutFrom {
                 checks: true,
                 request: true,
@@ -614,11 +638,11 @@ mod tests {
         assert_eq!(s.health(5), Health::Ok);
 
         // A member that is in is not counted towards coming back.
-        assert_eq!(record(&c, &s, true, 6), None);
+        assert_eq!(record(&c, &s, Ok(()), 6), None);
         s.error_until_ms.store(60_000, Relaxed);
-        assert_eq!(record(&c, &s, true, 7), None, "one pass of two");
+        assert_eq!(record(&c, &s, Ok(()), 7), None, "one pass of two");
         // An error that ran out by itself needs no check.
-        assert_eq!(record(&c, &s, true, 60_001), None);
+        assert_eq!(record(&c, &s, Ok(()), 60_001), None);
         assert_eq!(s.hc_passes.load(Relaxed), 0);
     }
 
