@@ -35,9 +35,9 @@ pub struct Call {
 
 impl Call {
     /// A gRPC call's deadline and safety; none for any other request (boxed: most requests
-    /// have neither).
-    pub fn of(config: &ClusterConfig, req: &Request<RequestBody>) -> Option<Box<Call>> {
-        grpc::is_grpc(req.headers()).then(|| {
+    /// have neither). `grpc`: the request is a gRPC call (`grpc::is_grpc`, read once).
+    pub fn of(config: &ClusterConfig, req: &Request<RequestBody>, grpc: bool) -> Option<Box<Call>> {
+        grpc.then(|| {
             Box::new(Call {
                 grpc: Some(GrpcCall {
                     deadline: grpc::timeout(req.headers()).map(|t| Instant::now() + t),

@@ -43,6 +43,8 @@ pub struct Routed {
     pub affinity: Affinity,
     /// The route's filters and timeouts, when it has any.
     pub filters: Option<Box<Applied>>,
+    /// A gRPC call (its content type says so): answered in gRPC's terms.
+    pub grpc: bool,
 }
 
 /// Sends the request to the members the cluster picks, in turn, until one answers or the
@@ -70,12 +72,14 @@ pub async fn forward(
     let upgrade = client_upgrade.is_some();
     let base = Upstream::for_request(worker.http1, req.body().is_end_stream(), upgrade);
     let mut replay = replay_of(cluster, base, upgrade, req);
-    let mut call = Call::of(config, req);
+    let mut call = Call::of(config, req, routed.grpc);
+    // The members tried and failed, to be passed over: filled only when a try fails, so a
+    // request answered at the first try allocates nothing for it.
     let mut tried: Vec<usize> = Vec::new();
     // Boxed, as rare: a smaller request future fits the allocator's small size classes.
     let mut last_failure: Option<Box<ProxyError>> = None;
     loop {
-        let Some((started, index)) = pick(cluster, &mut tried, affinity) else {
+        let Some((started, index)) = pick(cluster, &tried, affinity) else {
             let error = none_left(worker, cluster, &tried, last_failure, call.as_deref());
             return Err(error);
         };
@@ -89,15 +93,24 @@ pub async fn forward(
             kind, &key, config, limits, req, lean, forwarding, started, until, deadline,
         )
         .await;
-        let at = Try::new(worker, cluster, index, kind, started, tried.len() < tries);
+        let at = Try::new(
+            worker,
+            cluster,
+            index,
+            kind,
+            started,
+            tried.len() + 1 < tries,
+        );
         let (replay, call_ref) = (replay.as_deref(), call.as_deref());
         match outcome {
             Err(failure) => {
                 let error = go_again(&at, failure, req, replay, call_ref, observed)?;
                 last_failure = Some(Box::new(error));
+                tried.push(index);
             }
             Ok((held, response)) => {
                 if fails_over(&at, observed, &response, req, replay, call_ref) {
+                    tried.push(index);
                     continue;
                 }
                 let conn = (key, held);
@@ -119,15 +132,10 @@ fn tries(config: &ClusterConfig) -> usize {
 
 /// The next member to try, and when the try starts: one clock reading serves the pick, the
 /// pooled connection's age, the response deadline and the latency sample.
-fn pick(
-    cluster: &Cluster,
-    tried: &mut Vec<usize>,
-    affinity: &Affinity,
-) -> Option<(Instant, usize)> {
+fn pick(cluster: &Cluster, tried: &[usize], affinity: &Affinity) -> Option<(Instant, usize)> {
     let started = Instant::now();
     let now = clock::ms_at(started.into_std());
     let index = cluster.balancer.pick_for(now, tried, affinity)?;
-    tried.push(index);
     Some((started, index))
 }
 

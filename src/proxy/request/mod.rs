@@ -49,7 +49,7 @@ pub fn handle(
         .telemetry
         .observes()
         .then(|| observe(&worker, &client, &req));
-    match route(&worker, &client, req, &mut observed) {
+    match route(&worker, &client, req, grpc, &mut observed) {
         Ok(mut routed) => {
             observe_routed(observed, &mut routed);
             Either::Left(async move {

@@ -22,11 +22,13 @@ use crate::proxy::worker::Worker;
 use crate::telemetry::{Field, Observed};
 use crate::tls;
 
-/// Finds the request's cluster and prepares the request for its members.
+/// Finds the request's cluster and prepares the request for its members. `grpc`: the request
+/// is a gRPC call.
 pub fn route(
     worker: &Worker,
     client: &Client,
     mut incoming: Box<ClientRequest>,
+    grpc: bool,
     observed: &mut Option<Box<Observed>>,
 ) -> Result<Routed, ProxyError> {
     let ClientRequest {
@@ -35,7 +37,7 @@ pub fn route(
         upgrade: client_upgrade,
         ..
     } = &mut *incoming;
-    refuse(worker, req)?;
+    refuse(worker, req, lean.is_some())?;
     let host_value = host_of(req, lean);
     let host = host_value
         .as_ref()
@@ -77,13 +79,15 @@ pub fn route(
         forwarding,
         affinity,
         filters,
+        grpc,
     })
 }
 
 /// What no route may serve: CONNECT (this is not a forward proxy), more fields than the limit
 /// (HTTP/1 heads are limited by the servers themselves; HTTP/2 header lists here), and two
-/// Host fields.
-fn refuse(worker: &Worker, req: &Request<RequestBody>) -> Result<(), ProxyError> {
+/// Host fields (the lean server's parser hands a head with two to hyper: `lean` heads have one
+/// at most, and an empty map).
+fn refuse(worker: &Worker, req: &Request<RequestBody>, lean: bool) -> Result<(), ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ConnectRefused);
     }
@@ -96,6 +100,9 @@ fn refuse(worker: &Worker, req: &Request<RequestBody>) -> Result<(), ProxyError>
     // RFC 9112 3.2: a request with more than one Host field is refused. Passed on, members
     // would disagree about the host (a strict one closes the connection, which would count
     // against it).
+    if lean {
+        return Ok(());
+    }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     if hosts.next().is_some() && hosts.next().is_some() {
         return Err(ProxyError::DuplicateHost);
