@@ -3,7 +3,8 @@
 # kube-apiserver, kube-controller-manager and kubectl from k8s.io/kubernetes, etcd, and helm, all
 # from pinned Go module versions, into a version-keyed cache outside the repository. From the Gateway
 # API module at its pinned release it also builds the conformance suite's test binary and its
-# echo-basic backend, and keeps the standard channel's CRDs and the suite's base manifests. For the
+# echo-basic backend, and keeps the standard and experimental channels' CRDs and the suite's base
+# manifests. For the
 # observability tests it builds an OpenTelemetry Collector (a distribution of its own: the OTLP
 # receiver and the file exporter) and Prometheus, each from its pinned Go modules.
 #
@@ -31,14 +32,15 @@ PROMETHEUS_VERSION=v0.316.0  # github.com/prometheus/prometheus: Prometheus v3.1
 # The control plane, the Gateway API artifacts and the observability tools are cached apart: a
 # change to one does not rebuild the others.
 RECIPE=1
-GATEWAY_RECIPE=1
+GATEWAY_RECIPE=2  # 2: the experimental channel's CRDs too
 OBSERVABILITY_RECIPE=2
 
 BINARIES=(kube-apiserver kube-controller-manager kubectl etcd helm)
 GATEWAY_BINARIES=(echo-basic gateway-conformance.test)
-# Kept beside the Gateway API binaries, from its module: the standard channel's CRDs (in the order
-# of the module's kustomization) and the conformance suite's base manifests.
-GATEWAY_FILES=(standard-crds.yaml base-manifests.yaml)
+# Kept beside the Gateway API binaries, from its module: the standard and the experimental channel's
+# CRDs (each in the order of the module's kustomization of that channel) and the conformance
+# suite's base manifests.
+GATEWAY_FILES=(standard-crds.yaml experimental-crds.yaml base-manifests.yaml)
 OBSERVABILITY_BINARIES=(otelcol-kb prometheus)
 
 say() { echo "testenv: $*" >&2; }
@@ -223,6 +225,23 @@ build_helm() {
         go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
+# One channel's CRDs as one multi-document file OUT, in the order of the KUSTOMIZATION of that
+# channel (its resource lines that match PATTERN, relative to its folder), checked to be of the
+# pinned release and of that channel.
+channel_crds() {
+    local channel="$1" kustomization="$2" pattern="$3" out="$4" resource
+    while read -r resource; do
+        [[ -s "$(dirname "$kustomization")/$resource" ]] ||
+            die "gateway-api $GATEWAY_API_VERSION has no $resource next to $kustomization"
+        echo "---"
+        cat "$(dirname "$kustomization")/$resource"
+    done < <(sed -n "s|^[[:space:]]*-[[:space:]]*\\($pattern\\)[[:space:]]*\$|\\1|p" "$kustomization") >"$out"
+    grep -q "gateway.networking.k8s.io/bundle-version: $GATEWAY_API_VERSION" "$out" ||
+        die "found no $channel channel CRDs of gateway-api $GATEWAY_API_VERSION"
+    grep -q "gateway.networking.k8s.io/channel: $channel" "$out" ||
+        die "the CRDs of $kustomization are not of the $channel channel"
+}
+
 # The conformance suite and echo-basic live in the module sigs.k8s.io/gateway-api/conformance, whose
 # go.mod replaces sigs.k8s.io/gateway-api with ../ (so `go install` is refused). A wrapper module
 # requires it and points sigs.k8s.io/gateway-api at the same published release.
@@ -249,16 +268,10 @@ EOF
             env CGO_ENABLED=0 go test -c -trimpath -ldflags "-s -w" \
             -o "$STAGE_BIN/gateway-conformance.test" sigs.k8s.io/gateway-api/conformance
     )
-    # The standard channel in the order of the module's kustomization, as one multi-document file.
-    while read -r resource; do
-        [[ -s "$api_dir/config/crd/$resource" ]] ||
-            die "gateway-api $GATEWAY_API_VERSION has no config/crd/$resource"
-        echo "---"
-        cat "$api_dir/config/crd/$resource"
-    done < <(sed -n 's|^[[:space:]]*-[[:space:]]*\(standard/[^[:space:]]*\.yaml\)[[:space:]]*$|\1|p' \
-        "$api_dir/config/crd/kustomization.yaml") >"$files/standard-crds.yaml"
-    grep -q "gateway.networking.k8s.io/bundle-version: $GATEWAY_API_VERSION" "$files/standard-crds.yaml" ||
-        die "found no standard channel CRDs of gateway-api $GATEWAY_API_VERSION"
+    channel_crds standard "$api_dir/config/crd/kustomization.yaml" 'standard/[^[:space:]]*\.yaml' \
+        "$files/standard-crds.yaml"
+    channel_crds experimental "$api_dir/config/crd/experimental/kustomization.yaml" \
+        '[^[:space:]/]*\.yaml' "$files/experimental-crds.yaml"
     install -m 0644 "$conformance_dir/base/manifests.yaml" "$files/base-manifests.yaml"
 }
 
@@ -482,6 +495,7 @@ exports() {
     printf 'export KB_TESTENV_ECHO_BASIC=%q\n' "$GATEWAY_DIR/bin/echo-basic"
     printf 'export KB_TESTENV_GATEWAY_CONFORMANCE=%q\n' "$GATEWAY_DIR/bin/gateway-conformance.test"
     printf 'export KB_TESTENV_GATEWAY_CRDS=%q\n' "$GATEWAY_DIR/standard-crds.yaml"
+    printf 'export KB_TESTENV_GATEWAY_EXPERIMENTAL_CRDS=%q\n' "$GATEWAY_DIR/experimental-crds.yaml"
     printf 'export KB_TESTENV_GATEWAY_BASE_MANIFESTS=%q\n' "$GATEWAY_DIR/base-manifests.yaml"
     printf 'export KB_TESTENV_OTELCOL=%q\n' "$OBSERVABILITY_DIR/bin/otelcol-kb"
     printf 'export KB_TESTENV_PROMETHEUS=%q\n' "$OBSERVABILITY_DIR/bin/prometheus"

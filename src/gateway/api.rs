@@ -283,6 +283,9 @@ pub struct HTTPRouteRule {
     pub backend_refs: Vec<HTTPBackendRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<HTTPRouteTimeouts>,
+    /// In the experimental channel's CRD only (v1.6.3): the standard one drops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<HTTPRouteRetry>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -462,6 +465,21 @@ pub struct HTTPRouteTimeouts {
     pub request: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_request: Option<String>,
+}
+
+/// A rule's retries: of an answer with one of `codes` (400 to 599, as the CRD checks), and of a
+/// connection error or a backend timeout, up to `attempts` times, at least `backoff` apart.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HTTPRouteRetry {
+    #[serde(default)]
+    pub codes: Vec<i32>,
+    /// At least 1 (the CRD checks); none: kube-balancer's choice, 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+    /// A Gateway API duration (`100ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

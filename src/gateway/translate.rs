@@ -46,6 +46,7 @@ use crate::plane::fronts::{
 use crate::plane::matching::{
     HeaderMatch, PathMatch, Pattern, QueryMatch, RequestMatch, ValueMatch,
 };
+use crate::plane::routes::Retry;
 use crate::tls::material::Material;
 
 /// Why something is refused: a condition reason, and a message in words.
@@ -1604,6 +1605,40 @@ fn rule_config(
             .map(duration)
             .transpose()?
             .flatten(),
+        retry: rule.retry.as_ref().map(retry).transpose()?,
+    })
+}
+
+/// Tries when a rule's `retry` names no `attempts`: one more, as a BalancerCluster's
+/// `failover.maxAttempts` by default.
+const DEFAULT_RETRY_ATTEMPTS: u32 = 1;
+
+/// A rule's `retry` as the failover loop takes it: its codes sorted, each once.
+fn retry(spec: &api::HTTPRouteRetry) -> Result<Retry, String> {
+    let mut codes = spec
+        .codes
+        .iter()
+        .map(|&c| {
+            u16::try_from(c)
+                .ok()
+                .filter(|c| (400..=599).contains(c))
+                .ok_or_else(|| format!("retry code {c} is not an error status (400 to 599)"))
+        })
+        .collect::<Result<Vec<u16>, String>>()?;
+    codes.sort_unstable();
+    codes.dedup();
+    let attempts = match spec.attempts {
+        None => DEFAULT_RETRY_ATTEMPTS,
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| format!("retry attempts {n} is not at least 1"))?,
+    };
+    let backoff = spec.backoff.as_deref().map(duration).transpose()?.flatten();
+    Ok(Retry {
+        codes,
+        attempts,
+        backoff,
     })
 }
 
@@ -3643,5 +3678,83 @@ mod tests {
             conditions(&route_status(&t, "bad").parents[0].conditions)[0],
             ("Accepted", "False", "UnsupportedValue")
         );
+    }
+
+    /// A rule's `retry` (the experimental channel's) becomes the rule's retries as the failover
+    /// loop takes them: its codes sorted and once each, its attempts, its backoff; without
+    /// `attempts`, one; a `0s` backoff is none.
+    #[test]
+    fn a_rules_retry_becomes_the_planes() {
+        let mut f = Fixture::new();
+        f.gateways
+            .push(gateway("infra", "gw", 100, json!([http("http", 80, None)])));
+        f.routes.push(route(
+            "infra",
+            "r",
+            10,
+            json!({"parentRefs": [{"name": "gw"}], "rules": [
+                {"matches": [{"path": {"value": "/a"}}],
+                 "retry": {"codes": [504, 500, 502, 500], "attempts": 3, "backoff": "100ms"}},
+                {"matches": [{"path": {"value": "/b"}}], "retry": {"backoff": "0s"}},
+                {"matches": [{"path": {"value": "/c"}}]},
+            ]}),
+        ));
+        let t = f.translate();
+        let routes = &t.fronts[0].listeners[0].routes;
+        let retries: Vec<Option<Retry>> = routes.iter().map(|r| r.retry.clone()).collect();
+        assert_eq!(
+            retries,
+            [
+                Some(Retry {
+                    codes: vec![500, 502, 504],
+                    attempts: 3,
+                    backoff: Some(Duration::from_millis(100)),
+                }),
+                Some(Retry {
+                    codes: Vec::new(),
+                    attempts: 1,
+                    backoff: None,
+                }),
+                None,
+            ]
+        );
+    }
+
+    /// What the CRD refuses, should a route carry it anyway (an older CRD, a rule written past
+    /// validation), is not served: the route is refused with why.
+    #[test]
+    fn a_retry_the_plane_cannot_take_refuses_the_route() {
+        for (retry, why) in [
+            (
+                json!({"codes": [200]}),
+                "retry code 200 is not an error status",
+            ),
+            (json!({"attempts": 0}), "retry attempts 0 is not at least 1"),
+            (json!({"backoff": "soon"}), "duration \"soon\""),
+        ] {
+            let mut f = Fixture::new();
+            f.gateways
+                .push(gateway("infra", "gw", 100, json!([http("http", 80, None)])));
+            f.routes.push(route(
+                "infra",
+                "r",
+                10,
+                json!({"parentRefs": [{"name": "gw"}], "rules": [{"retry": retry}]}),
+            ));
+            let t = f.translate();
+            assert!(t.fronts[0].listeners[0].routes.is_empty(), "{retry}");
+            let parent = &route_status(&t, "r").parents[0];
+            assert_eq!(
+                conditions(&parent.conditions)[0],
+                ("Accepted", "False", "UnsupportedValue"),
+                "{retry}"
+            );
+            let accepted = &parent.conditions[0];
+            assert!(
+                accepted.message.contains(why),
+                "{retry}: {}",
+                accepted.message
+            );
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::filters::Filters;
 use super::matching::RequestMatch;
-use super::routes::{Backend, ListenerRoutes, RouteEntry, RouteTable, Rule, Shadowed};
+use super::routes::{Backend, ListenerRoutes, Retry, RouteEntry, RouteTable, Rule, Shadowed};
 use crate::discovery::TlsSource;
 use crate::tls::ListenerCertificates;
 use crate::tls::material::Material;
@@ -63,6 +63,7 @@ pub struct RouteConfig {
     pub backends: Vec<BackendConfig>,
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
+    pub retry: Option<Retry>,
 }
 
 /// A weighted backend of a route rule: a cluster by key, or `None` for one that cannot be served
@@ -169,6 +170,7 @@ fn entry(route: &RouteConfig, index: &HashMap<&str, usize>) -> RouteEntry {
     let mut rule = Rule::new(route.name.clone(), route.filters.clone(), backends);
     rule.request_timeout = route.request_timeout;
     rule.backend_timeout = route.backend_timeout;
+    rule.retry = route.retry.clone();
     RouteEntry {
         hostnames: route.hostnames.clone(),
         matches: route.matches.clone(),

@@ -76,11 +76,33 @@ pub struct Rule {
     pub request_timeout: Option<Duration>,
     /// Each try must be answered within this (`timeouts.backendRequest`); else the cluster's.
     pub backend_timeout: Option<Duration>,
+    /// The rule's retries (HTTPRoute `retry`), beyond the cluster's failover.
+    pub retry: Option<Retry>,
     /// Turns of the weighted choice.
     turn: AtomicU64,
     /// The step between turns that interleaves backends in each cycle of the weights.
     stride: u64,
     total_weight: u64,
+}
+
+/// A rule's retries (HTTPRoute `rules[].retry`), carried out by the cluster's failover loop: a
+/// request gets `attempts` tries after the first (instead of the cluster's `maxAttempts`), on
+/// the same member when no other is left; an answer whose status is one of `codes` is tried
+/// again (without putting the member in error, unlike `failOnStatus`), and so is a try that
+/// timed out; a connection error is, as in any failover. Each try again waits `backoff` first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retry {
+    /// Sorted, each once.
+    pub codes: Vec<u16>,
+    pub attempts: u32,
+    pub backoff: Option<Duration>,
+}
+
+impl Retry {
+    /// Whether an answer with `status` is tried again.
+    pub fn on_status(&self, status: u16) -> bool {
+        self.codes.binary_search(&status).is_ok()
+    }
 }
 
 /// One backend of a rule.
@@ -102,6 +124,7 @@ impl Rule {
             backends,
             request_timeout: None,
             backend_timeout: None,
+            retry: None,
             turn: AtomicU64::new(0),
             stride: stride(total_weight),
             total_weight,

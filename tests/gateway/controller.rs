@@ -243,7 +243,7 @@ async fn a_route_on_a_gateway_is_published_at_its_address_and_reported() {
     // The features claimed (those the conformance suite passes with), sorted as the API asks.
     assert_eq!(features, gateway::SUPPORTED_FEATURES);
     assert!(features.is_sorted(), "{features:?}");
-    assert_eq!(features.len(), 36, "3 core features and 33 extended ones");
+    assert_eq!(features.len(), 39, "3 core features and 36 extended ones");
     let gw = wait::until_object(
         gateways.clone(),
         "gw",

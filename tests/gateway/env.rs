@@ -440,5 +440,8 @@ async fn the_conformance_suite_runs_against_the_environment_and_waits_for_its_ga
         report.contains(&format!("gatewayAPIVersion: {GATEWAY_API_VERSION}")),
         "{report}"
     );
-    assert!(report.contains("gatewayAPIChannel: standard"), "{report}");
+    assert!(
+        report.contains("gatewayAPIChannel: experimental"),
+        "{report}"
+    );
 }

@@ -63,7 +63,7 @@ pub const GATEWAY_API_VERSION: &str = "v1.6.3";
 /// The paths that scripts/testenv.sh exports (`env`, and `run` sets them).
 pub const ECHO_BASIC_ENV: &str = "KB_TESTENV_ECHO_BASIC";
 pub const CONFORMANCE_ENV: &str = "KB_TESTENV_GATEWAY_CONFORMANCE";
-pub const CRDS_ENV: &str = "KB_TESTENV_GATEWAY_CRDS";
+pub const EXPERIMENTAL_CRDS_ENV: &str = "KB_TESTENV_GATEWAY_EXPERIMENTAL_CRDS";
 pub const BASE_MANIFESTS_ENV: &str = "KB_TESTENV_GATEWAY_BASE_MANIFESTS";
 
 /// The Node that the runner binds Pods to and runs them on.

@@ -22,7 +22,7 @@ use super::response::ResponseBody;
 use super::upstream::body::RequestBody;
 use super::worker::Worker;
 use crate::plane::filters::{ClientSide, Filters, Mirror, Origin, PathModifier};
-use crate::plane::routes::Rule;
+use crate::plane::routes::{Retry, Rule};
 
 /// What a request's rule asks of the proxy beyond choosing its cluster.
 pub struct Applied {
@@ -51,7 +51,8 @@ impl Applied {
         let idle = rule.filters.is_empty()
             && backend_filters.is_none_or(Filters::is_empty)
             && rule.request_timeout.is_none()
-            && rule.backend_timeout.is_none();
+            && rule.backend_timeout.is_none()
+            && rule.retry.is_none();
         (!idle).then(|| {
             Box::new(Applied {
                 rule: rule.clone(),
@@ -75,6 +76,11 @@ impl Applied {
     /// Each try's time limit, instead of the cluster's response timeout.
     pub fn backend_timeout(&self) -> Option<Duration> {
         self.rule.backend_timeout
+    }
+
+    /// The rule's retries, beyond the cluster's failover.
+    pub fn retry(&self) -> Option<&Retry> {
+        self.rule.retry.as_ref()
     }
 }
 

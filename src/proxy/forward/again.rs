@@ -129,6 +129,9 @@ pub fn rebuild(
 /// of it reached the first (a connection that did not open, a stream the member refused
 /// unprocessed), unless its method is listed in `failover.safeGrpcMethods`; then also when its
 /// stream broke before the answer began, if its body was kept whole.
+///
+/// With `timeouts_again` (a route's retries), a try that got no answer in time is one that
+/// reached the member and got no answer head: it goes again on the same terms.
 pub fn may_go_again(
     cluster: &Cluster,
     stage: Stage,
@@ -136,25 +139,37 @@ pub fn may_go_again(
     req: &Request<RequestBody>,
     replay: Option<&Replay>,
     call: Option<&Call>,
+    timeouts_again: bool,
 ) -> bool {
-    let kept = call.and_then(|c| c.kept.as_ref());
     match stage {
         Stage::Unsent | Stage::Refused | Stage::QueueFull | Stage::QueueTimeout => true,
-        Stage::Unanswered | Stage::BadAnswer => {
-            // The lean client only borrowed the request; hyper's took it, and a copy was kept.
-            let intact = kind == Upstream::Lean || replay.is_some();
-            let may_repeat = match call.and_then(|c| c.grpc.as_ref()) {
-                Some(grpc) => grpc.safe && kept.is_none_or(|k| k.can_again()),
-                None => idempotent(req.method()),
-            };
-            intact
-                && may_repeat
-                && cluster
-                    .retry_budget
-                    .try_take(clock::now_ms(), requests(cluster))
-        }
-        Stage::ClientBody | Stage::ClientTimeout | Stage::TimedOut => false,
+        Stage::Unanswered | Stage::BadAnswer => repeatable(cluster, kind, req, replay, call),
+        Stage::TimedOut => timeouts_again && repeatable(cluster, kind, req, replay, call),
+        Stage::ClientBody | Stage::ClientTimeout => false,
     }
+}
+
+/// Whether a request that reached a member may be sent again: it is intact, sending it twice
+/// changes nothing, and the cluster's retry budget allows one more.
+fn repeatable(
+    cluster: &Cluster,
+    kind: Upstream,
+    req: &Request<RequestBody>,
+    replay: Option<&Replay>,
+    call: Option<&Call>,
+) -> bool {
+    let kept = call.and_then(|c| c.kept.as_ref());
+    // The lean client only borrowed the request; hyper's took it, and a copy was kept.
+    let intact = kind == Upstream::Lean || replay.is_some();
+    let may_repeat = match call.and_then(|c| c.grpc.as_ref()) {
+        Some(grpc) => grpc.safe && kept.is_none_or(|k| k.can_again()),
+        None => idempotent(req.method()),
+    };
+    intact
+        && may_repeat
+        && cluster
+            .retry_budget
+            .try_take(clock::now_ms(), requests(cluster))
 }
 
 /// All the cluster's requests so far, as its members count them.
@@ -167,17 +182,19 @@ fn requests(cluster: &Cluster) -> u64 {
         .sum()
 }
 
-/// A body-less request kept to be sent again: after a `failOnStatus` answer, or, when hyper's
-/// client takes it (`--http1 hyper`), after a failure on a member for an idempotent one.
-/// Boxed where it is held: few requests need it, and inline it would make every request's
-/// future larger.
+/// A body-less request kept to be sent again: after a `failOnStatus` answer or an answer a
+/// route's retries (`retry`) take again, or, when hyper's client takes it (`--http1 hyper`),
+/// after a failure on a member for an idempotent one. Boxed where it is held: few requests
+/// need it, and inline it would make every request's future larger.
 pub fn replay_of(
     cluster: &Cluster,
     kind: Upstream,
     upgrade: bool,
     req: &Request<RequestBody>,
+    retry: bool,
 ) -> Option<Box<Replay>> {
-    let wanted = !cluster.config.fail_on_status.is_empty()
+    let wanted = retry
+        || !cluster.config.fail_on_status.is_empty()
         || (kind == Upstream::Hyper && idempotent(req.method()));
     (wanted && !upgrade && req.body().is_end_stream()).then(|| Box::new(Replay::of(req)))
 }

@@ -8,6 +8,7 @@
 mod again;
 mod answer;
 mod outcome;
+mod retry;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 use self::again::{Call, deadline_of, keep_for_http2, replay_of};
 use self::answer::deliver;
 use self::outcome::{Try, fails_over, gave_up, go_again, trying};
+use self::retry::{Plan, pause};
 use super::client::ClientRequest;
 use super::deadline::Deadline;
 use super::error::ProxyError;
@@ -68,10 +70,10 @@ pub async fn forward(
         observed,
     } = &mut *routed.req;
     let config = &cluster.config;
-    let tries = tries(config);
+    let plan = Plan::of(config, routed.filters.as_deref());
     let upgrade = client_upgrade.is_some();
     let base = Upstream::for_request(worker.http1, req.body().is_end_stream(), upgrade);
-    let mut replay = replay_of(cluster, base, upgrade, req);
+    let mut replay = replay_of(cluster, base, upgrade, req, plan.retry.is_some());
     let mut call = Call::of(config, req, routed.grpc);
     // The members tried and failed, to be passed over: filled only when a try fails, so a
     // request answered at the first try allocates nothing for it.
@@ -79,12 +81,13 @@ pub async fn forward(
     // Boxed, as rare: a smaller request future fits the allocator's small size classes.
     let mut last_failure: Option<Box<ProxyError>> = None;
     loop {
-        let Some((started, index)) = pick(cluster, &tried, affinity) else {
+        pause(plan.retry, tried.len()).await;
+        let Some((started, index)) = pick(cluster, &tried, affinity, plan.retry.is_some()) else {
             let error = none_left(worker, cluster, &tried, last_failure, call.as_deref());
             return Err(error);
         };
         let kind = Upstream::for_member(base, &config.members[index], upgrade);
-        keep_for_http2(kind, req, lean, &mut replay, &mut call, tries, upgrade);
+        keep_for_http2(kind, req, lean, &mut replay, &mut call, plan.tries, upgrade);
         let lease = elected(cluster, index, req, observed.as_deref_mut(), forwarding);
         let key = upstream::member(&worker.pool, cluster, &config.members[index]);
         let until = try_until(routed.filters.as_deref(), config, call.as_deref(), started);
@@ -93,13 +96,15 @@ pub async fn forward(
             kind, &key, config, limits, req, lean, forwarding, started, until, deadline,
         )
         .await;
+        // The tries made: those that failed, and this one.
         let at = Try::new(
             worker,
             cluster,
             index,
             kind,
             started,
-            tried.len() + 1 < tries,
+            &plan,
+            tried.len() + 1,
         );
         let (replay, call_ref) = (replay.as_deref(), call.as_deref());
         match outcome {
@@ -121,21 +126,25 @@ pub async fn forward(
     }
 }
 
-/// How many members a request may try: one, or one more than the cluster's `maxAttempts`.
-fn tries(config: &ClusterConfig) -> usize {
-    if config.no_failover {
-        1
-    } else {
-        1 + config.max_attempts as usize
-    }
-}
-
 /// The next member to try, and when the try starts: one clock reading serves the pick, the
-/// pooled connection's age, the response deadline and the latency sample.
-fn pick(cluster: &Cluster, tried: &[usize], affinity: &Affinity) -> Option<(Instant, usize)> {
+/// pooled connection's age, the response deadline and the latency sample. A member not tried
+/// yet comes first; with a route's retries (`again`), one tried already when none is left.
+fn pick(
+    cluster: &Cluster,
+    tried: &[usize],
+    affinity: &Affinity,
+    again: bool,
+) -> Option<(Instant, usize)> {
     let started = Instant::now();
     let now = clock::ms_at(started.into_std());
-    let index = cluster.balancer.pick_for(now, tried, affinity)?;
+    let index = cluster
+        .balancer
+        .pick_for(now, tried, affinity)
+        .or_else(|| {
+            (again && !tried.is_empty())
+                .then(|| cluster.balancer.pick_for(now, &[], affinity))
+                .flatten()
+        })?;
     Some((started, index))
 }
 

@@ -9,10 +9,12 @@ use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
 
 use super::again::{Call, deadline_of, may_go_again, rebuild};
+use super::retry::Plan;
 use crate::api::LbMethod;
 use crate::balancer::{MemberStats, ewma};
 use crate::clock;
 use crate::plane::Cluster;
+use crate::plane::routes::Retry;
 use crate::proxy::error::ProxyError;
 use crate::proxy::headers::{Forwarding, TRACEPARENT};
 use crate::proxy::upstream::Upstream;
@@ -22,7 +24,7 @@ use crate::proxy::worker::Worker;
 use crate::telemetry::Observed;
 
 /// One try, as its outcome is weighed: the member, the client that carried it, when it began,
-/// and whether attempts remain.
+/// whether attempts remain, and the route's retries.
 pub struct Try<'a> {
     pub worker: &'a Worker,
     pub cluster: &'a Cluster,
@@ -30,16 +32,19 @@ pub struct Try<'a> {
     pub kind: Upstream,
     pub started: Instant,
     pub more: bool,
+    pub retry: Option<&'a Retry>,
 }
 
 impl<'a> Try<'a> {
+    /// The try after `tried` tries (this one counted) of the request's `plan`.
     pub fn new(
         worker: &'a Worker,
         cluster: &'a Cluster,
         index: usize,
         kind: Upstream,
         started: Instant,
-        more: bool,
+        plan: &Plan<'a>,
+        tried: usize,
     ) -> Self {
         Try {
             worker,
@@ -47,7 +52,8 @@ impl<'a> Try<'a> {
             index,
             kind,
             started,
-            more,
+            more: tried < plan.tries,
+            retry: plan.retry,
         }
     }
 }
@@ -76,10 +82,19 @@ pub fn go_again(
     let given_back = failure.unsent.is_some();
     let client_deadline =
         stage == Stage::TimedOut && deadline_of(call).is_some_and(|at| Instant::now() >= at);
-    let error = failed(cluster, index, failure, req, client_deadline)
-        .map_err(|e| gave_up(worker, cluster, Some(index), e))?;
+    // A route's retries take a try that timed out again (not a gRPC call past its deadline).
+    let timeouts_again = at.retry.is_some() && !client_deadline;
+    let error = failed(
+        cluster,
+        index,
+        failure,
+        req,
+        client_deadline,
+        timeouts_again,
+    )
+    .map_err(|e| gave_up(worker, cluster, Some(index), e))?;
     let again = at.more
-        && may_go_again(cluster, stage, kind, req, replay, call)
+        && may_go_again(cluster, stage, kind, req, replay, call, timeouts_again)
         && (given_back
             || kind == Upstream::Lean
             || (kind == Upstream::Hyper && stage == Stage::Unsent)
@@ -100,7 +115,8 @@ pub fn go_again(
 }
 
 /// A member answered: the answer is counted and reported; true when its status is listed in
-/// `failOnStatus` and the request, built again, goes to the next member.
+/// `failOnStatus` (which puts the member in error) or in the route's retry `codes`, and the
+/// request, built again, goes to the next try.
 pub fn fails_over(
     at: &Try<'_>,
     observed: &mut Option<Box<Observed>>,
@@ -121,7 +137,9 @@ pub fn fails_over(
         answered(worker, observed.as_deref_mut(), stats, started, response);
     }
     observe(cluster, index, started, response.status());
-    let again = failed_on_status(cluster, index, response.status())
+    let status = response.status();
+    let failed = failed_on_status(cluster, index, status);
+    let again = (failed || at.retry.is_some_and(|r| r.on_status(status.as_u16())))
         && at.more
         && rebuild(req, replay, call);
     if again && worker.telemetry.request_metrics {
@@ -134,14 +152,15 @@ pub fn fails_over(
 /// nothing held against the member. Otherwise it is reported to the balancer (unless it was a
 /// gRPC call's own deadline that passed) and, unless the answer only came late (504), the
 /// member is put in error. Gives the error and whether the
-/// request may go to another member; the request is put back when hyper's client had taken
-/// it.
+/// request may go to another member (a late answer only with `timeouts_again`); the request is
+/// put back when hyper's client had taken it.
 fn failed(
     cluster: &Cluster,
     index: usize,
     failure: Failure,
     req: &mut Request<RequestBody>,
     client_deadline: bool,
+    timeouts_again: bool,
 ) -> Result<ProxyError, ProxyError> {
     let member = &cluster.config.members[index];
     let Failure {
@@ -155,46 +174,53 @@ fn failed(
     if stage == Stage::ClientTimeout {
         return Err(ProxyError::ClientTimeout { cause });
     }
+    if let Some(back) = unsent {
+        *req = *back;
+    }
     if let Stage::QueueFull | Stage::QueueTimeout = stage {
-        // The member's own limit: nothing reached it, and it says nothing of its health.
-        let stats = &cluster.balancer.members()[index].stats;
-        let counter = match stage {
-            Stage::QueueFull => &stats.queue_full,
-            _ => &stats.queue_timeouts,
-        };
-        counter.fetch_add(1, Relaxed);
-        if let Some(back) = unsent {
-            *req = *back;
-        }
-        return Ok(ProxyError::Overloaded {
-            cluster: cluster.key.clone(),
-            member: member.url.clone(),
-            cause,
-        });
+        return Ok(overloaded(cluster, index, stage, cause));
     }
     // A gRPC call's own deadline passing says nothing of the member.
     if !client_deadline {
         cluster.balancer.report(index, false, clock::now_ms());
     }
     if stage == Stage::TimedOut {
-        return Err(ProxyError::Timeout {
+        let error = ProxyError::Timeout {
             cluster: cluster.key.clone(),
             member: member.url.clone(),
             after: cluster.config.response_timeout,
-        });
+        };
+        return if timeouts_again {
+            Ok(error)
+        } else {
+            Err(error)
+        };
     }
     cluster
         .balancer
         .mark_error(index, clock::now_ms(), cluster.retry_ms, error_note(&cause));
-    if let Some(back) = unsent {
-        *req = *back;
-    }
     let error = ProxyError::MemberFailed {
         cluster: cluster.key.clone(),
         member: member.url.clone(),
         cause,
     };
     Ok(error)
+}
+
+/// The member's own limit (its queue full, or the wait in it too long): nothing reached it, and
+/// it says nothing of its health; counted.
+fn overloaded(cluster: &Cluster, index: usize, stage: Stage, cause: String) -> ProxyError {
+    let stats = &cluster.balancer.members()[index].stats;
+    let counter = match stage {
+        Stage::QueueFull => &stats.queue_full,
+        _ => &stats.queue_timeouts,
+    };
+    counter.fetch_add(1, Relaxed);
+    ProxyError::Overloaded {
+        cluster: cluster.key.clone(),
+        member: cluster.config.members[index].url.clone(),
+        cause,
+    }
 }
 
 /// A try begins on member `index`: the record names it, and with tracing, the member gets a

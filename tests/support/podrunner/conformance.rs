@@ -1,5 +1,5 @@
 //! The Gateway API conformance suite against the test environment (docs/testenv.md): the pinned
-//! standard channel's CRDs, the suite's base manifests, and `run`, which starts the suite's test
+//! experimental channel's CRDs, the suite's base manifests, and `run`, which starts the suite's test
 //! binary (scripts/testenv.sh builds it with `go test -c`) against the test control plane.
 //!
 //! The suite runs inside the run's network namespace like everything else, so it reaches a Gateway
@@ -16,7 +16,7 @@ use kube::runtime::watcher;
 
 use super::super::controlplane::{ControlPlane, die_with_parent};
 use super::super::wait;
-use super::{BASE_MANIFESTS_ENV, CONFORMANCE_ENV, CRDS_ENV, PodRunner, testenv_file};
+use super::{BASE_MANIFESTS_ENV, CONFORMANCE_ENV, EXPERIMENTAL_CRDS_ENV, PodRunner, testenv_file};
 
 /// The suite's namespaces: fixed names, one set per control plane.
 pub const SUITE_NAMESPACES: [&str; 3] = [
@@ -56,9 +56,10 @@ pub async fn until_suite_namespaces_gone() {
 /// replaces when it applies them.
 pub const GATEWAY_CLASS_PLACEHOLDER: &str = "{GATEWAY_CLASS_NAME}";
 
-/// The Gateway API CRDs of the pinned release's standard channel, as one file.
-pub fn standard_crds() -> PathBuf {
-    testenv_file(CRDS_ENV)
+/// The Gateway API CRDs of the pinned release's experimental channel, as one file: a superset of
+/// the standard channel, and at v1.6.3 the only one with HTTPRoute `rules[].retry`.
+pub fn experimental_crds() -> PathBuf {
+    testenv_file(EXPERIMENTAL_CRDS_ENV)
 }
 
 /// The suite's base manifests (13 echo-basic Deployments, a CoreDNS one, Services, Gateways).
@@ -71,11 +72,13 @@ pub fn suite_binary() -> PathBuf {
     testenv_file(CONFORMANCE_ENV)
 }
 
-/// Installs the standard channel's CRDs (server-side apply: they are too large for the annotation
-/// that client-side apply keeps) and waits until the API server serves every one of them.
+/// Installs the experimental channel's CRDs (server-side apply: they are too large for the
+/// annotation that client-side apply keeps) and waits until the API server serves every one of
+/// them. Every test of a control plane installs the same channel: the release's admission policy
+/// refuses experimental CRDs over standard ones, and the suite refuses to run on a mix.
 pub async fn install_crds() -> Vec<String> {
     let control_plane = ControlPlane::shared();
-    let crds = standard_crds();
+    let crds = experimental_crds();
     let output = control_plane
         .run(
             "kubectl",
