@@ -90,6 +90,9 @@ pub struct ClientRequest {
     /// The request's record, with the access log or tracing on (kept in the request's box, so
     /// that a request's future does not grow by it).
     pub observed: Option<Box<crate::telemetry::Observed>>,
+    /// A gRPC call (its content type says so), answered in gRPC's terms: read once, by
+    /// `request::handle`.
+    pub grpc: bool,
 }
 
 #[cfg(test)]

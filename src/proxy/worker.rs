@@ -71,6 +71,7 @@ impl Worker {
                 lean: None,
                 upgrade: None,
                 observed: None,
+                grpc: false,
             })
         });
         let req = &mut request.req;
@@ -99,6 +100,7 @@ impl Worker {
             request.lean = None;
             request.upgrade = None;
             request.observed = None;
+            request.grpc = false;
             spare.push(request);
         }
     }
@@ -203,6 +205,7 @@ mod tests {
                 lean: None,
                 upgrade: None,
                 observed: None,
+                grpc: false,
             }));
         }
         assert_eq!(worker.spare_requests(), SPARE_REQUESTS);

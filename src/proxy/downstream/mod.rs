@@ -343,6 +343,7 @@ fn hyper_service(
                 lean: None,
                 upgrade: None,
                 observed: None,
+                grpc: false,
             }),
         );
         async move {

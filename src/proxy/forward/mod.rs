@@ -45,8 +45,6 @@ pub struct Routed {
     pub affinity: Affinity,
     /// The route's filters and timeouts, when it has any.
     pub filters: Option<Box<Applied>>,
-    /// A gRPC call (its content type says so): answered in gRPC's terms.
-    pub grpc: bool,
 }
 
 /// Sends the request to the members the cluster picks, in turn, until one answers or the
@@ -68,13 +66,14 @@ pub async fn forward(
         lean,
         upgrade: client_upgrade,
         observed,
+        grpc,
     } = &mut *routed.req;
     let config = &cluster.config;
     let plan = Plan::of(config, routed.filters.as_deref());
     let upgrade = client_upgrade.is_some();
     let base = Upstream::for_request(worker.http1, req.body().is_end_stream(), upgrade);
     let mut replay = replay_of(cluster, base, upgrade, req, plan.retry.is_some());
-    let mut call = Call::of(config, req, routed.grpc);
+    let mut call = Call::of(config, req, *grpc);
     // The members tried and failed, to be passed over: filled only when a try fails, so a
     // request answered at the first try allocates nothing for it.
     let mut tried: Vec<usize> = Vec::new();

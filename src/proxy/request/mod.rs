@@ -37,19 +37,20 @@ use crate::tls;
 pub fn handle(
     worker: Rc<Worker>,
     client: Rc<Client>,
-    req: Box<ClientRequest>,
+    mut req: Box<ClientRequest>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
     if let Some(deadline) = &client.deadline {
         deadline.busy();
     }
     // A gRPC client is answered in gRPC's terms when the proxy answers for a member.
     let grpc = is_grpc(req.req.headers());
+    req.grpc = grpc;
     // Boxed, and only with the access log or tracing on.
     let mut observed = worker
         .telemetry
         .observes()
         .then(|| observe(&worker, &client, &req));
-    match route(&worker, &client, req, grpc, &mut observed) {
+    match route(&worker, &client, req, &mut observed) {
         Ok(mut routed) => {
             observe_routed(observed, &mut routed);
             Either::Left(async move {

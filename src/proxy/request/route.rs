@@ -22,13 +22,11 @@ use crate::proxy::worker::Worker;
 use crate::telemetry::{Field, Observed};
 use crate::tls;
 
-/// Finds the request's cluster and prepares the request for its members. `grpc`: the request
-/// is a gRPC call.
+/// Finds the request's cluster and prepares the request for its members.
 pub fn route(
     worker: &Worker,
     client: &Client,
     mut incoming: Box<ClientRequest>,
-    grpc: bool,
     observed: &mut Option<Box<Observed>>,
 ) -> Result<Routed, ProxyError> {
     let ClientRequest {
@@ -79,7 +77,6 @@ pub fn route(
         forwarding,
         affinity,
         filters,
-        grpc,
     })
 }
 
