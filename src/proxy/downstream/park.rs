@@ -205,12 +205,13 @@ impl<G> Lot<G> {
         }
         stopping.count_parked(-isize::try_from(taken.len()).unwrap_or(isize::MAX));
         if slots.due.is_empty() {
-            // Nothing parked: give the slots' room back.
+            // Nothing parked: give the slots' room back, and forget wakes of slots now empty.
             *slots = Slots {
                 parked: Vec::new(),
                 free: Vec::new(),
                 due: BTreeSet::new(),
             };
+            self.woken.lock().0 = Vec::new();
         }
         taken
     }
