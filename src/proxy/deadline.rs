@@ -9,8 +9,9 @@
 //! when a deadline comes sooner than the sleep is armed for.
 //!
 //! A lean connection that has waited for its next head for a while is asked to park
-//! ([`Fired::Park`], once per wait): to drop its lean future and wait for its next bytes with
-//! no more than the connection's task (`downstream::serve`). So that it is asked soon after
+//! ([`Fired::Park`], once per wait): to leave its task and wait for its next bytes as a small
+//! record in its worker's parking lot (`downstream::park`), whose one timer then keeps the head's
+//! deadline; a new task takes the connection up with [`Deadline::resumed`]. So that it is asked soon after
 //! going idle, a parking connection's sleep never sleeps longer than `park_after` while it is
 //! busy or waits for its member (a wake-up a second, not one per request); once asked, it
 //! sleeps until the head is due.
@@ -88,6 +89,29 @@ impl Deadline {
             self.armed.set(armed.min(since + after));
         }
         self
+    }
+
+    /// A parked connection taken up again because bytes came (`downstream::park`): its head is
+    /// still due at `head_due` (the header-read timeout from when it went idle), and it was
+    /// asked to park once in this wait already.
+    pub fn resumed(header_read_timeout: Duration, head_due: Instant, park_after: Duration) -> Self {
+        Deadline {
+            header_read_timeout,
+            park_after: Cell::new(Some(park_after)),
+            park_asked: Cell::new(true),
+            wait: Cell::new(Wait::Head(head_due)),
+            armed: Cell::new(head_due),
+            sooner: Cell::new(true),
+            expired: Cell::new(false),
+        }
+    }
+
+    /// When the next request head is due, while the connection waits for one.
+    pub fn head_due(&self) -> Option<Instant> {
+        match self.wait.get() {
+            Wait::Head(at) => Some(at),
+            Wait::Nothing | Wait::Response(_) => None,
+        }
     }
 
     /// No parking: hyper's server takes the connection.
@@ -259,6 +283,28 @@ mod tests {
         assert_eq!(d.fire(t2 + after * 2), Fired::Rearm(t2 + after + HEAD));
         d.busy();
         assert_eq!(d.fire(t2 + HEAD), Fired::Rearm(t2 + HEAD * 2));
+    }
+
+    /// A parked connection taken up again keeps the head deadline of its wait and is not asked
+    /// to park again in it; once answered, it is asked `park_after` into its next wait.
+    #[test]
+    fn a_resumed_connection_keeps_its_head_deadline() {
+        let t0 = Instant::now();
+        let after = Duration::from_secs(1);
+        let d = Deadline::resumed(HEAD, t0 + HEAD, after);
+        assert_eq!(d.head_due(), Some(t0 + HEAD));
+        assert!(d.due(false), "a new driver arms its sleep");
+        assert_eq!(d.fire(t0 + after * 2), Fired::Rearm(t0 + HEAD));
+        assert_eq!(d.fire(t0 + HEAD), Fired::HeadTimeout);
+
+        let d = Deadline::resumed(HEAD, t0 + HEAD, after);
+        d.busy();
+        assert_eq!(d.head_due(), None);
+        let t1 = t0 + after * 3;
+        d.await_head(t1);
+        assert_eq!(d.head_due(), Some(t1 + HEAD));
+        assert_eq!(d.fire(t1), Fired::Rearm(t1 + after));
+        assert_eq!(d.fire(t1 + after), Fired::Park(t1 + HEAD));
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub async fn accept_loop(
         stopping: Rc::new(Stopping::default()),
         header_read_timeout: options.header_read_timeout,
         body_read_timeout: options.body_read_timeout,
+        lot: Rc::default(),
     });
     let tracker = Rc::new(Tracker {
         plane: plane.clone(),
@@ -132,7 +133,7 @@ async fn accept(
     listener: TcpListener,
     entry: Entry,
     tls: Option<TlsAcceptor>,
-    serving: Rc<Serving>,
+    serving: Rc<Serving<Open>>,
     tracker: Rc<Tracker>,
 ) {
     loop {
@@ -169,7 +170,7 @@ type FrontKey = (Option<IpAddr>, u16, bool);
 async fn serve_fronts(
     fallback: IpAddr,
     plane: Arc<DataPlane>,
-    serving: Rc<Serving>,
+    serving: Rc<Serving<Open>>,
     tracker: Rc<Tracker>,
 ) {
     let mut published = plane.watch();
@@ -219,7 +220,7 @@ fn open_front(
     (address, port, tls): FrontKey,
     fallback: IpAddr,
     plane: &Arc<DataPlane>,
-    serving: &Rc<Serving>,
+    serving: &Rc<Serving<Open>>,
     tracker: &Rc<Tracker>,
 ) -> io::Result<JoinHandle<()>> {
     let listener =

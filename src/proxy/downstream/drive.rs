@@ -22,7 +22,7 @@ pub struct Stopping {
     /// Wakers of the connections waiting, by slot; freed slots are reused.
     waiting: RefCell<Vec<Option<Waker>>>,
     free: RefCell<Vec<usize>>,
-    /// How many of the worker's connections are parked now (`downstream::Parked`).
+    /// How many of the worker's connections are parked now (`park::Lot`).
     parked: Cell<usize>,
 }
 
@@ -33,6 +33,11 @@ impl Stopping {
         for waker in waiting.into_iter().flatten() {
             waker.wake();
         }
+    }
+
+    /// True once the worker stops.
+    pub fn stopped(&self) -> bool {
+        self.stopped.get()
     }
 
     /// How many of the worker's connections are parked now.
@@ -56,15 +61,15 @@ pub enum Ask {
     Park,
 }
 
-/// One connection's wait for the worker's stop.
-struct StopWait {
+/// One connection's (or the parking lot's) wait for the worker's stop.
+pub(super) struct StopWait {
     stopping: Rc<Stopping>,
     /// Its slot in `Stopping::waiting` and the waker filed there.
     filed: Option<(usize, Waker)>,
 }
 
 impl StopWait {
-    fn new(stopping: Rc<Stopping>) -> Self {
+    pub(super) fn new(stopping: Rc<Stopping>) -> Self {
         StopWait {
             stopping,
             filed: None,
@@ -72,7 +77,7 @@ impl StopWait {
     }
 
     /// True once the worker stops; until then, the task is woken when it does.
-    fn poll_stopped(&mut self, cx: &Context<'_>) -> bool {
+    pub(super) fn poll_stopped(&mut self, cx: &Context<'_>) -> bool {
         if self.stopping.stopped.get() {
             return true;
         }
