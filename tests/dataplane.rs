@@ -23,6 +23,7 @@ mod dataplane {
     mod overload;
     mod proxy;
     mod proxy_protocol;
+    mod retries;
     mod routes;
     mod security;
     mod sticky;

@@ -24,6 +24,8 @@ pub const MAX_FILTERS: usize = 8;
 /// The most header or query parameter matches, and the most fields one header modifier list
 /// may name.
 pub const MAX_FIELD_MATCHES: usize = 16;
+/// The most statuses one route's `retry.codes` may list (as `failover.failOnStatus`).
+pub const MAX_RETRY_CODES: usize = 32;
 
 const DNS_NAME_RULE: &str =
     r#"self.matches("^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")"#;
@@ -81,6 +83,11 @@ pub struct RouteSpec {
     /// Time limits of the route's requests: HTTPRoute's `timeouts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<RouteTimeouts>,
+
+    /// Tries again on given answers, connection errors and timeouts: HTTPRoute's `retry`, in
+    /// place of the cluster's `failover.maxAttempts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RouteRetry>,
 
     /// Apache's ProxyPassReverse: `Location`, `Content-Location` and `URI` fields of answers
     /// that point at a member are rewritten to point at the client's host and the route's path.
@@ -573,4 +580,29 @@ pub struct RouteTimeouts {
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     #[schemars(length(max = 32))]
     pub backend_request: Option<Duration>,
+}
+
+/// HTTPRoute's `retry`: which answers are tried again, how many times, and how far apart. The
+/// cluster's failover loop carries it out, with these tries in place of `failover.maxAttempts`;
+/// connection errors and tries past `timeouts.backendRequest` are tried again too.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRetry {
+    /// Answer statuses tried again (400 to 599, as HTTPRoute's). Unlike `failOnStatus`, they do
+    /// not put the member in error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_RETRY_CODES))]
+    #[x_kube(validation = Rule::new("self.all(c, c >= 400 && c <= 599)")
+        .message("retry.codes must be statuses between 400 and 599"))]
+    pub codes: Vec<u16>,
+    /// Tries after the first, at most 20 (as `failover.maxAttempts`). Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 20")
+        .message("retry.attempts must be between 1 and 20"))]
+    pub attempts: Option<u32>,
+    /// The wait before each try again. Default (and `0s`): none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub backoff: Option<Duration>,
 }

@@ -1,6 +1,6 @@
 //! A BalancerCluster's `spec.routes` as the routing core takes them: matches compiled (regular
 //! expressions included), filters with their header names and values parsed, mirrors named by
-//! their cluster's key, timeouts. Pure.
+//! their cluster's key, timeouts, retries. Pure.
 //!
 //! What the CEL rules cannot check (a regular expression's syntax, a header value's bytes, two
 //! routes of one cluster that claim the same requests) is checked here: such a route is not
@@ -23,6 +23,7 @@ use crate::plane::filters::{
 use crate::plane::matching::{
     HeaderMatch, PathMatch, Pattern, QueryMatch, RequestMatch, ValueMatch,
 };
+use crate::plane::routes::Retry;
 
 /// A route as the data plane serves it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,6 +36,8 @@ pub struct RouteConfig {
     pub filters: Filters,
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
+    /// HTTPRoute's `retry`, run by the cluster's failover loop.
+    pub retry: Option<Retry>,
 }
 
 impl RouteConfig {
@@ -134,6 +137,10 @@ fn route_config(
         filters,
         request_timeout: nonzero(timeouts.and_then(|t| t.request.as_ref())),
         backend_timeout: nonzero(timeouts.and_then(|t| t.backend_request.as_ref())),
+        retry: spec.retry.as_ref().map(|r| {
+            let backoff = r.backoff.map(Duration::from);
+            Retry::new(r.codes.iter().copied(), r.attempts, backoff)
+        }),
     })
 }
 
@@ -609,12 +616,63 @@ mod tests {
                 "spec.routes[0].timeouts.request: must be a duration such as 500ms, 5s or 1m30s",
             ),
             (
+                "[{retry: {codes: [503, 200]}}]",
+                "spec.routes[0].retry.codes: retry.codes must be statuses between 400 and 599",
+            ),
+            (
+                "[{retry: {attempts: 0}}]",
+                "spec.routes[0].retry.attempts: retry.attempts must be between 1 and 20",
+            ),
+            (
+                "[{retry: {attempts: 21}}]",
+                "spec.routes[0].retry.attempts: retry.attempts must be between 1 and 20",
+            ),
+            (
+                "[{retry: {backoff: soon}}]",
+                "spec.routes[0].retry.backoff: must be a duration such as 500ms, 5s or 1m30s",
+            ),
+            (
+                "[{retry: {attempt: 2}}]",
+                "spec.routes[0].retry.attempt: unknown field; did you mean `attempts`?",
+            ),
+            (
                 "[{filters: [{type: CORS}, {type: CORS}, {type: CORS}, {type: CORS}, {type: CORS}, {type: CORS}, {type: CORS}, {type: CORS}, {type: CORS}]}]",
                 "spec.routes[0].filters: may hold at most 8 items; found 9",
             ),
         ] {
             assert_eq!(refusal(routes), format!("{web}{wanted}"), "{routes}");
         }
+    }
+
+    /// A route's `retry` becomes the rule's retries as HTTPRoute's does: codes sorted and each
+    /// once, one try again when `attempts` is not given, a zero backoff none.
+    #[test]
+    fn a_routes_retry_becomes_the_planes() {
+        let clusters = parse(
+            "[{pathPrefix: /a, retry: {codes: [504, 500, 503, 500], attempts: 3, backoff: 100ms}}, {pathPrefix: /b, retry: {backoff: 0s}}, {pathPrefix: /c}]",
+        )
+        .expect("valid");
+        let retries: Vec<Option<Retry>> = clusters[0]
+            .route_configs
+            .iter()
+            .map(|r| r.retry.clone())
+            .collect();
+        assert_eq!(
+            retries,
+            [
+                Some(Retry {
+                    codes: vec![500, 503, 504],
+                    attempts: 3,
+                    backoff: Some(Duration::from_millis(100)),
+                }),
+                Some(Retry {
+                    codes: Vec::new(),
+                    attempts: 1,
+                    backoff: None,
+                }),
+                None,
+            ]
+        );
     }
 
     #[test]

@@ -1609,13 +1609,10 @@ fn rule_config(
     })
 }
 
-/// Tries when a rule's `retry` names no `attempts`: one more, as a BalancerCluster's
-/// `failover.maxAttempts` by default.
-const DEFAULT_RETRY_ATTEMPTS: u32 = 1;
-
-/// A rule's `retry` as the failover loop takes it: its codes sorted, each once.
+/// A rule's `retry` as the failover loop takes it; codes or attempts out of the CRD's bounds
+/// refuse the rule.
 fn retry(spec: &api::HTTPRouteRetry) -> Result<Retry, String> {
-    let mut codes = spec
+    let codes = spec
         .codes
         .iter()
         .map(|&c| {
@@ -1625,21 +1622,17 @@ fn retry(spec: &api::HTTPRouteRetry) -> Result<Retry, String> {
                 .ok_or_else(|| format!("retry code {c} is not an error status (400 to 599)"))
         })
         .collect::<Result<Vec<u16>, String>>()?;
-    codes.sort_unstable();
-    codes.dedup();
-    let attempts = match spec.attempts {
-        None => DEFAULT_RETRY_ATTEMPTS,
-        Some(n) => u32::try_from(n)
-            .ok()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| format!("retry attempts {n} is not at least 1"))?,
-    };
+    let attempts = spec
+        .attempts
+        .map(|n| {
+            u32::try_from(n)
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("retry attempts {n} is not at least 1"))
+        })
+        .transpose()?;
     let backoff = spec.backoff.as_deref().map(duration).transpose()?.flatten();
-    Ok(Retry {
-        codes,
-        attempts,
-        backoff,
-    })
+    Ok(Retry::new(codes, attempts, backoff))
 }
 
 /// A Gateway API duration (`10s`, `1m30s`, `500ms`); zero means none.

@@ -389,8 +389,8 @@ impl DataPlane {
 }
 
 /// A BalancerCluster's routes as rows of the route table: each route's host and match, and a
-/// rule (named by the cluster's key) with the route's filters and timeouts, whose only backend
-/// is the cluster.
+/// rule (named by the cluster's key) with the route's filters, timeouts and retries, whose only
+/// backend is the cluster.
 fn route_entries(config: &ClusterConfig, key: &str, index: usize) -> Vec<RouteEntry> {
     config
         .route_configs
@@ -404,6 +404,7 @@ fn route_entries(config: &ClusterConfig, key: &str, index: usize) -> Vec<RouteEn
             let mut rule = Rule::new(key.to_owned(), route.filters.clone(), vec![backend]);
             rule.request_timeout = route.request_timeout;
             rule.backend_timeout = route.backend_timeout;
+            rule.retry = route.retry.clone();
             RouteEntry {
                 hostnames: route.host.iter().cloned().collect(),
                 matches: vec![route.matched.clone()],

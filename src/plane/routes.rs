@@ -99,6 +99,27 @@ pub struct Retry {
 }
 
 impl Retry {
+    /// Tries again when a route's `retry` names no `attempts`: one, as a BalancerCluster's
+    /// `failover.maxAttempts` by default.
+    pub const DEFAULT_ATTEMPTS: u32 = 1;
+
+    /// A route's `retry` (HTTPRoute's or a BalancerCluster route's), its fields already in
+    /// range: the codes sorted, each once; no `attempts`, the default; a zero backoff, none.
+    pub fn new(
+        codes: impl IntoIterator<Item = u16>,
+        attempts: Option<u32>,
+        backoff: Option<Duration>,
+    ) -> Retry {
+        let mut codes: Vec<u16> = codes.into_iter().collect();
+        codes.sort_unstable();
+        codes.dedup();
+        Retry {
+            codes,
+            attempts: attempts.unwrap_or(Retry::DEFAULT_ATTEMPTS),
+            backoff: backoff.filter(|b| !b.is_zero()),
+        }
+    }
+
     /// Whether an answer with `status` is tried again.
     pub fn on_status(&self, status: u16) -> bool {
         self.codes.binary_search(&status).is_ok()

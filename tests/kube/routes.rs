@@ -76,7 +76,8 @@ async fn every_route_rule_fits_the_cost_budget_and_refuses_as_standalone_does() 
             {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"remove": ["Server"]}},
             {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "copy"}, "fraction": {"numerator": 1, "denominator": 10}}},
             {"type": "CORS", "cors": {"allowOrigins": ["https://*.example.com"], "allowMethods": ["GET"], "allowHeaders": ["X-Token"], "exposeHeaders": ["X-Id"], "maxAge": 60}}],
-         "timeouts": {"request": "10s", "backendRequest": "2s"}, "proxyPassReverse": true},
+         "timeouts": {"request": "10s", "backendRequest": "2s"}, "proxyPassReverse": true,
+         "retry": {"codes": [500, 502, 503, 504], "attempts": 3, "backoff": "100ms"}},
         {"pathPrefix": "/app", "filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "backend.internal", "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}]},
         {"match": {"path": {"type": "Exact", "value": "/old"}}, "filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "hostname": "new.example.com", "port": 8443, "statusCode": 308, "path": {"type": "ReplaceFullPath", "replaceFullPath": "/new"}}}]},
     ]});
@@ -111,6 +112,9 @@ async fn every_route_rule_fits_the_cost_budget_and_refuses_as_standalone_does() 
         ),
         route(json!({"filters": [{"type": "CORS", "cors": {"allowMethods": ["GET", "*"]}}]})),
         route(json!({"timeouts": {"request": "1s", "backendRequest": "2s"}})),
+        route(json!({"retry": {"codes": [503, 200]}})),
+        route(json!({"retry": {"attempts": 0}})),
+        route(json!({"retry": {"backoff": "soon"}})),
     ];
     for (i, spec) in refused.into_iter().enumerate() {
         let (field, message) = standalone_refusal(&spec);
