@@ -17,7 +17,6 @@ cp "$crd" charts/kube-balancer/crds/
 bash scripts/testenv.sh build
 eval "$(bash scripts/testenv.sh env)"
 cp "$KB_TESTENV_GATEWAY_CRDS" charts/kube-balancer/files/gateway-api-standard-crds.yaml
-cp "$KB_TESTENV_GATEWAY_EXPERIMENTAL_CRDS" charts/kube-balancer/files/gateway-api-experimental-crds.yaml
 "$KB_TESTENV_BIN/helm" template kube-balancer charts/kube-balancer --namespace kube-balancer --include-crds \
     --set admin.tokenSecret=kube-balancer-admin-token \
     > manifests/kube-balancer.yaml

@@ -50,16 +50,17 @@ pub struct Routed {
 /// Sends the request to the members the cluster picks, in turn, until one answers or the
 /// attempts run out. `routed` is borrowed, not moved: every value an async function takes is
 /// stored twice in its future (as an argument, then as a local), and this future is copied
-/// whole when the request starts (see docs/benchmarks.md, "Copies").
+/// whole when the request starts (see docs/benchmarks.md, "Copies"). For the same reason its
+/// fields are borrowed one binding each (every binding kept across an await takes room in the
+/// future, shadowed ones too), and what is rare is boxed (the last failure). The members tried
+/// and failed are listed only when a try fails: a request answered at its first try allocates
+/// nothing for them.
 pub async fn forward(
     worker: &Worker,
     routed: &mut Routed,
     deadline: Option<&Deadline>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    // One binding each, borrowed field by field: every binding an async function keeps across
-    // an await takes room in its future, shadowed ones too.
-    let cluster = &routed.cluster;
-    let affinity = &routed.affinity;
+    let (cluster, affinity) = (&routed.cluster, &routed.affinity);
     let forwarding = &mut routed.forwarding;
     let ClientRequest {
         req,
@@ -74,10 +75,7 @@ pub async fn forward(
     let base = Upstream::for_request(worker.http1, req.body().is_end_stream(), upgrade);
     let mut replay = replay_of(cluster, base, upgrade, req, plan.retry.is_some());
     let mut call = Call::of(config, req, *grpc);
-    // The members tried and failed, to be passed over: filled only when a try fails, so a
-    // request answered at the first try allocates nothing for it.
     let mut tried: Vec<usize> = Vec::new();
-    // Boxed, as rare: a smaller request future fits the allocator's small size classes.
     let mut last_failure: Option<Box<ProxyError>> = None;
     loop {
         pause(plan.retry, tried.len()).await;
@@ -95,16 +93,8 @@ pub async fn forward(
             kind, &key, config, limits, req, lean, forwarding, started, until, deadline,
         )
         .await;
-        // The tries made: those that failed, and this one.
-        let at = Try::new(
-            worker,
-            cluster,
-            index,
-            kind,
-            started,
-            &plan,
-            tried.len() + 1,
-        );
+        let made = tried.len() + 1; // those that failed, and this one
+        let at = Try::new(worker, cluster, index, kind, started, &plan, made);
         let (replay, call_ref) = (replay.as_deref(), call.as_deref());
         match outcome {
             Err(failure) => {
