@@ -156,8 +156,18 @@ async fn accept(
         // path. Holding a box, the cell is small and the future's own block an ordinary one
         // (docs/benchmarks.md, "New connections").
         let open = Open::new(tracker.clone());
-        let served = downstream::serve(stream, peer, entry, tls.clone(), serving.clone(), open);
-        tokio::task::spawn_local(Box::pin(served));
+        match &tls {
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let served =
+                    downstream::serve_https(stream, peer, entry, acceptor, serving.clone(), open);
+                tokio::task::spawn_local(Box::pin(served));
+            }
+            None => {
+                let served = downstream::serve(stream, peer, entry, serving.clone(), open);
+                tokio::task::spawn_local(Box::pin(served));
+            }
+        }
     }
 }
 

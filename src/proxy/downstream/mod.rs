@@ -96,25 +96,20 @@ pub struct Serving<G> {
     pub lot: Rc<Lot<G>>,
 }
 
-/// Serves one client connection to its end; `open` is held as long (the worker counts its
-/// open connections with it), parked or not.
-/// `tls`: the handshake of an HTTPS listener, with the certificates it serves.
-pub async fn serve<G: 'static>(
+/// Serves one plain client connection to its end; `open` is held as long (the worker counts its
+/// open connections with it), parked or not. Not an async function: the connection's task runs
+/// the lean server's future itself, with no layer of state around it to step through on every
+/// wake-up.
+pub fn serve<G: 'static>(
     stream: TcpStream,
     peer: SocketAddr,
     entry: Entry,
-    tls: Option<TlsAcceptor>,
     serving: Rc<Serving<G>>,
     open: G,
-) {
+) -> impl Future<Output = ()> {
     // TCP_NODELAY is already on: Linux copies it from the listening socket, so setting it
     // again would cost a syscall per connection.
     debug_assert!(stream.nodelay().unwrap_or(true), "TCP_NODELAY is inherited");
-    if let Some(acceptor) = tls {
-        Box::pin(serve_tls(stream, peer, entry, acceptor, &serving)).await;
-        drop(open);
-        return;
-    }
     let hrt = serving.header_read_timeout;
     let deadline = Deadline::new(hrt, Instant::now()).parking_after(park_after(hrt));
     let conn = Parked {
@@ -125,7 +120,21 @@ pub async fn serve<G: 'static>(
         sniffing: true,
         open,
     };
-    serve_lean(conn, Rc::new(deadline), serving).await;
+    serve_lean(conn, Rc::new(deadline), serving)
+}
+
+/// Serves one connection of an HTTPS listener to its end (`acceptor`: the handshake, with the
+/// certificates it serves); `open` is held as long.
+pub async fn serve_https<G: 'static>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    entry: Entry,
+    acceptor: TlsAcceptor,
+    serving: Rc<Serving<G>>,
+    open: G,
+) {
+    Box::pin(serve_tls(stream, peer, entry, acceptor, &serving)).await;
+    drop(open);
 }
 
 /// A parked connection whose bytes came, served by a task of its own again (boxed, as
@@ -463,7 +472,7 @@ mod tests {
             tls: false,
             port: 80,
         };
-        let served = serve(stream, peer, entry, None, serving.clone(), ());
+        let served = serve(stream, peer, entry, serving.clone(), ());
         (client, tokio::task::spawn_local(served))
     }
 
@@ -591,16 +600,24 @@ mod tests {
     /// shows here. (A parked connection holds neither: see `park`'s test.)
     #[test]
     fn a_connections_outer_future_stays_small() {
-        fn returned<A, B, C, D, E, F, R>(_: fn(A, B, C, D, E, F) -> R) -> usize {
+        fn returned<A, B, C, D, E, R>(_: fn(A, B, C, D, E) -> R) -> usize {
             std::mem::size_of::<R>()
         }
         fn resumed<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
+            std::mem::size_of::<R>()
+        }
+        fn returned6<A, B, C, D, E, F, R>(_: fn(A, B, C, D, E, F) -> R) -> usize {
             std::mem::size_of::<R>()
         }
         let size = returned(serve::<Rc<()>>);
         assert!(
             size <= 1024,
             "a connection's outer future takes {size} bytes"
+        );
+        let size = returned6(serve_https::<Rc<()>>);
+        assert!(
+            size <= 1024,
+            "an HTTPS connection's outer future takes {size} bytes"
         );
         let size = resumed(serve_lean::<Rc<()>>);
         assert!(

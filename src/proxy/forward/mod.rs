@@ -118,6 +118,7 @@ pub async fn forward(
 /// The next member to try, and when the try starts: one clock reading serves the pick, the
 /// pooled connection's age, the response deadline and the latency sample. A member not tried
 /// yet comes first; with a route's retries (`again`), one tried already when none is left.
+#[inline]
 fn pick(
     cluster: &Cluster,
     tried: &[usize],
@@ -126,15 +127,18 @@ fn pick(
 ) -> Option<(Instant, usize)> {
     let started = Instant::now();
     let now = clock::ms_at(started.into_std());
-    let index = cluster
-        .balancer
-        .pick_for(now, tried, affinity)
-        .or_else(|| {
-            (again && !tried.is_empty())
-                .then(|| cluster.balancer.pick_for(now, &[], affinity))
-                .flatten()
-        })?;
+    let index = match cluster.balancer.pick_for(now, tried, affinity) {
+        Some(index) => index,
+        None if again && !tried.is_empty() => pick_again(cluster, affinity, now)?,
+        None => return None,
+    };
     Some((started, index))
+}
+
+/// With a route's retries, every member was tried: any may be tried again.
+#[cold]
+fn pick_again(cluster: &Cluster, affinity: &Affinity, now: u64) -> Option<usize> {
+    cluster.balancer.pick_for(now, &[], affinity)
 }
 
 /// Member `index` was picked: counted as elected, its lease taken (the request's body counted
