@@ -54,12 +54,14 @@ pub struct Routed {
 /// fields are borrowed one binding each (every binding kept across an await takes room in the
 /// future, shadowed ones too), and what is rare is boxed (the last failure). The members tried
 /// and failed are listed only when a try fails: a request answered at its first try allocates
-/// nothing for them.
+/// nothing for them. The member's answer is written into `answer` (where the lean server keeps
+/// it), not returned: every frame it went through by value copied it.
 pub async fn forward(
     worker: &Worker,
     routed: &mut Routed,
     deadline: Option<&Deadline>,
-) -> Result<Response<ResponseBody>, ProxyError> {
+    answer: &mut Option<Response<ResponseBody>>,
+) -> Result<(), ProxyError> {
     let (cluster, affinity) = (&routed.cluster, &routed.affinity);
     let forwarding = &mut routed.forwarding;
     let ClientRequest {
@@ -108,8 +110,16 @@ pub async fn forward(
                     continue;
                 }
                 let conn = (key, held);
-                let answer = deliver(&at, affinity, client_upgrade, response, lease, conn, call);
-                return Ok(answer);
+                *answer = Some(deliver(
+                    &at,
+                    affinity,
+                    client_upgrade,
+                    response,
+                    lease,
+                    conn,
+                    call,
+                ));
+                return Ok(());
             }
         }
     }
