@@ -24,7 +24,7 @@ use crate::proxy::http1::io::poll_fill;
 use crate::proxy::http1::parse::{Parsed, parse};
 use crate::proxy::http1::respond::respond;
 use crate::proxy::options::Http1Mode;
-use crate::proxy::request::handle_into;
+use crate::proxy::request::handle;
 use crate::proxy::response::ResponseBody;
 use crate::proxy::worker::Worker;
 
@@ -170,10 +170,11 @@ async fn served(
 ) -> bool {
     // Boxed: inline, the request's future (about 1 KiB) would stay part of every idle
     // connection's task.
-    let mut handled = Box::pin(handle_into(worker.clone(), client.clone(), request, answer));
+    let mut handled = Box::pin(handle(worker.clone(), client.clone(), request));
     let mut watching = true;
     std::future::poll_fn(|cx| {
-        if handled.as_mut().poll(cx).is_ready() {
+        if let Poll::Ready(Ok(response)) = handled.as_mut().poll(cx) {
+            *answer = Some(response);
             return Poll::Ready(true);
         }
         poll_watch(stream, buf, worker, cx, &mut watching)

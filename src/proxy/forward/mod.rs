@@ -54,14 +54,12 @@ pub struct Routed {
 /// fields are borrowed one binding each (every binding kept across an await takes room in the
 /// future, shadowed ones too), and what is rare is boxed (the last failure). The members tried
 /// and failed are listed only when a try fails: a request answered at its first try allocates
-/// nothing for them. The member's answer is written into `answer` (where the lean server keeps
-/// it), not returned: every frame it went through by value copied it.
+/// nothing for them.
 pub async fn forward(
     worker: &Worker,
     routed: &mut Routed,
     deadline: Option<&Deadline>,
-    answer: &mut Option<Response<ResponseBody>>,
-) -> Result<(), ProxyError> {
+) -> Result<Response<ResponseBody>, ProxyError> {
     let (cluster, affinity) = (&routed.cluster, &routed.affinity);
     let forwarding = &mut routed.forwarding;
     let ClientRequest {
@@ -110,16 +108,8 @@ pub async fn forward(
                     continue;
                 }
                 let conn = (key, held);
-                *answer = Some(deliver(
-                    &at,
-                    affinity,
-                    client_upgrade,
-                    response,
-                    lease,
-                    conn,
-                    call,
-                ));
-                return Ok(());
+                let answer = deliver(&at, affinity, client_upgrade, response, lease, conn, call);
+                return Ok(answer);
             }
         }
     }

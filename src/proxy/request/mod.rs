@@ -26,22 +26,7 @@ use super::worker::Worker;
 use crate::telemetry::Observed;
 use crate::tls;
 
-/// One request of a client connection as hyper's servers take it: its answer as the future's
-/// output (kept in the future until then; the lean server's path, [`handle_into`], has it
-/// written where it stays).
-pub async fn handle(
-    worker: Rc<Worker>,
-    client: Rc<Client>,
-    req: Box<ClientRequest>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let mut answer = None;
-    handle_into(worker, client, req, &mut answer).await;
-    Ok(answer.unwrap_or_else(unanswered))
-}
-
-/// One request of a client connection, its answer written into `answer` once, where the lean
-/// server keeps it until it is out: returned by value, it was copied at every frame on its way
-/// (docs/benchmarks.md, "Before and after the proxy/ reshape").
+/// One request of a client connection: hyper's service function, and the lean HTTP/1 server's.
 ///
 /// Routing is done here, before the first poll: a request that goes nowhere is answered by a
 /// ready future, and one that goes to members by a future holding only what the exchange
@@ -49,12 +34,11 @@ pub async fn handle(
 /// local), and this future is copied whole into its box when the request starts; above about
 /// 2 KiB that copy is a `rep movsb`, which costs far more than its size on the machines
 /// measured (docs/benchmarks.md, "Copies").
-pub fn handle_into(
+pub fn handle(
     worker: Rc<Worker>,
     client: Rc<Client>,
     mut req: Box<ClientRequest>,
-    answer: &mut Option<Response<ResponseBody>>,
-) -> impl Future<Output = ()> {
+) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
     if let Some(deadline) = &client.deadline {
         deadline.busy();
     }
@@ -82,41 +66,32 @@ pub fn handle_into(
                         // it, would otherwise keep room in every request's future.
                         let limited = Box::pin(tokio::time::timeout(
                             limit,
-                            forward(&worker, &mut routed, deadline, &mut *answer),
+                            forward(&worker, &mut routed, deadline),
                         ));
                         match limited.await {
                             Ok(forwarded) => forwarded,
                             Err(_) => Err(ProxyError::RequestTimeout { after: limit }),
                         }
                     }
-                    None => forward(&worker, &mut routed, deadline, &mut *answer).await,
+                    None => forward(&worker, &mut routed, deadline).await,
                 };
-                if let Err(e) = forwarded {
-                    *answer = Some(e.into_response_for(grpc));
-                }
-                if let Some(response) = answer.as_mut() {
-                    shape(&routed, &client, response);
-                    answered(response, &client, routed.req.observed.take());
-                }
+                let mut response = match forwarded {
+                    Ok(response) => response,
+                    Err(e) => e.into_response_for(grpc),
+                };
+                shape(&routed, &client, &mut response);
+                answered(&mut response, &client, routed.req.observed.take());
                 // The request's box and header map are parsed into again.
                 worker.put_request(routed.req);
+                Ok(response)
             })
         }
         Err(e) => {
             let mut response = e.into_response_for(grpc);
             answered(&mut response, &client, observed);
-            *answer = Some(response);
-            Either::Right(std::future::ready(()))
+            Either::Right(std::future::ready(Ok(response)))
         }
     }
-}
-
-/// What hyper's server answers should a request's future end without an answer, which it
-/// does not: every path writes one.
-fn unanswered() -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::empty());
-    *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-    response
 }
 
 /// What the route and the cluster add to any answer: the rule's answer filters, and HSTS on
@@ -161,10 +136,10 @@ mod tests {
     /// "Copies"). A change that grows it past that shows here: box the new state.
     #[test]
     fn a_requests_future_fits_the_allocators_small_blocks() {
-        fn returned<A, B, C, D, R>(_: fn(A, B, C, D) -> R) -> usize {
+        fn returned<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
             std::mem::size_of::<R>()
         }
-        let size = returned(handle_into);
+        let size = returned(handle);
         eprintln!("a request's future takes {size} bytes");
         assert!(size <= 1024, "a request's future takes {size} bytes");
     }
