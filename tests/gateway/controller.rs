@@ -599,6 +599,33 @@ async fn only_the_replica_holding_the_lease_writes_status() {
     assert!(balancer.leads());
 }
 
+/// The controller, serving Gateways at a new pod address of the run's namespace, and a proxy of
+/// one worker serving that address's fronts: the address, the controller and the proxy.
+async fn served_at_new_address(
+    client: &Client,
+    ns: &str,
+) -> (
+    IpAddr,
+    kube_balancer::controller::Controller,
+    kube_balancer::proxy::Server,
+) {
+    let address = IpAddr::V4(netns::next_pod_ip());
+    let mut opts = options(ns, "replica-1");
+    opts.gateway = Some(gateway::Options {
+        addresses: vec![address],
+        service: None,
+    });
+    let plane = DataPlane::new();
+    let controller = kube_balancer::controller::start(client.clone(), opts, plane.clone())
+        .await
+        .expect("the controller starts");
+    let mut proxy = kube_balancer::proxy::ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
+    proxy.workers = 1;
+    proxy.gateway_address = Some(address);
+    let server = kube_balancer::proxy::Server::start(plane, proxy).expect("the proxy starts");
+    (address, controller, server)
+}
+
 /// `GET path` to `addr` with `Host: host` and an optional Cookie, over a new connection: the
 /// status, the body and the Set-Cookie value; `None` when the connection is refused.
 async fn get(
@@ -674,21 +701,7 @@ async fn a_balancercluster_named_as_a_backend_brings_its_sticky_sessions_to_the_
     )
     .await;
 
-    let address = IpAddr::V4(netns::next_pod_ip());
-    let mut opts = options(&ns, "replica-1");
-    opts.gateway = Some(gateway::Options {
-        addresses: vec![address],
-        service: None,
-    });
-    let plane = DataPlane::new();
-    let controller = kube_balancer::controller::start(client.clone(), opts, plane.clone())
-        .await
-        .expect("the controller starts");
-    let mut proxy = kube_balancer::proxy::ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
-    proxy.workers = 1;
-    proxy.gateway_address = Some(address);
-    let server =
-        kube_balancer::proxy::Server::start(plane.clone(), proxy).expect("the proxy starts");
+    let (address, controller, server) = served_at_new_address(&client, &ns).await;
     let front = std::net::SocketAddr::new(address, 80);
 
     // Until the route is served: the front's port opens with the publication.
@@ -846,21 +859,7 @@ async fn a_backend_tls_policy_with_a_wrong_ca_is_refused_and_says_why() {
     )
     .await;
 
-    let address = IpAddr::V4(netns::next_pod_ip());
-    let mut opts = options(&ns, "replica-1");
-    opts.gateway = Some(gateway::Options {
-        addresses: vec![address],
-        service: None,
-    });
-    let plane = DataPlane::new();
-    let controller = kube_balancer::controller::start(client.clone(), opts, plane.clone())
-        .await
-        .expect("the controller starts");
-    let mut proxy = kube_balancer::proxy::ProxyOptions::new("127.0.0.1:0".parse().expect("addr"));
-    proxy.workers = 1;
-    proxy.gateway_address = Some(address);
-    let server =
-        kube_balancer::proxy::Server::start(plane.clone(), proxy).expect("the proxy starts");
+    let (address, controller, server) = served_at_new_address(&client, &ns).await;
     let url = format!("http://{}/", std::net::SocketAddr::new(address, 80));
     let http = http_client();
     let ask = || send(&http, "GET", &url, &[("host", "shop.example.com")], "");
