@@ -2315,6 +2315,18 @@ mod tests {
         }
 
         fn translate(&self) -> Translation {
+            self.with_world(|world, settings| {
+                translate(
+                    world,
+                    settings,
+                    &self.material,
+                    Timestamp::from_second(1_800_000_000).expect("now"),
+                )
+            })
+        }
+
+        /// `f` of the fixture's world, as the controller's settings see it.
+        fn with_world<R>(&self, f: impl FnOnce(&World<'_>, &Settings) -> R) -> R {
             let pods = PodAnnotations::new();
             let world = World {
                 classes: &self.classes,
@@ -2333,12 +2345,7 @@ mod tests {
                 addresses: self.addresses.clone(),
                 service_addresses: Vec::new(),
             };
-            translate(
-                &world,
-                &settings,
-                &self.material,
-                Timestamp::from_second(1_800_000_000).expect("now"),
-            )
+            f(&world, &settings)
         }
     }
 
@@ -2803,26 +2810,7 @@ mod tests {
             "{gw:?}"
         );
         assert!(conditions(gw).contains(&("ResolvedRefs", "False", "ListenersNotResolved")));
-        let world_sources = {
-            let pods = PodAnnotations::new();
-            let world = World {
-                classes: &f.classes,
-                gateways: &f.gateways,
-                routes: &f.routes,
-                grants: &f.grants,
-                namespaces: &f.namespaces,
-                services: &f.services,
-                slices: &f.slices,
-                pods: &pods,
-                balancer_clusters: &f.balancer_clusters,
-                policies: &f.policies,
-            };
-            let settings = Settings {
-                controller_name: CONTROLLER.to_owned(),
-                ..Settings::default()
-            };
-            frontend_ca_sources(&world, &settings)
-        };
+        let world_sources = f.with_world(frontend_ca_sources);
         // Only what it may read: not the other namespace's, which no ReferenceGrant allows.
         assert_eq!(
             world_sources,
@@ -3468,24 +3456,8 @@ mod tests {
                 .is_none()
         );
         // The Secrets to watch: those of HTTPS listeners that may read them.
-        let pods = PodAnnotations::new();
-        let world = World {
-            classes: &f.classes,
-            gateways: &f.gateways,
-            routes: &f.routes,
-            grants: &f.grants,
-            namespaces: &f.namespaces,
-            services: &f.services,
-            slices: &f.slices,
-            pods: &pods,
-            balancer_clusters: &f.balancer_clusters,
-            policies: &f.policies,
-        };
-        let settings = Settings {
-            controller_name: CONTROLLER.into(),
-            ..Settings::default()
-        };
-        let sources: Vec<String> = certificate_sources(&world, &settings)
+        let sources: Vec<String> = f
+            .with_world(certificate_sources)
             .iter()
             .map(|s| s.to_string())
             .collect();
