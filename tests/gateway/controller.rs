@@ -92,6 +92,23 @@ impl RequestView for Get {
     }
 }
 
+/// The run's GatewayClass (`kb-NS`) and its Gateway `gw` in `ns`, with one HTTP listener on
+/// port 80: the class's name.
+async fn http_gateway(client: &Client, ns: &str) -> String {
+    let class = format!("kb-{ns}");
+    gateway_class(client, &class).await;
+    apply(
+        &Api::<Gateway>::namespaced(client.clone(), ns),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": ns},
+            "spec": {"gatewayClassName": class, "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
+        }),
+    )
+    .await;
+    class
+}
+
 /// Where the snapshot sends `GET path` for `host` at `address:port` now: `None` when no front or
 /// route takes it, `Some(None)` for a route whose backend cannot be served, else the cluster's
 /// key and its members' URLs.
@@ -171,19 +188,9 @@ async fn a_route_on_a_gateway_is_published_at_its_address_and_reported() {
     let (client, ns, _exclusive) = setup("gw").await;
     web_service(&client, &ns).await;
     let _pods = web_pods(&client, &ns, &["web-a", "web-b"]).await;
-    let class = format!("kb-{ns}");
-    gateway_class(&client, &class).await;
+    let class = http_gateway(&client, &ns).await;
     let gateways = Api::<Gateway>::namespaced(client.clone(), &ns);
     let routes = Api::<HTTPRoute>::namespaced(client.clone(), &ns);
-    apply(
-        &gateways,
-        json!({
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": "gw", "namespace": ns},
-            "spec": {"gatewayClassName": class, "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
-        }),
-    )
-    .await;
     let route = |backend: &str| {
         json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
@@ -520,18 +527,8 @@ async fn https_listeners_serve_their_secrets_and_say_when_they_cannot() {
 #[tokio::test]
 async fn only_the_replica_holding_the_lease_writes_status() {
     let (client, ns, _exclusive) = setup("gwl").await;
-    let class = format!("kb-{ns}");
-    gateway_class(&client, &class).await;
+    http_gateway(&client, &ns).await;
     let gateways = Api::<Gateway>::namespaced(client.clone(), &ns);
-    apply(
-        &gateways,
-        json!({
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": "gw", "namespace": ns},
-            "spec": {"gatewayClassName": class, "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
-        }),
-    )
-    .await;
     // Another replica holds the Lease, and renewed it just now.
     let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns);
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
@@ -675,17 +672,7 @@ async fn a_balancercluster_named_as_a_backend_brings_its_sticky_sessions_to_the_
                "stickySession": {"cookie": "ROUTEID", "insert": true}}),
     )
     .await;
-    let class = format!("kb-{ns}");
-    gateway_class(&client, &class).await;
-    apply(
-        &Api::<Gateway>::namespaced(client.clone(), &ns),
-        json!({
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": "gw", "namespace": ns},
-            "spec": {"gatewayClassName": class, "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
-        }),
-    )
-    .await;
+    http_gateway(&client, &ns).await;
     apply(
         &Api::<HTTPRoute>::namespaced(client.clone(), &ns),
         json!({
@@ -821,17 +808,7 @@ async fn a_backend_tls_policy_with_a_wrong_ca_is_refused_and_says_why() {
                "data": {"ca.crt": pem}})
     };
     apply(&config_maps, ca_map("Hello world")).await;
-    let class = format!("kb-{ns}");
-    gateway_class(&client, &class).await;
-    apply(
-        &Api::<Gateway>::namespaced(client.clone(), &ns),
-        json!({
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": "gw", "namespace": ns},
-            "spec": {"gatewayClassName": class, "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
-        }),
-    )
-    .await;
+    http_gateway(&client, &ns).await;
     apply(
         &Api::<HTTPRoute>::namespaced(client.clone(), &ns),
         json!({
