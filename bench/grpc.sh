@@ -75,15 +75,6 @@ start() {
     PIDS+=("$STARTED")
 }
 
-wait_port() {
-    local i
-    for i in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    die "nothing listens on $1"
-}
-
 # The two members.
 MEMBERS=()
 for name in a b; do
@@ -93,7 +84,7 @@ for name in a b; do
         <"$RUN/stdin-$name" >/dev/null &
     PIDS+=("$!")
     exec {fd}>"$RUN/stdin-$name" # held open: the peer exits when its stdin closes
-    wait_port "$port"
+    wait_port "$port" || die "nothing listens on $port"
     MEMBERS+=("$port")
 done
 
@@ -166,7 +157,7 @@ start "$LB_CPU" haproxy -db -f "$RUN/haproxy.cfg"
 PID[haproxy]=$STARTED PORT[haproxy]=$HAPROXY_PORT
 
 for lb in $BALANCERS; do
-    wait_port "${PORT[$lb]}"
+    wait_port "${PORT[$lb]}" || die "nothing listens on ${PORT[$lb]}"
     checked=$("$PEER" call -target "127.0.0.1:${PORT[$lb]}" -kind unary | tail -1)
     case $checked in
     "done code=0 "*) say "$lb answers a real gRPC call: $checked" ;;

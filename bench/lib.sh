@@ -3,6 +3,29 @@
 
 say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+# A driver sets RUN (its scratch folder) and PIDS=() (what it started), then
+# `trap end_run EXIT`: on exit, each of PIDS gets TERM and up to 5 s, then KILL, and RUN goes.
+end_run() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    rm -rf "$RUN"
+}
+
+# start NAME CPU COMMAND...: runs COMMAND pinned to CPU, in the background, its output in
+# $RUN/NAME.out; sets STARTED and adds it to PIDS.
+STARTED=
+start() {
+    local name=$1 cpu=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$RUN/$name.out" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+
 # stop PID: TERM, up to 10 s to exit, then KILL.
 stop() {
     local pid=$1

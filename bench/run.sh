@@ -121,30 +121,8 @@ RUN=$(mktemp -d -t kb-bench.XXXXXX)
 chmod 755 "$RUN"
 PIDS=()  # everything started here, ended by PID on exit
 
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    done
-    rm -rf "$RUN"
-}
-trap cleanup EXIT
+trap end_run EXIT
 trap 'exit 130' INT TERM
-
-# start NAME CPU COMMAND...: runs COMMAND pinned to CPU, in the background; sets STARTED.
-STARTED=
-start() {
-    local name=$1 cpu=$2
-    shift 2
-    taskset -c "$cpu" "$@" >"$RUN/$name.out" 2>&1 &
-    STARTED=$!
-    PIDS+=("$STARTED")
-    echo "$STARTED" >"$RUN/$name.pid"
-}
 
 # Proportional set size of a process tree, KiB (shared pages split between its processes).
 pss_kib() {
