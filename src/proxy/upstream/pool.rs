@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::body::RequestBody;
 use super::gate::{Gate, Gates, Permit, Refused};
 use super::h2_conn::{H2Conn, H2Stream};
-use super::idle::{IdleList, shed_idle};
+use super::idle::{IdleList, SHED_AFTER};
 use crate::discovery::Limits;
 use crate::proxy::http1::conn::Conn;
 use crate::tls;
@@ -178,6 +178,25 @@ async fn close_idle_for_waiting(member: rc::Weak<Member>, gate: Arc<Gate>) {
     }
 }
 
+/// Once every [`SHED_AFTER`] while the member has idle lean connections, sheds the buffers of
+/// those idle that long; ends when none is left idle (the next one filed starts it again) or
+/// the member is gone.
+pub async fn shed_idle(member: rc::Weak<Member>) {
+    loop {
+        tokio::time::sleep(SHED_AFTER).await;
+        let Some(member) = member.upgrade() else {
+            return;
+        };
+        if let Some(before) = Instant::now().checked_sub(SHED_AFTER) {
+            member.lean.shed_idle_since(before);
+        }
+        if member.lean.is_empty() {
+            member.shedding.set(false);
+            return;
+        }
+    }
+}
+
 impl Member {
     fn new(authority: Rc<str>, tls: Option<Weak<tls::Upstream>>, gates: Arc<Gates>) -> Member {
         Member {
@@ -318,6 +337,8 @@ impl Member {
 
 #[cfg(test)]
 mod tests {
+    use tokio::net::{TcpListener, TcpStream};
+
     use super::*;
 
     /// Streams fill a connection up to the limit before another is opened; the member's own
@@ -356,5 +377,41 @@ mod tests {
             "the newest, which the member has not limited, has room"
         );
         assert_eq!(member.h2_load(), vec![0, 0, 1], "the failed one is gone");
+    }
+
+    /// An idle lean connection keeps its buffers for a second, then lets them go; the task
+    /// ends once no connection is idle.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_lean_connection_sheds_its_buffers_after_a_second() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let addr = listener.local_addr().expect("address");
+                let stream = TcpStream::connect(addr).await.expect("connect");
+                let _server = listener.accept().await.expect("accept");
+                let pool = Pool::default();
+                let member = pool.member(&addr.to_string());
+                let mut conn = Conn::new(stream);
+                conn.reserve_buffers();
+                let held = conn.buffered();
+                assert!(held >= 8 * 1024, "{held}");
+                member.put_lean(conn, Instant::now());
+                assert!(member.shedding.get());
+
+                tokio::time::sleep(SHED_AFTER / 2).await;
+                assert_eq!(member.lean.buffered(), [held], "kept within the second");
+                tokio::time::sleep(SHED_AFTER * 2).await;
+                assert_eq!(member.lean.buffered(), [0], "shed after it");
+
+                let conn = member.checkout_lean(Duration::from_secs(60), Instant::now());
+                assert!(
+                    conn.is_some(),
+                    "the connection itself stays open and pooled"
+                );
+                tokio::time::sleep(SHED_AFTER * 2).await;
+                assert!(!member.shedding.get(), "no idle connection: the task ended");
+            })
+            .await;
     }
 }
