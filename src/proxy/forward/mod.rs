@@ -13,7 +13,6 @@ mod retry;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use http::Response;
 use http_body::Body;
 use tokio::time::Instant;
 
@@ -26,7 +25,6 @@ use super::deadline::Deadline;
 use super::error::ProxyError;
 use super::filters::Applied;
 use super::headers::Forwarding;
-use super::response::ResponseBody;
 use super::upstream::body::RequestBody;
 use super::upstream::lease::Lease;
 use super::upstream::{self, Upstream};
@@ -54,21 +52,26 @@ pub struct Routed {
 /// fields are borrowed one binding each (every binding kept across an await takes room in the
 /// future, shadowed ones too), and what is rare is boxed (the last failure). The members tried
 /// and failed are listed only when a try fails: a request answered at its first try allocates
-/// nothing for them.
+/// nothing for them. The member's answer is written into the request's box
+/// ([`ClientRequest::answer`]), where it stays until it is out: returned, it was copied in
+/// every frame on its way.
 pub async fn forward(
     worker: &Worker,
     routed: &mut Routed,
     deadline: Option<&Deadline>,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<(), ProxyError> {
     let (cluster, affinity) = (&routed.cluster, &routed.affinity);
     let forwarding = &mut routed.forwarding;
+    // Borrowed field by field from the box's place, so that its answer can be written at the
+    // end with no binding of its own (held across the awaits, one would take room).
     let ClientRequest {
-        req,
-        lean,
-        upgrade: client_upgrade,
-        observed,
-        grpc,
-    } = &mut *routed.req;
+        ref mut req,
+        ref mut lean,
+        upgrade: ref mut client_upgrade,
+        ref mut observed,
+        ref mut grpc,
+        ..
+    } = *routed.req;
     let config = &cluster.config;
     let plan = Plan::of(config, routed.filters.as_deref());
     let upgrade = client_upgrade.is_some();
@@ -109,7 +112,8 @@ pub async fn forward(
                 }
                 let conn = (key, held);
                 let answer = deliver(&at, affinity, client_upgrade, response, lease, conn, call);
-                return Ok(answer);
+                routed.req.answer = Some(answer);
+                return Ok(());
             }
         }
     }
