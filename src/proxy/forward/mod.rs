@@ -62,8 +62,7 @@ pub async fn forward(
 ) -> Result<(), ProxyError> {
     let (cluster, affinity) = (&routed.cluster, &routed.affinity);
     let forwarding = &mut routed.forwarding;
-    // Borrowed field by field from the box's place, so that its answer can be written at the
-    // end with no binding of its own (held across the awaits, one would take room).
+    // Field by field from the box's place: its answer is written with no binding here.
     let ClientRequest {
         ref mut req,
         ref mut lean,

@@ -20,7 +20,7 @@ use super::client::ClientRequest;
 use super::error::ProxyError;
 use super::filters;
 use super::filters::Applied;
-use super::forward::forward;
+use super::forward::{Routed, forward};
 use super::grpc::is_grpc;
 use super::response::ResponseBody;
 use super::worker::Worker;
@@ -92,21 +92,7 @@ pub fn answer(
                     }
                     None => forward(&worker, &mut routed, deadline).await,
                 };
-                if let Err(e) = forwarded {
-                    routed.req.answer = Some(e.into_response_for(grpc));
-                }
-                let ClientRequest {
-                    answer, observed, ..
-                } = &mut *routed.req;
-                if let Some(response) = answer {
-                    shape(
-                        &routed.cluster,
-                        routed.filters.as_deref(),
-                        &client,
-                        response,
-                    );
-                    answered(response, &client, observed.take());
-                }
+                finish(&mut routed, &client, forwarded, grpc);
                 routed.req
             })
         }
@@ -116,6 +102,21 @@ pub fn answer(
             req.answer = Some(response);
             Either::Right(std::future::ready(req))
         }
+    }
+}
+
+/// The answer readied in the request's box: the proxy's own when forwarding failed, then what
+/// the route and the cluster add, and the request's record.
+fn finish(routed: &mut Routed, client: &Client, forwarded: Result<(), ProxyError>, grpc: bool) {
+    if let Err(e) = forwarded {
+        routed.req.answer = Some(e.into_response_for(grpc));
+    }
+    let ClientRequest {
+        answer, observed, ..
+    } = &mut *routed.req;
+    if let Some(response) = answer {
+        shape(&routed.cluster, routed.filters.as_deref(), client, response);
+        answered(response, client, observed.take());
     }
 }
 
