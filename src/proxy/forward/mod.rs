@@ -62,18 +62,17 @@ pub async fn forward(
 ) -> Result<(), ProxyError> {
     let (cluster, affinity) = (&routed.cluster, &routed.affinity);
     let forwarding = &mut routed.forwarding;
-    // Field by field from the box's place: its answer is written with no binding here.
+    // Field by field from the box's place: `deliver` writes its answer with no binding here.
     let ClientRequest {
         ref mut req,
         ref mut lean,
-        upgrade: ref mut client_upgrade,
         ref mut observed,
         ref mut grpc,
         ..
     } = *routed.req;
     let config = &cluster.config;
     let plan = Plan::of(config, routed.filters.as_deref());
-    let upgrade = client_upgrade.is_some();
+    let upgrade = routed.req.upgrade.is_some();
     let base = Upstream::for_request(worker.http1, req.body().is_end_stream(), upgrade);
     let mut replay = replay_of(cluster, base, upgrade, req, plan.retry.is_some());
     let mut call = Call::of(config, req, *grpc);
@@ -110,8 +109,7 @@ pub async fn forward(
                     continue;
                 }
                 let conn = (key, held);
-                let answer = deliver(&at, affinity, client_upgrade, response, lease, conn, call);
-                routed.req.answer = Some(answer);
+                deliver(&at, affinity, &mut routed.req, response, lease, conn, call);
                 return Ok(());
             }
         }
