@@ -305,6 +305,7 @@ impl Common {
 }
 
 pub fn main() -> ExitCode {
+    no_transparent_huge_pages();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Crd => crate::api::crd_yaml()
@@ -394,6 +395,7 @@ where
 {
     let source: Source = Box::new(source);
     telemetry::init(common.log_format);
+    check_huge_pages_off();
     let admin_token = common.admin_token()?;
     let open_files = raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -489,6 +491,28 @@ fn telemetry_of(
         access_log,
         tracer,
     })
+}
+
+/// Turns transparent huge pages off for this process. mimalloc asks the kernel for them on its
+/// arenas (`MADV_HUGEPAGE`), and then every 2 MiB region the allocator touches is resident whole:
+/// an idle worker held about 12 MiB that way, its own use being under 4 (docs/benchmarks.md,
+/// "Memory: transparent huge pages"). nginx and HAProxy allocate from the system's allocator and
+/// get none either. Done first thing in `main`, before the runtime's threads exist; `serve`
+/// says so if it did not take.
+fn no_transparent_huge_pages() {
+    // A kernel without the setting leaves the process as it was: `serve` warns.
+    rustix::thread::disable_transparent_huge_pages(true).ok();
+}
+
+/// Warns when transparent huge pages are still on for this process.
+fn check_huge_pages_off() {
+    match rustix::thread::transparent_huge_pages_are_disabled() {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "transparent huge pages are on for this process: idle memory is several MiB higher"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot turn transparent huge pages off"),
+    }
 }
 
 /// Raises the soft limit on open files to the hard one, as nginx's `worker_rlimit_nofile` and

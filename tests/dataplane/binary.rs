@@ -215,3 +215,39 @@ async fn standalone_refuses_a_missing_file_naming_it() {
         "stderr:\n{stderr}"
     );
 }
+
+/// mimalloc asks for transparent huge pages on its arenas; with them an idle worker held about
+/// 12 MiB more (docs/benchmarks.md, "Memory: transparent huge pages"). The binary turns them off
+/// for its process at start, and says nothing about it when that took.
+#[tokio::test]
+async fn the_binary_runs_without_transparent_huge_pages() {
+    let demo = Process::start(
+        "kube-balancer",
+        &[
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--backends",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ],
+        &[],
+    );
+    let proxy = demo.address_in("data plane listening").await;
+    assert_eq!(
+        get(&format!("http://{proxy}/")).await.status,
+        StatusCode::OK
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", demo.pid()))
+        .expect("the process's status");
+    let thp: Vec<&str> = status
+        .lines()
+        .filter(|line| line.starts_with("THP_enabled:"))
+        .collect();
+    assert_eq!(thp, ["THP_enabled:\t0"], "{status}");
+    let log = demo.log();
+    assert!(!log.contains("huge pages"), "{log}");
+}

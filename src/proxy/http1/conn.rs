@@ -69,6 +69,30 @@ impl Conn {
         self.0.held = Some(held);
     }
 
+    /// Lets go of the buffers while the connection waits idle in the pool; its next exchange
+    /// allocates them again. A read buffer holding bytes (an idle connection has none) stays.
+    pub fn shed(&mut self) {
+        let state = &mut *self.0;
+        if state.buf.is_empty() {
+            state.buf = BytesMut::new();
+            state.read_size = FIRST_READ;
+        }
+        state.out = Vec::new();
+    }
+
+    /// The bytes of buffer the connection holds, read and write.
+    #[cfg(test)]
+    pub fn buffered(&self) -> usize {
+        self.buf.capacity() + self.out.capacity()
+    }
+
+    /// Gives the connection the buffers an exchange leaves it with.
+    #[cfg(test)]
+    pub fn reserve_buffers(&mut self) {
+        self.0.buf.reserve(FIRST_READ);
+        self.0.out.reserve(256);
+    }
+
     /// True when nothing has arrived on this idle connection: not closed by the member, no
     /// stray bytes. Asks the runtime's readiness, so an idle connection costs no system call
     /// to check; only a connection that became readable is read from.

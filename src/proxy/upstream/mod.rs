@@ -14,6 +14,7 @@ pub mod gate;
 mod h2;
 pub mod h2_conn;
 mod hyper;
+mod idle;
 mod lean;
 pub mod lease;
 pub mod pool;

@@ -8,7 +8,7 @@
 //! configuration (its CA, its client certificate), and one made with a configuration since
 //! replaced (a rotated CA or client certificate) is not taken again.
 
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::{self, Rc};
@@ -21,54 +21,13 @@ use tokio::time::Instant;
 use super::body::RequestBody;
 use super::gate::{Gate, Gates, Permit, Refused};
 use super::h2_conn::{H2Conn, H2Stream};
+use super::idle::{IdleList, shed_idle};
 use crate::discovery::Limits;
 use crate::proxy::http1::conn::Conn;
 use crate::tls;
 
 /// A connection of hyper's client.
 pub type Sender = http1::SendRequest<RequestBody>;
-
-/// Idle connections kept per member and worker.
-const MAX_IDLE_PER_MEMBER: usize = 256;
-
-/// Idle connections of one kind, most recently used last, each with the time it went idle.
-struct IdleList<T>(RefCell<Vec<(T, Instant)>>);
-
-impl<T> IdleList<T> {
-    fn new() -> Self {
-        IdleList(RefCell::new(Vec::new()))
-    }
-
-    /// The most recently used connection that has been idle at most `max_idle` at `now`;
-    /// older ones are dropped on the way.
-    fn pop_fresh(&self, max_idle: Duration, now: Instant) -> Option<T> {
-        loop {
-            let (conn, since) = self.0.borrow_mut().pop()?;
-            if now.saturating_duration_since(since) <= max_idle {
-                return Some(conn);
-            }
-        }
-    }
-
-    /// Files a connection that went idle at `now`, unless [`MAX_IDLE_PER_MEMBER`] are already
-    /// idle.
-    fn push(&self, conn: T, now: Instant) {
-        let mut list = self.0.borrow_mut();
-        if list.len() < MAX_IDLE_PER_MEMBER {
-            list.push((conn, now));
-        }
-    }
-
-    /// Closes the connection idle the longest; false when there is none.
-    fn close_oldest(&self) -> bool {
-        let mut list = self.0.borrow_mut();
-        if list.is_empty() {
-            return false;
-        }
-        drop(list.remove(0));
-        true
-    }
-}
 
 /// A request's wait for a place under its member's connection limit, boxed.
 pub type Admitting<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Permit, Refused>> + 'a>>;
@@ -113,7 +72,9 @@ pub struct Member {
     /// hyper's client connections (requests with a body, upgrades).
     idle: IdleList<Sender>,
     /// Connections of the lean exchange (requests without a body).
-    lean: IdleList<Conn>,
+    pub(super) lean: IdleList<Conn>,
+    /// Whether a task sheds the buffers of the idle lean connections ([`shed_idle`]).
+    pub(super) shedding: Cell<bool>,
     /// HTTP/2 connections (members spoken to in h2c or h2), open or being opened.
     h2: RefCell<Vec<Rc<H2Conn>>>,
     /// The member's connection limit, from the first request that had one.
@@ -224,6 +185,7 @@ impl Member {
             tls,
             idle: IdleList::new(),
             lean: IdleList::new(),
+            shedding: Cell::new(false),
             h2: RefCell::new(Vec::new()),
             gate: OnceCell::new(),
             gates,
@@ -261,8 +223,8 @@ impl Member {
     }
 
     fn has_idle(&self) -> bool {
-        !self.lean.0.borrow().is_empty()
-            || !self.idle.0.borrow().is_empty()
+        !self.lean.is_empty()
+            || !self.idle.is_empty()
             || self.h2.borrow().iter().any(|c| c.is_idle_open())
     }
 
@@ -305,10 +267,14 @@ impl Member {
         }
     }
 
-    /// Files a lean connection whose last answer was read whole.
-    pub fn put_lean(&self, conn: Conn, now: Instant) {
+    /// Files a lean connection whose last answer was read whole; the first one filed starts
+    /// the task that sheds the buffers of those left idle ([`shed_idle`]).
+    pub fn put_lean(self: &Rc<Self>, conn: Conn, now: Instant) {
         if !self.wanted_elsewhere() {
             self.lean.push(conn, now);
+            if !self.shedding.replace(true) {
+                tokio::task::spawn_local(shed_idle(Rc::downgrade(self)));
+            }
         }
     }
 
