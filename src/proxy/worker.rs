@@ -72,6 +72,7 @@ impl Worker {
                 upgrade: None,
                 observed: None,
                 grpc: false,
+                answer: None,
             })
         });
         let req = &mut request.req;
@@ -86,6 +87,9 @@ impl Worker {
     /// parsed into, emptied: nothing in it holds on to the head it was parsed from (so that the
     /// read buffer can be reclaimed) or to a member's counters.
     pub fn put_request(&self, mut request: Box<ClientRequest>) {
+        // The answer first, before the spares are borrowed: its end gives its member
+        // connection back.
+        request.answer = None;
         if request.req.headers().capacity() > SPARE_FIELDS_LIMIT {
             return;
         }
@@ -206,6 +210,7 @@ mod tests {
                 upgrade: None,
                 observed: None,
                 grpc: false,
+                answer: None,
             }));
         }
         assert_eq!(worker.spare_requests(), SPARE_REQUESTS);

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Response};
+use http::Method;
 use tokio::net::TcpStream;
 
 use super::{HTTP2_PREFACE, HTTP2_REQUEST_LINE};
@@ -24,8 +24,7 @@ use crate::proxy::http1::io::poll_fill;
 use crate::proxy::http1::parse::{Parsed, parse};
 use crate::proxy::http1::respond::respond;
 use crate::proxy::options::Http1Mode;
-use crate::proxy::request::handle;
-use crate::proxy::response::ResponseBody;
+use crate::proxy::request::answer;
 use crate::proxy::worker::Worker;
 
 /// How the lean server left a connection.
@@ -93,18 +92,13 @@ pub async fn serve(
         };
         let version = request.req.version();
         let head_request = request.req.method() == Method::HEAD;
-        let mut answer = None;
-        let open = served(
-            request,
-            &mut stream,
-            &mut buf,
-            &worker,
-            &client,
-            &mut answer,
-        )
-        .await;
-        let Some(response) = answer.as_mut().filter(|_| open) else {
+        let served = served(request, &mut stream, &mut buf, &worker, &client).await;
+        let Some(mut request) = served else {
             tracing::debug!(client = %client.addr, "client closed the connection before the answer; request dropped");
+            break 'serve;
+        };
+        let Some(response) = request.answer.as_mut() else {
+            // Never: the request core writes an answer on every way through it.
             break 'serve;
         };
         let keep_alive = keep_alive && !asked.stop.get();
@@ -118,7 +112,11 @@ pub async fn serve(
             keep_alive,
             &worker.buffers,
         );
-        if !kept.await? {
+        let kept = kept.await?;
+        // Out: the answer ends (its member connection goes back) and the request's box and
+        // header map are parsed into again.
+        worker.put_request(request);
+        if !kept {
             break 'serve;
         }
     }
@@ -158,26 +156,26 @@ async fn next_head(
 
 /// Serves the request while the client is watched ([`poll_watch`]): if it closes, the request
 /// is dropped (and with it the member connection), as nginx does by default and hyper's server
-/// does; bytes it sends meanwhile are the next request, kept. The answer is written into
-/// `answer` where it will stay: every move of it is a copy. False when the client closed first.
+/// does; bytes it sends meanwhile are the next request, kept. The request's box comes back with
+/// its answer in it, where it stays until it is written out: every move of it is a copy. None
+/// when the client closed first.
 async fn served(
     request: Box<ClientRequest>,
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     worker: &Rc<Worker>,
     client: &Rc<Client>,
-    answer: &mut Option<Response<ResponseBody>>,
-) -> bool {
+) -> Option<Box<ClientRequest>> {
     // Boxed: inline, the request's future (about 1 KiB) would stay part of every idle
     // connection's task.
-    let mut handled = Box::pin(handle(worker.clone(), client.clone(), request));
+    let mut handled = Box::pin(answer(worker.clone(), client.clone(), request));
     let mut watching = true;
     std::future::poll_fn(|cx| {
-        if let Poll::Ready(Ok(response)) = handled.as_mut().poll(cx) {
-            *answer = Some(response);
-            return Poll::Ready(true);
+        if let Poll::Ready(request) = handled.as_mut().poll(cx) {
+            return Poll::Ready(Some(request));
         }
-        poll_watch(stream, buf, worker, cx, &mut watching)
+        // Ready only when the client closed.
+        poll_watch(stream, buf, worker, cx, &mut watching).map(|_| None)
     })
     .await
 }

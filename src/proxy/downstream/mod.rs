@@ -370,6 +370,7 @@ fn hyper_service(
                 upgrade: None,
                 observed: None,
                 grpc: false,
+                answer: None,
             }),
         );
         async move {

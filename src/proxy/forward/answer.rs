@@ -12,6 +12,7 @@ use super::outcome::Try;
 use crate::balancer::{Affinity, sticky};
 use crate::discovery::MemberConfig;
 use crate::plane::Cluster;
+use crate::proxy::client::ClientRequest;
 use crate::proxy::grpc;
 use crate::proxy::headers::strip_hop_by_hop;
 use crate::proxy::response::ResponseBody;
@@ -22,30 +23,33 @@ use crate::proxy::upstream::lease::Lease;
 use crate::proxy::upstream::pool::Member;
 use crate::proxy::worker::Worker;
 
-/// The answer of the member `at` tried, readied for the client. Inlined into the loop, as it
-/// was written there: the answer is not moved once more on its way.
+/// The answer of the member `at` tried, readied for the client, written into the request's
+/// box (`request.answer`), where it stays until it is out. Inlined into the loop, as it was
+/// written there, and built in its place: the answer is not moved once more on its way.
 #[inline(always)]
 pub fn deliver(
     at: &Try<'_>,
     affinity: &Affinity,
-    client_upgrade: &mut Option<hyper::upgrade::OnUpgrade>,
+    request: &mut ClientRequest,
     mut response: Response<Answer>,
     mut lease: Lease,
     (key, held): (Rc<Member>, Option<Held>),
     call: Option<Box<Call>>,
-) -> Response<ResponseBody> {
+) {
     let member = &at.cluster.config.members[at.index];
     insert_sticky_cookie(at.cluster, member, affinity, response.headers_mut());
-    let mut response = if response.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(client_upgrade) = client_upgrade.take()
-    {
-        tunnelled(at.worker, client_upgrade, response, lease)
-    } else {
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        lease.reuse(key, held);
-        Response::from_parts(parts, ResponseBody::upstream(body, lease))
-    };
+    let response = request.answer.insert(
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = request.upgrade.take()
+        {
+            tunnelled(at.worker, client_upgrade, response, lease)
+        } else {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            lease.reuse(key, held);
+            Response::from_parts(parts, ResponseBody::upstream(body, lease))
+        },
+    );
     if let Some(Call {
         grpc: Some(grpc_call),
         kept,
@@ -58,7 +62,6 @@ pub fn deliver(
         }
         response.body_mut().grpc(grpc_call.deadline, kept);
     }
-    response
 }
 
 /// A member's 101 Switching Protocols: the two upgraded connections are joined on a task of

@@ -13,7 +13,6 @@ mod retry;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use http::Response;
 use http_body::Body;
 use tokio::time::Instant;
 
@@ -26,7 +25,6 @@ use super::deadline::Deadline;
 use super::error::ProxyError;
 use super::filters::Applied;
 use super::headers::Forwarding;
-use super::response::ResponseBody;
 use super::upstream::body::RequestBody;
 use super::upstream::lease::Lease;
 use super::upstream::{self, Upstream};
@@ -54,24 +52,27 @@ pub struct Routed {
 /// fields are borrowed one binding each (every binding kept across an await takes room in the
 /// future, shadowed ones too), and what is rare is boxed (the last failure). The members tried
 /// and failed are listed only when a try fails: a request answered at its first try allocates
-/// nothing for them.
+/// nothing for them. The member's answer is written into the request's box
+/// ([`ClientRequest::answer`]), where it stays until it is out: returned, it was copied in
+/// every frame on its way.
 pub async fn forward(
     worker: &Worker,
     routed: &mut Routed,
     deadline: Option<&Deadline>,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<(), ProxyError> {
     let (cluster, affinity) = (&routed.cluster, &routed.affinity);
     let forwarding = &mut routed.forwarding;
+    // Field by field from the box's place: `deliver` writes its answer with no binding here.
     let ClientRequest {
-        req,
-        lean,
-        upgrade: client_upgrade,
-        observed,
-        grpc,
-    } = &mut *routed.req;
+        ref mut req,
+        ref mut lean,
+        ref mut observed,
+        ref mut grpc,
+        ..
+    } = *routed.req;
     let config = &cluster.config;
     let plan = Plan::of(config, routed.filters.as_deref());
-    let upgrade = client_upgrade.is_some();
+    let upgrade = routed.req.upgrade.is_some();
     let base = Upstream::for_request(worker.http1, req.body().is_end_stream(), upgrade);
     let mut replay = replay_of(cluster, base, upgrade, req, plan.retry.is_some());
     let mut call = Call::of(config, req, *grpc);
@@ -108,8 +109,8 @@ pub async fn forward(
                     continue;
                 }
                 let conn = (key, held);
-                let answer = deliver(&at, affinity, client_upgrade, response, lease, conn, call);
-                return Ok(answer);
+                deliver(&at, affinity, &mut routed.req, response, lease, conn, call);
+                return Ok(());
             }
         }
     }

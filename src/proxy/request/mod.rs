@@ -19,14 +19,31 @@ use super::client::Client;
 use super::client::ClientRequest;
 use super::error::ProxyError;
 use super::filters;
+use super::filters::Applied;
 use super::forward::{Routed, forward};
 use super::grpc::is_grpc;
 use super::response::ResponseBody;
 use super::worker::Worker;
+use crate::plane::Cluster;
 use crate::telemetry::Observed;
 use crate::tls;
 
-/// One request of a client connection: hyper's service function, and the lean HTTP/1 server's.
+/// One request of a client connection as hyper's servers take it: the answer taken out of
+/// the request's box, which is kept for the next request to be parsed into.
+pub async fn handle(
+    worker: Rc<Worker>,
+    client: Rc<Client>,
+    req: Box<ClientRequest>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let mut done = answer(worker.clone(), client, req).await;
+    let response = done.answer.take().unwrap_or_else(unanswered);
+    worker.put_request(done);
+    Ok(response)
+}
+
+/// One request of a client connection: the future ends with the request's box, its answer in
+/// it ([`ClientRequest::answer`], always there), where the lean HTTP/1 server writes it out
+/// from. The answer is written once, there: not returned by value through every frame.
 ///
 /// Routing is done here, before the first poll: a request that goes nowhere is answered by a
 /// ready future, and one that goes to members by a future holding only what the exchange
@@ -34,11 +51,11 @@ use crate::tls;
 /// local), and this future is copied whole into its box when the request starts; above about
 /// 2 KiB that copy is a `rep movsb`, which costs far more than its size on the machines
 /// measured (docs/benchmarks.md, "Copies").
-pub fn handle(
+pub fn answer(
     worker: Rc<Worker>,
     client: Rc<Client>,
     mut req: Box<ClientRequest>,
-) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
+) -> impl Future<Output = Box<ClientRequest>> {
     if let Some(deadline) = &client.deadline {
         deadline.busy();
     }
@@ -75,33 +92,56 @@ pub fn handle(
                     }
                     None => forward(&worker, &mut routed, deadline).await,
                 };
-                let mut response = match forwarded {
-                    Ok(response) => response,
-                    Err(e) => e.into_response_for(grpc),
-                };
-                shape(&routed, &client, &mut response);
-                answered(&mut response, &client, routed.req.observed.take());
-                // The request's box and header map are parsed into again.
-                worker.put_request(routed.req);
-                Ok(response)
+                finish(&mut routed, &client, forwarded, grpc);
+                routed.req
             })
         }
-        Err(e) => {
+        Err((e, mut req)) => {
             let mut response = e.into_response_for(grpc);
             answered(&mut response, &client, observed);
-            Either::Right(std::future::ready(Ok(response)))
+            req.answer = Some(response);
+            Either::Right(std::future::ready(req))
         }
     }
 }
 
+/// The answer readied in the request's box: the proxy's own when forwarding failed, then what
+/// the route and the cluster add, and the request's record.
+fn finish(routed: &mut Routed, client: &Client, forwarded: Result<(), ProxyError>, grpc: bool) {
+    if let Err(e) = forwarded {
+        routed.req.answer = Some(e.into_response_for(grpc));
+    }
+    let ClientRequest {
+        answer, observed, ..
+    } = &mut *routed.req;
+    if let Some(response) = answer {
+        shape(&routed.cluster, routed.filters.as_deref(), client, response);
+        answered(response, client, observed.take());
+    }
+}
+
+/// What hyper's server answers should a request end without an answer, which none does: every
+/// way through [`answer`] writes one.
+#[cold]
+fn unanswered() -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
 /// What the route and the cluster add to any answer: the rule's answer filters, and HSTS on
 /// a TLS connection.
-fn shape(routed: &Routed, client: &Client, response: &mut Response<ResponseBody>) {
-    if let Some(applied) = &routed.filters {
+fn shape(
+    cluster: &Cluster,
+    applied: Option<&Applied>,
+    client: &Client,
+    response: &mut Response<ResponseBody>,
+) {
+    if let Some(applied) = applied {
         filters::after(applied, response);
     }
     if client.entry.tls
-        && let Some(hsts) = &routed.cluster.config.tls.hsts
+        && let Some(hsts) = &cluster.config.tls.hsts
     {
         let value = tls::hsts_value(hsts);
         response
@@ -139,8 +179,21 @@ mod tests {
         fn returned<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
             std::mem::size_of::<R>()
         }
-        let size = returned(handle);
+        let size = returned(answer);
         eprintln!("a request's future takes {size} bytes");
         assert!(size <= 1024, "a request's future takes {size} bytes");
+    }
+
+    /// The answer is written once, into the request's box ([`ClientRequest::answer`]), and the
+    /// lean server writes it out from there: what a request's future gives back is the box, a
+    /// pointer. Given back by value, the answer was copied in every frame on its way, which
+    /// cost about 200 instructions per request (docs/benchmarks.md, "Before and after the
+    /// proxy/ reshape").
+    #[test]
+    fn a_requests_future_gives_back_its_box_not_its_answer() {
+        fn output<A, B, C, F: Future>(_: fn(A, B, C) -> F) -> usize {
+            std::mem::size_of::<F::Output>()
+        }
+        assert_eq!(output(answer), std::mem::size_of::<usize>());
     }
 }

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::balancer::Affinity;
+
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request};
 
@@ -14,7 +16,7 @@ use crate::proxy::client::{Client, ClientRequest, Front};
 use crate::proxy::error::ProxyError;
 use crate::proxy::filters::{self, Applied, Context};
 use crate::proxy::forward::Routed;
-use crate::proxy::headers::{prepare_request, upgrade_protocol};
+use crate::proxy::headers::{Forwarding, prepare_request, upgrade_protocol};
 use crate::proxy::http1::LeanHead;
 use crate::proxy::http1::field::Scan;
 use crate::proxy::upstream::body::RequestBody;
@@ -22,19 +24,43 @@ use crate::proxy::worker::Worker;
 use crate::telemetry::{Field, Observed};
 use crate::tls;
 
-/// Finds the request's cluster and prepares the request for its members.
+/// Finds the request's cluster and prepares the request for its members; a request that goes
+/// to none is given back with the error that answers it (its answer is written into its box).
 pub fn route(
     worker: &Worker,
     client: &Client,
     mut incoming: Box<ClientRequest>,
     observed: &mut Option<Box<Observed>>,
-) -> Result<Routed, ProxyError> {
+) -> Result<Routed, (ProxyError, Box<ClientRequest>)> {
+    match prepare(worker, client, &mut incoming, observed) {
+        Ok((cluster, forwarding, affinity, filters)) => Ok(Routed {
+            cluster,
+            req: incoming,
+            forwarding,
+            affinity,
+            filters,
+        }),
+        Err(e) => Err((e, incoming)),
+    }
+}
+
+/// What routing finds for a request: its cluster, its X-Forwarded-* fields, what a sticky or
+/// hashing balancer reads of it, and its rule's filters.
+type Way = (Arc<Cluster>, Forwarding, Affinity, Option<Box<Applied>>);
+
+/// [`route`]'s work, on the request in its box.
+fn prepare(
+    worker: &Worker,
+    client: &Client,
+    incoming: &mut ClientRequest,
+    observed: &mut Option<Box<Observed>>,
+) -> Result<Way, ProxyError> {
     let ClientRequest {
         req,
         lean,
         upgrade: client_upgrade,
         ..
-    } = &mut *incoming;
+    } = incoming;
     refuse(worker, req, lean.is_some())?;
     let host_value = host_of(req, lean);
     let host = host_value
@@ -71,13 +97,7 @@ pub fn route(
         upgrade,
         scan,
     );
-    Ok(Routed {
-        cluster,
-        req: incoming,
-        forwarding,
-        affinity,
-        filters,
-    })
+    Ok((cluster, forwarding, affinity, filters))
 }
 
 /// What no route may serve: CONNECT (this is not a forward proxy), more fields than the limit
