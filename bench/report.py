@@ -55,8 +55,8 @@ ROWS = [
     ("peak_pss_mib", "peak memory under load (PSS)", "MiB", 1, "lower"),
     ("idle_pss_mib", "memory with idle keep-alive connections (PSS)", "MiB", 1, "lower"),
     ("idle_open", "idle connections held", "", 0, "higher"),
-    ("idle_kib_per_conn", "**memory per idle keep-alive connection** (PSS growth, first step to last)", "KiB", 3, "lower"),
-    ("pooled_kib_per_conn", "**memory per idle pooled member connection** (PSS growth, first step to last)", "KiB", 3, "lower"),
+    ("idle_kib_per_conn", "**memory per idle keep-alive connection** (PSS growth per connection, fitted over the steps)", "KiB", 3, "lower"),
+    ("pooled_kib_per_conn", "**memory per idle pooled member connection** (PSS growth per connection, fitted over the completed steps)", "KiB", 3, "lower"),
 ]
 
 # Rows of the memory figures' steps, one per count: (key pattern, label, unit, decimals).

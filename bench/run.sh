@@ -224,6 +224,21 @@ RAW=$RUN/raw.tsv
 : >"$RAW"
 record() { printf '%s\t%s\t%s\t%s\n' "$ROUND" "$LB" "$1" "$2" >>"$RAW"; }
 
+# Records KEY: the least-squares slope of PSS (KiB) over connections held, from CONNS:KIB
+# points; nothing with fewer than two.
+slope() {
+    local key=$1
+    shift
+    [ $# -ge 2 ] || return 0
+    record "$key" "$(tr ' ' '\n' <<<"$*" | awk -F: '
+        { n++; x[n] = $1; y[n] = $2; sx += $1; sy += $2 }
+        END {
+            mx = sx / n; my = sy / n
+            for (i = 1; i <= n; i++) { sxy += (x[i] - mx) * (y[i] - my); sxx += (x[i] - mx) ^ 2 }
+            printf "%.3f", (sxx > 0 ? sxy / sxx : 0)
+        }')"
+}
+
 # Samples the tree's PSS every second while PID $2 (a load generator) runs; keeps the maximum.
 PEAK=0
 sample_pss() {
@@ -312,13 +327,14 @@ run_test() {
         ;;
     idle)
         # Idle keep-alive connections, opened in steps (IDLE_CONNS); the PSS SETTLE seconds after
-        # each step, and the growth per connection from the first step to the last.
+        # each step, and the growth per connection: the slope of PSS over connections held,
+        # fitted over every step (least squares), so that one step's reading does not decide it.
         local out=$RUN/idle.$LB.$ROUND.txt gen before steps
         before=$(pss_kib "$LBPID")
         steps=$(tr ',' ' ' <<<"$IDLE_CONNS")
         taskset -c "$LOAD_CPU" timeout 900 "$LOADGEN" idle "127.0.0.1:$PORT" / "$IDLE_CONNS" $((SETTLE + 2)) >"$out" 2>&1 &
         gen=$!
-        local step=0 n kib open first_kib="" first_open="" line
+        local step=0 n kib open points="" line
         for n in $steps; do
             step=$((step + 1))
             for _ in $(seq 9000); do
@@ -332,7 +348,7 @@ run_test() {
             open=$(awk -F'[= ]' '{ print $2 }' <<<"$line")
             record "idle_pss_${n}_mib" "$(awk -v k="$kib" 'BEGIN { printf "%.1f", k / 1024 }')"
             record "idle_open_$n" "${open:-0}"
-            [ -n "$first_kib" ] || { first_kib=$kib first_open=${open:-0}; }
+            points="$points ${open:-0}:$kib"
             say "$LB idle: ${open:-0} connections open, PSS $((before / 1024)) MiB -> $((kib / 1024)) MiB"
         done
         wait "$gen" || true
@@ -340,9 +356,7 @@ run_test() {
         record idle_alive "$(awk -F= '/^alive_after_hold=/ { print $2 }' "$out")"
         record idle_pss_mib "$(awk -v k="$kib" 'BEGIN { printf "%.1f", k / 1024 }')"
         record idle_pss_before_mib "$(awk -v k="$before" 'BEGIN { printf "%.1f", k / 1024 }')"
-        if [ "${open:-0}" -gt "${first_open:-0}" ]; then
-            record idle_kib_per_conn "$(awk -v a="$first_kib" -v b="$kib" -v m="$first_open" -v n="$open" 'BEGIN { printf "%.3f", (b - a) / (n - m) }')"
-        fi
+        slope idle_kib_per_conn $points
         ;;
     pooled)
         # Idle pooled member connections: bursts of requests to the holding members, each burst
@@ -356,7 +370,7 @@ run_test() {
         LBPID=$STARTED
         wait_port "$H2_PORT" || die "$LB did not start for the pooled figure: $(cat "$RUN/$LB.out")"
         sleep 1
-        local before n kib held first_kib="" first_held="" out
+        local before n kib held points="" out
         before=$(pss_kib "$LBPID")
         for n in $(tr ',' ' ' <<<"$POOLED_CONNS"); do
             out=$RUN/pooled.$LB.$ROUND.$n.txt
@@ -367,14 +381,13 @@ run_test() {
             held=$(held_connections)
             record "pooled_pss_${n}_mib" "$(awk -v k="$kib" 'BEGIN { printf "%.1f", k / 1024 }')"
             record "pooled_held_$n" "$held"
-            [ -n "$first_kib" ] || { first_kib=$kib first_held=$held; }
+            # A step whose burst did not complete (fewer held than asked) is not fitted.
+            [ $((held * 100)) -lt $((n * 95)) ] || points="$points $held:$kib"
             say "$LB pooled: $(awk '/^requests:/ { print $8, "answered," }' "$out") $held member connections held, PSS $((before / 1024)) MiB -> $((kib / 1024)) MiB"
         done
         record pooled_held "$held"
         record pooled_pss_mib "$(awk -v k="$kib" 'BEGIN { printf "%.1f", k / 1024 }')"
-        if [ "${held:-0}" -gt "${first_held:-0}" ]; then
-            record pooled_kib_per_conn "$(awk -v a="$first_kib" -v b="$kib" -v m="$first_held" -v n="$held" 'BEGIN { printf "%.3f", (b - a) / (n - m) }')"
-        fi
+        slope pooled_kib_per_conn $points
         # Back to the run's own configuration for whatever test comes next.
         stop "$LBPID"
         start_balancer "$LB"
