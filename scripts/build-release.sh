@@ -133,8 +133,10 @@ RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$OUT/profdata/$sum.profdata $LINK" \
     cargo build --release --locked --quiet --bin kube-balancer --target-dir "$OUT/optimized" >&2
 cp "$OUT/optimized/release/kube-balancer" "$OUT/kube-balancer"
 # The packed relocations are a memory figure: a linker that ignored the flag would lose it.
+# (readelf's whole output first: `grep -q` stopping early would fail the pipe under pipefail.)
 if command -v readelf >/dev/null; then
-    readelf -SW "$OUT/kube-balancer" | grep -q '\.relr\.dyn' ||
+    sections=$(readelf -SW "$OUT/kube-balancer")
+    grep -q '\.relr\.dyn' <<<"$sections" ||
         die "the binary has no packed relative relocations (.relr.dyn): the linker ignored -z pack-relative-relocs"
 fi
 find "$OUT/profdata" -name '*.profdata' ! -name "$sum.profdata" -delete

@@ -496,9 +496,9 @@ fn telemetry_of(
 /// Turns transparent huge pages off for this process. mimalloc asks the kernel for them on its
 /// arenas (`MADV_HUGEPAGE`), and then every 2 MiB region the allocator touches is resident whole:
 /// an idle worker held about 12 MiB that way, its own use being under 4 (docs/benchmarks.md,
-/// "Memory: transparent huge pages"). nginx and HAProxy allocate from the system's allocator and
-/// get none either. Done first thing in `main`, before the runtime's threads exist; `serve`
-/// says so if it did not take.
+/// "Memory: huge pages, pooled buffers, the allocator"). nginx and HAProxy allocate from the
+/// system's allocator and get none either. Done first thing in `main`, before the runtime's
+/// threads exist; `serve` says so if it did not take.
 fn no_transparent_huge_pages() {
     // A kernel without the setting leaves the process as it was: `serve` warns.
     rustix::thread::disable_transparent_huge_pages(true).ok();

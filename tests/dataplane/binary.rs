@@ -217,8 +217,8 @@ async fn standalone_refuses_a_missing_file_naming_it() {
 }
 
 /// mimalloc asks for transparent huge pages on its arenas; with them an idle worker held about
-/// 12 MiB more (docs/benchmarks.md, "Memory: transparent huge pages"). The binary turns them off
-/// for its process at start, and says nothing about it when that took.
+/// 12 MiB more (docs/benchmarks.md, "Memory: huge pages, pooled buffers, the allocator"). The
+/// binary turns them off for its process at start, and says nothing about it when that took.
 #[tokio::test]
 async fn the_binary_runs_without_transparent_huge_pages() {
     let demo = Process::start(

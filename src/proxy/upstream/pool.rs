@@ -72,9 +72,9 @@ pub struct Member {
     /// hyper's client connections (requests with a body, upgrades).
     idle: IdleList<Sender>,
     /// Connections of the lean exchange (requests without a body).
-    pub(super) lean: IdleList<Conn>,
+    lean: IdleList<Conn>,
     /// Whether a task sheds the buffers of the idle lean connections ([`shed_idle`]).
-    pub(super) shedding: Cell<bool>,
+    shedding: Cell<bool>,
     /// HTTP/2 connections (members spoken to in h2c or h2), open or being opened.
     h2: RefCell<Vec<Rc<H2Conn>>>,
     /// The member's connection limit, from the first request that had one.
