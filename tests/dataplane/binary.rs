@@ -14,9 +14,11 @@ use crate::support::wait;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-#[tokio::test]
-async fn demo_answers_alternately_from_its_two_backends() {
-    let demo = Process::start(
+/// `kube-balancer demo` with `backends` backends and `workers` workers, every port ephemeral.
+fn demo(backends: usize, workers: usize) -> Process {
+    let backends = vec!["127.0.0.1:0"; backends].join(",");
+    let workers = workers.to_string();
+    Process::start(
         "kube-balancer",
         &[
             "demo",
@@ -25,12 +27,17 @@ async fn demo_answers_alternately_from_its_two_backends() {
             "--admin",
             "127.0.0.1:0",
             "--backends",
-            "127.0.0.1:0,127.0.0.1:0",
+            &backends,
             "--workers",
-            "2",
+            &workers,
         ],
         &[],
-    );
+    )
+}
+
+#[tokio::test]
+async fn demo_answers_alternately_from_its_two_backends() {
+    let demo = demo(2, 2);
     let proxy = demo.address_in("data plane listening").await;
     let backend_1 = demo.address_in("backend=1").await;
     let backend_2 = demo.address_in("backend=2").await;
@@ -221,21 +228,7 @@ async fn standalone_refuses_a_missing_file_naming_it() {
 /// binary turns them off for its process at start, and says nothing about it when that took.
 #[tokio::test]
 async fn the_binary_runs_without_transparent_huge_pages() {
-    let demo = Process::start(
-        "kube-balancer",
-        &[
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--backends",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ],
-        &[],
-    );
+    let demo = demo(1, 1);
     let proxy = demo.address_in("data plane listening").await;
     assert_eq!(
         get(&format!("http://{proxy}/")).await.status,
