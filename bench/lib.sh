@@ -4,15 +4,16 @@
 say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # A driver sets RUN (its scratch folder) and PIDS=() (what it started), then
-# `trap end_run EXIT`: on exit, each of PIDS gets TERM and up to 5 s, then KILL, and RUN goes.
+# `trap end_run EXIT`: on exit, each of PIDS gets TERM and up to 10 s (a process under valgrind
+# writes its profile first), then KILL, and RUN goes (KEEP=1 keeps it, and says where).
 end_run() {
     local pid
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null || true
     done
-    rm -rf "$RUN"
+    if [ -n "${KEEP:-}" ]; then say "kept $RUN"; else rm -rf "$RUN"; fi
 }
 
 # start NAME CPU COMMAND...: runs COMMAND pinned to CPU, in the background, its output in

@@ -32,7 +32,8 @@ REQUESTS=${REQUESTS:-20000}       # callgrind: requests measured (after a warm-u
 DURATION=${DURATION:-8}           # perf: seconds recorded
 
 A=$((PORT_BASE + 81)) B=$((PORT_BASE + 82)) PORT=$((PORT_BASE + 100)) ADMIN=$((PORT_BASE + 109))
-say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 if [ -n "${FLOOR:-}" ]; then
     (cd "$HERE/floor" && cargo build --release --quiet --target-dir "$REPO/target/bench")
@@ -46,25 +47,8 @@ LOADGEN=$REPO/target/bench/release/kb-loadgen
 
 RUN=$(mktemp -d -t kb-profile.XXXXXX)
 PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    done
-    [ -n "${KEEP:-}" ] && echo "kept $RUN" >&2 || rm -rf "$RUN"
-}
-trap cleanup EXIT
+trap end_run EXIT
 trap 'exit 130' INT TERM
-
-wait_port() {
-    for _ in $(seq 300); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 mkdir -p "$RUN/www" "$RUN/backends-tmp"
 sed -e "s|@RUN@|$RUN|g" -e "s|@BACKEND_A_PORT@|$A|g" -e "s|@BACKEND_B_PORT@|$B|g" \
@@ -73,14 +57,14 @@ sed -e "s|@BACKEND_A_PORT@|$A|g" -e "s|@BACKEND_B_PORT@|$B|g" \
     "$HERE/conf/kube-balancer.yaml" >"$RUN/kb.yaml"
 taskset -c "$LOAD_CPU" nginx -c "$RUN/backends.conf" -e "$RUN/backends-error.log" >"$RUN/backends.out" 2>&1 &
 PIDS+=($!)
-wait_port "$A" && wait_port "$B"
+wait_port "$A" 300 && wait_port "$B" 300
 
 # Starts the proxy (not under valgrind) pinned to LB_CPU; its pid is KB.
 start_kb() {
     taskset -c "$LB_CPU" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
     KB=$!
     PIDS+=("$KB")
-    wait_port "$PORT"
+    wait_port "$PORT" 300
 }
 
 # Starts the load for perf and syscalls: wrk as fast as it goes, or with RATE set, the latency
@@ -120,7 +104,7 @@ callgrind)
         --callgrind-out-file="$RUN/callgrind.out" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
     KB=$!
     PIDS+=("$KB")
-    wait_port "$PORT"
+    wait_port "$PORT" 300
     # Warm up: fill the member pool and the allocator's caches.
     taskset -c "$LOAD_CPU" timeout 120 "$LOADGEN" rate "127.0.0.1:$PORT" / 500 2 32 >/dev/null
     callgrind_control -i on "$KB" >/dev/null
