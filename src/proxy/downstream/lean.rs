@@ -24,7 +24,7 @@ use crate::proxy::http1::io::poll_fill;
 use crate::proxy::http1::parse::{Parsed, parse};
 use crate::proxy::http1::respond::respond;
 use crate::proxy::options::Http1Mode;
-use crate::proxy::request::answer;
+use crate::proxy::request::{answer, unanswered};
 use crate::proxy::worker::Worker;
 
 /// How the lean server left a connection.
@@ -97,10 +97,9 @@ pub async fn serve(
             tracing::debug!(client = %client.addr, "client closed the connection before the answer; request dropped");
             break 'serve;
         };
-        let Some(response) = request.answer.as_mut() else {
-            // Never: the request core writes an answer on every way through it.
-            break 'serve;
-        };
+        // The request core writes an answer on every way through it; hyper's service and this
+        // server answer the same should one ever be missing.
+        let response = request.answer.get_or_insert_with(unanswered);
         let keep_alive = keep_alive && !asked.stop.get();
         // `respond` borrows the answer, so that its own future (part of every connection's,
         // idle or not) does not hold the answer twice, as an argument and a local.

@@ -120,10 +120,10 @@ fn finish(routed: &mut Routed, client: &Client, forwarded: Result<(), ProxyError
     }
 }
 
-/// What hyper's server answers should a request end without an answer, which none does: every
+/// What both servers answer should a request end without an answer, which none does: every
 /// way through [`answer`] writes one.
 #[cold]
-fn unanswered() -> Response<ResponseBody> {
+pub fn unanswered() -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::empty());
     *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
     response

@@ -4,11 +4,10 @@
 
 use std::sync::Arc;
 
-use crate::balancer::Affinity;
-
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request};
 
+use crate::balancer::Affinity;
 use crate::plane::matching::RequestView;
 use crate::plane::routes::strip_port;
 use crate::plane::{Cluster, Snapshot};
