@@ -31,7 +31,7 @@ pub fn deliver(
     at: &Try<'_>,
     affinity: &Affinity,
     request: &mut ClientRequest,
-    mut response: Response<Answer>,
+    mut response: Box<Response<Answer>>,
     mut lease: Lease,
     (key, held): (Rc<Member>, Option<Held>),
     call: Option<Box<Call>>,
@@ -42,10 +42,10 @@ pub fn deliver(
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = request.upgrade.take()
         {
-            tunnelled(at.worker, client_upgrade, response, lease)
+            tunnelled(at.worker, client_upgrade, *response, lease)
         } else {
-            let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
+            strip_hop_by_hop(response.headers_mut());
+            let (parts, body) = response.into_parts();
             lease.reuse(key, held);
             Response::from_parts(parts, ResponseBody::upstream(body, lease))
         },

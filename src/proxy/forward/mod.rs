@@ -228,7 +228,10 @@ mod tests {
             "Failure: {}",
             size_of::<Failure>()
         );
+        // The answer head goes boxed (`Exchanged`): by value (about 200 bytes) it was copied in
+        // every frame between the member's client and `forward`.
         let exchanged = size_of::<Result<Exchanged, Failure>>();
-        assert!(exchanged <= 256, "an exchange's result: {exchanged}");
+        eprintln!("an exchange's result takes {exchanged} bytes");
+        assert!(exchanged <= 64, "an exchange's result: {exchanged}");
     }
 }

@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::answer::AnswerBody;
 use super::conn::{Conn, MAX_HEAD};
 use super::field::{Field, field, names_other_fields};
 use super::parse::{Limits, Parsed, parse};
@@ -269,7 +270,7 @@ async fn lean_answer(member: &Member) -> Result<Answer, String> {
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let response = Conn::new(stream)
-        .send(&get(), None, std::iter::empty())
+        .send::<_, AnswerBody>(&get(), None, std::iter::empty())
         .await
         .map_err(|e| e.cause)?;
     let (parts, mut body) = response.into_parts();

@@ -320,6 +320,12 @@ pub enum Answer {
     Lean(AnswerBody),
 }
 
+impl From<AnswerBody> for Answer {
+    fn from(body: AnswerBody) -> Self {
+        Answer::Lean(body)
+    }
+}
+
 impl Body for Answer {
     type Data = Bytes;
     type Error = BoxError;

@@ -70,8 +70,11 @@ pub enum Held {
 }
 
 /// A member's answer head, with what it holds of the connection it came on (a lean
-/// connection is held by the answer's body).
-pub type Exchanged = (Option<Held>, Response<Answer>);
+/// connection is held by the answer's body). The head is boxed where the client makes it: it
+/// goes back through every frame between the client and `forward`, and by value (about 200
+/// bytes) it was copied in each of them, about ten times per request (docs/benchmarks.md,
+/// "Before and after the proxy/ reshape"); the box costs one allocation.
+pub type Exchanged = (Option<Held>, Box<Response<Answer>>);
 
 /// The time a try took to open its connection, in its answer's extensions (none when the try
 /// went on a pooled connection).

@@ -89,7 +89,10 @@ pub async fn exchange(
     in_http2_form(&mut req, key.authority(), tls);
     let send = std::pin::pin!(sender.try_send_request(req));
     match within(send, until, deadline).await {
-        Some(Ok(response)) => Ok((Some(Held::Http2(stream)), response.map(Answer::Hyper))),
+        Some(Ok(response)) => Ok((
+            Some(Held::Http2(stream)),
+            Box::new(response.map(Answer::Hyper)),
+        )),
         Some(Err(e)) => Err(send_failed(e)),
         None => Err(Failure::timed_out()),
     }

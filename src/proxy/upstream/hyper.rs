@@ -40,7 +40,8 @@ pub async fn exchange(
             (req.body().is_end_stream() && idempotent(req.method())).then(|| Replay::of(&req));
         match await_response(&mut sender, req, now + timeout, deadline).await {
             Ok(response) => {
-                return Ok((Some(Held::Http1(sender)), response.map(Answer::Hyper)));
+                let response = Box::new(response.map(Answer::Hyper));
+                return Ok((Some(Held::Http1(sender)), response));
             }
             Err(Failure {
                 unsent: Some(back),
@@ -75,7 +76,10 @@ pub async fn exchange(
     let mut response = await_response(&mut sender, req, until, deadline).await?;
     let took = connected.saturating_duration_since(connecting);
     response.extensions_mut().insert(Connected(took));
-    Ok((Some(Held::Http1(sender)), response.map(Answer::Hyper)))
+    Ok((
+        Some(Held::Http1(sender)),
+        Box::new(response.map(Answer::Hyper)),
+    ))
 }
 
 /// Sends the request through hyper's client and waits for the response head until `until`.

@@ -12,7 +12,6 @@ use super::pool::{Admitting, Member};
 use crate::discovery::{ClusterConfig, Limits};
 use crate::proxy::deadline::Deadline;
 use crate::proxy::headers::Forwarding;
-use crate::proxy::http1::answer::AnswerBody;
 use crate::proxy::http1::client::{ExchangeError, Stage as Http1Stage, idempotent};
 use crate::proxy::http1::conn::Conn;
 use crate::proxy::http1::raw::RawHead;
@@ -38,7 +37,7 @@ pub async fn exchange(
     if let Some(conn) = key.checkout_lean(config.idle_timeout, now) {
         let send = std::pin::pin!(conn.send(req, fields, forwarding.fields()));
         match within(send, until, deadline).await {
-            Some(Ok(response)) => return Ok((None, response.map(Answer::Lean))),
+            Some(Ok(response)) => return Ok((None, response)),
             Some(Err(e)) if pooled_closed(&e, req) => {
                 tracing::debug!(member = key.authority(), cause = %e.cause, "pooled connection closed, sending again on a new one");
             }
@@ -80,14 +79,14 @@ pub async fn exchange(
 
 /// The answer on a new connection, which carries the time the connection took to open.
 fn answered(
-    sent: Option<Result<Response<AnswerBody>, ExchangeError>>,
+    sent: Option<Result<Box<Response<Answer>>, ExchangeError>>,
     connect_us: u32,
 ) -> Result<Exchanged, Failure> {
     match sent {
         Some(Ok(mut response)) => {
             let took = std::time::Duration::from_micros(u64::from(connect_us));
             response.extensions_mut().insert(Connected(took));
-            Ok((None, response.map(Answer::Lean)))
+            Ok((None, response))
         }
         Some(Err(e)) => Err(Failure::of(e)),
         None => Err(Failure::timed_out()),
