@@ -61,7 +61,7 @@ wait_port "$A" 300 && wait_port "$B" 300
 
 # Starts the proxy (not under valgrind) pinned to LB_CPU; its pid is KB.
 start_kb() {
-    taskset -c "$LB_CPU" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
+    taskset -c "$LB_CPU" env "${IMAGE_ENV[@]}" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
     KB=$!
     PIDS+=("$KB")
     wait_port "$PORT" 300
