@@ -3,6 +3,13 @@
 
 say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+# The environment the container image sets for kube-balancer (the Dockerfile's `ENV` lines, as
+# NAME=VALUE words), so that the benchmarks run this tree's build as the image runs it.
+IMAGE_ENV=()
+if [ -n "${REPO:-}" ] && [ -f "$REPO/Dockerfile" ]; then
+    read -r -a IMAGE_ENV <<<"$(sed -n 's/^ENV //p' "$REPO/Dockerfile" | tr '\n' ' ')"
+fi
+
 # A driver sets RUN (its scratch folder) and PIDS=() (what it started), then
 # `trap end_run EXIT`: on exit, each of PIDS gets TERM and up to 10 s (a process under valgrind
 # writes its profile first), then KILL, and RUN goes (KEEP=1 keeps it, and says where).

@@ -17,7 +17,7 @@
 #                                # (uprobes on glibc's copy routine; bench/copies.py sums them)
 #   FLOOR=1 bench/profile.sh ... # the same for bench/floor, the least a tokio proxy can do
 #   KB_EXTRA="--flag ..." bench/profile.sh ...  # the same with more kube-balancer flags
-#   CLOSE=1 bench/profile.sh perf|syscalls  # a new connection per request (callgrind: with SATURATED=1)
+#   CLOSE=1 bench/profile.sh perf|syscalls|segments|cpu  # a new connection per request (callgrind: with SATURATED=1)
 #
 # KB_BIN=path profiles that binary instead of building this tree. Every load run is bounded.
 set -euo pipefail
@@ -61,7 +61,7 @@ wait_port "$A" 300 && wait_port "$B" 300
 
 # Starts the proxy (not under valgrind) pinned to LB_CPU; its pid is KB.
 start_kb() {
-    taskset -c "$LB_CPU" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
+    taskset -c "$LB_CPU" env "${IMAGE_ENV[@]}" "$KB_BIN" "${KB_ARGS[@]}" >"$RUN/kb.out" 2>&1 &
     KB=$!
     PIDS+=("$KB")
     wait_port "$PORT" 300
@@ -204,9 +204,9 @@ segments)
     # `nstat` counters around one wrk run. A proxy that makes the kernel send more segments
     # (pure ACKs, split writes) shows here.
     start_kb
-    taskset -c "$LOAD_CPU" timeout 30 wrk -t1 -c32 -d2s "http://127.0.0.1:$PORT/" >/dev/null
+    taskset -c "$LOAD_CPU" timeout 30 wrk -t1 -c32 -d2s "${WRK_CLOSE[@]}" "http://127.0.0.1:$PORT/" >/dev/null
     nstat -n >/dev/null
-    taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d"${DURATION}s" "http://127.0.0.1:$PORT/" >"$RUN/wrk.out"
+    taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d"${DURATION}s" "${WRK_CLOSE[@]}" "http://127.0.0.1:$PORT/" >"$RUN/wrk.out"
     nstat -z >"$RUN/nstat.out"
     n=$(awk '/requests in/ { print $1 }' "$RUN/wrk.out")
     awk -v n="$n" '$1 ~ /^(TcpInSegs|TcpOutSegs|TcpExtDelayedACKs|TcpExtTCPPureAcks|TcpExtTCPHPAcks|TcpExtTCPHPHits|TcpRetransSegs|TcpExtTCPLossProbes|TcpExtTCPBacklogCoalesce)$/ { printf "%s=%.3f per request\n", $1, $2 / n }' "$RUN/nstat.out"
@@ -215,11 +215,11 @@ segments)
 cpu)
     # User and system CPU time per request (the process's own accounting), ROUNDS runs of wrk.
     start_kb
-    taskset -c "$LOAD_CPU" timeout 30 wrk -t1 -c32 -d2s "http://127.0.0.1:$PORT/" >/dev/null
+    taskset -c "$LOAD_CPU" timeout 30 wrk -t1 -c32 -d2s "${WRK_CLOSE[@]}" "http://127.0.0.1:$PORT/" >/dev/null
     ticks() { awk '{ print $14, $15 }' "/proc/$KB/stat"; }
     for _ in $(seq "${ROUNDS:-3}"); do
         read -r u0 s0 < <(ticks)
-        taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d"${DURATION}s" "http://127.0.0.1:$PORT/" >"$RUN/wrk.out"
+        taskset -c "$LOAD_CPU" timeout $((DURATION + 30)) wrk -t1 -c32 -d"${DURATION}s" "${WRK_CLOSE[@]}" "http://127.0.0.1:$PORT/" >"$RUN/wrk.out"
         read -r u1 s1 < <(ticks)
         n=$(awk '/requests in/ { print $1 }' "$RUN/wrk.out")
         hz=$(getconf CLK_TCK)

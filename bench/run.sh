@@ -177,9 +177,13 @@ start_balancer() {
     case $name in
     kube-balancer | kube-balancer-before)
         PORT=$KB_PORT H2_PORT=$KB_PORT
-        local bin=$KB_BIN
-        [ "$name" = kube-balancer ] || bin=${KB_BIN_BEFORE:?KB_BIN_BEFORE names the other build}
-        start "$1" "$cpu" "$bin" standalone -f "$RUN/kube-balancer$suffix.yaml" --workers "$workers" \
+        # This tree's build runs with the image's environment; the other build as it is given
+        # (a wrapper script can set its environment).
+        local bin=$KB_BIN envs=("${IMAGE_ENV[@]}")
+        if [ "$name" != kube-balancer ]; then
+            bin=${KB_BIN_BEFORE:?KB_BIN_BEFORE names the other build} envs=()
+        fi
+        start "$1" "$cpu" env "${envs[@]}" "$bin" standalone -f "$RUN/kube-balancer$suffix.yaml" --workers "$workers" \
             --listen "127.0.0.1:$KB_PORT" --admin "127.0.0.1:$KB_ADMIN_PORT" --shutdown-grace 1s \
             --header-read-timeout 300s
         ;;
@@ -208,8 +212,11 @@ start_balancer() {
 version_of() {
     case ${1%%:*} in
     # A given binary (KB_BIN) need not be this tree's: only KB_BUILD can say what it is.
-    kube-balancer) if [ -n "$GIVEN" ]; then echo "kube-balancer: $BUILD"; else
-        echo "kube-balancer $(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo unknown), build: $BUILD"; fi ;;
+    kube-balancer)
+        local env="environment ${IMAGE_ENV[*]:-none} (the image's)"
+        if [ -n "$GIVEN" ]; then echo "kube-balancer: $BUILD, $env"; else
+            echo "kube-balancer $(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo unknown), build: $BUILD, $env"
+        fi ;;
     kube-balancer-before) echo "kube-balancer-before: $(basename "$KB_BIN_BEFORE")" ;;
     floor) echo "floor: bench/floor, a tokio proxy doing only what no proxy can skip" ;;
     nginx) nginx -v 2>&1 | sed 's|.*/||; s|^|nginx |' ;;

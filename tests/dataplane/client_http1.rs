@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use kube_balancer::proxy::Http1Mode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -571,4 +572,53 @@ async fn a_client_that_closes_while_its_request_is_at_the_member_drops_the_reque
         "the proxy closed the member connection (EOF) within 5 s of the request"
     );
     assert!(after < Duration::from_secs(5), "closed after {after:?}");
+}
+
+/// A connection that closes after its answer sends the answer's last bytes and its FIN in one
+/// segment (the lean server's `write_last`). The client counts the segments it received that
+/// carried no data (`ss -ti` on its socket, read while it waits to close): the SYN-ACK and the
+/// proxy's acknowledgement of the request. A FIN of its own would be one more, as hyper's server
+/// (`--http1 hyper`), which closes the ordinary way, sends.
+#[tokio::test]
+async fn a_closing_answer_leaves_with_its_fin_in_one_segment() {
+    let a = Backend::start("a").await;
+    for (mode, expected) in [(Http1Mode::Fast, 2), (Http1Mode::Hyper, 3)] {
+        let proxy = Proxy::start_with(&cluster_yaml(&[a.url()], ""), |o| o.http1 = mode);
+        let mut stream = TcpStream::connect(proxy.addr).await.expect("connects");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("writes");
+        let mut answer = Vec::new();
+        tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+            .await
+            .expect("the proxy closes")
+            .expect("reads");
+        assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"), "{answer:?}");
+        let (segments, with_data) = segments_in(&stream);
+        assert_eq!(with_data, 1, "{mode:?}: the answer in one segment");
+        assert_eq!(
+            segments - with_data,
+            expected,
+            "{mode:?}: segments without data"
+        );
+    }
+}
+
+/// The segments a socket received, and how many of them carried data (`ss`'s `segs_in` and
+/// `data_segs_in`), while it waits to close.
+fn segments_in(stream: &TcpStream) -> (u64, u64) {
+    let port = stream.local_addr().expect("an address").port();
+    let filter = format!("sport = :{port}");
+    let out = std::process::Command::new("ss")
+        .args(["-tinH", "state", "close-wait", &filter])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.split_whitespace()
+            .find_map(|word| word.strip_prefix(name)?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} for port {port} in {text:?}"))
+    };
+    (field("segs_in:"), field("data_segs_in:"))
 }

@@ -6,7 +6,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::net::TcpStream;
 
 /// Reads what the socket has into `buf`, first making room for `size` bytes when less than
 /// half of that is free; `Ok(0)` at the end of the stream.
@@ -39,6 +40,26 @@ pub async fn write_both(
         io::IoSlice::advance_slices(&mut slices, n);
     }
     Ok(())
+}
+
+/// Writes a connection's last bytes and ends its sending side. They are sent with `MSG_MORE`, so
+/// the kernel holds them for the FIN that the shutdown adds, and both leave in one segment,
+/// which the client acknowledges once: a connection that closes after its answer costs both
+/// ends one segment less. The shutdown, not the close that follows, sends them: a close with
+/// unread bytes from the client would reset the connection and drop what is held.
+pub async fn write_last(stream: &mut TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let sent = stream.async_io(Interest::WRITABLE, || {
+            rustix::net::send(&*stream, bytes, rustix::net::SendFlags::MORE)
+                .map_err(io::Error::from)
+        });
+        let n = sent.await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    stream.shutdown().await
 }
 
 /// A connection handed to hyper: the bytes already read come first.

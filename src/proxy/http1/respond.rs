@@ -12,10 +12,11 @@ use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode, Version, header};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::buffers::Buffers;
 use super::field::push_field;
-use super::io::write_both;
+use super::io::{write_both, write_last};
 use super::raw::RawHead;
 
 /// Data frames up to this size are copied behind the head into one write; larger ones are
@@ -42,7 +43,7 @@ enum Framing {
 
 /// Writes the answer; true when the connection stays open for the next request.
 pub async fn respond<B>(
-    stream: &mut (impl AsyncWrite + Unpin),
+    stream: &mut TcpStream,
     response: &mut Response<B>,
     version: Version,
     head_request: bool,
@@ -91,14 +92,26 @@ where
     }
     // The answer is complete: the member connection goes back, the head timer restarts.
     body.finish();
-    if !out.is_empty() {
-        stream.write_all(&out).await?;
-    }
+    write_rest(stream, out, keep_alive, buffers).await
+}
+
+/// Writes what is left of the answer and gives the buffer back; true when the connection stays
+/// open. One that closes sends its last bytes together with its FIN ([`write_last`]).
+async fn write_rest(
+    stream: &mut TcpStream,
+    out: Vec<u8>,
+    keep_alive: bool,
+    buffers: &Buffers,
+) -> io::Result<bool> {
+    let written = if !keep_alive {
+        write_last(stream, &out).await
+    } else if out.is_empty() {
+        Ok(())
+    } else {
+        stream.write_all(&out).await
+    };
     buffers.put_write(out);
-    if framing == Framing::Close {
-        let _ = stream.shutdown().await;
-    }
-    Ok(keep_alive)
+    written.map(|()| keep_alive)
 }
 
 /// The body's next frame if it is there; if not, what is written so far goes out first, so
