@@ -184,7 +184,7 @@ copies)
         perf probe -q -x "$libc" -a "kb_${sym#__}=$sym len=%dx:u64" 2>/dev/null && probes+=("probe_libc:kb_${sym#__}")
     done
     [ ${#probes[@]} -gt 0 ] || { echo "no probe could be placed on glibc's copy routines" >&2; exit 1; }
-    trap 'perf probe -q -d "probe_libc:kb_*" 2>/dev/null || true; cleanup' EXIT
+    trap 'perf probe -q -d "probe_libc:kb_*" 2>/dev/null || true; end_run' EXIT
     start_kb
     taskset -c "$LOAD_CPU" timeout 60 "$LOADGEN" rate "127.0.0.1:$PORT" / 500 2 32 >/dev/null
     events=$(IFS=,; echo "${probes[*]}")
