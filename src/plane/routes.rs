@@ -218,6 +218,9 @@ pub struct ListenerRoutes {
 struct Entry {
     host: HostMatch,
     matcher: RequestMatch,
+    /// The matcher takes every request (prefix `/`, nothing else), known once per table so
+    /// that the common route costs a request no match at all.
+    takes_all: bool,
     rule: Arc<Rule>,
 }
 
@@ -278,7 +281,7 @@ impl RouteTable {
         let entry = listener
             .entries
             .iter()
-            .find(|e| e.host.matches(host) && e.matcher.matches(req))?;
+            .find(|e| e.host.matches(host) && (e.takes_all || e.matcher.matches(req)))?;
         let prefix = match &entry.matcher.path {
             PathMatch::Prefix(p) => Some(p.as_str()),
             _ => None,
@@ -331,6 +334,7 @@ fn entries_of(routes: Vec<RouteEntry>) -> (Vec<Entry>, Vec<Shadowed>) {
                 let entry = Entry {
                     host: host.clone(),
                     matcher: matcher.clone(),
+                    takes_all: matcher.is_catch_all(),
                     rule: route.rule.clone(),
                 };
                 entries.push((order, entry));
@@ -634,5 +638,44 @@ mod tests {
         table
             .lookup(host, &Get("/", Vec::new()))
             .map(|m| m.rule.name.clone())
+    }
+
+    /// A request view that counts how often routing reads it.
+    #[derive(Default)]
+    struct Counted(std::cell::Cell<usize>);
+
+    impl RequestView for Counted {
+        fn method(&self) -> &Method {
+            self.0.set(self.0.get() + 1);
+            &Method::GET
+        }
+        fn path(&self) -> &str {
+            self.0.set(self.0.get() + 1);
+            "/api/cart"
+        }
+        fn query(&self) -> Option<&str> {
+            self.0.set(self.0.get() + 1);
+            None
+        }
+        fn any_header(&self, _: &HeaderName, _: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+            self.0.set(self.0.get() + 1);
+            false
+        }
+    }
+
+    #[test]
+    fn a_route_that_takes_everything_reads_nothing_of_the_request() {
+        let (t, _) = one(vec![route(None, "/", "any")]);
+        let view = Counted::default();
+        let matched = t.lookup(b"example.com", &view).map(|m| m.rule.name.clone());
+        assert_eq!(matched.as_deref(), Some("any"));
+        assert_eq!(view.0.get(), 0);
+
+        // A route with a path to match reads the path, once.
+        let (t, _) = one(vec![route(None, "/api", "api")]);
+        let view = Counted::default();
+        let matched = t.lookup(b"example.com", &view).map(|m| m.rule.name.clone());
+        assert_eq!(matched.as_deref(), Some("api"));
+        assert_eq!(view.0.get(), 1);
     }
 }
