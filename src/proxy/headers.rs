@@ -129,23 +129,10 @@ pub fn prepare_request<B>(
     }
     // Every X-Forwarded-For line the client sent stays in the chain, in order. Without one (the
     // usual case) the client's formatted address goes as it is, with no formatting or allocation.
-    let mut previous = scan
-        .forwarded
-        .then(|| headers.get_all(&X_FORWARDED_FOR).iter())
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.to_str().ok())
-        .peekable();
-    let forwarded_for = if previous.peek().is_none() {
-        client.clone()
+    let forwarded_for = if scan.forwarded {
+        forwarded_chain(headers, client)
     } else {
-        let mut chain = String::new();
-        for previous in previous {
-            chain.push_str(previous);
-            chain.push_str(", ");
-        }
-        chain.push_str(client.to_str().unwrap_or(""));
-        HeaderValue::from_str(&chain).unwrap_or_else(|_| client.clone())
+        client.clone()
     };
     if scan.forwarded {
         // The client's own lines give way to ours (the chain above keeps its X-Forwarded-For).
@@ -188,6 +175,26 @@ fn only_keep_alive(headers: &HeaderMap) -> bool {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let present = Scan::of(headers).hop_by_hop;
     strip_present(headers, present);
+}
+
+/// The client's X-Forwarded-For lines (those that are text), in order, then the client: the
+/// chain a request that came with some goes on with.
+fn forwarded_chain(headers: &HeaderMap, client: &HeaderValue) -> HeaderValue {
+    let mut previous = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .peekable();
+    if previous.peek().is_none() {
+        return client.clone();
+    }
+    let mut chain = String::new();
+    for previous in previous {
+        chain.push_str(previous);
+        chain.push_str(", ");
+    }
+    chain.push_str(client.to_str().unwrap_or(""));
+    HeaderValue::from_str(&chain).unwrap_or_else(|_| client.clone())
 }
 
 /// Removes the hop-by-hop fields `present` marks, and those the Connection header names.
