@@ -199,20 +199,11 @@ struct Head {
 
 impl Head {
     fn answer<T: From<AnswerBody>>(self, conn: Conn) -> Box<Response<T>> {
-        let Head {
-            status,
-            version,
-            reason,
-            framing,
-            raw,
-            keep,
-        } = self;
-        let mut response = Box::new(Response::new(T::from(AnswerBody::new(
-            framing, conn, keep, raw,
-        ))));
-        *response.status_mut() = status;
-        *response.version_mut() = version;
-        if let Some(reason) = reason {
+        let body = AnswerBody::new(self.framing, conn, self.keep, self.raw);
+        let mut response = Box::new(Response::new(T::from(body)));
+        *response.status_mut() = self.status;
+        *response.version_mut() = self.version;
+        if let Some(reason) = self.reason {
             response.extensions_mut().insert(reason);
         }
         response
