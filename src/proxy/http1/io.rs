@@ -59,7 +59,9 @@ pub async fn write_last(stream: &mut TcpStream, mut bytes: &[u8]) -> io::Result<
         }
         bytes = &bytes[n..];
     }
-    stream.shutdown().await
+    // As for any close: an answer written whole is not failed by a client already gone.
+    let _ = stream.shutdown().await;
+    Ok(())
 }
 
 /// A connection handed to hyper: the bytes already read come first.

@@ -181,7 +181,7 @@ async fn close_idle_for_waiting(member: rc::Weak<Member>, gate: Arc<Gate>) {
 /// Once every [`SHED_AFTER`] while the member has idle lean connections, sheds the buffers of
 /// those idle that long; ends when none is left idle (the next one filed starts it again) or
 /// the member is gone.
-pub async fn shed_idle(member: rc::Weak<Member>) {
+async fn shed_idle(member: rc::Weak<Member>) {
     loop {
         tokio::time::sleep(SHED_AFTER).await;
         let Some(member) = member.upgrade() else {
