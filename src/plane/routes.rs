@@ -158,6 +158,16 @@ impl Rule {
         self.pick_index().and_then(|i| self.backends.get(i))
     }
 
+    /// Whether the rule only forwards: no filters (its own or any backend's), no timeouts and
+    /// no retries, whichever backend is picked.
+    pub fn is_plain(&self) -> bool {
+        self.filters.is_empty()
+            && self.backends.iter().all(|b| b.filters.is_empty())
+            && self.request_timeout.is_none()
+            && self.backend_timeout.is_none()
+            && self.retry.is_none()
+    }
+
     /// The same, by index.
     pub fn pick_index(&self) -> Option<usize> {
         if self.backends.len() == 1 {
@@ -221,6 +231,8 @@ struct Entry {
     /// The matcher takes every request (prefix `/`, nothing else), known once per table so
     /// that the common route costs a request no match at all.
     takes_all: bool,
+    /// The rule only forwards ([`Rule::is_plain`]), known once per table for the same reason.
+    plain: bool,
     rule: Arc<Rule>,
 }
 
@@ -252,6 +264,9 @@ pub struct Matched<'a> {
     pub rule: &'a Arc<Rule>,
     /// What the route's PathPrefix matched (for ReplacePrefixMatch), if it was one.
     pub prefix: Option<&'a str>,
+    /// The rule only forwards ([`Rule::is_plain`]): the request needs nothing of it but a
+    /// backend.
+    pub plain: bool,
 }
 
 impl RouteTable {
@@ -289,6 +304,7 @@ impl RouteTable {
         Some(Matched {
             rule: &entry.rule,
             prefix,
+            plain: entry.plain,
         })
     }
 
@@ -335,6 +351,7 @@ fn entries_of(routes: Vec<RouteEntry>) -> (Vec<Entry>, Vec<Shadowed>) {
                     host: host.clone(),
                     matcher: matcher.clone(),
                     takes_all: matcher.is_catch_all(),
+                    plain: route.rule.is_plain(),
                     rule: route.rule.clone(),
                 };
                 entries.push((order, entry));
@@ -677,5 +694,60 @@ mod tests {
         let matched = t.lookup(b"example.com", &view).map(|m| m.rule.name.clone());
         assert_eq!(matched.as_deref(), Some("api"));
         assert_eq!(view.0.get(), 1);
+    }
+
+    /// The table knows which rules only forward, so that routing asks nothing more of them;
+    /// any filter (the rule's or one backend's), timeout or retry makes a rule not plain.
+    #[test]
+    fn a_rule_that_only_forwards_is_known_as_plain() {
+        let plain = |rule: Rule| {
+            let entry = RouteEntry {
+                hostnames: Vec::new(),
+                matches: Vec::new(),
+                rule: Arc::new(rule),
+            };
+            let (t, _) = one(vec![entry]);
+            t.lookup(b"example.com", &Get("/", Vec::new()))
+                .map(|m| m.plain)
+        };
+        let backend = |filters: Filters| Backend {
+            cluster: Some(0),
+            weight: 1,
+            filters,
+        };
+        let removes = || Filters {
+            request_headers: Some(crate::plane::filters::HeaderModifier {
+                set: Vec::new(),
+                add: Vec::new(),
+                remove: vec![HeaderName::from_static("x-a")],
+            }),
+            ..Filters::default()
+        };
+        let bare = || {
+            Rule::new(
+                "r".into(),
+                Filters::default(),
+                vec![backend(Filters::default())],
+            )
+        };
+        assert_eq!(plain(bare()), Some(true));
+        assert_eq!(
+            plain(Rule::new("r".into(), removes(), Vec::new())),
+            Some(false)
+        );
+        let second = vec![backend(Filters::default()), backend(removes())];
+        assert_eq!(
+            plain(Rule::new("r".into(), Filters::default(), second)),
+            Some(false)
+        );
+        let mut timed = bare();
+        timed.request_timeout = Some(Duration::from_secs(1));
+        assert_eq!(plain(timed), Some(false));
+        let mut tried = bare();
+        tried.backend_timeout = Some(Duration::from_secs(1));
+        assert_eq!(plain(tried), Some(false));
+        let mut retried = bare();
+        retried.retry = Some(Retry::default());
+        assert_eq!(plain(retried), Some(false));
     }
 }

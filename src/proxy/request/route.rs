@@ -205,7 +205,11 @@ fn choose<'s>(
     let backend = picked.and_then(|i| rule.backends.get(i));
     match backend.and_then(|b| snapshot.backend(b)) {
         Some(cluster) => {
-            let filters = picked.and_then(|i| Applied::of(rule, i));
+            let filters = if matched.plain {
+                None
+            } else {
+                picked.and_then(|i| Applied::of(rule, i))
+            };
             Ok((Some(cluster.clone()), filters, matched.prefix))
         }
         // A rule that redirects answers by itself: it needs no backend.
