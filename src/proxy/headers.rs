@@ -197,9 +197,12 @@ fn forwarded_chain(headers: &HeaderMap, client: &HeaderValue) -> HeaderValue {
     HeaderValue::from_str(&chain).unwrap_or_else(|_| client.clone())
 }
 
-/// Removes the hop-by-hop fields `present` marks, and those the Connection header names.
+/// Removes the hop-by-hop fields `present` marks, and those the Connection header names. An
+/// empty map (a head the lean server keeps as the client wrote it, whose writer leaves those
+/// lines out) has none to remove: looked for there, they cost a request that sent
+/// `Connection: close` about 400 instructions.
 fn strip_present(headers: &mut HeaderMap, present: u16) {
-    if present == 0 {
+    if present == 0 || headers.is_empty() {
         return;
     }
     if present & 1 != 0 && !only_keep_alive(headers) {

@@ -10,6 +10,7 @@
 
 use std::cell::Cell;
 use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
@@ -17,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use http::Method;
 use tokio::net::TcpStream;
 
+use super::slot::Slot;
 use super::{HTTP2_PREFACE, HTTP2_REQUEST_LINE};
 use crate::proxy::client::{Client, ClientRequest};
 use crate::proxy::http1::buffers::READ_SIZE;
@@ -75,6 +77,8 @@ pub async fn serve(
     mut sniffing: bool,
 ) -> io::Result<Ended> {
     let mut buf = BytesMut::new();
+    // The requests' futures, in one box of the connection's (see [`served`]).
+    let mut handling = Slot::new();
     'serve: loop {
         let next = next_head(&mut stream, &mut buf, &mut sniffing, &worker, &asked);
         let (request, keep_alive) = match next.await {
@@ -92,7 +96,8 @@ pub async fn serve(
         };
         let version = request.req.version();
         let head_request = request.req.method() == Method::HEAD;
-        let served = served(request, &mut stream, &mut buf, &worker, &client).await;
+        let handled = handling.put(answer(worker.clone(), client.clone(), request));
+        let served = served(handled, &mut stream, &mut buf, &worker).await;
         let Some(mut request) = served else {
             tracing::debug!(client = %client.addr, "client closed the connection before the answer; request dropped");
             break 'serve;
@@ -101,8 +106,7 @@ pub async fn serve(
         // server answer the same should one ever be missing.
         let response = request.answer.get_or_insert_with(unanswered);
         let keep_alive = keep_alive && !asked.stop.get();
-        // `respond` borrows the answer, so that its own future (part of every connection's,
-        // idle or not) does not hold the answer twice, as an argument and a local.
+        // `respond` borrows the answer, so that its future (in every connection's) holds no copy.
         let kept = respond(
             &mut stream,
             response,
@@ -153,21 +157,23 @@ async fn next_head(
     }
 }
 
-/// Serves the request while the client is watched ([`poll_watch`]): if it closes, the request
-/// is dropped (and with it the member connection), as nginx does by default and hyper's server
-/// does; bytes it sends meanwhile are the next request, kept. The request's box comes back with
-/// its answer in it, where it stays until it is written out: every move of it is a copy. None
-/// when the client closed first.
-async fn served(
-    request: Box<ClientRequest>,
+/// Serves the request (`handled`, the request core's future) while the client is watched
+/// ([`poll_watch`]): if it closes, the request is dropped (and with it the member connection),
+/// as nginx does by default and hyper's server does; bytes it sends meanwhile are the next
+/// request, kept. The request's box comes back with its answer in it, where it stays until it
+/// is written out: every move of it is a copy. None when the client closed first.
+///
+/// The request's future is boxed, not part of this connection's: inline, its kilobyte would
+/// stay in every idle connection's task. The box is the connection's, used again by each of its
+/// requests, so that a keep-alive request allocates none; a connection idle long enough to
+/// park lets it go with the rest of its future. A future the client left is dropped as the
+/// connection ends, with the box; a finished one holds nothing until the next takes its place.
+async fn served<F: Future<Output = Box<ClientRequest>>>(
+    mut handled: Pin<&mut F>,
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    worker: &Rc<Worker>,
-    client: &Rc<Client>,
+    worker: &Worker,
 ) -> Option<Box<ClientRequest>> {
-    // Boxed: inline, the request's future (about 1 KiB) would stay part of every idle
-    // connection's task.
-    let mut handled = Box::pin(answer(worker.clone(), client.clone(), request));
     let mut watching = true;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(request) = handled.as_mut().poll(cx) {

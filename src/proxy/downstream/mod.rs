@@ -9,6 +9,7 @@
 mod drive;
 mod lean;
 mod park;
+mod slot;
 
 use std::future::Future;
 use std::net::SocketAddr;
