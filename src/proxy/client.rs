@@ -3,11 +3,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 
 use super::deadline::Deadline;
 use super::http1::LeanHead;
+use super::http1::respond::itoa;
 use super::response::ResponseBody;
 use super::upstream::body::RequestBody;
 
@@ -59,36 +59,22 @@ impl Client {
 /// The client's address as an X-Forwarded-For entry, made once per connection.
 pub fn forwarded_for(ip: IpAddr) -> HeaderValue {
     let text = match ip {
-        // By hand, on the stack, and allocated once: `to_string` goes through the formatting
-        // machinery, which a new connection for every request would pay every time
-        // (docs/benchmarks.md, "New connections").
+        // By hand: `to_string` goes through the formatting machinery, which a new connection
+        // for every request would pay every time (docs/benchmarks.md, "New connections").
         IpAddr::V4(v4) => {
-            let mut text = [0u8; 15];
-            let mut len = 0;
+            let mut text = Vec::with_capacity(15);
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    text[len] = b'.';
-                    len += 1;
+                    text.push(b'.');
                 }
-                let digits = [octet / 100, octet / 10 % 10, octet % 10];
-                let skip = if octet >= 100 {
-                    0
-                } else if octet >= 10 {
-                    1
-                } else {
-                    2
-                };
-                for digit in &digits[skip..] {
-                    text[len] = b'0' + digit;
-                    len += 1;
-                }
+                text.extend_from_slice(itoa(u64::from(octet), &mut [0; 20]));
             }
-            Bytes::copy_from_slice(&text[..len])
+            text
         }
-        IpAddr::V6(v6) => Bytes::from(v6.to_string()),
+        IpAddr::V6(v6) => v6.to_string().into_bytes(),
     };
     // An IP address in text is digits, dots, colons and hex letters: always a valid value.
-    HeaderValue::from_maybe_shared(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// A request as its client sent it: hyper's parts and body, and for a request the lean HTTP/1
