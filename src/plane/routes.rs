@@ -161,8 +161,22 @@ impl Rule {
     /// Whether the rule only forwards: no filters (its own or any backend's), no timeouts and
     /// no retries, whichever backend is picked.
     pub fn is_plain(&self) -> bool {
+        self.asks_nothing() && self.backends.iter().all(|b| b.filters.is_empty())
+    }
+
+    /// Whether a request that goes to `backend` (an index; one out of range has no filters)
+    /// needs nothing of the rule but that backend.
+    pub fn only_forwards_to(&self, backend: usize) -> bool {
+        self.asks_nothing()
+            && self
+                .backends
+                .get(backend)
+                .is_none_or(|b| b.filters.is_empty())
+    }
+
+    /// No filters of the rule's own, no timeouts, no retries.
+    fn asks_nothing(&self) -> bool {
         self.filters.is_empty()
-            && self.backends.iter().all(|b| b.filters.is_empty())
             && self.request_timeout.is_none()
             && self.backend_timeout.is_none()
             && self.retry.is_none()

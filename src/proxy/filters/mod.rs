@@ -47,13 +47,7 @@ struct Reverse {
 impl Applied {
     /// For a rule and backend with something to do; `None` (most routes) costs nothing.
     pub fn of(rule: &Arc<Rule>, backend: usize) -> Option<Box<Applied>> {
-        let backend_filters = rule.backends.get(backend).map(|b| &b.filters);
-        let idle = rule.filters.is_empty()
-            && backend_filters.is_none_or(Filters::is_empty)
-            && rule.request_timeout.is_none()
-            && rule.backend_timeout.is_none()
-            && rule.retry.is_none();
-        (!idle).then(|| {
+        (!rule.only_forwards_to(backend)).then(|| {
             Box::new(Applied {
                 rule: rule.clone(),
                 backend,
